@@ -1,0 +1,1 @@
+"""Bundled JSON-LD contexts (see README.md in this folder for their sources)."""

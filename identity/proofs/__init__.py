@@ -1,0 +1,1 @@
+"""didmesh.identity.proofs: proof suites for Verifiable Credentials."""

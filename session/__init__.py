@@ -1,0 +1,1 @@
+"""didmesh.session: invites, rosters, the mesh, MPyC runs and the CLI."""

@@ -1,0 +1,1 @@
+"""The didmesh command line: one module per command group."""

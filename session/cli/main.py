@@ -1,0 +1,71 @@
+"""``didmesh``: the command-line entry point.
+
+Each command group lives in its own module with a ``register(subparsers)`` function
+that adds its sub-commands and sets ``func`` on them. ``main`` maps the error tree
+to exit codes: 0 success, 1 a check failed (bad input from someone else), 2 local
+misuse or configuration, 130 interrupted. Expected failures print one line, never a
+traceback (set DIDMESH_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from didmesh.identity.errors import DidmeshError
+
+from .output import Output
+
+#: command-group modules, in help order
+COMMAND_MODULES: list[str] = [
+    "didmesh.session.cli.id_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="didmesh",
+        description="Decentralized-identity sessions for multiparty computation with MPyC.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        help="didmesh home directory (default: $DIDMESH_HOME or the user config directory)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    parser.add_argument("--home", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Output(json_mode=bool(getattr(args, "json", False)))
+    try:
+        rc = args.func(args, out)
+        return int(rc or 0)
+    except DidmeshError as exc:
+        if os.environ.get("DIDMESH_DEBUG"):
+            raise
+        if out.json_mode:
+            out.result({"ok": False, "error": exc.code, "message": exc.message})
+        print(f"didmesh: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("didmesh: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
