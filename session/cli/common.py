@@ -1,0 +1,40 @@
+"""Helpers shared by command modules: the keystore, the passphrase source, timeouts."""
+
+from __future__ import annotations
+
+import argparse
+
+from didmesh.identity.keys import IdentityKey
+from didmesh.identity.keystore import Keystore, PassphraseSource
+
+
+def add_identity_args(parser: argparse.ArgumentParser, *, as_option: bool = True) -> None:
+    """``--as NAME`` (which identity to act as) and ``--passphrase-file``."""
+    if as_option:
+        parser.add_argument(
+            "--as",
+            dest="identity",
+            metavar="NAME",
+            default=None,
+            help="act as this identity (default: the default identity)",
+        )
+    parser.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        default=None,
+        help="read the keystore passphrase from FILE (else $DIDMESH_PASSPHRASE[_FILE] or a prompt)",
+    )
+
+
+def keystore(args: argparse.Namespace) -> Keystore:
+    return Keystore(getattr(args, "home", None))
+
+
+def passphrase_source(args: argparse.Namespace) -> PassphraseSource:
+    return PassphraseSource(file=getattr(args, "passphrase_file", None))
+
+
+def load_identity(args: argparse.Namespace, name: str | None = None) -> IdentityKey:
+    return keystore(args).load(
+        name or getattr(args, "identity", None), passphrase=passphrase_source(args)
+    )
