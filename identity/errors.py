@@ -168,6 +168,12 @@ class KeyNotAuthorized(CredentialError):
     code = "key_not_authorized"
 
 
+class UnexpectedIssuer(CredentialError):
+    """The credential was issued by someone other than the issuer the verifier expected."""
+
+    code = "unexpected_issuer"
+
+
 class NotYetValid(CredentialError):
     """The credential is not valid yet."""
 
