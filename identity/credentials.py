@@ -31,9 +31,11 @@ from typing import Any
 
 from .errors import (
     ChallengeMismatch,
+    CredentialError,
     DocumentTooLarge,
     DomainMismatch,
     Expired,
+    IdentityError,
     KeyNotAuthorized,
     MalformedCredential,
     NotYetValid,
@@ -303,13 +305,23 @@ def _verify_proof(
     vm = proof.get("verificationMethod")
     if not isinstance(vm, str):
         raise MalformedCredential(f"{what}: proof has no verificationMethod string")
-    if controller_of(vm) != controller:
+    try:
+        if controller_of(vm) != controller:
+            raise KeyNotAuthorized(
+                f"{what}: verification method {vm[:120]} is not controlled by {controller[:120]}"
+            )
+        public = key_for(vm, purpose)
+    except CredentialError:
+        raise
+    except IdentityError as exc:  # InvalidDID, UnsupportedDIDMethod, InvalidKey
         raise KeyNotAuthorized(
-            f"{what}: verification method {vm[:120]} is not controlled by {controller[:120]}"
-        )
-    public = key_for(vm, purpose)
+            f"{what}: verification method {vm[:120]!r} cannot be resolved: {exc.message}"
+        ) from None
     unsecured = {k: v for k, v in doc.items() if k != "proof"}
-    suite.verify(unsecured, proof, public)
+    try:
+        suite.verify(unsecured, proof, public)
+    except CredentialError as exc:  # name the document in the message
+        raise type(exc)(f"{what}: {exc.message}") from None
     if "created" in proof:
         parse_datetime(proof["created"], "proof.created", what)
     if "expires" in proof:

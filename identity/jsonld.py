@@ -165,7 +165,9 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
         "algorithm": "URDNA2015",
         "format": "application/n-quads",
         "documentLoader": document_loader,
-        "base": "",
+        # No base IRI: PyLD would otherwise resolve an undefined term against
+        # http://example.org/base/ and hide it; relative IRIs are caught below.
+        "base": None,
     }
     try:
         nquads: str = proc.normalize(dict(document), options)
@@ -175,9 +177,7 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
         inner = _cause(exc)
         if inner is not None:
             raise inner from None
-        raise MalformedCredential(
-            f"{what} is not valid JSON-LD: {_jsonld_code(exc)}"
-        ) from None
+        raise MalformedCredential(f"{what} is not valid JSON-LD: {_jsonld_code(exc)}") from None
     if proc.dropped:
         term = proc.dropped[0]
         raise UndefinedTerm(
