@@ -1,0 +1,92 @@
+"""Errors of the mesh *runtime*: paths, liveness, aborts and MPyC runs (specs/mesh.md, "Abort").
+
+They extend :class:`~didmesh.session.mesh.errors.MeshError`. Each error that is about
+one party carries ``party`` (its id) so that callers can name it; the message already
+names it by petname or DID (see :meth:`MeshPlan.describe`).
+"""
+
+from __future__ import annotations
+
+from didmesh.identity.errors import LocalError, RemoteError
+
+from .errors import MeshError
+
+
+class PartyError(MeshError):
+    """A mesh failure attributed to one party (``party`` is its id, or ``None``)."""
+
+    def __init__(self, message: str | None = None, *, party: int | None = None) -> None:
+        super().__init__(message)
+        self.party = party
+
+
+# --------------------------------------------------------------------------- local
+
+
+class PlanError(MeshError, LocalError):
+    """The mesh plan (roster view handed to the mesh) is inconsistent."""
+
+    code = "invalid_mesh_plan"
+
+
+class PathUnavailable(MeshError, LocalError):
+    """No path of the requested kind exists (e.g. ``--relay-only`` with no relay)."""
+
+    code = "path_unavailable"
+
+
+class MpycIncompatible(MeshError, LocalError):
+    """The installed MPyC does not have the hook didmesh needs (didmesh supports 0.10 and 0.11)."""
+
+    code = "mpyc_incompatible"
+
+
+class ReservedOption(MeshError, LocalError):
+    """The program's arguments set an MPyC option that didmesh sets itself (-M, -I, -P, ...)."""
+
+    code = "reserved_mpyc_option"
+
+
+class ProgramFailed(PartyError, LocalError):
+    """The MPC program failed on this machine."""
+
+    code = "program_failed"
+
+
+# --------------------------------------------------------------------------- remote
+
+
+class ConnectFailed(PartyError, RemoteError):
+    """A pair of parties could not connect (no path completed a handshake in time)."""
+
+    code = "mesh_connect_failed"
+
+
+class PeerLost(PartyError, RemoteError):
+    """A party disconnected or died during the run."""
+
+    code = "peer_lost"
+
+
+class PeerUnresponsive(PeerLost):
+    """A party stopped responding (no traffic and no heartbeat within the timeout)."""
+
+    code = "peer_unresponsive"
+
+
+class PeerAborted(PartyError, RemoteError):
+    """A party aborted the run and said so in a signed abort message."""
+
+    code = "peer_aborted"
+
+
+class InvalidAbort(PartyError, RemoteError):
+    """An abort message was malformed or its signature did not verify."""
+
+    code = "invalid_abort"
+
+
+class PeerMisbehaved(PartyError, RemoteError):
+    """A party sent something the mesh protocol does not allow."""
+
+    code = "peer_misbehaved"

@@ -1,0 +1,326 @@
+"""THE one module coupled to MPyC (specs/mesh.md, "Running MPyC").
+
+MPyC's :class:`mpyc.asyncoro.MessageExchanger` is a plain :class:`asyncio.Protocol`.
+Plain MPyC's ``Runtime.start()`` connects it to TCP sockets (the lower party id is the
+client and first sends its pid and PRSS keys, in clear). didmesh replaces exactly that
+one coroutine, on the one runtime instance, with :func:`_mesh_start`: for every peer it
+makes the same ``MessageExchanger`` (client for higher peer ids, server for lower, as
+MPyC does) and hands it a :class:`MeshTransport` of ours instead of a socket transport.
+
+``MeshTransport.write()`` only buffers; once per event-loop turn (``loop.call_soon``) the
+buffered bytes go to the peer's secure channel as one application message, which the
+channel encrypts into as few Noise records as it can. Received, decrypted messages go
+straight to ``protocol.data_received``. So all of MPyC's traffic, including the PRSS
+keys of the start-up, is encrypted, and many small writes cost one record.
+
+The hook, and everything else this module relies on, exists unchanged in MPyC 0.10 and
+0.11 (the versions pyproject.toml allows): ``mpyc.runtime.Runtime.start`` (coroutine
+method), ``mpyc.runtime.setup()`` and the module attribute ``mpyc.runtime.mpc``,
+``Runtime.parties[i].protocol`` / ``.pid``, ``Runtime.set_protocol`` /
+``unset_protocol``, ``Runtime._loop``, ``Runtime.start_time``, and
+``mpyc.asyncoro.MessageExchanger(rt, peer_pid=None)`` with ``connection_made``,
+``data_received``, ``connection_lost``. :func:`check_compat` asserts all of it.
+
+MPyC is imported lazily: ``import mpyc`` parses ``sys.argv``, so :func:`install` sets
+``sys.argv`` to the program's arguments (plus ``-M m -I id``) first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import sys
+import time
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from .faults import MpycIncompatible, PeerMisbehaved, ReservedOption
+
+#: MPyC versions this bridge is written and tested for (pyproject: mpyc>=0.10,<0.12).
+SUPPORTED_MPYC = ("0.10", "0.11")
+
+#: MPyC options that didmesh sets itself; a program's arguments must not set them.
+RESERVED_OPTIONS = (
+    "-M",
+    "-I",
+    "--index",
+    "-P",
+    "-C",
+    "--config",
+    "-B",
+    "--base-port",
+    "--ssl",
+    "--output-windows",
+    "--output-file",
+)
+
+
+class AppReceiver(Protocol):
+    def app_data(self, data: bytes) -> None: ...
+    def app_closed(self) -> None: ...
+
+
+class AppPort(Protocol):
+    """What the mesh offers the bridge for one peer (a secure channel's application side)."""
+
+    def attach(self, receiver: AppReceiver) -> None: ...
+    def send_app(self, data: bytes) -> None: ...
+    def close_app(self) -> None: ...
+
+
+def mpyc_argv(program: str, args: Sequence[str], *, party_id: int, m: int) -> list[str]:
+    """``sys.argv`` for the program: its own arguments, then ``-M m -I party_id``."""
+    for a in args:
+        if a == "--":
+            break
+        for opt in RESERVED_OPTIONS:
+            long_form = opt.startswith("--")
+            if a == opt or a.startswith(opt + "=" if long_form else opt):
+                raise ReservedOption(
+                    f"the program's arguments set MPyC option {opt!r}; didmesh sets the "
+                    "parties, this party's index and the transport itself (remove it)"
+                )
+    return [program, *args, "-M", str(m), "-I", str(party_id)]
+
+
+def check_compat(runtime_module: Any, asyncoro_module: Any, version: str) -> None:
+    """Raise :class:`MpycIncompatible` unless MPyC has every hook this bridge uses."""
+    problems = []
+    rt_cls = getattr(runtime_module, "Runtime", None)
+    if rt_cls is None or not inspect.iscoroutinefunction(getattr(rt_cls, "start", None)):
+        problems.append("mpyc.runtime.Runtime.start is not a coroutine method")
+    for name in ("set_protocol", "unset_protocol", "shutdown"):
+        if rt_cls is None or not callable(getattr(rt_cls, name, None)):
+            problems.append(f"mpyc.runtime.Runtime.{name} is missing")
+    if not callable(getattr(runtime_module, "setup", None)):
+        problems.append("mpyc.runtime.setup is missing")
+    mx = getattr(asyncoro_module, "MessageExchanger", None)
+    if mx is None or not issubclass(mx, asyncio.Protocol):
+        problems.append("mpyc.asyncoro.MessageExchanger is not an asyncio.Protocol")
+    else:
+        for name in ("connection_made", "data_received", "connection_lost", "close_connection"):
+            if not callable(getattr(mx, name, None)):
+                problems.append(f"MessageExchanger.{name} is missing")
+        params = list(inspect.signature(mx.__init__).parameters)
+        if params[:3] != ["self", "rt", "peer_pid"]:
+            problems.append(f"MessageExchanger.__init__ takes {params}, expected (rt, peer_pid)")
+    if problems:
+        raise MpycIncompatible(
+            f"MPyC {version} lacks what didmesh needs ({'; '.join(problems)}); "
+            f"install a supported version: pip install 'mpyc>=0.10,<0.12'"
+        )
+    if not version.startswith(SUPPORTED_MPYC):
+        logging.getLogger(__name__).warning(
+            "MPyC %s is not a tested version (tested: %s)", version, ", ".join(SUPPORTED_MPYC)
+        )
+
+
+class MeshTransport(asyncio.Transport):
+    """The transport MPyC's ``MessageExchanger`` writes into, for one peer.
+
+    Writes of one event-loop turn are joined and handed to the peer's channel as one
+    application message. On the server side (peer id below ours) the first two bytes
+    MPyC receives are the peer's claimed pid: they must equal the roster-authenticated
+    id, else :class:`PeerMisbehaved`.
+    """
+
+    def __init__(
+        self,
+        port: AppPort,
+        loop: asyncio.AbstractEventLoop,
+        peer_id: int,
+        *,
+        expect_hello: bool,
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        super().__init__()
+        self._port = port
+        self._loop = loop
+        self.peer_id = peer_id
+        self._buf: list[bytes] = []
+        self._scheduled = False
+        self._closing = False
+        self._lost = False
+        self._protocol: asyncio.Protocol | None = None
+        self._hello = bytearray() if expect_hello else None
+        self._on_error = on_error
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- asyncio.Transport (what MPyC calls) ------------------------------------------
+
+    def write(self, data: Any) -> None:
+        if self._closing:
+            return
+        self._buf.append(bytes(data))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def writelines(self, list_of_data: Any) -> None:
+        for d in list_of_data:
+            self.write(d)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._buf:
+            return
+        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
+        self._buf.clear()
+        self.bytes_sent += len(data)
+        try:
+            self._port.send_app(data)
+        except Exception as exc:  # the channel failed: the mesh reports it
+            self._on_error(exc)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._flush()
+        self._closing = True
+        try:
+            self._port.close_app()
+        except Exception as exc:
+            self._on_error(exc)
+        self._loop.call_soon(self._connection_lost)
+
+    def abort(self) -> None:
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self._buf))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return ("didmesh-party", self.peer_id)
+        return default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol
+
+    # -- AppReceiver (what the mesh calls) --------------------------------------------
+
+    def app_data(self, data: bytes) -> None:
+        if self._lost or self._protocol is None:
+            return
+        self.bytes_received += len(data)
+        hello = self._hello
+        if hello is not None:
+            hello += data
+            if len(hello) < 2:
+                return
+            claimed = int.from_bytes(hello[:2], "little")
+            if claimed != self.peer_id:
+                self._on_error(
+                    PeerMisbehaved(
+                        f"party {self.peer_id} claimed to be MPyC party {claimed} "
+                        "(the roster authenticates it as the former)",
+                        party=self.peer_id,
+                    )
+                )
+                return
+            data = bytes(hello)
+            self._hello = None
+        self._protocol.data_received(data)
+
+    def app_closed(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._connection_lost()
+
+    def _connection_lost(self) -> None:
+        if self._lost or self._protocol is None:
+            return
+        self._lost = True
+        self._protocol.connection_lost(None)
+
+
+class MpycBridge:
+    """Installs the mesh under one MPyC runtime and remembers the transports it made."""
+
+    def __init__(
+        self,
+        ports: Mapping[int, AppPort],
+        *,
+        party_id: int,
+        m: int,
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self.ports = dict(ports)
+        self.party_id = party_id
+        self.m = m
+        self.on_error = on_error
+        self.transports: list[MeshTransport] = []
+        self.runtime: Any = None
+
+    def install(
+        self, program: str, args: Sequence[str], loop: asyncio.AbstractEventLoop
+    ) -> Any:
+        """Set ``sys.argv``, set up (or re-set up) ``mpyc.runtime.mpc``, hook its start()."""
+        sys.argv = mpyc_argv(program, args, party_id=self.party_id, m=self.m)
+        asyncio.set_event_loop(loop)
+        fresh = "mpyc.runtime" not in sys.modules
+        import mpyc
+        import mpyc.asyncoro
+        import mpyc.runtime
+
+        check_compat(mpyc.runtime, mpyc.asyncoro, mpyc.__version__)
+        rt = mpyc.runtime.mpc if fresh else mpyc.runtime.setup()
+        if not fresh:
+            mpyc.runtime.mpc = rt
+        if rt.pid != self.party_id or len(rt.parties) != self.m:
+            raise MpycIncompatible(
+                f"MPyC set itself up as party {rt.pid} of {len(rt.parties)}, expected "
+                f"{self.party_id} of {self.m}"
+            )
+        if rt._loop is not loop:
+            raise MpycIncompatible("MPyC did not adopt the mesh's event loop")
+        bridge = self
+        exchanger = mpyc.asyncoro.MessageExchanger
+
+        async def _mesh_start(rt: Any) -> None:
+            await bridge._start(rt, exchanger)
+
+        rt.start = types.MethodType(_mesh_start, rt)
+        self.runtime = rt
+        return rt
+
+    async def _start(self, rt: Any, exchanger: Any) -> None:
+        """Replacement for ``Runtime.start()``: MPyC's protocol objects over the mesh."""
+        logging.info(f"Start MPyC runtime v{rt.version} over the didmesh mesh")
+        m = len(rt.parties)
+        if m == 1:
+            rt.start_time = time.time()
+            return
+        loop = rt._loop
+        for peer in rt.parties:
+            peer.protocol = asyncio.Future(loop=loop) if peer.pid == rt.pid else None
+        for peer in rt.parties:
+            if peer.pid == rt.pid:
+                continue
+            client = peer.pid > rt.pid  # as in MPyC: the lower pid connects
+            proto = exchanger(rt, peer.pid) if client else exchanger(rt)
+            tr = MeshTransport(
+                self.ports[peer.pid], loop, peer.pid, expect_hello=not client,
+                on_error=self.on_error,
+            )
+            tr.set_protocol(proto)
+            self.transports.append(tr)
+            proto.connection_made(tr)  # a client writes its pid and PRSS keys here
+            self.ports[peer.pid].attach(tr)  # delivers whatever the peer sent already
+        await rt.parties[rt.pid].protocol
+        logging.info(f"All {m} parties connected via didmesh (Noise).")
+        rt.start_time = time.time()
