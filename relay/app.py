@@ -1,0 +1,507 @@
+"""The relay's aiohttp application: HTTP endpoints, push and link WebSockets
+(specs/relay.md; endpoints in specs/relay-api.yaml).
+
+This module is the adapter: every decision is made by the sans-IO parts (envelope, auth,
+protocol, limits) and the store; handlers only move bytes and map errors to responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .auth import Authenticator
+from .config import RelayConfig
+from .envelope import Envelope
+from .errors import (
+    AuthInvalid,
+    AuthRequired,
+    InvalidEnvelope,
+    LinkLimit,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    RateLimited,
+    RelayError,
+    RelayInternalError,
+    RelayRequestError,
+    ShuttingDown,
+    StaleEnvelope,
+    TooLarge,
+    UnsupportedMediaType,
+    error_body,
+)
+from .limits import LinkSlots, RateLimiter
+from .links import LinkDuplicate, LinkEnd, LinkHub, LinkPeerGone, LocalPair, close_ws, pipe_local
+from .links import watchdog as link_watchdog
+from .metrics import Metrics
+from .protocol import CloseCode, parse_ack_ids, parse_link_request, parse_push_client_message
+from .store.base import PutPolicy, Store, StoredEnvelope
+from .store.url import parse_store_url
+
+log = logging.getLogger("didmesh.relay")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("didmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay", object)  # type: ignore[arg-type]
+
+
+class Relay:
+    """State of one relay process; the handlers are its methods."""
+
+    def __init__(
+        self, config: RelayConfig, store: Store, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.metrics = Metrics()
+        self.hub = LinkHub(config, self.metrics, store.bus)
+        self.slots = LinkSlots(config.links_per_did, config.links_total)
+        self.rate_ip = RateLimiter(config.rate_ip_per_s, config.rate_ip_burst, "address")
+        self.rate_did = RateLimiter(config.rate_did_per_s, config.rate_did_burst, "DID")
+        self.auth: Authenticator | None = None
+        self.relay_id = config.relay_id
+        self.shutting_down = False
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._prune_task: asyncio.Task[None] | None = None
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def on_startup(self, app: web.Application) -> None:
+        await self.store.start()
+        secret = await self.store.secret()
+        if not self.relay_id:
+            self.relay_id = "relay-" + hashlib.sha256(b"relay-id" + secret).hexdigest()[:16]
+        self.auth = Authenticator(
+            secret,
+            self.relay_id,
+            challenge_ttl_ms=self.config.challenge_ttl_s * 1000,
+            token_ttl_ms=self.config.token_ttl_s * 1000,
+        )
+        await self.hub.start()
+        self._prune_task = asyncio.create_task(self._prune_loop(), name="relay-prune")
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """SIGTERM: refuse new work, wake long-polls, close sockets with 1001."""
+        self.shutting_down = True
+        self.store.notifier.wake_all()
+        await asyncio.gather(
+            *(close_ws(ws, CloseCode.GOING_AWAY) for ws in list(self._sockets)),
+            return_exceptions=True,
+        )
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        if self._prune_task is not None:
+            self._prune_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prune_task
+        await self.store.close()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.prune_interval_s)
+            try:
+                self.metrics.envelopes_expired += await self.store.prune(self.now_ms())
+            except RelayError as exc:
+                log.warning("pruning failed: %s", exc.message)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _ip(self, request: web.Request) -> str:
+        if self.config.trust_forwarded_for:
+            fwd = request.headers.get("X-Forwarded-For")
+            if fwd:
+                return fwd.split(",")[0].strip()
+        return request.remote or "?"
+
+    def _authed(self, request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            raise AuthRequired()
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthInvalid("Authorization must be 'Bearer <token>'")
+        assert self.auth is not None
+        did = self.auth.verify_token(token.strip(), now_ms=self.now_ms()).did
+        request["did"] = did
+        self.rate_did.check(did, self.clock())
+        return did
+
+    async def _json(self, request: web.Request) -> Any:
+        ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
+        if ctype != "application/json":
+            raise UnsupportedMediaType()
+        raw = await request.read()
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise MalformedRequest("request body is not valid JSON") from None
+
+    @staticmethod
+    def _obj(data: Any, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+        if not isinstance(data, dict):
+            raise MalformedRequest("request body must be a JSON object")
+        unknown = sorted(set(data) - set(required) - set(optional))
+        if unknown:
+            raise MalformedRequest(f"unknown field(s): {', '.join(map(str, unknown))}")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise MalformedRequest(f"missing field(s): {', '.join(missing)}")
+
+    # -- middleware ------------------------------------------------------------------------
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.metrics.requests += 1
+        try:
+            if request.path.startswith("/v1/"):
+                if self.shutting_down:
+                    raise ShuttingDown()
+                self.rate_ip.check(self._ip(request), self.clock())
+            return await handler(request)
+        except RelayError as exc:
+            return self._error(request, exc)
+        except web.HTTPException as exc:
+            if exc.status == 404:
+                return self._error(request, NotFound(f"no endpoint {request.path[:100]}"))
+            if exc.status == 405:
+                return self._error(
+                    request, MethodNotAllowed(f"{request.method} is not allowed here")
+                )
+            if exc.status == 413:
+                return self._error(
+                    request,
+                    TooLarge(f"request body exceeds {self.config.max_request_bytes} bytes"),
+                )
+            if exc.status < 400:
+                raise
+            return self._error(request, MalformedRequest(exc.reason or "bad request"))
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unexpected failure on %s %s", request.method, request.path)
+            return self._error(request, RelayInternalError())
+
+    def _error(self, request: web.Request, exc: RelayError) -> web.Response:
+        status = exc.status if isinstance(exc, RelayRequestError) else 500
+        if isinstance(exc, RelayInternalError):
+            status = 500
+        self.metrics.reject(exc.code)
+        request["error_code"] = exc.code
+        headers = {"X-Didmesh-Error": exc.code}
+        retry = getattr(exc, "retry_after", None)
+        if isinstance(exc, RateLimited) and retry is not None:
+            headers["Retry-After"] = str(max(1, int(retry + 0.999)))
+        return web.json_response(error_body(exc), status=status, headers=headers)
+
+    # -- public endpoints ---------------------------------------------------------------------
+    async def info(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "software": "didmesh-relay",
+                "version": __version__,
+                "protocol": 1,
+                "relay_id": self.relay_id,
+                "store": parse_store_url(self.config.store).kind,
+                "time_ms": self.now_ms(),
+                "limits": self.config.public_limits(),
+            }
+        )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        try:
+            await asyncio.wait_for(self.store.ping(), 5)
+        except Exception as exc:
+            log.warning("health check failed: %s", exc)
+            return web.json_response({"status": "unavailable"}, status=503)
+        status = "stopping" if self.shutting_down else "ok"
+        return web.json_response({"status": status}, status=503 if self.shutting_down else 200)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        self.metrics.links_active = self.slots.active - self.metrics.links_waiting
+        return web.Response(
+            text=self.metrics.render(), content_type="text/plain", charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    # -- authentication ----------------------------------------------------------------------
+    async def challenge(self, request: web.Request) -> web.Response:
+        data = await self._json(request)
+        self._obj(data, ("did",))
+        assert self.auth is not None
+        ch = self.auth.issue_challenge(data["did"], now_ms=self.now_ms())
+        return web.json_response(
+            {"challenge": ch.encoded, "relay_id": self.relay_id, "expires_ms": ch.expires_ms}
+        )
+
+    async def token(self, request: web.Request) -> web.Response:
+        data = await self._json(request)
+        self._obj(data, ("did", "challenge", "signature"))
+        assert self.auth is not None
+        now = self.now_ms()
+        ch = self.auth.redeem(data["did"], data["challenge"], data["signature"], now_ms=now)
+        if not await self.store.claim_nonce(ch.nonce, ch.expires_ms, now):
+            raise AuthInvalid("this challenge was already used: request a new one")
+        self.rate_did.check(ch.did, self.clock())
+        tok = self.auth.issue_token(ch.did, now_ms=now)
+        return web.json_response(
+            {"token": tok.encoded, "did": tok.did, "expires_ms": tok.expires_ms}
+        )
+
+    # -- mailboxes -------------------------------------------------------------------------------
+    async def post_envelope(self, request: web.Request) -> web.Response:
+        ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
+        if ctype != "application/json":
+            raise UnsupportedMediaType()
+        raw = await request.read()
+        cfg = self.config
+        env = Envelope.from_json(raw, max_bytes=cfg.max_envelope_bytes)
+        env.verify_signature()
+        self.rate_did.check(env.sender, self.clock())
+        now = self.now_ms()
+        window, skew = cfg.replay_window_s * 1000, cfg.max_clock_skew_s * 1000
+        if env.ts > now + skew:
+            raise StaleEnvelope(
+                f"envelope ts is {env.ts - now} ms in the future (max skew {skew} ms)"
+            )
+        if env.ts < now - window:
+            raise StaleEnvelope(
+                f"envelope ts is {now - env.ts} ms old; the replay window is {window} ms: "
+                "seal it again with the current time"
+            )
+        expires = min(env.expires_ms, now + cfg.envelope_max_ttl_s * 1000)
+        if expires < now:
+            raise InvalidEnvelope("envelope has already expired (ts + ttl is in the past)")
+        item = StoredEnvelope.of(env, received_ms=now, expires_ms=expires)
+        policy = PutPolicy(env.ts + window + skew, cfg.inbox_max_envelopes, cfg.inbox_max_bytes)
+        res = await self.store.put(item, policy)
+        if res.duplicate:
+            self.metrics.envelopes_duplicate += 1
+        else:
+            self.metrics.envelopes_stored += 1
+        return web.json_response(
+            {
+                "id": res.id,
+                "received_ms": res.received_ms,
+                "expires_ms": res.expires_ms,
+                "duplicate": res.duplicate,
+            },
+            status=200 if res.duplicate else 201,
+        )
+
+    def _items(self, items: list[StoredEnvelope]) -> bytes:
+        """``[{"received_ms", "envelope"}, ...]`` without re-parsing the stored JSON."""
+        self.metrics.envelopes_delivered += len(items)
+        parts = [b'{"received_ms":%d,"envelope":%s}' % (i.received_ms, i.data) for i in items]
+        return b"[" + b",".join(parts) + b"]"
+
+    async def inbox(self, request: web.Request) -> web.Response:
+        did = self._authed(request)
+        try:
+            wait = float(request.query.get("wait", "0"))
+            limit = int(request.query.get("limit", str(self.config.fetch_max_envelopes)))
+        except ValueError:
+            raise MalformedRequest("wait must be a number of seconds, limit an integer") from None
+        if not (0 <= wait <= 3600) or limit < 1:
+            raise MalformedRequest("wait must be in [0, 3600] and limit at least 1")
+        wait = min(wait, self.config.long_poll_max_s)
+        limit = min(limit, self.config.fetch_max_envelopes)
+        with self.store.notifier.listen(did) as ev:
+            items = await self.store.fetch(did, limit=limit, now_ms=self.now_ms())
+            if not items and wait > 0 and not self.shutting_down:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ev.wait(), wait)
+                items = await self.store.fetch(did, limit=limit, now_ms=self.now_ms())
+        return web.Response(
+            body=b'{"envelopes":' + self._items(items) + b"}", content_type="application/json"
+        )
+
+    async def ack(self, request: web.Request) -> web.Response:
+        did = self._authed(request)
+        data = await self._json(request)
+        self._obj(data, ("ids",))
+        n = await self.store.ack(did, parse_ack_ids(data["ids"]))
+        self.metrics.envelopes_acked += n
+        return web.json_response({"deleted": n})
+
+    async def inbox_ws(self, request: web.Request) -> web.StreamResponse:
+        did = self._authed(request)
+        ws = web.WebSocketResponse(heartbeat=self.config.ws_heartbeat_s, max_msg_size=256 * 1024)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        self.metrics.ws_push_active += 1
+        sent: set[str] = set()
+        limit = self.config.fetch_max_envelopes
+
+        async def read_acks() -> None:
+            async for msg in ws:
+                if msg.type is not WSMsgType.TEXT:
+                    await close_ws(ws, CloseCode.MALFORMED)
+                    return
+                try:
+                    ids = parse_push_client_message(msg.data)
+                except MalformedRequest:
+                    await close_ws(ws, CloseCode.MALFORMED)
+                    return
+                n = await self.store.ack(did, ids)
+                self.metrics.envelopes_acked += n
+                sent.difference_update(ids)
+
+        reader = asyncio.create_task(read_acks())
+        try:
+            with self.store.notifier.listen(did) as ev:
+                while not ws.closed and not reader.done() and not self.shutting_down:
+                    ev.clear()
+                    items = await self.store.fetch(did, limit=limit, now_ms=self.now_ms())
+                    if len(items) < limit:
+                        sent.intersection_update(i.id for i in items)
+                    new = [i for i in items if i.id not in sent]
+                    if new:
+                        await ws.send_str(
+                            '{"type":"envelopes","items":' + self._items(new).decode() + "}"
+                        )
+                        sent.update(i.id for i in new)
+                    waiter = asyncio.ensure_future(ev.wait())
+                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self.metrics.ws_push_active -= 1
+            self._sockets.discard(ws)
+            await close_ws(ws, CloseCode.GOING_AWAY if self.shutting_down else CloseCode.NORMAL)
+        return ws
+
+    # -- links ---------------------------------------------------------------------------
+    async def link(self, request: web.Request) -> web.StreamResponse:
+        did = self._authed(request)
+        self.slots.acquire(did)
+        try:
+            return await self._link(request, did)
+        finally:
+            self.slots.release(did)
+
+    async def _link(self, request: web.Request, did: str) -> web.StreamResponse:
+        cfg = self.config
+        ws = web.WebSocketResponse(
+            heartbeat=cfg.ws_heartbeat_s, max_msg_size=cfg.link_max_frame, compress=False
+        )
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        try:
+            try:
+                first = await ws.receive(timeout=cfg.link_pair_timeout_s)
+            except TimeoutError:
+                await close_ws(ws, CloseCode.PAIR_TIMEOUT)
+                return ws
+            if first.type is WSMsgType.BINARY:
+                self.metrics.reject("not_linked")
+                await close_ws(ws, CloseCode.NOT_LINKED)
+                return ws
+            if first.type is not WSMsgType.TEXT:
+                return ws
+            try:
+                req = parse_link_request(first.data, did)
+            except MalformedRequest:
+                self.metrics.reject("malformed")
+                await close_ws(ws, CloseCode.MALFORMED)
+                return ws
+            end = LinkEnd(did, req, ws)
+            # frames before "linked" are a protocol violation: watch the socket while waiting
+            join = asyncio.ensure_future(self.hub.join(end))
+            early = asyncio.ensure_future(ws.receive())
+            await asyncio.wait({join, early}, return_when=asyncio.FIRST_COMPLETED)
+            if early.done():
+                join.cancel()
+                with contextlib.suppress(BaseException):
+                    await join
+                msg = early.result()
+                if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
+                    self.metrics.reject("not_linked")
+                    await close_ws(ws, CloseCode.NOT_LINKED)
+                return ws
+            early.cancel()
+            with contextlib.suppress(BaseException):
+                await early
+            try:
+                pairing = join.result()
+            except TimeoutError:
+                await close_ws(ws, CloseCode.PAIR_TIMEOUT)
+                return ws
+            except LinkDuplicate:
+                await close_ws(ws, CloseCode.DUPLICATE)
+                return ws
+            except LinkPeerGone:
+                await close_ws(ws, CloseCode.PEER_GONE)
+                return ws
+            if isinstance(pairing, LocalPair):
+                self.metrics.links_total += pairing.owner
+                dog = None
+                if pairing.owner:
+                    dog = asyncio.create_task(
+                        link_watchdog(cfg, pairing.state, [ws, pairing.peer.ws])
+                    )
+                try:
+                    await pipe_local(end, pairing, self.metrics)
+                finally:
+                    if dog is not None:
+                        dog.cancel()
+            else:
+                self.metrics.links_total += pairing.role == "b"
+                if not pairing.linked_sent:
+                    await ws.send_str(self.hub.linked_json(end))
+                await pairing.run(self.metrics)
+            return ws
+        finally:
+            self._sockets.discard(ws)
+            await close_ws(ws, CloseCode.GOING_AWAY if self.shutting_down else CloseCode.NORMAL)
+
+
+def build_app(
+    config: RelayConfig, store: Store, *, clock: Callable[[], float] = time.time
+) -> web.Application:
+    relay = Relay(config, store, clock=clock)
+    app = web.Application(
+        middlewares=[relay.middleware], client_max_size=config.max_request_bytes
+    )
+    app[RELAY_KEY] = relay
+    app.on_startup.append(relay.on_startup)
+    app.on_shutdown.append(relay.on_shutdown)
+    app.on_cleanup.append(relay.on_cleanup)
+    r = app.router
+    r.add_get("/info", relay.info)
+    r.add_get("/healthz", relay.healthz)
+    r.add_get("/metrics", relay.metrics_text)
+    r.add_post("/v1/auth/challenge", relay.challenge)
+    r.add_post("/v1/auth/token", relay.token)
+    r.add_post("/v1/envelopes", relay.post_envelope)
+    r.add_get("/v1/inbox", relay.inbox)
+    r.add_post("/v1/inbox/ack", relay.ack)
+    r.add_get("/v1/inbox/ws", relay.inbox_ws)
+    r.add_get("/v1/link", relay.link)
+    return app
+
+
+__all__ = ["LinkLimit", "Relay", "build_app"]

@@ -1,0 +1,485 @@
+"""Async relay client (specs/relay.md): post, inbox stream, ack, links.
+
+>>> async with RelayClient("http://127.0.0.1:8470", identity) as relay:   # doctest: +SKIP
+...     await relay.send(peer_did, "session-1", b"hello")
+...     async for item in relay.inbox():
+...         plaintext = item.open(identity, now_ms=...)
+...     link = await relay.open_link("session-1", peer_did)
+
+Posting is idempotent on the relay (same envelope id and content = same result), so
+:meth:`RelayClient.post` retries with backoff on connection failures, 429 and 5xx. The inbox
+stream reconnects with backoff and falls back from WebSocket push to long-poll. Relay
+refusals raise the classes of :mod:`didmesh.relay.errors`; connection failures raise
+:class:`RelayUnreachable` naming the URL. Every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from didmesh.identity.keys import IdentityKey
+
+from .auth import sign_challenge
+from .envelope import DEFAULT_TTL_S, Envelope, open_envelope, seal
+from .errors import (
+    WIRE_ERRORS,
+    AuthExpired,
+    AuthInvalid,
+    AuthRequired,
+    InvalidEnvelope,
+    LinkClosed,
+    RateLimited,
+    RelayError,
+    RelayInternalError,
+    RelayProtocolError,
+    RelayUnreachable,
+    Replay,
+    ShuttingDown,
+    error_from_wire,
+)
+from .protocol import CloseCode, Linked, LinkRequest, close_reason
+
+ERROR_HEADER = "X-Didmesh-Error"
+_RETRYABLE = (RelayUnreachable, ShuttingDown, RateLimited, RelayInternalError)
+_AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
+
+
+@dataclass(frozen=True)
+class PostResult:
+    id: str
+    received_ms: int
+    expires_ms: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Received:
+    envelope: Envelope
+    received_ms: int
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+    def open(self, identity: IdentityKey, *, now_ms: int | None = None) -> bytes:
+        """Verify and decrypt (raises :class:`EnvelopeRejected`)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return open_envelope(identity, self.envelope, now_ms=now)
+
+
+class Backoff:
+    """Exponential backoff with full jitter: 0.1 s doubling up to ``cap``."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base, self.cap, self.n = base, cap, 0
+
+    def reset(self) -> None:
+        self.n = 0
+
+    async def sleep(self, at_least: float = 0.0) -> None:
+        delay = min(self.cap, self.base * 2**self.n)
+        self.n += 1
+        await asyncio.sleep(max(at_least, random.uniform(delay / 2, delay)))
+
+
+class Link:
+    """An established link: ordered binary frames to and from the peer."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, linked: Linked) -> None:
+        self._ws = ws
+        self.linked = linked
+        self.peer = linked.peer
+        self.session = linked.session
+        self.close_code: int | None = None
+
+    async def send(self, data: bytes) -> None:
+        if self._ws.closed:
+            raise self._closed()
+        try:
+            await self._ws.send_bytes(data)
+        except (ConnectionError, RuntimeError):
+            raise self._closed() from None
+
+    async def recv(self, timeout: float | None = None) -> bytes:
+        """The next frame; raises :class:`LinkClosed` when the link ends, TimeoutError."""
+        msg = await self._ws.receive(timeout=timeout)
+        if msg.type is aiohttp.WSMsgType.BINARY:
+            return msg.data
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            await self.close(CloseCode.MALFORMED)
+            raise LinkClosed("the relay sent a text frame on an established link",
+                             CloseCode.MALFORMED)
+        raise self._closed()
+
+    def _closed(self) -> LinkClosed:
+        code = self._ws.close_code or self.close_code or CloseCode.PEER_GONE
+        self.close_code = code
+        return LinkClosed(f"link to {self.peer[:40]}... closed: {close_reason(code)}", code)
+
+    def __aiter__(self) -> Link:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.recv()
+        except LinkClosed:
+            raise StopAsyncIteration from None
+
+    async def close(self, code: int = CloseCode.NORMAL) -> None:
+        if not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(code=code), 5)
+        self.close_code = self.close_code or self._ws.close_code or code
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+    async def __aenter__(self) -> Link:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class RelayClient:
+    def __init__(
+        self,
+        base_url: str,
+        identity: IdentityKey,
+        *,
+        timeout: float = 10.0,
+        retries: int = 4,
+        local_addr: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.identity = identity
+        self.timeout = timeout
+        self.retries = retries
+        self.clock = clock
+        self._local_addr = local_addr
+        self._http: aiohttp.ClientSession | None = None
+        self._token: str | None = None
+        self._token_expires = 0
+        self._auth_lock = asyncio.Lock()
+        self.relay_id: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def __aenter__(self) -> RelayClient:
+        self._session()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            connector = aiohttp.TCPConnector(
+                limit=0, local_addr=(self._local_addr, 0) if self._local_addr else None
+            )
+            self._http = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+            )
+        return self._http
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- HTTP -------------------------------------------------------------------------------
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        raw: bytes | None = None,
+        auth: bool = False,
+        timeout: float | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        url = self.base_url + path
+        for attempt in range(2):
+            headers = {"Content-Type": "application/json"}
+            if auth:
+                headers["Authorization"] = "Bearer " + await self.token()
+            data = raw if raw is not None else (None if body is None else json.dumps(body))
+            try:
+                async with self._session().request(
+                    method, url, data=data, headers=headers, params=params,
+                    timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+                ) as resp:
+                    payload = await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                    TimeoutError) as exc:
+                raise RelayUnreachable(
+                    f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
+                ) from exc
+            try:
+                parsed = json.loads(payload) if payload else None
+            except ValueError:
+                parsed = None
+            if status < 400:
+                if parsed is None:
+                    raise RelayProtocolError(f"the relay at {url} answered non-JSON")
+                return status, parsed
+            err = error_from_wire(status, parsed, url)
+            if auth and attempt == 0 and isinstance(err, _AUTH_ERRORS):
+                self._token = None  # expired or relay restarted with a new secret: once more
+                continue
+            err.retry_after = float(resp.headers.get("Retry-After", "0") or 0)
+            raise err
+        raise AssertionError("unreachable")
+
+    async def info(self) -> dict[str, Any]:
+        _, data = await self._request("GET", "/info")
+        if isinstance(data, dict):
+            self.relay_id = data.get("relay_id")
+        return data
+
+    async def token(self) -> str:
+        """A bearer token proving control of our DID (cached until shortly before expiry)."""
+        async with self._auth_lock:
+            if self._token and self.now_ms() < self._token_expires - 30_000:
+                return self._token
+            _, ch = await self._request(
+                "POST", "/v1/auth/challenge", body={"did": self.identity.did}
+            )
+            try:
+                challenge, relay_id = str(ch["challenge"]), str(ch["relay_id"])
+            except (KeyError, TypeError):
+                raise RelayProtocolError("malformed challenge from the relay") from None
+            self.relay_id = relay_id
+            sig = sign_challenge(self.identity, relay_id, challenge)
+            _, tok = await self._request(
+                "POST", "/v1/auth/token",
+                body={"did": self.identity.did, "challenge": challenge, "signature": sig},
+            )
+            try:
+                self._token, self._token_expires = str(tok["token"]), int(tok["expires_ms"])
+            except (KeyError, TypeError, ValueError):
+                raise RelayProtocolError("malformed token from the relay") from None
+            # our clock may differ from the relay's: trust a short lifetime only
+            self._token_expires = min(self._token_expires, self.now_ms() + 300_000)
+            return self._token
+
+    # -- mailboxes -----------------------------------------------------------------------------
+    async def post(self, envelope: Envelope) -> PostResult:
+        """Post, retrying with backoff (safe: posting is idempotent)."""
+        raw = envelope.to_json()
+        backoff = Backoff(cap=2.0)
+        for attempt in range(self.retries + 1):
+            try:
+                _, data = await self._request("POST", "/v1/envelopes", raw=raw)
+                return PostResult(
+                    str(data["id"]), int(data["received_ms"]), int(data["expires_ms"]),
+                    bool(data["duplicate"]),
+                )
+            except Replay:
+                if attempt == 0:
+                    raise
+                # an earlier attempt of ours was stored and already delivered
+                return PostResult(envelope.id, 0, envelope.expires_ms, duplicate=True)
+            except _RETRYABLE as exc:
+                if attempt == self.retries:
+                    raise
+                await backoff.sleep(getattr(exc, "retry_after", 0.0))
+        raise AssertionError("unreachable")
+
+    async def send(
+        self, to: str, session: str, plaintext: bytes, *, ttl: int = DEFAULT_TTL_S
+    ) -> PostResult:
+        """Seal ``plaintext`` to ``to`` and post it."""
+        env = seal(self.identity, to, session, plaintext, now_ms=self.now_ms(), ttl=ttl)
+        return await self.post(env)
+
+    @staticmethod
+    def _parse_items(items: Any) -> list[Received]:
+        if not isinstance(items, list):
+            raise RelayProtocolError("malformed inbox batch from the relay")
+        out = []
+        for item in items:
+            try:
+                out.append(Received(Envelope.from_dict(item["envelope"]), int(item["received_ms"])))
+            except (KeyError, TypeError, ValueError, InvalidEnvelope) as exc:
+                raise RelayProtocolError(f"malformed envelope from the relay: {exc}") from None
+        return out
+
+    async def fetch(self, *, wait: float = 0.0, limit: int = 100) -> list[Received]:
+        """One (long-)poll: envelopes waiting for us, waiting up to ``wait`` s for the first."""
+        _, data = await self._request(
+            "GET", "/v1/inbox", auth=True, timeout=wait + self.timeout,
+            params={"wait": str(wait), "limit": str(limit)},
+        )
+        return self._parse_items(data.get("envelopes") if isinstance(data, dict) else None)
+
+    async def ack(self, ids: list[str]) -> int:
+        """Delete delivered envelopes from our inbox; returns how many were deleted."""
+        total = 0
+        for i in range(0, len(ids), 1000):
+            _, data = await self._request(
+                "POST", "/v1/inbox/ack", body={"ids": ids[i : i + 1000]}, auth=True
+            )
+            total += int(data["deleted"])
+        return total
+
+    async def inbox(self, *, push: bool = True, poll_wait: float = 25.0) -> AsyncIterator[Received]:
+        """Every envelope for us, as it arrives (each once per iterator); forever.
+
+        Reconnects with backoff. Envelopes are re-sent by the relay until acknowledged:
+        call :meth:`ack` after handling them. Wrap in ``asyncio.timeout`` to bound it.
+        """
+        seen: OrderedDict[str, None] = OrderedDict()
+        backoff = Backoff()
+
+        def fresh(items: list[Received]) -> list[Received]:
+            out = []
+            for item in items:
+                if item.id not in seen:
+                    seen[item.id] = None
+                    out.append(item)
+            while len(seen) > 100_000:
+                seen.popitem(last=False)
+            return out
+
+        while True:
+            try:
+                if push:
+                    try:
+                        async for batch in self._push_batches(backoff):
+                            for item in fresh(batch):
+                                yield item
+                    except _PushUnavailable:
+                        push = False
+                        continue
+                else:
+                    batch = await self.fetch(wait=poll_wait)
+                    backoff.reset()
+                    for item in fresh(batch):
+                        yield item
+                    continue
+            except (RelayUnreachable, ShuttingDown, RelayInternalError, RateLimited):
+                pass
+            await backoff.sleep()
+
+    async def _push_batches(self, backoff: Backoff) -> AsyncIterator[list[Received]]:
+        url = self.base_url + "/v1/inbox/ws"
+        for attempt in range(2):
+            headers = {"Authorization": "Bearer " + await self.token()}
+            try:
+                ws = await self._session().ws_connect(
+                    url, headers=headers, heartbeat=20.0,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    max_msg_size=64 * 1024 * 1024,
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                err = _handshake_error(exc, url)
+                if isinstance(err, _AUTH_ERRORS) and attempt == 0:
+                    self._token = None
+                    continue
+                if err is None:
+                    raise _PushUnavailable() from None
+                raise err from None
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                raise RelayUnreachable(f"cannot reach the relay at {url}: {exc}") from exc
+            break
+        else:
+            raise AuthInvalid("the relay keeps refusing our token")
+        async with ws:
+            backoff.reset()
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    raise RelayProtocolError("malformed push message from the relay") from None
+                if isinstance(data, dict) and data.get("type") == "envelopes":
+                    yield self._parse_items(data.get("items"))
+        raise RelayUnreachable(f"push connection to {url} closed ({ws.close_code})")
+
+    # -- links ---------------------------------------------------------------------------
+    async def open_link(
+        self, session: str, peer: str, *, link_id: str = "", timeout: float = 40.0
+    ) -> Link:
+        """Ask the relay to link us with ``peer`` in ``session``; returns once both ends joined.
+
+        Raises :class:`LinkClosed` (close code: pairing timeout, duplicate...), :class:`LinkLimit`,
+        :class:`RelayUnreachable`, or TimeoutError after ``timeout`` seconds.
+        """
+        url = self.base_url + "/v1/link"
+        req = LinkRequest(session, peer, link_id)
+        async with asyncio.timeout(timeout):
+            for attempt in range(2):
+                headers = {"Authorization": "Bearer " + await self.token()}
+                try:
+                    ws = await self._session().ws_connect(
+                        url, headers=headers, heartbeat=20.0, compress=0,
+                        max_msg_size=64 * 1024 * 1024,
+                        timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    )
+                except aiohttp.WSServerHandshakeError as exc:
+                    err = _handshake_error(exc, url) or RelayProtocolError(
+                        f"{url} does not speak the relay link protocol ({exc.status})"
+                    )
+                    if isinstance(err, _AUTH_ERRORS) and attempt == 0:
+                        self._token = None
+                        continue
+                    raise err from None
+                except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                    raise RelayUnreachable(f"cannot reach the relay at {url}: {exc}") from exc
+                break
+            else:
+                raise AuthInvalid("the relay keeps refusing our token")
+            try:
+                await ws.send_str(req.to_json())
+                msg = await ws.receive()
+            except BaseException:
+                await ws.close()
+                raise
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                try:
+                    linked = Linked.parse(msg.data)
+                except RelayError:
+                    await ws.close(code=CloseCode.MALFORMED)
+                    raise
+                return Link(ws, linked)
+            code = ws.close_code or CloseCode.PEER_GONE
+            await ws.close()
+            raise LinkClosed(f"the relay refused the link: {close_reason(code)} ({code})", code)
+
+
+class _PushUnavailable(Exception):
+    pass
+
+
+def _handshake_error(exc: aiohttp.WSServerHandshakeError, url: str) -> RelayError | None:
+    """Map a refused WebSocket upgrade to the relay's error (sent as a header)."""
+    code = exc.headers.get(ERROR_HEADER, "") if exc.headers else ""
+    cls = WIRE_ERRORS.get(code)
+    if cls is not None:
+        doc = (cls.__doc__ or code).strip().splitlines()[0]
+        return cls(f"relay refused {url}: {doc}")
+    if exc.status in (401, 403):
+        return AuthInvalid(f"relay refused {url} ({exc.status})")
+    if exc.status == 429:
+        return RateLimited(f"relay refused {url} ({exc.status})")
+    if exc.status >= 500:
+        return RelayInternalError(f"relay failed on {url} ({exc.status})")
+    return None

@@ -1,0 +1,176 @@
+"""Relay configuration: defaults < config file < environment < flags (specs/relay.md, "Limits").
+
+Every limit has a field here; :meth:`RelayConfig.public_limits` is what ``GET /info``
+serves. Config files are TOML (``.toml``) or YAML (``.yaml``/``.yml``) with the same keys
+as the fields; an unknown key is rejected by name. Environment variables are
+``DIDMESH_RELAY_<FIELD>`` (upper case), e.g. ``DIDMESH_RELAY_INBOX_MAX_ENVELOPES=500``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import RelayConfigError
+
+ENV_PREFIX = "DIDMESH_RELAY_"
+DEFAULT_PORT = 8470
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    store: str = ""  # "" = SQLite in the user data dir (or $DIDMESH_HOME/relay)
+    relay_id: str = ""  # "" = derived from the relay secret (shared by processes on one store)
+    # mailboxes
+    max_envelope_bytes: int = 64 * 1024
+    max_request_bytes: int = 256 * 1024
+    inbox_max_envelopes: int = 1000
+    inbox_max_bytes: int = 16 * 1024 * 1024
+    envelope_max_ttl_s: int = 7 * 24 * 3600
+    prune_interval_s: float = 30.0
+    replay_window_s: int = 900
+    max_clock_skew_s: int = 60
+    long_poll_max_s: float = 30.0
+    fetch_max_envelopes: int = 100
+    # rates (token buckets; 0 disables)
+    rate_did_per_s: float = 20.0
+    rate_did_burst: int = 40
+    rate_ip_per_s: float = 50.0
+    rate_ip_burst: int = 100
+    # links
+    links_per_did: int = 32
+    links_total: int = 4096
+    link_max_bytes: int = 1024 * 1024 * 1024
+    link_max_duration_s: float = 3600.0
+    link_max_frame: int = 1024 * 1024
+    link_pair_timeout_s: float = 30.0
+    # connections
+    ws_idle_timeout_s: float = 300.0
+    ws_heartbeat_s: float = 20.0
+    # auth
+    challenge_ttl_s: int = 60
+    token_ttl_s: int = 600
+    # operations
+    shutdown_timeout_s: float = 10.0
+    trust_forwarded_for: bool = False
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                lo = 0 if f.name.startswith("rate_") or f.name == "port" else 1e-9
+                if v < lo or (f.name == "port" and v > 65535):
+                    raise RelayConfigError(f"{f.name} = {v} is out of range")
+        if self.max_request_bytes < self.max_envelope_bytes:
+            raise RelayConfigError(
+                "max_request_bytes must be at least max_envelope_bytes "
+                f"({self.max_request_bytes} < {self.max_envelope_bytes})"
+            )
+
+    def replace(self, **changes: Any) -> RelayConfig:
+        return dataclasses.replace(self, **changes)
+
+    def public_limits(self) -> dict[str, Any]:
+        """The limits a client adapts to (served at GET /info)."""
+        keys = [
+            "max_envelope_bytes", "max_request_bytes", "inbox_max_envelopes", "inbox_max_bytes",
+            "envelope_max_ttl_s", "replay_window_s", "max_clock_skew_s", "long_poll_max_s",
+            "fetch_max_envelopes", "rate_did_per_s", "rate_did_burst", "rate_ip_per_s",
+            "rate_ip_burst", "links_per_did", "links_total", "link_max_bytes",
+            "link_max_duration_s", "link_max_frame", "link_pair_timeout_s",
+            "ws_idle_timeout_s", "challenge_ttl_s", "token_ttl_s",
+        ]
+        return {k: getattr(self, k) for k in keys}
+
+
+FIELD_TYPES: dict[str, type] = {
+    f.name: type(f.default) for f in fields(RelayConfig)  # defaults carry the types
+}
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """Convert ``value`` (a string from env/flags, or a parsed file value) to the field type."""
+    if name not in FIELD_TYPES:
+        raise RelayConfigError(f"unknown relay setting {name!r} in {source}")
+    typ = FIELD_TYPES[name]
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError):
+        raise RelayConfigError(
+            f"relay setting {name} in {source} must be {typ.__name__}, got {value!r}"
+        ) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RelayConfigError(f"cannot read relay config file {path}: {exc}") from exc
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(raw.decode())
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(raw) or {}
+        else:
+            raise RelayConfigError(f"relay config file {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise RelayConfigError(f"relay config file {path} is malformed: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError
+        if type(exc).__module__.startswith("yaml"):
+            raise RelayConfigError(f"relay config file {path} is malformed: {exc}") from exc
+        raise
+    if not isinstance(data, dict):
+        raise RelayConfigError(f"relay config file {path} must be a table/mapping of settings")
+    if isinstance(data.get("relay"), dict) and len(data) == 1:  # allow a [relay] table
+        data = data["relay"]
+    return {str(k): coerce(str(k), v, str(path)) for k, v in data.items()}
+
+
+def load_config(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> RelayConfig:
+    """Merge defaults, ``config_file``, ``env`` (``DIDMESH_RELAY_*``) and ``flags``."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    file = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if file:
+        values.update(read_config_file(Path(file)))
+    for name in FIELD_TYPES:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            values[name] = coerce(name, env[key], f"${key}")
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = coerce(name, value, f"--{name.replace('_', '-')}")
+    return RelayConfig(**values)

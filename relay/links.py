@@ -1,0 +1,402 @@
+"""Link pairing and frame forwarding on the server (specs/relay.md, "Links").
+
+Two ends ask for each other (:class:`~didmesh.relay.protocol.LinkRequest`); the
+:class:`LinkHub` pairs them. Ends in the same process are piped directly: each end's
+handler reads its own socket and ``await``s the send on the other socket, so a slow reader
+stalls the fast writer through TCP (aiohttp bounds the read queue and the write buffer):
+bounded memory, no per-frame JSON, no per-frame logging. Ends on different processes (Redis
+store) go through Redis pub/sub with credit-based flow control (:class:`RemotePipe`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .config import RelayConfig
+from .metrics import Metrics
+from .protocol import (
+    XP_CLOSE,
+    XP_CREDIT,
+    XP_DATA,
+    XP_READY,
+    XP_READY_MSG,
+    CloseCode,
+    Linked,
+    LinkRequest,
+    close_reason,
+    xp_close,
+    xp_credit,
+    xp_data,
+)
+from .store.base import Bus
+
+log = logging.getLogger("didmesh.relay.links")
+
+#: bytes a process may publish to a remote end before that end's process confirms delivery
+REMOTE_WINDOW = 1024 * 1024
+READY_TIMEOUT_S = 10.0
+
+
+class LinkDuplicate(Exception):
+    pass
+
+
+class LinkPeerGone(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class LinkState:
+    """Shared by both ends of a local link: budget and liveness."""
+
+    max_bytes: int
+    bytes: int = 0
+    frames: int = 0
+    closed_code: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(eq=False)
+class LinkEnd:
+    did: str
+    req: LinkRequest
+    ws: web.WebSocketResponse
+    local_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    paired: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass(eq=False)
+class LocalPair:
+    peer: LinkEnd
+    state: LinkState
+    owner: bool = False  # the end that completed the pairing runs the watchdog
+
+
+def key_str(key: tuple[str, str, str, str]) -> str:
+    return json.dumps(key, separators=(",", ":"))
+
+
+async def close_ws(ws: web.WebSocketResponse, code: int) -> None:
+    if not ws.closed:
+        with contextlib.suppress(Exception):
+            await ws.close(code=code, message=close_reason(code).encode())
+
+
+class LinkHub:
+    def __init__(self, config: RelayConfig, metrics: Metrics, bus: Bus | None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.bus = bus
+        self._waiting: dict[tuple[str, str, str, str], LinkEnd] = {}
+        self._by_id: dict[str, LinkEnd] = {}
+        self._remote: set[RemotePipe] = set()
+
+    async def start(self) -> None:
+        if self.bus is not None:
+            await self.bus.subscribe(self.bus.proc_channel(self.bus.proc_id), self._on_proc_msg)
+
+    # -- pairing ----------------------------------------------------------------------
+    async def join(self, end: LinkEnd) -> LocalPair | RemotePipe:
+        """Wait (up to the pairing timeout) for the peer; raises TimeoutError, LinkDuplicate
+        or LinkPeerGone."""
+        timeout = self.config.link_pair_timeout_s
+        if self.bus is None:
+            other = self._waiting.pop(end.req.mirror_key(end.did), None)
+            if other is not None and not other.paired.done():
+                return await self._pair_local(end, other)
+            key = end.req.key(end.did)
+            if key in self._waiting:
+                raise LinkDuplicate()
+            self._waiting[key] = end
+            self.metrics.links_waiting += 1
+            try:
+                return await asyncio.wait_for(asyncio.shield(end.paired), timeout)
+            finally:
+                self.metrics.links_waiting -= 1
+                if self._waiting.get(key) is end:
+                    del self._waiting[key]
+        return await self._join_bus(end, self.bus, timeout)
+
+    async def _join_bus(self, end: LinkEnd, bus: Bus, timeout: float) -> LocalPair | RemotePipe:
+        my_key, mirror = key_str(end.req.key(end.did)), key_str(end.req.mirror_key(end.did))
+        token = f"{bus.proc_id}:{end.local_id}"
+        self._by_id[end.local_id] = end
+        try:
+            try:
+                other = await bus.pair(my_key, mirror, token, int(timeout * 1000))
+            except KeyError:
+                raise LinkDuplicate() from None
+            if other is None:  # we wait; the peer's process will tell us
+                self.metrics.links_waiting += 1
+                try:
+                    return await asyncio.wait_for(asyncio.shield(end.paired), timeout)
+                finally:
+                    self.metrics.links_waiting -= 1
+                    if not end.paired.done():
+                        await bus.unpair(my_key, token)
+            proc, _, lid = other.partition(":")
+            if proc == bus.proc_id:
+                peer = self._by_id.get(lid)
+                if peer is None or peer.paired.done():
+                    raise LinkPeerGone()
+                return await self._pair_local(end, peer)
+            # the peer waits on another process: claim it
+            link = uuid.uuid4().hex
+            pipe = RemotePipe(self, bus, end, link, "b")
+            await pipe.subscribe()
+            await bus.publish(
+                bus.proc_channel(proc), json.dumps({"waiter": lid, "link": link}).encode()
+            )
+            try:
+                await asyncio.wait_for(pipe.ready.wait(), READY_TIMEOUT_S)
+            except TimeoutError:
+                await pipe.unsubscribe()
+                raise LinkPeerGone() from None
+            if pipe.remote_close:
+                await pipe.unsubscribe()
+                raise LinkPeerGone()
+            return pipe
+        finally:
+            self._by_id.pop(end.local_id, None)
+
+    def linked_json(self, end: LinkEnd) -> str:
+        c = self.config
+        return Linked(
+            end.req.session, end.req.peer, end.req.link_id, c.link_max_bytes,
+            c.link_max_duration_s, c.link_max_frame,
+        ).to_json()
+
+    async def _pair_local(self, end: LinkEnd, other: LinkEnd) -> LocalPair:
+        """Tell both ends "linked" before either may forward, then wake the waiting one."""
+        state = LinkState(self.config.link_max_bytes)
+        other.paired.set_result(LocalPair(end, state))
+        try:
+            await other.ws.send_str(self.linked_json(other))
+            await end.ws.send_str(self.linked_json(end))
+        except (ConnectionError, RuntimeError):
+            state.closed_code = CloseCode.PEER_GONE
+        state.ready.set()
+        return LocalPair(other, state, owner=True)
+
+    def _on_proc_msg(self, data: bytes) -> None:
+        try:
+            msg = json.loads(data)
+            lid, link = str(msg["waiter"]), str(msg["link"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("malformed pairing notice on the bus")
+            return
+        asyncio.get_running_loop().create_task(self._accept_remote(lid, link))
+
+    async def _accept_remote(self, lid: str, link: str) -> None:
+        assert self.bus is not None
+        end = self._by_id.get(lid)
+        if end is None or end.paired.done():
+            await self.bus.publish(f"link:{link}:b", xp_close(CloseCode.PEER_GONE))
+            return
+        pipe = RemotePipe(self, self.bus, end, link, "a")
+        await pipe.subscribe()
+        if end.paired.done():  # timed out meanwhile
+            await pipe.unsubscribe()
+            await self.bus.publish(f"link:{link}:b", xp_close(CloseCode.PEER_GONE))
+            return
+        end.paired.set_result(pipe)
+        try:
+            await end.ws.send_str(self.linked_json(end))
+        except (ConnectionError, RuntimeError):
+            pipe.state.closed_code = CloseCode.PEER_GONE
+        pipe.linked_sent = True
+        await self.bus.publish(f"link:{link}:b", XP_READY_MSG)
+
+    async def close_all(self, code: int) -> None:
+        for end in list(self._waiting.values()) + list(self._by_id.values()):
+            await close_ws(end.ws, code)
+
+
+# -- forwarding ------------------------------------------------------------------------------
+
+
+async def watchdog(
+    config: RelayConfig, state: LinkState, ends: list[web.WebSocketResponse],
+    on_close: Callable[[int], Any] | None = None,
+) -> None:
+    """Close the link when its duration or idle budget is used up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.link_max_duration_s
+    idle = config.ws_idle_timeout_s
+    last_frames, last_active = -1, loop.time()
+    while True:
+        now = loop.time()
+        if state.frames != last_frames:
+            last_frames, last_active = state.frames, now
+        if now >= deadline:
+            code = CloseCode.DURATION_EXCEEDED
+        elif now - last_active >= idle:
+            code = CloseCode.IDLE_TIMEOUT
+        else:
+            await asyncio.sleep(min(deadline - now, idle - (now - last_active), idle / 4) + 0.001)
+            continue
+        state.closed_code = code
+        if on_close is not None:
+            await on_close(code)
+        for ws in ends:
+            await close_ws(ws, code)
+        return
+
+
+async def pipe_local(
+    me: LinkEnd, pair: LocalPair, metrics: Metrics
+) -> int:
+    """Forward my end's binary frames to the peer until either side closes. Returns the
+    close code for my socket."""
+    state, peer_ws, ws = pair.state, pair.peer.ws, me.ws
+    max_bytes = state.max_bytes
+    await state.ready.wait()
+    n = 0
+    frames = 0
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.BINARY:
+                data = msg.data
+                state.bytes += len(data)
+                if state.bytes > max_bytes:
+                    state.closed_code = CloseCode.BYTES_EXCEEDED
+                    break
+                state.frames += 1
+                n += len(data)
+                frames += 1
+                await peer_ws.send_bytes(data)
+            else:  # a text frame after "linked": protocol violation
+                state.closed_code = state.closed_code or CloseCode.MALFORMED
+                break
+    except (ConnectionError, RuntimeError, asyncio.CancelledError):
+        state.closed_code = state.closed_code or CloseCode.PEER_GONE
+    finally:
+        metrics.link_bytes_forwarded += n
+        metrics.link_frames_forwarded += frames
+    code = state.closed_code or (
+        CloseCode.PEER_CLOSED if ws.close_code in (None, 1000, 1001) else CloseCode.PEER_GONE
+    )
+    if not state.closed_code:
+        state.closed_code = code
+    await close_ws(peer_ws, code)
+    return code if code != CloseCode.PEER_CLOSED else CloseCode.NORMAL
+
+
+class RemotePipe:
+    """One local end of a link whose other end is on another relay process."""
+
+    def __init__(self, hub: LinkHub, bus: Bus, end: LinkEnd, link: str, role: str) -> None:
+        self.hub, self.bus, self.end = hub, bus, end
+        self.link, self.role = link, role
+        self.rx = f"link:{link}:{role}"
+        self.tx = f"link:{link}:{'b' if role == 'a' else 'a'}"
+        self.ready = asyncio.Event()
+        self.remote_close = 0
+        self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.credit = REMOTE_WINDOW
+        self.credit_event = asyncio.Event()
+        self.credit_event.set()
+        self.state = LinkState(hub.config.link_max_bytes)
+        self.linked_sent = False
+
+    async def subscribe(self) -> None:
+        await self.bus.subscribe(self.rx, self._on_msg)
+
+    async def unsubscribe(self) -> None:
+        await self.bus.unsubscribe(self.rx)
+
+    def _on_msg(self, data: bytes) -> None:
+        kind = data[0] if data else -1
+        if kind == XP_DATA:
+            self.inbound.put_nowait(data[1:])
+        elif kind == XP_CREDIT:
+            self.credit += int.from_bytes(data[1:5], "big")
+            self.credit_event.set()
+        elif kind == XP_CLOSE:
+            self.remote_close = int.from_bytes(data[1:3], "big") or CloseCode.PEER_GONE
+            self.ready.set()
+            self.inbound.put_nowait(None)
+            self.credit_event.set()
+        elif kind == XP_READY:
+            self.ready.set()
+
+    async def _deliver(self) -> None:
+        ws, state = self.end.ws, self.state
+        owed = 0
+        while True:
+            data = await self.inbound.get()
+            if data is None:
+                await close_ws(ws, self.remote_close)
+                return
+            state.bytes += len(data)
+            state.frames += 1
+            if state.bytes > state.max_bytes:
+                await self._close(CloseCode.BYTES_EXCEEDED)
+                return
+            await ws.send_bytes(data)
+            owed += len(data)
+            if owed >= REMOTE_WINDOW // 4 or self.inbound.empty():
+                await self.bus.publish(self.tx, xp_credit(owed))
+                owed = 0
+
+    async def _close(self, code: int) -> None:
+        if not self.state.closed_code:
+            self.state.closed_code = code
+            with contextlib.suppress(Exception):
+                await self.bus.publish(self.tx, xp_close(code))
+        await close_ws(self.end.ws, code)
+
+    async def run(self, metrics: Metrics) -> int:
+        ws, state = self.end.ws, self.state
+        deliver = asyncio.create_task(self._deliver())
+        dog = asyncio.create_task(watchdog(self.hub.config, state, [], self._close))
+        n = frames = 0
+        try:
+            async for msg in ws:
+                if msg.type is not WSMsgType.BINARY:
+                    await self._close(CloseCode.MALFORMED)
+                    break
+                data = msg.data
+                state.bytes += len(data)
+                state.frames += 1
+                if state.bytes > state.max_bytes:
+                    await self._close(CloseCode.BYTES_EXCEEDED)
+                    break
+                while self.credit < len(data) and not self.remote_close:
+                    self.credit_event.clear()
+                    await self.credit_event.wait()
+                if self.remote_close:
+                    break
+                self.credit -= len(data)
+                await self.bus.publish(self.tx, xp_data(data))
+                n += len(data)
+                frames += 1
+        except Exception:
+            log.exception("remote link %s failed", self.link)
+            await self._close(CloseCode.INTERNAL)
+        finally:
+            metrics.link_bytes_forwarded += n
+            metrics.link_frames_forwarded += frames
+            dog.cancel()
+            if not self.remote_close and not state.closed_code:
+                state.closed_code = CloseCode.PEER_CLOSED
+                with contextlib.suppress(Exception):
+                    await self.bus.publish(self.tx, xp_close(CloseCode.PEER_CLOSED))
+            if self.remote_close:
+                with contextlib.suppress(asyncio.TimeoutError, Exception):
+                    await asyncio.wait_for(deliver, 1.0)
+            deliver.cancel()
+            await self.unsubscribe()
+        code = self.remote_close or state.closed_code
+        return CloseCode.NORMAL if code == CloseCode.PEER_CLOSED and not self.remote_close else code

@@ -1,0 +1,187 @@
+"""Running a relay process: flags, logging, signals (specs/relay.md, "Running a relay").
+
+``python -m didmesh.relay`` and ``didmesh relay serve`` both end up in :func:`serve`. On
+start the relay prints one line ``didmesh relay listening on http://HOST:PORT`` (the real
+port when ``--port 0``) on stdout. SIGTERM/SIGINT: stop accepting, close WebSockets with
+1001, let in-flight requests finish (up to ``shutdown_timeout_s``), close the store.
+Logs are JSON lines on stderr; access logs carry method, path (no query string), status,
+size, duration and error code, never bodies, keys or tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from didmesh.identity.errors import DidmeshError
+
+from .app import build_app
+from .config import FIELD_TYPES, RelayConfig, load_config
+from .store.url import STORE_HELP, open_store
+
+LISTENING = "didmesh relay listening on"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            out.update(extra)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"))
+
+
+class JsonAccessLogger(AbstractAccessLogger):
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        fields_: dict[str, Any] = {
+            "remote": request.remote,
+            "method": request.method,
+            "path": request.rel_url.path[:200],
+            "status": response.status,
+            "bytes": response.body_length,
+            "ms": round(time * 1000, 2),
+        }
+        code = request.get("error_code")
+        if code:
+            fields_["error"] = code
+        self.logger.info("access", extra={"fields": fields_})
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("didmesh")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    access = logging.getLogger("didmesh.relay.access")
+    access.setLevel(level)
+    aio = logging.getLogger("aiohttp")
+    aio.handlers[:] = [handler]
+    aio.setLevel(logging.WARNING)
+    aio.propagate = False
+
+
+def url_for(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(
+    config: RelayConfig,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
+    store = open_store(config.store)
+    app = build_app(config, store)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log_class=JsonAccessLogger,
+        access_log=logging.getLogger("didmesh.relay.access") if config.access_log else None,
+        shutdown_timeout=config.shutdown_timeout_s,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+        await site.start()
+        port = config.port
+        for addr in runner.addresses:
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                port = int(addr[1])
+                break
+        url = url_for(config.host, port)
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        (on_ready or _print_ready)(url)
+        await stop.wait()
+        logging.getLogger("didmesh.relay").info("shutting down")
+    finally:
+        t0 = time.monotonic()
+        await runner.cleanup()
+        logging.getLogger("didmesh.relay").info(
+            "stopped", extra={"fields": {"shutdown_ms": round((time.monotonic() - t0) * 1000)}}
+        )
+
+
+def _print_ready(url: str) -> None:
+    print(f"{LISTENING} {url}", flush=True)
+
+
+# -- command line ---------------------------------------------------------------------------
+
+_SKIP_FLAGS = {"host", "port", "store"}
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (0: any free port)")
+    p.add_argument("--store", default=None, help=f"mailbox store: {STORE_HELP}")
+    p.add_argument("--config", default=None, help="config file (.toml or .yaml)")
+    limits = p.add_argument_group("limits and settings (also DIDMESH_RELAY_<NAME> or config file)")
+    defaults = RelayConfig()
+    for f in fields(RelayConfig):
+        if f.name in _SKIP_FLAGS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        typ = FIELD_TYPES[f.name]
+        if typ is bool:
+            limits.add_argument(
+                flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                help=f"(default {getattr(defaults, f.name)})",
+            )
+        else:
+            limits.add_argument(
+                flag, dest=f.name, default=None, metavar=typ.__name__.upper(),
+                help=f"(default {getattr(defaults, f.name)!r})",
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> RelayConfig:
+    flags = {name: getattr(args, name, None) for name in FIELD_TYPES}
+    return load_config(flags=flags, config_file=getattr(args, "config", None))
+
+
+def run(config: RelayConfig) -> int:
+    setup_logging()
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m didmesh.relay", description="Run a didmesh community relay."
+    )
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(config_from_args(args))
+    except DidmeshError as exc:
+        print(f"didmesh relay: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # e.g. address in use
+        print(f"didmesh relay: {exc}", file=sys.stderr)
+        return 2
