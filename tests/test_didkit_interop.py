@@ -1,0 +1,207 @@
+"""Interoperability with didkit 0.3.3 (marker ``didkit``), both directions.
+
+Every didkit call runs in a child process (tests/didkit_helper.py), because didkit can
+crash at interpreter exit. Both sides use the same identities: the didmesh seed is
+handed to didkit as an Ed25519 JWK.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib.util
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from didmesh.identity.credentials import (
+    issue_credential,
+    issue_presentation,
+    verify_credential,
+    verify_presentation,
+)
+from didmesh.identity.errors import ChallengeMismatch, InvalidProof
+from didmesh.identity.keys import IdentityKey
+from vc_support import CREATED, HOLDER, ISSUER, NOW, presentation, v1_credential
+
+HELPER = Path(__file__).with_name("didkit_helper.py")
+
+pytestmark = [
+    pytest.mark.didkit,
+    pytest.mark.skipif(
+        importlib.util.find_spec("didkit") is None,
+        reason="didkit is not installed (pip install -e '.[didkit]'; CI installs it)",
+    ),
+]
+
+
+def run_didkit(ops: list[dict[str, Any]]) -> list[Any]:
+    proc = subprocess.run(
+        [sys.executable, str(HELPER)],
+        input=json.dumps(ops),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    if isinstance(out, dict) and "unavailable" in out:
+        pytest.skip(f"didkit cannot be imported: {out['unavailable']}")
+    assert isinstance(out, list)
+    for result in out:
+        if isinstance(result, dict) and "error" in result:
+            raise AssertionError(f"didkit failed: {result['error']}")
+    return out
+
+
+def jwk(key: IdentityKey) -> str:
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return json.dumps(
+        {"kty": "OKP", "crv": "Ed25519", "x": b64(key.ed25519_public), "d": b64(key.seed_bytes())}
+    )
+
+
+def _now() -> datetime:
+    # didkit stamps proofs with the wall clock; verify them at the same clock.
+    return datetime.now(UTC)
+
+
+def test_didkit_derives_the_same_did_and_method() -> None:
+    [got] = run_didkit([{"op": "key_to_did", "key": jwk(ISSUER)}])
+    assert got == {"did": ISSUER.did, "vm": ISSUER.verification_method}
+
+
+# --------------------------------------------------------------------------- didkit -> didmesh
+
+
+@pytest.fixture(scope="module")
+def from_didkit() -> dict[str, Any]:
+    """Credentials and presentations issued by didkit, once for the module."""
+    cred_opts = {
+        "proofPurpose": "assertionMethod",
+        "verificationMethod": ISSUER.verification_method,
+    }
+    vp_opts = {
+        "proofPurpose": "authentication",
+        "verificationMethod": HOLDER.verification_method,
+        "challenge": "ch-7",
+        "domain": "didmesh.test",
+    }
+    ops: list[dict[str, Any]] = [
+        {
+            "op": "issue_credential",
+            "credential": v1_credential(),
+            "key": jwk(ISSUER),
+            "options": {**cred_opts, "type": t},
+        }
+        for t in ("Ed25519Signature2018", "Ed25519Signature2020")
+    ]
+    vc2018, vc2020 = run_didkit(ops)
+    vps = run_didkit(
+        [
+            {
+                "op": "issue_presentation",
+                "presentation": presentation(1, [vc2018, vc2020]),
+                "key": jwk(HOLDER),
+                "options": {**vp_opts, "type": t},
+            }
+            for t in ("Ed25519Signature2018", "Ed25519Signature2020")
+        ]
+    )
+    return {"vc2018": vc2018, "vc2020": vc2020, "vp2018": vps[0], "vp2020": vps[1]}
+
+
+@pytest.mark.parametrize("name", ["vc2018", "vc2020"])
+def test_didkit_credential_verifies_in_didmesh(from_didkit: dict[str, Any], name: str) -> None:
+    doc = from_didkit[name]
+    got = verify_credential(json.dumps(doc), now=_now(), expected_issuer=ISSUER.did)
+    assert got.suite == doc["proof"]["type"]
+    assert got.subject_ids == (HOLDER.did,)
+
+
+@pytest.mark.parametrize("name", ["vc2018", "vc2020"])
+def test_tampered_didkit_credential_fails_in_didmesh(
+    from_didkit: dict[str, Any], name: str
+) -> None:
+    doc = copy.deepcopy(from_didkit[name])
+    doc["credentialSubject"]["id"] = ISSUER.did
+    with pytest.raises(InvalidProof):
+        verify_credential(doc, now=_now())
+
+
+@pytest.mark.parametrize("name", ["vp2018", "vp2020"])
+def test_didkit_presentation_verifies_in_didmesh(from_didkit: dict[str, Any], name: str) -> None:
+    doc = from_didkit[name]
+    got = verify_presentation(doc, now=_now(), challenge="ch-7", domain="didmesh.test")
+    assert got.holder == HOLDER.did
+    assert got.suite == doc["proof"]["type"]
+    assert [c.suite for c in got.credentials] == ["Ed25519Signature2018", "Ed25519Signature2020"]
+    with pytest.raises(ChallengeMismatch):
+        verify_presentation(doc, now=_now(), challenge="ch-8", domain="didmesh.test")
+
+
+@pytest.mark.parametrize("name", ["vp2018", "vp2020"])
+def test_tampered_didkit_presentation_fails_in_didmesh(
+    from_didkit: dict[str, Any], name: str
+) -> None:
+    doc = copy.deepcopy(from_didkit[name])
+    doc["verifiableCredential"] = doc["verifiableCredential"][:1]
+    with pytest.raises(InvalidProof):
+        verify_presentation(doc, now=_now(), challenge="ch-7", domain="didmesh.test")
+
+
+# --------------------------------------------------------------------------- didmesh -> didkit
+
+
+def test_didmesh_credential_verifies_in_didkit() -> None:
+    signed = issue_credential(
+        v1_credential(), ISSUER, suite="Ed25519Signature2020", created=CREATED
+    )
+    tampered = copy.deepcopy(signed)
+    tampered["issuanceDate"] = "2025-01-02T00:00:00Z"
+    opts = {"proofPurpose": "assertionMethod"}
+    good, bad = run_didkit(
+        [
+            {"op": "verify_credential", "credential": signed, "options": opts},
+            {"op": "verify_credential", "credential": tampered, "options": opts},
+        ]
+    )
+    assert good["errors"] == [], good
+    assert bad["errors"], bad
+
+
+def test_didmesh_presentation_verifies_in_didkit() -> None:
+    cred = issue_credential(v1_credential(), ISSUER, suite="Ed25519Signature2020", created=CREATED)
+    vp = issue_presentation(
+        presentation(1, [cred]),
+        HOLDER,
+        challenge="ch-9",
+        domain="didmesh.test",
+        suite="Ed25519Signature2020",
+        created=CREATED,
+    )
+    verify_presentation(vp, now=NOW, challenge="ch-9", domain="didmesh.test")
+    tampered = copy.deepcopy(vp)
+    tampered["verifiableCredential"][0]["credentialSubject"]["id"] = ISSUER.did
+    opts = {"proofPurpose": "authentication", "challenge": "ch-9", "domain": "didmesh.test"}
+    good, bad, wrong = run_didkit(
+        [
+            {"op": "verify_presentation", "presentation": vp, "options": opts},
+            {"op": "verify_presentation", "presentation": tampered, "options": opts},
+            {
+                "op": "verify_presentation",
+                "presentation": vp,
+                "options": {**opts, "challenge": "other"},
+            },
+        ]
+    )
+    assert good["errors"] == [], good
+    assert bad["errors"], bad
+    assert wrong["errors"], wrong
