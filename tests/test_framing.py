@@ -111,6 +111,19 @@ def test_encrypt_many_coalesces_into_full_records(
     assert deliver(wire, b, rng) == msgs
 
 
+def test_receive_buffer_stays_bounded(
+    pair: tuple[SecureChannel, SecureChannel], rng: random.Random
+) -> None:
+    # Regression: consumed records must be dropped even when next_message() returns
+    # a message on every call (the buffer once grew without bound and slowed to O(n^2)).
+    a, b = pair
+    for i in range(300):
+        msg = rng.randbytes(rng.choice([10, 5000, 70_000]))
+        b.receive_data(a.send(msg))
+        assert b.next_message() == msg, i
+        assert len(b.decoder._buf) <= 2 * (2 + 65535)
+
+
 def test_leftover_after_handshake_reaches_the_channel(rng: random.Random) -> None:
     ka, kb = PartyKeys.from_rng(rng), PartyKeys.from_rng(rng)
     prologue = didmesh_prologue(ROSTER, 3, 7)
@@ -458,7 +471,6 @@ def test_random_splits_reassemble_exactly(
     assert deliver(wire, b, rng, max_fragment) == msgs
     b.receive_eof()
     assert b.next_message() is None and b.state == "closed"
-
 
 
 @_HYP

@@ -99,12 +99,15 @@ class SecureChannel:
     # sending
     def send(self, message: bytes | bytearray | memoryview) -> bytearray:
         """Encrypt one application message; returns the bytes to write."""
-        return self.send_many((message,))
+        try:
+            return self.encoder.encrypt(message)
+        except MeshError as exc:
+            if self.encoder.closed:
+                self._aborting(exc)
+            raise
 
     def send_many(self, messages: Iterable[bytes | bytearray | memoryview]) -> bytearray:
         """Encrypt several messages, coalesced into as few records as possible."""
-        if self.decoder.state == "aborted":
-            self.encoder.abort("was aborted (receive side failed)")
         try:
             return self.encoder.encrypt_many(messages)
         except MeshError as exc:

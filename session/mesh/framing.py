@@ -99,7 +99,20 @@ class FrameEncoder:
 
     def encrypt(self, message: bytes | bytearray | memoryview) -> bytearray:
         """One application message -> wire bytes (one or more records)."""
-        return self.encrypt_many((message,))
+        n = len(message)
+        if n > MAX_ITEM_DATA or n > self.max_message_size or type(message) is memoryview:
+            return self.encrypt_many((message,))
+        # Fast path: one record holding one item.
+        self._check_open()
+        out = bytearray(LEN_PREFIX + ITEM_HEADER + n + TAG_LEN)
+        _pack_u16_into(out, 0, ITEM_HEADER + n + TAG_LEN)
+        try:
+            with memoryview(out) as ov:
+                self._cipher.encrypt_into(_pack_u32(n) + message, ov[LEN_PREFIX:])
+        except MeshError as exc:
+            self._closed = f"was aborted: {exc.message}"
+            raise
+        return out
 
     def encrypt_many(self, messages: Iterable[bytes | bytearray | memoryview]) -> bytearray:
         """Several application messages -> wire bytes, packed into as few records as possible.
@@ -195,7 +208,9 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
         self._ready: deque[bytes] = deque()
-        self._partial: bytearray | None = None
+        # Fragments of the message being reassembled: (record plaintext, start, end).
+        self._partial: list[tuple[bytearray, int, int]] | None = None
+        self._partial_len = 0
         self._eof = False
         self._peer_closed = False
         self._aborted: str | None = None
@@ -237,6 +252,8 @@ class FrameDecoder:
             raise self._fail(
                 FrameMalformed("the peer sent data after its close record; channel aborted")
             )
+        if self._pos:
+            self._compact()
         self._buf += data
 
     def receive_eof(self) -> None:
@@ -285,7 +302,7 @@ class FrameDecoder:
             raise self._fail(
                 FrameTruncated(
                     f"channel closed mid-frame: the stream ended inside a message "
-                    f"({len(self._partial)} byte(s) of it received)"
+                    f"({self._partial_len} byte(s) of it received)"
                 )
             )
         raise self._fail(
@@ -338,6 +355,13 @@ class FrameDecoder:
         off = 0
         ready = self._ready
         limit = self.max_message_size
+        if self._partial is None and size <= limit + ITEM_HEADER:
+            # Fast path: the record is exactly one complete message.
+            (header,) = _unpack_u32_from(pt, 0)
+            if header + ITEM_HEADER == size:  # no flag bits set, length fills the record
+                del pt[:ITEM_HEADER]
+                ready.append(bytes(pt))
+                return
         with memoryview(pt) as pv:
             while off < size:
                 if size - off < ITEM_HEADER:
@@ -366,19 +390,22 @@ class FrameDecoder:
                             FrameMalformed("a continued item must be non-empty and end its record")
                         )
                     if partial is None:
-                        partial = self._partial = bytearray()
-                    if len(partial) + n > limit:
-                        raise self._fail(self._too_large(len(partial) + n))
-                    partial += pv[start:off]
+                        partial = self._partial = []
+                        self._partial_len = 0
+                    self._partial_len += n
+                    if self._partial_len > limit:
+                        raise self._fail(self._too_large(self._partial_len))
+                    partial.append((pt, start, off))
                 elif partial is None:
                     if n > limit:
                         raise self._fail(self._too_large(n))
                     ready.append(bytes(pv[start:off]))
                 else:
-                    if len(partial) + n > limit:
-                        raise self._fail(self._too_large(len(partial) + n))
-                    partial += pv[start:off]
-                    ready.append(bytes(partial))
+                    self._partial_len += n
+                    if self._partial_len > limit:
+                        raise self._fail(self._too_large(self._partial_len))
+                    partial.append((pt, start, off))
+                    ready.append(b"".join([memoryview(b)[i:j] for b, i, j in partial]))
                     self._partial = None
 
     def _too_large(self, size: int) -> FrameTooLarge:

@@ -449,8 +449,7 @@ class HandshakeState:
             nonlocal pos
             if len(message) - pos < n:
                 raise HandshakeFailed(
-                    f"handshake message {self._index} is truncated "
-                    f"({len(message)} bytes)",
+                    f"handshake message {self._index} is truncated ({len(message)} bytes)",
                     reason="malformed",
                 )
             chunk = message[pos : pos + n]
