@@ -491,3 +491,25 @@ def test_random_byte_flips_are_always_detected(data: st.DataObject) -> None:
         got.extend(b)
     assert got == msgs[: len(got)]  # only untouched messages before the flip came out
     assert b.state == "aborted"
+
+
+# --------------------------------------------------------------------------- error tree
+
+
+def test_mesh_errors_fit_the_tree() -> None:
+    from didmesh.identity.errors import DidmeshError, LocalError, RemoteError
+    from didmesh.session.mesh import errors as me
+
+    classes = [
+        c for c in vars(me).values()
+        if isinstance(c, type) and issubclass(c, me.MeshError) and c.__module__ == me.__name__
+    ]  # fmt: skip
+    assert len({c.code for c in classes}) == len(classes)  # stable, unique codes
+    for c in classes:
+        assert issubclass(c, DidmeshError)
+        if c is not me.MeshError:
+            assert issubclass(c, LocalError) != issubclass(c, RemoteError), c
+    for remote in (me.HandshakeFailed, me.DecryptFailed, me.FrameError, me.RecordRejected):
+        assert issubclass(remote, RemoteError)
+    for local in (me.NonceExhausted, me.ChannelClosed, me.MessageTooLarge, me.NoiseUsageError):
+        assert issubclass(local, LocalError)

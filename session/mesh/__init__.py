@@ -14,14 +14,30 @@ Everything here is sans-IO: bytes in, bytes out, no sockets, no clock.
 
 from __future__ import annotations
 
+from .channel import (
+    MESH_PROLOGUE_LABEL,
+    MESH_PROTOCOL_NAME,
+    MeshHandshake,
+    SecureChannel,
+    didmesh_prologue,
+)
+from .framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, FrameEncoder
 from .noise import CipherState, HandshakeState, NoiseProtocol, NoiseTransport, SymmetricState
 from .primitives import KeyPair
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MESH_PROLOGUE_LABEL",
+    "MESH_PROTOCOL_NAME",
     "CipherState",
+    "FrameDecoder",
+    "FrameEncoder",
     "HandshakeState",
     "KeyPair",
+    "MeshHandshake",
     "NoiseProtocol",
     "NoiseTransport",
+    "SecureChannel",
     "SymmetricState",
+    "didmesh_prologue",
 ]
