@@ -1,0 +1,469 @@
+"""Bringing up the mesh: per-pair path selection, hello, handshake (specs/mesh.md, "Paths").
+
+For each pair the party with the lower id is the initiator. It opens a byte link —
+directly over TCP to an endpoint the roster announces for the peer, or through a
+forwarding link on one of the session's relays — and writes a cleartext *hello*
+(:data:`HELLO_LEN` bytes: ``b"DMSH" || version 1 || tag || u32 initiator || u32
+responder`` with ``tag = BLAKE2s("didmesh/mesh/hello" || roster_hash)[:16]``) so that a
+listener serving several peers knows which roster entry to use, then the Noise KK
+handshake (:class:`~.channel.MeshHandshake`). The hello is only a hint: the prologue
+binds the roster hash and both ids, so a wrong claim fails the handshake. A responder
+that rejects a hello or a handshake writes ``b"DMSX" || code`` (an unauthenticated
+diagnostic) and closes.
+
+Path choice (automatic unless ``direct_only``/``relay_only``): direct attempts start at
+once and are retried (a peer may not listen yet) until the deadline; a relayed attempt
+starts after ``direct_grace`` seconds without success (at once with ``relay_only``).
+Whichever completes its handshake first wins: the initiator commits by sending SELECT
+as the channel's first message and drops the other attempt; the responder takes the
+path on which SELECT arrives. A handshake that fails authentication ends attempts on
+that kind of path; when no kind is left the pair fails at once. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from didmesh.identity.errors import DidmeshError
+from didmesh.identity.keys import IdentityKey
+
+from .channel import MeshHandshake, SecureChannel
+from .errors import HandshakeFailed
+from .faults import ConnectFailed, PathUnavailable
+from .peer import SELECT, PeerChannel
+from .plan import MeshPlan, parse_endpoint
+from .transport import ByteLink, RelayedLink, TcpLink, open_tcp, serve_tcp
+
+HELLO_MAGIC: Final = b"DMSH"
+HELLO_VERSION: Final = 1
+HELLO_LEN: Final = 4 + 1 + 16 + 4 + 4
+REJECT_MAGIC: Final = b"DMSX"
+REJECT_ROSTER: Final = b"R"  # hello tag differs: another roster
+REJECT_PARTY: Final = b"P"  # ids not in the roster / not us
+REJECT_AUTH: Final = b"A"  # handshake did not authenticate
+_REJECT_TEXT: Final = {
+    REJECT_ROSTER: "its roster hash differs from ours (it agreed another roster)",
+    REJECT_PARTY: "it does not accept our party ids (another roster or a stale endpoint)",
+    REJECT_AUTH: "our handshake did not authenticate at its end (its copy of our session "
+    "key or of the roster differs)",
+}
+
+#: ``(relay_url, peer_did) -> link`` with ``send``/``recv``/``close`` coroutines.
+RelayOpener = Callable[[str, str], Awaitable[Any]]
+
+
+def hello_tag(roster_hash: bytes) -> bytes:
+    return hashlib.blake2s(b"didmesh/mesh/hello" + roster_hash).digest()[:16]
+
+
+def encode_hello(roster_hash: bytes, initiator: int, responder: int) -> bytes:
+    return (
+        HELLO_MAGIC + bytes((HELLO_VERSION,)) + hello_tag(roster_hash)
+        + struct.pack(">II", initiator, responder)
+    )
+
+
+class _Rejected(Exception):
+    """Responder side: a hello or handshake from ``claimed`` (if known) was refused."""
+
+    def __init__(self, claimed: int | None, error: HandshakeFailed) -> None:
+        super().__init__(error.message)
+        self.claimed = claimed
+        self.error = error
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    direct_only: bool = False
+    relay_only: bool = False
+    #: overall deadline for the whole mesh to come up, seconds
+    connect_timeout: float = 120.0
+    #: seconds of failed direct attempts before a relayed attempt starts (auto mode)
+    direct_grace: float = 3.0
+    #: one handshake attempt, seconds
+    handshake_timeout: float = 10.0
+    #: one TCP connect attempt, seconds
+    tcp_timeout: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.direct_only and self.relay_only:
+            raise PathUnavailable("--direct-only and --relay-only exclude each other")
+
+
+@dataclass
+class _PairState:
+    peer_id: int
+    future: asyncio.Future[tuple[ByteLink, SecureChannel]]
+    kinds_left: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+
+
+async def _read_exact(link: ByteLink, n: int, buf: bytearray, deadline: float) -> bytes:
+    while len(buf) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        data = await link.read_some(remaining)
+        if not data:
+            raise ConnectionError("the connection closed")
+        buf += data
+    out = bytes(buf[:n])
+    del buf[:n]
+    return out
+
+
+async def _run_handshake(
+    link: ByteLink, hs: MeshHandshake, first: bytes, deadline: float, buf: bytearray
+) -> SecureChannel:
+    out = hs.step(bytes(buf)) if buf else b""
+    buf.clear()
+    if first or out:
+        link.write(first + out)
+    while not hs.complete:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        data = await link.read_some(remaining)
+        if not data:
+            raise ConnectionError("the connection closed during the handshake")
+        if data.startswith(REJECT_MAGIC):
+            code = data[4:5]
+            raise HandshakeFailed(
+                f"it rejected the handshake: {_REJECT_TEXT.get(code, 'no reason given')}",
+                reason="rejected",
+            )
+        out = hs.step(data)
+        if out:
+            link.write(out)
+    return hs.into_channel()
+
+
+async def _first_message(link: ByteLink, ch: SecureChannel, deadline: float) -> bytes:
+    while True:
+        msg = ch.next_message()
+        if msg is not None:
+            return msg
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        data = await link.read_some(remaining)
+        if not data:
+            raise ConnectionError("the connection closed before the path was selected")
+        ch.receive_data(data)
+
+
+class MeshConnector:
+    """Connects this party to all its peers; :meth:`connect_all` returns the channels."""
+
+    def __init__(
+        self,
+        plan: MeshPlan,
+        identity: IdentityKey | None,
+        options: ConnectOptions,
+        *,
+        relay_opener: RelayOpener | None = None,
+    ) -> None:
+        self.plan = plan
+        self.identity = identity
+        self.options = options
+        self.relay_opener = relay_opener
+        self._pairs: dict[int, _PairState] = {}
+        self._servers: list[asyncio.Server] = []
+        self._links: set[ByteLink] = set()
+        if options.relay_only and not plan.relays:
+            raise PathUnavailable("--relay-only, but the session names no relay")
+        if plan.relays and relay_opener is None and identity is not None:
+            self.relay_opener = default_relay_opener(plan, identity, options)
+
+    # ------------------------------------------------------------------ kinds
+
+    def _kinds(self, peer_id: int) -> set[str]:
+        kinds = set()
+        o = self.options
+        lo = min(peer_id, self.plan.my_party_id)
+        hi = max(peer_id, self.plan.my_party_id)
+        # the responder (hi) must announce an endpoint for a direct path
+        if not o.relay_only and self.plan.party(hi).endpoints:
+            kinds.add("direct")
+        if not o.direct_only and self.plan.relays and self.relay_opener is not None:
+            kinds.add("relay")
+        del lo
+        return kinds
+
+    def _path_failed(self, st: _PairState, kind: str, why: str) -> None:
+        st.errors.append(f"{kind}: {why}")
+        st.kinds_left.discard(kind)
+        if not st.kinds_left and not st.future.done():
+            st.future.set_exception(self._pair_error(st))
+
+    def _pair_error(self, st: _PairState) -> ConnectFailed:
+        detail = "; ".join(st.errors[-3:]) or "no path is available"
+        return ConnectFailed(
+            f"cannot connect {self.plan.describe_pair(self.plan.my_party_id, st.peer_id)}: "
+            f"{detail}",
+            party=st.peer_id,
+        )
+
+    # ------------------------------------------------------------------ main
+
+    async def connect_all(self) -> dict[int, PeerChannel]:
+        plan = self.plan
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.options.connect_timeout
+        for p in plan.peers():
+            kinds = self._kinds(p.party_id)
+            fut: asyncio.Future[tuple[ByteLink, SecureChannel]] = loop.create_future()
+            st = _PairState(p.party_id, fut, set(kinds))
+            self._pairs[p.party_id] = st
+            if not kinds:
+                fut.set_exception(self._pair_error(st))
+        lower = [p.party_id for p in plan.peers() if p.party_id < plan.my_party_id]
+        if lower and not self.options.relay_only and plan.me.endpoints:
+            await self._listen()
+        tasks = []
+        for st in self._pairs.values():
+            if st.future.done():
+                continue
+            tasks.append(loop.create_task(self._pair(st, deadline)))
+        try:
+            results: dict[int, PeerChannel] = {}
+            for pid, st in self._pairs.items():
+                remaining = max(0.0, deadline - time.monotonic())
+                try:
+                    link, ch = await asyncio.wait_for(asyncio.shield(st.future), remaining)
+                except TimeoutError:
+                    st.errors.append(f"no path completed within {self.options.connect_timeout:g} s")
+                    raise self._pair_error(st) from None
+                results[pid] = PeerChannel(pid, plan.describe(pid), link, ch)
+            return results
+        except BaseException:
+            for st in self._pairs.values():
+                if st.future.done() and not st.future.cancelled() and not st.future.exception():
+                    st.future.result()[0].abort()
+            raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.close_listeners()
+            for st in self._pairs.values():
+                if not st.future.done():
+                    st.future.cancel()
+                elif not st.future.cancelled():
+                    st.future.exception()  # mark retrieved
+
+    def close_listeners(self) -> None:
+        for s in self._servers:
+            s.close()
+        self._servers.clear()
+
+    # ------------------------------------------------------------------ per pair
+
+    async def _pair(self, st: _PairState, deadline: float) -> None:
+        initiator = self.plan.my_party_id < st.peer_id
+        attempts: list[asyncio.Task[None]] = []
+        loop = asyncio.get_running_loop()
+        try:
+            if "direct" in st.kinds_left and initiator:
+                attempts.append(loop.create_task(self._direct_initiator(st, deadline)))
+            if "relay" in st.kinds_left:
+                grace = 0.0 if (self.options.relay_only or "direct" not in st.kinds_left) \
+                    else self.options.direct_grace
+                attempts.append(loop.create_task(self._relay(st, deadline, grace, initiator)))
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(st.future), deadline - time.monotonic())
+        finally:
+            for a in attempts:
+                a.cancel()
+            await asyncio.gather(*attempts, return_exceptions=True)
+
+    def _won(self, st: _PairState, link: ByteLink, ch: SecureChannel, initiator: bool) -> None:
+        if st.future.done():
+            link.abort()
+            return
+        if initiator:
+            link.write(ch.send(bytes((SELECT,))))
+        st.future.set_result((link, ch))
+
+    async def _direct_initiator(self, st: _PairState, deadline: float) -> None:
+        plan = self.plan
+        endpoints = [parse_endpoint(e) for e in plan.party(st.peer_id).endpoints]
+        delay = 0.02
+        last = "no endpoint"
+        while not st.future.done() and time.monotonic() < deadline:
+            for host, port in endpoints:
+                try:
+                    link = await open_tcp(host, port, min(self.options.tcp_timeout,
+                                                          max(0.01, deadline - time.monotonic())))
+                except (OSError, TimeoutError) as exc:
+                    last = f"{host}:{port}: {exc or type(exc).__name__}"
+                    continue
+                self._links.add(link)
+                try:
+                    ch = await self._initiate(link, st.peer_id, deadline)
+                except HandshakeFailed as exc:
+                    link.abort()
+                    self._path_failed(st, "direct", f"{link.description}: {exc.message}")
+                    return
+                except (OSError, ConnectionError, TimeoutError, DidmeshError) as exc:
+                    link.abort()
+                    last = f"{link.description}: {exc or type(exc).__name__}"
+                    continue
+                self._won(st, link, ch, True)
+                return
+            if last not in st.errors[-1:]:
+                st.errors.append(f"direct: {last}")
+                del st.errors[:-4]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _initiate(self, link: ByteLink, peer_id: int, deadline: float) -> SecureChannel:
+        plan = self.plan
+        hs = MeshHandshake.for_parties(
+            local_id=plan.my_party_id,
+            remote_id=peer_id,
+            local_static_private=plan.my_static_private,
+            remote_static_public=plan.party(peer_id).static_public,
+            roster_hash=plan.roster_hash,
+        )
+        hd = min(deadline, time.monotonic() + self.options.handshake_timeout)
+        first = encode_hello(plan.roster_hash, plan.my_party_id, peer_id) + hs.step()
+        return await _run_handshake(link, hs, first, hd, bytearray())
+
+    async def _respond(self, link: ByteLink, deadline: float, expect: int | None
+                       ) -> tuple[int, SecureChannel]:
+        """Read a hello, run the responder handshake, wait for SELECT."""
+        plan = self.plan
+        buf = bytearray()
+        hd = min(deadline, time.monotonic() + self.options.handshake_timeout)
+        hello = await _read_exact(link, HELLO_LEN, buf, hd)
+        if hello[:4] != HELLO_MAGIC or hello[4] != HELLO_VERSION:
+            link.write(REJECT_MAGIC + REJECT_PARTY)
+            raise _Rejected(None, HandshakeFailed(
+                "a connection did not start with a didmesh hello", reason="malformed"))
+        ini, resp = struct.unpack(">II", hello[21:29])
+        if hello[5:21] != hello_tag(plan.roster_hash):
+            link.write(REJECT_MAGIC + REJECT_ROSTER)
+            who = plan.describe(ini) if ini < plan.m else f"a party claiming id {ini}"
+            raise _Rejected(ini, HandshakeFailed(
+                f"{who} uses another roster (its roster hash differs from ours)",
+                reason="roster",
+            ))
+        if resp != plan.my_party_id or not ini < resp or (expect is not None and ini != expect):
+            link.write(REJECT_MAGIC + REJECT_PARTY)
+            raise _Rejected(None, HandshakeFailed(
+                f"hello names parties {ini} -> {resp}, not a pair of ours", reason="party"))
+        hs = MeshHandshake.for_parties(
+            local_id=plan.my_party_id,
+            remote_id=ini,
+            local_static_private=plan.my_static_private,
+            remote_static_public=plan.party(ini).static_public,
+            roster_hash=plan.roster_hash,
+        )
+        try:
+            ch = await _run_handshake(link, hs, b"", hd, buf)
+        except HandshakeFailed as exc:
+            link.write(REJECT_MAGIC + REJECT_AUTH)
+            raise _Rejected(ini, HandshakeFailed(
+                f"{plan.describe(ini)}: {exc.message}", reason=exc.reason
+            )) from None
+        msg = await _first_message(link, ch, hd)
+        if msg != bytes((SELECT,)):
+            raise _Rejected(ini, HandshakeFailed(
+                f"{plan.describe(ini)} did not select the path", reason="malformed"))
+        return ini, ch
+
+    async def _listen(self) -> None:
+        for e in self.plan.me.endpoints:
+            host, port = parse_endpoint(e)
+            try:
+                self._servers.append(await serve_tcp(host, port, self._on_direct))
+            except OSError:
+                try:  # an announced (e.g. NATed) address may not be local: listen on all
+                    self._servers.append(await serve_tcp("", port, self._on_direct))
+                except OSError as exc:
+                    raise PathUnavailable(
+                        f"cannot listen on {e} ({exc}); free the port or announce another"
+                    ) from exc
+
+    async def _on_direct(self, link: TcpLink) -> None:
+        self._links.add(link)
+        deadline = time.monotonic() + self.options.handshake_timeout
+        try:
+            ini, ch = await self._respond(link, deadline, None)
+        except _Rejected as rej:
+            link.close()
+            st = self._pairs.get(rej.claimed) if rej.claimed is not None else None
+            if st is not None and st.peer_id < self.plan.my_party_id:
+                self._path_failed(st, "direct", rej.error.message)
+            return
+        except (OSError, ConnectionError, TimeoutError, DidmeshError):
+            link.abort()
+            return
+        st = self._pairs.get(ini)
+        if st is None:
+            link.abort()
+            return
+        self._won(st, link, ch, False)
+
+    async def _relay(self, st: _PairState, deadline: float, grace: float, initiator: bool
+                     ) -> None:
+        if grace:
+            await asyncio.sleep(grace)
+        assert self.relay_opener is not None
+        peer_did = self.plan.party(st.peer_id).did
+        errors = []
+        for url in self.plan.relays:
+            if st.future.done() or time.monotonic() >= deadline:
+                return
+            try:
+                raw = await asyncio.wait_for(self.relay_opener(url, peer_did),
+                                             max(0.01, deadline - time.monotonic()))
+            except (OSError, TimeoutError, DidmeshError) as exc:
+                errors.append(f"{url}: {getattr(exc, 'message', None) or exc or 'timed out'}")
+                continue
+            link = RelayedLink(raw, f"relay {url}")
+            self._links.add(link)
+            try:
+                if initiator:
+                    ch = await self._initiate(link, st.peer_id, deadline)
+                else:
+                    _, ch = await self._respond(link, deadline, st.peer_id)
+            except (HandshakeFailed, _Rejected) as exc:
+                link.abort()
+                err = exc.error if isinstance(exc, _Rejected) else exc
+                self._path_failed(st, "relay", f"{url}: {err.message}")
+                return
+            except (OSError, ConnectionError, TimeoutError, DidmeshError) as exc:
+                link.abort()
+                errors.append(f"{url}: {exc or type(exc).__name__}")
+                continue
+            self._won(st, link, ch, initiator)
+            return
+        self._path_failed(st, "relay", "; ".join(errors) or "no relay")
+
+
+def default_relay_opener(
+    plan: MeshPlan, identity: IdentityKey, options: ConnectOptions
+) -> RelayOpener | None:
+    """Links through :class:`didmesh.relay.client.RelayClient`, if the relay client exists."""
+    try:
+        from didmesh.relay.client import RelayClient  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    clients: dict[str, Any] = {}
+
+    async def opener(url: str, peer_did: str) -> Any:
+        client = clients.get(url)
+        if client is None:
+            client = clients[url] = RelayClient(url, identity, timeout=options.handshake_timeout)
+        return await client.open_link(plan.session_id, peer_did)
+
+    return opener

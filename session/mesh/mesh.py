@@ -1,0 +1,324 @@
+"""The connected mesh at run time: check, liveness, abort, goodbye (specs/mesh.md).
+
+* :meth:`Mesh.check` — pings every peer through its channel, sends this party's row
+  (peer, path, RTT) as READY and waits for every peer's row: the connectivity table of
+  all pairs, and a barrier (nobody starts the program before every pair is up).
+* liveness — a watchdog sends HEARTBEAT on idle channels and declares a peer
+  unresponsive after ``timeout`` seconds without a record from it. If this process
+  itself did not run its event loop for a while (a long local computation), the silence
+  is not held against the peers.
+* abort — the first failure (a lost or unresponsive peer, a bad record, a local error)
+  is *fatal*: a signed abort notice goes to every peer, received notices are verified
+  and forwarded once, and ``on_fatal`` is called (the runner stops the program).
+* :meth:`Mesh.finish` — BYE to all, wait (bounded) for everyone's BYE, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from didmesh.identity.errors import DidmeshError
+from didmesh.identity.keys import IdentityKey
+
+from .abort import AbortNotice, decode_abort, encode_abort, make_abort
+from .faults import InvalidAbort, PeerAborted, PeerMisbehaved, PeerUnresponsive
+from .peer import ABORT, BYE, HEARTBEAT, READY, PeerChannel
+from .plan import MeshPlan
+
+MAX_READY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class PairStatus:
+    """One row of the connectivity table (measured by the lower party ``a``)."""
+
+    a: int
+    b: int
+    path: str
+    via: str
+    rtt_ms: float
+
+
+class Mesh:
+    """All of this party's peer channels, once connected."""
+
+    def __init__(
+        self,
+        plan: MeshPlan,
+        peers: dict[int, PeerChannel],
+        *,
+        identity: IdentityKey | None,
+        timeout: float = 30.0,
+        on_fatal: Callable[[DidmeshError], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.plan = plan
+        self.peers = peers
+        self.identity = identity
+        self.timeout = timeout
+        self.on_fatal = on_fatal
+        self._clock = clock
+        self._wall = wall
+        self.fatal: DidmeshError | None = None
+        self._fatal_event = asyncio.Event()
+        self._rows: dict[int, list[dict[str, Any]]] = {}
+        self._ready_event = asyncio.Event()
+        self._bye_event = asyncio.Event()
+        self._seen_aborts: set[tuple[int, str, float]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._finishing = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for p in self.peers.values():
+            p.last_rx = self._clock()
+            p.start(self)
+        if self.timeout > 0 and self.peers:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    @property
+    def interval(self) -> float:
+        return max(0.05, min(2.0, self.timeout / 6))
+
+    async def _watch(self) -> None:
+        interval = self.interval
+        last = self._clock()
+        while self.fatal is None:
+            await asyncio.sleep(interval)
+            now = self._clock()
+            if now - last > 2 * interval + 0.5:  # we were stalled: grant the peers grace
+                for p in self.peers.values():
+                    p.last_rx = max(p.last_rx, now)
+            last = now
+            for p in list(self.peers.values()):
+                if p.failed or p.closed:
+                    continue
+                if now - p.last_tx >= interval:
+                    try:
+                        p.send_control(HEARTBEAT)
+                    except DidmeshError as exc:
+                        self.peer_failed(p, exc)
+                        continue
+                if not p.bye and now - p.last_rx > self.timeout:
+                    p._fail(
+                        PeerUnresponsive(
+                            f"{p.name} stopped responding (nothing received for "
+                            f"{self.timeout:g} s)",
+                            party=p.peer_id,
+                        )
+                    )
+
+    async def _wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Wait for ``event`` or a fatal error (raised), at most ``timeout`` seconds."""
+        if self.fatal is not None:
+            raise self.fatal
+        ev_task = asyncio.ensure_future(event.wait())
+        fatal_task = asyncio.ensure_future(self._fatal_event.wait())
+        try:
+            await asyncio.wait(
+                [ev_task, fatal_task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            ev_task.cancel()
+            fatal_task.cancel()
+        if self.fatal is not None:
+            raise self.fatal
+        if not event.is_set():
+            raise TimeoutError
+
+    # ------------------------------------------------------------------ check
+
+    async def check(self, *, pings: int = 3, timeout: float = 30.0) -> list[PairStatus]:
+        """Measure RTTs, exchange rows, return the table of all pairs (a barrier)."""
+        me = self.plan.my_party_id
+
+        async def rtt(p: PeerChannel) -> float:
+            best = float("inf")
+            for _ in range(pings):
+                best = min(best, await p.ping(timeout))
+            return best
+
+        peers = list(self.peers.values())
+        try:
+            rtts = await asyncio.wait_for(
+                asyncio.gather(*(rtt(p) for p in peers)), timeout
+            )
+        except TimeoutError:
+            slow = [p.name for p in peers]
+            raise PeerUnresponsive(
+                f"the connectivity check timed out after {timeout:g} s (peers: "
+                f"{', '.join(slow)})"
+            ) from None
+        row = [
+            {"peer": p.peer_id, "path": p.path, "via": p.link.description,
+             "rtt_ms": round(r * 1000, 3)}
+            for p, r in zip(peers, rtts, strict=True)
+        ]
+        self._rows[me] = row
+        payload = json.dumps({"party": me, "row": row}).encode()
+        for p in peers:
+            p.send_control(READY, payload)
+        self._check_ready()
+        try:
+            await self._wait(self._ready_event, timeout)
+        except TimeoutError:
+            missing = [self.plan.describe(i) for i in self.peers if i not in self._rows]
+            raise PeerUnresponsive(
+                f"not every party finished its connectivity check within {timeout:g} s "
+                f"(waiting for: {', '.join(missing)})"
+            ) from None
+        return self.table()
+
+    def table(self) -> list[PairStatus]:
+        out: dict[tuple[int, int], PairStatus] = {}
+        for party, row in sorted(self._rows.items()):
+            for r in row:
+                a, b = sorted((party, int(r["peer"])))
+                if (a, b) in out and party != a:
+                    continue
+                out[(a, b)] = PairStatus(a, b, str(r["path"]), str(r["via"]),
+                                         float(r["rtt_ms"]))
+        return [out[k] for k in sorted(out)]
+
+    def ready_received(self, peer: PeerChannel, payload: bytes) -> None:
+        try:
+            if len(payload) > MAX_READY_BYTES:
+                raise ValueError("too large")
+            doc = json.loads(payload)
+            if doc["party"] != peer.peer_id or not isinstance(doc["row"], list):
+                raise ValueError("wrong party or row")
+            row = [
+                {"peer": int(r["peer"]), "path": str(r["path"])[:16],
+                 "via": str(r["via"])[:200], "rtt_ms": float(r["rtt_ms"])}
+                for r in doc["row"]
+                if 0 <= int(r["peer"]) < self.plan.m
+            ]
+        except (ValueError, TypeError, KeyError) as exc:
+            peer._fail(PeerMisbehaved(f"{peer.name} sent a malformed READY ({exc})",
+                                      party=peer.peer_id))
+            return
+        self._rows[peer.peer_id] = row
+        self._check_ready()
+
+    def _check_ready(self) -> None:
+        if all(i in self._rows for i in range(self.plan.m)):
+            self._ready_event.set()
+
+    # ------------------------------------------------------------------ failures
+
+    def peer_failed(self, peer: PeerChannel, exc: DidmeshError) -> None:
+        if self._finishing and peer.bye:
+            return
+        if isinstance(exc, PeerAborted | InvalidAbort):
+            self._fatal(exc, None)
+            return
+        if peer.name not in exc.message:  # name the peer, keep the specific class
+            try:
+                exc = type(exc)(f"{peer.name}: {exc.message}")
+            except TypeError:
+                exc = PeerMisbehaved(f"{peer.name}: {exc.message}")
+        if getattr(exc, "party", None) is None:
+            exc.party = peer.peer_id
+        self.fail(exc, culprit=peer.peer_id)
+
+    def fail(self, exc: DidmeshError, *, culprit: int | None = None) -> None:
+        """A fatal failure found here: tell every peer (signed), then stop."""
+        if self.fatal is not None:
+            return
+        if self.identity is not None:
+            try:
+                notice = make_abort(self.plan, self.identity, culprit=culprit, code=exc.code,
+                                    reason=exc.message, now=self._wall())
+                self._broadcast(encode_abort(notice, self.identity), exclude=None)
+            except (ValueError, DidmeshError):
+                pass
+        self._fatal(exc, None)
+
+    def _broadcast(self, payload: bytes, exclude: int | None) -> None:
+        for p in self.peers.values():
+            if p.peer_id == exclude or p.failed or p.closed:
+                continue
+            with contextlib.suppress(DidmeshError):
+                p.send_control(ABORT, payload)
+
+    def _fatal(self, exc: DidmeshError, _: object) -> None:
+        if self.fatal is not None:
+            return
+        self.fatal = exc
+        self._fatal_event.set()
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    def abort_received(self, peer: PeerChannel, payload: bytes) -> None:
+        try:
+            notice = decode_abort(payload, self.plan)
+        except InvalidAbort as exc:
+            self.fail(InvalidAbort(f"{peer.name} sent an invalid abort notice: {exc.message}",
+                                   party=peer.peer_id), culprit=peer.peer_id)
+            return
+        if notice.key in self._seen_aborts:
+            return
+        self._seen_aborts.add(notice.key)
+        if self.fatal is None:
+            self._broadcast(payload, exclude=peer.peer_id)  # forward, once
+        self._fatal(self._aborted(notice), None)
+
+    def _aborted(self, n: AbortNotice) -> PeerAborted:
+        origin = self.plan.describe(n.origin)
+        return PeerAborted(
+            f"the run was aborted by {origin}: {n.reason} [{n.code}]",
+            party=n.culprit if n.culprit is not None else n.origin,
+        )
+
+    # ------------------------------------------------------------------ goodbye
+
+    def bye_received(self, peer: PeerChannel) -> None:
+        if all(p.bye for p in self.peers.values()):
+            self._bye_event.set()
+
+    async def finish(self, timeout: float) -> None:
+        """BYE to all, wait for all BYEs (bounded), then close every channel."""
+        self._finishing = True
+        for p in self.peers.values():
+            with contextlib.suppress(DidmeshError):
+                p.send_control(BYE)
+        if not self.peers:
+            self._bye_event.set()
+        try:
+            await self._wait(self._bye_event, timeout)
+        except TimeoutError:
+            missing = [p.name for p in self.peers.values() if not p.bye]
+            raise PeerUnresponsive(
+                f"the run finished here, but {', '.join(missing)} did not confirm within "
+                f"{timeout:g} s"
+            ) from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for p in self.peers.values():
+            if self.fatal is None and p.bye:
+                p.close()
+            else:
+                p.abort()
+
+    def bytes_per_peer(self) -> dict[int, dict[str, int]]:
+        return {
+            i: {
+                "sent": p.link.bytes_sent,
+                "received": p.link.bytes_received,
+                "app_sent": p.app_bytes_sent,
+                "app_received": p.app_bytes_received,
+            }
+            for i, p in self.peers.items()
+        }

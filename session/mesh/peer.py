@@ -1,0 +1,247 @@
+"""One peer's established channel at run time (specs/mesh.md, "Channel messages").
+
+A :class:`PeerChannel` joins a :class:`~.transport.ByteLink` and a
+:class:`~.channel.SecureChannel`. Every application message of the channel starts with
+one kind byte:
+
+====  ==========  =======================================================
+0x00  DATA        MPyC's bytes (the bridge's writes of one loop turn)
+0x01  APP_CLOSE   MPyC closed its connection (``transport.close()``)
+0x02  PING        echo request (payload echoed in PONG)
+0x03  PONG        echo reply
+0x04  ABORT       a signed abort notice (:mod:`.abort`)
+0x05  READY       this party's row of the connectivity table (JSON)
+0x06  BYE         the run finished here; nothing more will follow
+0x07  SELECT      initiator: this path is the pair's channel
+0x08  HEARTBEAT   keep-alive, no payload
+====  ==========  =======================================================
+
+Events go to a :class:`PeerEvents` (the mesh). The receive path is synchronous: bytes
+from the socket are decrypted and handed to MPyC in the same callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+from didmesh.identity.errors import DidmeshError
+
+from .channel import SecureChannel
+from .errors import FrameTruncated
+from .faults import PeerLost, PeerMisbehaved
+from .mpyc_bridge import AppReceiver
+from .transport import ByteLink
+
+DATA: Final = 0
+APP_CLOSE: Final = 1
+PING: Final = 2
+PONG: Final = 3
+ABORT: Final = 4
+READY: Final = 5
+BYE: Final = 6
+SELECT: Final = 7
+HEARTBEAT: Final = 8
+
+_DATA_BYTE: Final = b"\x00"
+_CLOSE_MARK: Final = object()
+
+
+class PeerEvents(Protocol):
+    def peer_failed(self, peer: PeerChannel, exc: DidmeshError) -> None: ...
+    def abort_received(self, peer: PeerChannel, payload: bytes) -> None: ...
+    def ready_received(self, peer: PeerChannel, payload: bytes) -> None: ...
+    def bye_received(self, peer: PeerChannel) -> None: ...
+
+
+class PeerChannel:
+    """The runtime side of one pair's secure channel (also the MPyC bridge's AppPort)."""
+
+    def __init__(
+        self,
+        peer_id: int,
+        name: str,
+        link: ByteLink,
+        channel: SecureChannel,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.peer_id = peer_id
+        self.name = name
+        self.link = link
+        self.channel = channel
+        self._clock = clock
+        self.events: PeerEvents | None = None
+        self.last_rx = clock()
+        self.last_tx = clock()
+        self.app_bytes_sent = 0
+        self.app_bytes_received = 0
+        self.bye = False
+        self.closed = False
+        self.failed = False
+        self._app: AppReceiver | None = None
+        self._app_queue: deque[object] = deque()
+        self._pongs: dict[bytes, asyncio.Future[float]] = {}
+        self._early: list[tuple[int, bytes]] = []
+
+    @property
+    def path(self) -> str:
+        return self.link.kind
+
+    def start(self, events: PeerEvents) -> None:
+        """Begin delivering received messages to ``events`` (and MPyC, once attached)."""
+        self.events = events
+        self.link.set_receiver(self)
+        for kind, payload in self._early:
+            self._dispatch(kind, payload)
+        self._early.clear()
+
+    # -- sending ---------------------------------------------------------------------
+
+    def _send(self, messages: Sequence[bytes | bytearray | memoryview]) -> None:
+        if self.closed:
+            return
+        self.link.write(self.channel.send_many(messages))
+        self.last_tx = self._clock()
+
+    def send_control(self, kind: int, payload: bytes = b"") -> None:
+        self._send((bytes((kind,)) + payload,))
+
+    # -- AppPort (the MPyC bridge) -----------------------------------------------------
+
+    def attach(self, receiver: AppReceiver) -> None:
+        self._app = receiver
+        q = self._app_queue
+        while q and self._app is receiver:
+            item = q.popleft()
+            if item is _CLOSE_MARK:
+                self._app = None
+                receiver.app_closed()
+            else:
+                assert isinstance(item, bytes)
+                receiver.app_data(item)
+
+    def send_app(self, data: bytes) -> None:
+        self.app_bytes_sent += len(data)
+        self._send((_DATA_BYTE + data,))
+
+    def close_app(self) -> None:
+        self.send_control(APP_CLOSE)
+
+    # -- pings -----------------------------------------------------------------------
+
+    async def ping(self, timeout: float) -> float:
+        """Round-trip time of one PING/PONG through the secure channel, in seconds."""
+        token = time.perf_counter_ns().to_bytes(8, "big")
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pongs[token] = fut
+        t0 = time.perf_counter()
+        self.send_control(PING, token)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pongs.pop(token, None)
+        return time.perf_counter() - t0
+
+    # -- LinkReceiver ----------------------------------------------------------------
+
+    def link_data(self, data: bytes) -> None:
+        if self.failed:
+            return
+        self.last_rx = self._clock()
+        try:
+            self.channel.receive_data(data)
+            for msg in self.channel:
+                if not msg:
+                    raise PeerMisbehaved(f"{self.name} sent an empty message", party=self.peer_id)
+                self._dispatch(msg[0], msg[1:] if len(msg) > 1 else b"")
+        except DidmeshError as exc:
+            self._fail(exc)
+
+    def link_eof(self, exc: BaseException | None) -> None:
+        if self.failed or self.closed:
+            return
+        try:
+            if self.channel.state == "open":
+                self.channel.receive_eof()
+                for msg in self.channel:
+                    self._dispatch(msg[0], msg[1:])
+        except FrameTruncated:
+            pass
+        except DidmeshError as err:
+            self._fail(err)
+            return
+        if self.bye:
+            self.closed = True
+            return
+        why = f" ({exc})" if exc else ""
+        self._fail(PeerLost(f"{self.name} disconnected{why}", party=self.peer_id))
+
+    def _fail(self, exc: DidmeshError) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        self.link.abort()
+        if self.events is not None:
+            self.events.peer_failed(self, exc)
+
+    def _dispatch(self, kind: int, payload: bytes) -> None:
+        ev = self.events
+        if ev is None and kind not in (PING, PONG, HEARTBEAT, SELECT):
+            self._early.append((kind, bytes(payload)))
+            return
+        if kind == DATA:
+            self.app_bytes_received += len(payload)
+            app = self._app
+            if app is not None:
+                app.app_data(payload)
+            else:
+                self._app_queue.append(bytes(payload))
+        elif kind == APP_CLOSE:
+            app = self._app
+            if app is not None:
+                self._app = None
+                app.app_closed()
+            else:
+                self._app_queue.append(_CLOSE_MARK)
+        elif kind == PING:
+            self.send_control(PONG, payload)
+        elif kind == PONG:
+            fut = self._pongs.get(bytes(payload))
+            if fut is not None and not fut.done():
+                fut.set_result(self._clock())
+        elif kind == HEARTBEAT or kind == SELECT:
+            pass
+        elif ev is None:
+            pass
+        elif kind == ABORT:
+            ev.abort_received(self, bytes(payload))
+        elif kind == READY:
+            ev.ready_received(self, bytes(payload))
+        elif kind == BYE:
+            self.bye = True
+            ev.bye_received(self)
+        else:
+            raise PeerMisbehaved(
+                f"{self.name} sent an unknown channel message kind {kind}", party=self.peer_id
+            )
+
+    # -- closing -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Send the channel's close record and close the link (after BYE)."""
+        if self.closed:
+            return
+        try:
+            self.link.write(self.channel.close())
+        except DidmeshError:
+            pass
+        self.closed = True
+        self.link.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.link.abort()

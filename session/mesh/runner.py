@@ -1,0 +1,319 @@
+"""Run an unmodified MPyC program over the mesh (specs/mesh.md, "Running MPyC").
+
+:func:`run_program` is what ``didmesh run`` calls, in the party's own process:
+
+1. connect to every peer (:class:`~.connect.MeshConnector`), direct or relayed;
+2. the connectivity check (:meth:`~.mesh.Mesh.check`): a table of all pairs with path
+   and RTT, and a barrier;
+3. install the MPyC bridge (:mod:`.mpyc_bridge`) and run the program with
+   :func:`runpy.run_path` as ``__main__``, on the mesh's event loop;
+4. BYE to all peers, wait for theirs, close; return a :class:`RunResult`.
+
+The first failure anywhere is fatal (:class:`~.mesh.Mesh`): the peers are told with a
+signed abort, the program is stopped (its event loop is stopped, so ``mpc.run`` raises)
+and :func:`run_program` raises an error of the tree naming the party at fault. With
+``hard_exit`` (command-line use) the process also exits by itself if the program does
+not give control back within ``timeout`` seconds of the failure.
+
+``python -m didmesh.session.mesh.runner`` reads one JSON launch document on stdin (see
+:func:`launch_document`) and runs one party: used to run several parties on one machine
+(tests, benchmarks, the demo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import runpy
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from didmesh.identity.errors import DidmeshError
+from didmesh.identity.keys import IdentityKey
+
+from .connect import ConnectOptions, MeshConnector, RelayOpener
+from .faults import ProgramFailed
+from .mesh import Mesh, PairStatus
+from .mpyc_bridge import MpycBridge
+from .plan import MeshPlan
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int
+    table: list[PairStatus]
+    program_digest: str
+    started: float
+    ended: float
+    setup_seconds: float
+    bytes_per_peer: dict[int, dict[str, int]] = field(default_factory=dict)
+    receipt: dict[str, Any] | None = None
+
+
+def program_digest(path: str | os.PathLike[str]) -> str:
+    """``sha256:<hex>`` of the program file's bytes (what the manifest pins)."""
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def format_table(plan: MeshPlan, table: Sequence[PairStatus]) -> str:
+    lines = ["connectivity check (all pairs):"]
+    for r in table:
+        lines.append(
+            f"  {plan.describe_pair(r.a, r.b)}  {r.path:<6}  {r.rtt_ms:8.3f} ms  via {r.via}"
+        )
+    return "\n".join(lines)
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_program(
+    plan: MeshPlan,
+    program_path: str,
+    args: Sequence[str] = (),
+    *,
+    direct_only: bool = False,
+    relay_only: bool = False,
+    timeout: float = 30.0,
+    identity: IdentityKey | None,
+    connect_timeout: float = 120.0,
+    relay_opener: RelayOpener | None = None,
+    report: Callable[[str], None] = _stderr,
+    hard_exit: bool = False,
+    direct_grace: float = 3.0,
+    receipt: bool = True,
+) -> RunResult:
+    """Run ``program_path`` as party ``plan.my_party_id`` over the mesh (blocking).
+
+    Must be called with no event loop running in this thread. Returns the program's
+    exit status in :attr:`RunResult.exit_code` (0 unless it called ``sys.exit(n)``).
+    """
+    if not Path(program_path).is_file():
+        from .faults import PlanError
+
+        raise PlanError(f"program {program_path!r} does not exist")
+    digest = program_digest(program_path)
+    options = ConnectOptions(
+        direct_only=direct_only, relay_only=relay_only, connect_timeout=connect_timeout,
+        direct_grace=direct_grace,
+    )
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    mesh: Mesh | None = None
+    in_program = False
+    killer: threading.Timer | None = None
+
+    def restop() -> None:
+        if in_program:
+            loop.stop()
+            loop.call_later(0.1, restop)
+
+    def on_fatal(exc: DidmeshError) -> None:
+        nonlocal killer
+        if in_program:
+            loop.call_soon(restop)
+        if hard_exit and killer is None:
+            killer = threading.Timer(max(5.0, timeout), _hard_exit, (exc,))
+            killer.daemon = True
+            killer.start()
+
+    try:
+        t0 = time.perf_counter()
+        connector = MeshConnector(plan, identity, options, relay_opener=relay_opener)
+        peers = loop.run_until_complete(connector.connect_all())
+        mesh = Mesh(plan, peers, identity=identity, timeout=timeout, on_fatal=on_fatal)
+
+        async def _check() -> list[PairStatus]:
+            assert mesh is not None
+            mesh.start()
+            return await mesh.check(timeout=max(10.0, timeout))
+
+        table = loop.run_until_complete(_check())
+        setup_seconds = time.perf_counter() - t0
+        report(format_table(plan, table))
+
+        bridge = MpycBridge(
+            peers, party_id=plan.my_party_id, m=plan.m,
+            on_error=lambda e: _bridge_error(mesh, e),
+        )
+        bridge.install(program_path, list(args), loop)
+        sys.path.insert(0, str(Path(program_path).resolve().parent))
+        started = time.time()
+        exit_code = 0
+        in_program = True
+        try:
+            runpy.run_path(program_path, run_name="__main__")
+        except SystemExit as exc:
+            exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException as exc:
+            in_program = False
+            if mesh.fatal is not None:
+                raise mesh.fatal from None
+            if isinstance(exc, KeyboardInterrupt | DidmeshError):
+                raise
+            traceback.print_exc()
+            raise ProgramFailed(
+                f"the program failed here: {type(exc).__name__}: {exc}",
+                party=plan.my_party_id,
+            ) from exc
+        finally:
+            in_program = False
+        if mesh.fatal is not None:
+            raise mesh.fatal
+        if exit_code:
+            raise ProgramFailed(f"the program exited with status {exit_code}",
+                                party=plan.my_party_id)
+        loop.run_until_complete(mesh.finish(max(10.0, timeout)))
+        ended = time.time()
+        result = RunResult(
+            exit_code=exit_code, table=table, program_digest=digest, started=started,
+            ended=ended, setup_seconds=setup_seconds, bytes_per_peer=mesh.bytes_per_peer(),
+        )
+        if receipt and identity is not None:
+            result = _with_receipt(plan, identity, result)
+        return result
+    except BaseException as exc:
+        if mesh is not None and mesh.fatal is None:
+            err = exc if isinstance(exc, DidmeshError) else ProgramFailed(
+                "interrupted" if isinstance(exc, KeyboardInterrupt)
+                else f"{type(exc).__name__}: {exc}",
+                party=plan.my_party_id,
+            )
+            mesh.fail(err, culprit=getattr(err, "party", None))
+            with contextlib.suppress(BaseException):  # let the abort records go out
+                loop.run_until_complete(asyncio.sleep(0.05))
+        raise
+    finally:
+        if killer is not None:
+            killer.cancel()
+        if mesh is not None:
+            mesh.close()
+        _close_loop(loop)
+        sys.argv[:] = saved_argv
+        sys.path[:] = saved_path
+
+
+def _bridge_error(mesh: Mesh | None, exc: BaseException) -> None:
+    if mesh is None:
+        return
+    if isinstance(exc, DidmeshError):
+        mesh.fail(exc, culprit=getattr(exc, "party", None))
+    else:
+        mesh.fail(ProgramFailed(f"sending failed: {exc}"))
+
+
+def _hard_exit(exc: DidmeshError) -> None:
+    _stderr(f"didmesh: {exc.message}")
+    os._exit(exc.exit_code)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            loop.run_until_complete(
+                asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 2.0)
+            )
+        loop.run_until_complete(asyncio.sleep(0))
+    except BaseException:  # noqa: S110 - best effort at shutdown
+        pass
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def _with_receipt(plan: MeshPlan, identity: IdentityKey, result: RunResult) -> RunResult:
+    try:
+        from .receipt import sign_receipt
+    except ImportError:
+        return result
+    doc = sign_receipt(plan, identity, result)
+    return RunResult(**{**result.__dict__, "receipt": doc})
+
+
+# --------------------------------------------------------------------------- child launch
+
+
+def launch_document(
+    plan: MeshPlan,
+    identity: IdentityKey,
+    program: str,
+    args: Sequence[str] = (),
+    **options: Any,
+) -> dict[str, Any]:
+    """The JSON document ``python -m didmesh.session.mesh.runner`` reads on stdin.
+
+    It holds the party's session private key and identity seed: pass it only through a
+    pipe to a child process, never to a file or a log.
+    """
+    return {
+        "plan": plan.to_launch_dict(),
+        "identity_seed": identity.seed_bytes().hex(),
+        "program": program,
+        "args": list(args),
+        "options": options,
+    }
+
+
+def spawn_party(
+    document: dict[str, Any], *, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """Start one party as a child interpreter; the launch document goes through stdin."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "didmesh.session.mesh.runner"],
+        stdin=subprocess.PIPE, env=env, **popen,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(document).encode())
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not touch it again
+    return proc
+
+
+_OPTION_NAMES = {
+    "direct_only", "relay_only", "timeout", "connect_timeout", "direct_grace", "receipt",
+}
+
+
+def main() -> int:
+    doc = json.loads(sys.stdin.buffer.read(1 << 20))
+    plan = MeshPlan.from_launch_dict(doc["plan"])
+    identity = IdentityKey.from_seed(bytes.fromhex(doc["identity_seed"]))
+    opts = {k: v for k, v in doc.get("options", {}).items() if k in _OPTION_NAMES}
+    result_path = doc.get("options", {}).get("result_path")
+    try:
+        result = run_program(plan, doc["program"], doc.get("args", []), identity=identity,
+                             hard_exit=True, **opts)
+    except DidmeshError as exc:
+        _stderr(f"didmesh: {exc.message}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _stderr("didmesh: interrupted")
+        return 130
+    if result_path:
+        Path(result_path).write_text(json.dumps({
+            "setup_seconds": result.setup_seconds,
+            "table": [r.__dict__ for r in result.table],
+            "bytes_per_peer": result.bytes_per_peer,
+            "program_digest": result.program_digest,
+            "receipt": result.receipt,
+        }))
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Byte pipes that carry a pair's Noise records: direct TCP and relayed links (asyncio).
+
+A :class:`ByteLink` is an ordered, reliable byte stream between two parties with no
+security of its own (the Noise channel above it provides that). Two kinds:
+
+* :class:`TcpLink` — an :class:`asyncio.Protocol` on a TCP socket (the fast path:
+  received bytes go to the receiver synchronously, in the socket's callback);
+* :class:`RelayedLink` — adapts a relay client's link (``await send(bytes)``,
+  ``await recv() -> bytes`` (``b""``/``None`` or an exception at the end),
+  ``await close()``): the relay forwards ciphertext only.
+
+Until a receiver is set, received bytes are buffered and can be read with
+:meth:`ByteLink.read_some` (used by the cleartext hello and the handshake).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from .plan import format_endpoint
+
+
+class LinkReceiver(Protocol):
+    def link_data(self, data: bytes) -> None: ...
+    def link_eof(self, exc: BaseException | None) -> None: ...
+
+
+class ByteLink:
+    """Common part: buffering before a receiver is set, counters, EOF bookkeeping."""
+
+    kind = "link"
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._receiver: LinkReceiver | None = None
+        self._pending = bytearray()
+        self._eof: BaseException | None | bool = False  # False: open; None/exc: ended
+        self._wakeup: asyncio.Event | None = None
+
+    # -- receiving ------------------------------------------------------------------
+
+    def _deliver(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        r = self._receiver
+        if r is not None:
+            r.link_data(data)
+        else:
+            self._pending += data
+            if self._wakeup is not None:
+                self._wakeup.set()
+
+    def _deliver_eof(self, exc: BaseException | None) -> None:
+        if self._eof is not False:
+            return
+        self._eof = exc
+        r = self._receiver
+        if r is not None:
+            r.link_eof(exc)
+        elif self._wakeup is not None:
+            self._wakeup.set()
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof is not False
+
+    def set_receiver(self, receiver: LinkReceiver) -> None:
+        """From now on deliver to ``receiver``, first whatever was buffered."""
+        self._receiver = receiver
+        if self._pending:
+            data = bytes(self._pending)
+            self._pending.clear()
+            receiver.link_data(data)
+        if self._eof is not False:
+            receiver.link_eof(self._eof if isinstance(self._eof, BaseException) else None)
+
+    async def read_some(self, timeout: float) -> bytes:
+        """Buffered bytes, waiting up to ``timeout`` s for some; ``b""`` at the end."""
+        if self._receiver is not None:
+            raise RuntimeError("read_some() after set_receiver()")
+        if not self._pending and self._eof is False:
+            self._wakeup = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            finally:
+                self._wakeup = None
+        data = bytes(self._pending)
+        self._pending.clear()
+        if not data and isinstance(self._eof, BaseException):
+            raise ConnectionError(str(self._eof) or type(self._eof).__name__)
+        return data
+
+    # -- sending (subclasses) -------------------------------------------------------
+
+    def write(self, data: bytes | bytearray) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and close gracefully."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent data."""
+        self.close()
+
+
+# --------------------------------------------------------------------------- TCP
+
+
+class TcpLink(ByteLink, asyncio.Protocol):
+    kind = "direct"
+
+    def __init__(self, description: str = "tcp") -> None:
+        ByteLink.__init__(self, description)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if peer and self.description == "tcp":
+            self.description = f"tcp {format_endpoint(str(peer[0]), int(peer[1]))[6:]}"
+
+    def data_received(self, data: bytes) -> None:
+        self._deliver(data)
+
+    def eof_received(self) -> bool:
+        self._deliver_eof(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deliver_eof(exc if exc is not None else None)
+
+    def write(self, data: bytes | bytearray) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        self.bytes_sent += len(data)
+        t.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def open_tcp(host: str, port: int, timeout: float) -> TcpLink:
+    """Connect to ``host:port`` within ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    desc = f"tcp {format_endpoint(host, port)[6:]}"
+    _, proto = await asyncio.wait_for(
+        loop.create_connection(lambda: TcpLink(desc), host, port), timeout
+    )
+    return proto
+
+
+async def serve_tcp(
+    host: str, port: int, on_link: Callable[[TcpLink], Coroutine[Any, Any, None]]
+) -> asyncio.Server:
+    """Listen on ``host:port``; run ``on_link(link)`` as a task for each connection."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def factory() -> TcpLink:
+        link = TcpLink()
+        orig = link.connection_made
+
+        def made(transport: asyncio.BaseTransport) -> None:
+            orig(transport)
+            task = loop.create_task(on_link(link))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        link.connection_made = made  # type: ignore[method-assign]
+        return link
+
+    return await loop.create_server(factory, host, port, reuse_address=True)
+
+
+# --------------------------------------------------------------------------- relayed
+
+
+class RelayedLink(ByteLink):
+    """A relay client's link as a :class:`ByteLink` (reader and writer tasks)."""
+
+    kind = "relay"
+
+    def __init__(self, link: Any, description: str) -> None:
+        super().__init__(description)
+        self._link = link
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._closed = False
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read_loop())
+        self._writer = loop.create_task(self._write_loop())
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self._link.recv()
+                if not data:
+                    self._deliver_eof(None)
+                    return
+                self._deliver(bytes(data))
+        except asyncio.CancelledError:
+            self._deliver_eof(None)
+            raise
+        except Exception as exc:
+            self._deliver_eof(exc)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                data = await self._queue.get()
+                if data is None:
+                    break
+                # join what queued up meanwhile: fewer relay frames
+                parts = [data]
+                while not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                    if nxt is None:
+                        self._queue.put_nowait(None)
+                        break
+                    parts.append(nxt)
+                await self._link.send(b"".join(parts) if len(parts) > 1 else data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._deliver_eof(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._link.close(), 2.0)
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self._closed:
+            return
+        self.bytes_sent += len(data)
+        self._queue.put_nowait(bytes(data))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put_nowait(None)
+
+    def abort(self) -> None:
+        self._closed = True
+        self._writer.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().create_task(self._link.close())
