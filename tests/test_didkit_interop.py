@@ -25,6 +25,7 @@ from didmesh.identity.credentials import (
     verify_presentation,
 )
 from didmesh.identity.errors import ChallengeMismatch, InvalidProof
+from didmesh.identity.jsonld import CREDENTIALS_V1, DIDMESH_V1, load_context
 from didmesh.identity.keys import IdentityKey
 from vc_support import CREATED, HOLDER, ISSUER, NOW, presentation, v1_credential
 
@@ -94,10 +95,12 @@ def from_didkit() -> dict[str, Any]:
         "challenge": "ch-7",
         "domain": "didmesh.test",
     }
+    # Distinct ids: with two credentials sharing one id, didkit 0.3.3 canonicalizes the
+    # presentation differently from RDFC-1.0 (PyLD) in about half the runs.
     ops: list[dict[str, Any]] = [
         {
             "op": "issue_credential",
-            "credential": v1_credential(),
+            "credential": v1_credential(id=f"urn:uuid:didkit-{t}"),
             "key": jwk(ISSUER),
             "options": {**cred_opts, "type": t},
         }
@@ -155,6 +158,39 @@ def test_tampered_didkit_presentation_fails_in_didmesh(
     doc["verifiableCredential"] = doc["verifiableCredential"][:1]
     with pytest.raises(InvalidProof):
         verify_presentation(doc, now=_now(), challenge="ch-7", domain="didmesh.test")
+
+
+def test_json_literals_canonicalize_the_same_in_didkit() -> None:
+    """didkit signs a credential whose didmesh terms (including @json manifest and
+    parties) come from an inline copy of the didmesh-v1 context; with the inline copy
+    replaced by the bundled context's URL, the signed N-Quads must be the same, so the
+    proof verifies in didmesh."""
+    inline = load_context(DIDMESH_V1)["@context"]
+    cred = v1_credential(
+        **{"@context": [CREDENTIALS_V1, inline], "type": ["VerifiableCredential", "SessionInvite"]}
+    )
+    cred["credentialSubject"] = {
+        "id": HOLDER.did,
+        "sessionId": "s-1",
+        "manifest": {"program": "sum.py", "z": [3, 1, {"b": None, "a": 1.5}], "é": "ü"},
+        "parties": [HOLDER.did, ISSUER.did],
+        "threshold": 1,
+    }
+    opts = {
+        "proofPurpose": "assertionMethod",
+        "verificationMethod": ISSUER.verification_method,
+        "type": "Ed25519Signature2020",
+    }
+    [signed] = run_didkit(
+        [{"op": "issue_credential", "credential": cred, "key": jwk(ISSUER), "options": opts}]
+    )
+    assert "@context" in signed["proof"]  # didkit's proof does not sign the document context
+    signed["@context"] = [CREDENTIALS_V1, DIDMESH_V1]
+    got = verify_credential(signed, now=_now())
+    assert got.types == ("VerifiableCredential", "SessionInvite")
+    signed["credentialSubject"]["parties"].reverse()
+    with pytest.raises(InvalidProof):
+        verify_credential(signed, now=_now())
 
 
 # --------------------------------------------------------------------------- didmesh -> didkit
