@@ -1,0 +1,516 @@
+"""The engine: session machines + the on-disk store + mailboxes
+(specs/session-protocol.md, "Driving the protocol").
+
+:class:`Engine` is the one place that loads a session, applies a command or a batch of
+received messages to its :class:`~didmesh.session.machine.SessionMachine`, saves it, and
+flushes its outbox. Every load-modify-save holds the home's session lock briefly, so a
+``didmesh status`` can run while a ``didmesh session wait`` pumps. :meth:`Engine.run`
+is the asyncio pump (receive -> deliver -> flush) with a deadline; it also serves open
+invite codes. Time and randomness are injected.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from didmesh.identity.errors import DidmeshError
+from didmesh.identity.keys import IdentityKey
+
+from .codes import CODE_SESSION, Burned, Claimed, CodeClaim, CodeOffer, Reply, rendezvous_key
+from .documents import Gate, encode_session_key, verify_invite
+from .errors import (
+    BadSessionParameters,
+    CodeError,
+    CodeNotAnswered,
+    MessageInvalid,
+    SessionUsageError,
+    WaitTimeout,
+    WrongCode,
+    WrongIdentity,
+)
+from .mailbox import Mailbox
+from .manifest import Manifest, format_time
+from .messages import open_message
+from .state import ENDED, TERMINAL, Role, SessionState, Status
+from .store import SessionStore
+from .words import new_code, parse_code
+
+Clock = Callable[[], datetime]
+Rng = Callable[[int], bytes]
+MailboxFactory = Callable[[IdentityKey, Sequence[str]], Mailbox]
+DEFAULT_CODE_TTL = timedelta(minutes=30)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something to tell the user while pumping (``level``: info, warning, error)."""
+
+    level: str
+    text: str
+    session_id: str | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        store: SessionStore,
+        key: IdentityKey,
+        *,
+        clock: Clock = utcnow,
+        rng: Rng = os.urandom,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        from .machine import SessionMachine
+
+        self._machine_cls = SessionMachine
+        self.store = store
+        self.key = key
+        self.clock = clock
+        self.rng = rng
+        self.labels = labels or {}
+
+    # ----------------------------------------------------------------------- helpers
+    def machine(self, state: SessionState) -> Any:
+        return self._machine_cls(state, self.key, rng=self.rng, labels=self.labels)
+
+    def load(self, session_id: str) -> SessionState:
+        state = self.store.load_state(session_id)
+        if state.me != self.key.did:
+            raise WrongIdentity(
+                f"session {session_id[:8]} belongs to {state.me}, not to the identity in use "
+                f"({self.key.did}); pick the right one with --as NAME"
+            )
+        return state
+
+    def _mutate(self, session_id: str, fn: Callable[[Any], Any]) -> Any:
+        with self.store.lock():
+            state = self.load(session_id)
+            machine = self.machine(state)
+            try:
+                result = fn(machine)
+            finally:
+                self.store.save_state(state)
+            return result
+
+    def my_sessions(self) -> list[SessionState]:
+        return [s for s in self.store.all_states() if s.me == self.key.did]
+
+    # ----------------------------------------------------------------------- organizer
+    def create_session(self, manifest: Manifest, endpoints: Sequence[str] = ()) -> SessionState:
+        from .documents import validate_endpoints
+        from .machine import x25519_public
+
+        if manifest.organizer != self.key.did:
+            raise BadSessionParameters("the manifest's organizer must be the identity in use")
+        validate_endpoints(list(endpoints), "--endpoint", BadSessionParameters)
+        private = self.rng(32)
+        now = self.clock()
+        state = SessionState(
+            session_id=manifest.session_id,
+            role=Role.ORGANIZER,
+            me=self.key.did,
+            status=Status.COLLECTING,
+            manifest=manifest.to_json(),
+            created=format_time(now),
+            session_public=encode_session_key(x25519_public(private)),
+            endpoints=list(endpoints),
+        )
+        state.note(format_time(now), "created the session")
+        with self.store.lock():
+            if self.store.exists(manifest.session_id):
+                raise BadSessionParameters("a session with this id exists already")
+            self.store.save_session_key(manifest.session_id, private)
+            self.store.save_state(state)
+        return state
+
+    def invite(self, session_id: str, invitee: str, requires: Gate | None = None) -> dict[str, Any]:
+        return self._mutate(
+            session_id, lambda m: m.invite(invitee, now=self.clock(), requires=requires)
+        )
+
+    def withdraw_invite(self, session_id: str, invitee: str) -> None:
+        self._mutate(session_id, lambda m: m.withdraw_invite(invitee, now=self.clock()))
+
+    def cancel(self, session_id: str) -> None:
+        self._mutate(session_id, lambda m: m.cancel(now=self.clock()))
+
+    def open_code(
+        self, session_id: str, *, words: int = 2, ttl: timedelta = DEFAULT_CODE_TTL
+    ) -> CodeOffer:
+        """Reserve a seat for an open invite code; returns the offer (``.code``)."""
+        with self.store.lock():
+            state = self.load(session_id)
+            if state.role != Role.ORGANIZER:
+                raise SessionUsageError("only the organizer can open invite codes")
+            busy = {o.nameplate for sid in self.store.ids() for o in self.store.load_codes(sid)
+                    if o.active}  # fmt: skip
+            for _ in range(20):
+                nameplate, code = new_code(words, self.rng)
+                if nameplate not in busy:
+                    break
+            now = self.clock()
+            manifest = Manifest.from_json(state.manifest)
+            expires = min(now + ttl, manifest.valid_until)
+            machine = self.machine(state)
+            machine.reserve_code_seat(nameplate, now=now)
+            offer = CodeOffer(nameplate, code, session_id, int(expires.timestamp() * 1000))
+            offers = self.store.load_codes(session_id)
+            self.store.save_codes(session_id, [*offers, offer])
+            self.store.save_state(state)
+            return offer
+
+    def active_offers(self) -> list[CodeOffer]:
+        out: list[CodeOffer] = []
+        for state in self.my_sessions():
+            if state.role == Role.ORGANIZER and state.status == Status.COLLECTING:
+                out.extend(o for o in self.store.load_codes(state.session_id) if o.active)
+        return out
+
+    def handle_code(self, session_id: str, nameplate: int, payload: bytes | None) -> list[Reply]:
+        """Feed one rendezvous message (or None: just expire) to the offer."""
+        now = self.clock()
+        now_ms = int(now.timestamp() * 1000)
+        replies: list[Reply] = []
+        with self.store.lock():
+            state = self.load(session_id)
+            machine = self.machine(state)
+            offers = self.store.load_codes(session_id)
+            offer = next((o for o in offers if o.nameplate == nameplate and o.active), None)
+            if offer is None:
+                return []
+            manifest = Manifest.from_json(state.manifest)
+            try:
+                actions = (
+                    offer.tick(now_ms)
+                    if payload is None
+                    else offer.handle(
+                        payload, now_ms=now_ms, organizer=self.key.did, name=manifest.name,
+                        rng=self.rng,
+                    )
+                )
+            except MessageInvalid:
+                actions = []
+            for action in actions:
+                if isinstance(action, Reply):
+                    replies.append(action)
+                elif isinstance(action, Burned):
+                    machine.release_code_seat(nameplate, now=now, why=action.reason)
+                elif isinstance(action, Claimed):
+                    try:
+                        invite = machine.fill_code_seat(nameplate, action.did, now=now)
+                    except DidmeshError as exc:
+                        offer.status = "burned"
+                        state.note(format_time(now), f"code claim refused: {exc.message}")
+                    else:
+                        replies.append(offer.complete(invite, self.rng))
+            self.store.save_codes(session_id, offers)
+            self.store.save_state(state)
+        return replies
+
+    # ----------------------------------------------------------------------- invitee
+    def import_invite(self, doc: object, *, organizer: str | None = None) -> SessionState:
+        """Verify an invite addressed to us and record the session (idempotent)."""
+        now = self.clock()
+        inv = verify_invite(doc, now=now, me=self.key.did)
+        if organizer is not None and inv.organizer != organizer:
+            raise CodeError(
+                f"the invite came from {inv.organizer}, not from {organizer} who answered the code"
+            )
+        sid = inv.manifest.session_id
+        with self.store.lock():
+            if self.store.exists(sid):
+                state = self.load(sid)
+                if state.role != Role.INVITEE:
+                    raise SessionUsageError(f"you organize session {sid[:8]}; it is not an invite")
+                machine = self.machine(state)
+                if not machine.manifest.same_as(inv.manifest):
+                    from .errors import ManifestTampered
+
+                    raise ManifestTampered(
+                        f"organizer {inv.organizer} sent an invite for session {sid[:8]} "
+                        "with another manifest than before",
+                        party=inv.organizer,
+                    )
+                if state.status == Status.INVITED and state.invite != inv.document:
+                    state.invite = inv.document
+                    self.store.save_state(state)
+                return state
+            state = SessionState(
+                session_id=sid,
+                role=Role.INVITEE,
+                me=self.key.did,
+                status=Status.INVITED,
+                manifest=inv.manifest.to_json(),
+                created=format_time(now),
+                invite=inv.document,
+            )
+            org = self.labels.get(inv.organizer, inv.organizer)
+            state.note(format_time(now), f"invited by {org}")
+            self.store.save_state(state)
+            return state
+
+    def accept(
+        self,
+        session_id: str,
+        *,
+        endpoints: Sequence[str] = (),
+        credentials: Sequence[dict[str, Any]] = (),
+    ) -> dict[str, Any]:
+        def go(m: Any) -> Any:
+            if m.role != Role.INVITEE:
+                raise SessionUsageError("the organizer takes part already; only invitees accept")
+            m._allow("accept")
+            private = self.rng(32)
+            self.store.save_session_key(session_id, private)
+            return m.accept(
+                now=self.clock(),
+                session_private=private,
+                endpoints=endpoints,
+                extra_credentials=credentials,
+            )
+
+        return self._mutate(session_id, go)
+
+    def decline(self, session_id: str) -> None:
+        self._mutate(session_id, lambda m: m.decline(now=self.clock()))
+
+    def withdraw(self, session_id: str) -> None:
+        self._mutate(session_id, lambda m: m.withdraw(now=self.clock()))
+
+    # ----------------------------------------------------------------------- messages
+    def deliver(self, items: Iterable[tuple[str, bytes]]) -> list[Note]:
+        """Apply received messages (one lock, each session loaded and saved once)."""
+        notes: list[Note] = []
+        now = self.clock()
+        with self.store.lock():
+            states: dict[str, SessionState] = {}
+            for _sender, payload in items:
+                try:
+                    msg = open_message(payload, me=self.key.did)
+                except MessageInvalid as exc:
+                    notes.append(Note("warning", f"dropped a message: {exc.message}"))
+                    continue
+                sid = msg.session_id
+                state = states.get(sid)
+                if state is None and self.store.exists(sid):
+                    state = states[sid] = self.load(sid)
+                if state is None:
+                    if msg.kind != "invite":
+                        notes.append(
+                            Note("warning", f"dropped {msg.kind} for unknown session {sid[:8]}")
+                        )
+                        continue
+                    try:
+                        inv = verify_invite(msg.body.get("invite"), now=now, me=self.key.did)
+                    except DidmeshError as exc:
+                        notes.append(Note("warning", f"rejected an invite: {exc.message}", sid))
+                        continue
+                    if inv.manifest.session_id != sid:
+                        notes.append(Note("warning", "rejected an invite sent under another id"))
+                        continue
+                    state = states[sid] = SessionState(
+                        session_id=sid,
+                        role=Role.INVITEE,
+                        me=self.key.did,
+                        status=Status.INVITED,
+                        manifest=inv.manifest.to_json(),
+                        created=format_time(now),
+                        invite=inv.document,
+                    )
+                    org = self.labels.get(inv.organizer, inv.organizer)
+                    state.note(format_time(now), f"invited by {org}")
+                    notes.append(
+                        Note("info", f"new invite to {inv.manifest.name!r} from {org}", sid)
+                    )
+                    continue
+                before = state.status
+                try:
+                    self.machine(state).receive(msg, now=now)
+                except DidmeshError as exc:
+                    notes.append(Note("warning", f"rejected {msg.kind}: {exc.message}", sid))
+                if state.status != before:
+                    level = "error" if state.status in ENDED else "info"
+                    text = f"session {sid[:8]}: {before} -> {state.status}"
+                    if state.error and state.status in ENDED:
+                        text += f": {state.error['message']}"
+                    notes.append(Note(level, text, sid))
+            for state in states.values():
+                self.store.save_state(state)
+        return notes
+
+    def tick(self) -> list[Note]:
+        notes = []
+        now = self.clock()
+        for state in self.my_sessions():
+            if state.status in TERMINAL:
+                continue
+            if now >= Manifest.from_json(state.manifest).valid_until:
+                self._mutate(state.session_id, lambda m: m.tick(now=now))
+                notes.append(Note("error", f"session {state.session_id[:8]} expired"))
+        return notes
+
+    async def flush(self, mailbox: Mailbox, only: str | None = None) -> int:
+        """Send every queued message; entries leave the outbox once a relay took them."""
+        sent = 0
+        for state in self.my_sessions():
+            if not state.outbox or (only and state.session_id != only):
+                continue
+            manifest = Manifest.from_json(state.manifest)
+            ttl = int((manifest.valid_until - self.clock()).total_seconds())
+            done: list[dict[str, str]] = []
+            try:
+                for entry in state.outbox:
+                    payload = base64.b64decode(entry["payload"])
+                    await mailbox.send(entry["to"], state.session_id, payload, ttl=max(ttl, 60))
+                    done.append(entry)
+            finally:
+                if done:
+                    with self.store.lock():
+                        fresh = self.load(state.session_id)
+                        fresh.outbox = [e for e in fresh.outbox if e not in done]
+                        self.store.save_state(fresh)
+                sent += len(done)
+        return sent
+
+    # ----------------------------------------------------------------------- the pump
+    async def run(
+        self,
+        mailbox: Mailbox,
+        *,
+        until: Callable[[], bool],
+        timeout: float,
+        on_note: Callable[[Note], None] = lambda _n: None,
+        factory: MailboxFactory | None = None,
+        what: str = "the other parties",
+        serve_codes: bool = True,
+    ) -> None:
+        """Pump messages until ``until()`` or raise :class:`WaitTimeout` after ``timeout``
+        seconds. Serves this identity's open invite codes (needs ``factory``)."""
+        deadline = time.monotonic() + timeout
+        code_boxes: dict[int, tuple[str, Mailbox]] = {}
+        try:
+            await self.flush(mailbox)
+            while True:
+                if until():
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(f"timed out after {timeout:g} s waiting for {what}")
+                if serve_codes and factory is not None:
+                    await self._serve_codes(code_boxes, factory, on_note)
+                first = await mailbox.receive(min(left, 0.25 if code_boxes else 1.0))
+                batch = []
+                if first is not None:
+                    batch.append(first)
+                    while len(batch) < 256:
+                        more = await mailbox.receive(0)
+                        if more is None:
+                            break
+                        batch.append(more)
+                for note in self.deliver(batch) + self.tick():
+                    on_note(note)
+                await self.flush(mailbox)
+        finally:
+            for _sid, box in code_boxes.values():
+                await box.aclose()
+
+    async def _serve_codes(
+        self,
+        boxes: dict[int, tuple[str, Mailbox]],
+        factory: MailboxFactory,
+        on_note: Callable[[Note], None],
+    ) -> None:
+        offers = {o.nameplate: o for o in self.active_offers()}
+        for nameplate in list(boxes):
+            if nameplate not in offers:
+                await boxes.pop(nameplate)[1].aclose()
+        for nameplate, offer in offers.items():
+            if nameplate not in boxes:
+                state = self.load(offer.session_id)
+                urls = Manifest.from_json(state.manifest).relays
+                boxes[nameplate] = (offer.session_id, factory(rendezvous_key(nameplate), urls))
+            sid, box = boxes[nameplate]
+            replies = self.handle_code(sid, nameplate, None)
+            while True:
+                item = await box.receive(0)
+                if item is None:
+                    break
+                replies += self.handle_code(sid, nameplate, item[1])
+            for reply in replies:
+                await box.send(reply.to, CODE_SESSION, reply.payload, ttl=600)
+            after = next((o for o in self.store.load_codes(sid) if o.nameplate == nameplate), None)
+            if after is not None and after.status != offer.status:
+                level = "info" if after.status in ("claiming", "claimed") else "warning"
+                detail = f" by {self.labels.get(after.claimant or '', after.claimant)}" if (
+                    after.status == "claimed"
+                ) else (f": {after.log[-1]}" if after.log else "")
+                on_note(Note(level, f"code {nameplate}-...: {after.status}{detail}", sid))
+
+    # ----------------------------------------------------------------------- claiming
+    async def claim(
+        self,
+        code: str,
+        relays: Sequence[str],
+        factory: MailboxFactory,
+        *,
+        timeout: float,
+    ) -> SessionState:
+        """Claim a seat with an invite code; returns the invited session."""
+        nameplate, normalized = parse_code(code)
+        reply_identity = IdentityKey.from_seed(self.rng(32))
+        box = factory(reply_identity, relays)
+        target = rendezvous_key(nameplate).did
+        claim = CodeClaim(nameplate, normalized, self.key, reply_identity.did, self.rng)
+        deadline = time.monotonic() + timeout
+        try:
+            await box.send(target, CODE_SESSION, claim.hello(), ttl=600)
+            while claim.invite is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CodeNotAnswered(
+                        f"nobody answered on nameplate {nameplate} within {timeout:g} s: check "
+                        "the code and the relay, and that the organizer's didmesh is running "
+                        "('didmesh session wait' or 'didmesh invite --code')"
+                    )
+                item = await box.receive(left)
+                if item is None:
+                    continue
+                try:
+                    nxt = claim.handle(item[1])
+                except WrongCode:
+                    await box.send(target, CODE_SESSION, claim.abandon(), ttl=600)
+                    raise
+                except MessageInvalid:
+                    continue
+                if nxt is not None:
+                    await box.send(target, CODE_SESSION, nxt, ttl=600)
+        finally:
+            await box.aclose()
+        state = self.import_invite(claim.invite, organizer=claim.organizer)
+        if state.session_id != claim.session_id:
+            raise CodeError("the invite is for another session than the code announced")
+        return state
+
+    # ----------------------------------------------------------------------- queries
+    def status_of(self, session_id: str) -> Status:
+        return Status(self.load(session_id).status)
+
+
+def session_relays(states: Iterable[SessionState]) -> list[str]:
+    urls: list[str] = []
+    for state in states:
+        for url in state.manifest.get("relays", []):
+            if url not in urls:
+                urls.append(url)
+    return urls
+

@@ -1,0 +1,290 @@
+"""Errors of the session layer (specs/session-protocol.md, "Errors").
+
+They extend the one tree in :mod:`didmesh.identity.errors`:
+
+* :class:`~didmesh.identity.errors.LocalError` (exit code 2): misuse or configuration on
+  this machine -- an unknown session or contact, a command in the wrong state, a missing
+  ``--yes``;
+* :class:`~didmesh.identity.errors.RemoteError` (exit code 1): a document or message from
+  another party failed a check. Every such message names the party (DID, and petname when
+  known) and the cause; the CLI prints it as one line and nothing starts;
+* :class:`WaitTimeout` (exit code 3): a wait ran out before the others answered.
+
+A remote party is never told more than the ``code`` (STYLE.md, point 7).
+"""
+
+from __future__ import annotations
+
+from didmesh.identity.errors import DidmeshError, LocalError, RemoteError
+
+
+class SessionError(DidmeshError):
+    """A session-layer failure."""
+
+    code = "session_error"
+
+
+# --------------------------------------------------------------------------- local misuse
+
+
+class SessionUsageError(SessionError, LocalError):
+    """The session command cannot be carried out as asked."""
+
+    code = "session_usage"
+
+
+class BadSessionParameters(SessionUsageError):
+    """The session parameters are invalid (parties, threshold, relays, validity, program)."""
+
+    code = "bad_session_parameters"
+
+
+class SessionNotFound(SessionUsageError):
+    """No session in this didmesh home matches (see 'didmesh sessions')."""
+
+    code = "session_not_found"
+
+
+class AmbiguousSession(SessionUsageError):
+    """The session id prefix matches more than one session; give more characters."""
+
+    code = "ambiguous_session"
+
+
+class WrongIdentity(SessionUsageError):
+    """The session belongs to another identity of this home (use --as NAME)."""
+
+    code = "wrong_identity"
+
+
+class UnexpectedEvent(SessionUsageError):
+    """The event is not allowed in the session's current state."""
+
+    code = "unexpected_event"
+
+    def __init__(self, state: str, event: str, detail: str = "") -> None:
+        self.state = state
+        self.event = event
+        extra = f": {detail}" if detail else ""
+        super().__init__(f"cannot handle {event!r} in state {state!r}{extra}")
+
+
+class SeatsFull(SessionUsageError):
+    """Every seat of the session is already taken by a pending or accepted invite."""
+
+    code = "seats_full"
+
+
+class ConfirmationRequired(SessionUsageError):
+    """Accepting needs a 'yes': pass --yes (stdin is not a terminal, so didmesh cannot ask)."""
+
+    code = "confirmation_required"
+
+
+class NoRelay(SessionUsageError):
+    """No relay is known: pass --relay URL (or set DIDMESH_RELAY)."""
+
+    code = "no_relay"
+
+
+class ContactError(SessionUsageError):
+    """The address book cannot be used as asked."""
+
+    code = "contact_error"
+
+
+class UnknownContact(ContactError):
+    """No contact has this name (see 'didmesh contacts list'), and it is not a DID."""
+
+    code = "unknown_contact"
+
+
+class ContactExists(ContactError):
+    """A contact with this name exists already (use --force to replace it)."""
+
+    code = "contact_exists"
+
+
+class StateCorrupted(SessionUsageError):
+    """A session state file is malformed or was altered; it is not used."""
+
+    code = "state_corrupted"
+
+
+class StoreBusy(SessionUsageError):
+    """Another didmesh process holds this home's session lock; try again when it ends."""
+
+    code = "store_busy"
+
+
+class ProgramDigestMismatch(SessionUsageError):
+    """The program file's SHA-256 differs from the digest in the session manifest."""
+
+    code = "program_digest_mismatch"
+
+
+class MpycVersionMismatch(SessionUsageError):
+    """The installed MPyC version is outside the session manifest's version range."""
+
+    code = "mpyc_version_mismatch"
+
+
+class InvalidCode(SessionUsageError):
+    """The invite code is not of the form NUMBER-WORD-WORD (for example 4-orbit-lantern)."""
+
+    code = "invalid_code"
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+class WaitTimeout(SessionError):
+    """The wait ended before the other parties answered (raise --timeout, or retry later)."""
+
+    code = "timeout"
+    exit_code = 3
+
+
+class CodeNotAnswered(WaitTimeout):
+    """Nobody answered on the code's nameplate: is the organizer's didmesh running?"""
+
+    code = "code_not_answered"
+
+
+# --------------------------------------------------------------------------- remote faults
+
+
+class SessionRemoteError(SessionError, RemoteError):
+    """A session document or message from another party failed a check."""
+
+    code = "session_remote"
+
+    def __init__(self, message: str | None = None, *, party: str | None = None) -> None:
+        super().__init__(message)
+        self.party = party
+
+
+class MessageInvalid(SessionRemoteError):
+    """A session message is malformed, too large, or not signed by its sender."""
+
+    code = "message_invalid"
+
+
+class ManifestInvalid(SessionRemoteError):
+    """A session manifest is malformed."""
+
+    code = "manifest_invalid"
+
+
+class InviteInvalid(SessionRemoteError):
+    """An invite failed verification."""
+
+    code = "invite_invalid"
+
+
+class InviteExpired(InviteInvalid):
+    """The invite (or the session's validity window) has expired."""
+
+    code = "invite_expired"
+
+
+class InviteNotForYou(InviteInvalid):
+    """The invite is addressed to another DID."""
+
+    code = "invite_not_for_you"
+
+
+class ManifestTampered(InviteInvalid):
+    """A manifest differs from the one the organizer signed for this session."""
+
+    code = "manifest_tampered"
+
+
+class InviteWithdrawn(SessionRemoteError):
+    """The organizer withdrew this invite."""
+
+    code = "invite_withdrawn"
+
+
+class AcceptanceInvalid(SessionRemoteError):
+    """An acceptance failed verification."""
+
+    code = "acceptance_invalid"
+
+
+class AcceptanceReplayed(AcceptanceInvalid):
+    """The acceptance was made for another session or another invite (challenge/domain)."""
+
+    code = "acceptance_replayed"
+
+
+class NotInvited(AcceptanceInvalid):
+    """The acceptance is signed by someone who holds no (current) invite to this session."""
+
+    code = "not_invited"
+
+
+class GateCredentialMissing(AcceptanceInvalid):
+    """The seat requires a credential from a named issuer, and the acceptance lacks a valid one."""
+
+    code = "gate_credential_missing"
+
+
+class RosterInvalid(SessionRemoteError):
+    """The roster failed verification."""
+
+    code = "roster_invalid"
+
+
+class RosterEquivocation(RosterInvalid):
+    """The organizer signed two different rosters for one session."""
+
+    code = "roster_equivocation"
+
+
+class ConfirmationInvalid(SessionRemoteError):
+    """A roster confirmation failed verification."""
+
+    code = "confirmation_invalid"
+
+
+class ConfirmationMismatch(ConfirmationInvalid):
+    """A party confirmed a roster hash other than the one this party holds."""
+
+    code = "confirmation_mismatch"
+
+
+class PartyWithdrew(SessionRemoteError):
+    """A party withdrew its acceptance (or declined) after the roster was published."""
+
+    code = "party_withdrew"
+
+
+class SessionCancelled(SessionRemoteError):
+    """The organizer cancelled the session."""
+
+    code = "session_cancelled"
+
+
+class CodeError(SessionRemoteError):
+    """Claiming a seat with an invite code failed."""
+
+    code = "code_error"
+
+
+class WrongCode(CodeError):
+    """The code does not match: it was mistyped, or it belongs to another invite."""
+
+    code = "wrong_code"
+
+
+class CodeAlreadyClaimed(CodeError):
+    """Someone else already used this code (codes are single use); ask for a new one."""
+
+    code = "code_already_claimed"
+
+
+class CodeExpired(CodeError):
+    """The code has expired; ask the organizer for a new one."""
+
+    code = "code_expired"

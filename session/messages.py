@@ -1,0 +1,156 @@
+"""Session messages: what parties send each other through the relay mailboxes
+(specs/session-protocol.md, "Messages").
+
+Every message is one JSON object signed by its sender's DID key::
+
+    {"v": 1, "kind": "accept", "session": "<id>", "from": "did:key:...",
+     "to": "did:key:...", "ts": <ms>, "id": "<random>", "body": {...}, "sig": "<b64url>"}
+
+It travels as ``{"m": "<that object as a JSON string>", "sig": "<b64url>"}`` where ``sig``
+is Ed25519 over ``"didmesh/session/msg/v1" || 0x00 || UTF-8(m)``: the exact bytes are
+signed, so no canonicalization is needed on either side.
+The relay envelope authenticates the sender too, but signing here keeps the protocol
+independent of the transport (the in-memory mailbox, files, any relay) and binds the
+recipient, the session and the kind: a relay cannot redirect a message to another
+party, session or meaning. Parsing is strict and size-capped before anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from didmesh.identity.didkey import DidKey
+from didmesh.identity.errors import DidmeshError, IdentityError
+from didmesh.identity.keys import IdentityKey, verify_ed25519
+
+from .errors import MessageInvalid
+from .manifest import SESSION_ID_RE
+
+VERSION = 1
+SIG_LABEL = b"didmesh/session/msg/v1\0"
+MAX_MESSAGE_BYTES = 512 * 1024
+KINDS = frozenset(
+    {"invite", "accept", "decline", "withdraw", "withdraw-invite", "roster", "confirm", "cancel"}
+)
+_FIELDS = {"v", "kind", "session", "from", "to", "ts", "id", "body"}
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: str
+    session_id: str
+    sender: str
+    to: str
+    ts_ms: int
+    msg_id: str
+    body: dict[str, Any]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def seal_message(
+    key: IdentityKey,
+    kind: str,
+    session_id: str,
+    to: str,
+    body: dict[str, Any],
+    *,
+    now_ms: int,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    if kind not in KINDS:
+        raise ValueError(f"unknown message kind {kind!r}")
+    msg: dict[str, Any] = {
+        "v": VERSION,
+        "kind": kind,
+        "session": session_id,
+        "from": key.did,
+        "to": to,
+        "ts": now_ms,
+        "id": _b64(rng(16)),
+        "body": body,
+    }
+    inner = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+    sig = _b64(key.sign(SIG_LABEL + inner.encode()))
+    return json.dumps({"m": inner, "sig": sig}, separators=(",", ":")).encode()
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise MessageInvalid(f"message repeats the key {k[:40]!r}")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise MessageInvalid(f"message contains {name}, which is not JSON")
+
+
+def _loads(text: bytes | str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise MessageInvalid("message is not JSON") from None
+
+
+def open_message(payload: bytes, *, me: str) -> Message:
+    """Parse and authenticate a message addressed to ``me``; raises :class:`MessageInvalid`."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise MessageInvalid(f"message is {len(payload)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    outer = _loads(payload)
+    if not isinstance(outer, dict) or set(outer) != {"m", "sig"}:
+        raise MessageInvalid("message is not a signed session message")
+    inner, sig = outer["m"], outer["sig"]
+    if not isinstance(inner, str) or not isinstance(sig, str) or len(sig) != 86:
+        raise MessageInvalid("message is not a signed session message")
+    msg = _loads(inner)
+    if not isinstance(msg, dict) or set(msg) != _FIELDS:
+        raise MessageInvalid("message does not have exactly the fields of a session message")
+    if msg["v"] != VERSION:
+        raise MessageInvalid(f"message version {str(msg['v'])[:10]} is not supported")
+    kind, sid, sender, to, ts, mid, body = (
+        msg[k] for k in ("kind", "session", "from", "to", "ts", "id", "body")
+    )
+    if kind not in KINDS:
+        raise MessageInvalid(f"unknown message kind {str(kind)[:30]!r}")
+    if not isinstance(sid, str) or not SESSION_ID_RE.match(sid):
+        raise MessageInvalid("message: session is not a session id")
+    if type(ts) is not int or not 0 <= ts < 2**53:
+        raise MessageInvalid("message: ts is not a time in milliseconds")
+    if not isinstance(mid, str) or not _ID_RE.match(mid):
+        raise MessageInvalid("message: id is malformed")
+    if not isinstance(body, dict):
+        raise MessageInvalid("message: body is not an object")
+    if to != me:
+        raise MessageInvalid(
+            f"{kind} message from {str(sender)[:100]} is addressed to someone else"
+        )
+    try:
+        public = DidKey.parse(sender).ed25519_public if isinstance(sender, str) else None
+    except IdentityError:
+        public = None
+    if public is None:
+        raise MessageInvalid("message: from is not an Ed25519 did:key")
+    try:
+        verify_ed25519(public, SIG_LABEL + inner.encode(), _unb64(sig))
+    except (binascii.Error, ValueError, DidmeshError):
+        raise MessageInvalid(
+            f"{kind} message claiming to be from {sender}: bad signature"
+        ) from None
+    return Message(kind, sid, sender, to, ts, mid, body)
