@@ -22,6 +22,7 @@ from .output import Output
 #: command-group modules, in help order
 COMMAND_MODULES: list[str] = [
     "didmesh.session.cli.id_cmd",
+    "didmesh.session.cli.credential_cmd",
 ]
 
 
