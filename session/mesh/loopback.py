@@ -7,10 +7,11 @@ loopback ports and returns one :class:`~.plan.MeshPlan` per party, all sharing o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from didmesh.identity.keys import IdentityKey
 
@@ -63,3 +64,61 @@ def loopback_plans(
         for i in range(m)
     ]
     return plans, ids
+
+
+class _FakeLink:
+    """One end of an in-memory relayed link (``send``/``recv``/``close`` coroutines)."""
+
+    def __init__(self, inbox: asyncio.Queue[bytes | None], outbox: asyncio.Queue[bytes | None]
+                 ) -> None:
+        self._in = inbox
+        self._out = outbox
+        self.closed = False
+
+    async def send(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionError("link closed")
+        self._out.put_nowait(bytes(data))
+
+    async def recv(self) -> bytes | None:
+        return await self._in.get()
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._out.put_nowait(None)
+
+
+class FakeRelay:
+    """An in-memory relay pairing link requests, like the real relay's ``/v1/link``.
+
+    ``opener(did)`` is a :data:`~.connect.RelayOpener` for the party ``did``. The relay
+    sees only what the parties send (ciphertext after the hello). ``drop_all()`` cuts
+    every link, as a relay that fails would.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, str, str], asyncio.Future[_FakeLink]] = {}
+        self.links: list[_FakeLink] = []
+
+    def opener(self, my_did: str) -> Callable[[str, str], Awaitable[_FakeLink]]:
+        async def open_link(url: str, peer_did: str) -> _FakeLink:
+            key = (url, peer_did, my_did)
+            fut = self._waiting.pop(key, None)
+            if fut is not None and not fut.done():
+                a: asyncio.Queue[bytes | None] = asyncio.Queue()
+                b: asyncio.Queue[bytes | None] = asyncio.Queue()
+                mine, theirs = _FakeLink(a, b), _FakeLink(b, a)
+                self.links += [mine, theirs]
+                fut.set_result(theirs)
+                return mine
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting[(url, my_did, peer_did)] = fut
+            return await fut
+
+        return open_link
+
+    def drop_all(self) -> None:
+        for link in self.links:
+            link.closed = True
+            link._in.put_nowait(None)

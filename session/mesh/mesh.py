@@ -147,16 +147,23 @@ class Mesh:
             return best
 
         peers = list(self.peers.values())
+        gathering = asyncio.gather(*(rtt(p) for p in peers))
+        done = asyncio.Event()
+        gathering.add_done_callback(lambda _: done.set())
         try:
-            rtts = await asyncio.wait_for(
-                asyncio.gather(*(rtt(p) for p in peers)), timeout
-            )
+            await self._wait(done, timeout)
+            rtts = gathering.result()
         except TimeoutError:
             slow = [p.name for p in peers]
             raise PeerUnresponsive(
                 f"the connectivity check timed out after {timeout:g} s (peers: "
                 f"{', '.join(slow)})"
             ) from None
+        finally:
+            if not gathering.done():
+                gathering.cancel()
+            with contextlib.suppress(BaseException):
+                await gathering
         row = [
             {"peer": p.peer_id, "path": p.path, "via": p.link.description,
              "rtt_ms": round(r * 1000, 3)}

@@ -102,7 +102,7 @@ class PeerChannel:
     # -- sending ---------------------------------------------------------------------
 
     def _send(self, messages: Sequence[bytes | bytearray | memoryview]) -> None:
-        if self.closed:
+        if self.closed or self.failed:  # the failure was reported already
             return
         self.link.write(self.channel.send_many(messages))
         self.last_tx = self._clock()
@@ -169,8 +169,10 @@ class PeerChannel:
                 self.channel.receive_eof()
                 for msg in self.channel:
                     self._dispatch(msg[0], msg[1:])
-        except FrameTruncated:
-            pass
+        except FrameTruncated as err:
+            if "without the peer's close record" not in err.message:
+                self._fail(err)  # the stream ended inside a record or message
+                return
         except DidmeshError as err:
             self._fail(err)
             return
