@@ -155,12 +155,12 @@ def parse_untrusted(data: bytes | str, max_bytes: int = MAX_DOCUMENT_BYTES) -> d
         doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise MalformedCredential(
-            f"document is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"document is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:
         raise MalformedCredential("document is nested too deeply") from None
     if not isinstance(doc, dict):
-        raise MalformedCredential(f"document is a JSON {type(doc).__name__}, not an object")
+        raise MalformedCredential(f"document is a JSON {type(doc).__name__}, not a JSON object")
     return doc
 
 

@@ -19,6 +19,7 @@ so PyLD's shared resolved-context cache keeps the processed contexts across call
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Mapping
@@ -87,7 +88,8 @@ def document_loader(url: str, options: Mapping[str, Any] | None = None) -> dict[
     return {
         "contextUrl": None,
         "documentUrl": url,
-        "document": load_context(url),
+        # A copy: PyLD may rewrite context URLs in place. Only a cache miss gets here.
+        "document": copy.deepcopy(load_context(url)),
         # "static" lets PyLD keep the processed context in its shared cache.
         "tag": "static",
     }

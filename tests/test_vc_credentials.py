@@ -172,8 +172,8 @@ def _proof_with(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 BAD_CREDENTIALS: list[Case] = [
-    ("not-json", lambda: b"{not json", MalformedCredential, "not JSON"),
-    ("json-array", lambda: b"[1, 2]", MalformedCredential, "not an object"),
+    ("not-json", lambda: b"{not json", MalformedCredential, "not valid JSON"),
+    ("json-array", lambda: b"[1, 2]", MalformedCredential, "not a JSON object"),
     ("not-utf8", lambda: b'{"a": "\xff"}', MalformedCredential, "UTF-8"),
     ("duplicate-key", lambda: b'{"a": 1, "a": 2}', MalformedCredential, "repeats the key"),
     ("nan", lambda: b'{"a": NaN}', MalformedCredential, "NaN"),
