@@ -213,6 +213,12 @@ class MeshConnector:
 
     # ------------------------------------------------------------------ main
 
+    async def aclose(self) -> None:
+        """Release what the relayed links need (HTTP sessions); call after the run."""
+        self.close_listeners()
+        if isinstance(self.relay_opener, RelayLinks):
+            await self.relay_opener.aclose()
+
     async def connect_all(self) -> dict[int, PeerChannel]:
         plan = self.plan
         loop = asyncio.get_running_loop()
@@ -450,20 +456,40 @@ class MeshConnector:
         self._path_failed(st, "relay", "; ".join(errors) or "no relay")
 
 
+class RelayLinks:
+    """Opens relayed links with :class:`didmesh.relay.client.RelayClient` (one per relay)."""
+
+    def __init__(self, plan: MeshPlan, identity: IdentityKey, options: ConnectOptions) -> None:
+        self.plan = plan
+        self.identity = identity
+        self.options = options
+        self._clients: dict[str, Any] = {}
+
+    async def __call__(self, url: str, peer_did: str) -> Any:
+        from didmesh.relay.client import RelayClient
+
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = RelayClient(
+                url, self.identity, timeout=self.options.handshake_timeout
+            )
+        return await client.open_link(
+            self.plan.session_id, peer_did, timeout=self.options.connect_timeout
+        )
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 5.0)
+        self._clients.clear()
+
+
 def default_relay_opener(
     plan: MeshPlan, identity: IdentityKey, options: ConnectOptions
-) -> RelayOpener | None:
-    """Links through :class:`didmesh.relay.client.RelayClient`, if the relay client exists."""
+) -> RelayLinks | None:
+    """Links through the relay client, if this installation has it."""
     try:
-        from didmesh.relay.client import RelayClient  # type: ignore[import-not-found,unused-ignore]
+        import didmesh.relay.client  # noqa: F401
     except ImportError:
         return None
-    clients: dict[str, Any] = {}
-
-    async def opener(url: str, peer_did: str) -> Any:
-        client = clients.get(url)
-        if client is None:
-            client = clients[url] = RelayClient(url, identity, timeout=options.handshake_timeout)
-        return await client.open_link(plan.session_id, peer_did)
-
-    return opener
+    return RelayLinks(plan, identity, options)

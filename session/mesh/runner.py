@@ -112,6 +112,7 @@ def run_program(
     asyncio.set_event_loop(loop)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     mesh: Mesh | None = None
+    connector: MeshConnector | None = None
     in_program = False
     killer: threading.Timer | None = None
 
@@ -200,6 +201,9 @@ def run_program(
             killer.cancel()
         if mesh is not None:
             mesh.close()
+        if connector is not None:
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(connector.aclose())
         _close_loop(loop)
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path

@@ -1,0 +1,221 @@
+"""Unmodified MPyC programs over the mesh vs plain MPyC; faults in real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from didmesh.session.mesh.loopback import free_ports, loopback_plans
+from didmesh.session.mesh.plan import parse_endpoint
+from didmesh.session.mesh.runner import launch_document, spawn_party
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run_plain(program: Path, args: list[str], m: int, timeout: float = 90) -> list[str]:
+    ports = free_ports(m)
+    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
+    procs = [
+        subprocess.Popen([sys.executable, str(program), *args, *plist, "-I", str(i)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+        for i in range(m)
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err.decode()[-2000:]
+        outs.append(out.decode())
+    return outs
+
+
+def start_mesh(program: Path, args: list[str], m: int, **options: Any
+               ) -> tuple[list[subprocess.Popen[bytes]], list[Any]]:
+    plans, ids = loopback_plans(m, relays=options.pop("relays", ()))
+    options = {"timeout": 10, "connect_timeout": 20, **options}
+    procs = [
+        spawn_party(launch_document(plans[i], ids[i], str(program), args, **options),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+        for i in range(m)
+    ]
+    return procs, plans
+
+
+def finish(procs: list[subprocess.Popen[bytes]], timeout: float = 90
+           ) -> list[tuple[int, str, str]]:
+    res = []
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            res.append((p.returncode, out.decode(), err.decode()))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    return res
+
+
+CASES = {
+    "secure_sum": ("secure_sum.py", ["--no-log"]),
+    "secret_santa": ("secret_santa.py", ["-n", "6", "--seed", "7", "--no-log"]),
+    "matrix_product": ("matrix_product.py", ["-n", "24", "--seed", "3", "--no-log"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_example_over_mesh_equals_plain_mpyc(case: str) -> None:
+    name, args = CASES[case]
+    plain = run_plain(EXAMPLES / name, args, 3)
+    procs, _ = start_mesh(EXAMPLES / name, args, 3)
+    res = finish(procs)
+    for code, _out, err in res:
+        assert code == 0, err[-2000:]
+        assert "connectivity check (all pairs)" in err
+    assert [out for _, out, _ in res] == plain
+    assert plain[0].strip()
+
+
+@pytest.fixture
+def relay_url() -> Any:
+    [port] = free_ports(1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "didmesh.relay", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"relay did not start: {proc.stderr.read().decode()[-800:]}"
+                            if proc.stderr else "relay did not start")
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", proc
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_relayed_run_through_a_real_relay(relay_url: Any) -> None:
+    url, _ = relay_url
+    name, args = CASES["secret_santa"]
+    plain = run_plain(EXAMPLES / name, args, 3)
+    procs, _ = start_mesh(EXAMPLES / name, args, 3, relays=[url], relay_only=True)
+    res = finish(procs)
+    for code, _, err in res:
+        assert code == 0, err[-2000:]
+        assert " relay " in err
+    assert [out for _, out, _ in res] == plain
+
+
+LONG_PROGRAM = textwrap.dedent("""
+    import sys
+    from mpyc.runtime import mpc
+    secint = mpc.SecInt(32)
+    mpc.run(mpc.start())
+    print("started", flush=True)
+    x = secint(1)
+    for i in range(100000):
+        x = mpc.run(mpc.gather(x * secint(1)))
+        x = secint(int(x))
+    mpc.run(mpc.shutdown())
+""")
+
+
+def _long(tmp_path: Path, **options: Any) -> tuple[list[subprocess.Popen[bytes]], list[Any]]:
+    prog = tmp_path / "long.py"
+    prog.write_text(LONG_PROGRAM)
+    procs, plans = start_mesh(prog, ["--no-log"], 3, **options)
+    assert procs[2].stdout is not None
+    line = procs[2].stdout.readline()  # bounded: the connect timeout ends the run otherwise
+    assert line.strip() == b"started", finish(procs, 20)
+    time.sleep(0.3)
+    return procs, plans
+
+
+def _ports_free(plans: list[Any]) -> None:
+    for plan in plans:
+        host, port = parse_endpoint(plan.me.endpoints[0])
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        try:
+            s.bind((host, port))  # fails if anything still listens there
+            s.listen()
+        finally:
+            s.close()
+
+
+def test_party_killed_mid_run(tmp_path: Path) -> None:
+    procs, plans = _long(tmp_path)
+    t0 = time.monotonic()
+    procs[2].kill()
+    res = finish(procs[:2], 30)
+    assert time.monotonic() - t0 < 15
+    for code, _, err in res:
+        assert code != 0
+        assert "party 2 'carol'" in err.splitlines()[-1], err[-1500:]
+    finish(procs[2:], 5)
+    _ports_free(plans)
+
+
+def test_party_stops_responding(tmp_path: Path) -> None:
+    procs, plans = _long(tmp_path, timeout=2)
+    t0 = time.monotonic()
+    os.kill(procs[1].pid, signal.SIGSTOP)
+    try:
+        res = finish([procs[0], procs[2]], 30)
+        elapsed = time.monotonic() - t0
+    finally:
+        os.kill(procs[1].pid, signal.SIGKILL)
+        finish(procs[1:2], 5)
+    assert elapsed < 12
+    for code, _, err in res:
+        assert code != 0
+        last = err.splitlines()[-1]
+        assert "party 1 'bob'" in last, err[-1500:]
+    assert any("stopped responding" in err for _, _, err in res)
+    _ports_free(plans)
+
+
+def test_ctrl_c_aborts_everyone_and_leaves_nothing(tmp_path: Path) -> None:
+    procs, plans = _long(tmp_path)
+    procs[0].send_signal(signal.SIGINT)
+    res = finish(procs, 30)
+    assert res[0][0] == 130, res[0][2][-1500:]
+    for code, _, err in res[1:]:
+        assert code != 0
+        assert "aborted by party 0 'alice'" in err and "interrupted" in err, err[-1500:]
+    assert all(p.poll() is not None for p in procs)
+    _ports_free(plans)
+
+
+def test_program_failure_aborts_peers(tmp_path: Path) -> None:
+    prog = tmp_path / "fails.py"
+    prog.write_text(textwrap.dedent("""
+        from mpyc.runtime import mpc
+        mpc.run(mpc.start())
+        if mpc.pid == 1:
+            raise ValueError("bad input at party 1")
+        mpc.run(mpc.output(mpc.input(mpc.SecInt()(1))[1]))
+    """))
+    procs, _ = start_mesh(prog, ["--no-log"], 3)
+    res = finish(procs, 30)
+    assert res[1][0] != 0 and "ValueError: bad input at party 1" in res[1][2]
+    for code, _, err in (res[0], res[2]):
+        assert code != 0 and "aborted by party 1 'bob'" in err, err[-1500:]
