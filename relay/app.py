@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from .auth import Authenticator
 from .config import RelayConfig
@@ -41,7 +41,17 @@ from .errors import (
     error_body,
 )
 from .limits import LinkSlots, RateLimiter
-from .links import LinkDuplicate, LinkEnd, LinkHub, LinkPeerGone, LocalPair, close_ws, pipe_local
+from .links import (
+    LinkDuplicate,
+    LinkEnd,
+    LinkHub,
+    LinkPeerGone,
+    LocalPair,
+    close_peer,
+    close_ws,
+    pipe_local,
+    settle,
+)
 from .links import watchdog as link_watchdog
 from .metrics import Metrics
 from .protocol import CloseCode, parse_ack_ids, parse_link_request, parse_push_client_message
@@ -106,10 +116,10 @@ class Relay:
         """SIGTERM: refuse new work, wake long-polls, close sockets with 1001."""
         self.shutting_down = True
         self.store.notifier.wake_all()
-        await asyncio.gather(
-            *(close_ws(ws, CloseCode.GOING_AWAY) for ws in list(self._sockets)),
-            return_exceptions=True,
-        )
+        sockets = list(self._sockets)
+        for ws in sockets:
+            close_peer(ws, CloseCode.GOING_AWAY)
+        await asyncio.gather(*(settle(ws) for ws in sockets), return_exceptions=True)
 
     async def on_cleanup(self, app: web.Application) -> None:
         if self._prune_task is not None:
@@ -391,6 +401,7 @@ class Relay:
                 await reader
             self.metrics.ws_push_active -= 1
             self._sockets.discard(ws)
+            await settle(ws)
             await close_ws(ws, CloseCode.GOING_AWAY if self.shutting_down else CloseCode.NORMAL)
         return ws
 
@@ -412,18 +423,18 @@ class Relay:
         self._sockets.add(ws)
         try:
             try:
-                first = await ws.receive(timeout=cfg.link_pair_timeout_s)
+                request_msg = await ws.receive(timeout=cfg.link_pair_timeout_s)
             except TimeoutError:
                 await close_ws(ws, CloseCode.PAIR_TIMEOUT)
                 return ws
-            if first.type is WSMsgType.BINARY:
+            if request_msg.type is WSMsgType.BINARY:
                 self.metrics.reject("not_linked")
                 await close_ws(ws, CloseCode.NOT_LINKED)
                 return ws
-            if first.type is not WSMsgType.TEXT:
+            if request_msg.type is not WSMsgType.TEXT:
                 return ws
             try:
-                req = parse_link_request(first.data, did)
+                req = parse_link_request(request_msg.data, did)
             except MalformedRequest:
                 self.metrics.reject("malformed")
                 await close_ws(ws, CloseCode.MALFORMED)
@@ -433,7 +444,8 @@ class Relay:
             join = asyncio.ensure_future(self.hub.join(end))
             early = asyncio.ensure_future(ws.receive())
             await asyncio.wait({join, early}, return_when=asyncio.FIRST_COMPLETED)
-            if early.done():
+            first: WSMessage | None = None  # a frame that raced with "linked"
+            if early.done() and not end.paired.done():
                 join.cancel()
                 with contextlib.suppress(BaseException):
                     await join
@@ -442,11 +454,14 @@ class Relay:
                     self.metrics.reject("not_linked")
                     await close_ws(ws, CloseCode.NOT_LINKED)
                 return ws
-            early.cancel()
-            with contextlib.suppress(BaseException):
-                await early
+            if early.done():  # sent after "linked" reached the client: the first frame
+                first = early.result()
+            else:
+                early.cancel()
+                with contextlib.suppress(BaseException):
+                    await early
             try:
-                pairing = join.result()
+                pairing = await join
             except TimeoutError:
                 await close_ws(ws, CloseCode.PAIR_TIMEOUT)
                 return ws
@@ -464,7 +479,7 @@ class Relay:
                         link_watchdog(cfg, pairing.state, [ws, pairing.peer.ws])
                     )
                 try:
-                    await pipe_local(end, pairing, self.metrics)
+                    await pipe_local(end, pairing, self.metrics, first)
                 finally:
                     if dog is not None:
                         dog.cancel()
@@ -472,10 +487,11 @@ class Relay:
                 self.metrics.links_total += pairing.role == "b"
                 if not pairing.linked_sent:
                     await ws.send_str(self.hub.linked_json(end))
-                await pairing.run(self.metrics)
+                await pairing.run(self.metrics, first)
             return ws
         finally:
             self._sockets.discard(ws)
+            await settle(ws)
             await close_ws(ws, CloseCode.GOING_AWAY if self.shutting_down else CloseCode.NORMAL)
 
 

@@ -102,15 +102,17 @@ class Link:
         self.close_code: int | None = None
 
     async def send(self, data: bytes) -> None:
-        if self._ws.closed:
-            raise self._closed()
+        if self._ws.closed or self.close_code is not None:
+            raise await self._closed()
         try:
             await self._ws.send_bytes(data)
         except (ConnectionError, RuntimeError):
-            raise self._closed() from None
+            raise await self._closed() from None
 
     async def recv(self, timeout: float | None = None) -> bytes:
         """The next frame; raises :class:`LinkClosed` when the link ends, TimeoutError."""
+        if self.close_code is not None:
+            raise await self._closed()
         msg = await self._ws.receive(timeout=timeout)
         if msg.type is aiohttp.WSMsgType.BINARY:
             return msg.data
@@ -118,11 +120,28 @@ class Link:
             await self.close(CloseCode.MALFORMED)
             raise LinkClosed("the relay sent a text frame on an established link",
                              CloseCode.MALFORMED)
-        raise self._closed()
+        if msg.type is aiohttp.WSMsgType.CLOSE:
+            self.close_code = int(msg.data)
+        raise await self._closed()
 
-    def _closed(self) -> LinkClosed:
-        code = self._ws.close_code or self.close_code or CloseCode.PEER_GONE
-        self.close_code = code
+    async def _closed(self) -> LinkClosed:
+        """The close code the relay sent, read from the socket if need be (bounded wait)."""
+        if self.close_code is None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    while True:
+                        msg = await self._ws.receive()
+                        if msg.type is aiohttp.WSMsgType.CLOSE:
+                            self.close_code = int(msg.data)
+                            break
+                        if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            break
+        if self.close_code is None:
+            self.close_code = self._ws.close_code or CloseCode.PEER_GONE
+        if not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 2)
+        code = self.close_code
         return LinkClosed(f"link to {self.peer[:40]}... closed: {close_reason(code)}", code)
 
     def __aiter__(self) -> Link:
@@ -138,7 +157,8 @@ class Link:
         if not self._ws.closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.close(code=code), 5)
-        self.close_code = self.close_code or self._ws.close_code or code
+        if self.close_code is None:
+            self.close_code = code
 
     @property
     def closed(self) -> bool:
@@ -429,8 +449,10 @@ class RelayClient:
             for attempt in range(2):
                 headers = {"Authorization": "Bearer " + await self.token()}
                 try:
+                    # autoclose off: we read the relay's close code ourselves (aiohttp
+                    # reports 1006 if the relay drops TCP right after its close frame)
                     ws = await self._session().ws_connect(
-                        url, headers=headers, heartbeat=20.0, compress=0,
+                        url, headers=headers, heartbeat=20.0, compress=0, autoclose=False,
                         max_msg_size=64 * 1024 * 1024,
                         timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                     )
@@ -460,8 +482,10 @@ class RelayClient:
                     await ws.close(code=CloseCode.MALFORMED)
                     raise
                 return Link(ws, linked)
-            code = ws.close_code or CloseCode.PEER_GONE
-            await ws.close()
+            code = int(msg.data) if msg.type is aiohttp.WSMsgType.CLOSE else (
+                ws.close_code or CloseCode.PEER_GONE)
+            with contextlib.suppress(Exception):
+                await ws.close()
             raise LinkClosed(f"the relay refused the link: {close_reason(code)} ({code})", code)
 
 

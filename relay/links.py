@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from .config import RelayConfig
 from .metrics import Metrics
@@ -88,9 +88,31 @@ def key_str(key: tuple[str, str, str, str]) -> str:
 
 
 async def close_ws(ws: web.WebSocketResponse, code: int) -> None:
+    """Close from the task that owns ``ws`` (its handler)."""
     if not ws.closed:
         with contextlib.suppress(Exception):
-            await ws.close(code=code, message=close_reason(code).encode())
+            await asyncio.wait_for(ws.close(code=code, message=close_reason(code).encode()), 10)
+
+
+_closing: dict[int, asyncio.Task[None]] = {}
+
+
+def close_peer(ws: web.WebSocketResponse, code: int) -> None:
+    """Close a socket another task reads from, without waiting. Its handler must call
+    :func:`settle` before returning, so the close handshake completes before aiohttp drops
+    the connection (else the client sees 1006 instead of ``code``)."""
+    key = id(ws)
+    if ws.closed or key in _closing:
+        return
+    task = asyncio.get_running_loop().create_task(close_ws(ws, code))
+    _closing[key] = task
+    task.add_done_callback(lambda _t: _closing.pop(key, None))
+
+
+async def settle(ws: web.WebSocketResponse) -> None:
+    task = _closing.get(id(ws))
+    if task is not None:
+        await asyncio.wait({task}, timeout=10)
 
 
 class LinkHub:
@@ -250,23 +272,34 @@ async def watchdog(
         if on_close is not None:
             await on_close(code)
         for ws in ends:
-            await close_ws(ws, code)
+            close_peer(ws, code)
         return
 
 
+_END = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+
+
 async def pipe_local(
-    me: LinkEnd, pair: LocalPair, metrics: Metrics
+    me: LinkEnd, pair: LocalPair, metrics: Metrics, first: WSMessage | None = None
 ) -> int:
-    """Forward my end's binary frames to the peer until either side closes. Returns the
-    close code for my socket."""
+    """Forward my end's binary frames to the peer until either side closes.
+
+    ``first`` is a message read before the link was known to be established. Returns the
+    close code for my socket. This is the hot path: no JSON, no logging, one await per frame
+    for the read and one for the (backpressured) write.
+    """
     state, peer_ws, ws = pair.state, pair.peer.ws, me.ws
     max_bytes = state.max_bytes
     await state.ready.wait()
-    n = 0
-    frames = 0
+    n = frames = 0
+    binary = WSMsgType.BINARY
     try:
-        async for msg in ws:
-            if msg.type is WSMsgType.BINARY:
+        while True:
+            if first is not None:
+                msg, first = first, None
+            else:
+                msg = await ws.receive()
+            if msg.type is binary:
                 data = msg.data
                 state.bytes += len(data)
                 if state.bytes > max_bytes:
@@ -276,6 +309,11 @@ async def pipe_local(
                 n += len(data)
                 frames += 1
                 await peer_ws.send_bytes(data)
+            elif msg.type in _END:
+                break
+            elif msg.type is WSMsgType.ERROR:  # e.g. frame too large: aiohttp closed with 1009
+                state.closed_code = state.closed_code or (ws.close_code or CloseCode.PEER_GONE)
+                break
             else:  # a text frame after "linked": protocol violation
                 state.closed_code = state.closed_code or CloseCode.MALFORMED
                 break
@@ -289,7 +327,9 @@ async def pipe_local(
     )
     if not state.closed_code:
         state.closed_code = code
-    await close_ws(peer_ws, code)
+    close_peer(peer_ws, code)
+    if code in (CloseCode.BYTES_EXCEEDED, CloseCode.MALFORMED, CloseCode.MESSAGE_TOO_BIG):
+        await close_ws(ws, code)
     return code if code != CloseCode.PEER_CLOSED else CloseCode.NORMAL
 
 
@@ -337,7 +377,7 @@ class RemotePipe:
         while True:
             data = await self.inbound.get()
             if data is None:
-                await close_ws(ws, self.remote_close)
+                close_peer(ws, self.remote_close)
                 return
             state.bytes += len(data)
             state.frames += 1
@@ -355,15 +395,24 @@ class RemotePipe:
             self.state.closed_code = code
             with contextlib.suppress(Exception):
                 await self.bus.publish(self.tx, xp_close(code))
-        await close_ws(self.end.ws, code)
+        close_peer(self.end.ws, code)
 
-    async def run(self, metrics: Metrics) -> int:
+    async def run(self, metrics: Metrics, first: WSMessage | None = None) -> int:
         ws, state = self.end.ws, self.state
         deliver = asyncio.create_task(self._deliver())
         dog = asyncio.create_task(watchdog(self.hub.config, state, [], self._close))
         n = frames = 0
         try:
-            async for msg in ws:
+            while True:
+                if first is not None:
+                    msg, first = first, None
+                else:
+                    msg = await ws.receive()
+                if msg.type in _END:
+                    break
+                if msg.type is WSMsgType.ERROR:
+                    await self._close(ws.close_code or CloseCode.PEER_GONE)
+                    break
                 if msg.type is not WSMsgType.BINARY:
                     await self._close(CloseCode.MALFORMED)
                     break
