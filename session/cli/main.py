@@ -23,6 +23,7 @@ from .output import Output
 COMMAND_MODULES: list[str] = [
     "didmesh.session.cli.id_cmd",
     "didmesh.session.cli.credential_cmd",
+    "didmesh.session.cli.relay_cmd",
 ]
 
 
