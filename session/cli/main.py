@@ -22,6 +22,11 @@ from .output import Output
 #: command-group modules, in help order
 COMMAND_MODULES: list[str] = [
     "didmesh.session.cli.id_cmd",
+    "didmesh.session.cli.session_cmd",
+    "didmesh.session.cli.invite_cmd",
+    "didmesh.session.cli.accept_cmd",
+    "didmesh.session.cli.status_cmd",
+    "didmesh.session.cli.contacts_cmd",
     "didmesh.session.cli.credential_cmd",
     "didmesh.session.cli.relay_cmd",
 ]

@@ -1,0 +1,322 @@
+"""Helpers shared by the session command modules: the engine for the chosen identity,
+relay discovery, the pump with progress on stderr, and JSON/human views of a session."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from didmesh.identity.errors import DidmeshError
+from didmesh.identity.keys import IdentityKey
+
+from .. import errors as session_errors
+from ..contacts import Contacts
+from ..engine import Engine, Note, session_relays
+from ..errors import NoRelay, SessionError, SessionRemoteError, WaitTimeout
+from ..mailbox import Mailbox, RelayMailbox
+from ..manifest import Manifest, validate_relay_url
+from ..state import ENDED, Role, SessionState, Status
+from ..store import SessionStore
+from ..words import sas_digits, sas_words
+from .common import keystore, load_identity
+from .output import Output
+
+RELAY_ENV = "DIDMESH_RELAY"
+DEFAULT_TIMEOUT = 120.0
+
+
+def add_timeout(parser: argparse.ArgumentParser, default: float = DEFAULT_TIMEOUT) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default,
+        metavar="SECONDS",
+        help=f"give up waiting after this many seconds (default: {default:g})",
+    )
+
+
+def add_relay(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="URL",
+        help=f"relay to fetch from (repeatable; default: ${RELAY_ENV}, then relays used before)",
+    )
+
+
+def store_of(args: argparse.Namespace) -> SessionStore:
+    return SessionStore(getattr(args, "home", None))
+
+
+def labels_of(args: argparse.Namespace) -> dict[str, str]:
+    return Contacts(getattr(args, "home", None)).labels()
+
+
+def engine_of(args: argparse.Namespace) -> Engine:
+    key = load_identity(args)
+    return Engine(store_of(args), key, labels=labels_of(args))
+
+
+def my_did(args: argparse.Namespace) -> str:
+    return keystore(args).entry(getattr(args, "identity", None)).did
+
+
+def relays_of(args: argparse.Namespace, engine: Engine, *, required: bool = True) -> list[str]:
+    urls = [validate_relay_url(u) for u in getattr(args, "relay", []) or []]
+    if not urls and os.environ.get(RELAY_ENV):
+        urls = [validate_relay_url(u) for u in os.environ[RELAY_ENV].split(",") if u.strip()]
+    if urls:
+        engine.store.remember_relays(urls)
+    else:
+        urls = session_relays(engine.my_sessions()) or engine.store.known_relays()
+    if not urls and required:
+        raise NoRelay()
+    return urls
+
+
+def factory(out: Output) -> Callable[[IdentityKey, Sequence[str]], Mailbox]:
+    def make(identity: IdentityKey, urls: Sequence[str]) -> Mailbox:
+        return RelayMailbox(urls, identity, on_warning=lambda t: out.progress(f"warning: {t}"))
+
+    return make
+
+
+def show_note(out: Output, note: Note) -> None:
+    prefix = {"warning": "warning: ", "error": "error: "}.get(note.level, "")
+    out.progress(prefix + note.text)
+
+
+def pump(
+    engine: Engine,
+    urls: Sequence[str],
+    out: Output,
+    *,
+    until: Callable[[], bool],
+    timeout: float,
+    what: str,
+    quiet_timeout: bool = False,
+) -> bool:
+    """Run the engine's pump over ``urls``; True if ``until()`` became true. With
+    ``quiet_timeout`` a timeout returns False instead of raising."""
+
+    async def go() -> None:
+        box = factory(out)(engine.key, urls)
+        try:
+            await engine.run(
+                box,
+                until=until,
+                timeout=timeout,
+                on_note=lambda n: show_note(out, n),
+                factory=factory(out),
+                what=what,
+            )
+        finally:
+            await box.aclose()
+
+    try:
+        asyncio.run(go())
+    except WaitTimeout:
+        if quiet_timeout:
+            return False
+        raise
+    return True
+
+
+def sync(engine: Engine, urls: Sequence[str], out: Output, *, idle: float = 1.0) -> None:
+    """Flush queued messages and take in what is waiting (stops after ``idle`` s quiet)."""
+
+    async def go() -> None:
+        box = factory(out)(engine.key, urls)
+        try:
+            await engine.flush(box)
+            batch: list[tuple[str, bytes]] = []
+            while True:
+                item = await box.receive(idle)
+                if item is None:
+                    break
+                batch.append(item)
+                if len(batch) >= 64:
+                    for note in engine.deliver(batch):
+                        show_note(out, note)
+                    batch = []
+            for note in engine.deliver(batch) + engine.tick():
+                show_note(out, note)
+            await engine.flush(box)
+        finally:
+            await box.aclose()
+
+    try:
+        asyncio.run(go())
+    except DidmeshError as exc:
+        out.progress(f"warning: could not reach the relays ({exc.message}); showing local state")
+
+
+def flush_now(engine: Engine, session_id: str, out: Output) -> bool:
+    """Send the session's queued messages now; False (with a warning) if no relay took them."""
+    state = engine.load(session_id)
+    urls = Manifest.from_json(state.manifest).relays
+
+    async def go() -> int:
+        box = factory(out)(engine.key, urls)
+        try:
+            return await engine.flush(box, only=session_id)
+        finally:
+            await box.aclose()
+
+    try:
+        asyncio.run(go())
+        return True
+    except DidmeshError as exc:
+        out.progress(
+            f"warning: not delivered yet ({exc.message}); it stays queued and is retried by "
+            "'didmesh session wait' or 'didmesh status'"
+        )
+        return False
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error_classes() -> dict[str, type[SessionError]]:
+    out: dict[str, type[SessionError]] = {}
+    for name in dir(session_errors):
+        obj = getattr(session_errors, name)
+        if isinstance(obj, type) and issubclass(obj, SessionError):
+            out[obj.code] = obj
+    return out
+
+
+def raise_state_error(state: SessionState) -> None:
+    """Raise the error recorded in an ended session (failed, cancelled, revoked...)."""
+    err = state.error or {}
+    cls = _error_classes().get(str(err.get("code")), SessionRemoteError)
+    message = str(err.get("message") or f"session {state.session_id[:8]} is {state.status}")
+    if issubclass(cls, SessionRemoteError):
+        raise cls(message, party=err.get("party"))
+    raise cls(message)
+
+
+# --------------------------------------------------------------------------- views
+
+
+def who(did: str | None, labels: dict[str, str], me: str) -> str:
+    if did is None:
+        return "(open code seat)"
+    if did == me:
+        return "you"
+    return f"{labels[did]} ({did})" if did in labels else did
+
+
+def session_view(state: SessionState, labels: dict[str, str]) -> dict[str, Any]:
+    manifest = Manifest.from_json(state.manifest)
+    view: dict[str, Any] = {
+        "sessionId": state.session_id,
+        "name": manifest.name,
+        "role": state.role,
+        "status": state.status,
+        "me": state.me,
+        "organizer": manifest.organizer,
+        "organizerName": labels.get(manifest.organizer),
+        "program": {
+            "name": manifest.program.name,
+            "sha256": manifest.program.sha256,
+            "mpyc": manifest.program.mpyc,
+            "args": list(manifest.program.args),
+        },
+        "parties": manifest.parties,
+        "threshold": manifest.threshold,
+        "relays": list(manifest.relays),
+        "validFrom": state.manifest["validFrom"],
+        "validUntil": state.manifest["validUntil"],
+        "manifestDigest": manifest.digest().hex(),
+    }
+    if state.invite and state.invite["credentialSubject"].get("requires"):
+        view["requires"] = state.invite["credentialSubject"]["requires"]
+    if state.role == Role.ORGANIZER:
+        view["seats"] = [
+            {
+                "did": s.did,
+                "name": labels.get(s.did or ""),
+                "status": s.status,
+                "inviteId": s.invite_id,
+                "nameplate": s.nameplate,
+                "requires": s.requires,
+            }
+            for s in state.seats
+        ]
+    if state.roster is not None and state.roster_hash is not None:
+        digest = bytes.fromhex(state.roster_hash)
+        parties = state.roster["credentialSubject"]["parties"]
+        view["roster"] = {
+            "hash": state.roster_hash,
+            "parties": [
+                {
+                    "partyId": p["partyId"],
+                    "did": p["id"],
+                    "name": labels.get(p["id"]),
+                    "sessionKey": p["sessionKey"],
+                    "endpoints": p["endpoints"],
+                    "confirmed": p["id"] in state.confirmations,
+                }
+                for p in parties
+            ],
+            "confirmed": len([p for p in parties if p["id"] in state.confirmations]),
+        }
+        if state.status == Status.AGREED:
+            view["sas"] = sas_words(digest)
+            view["sasDigits"] = sas_digits(digest)
+    if state.error:
+        view["error"] = state.error
+    if state.rejected:
+        view["rejected"] = state.rejected[-10:]
+    return view
+
+
+def render_session(view: dict[str, Any], out: Output, labels: dict[str, str]) -> str:
+    me = view["me"]
+    status = view["status"]
+    colour = out.ok if status == Status.AGREED else out.bad if status in ENDED else out.bold
+    prog = view["program"]
+    lines = [
+        f"session {out.bold(view['sessionId'])}  {view['name']!r}",
+        f"  status      {colour(status)}",
+        f"  organizer   {who(view['organizer'], labels, me)}",
+        f"  program     {prog['name']}  sha256 {prog['sha256']}  MPyC {prog['mpyc']}"
+        + (f"  args {' '.join(prog['args'])}" if prog["args"] else ""),
+        f"  parties     {view['parties']} (threshold {view['threshold']})",
+        f"  valid       {view['validFrom']} .. {view['validUntil']}",
+        f"  relays      {' '.join(view['relays'])}",
+    ]
+    if view.get("requires"):
+        req = view["requires"]
+        lines.append(
+            f"  requires    a {req.get('type') or ''} credential from "
+            f"{who(req['issuer'], labels, me)}".replace("a  credential", "a credential")
+        )
+    if "roster" in view:
+        r = view["roster"]
+        lines.append(f"  roster      {r['hash']}  ({r['confirmed']}/{view['parties']} confirmed)")
+        for p in r["parties"]:
+            mark = out.ok("confirmed") if p["confirmed"] else out.dim("waiting")
+            lines.append(f"    {p['partyId']:>2} {who(p['did'], labels, me):<60}  {mark}")
+    elif view.get("seats") is not None:
+        lines.append("  seats")
+        lines.append(f"     0 {'you (organizer)':<60} ready")
+        for i, s in enumerate(view["seats"], 1):
+            label = (
+                f"open code {s['nameplate']}-..." if s["did"] is None else who(s["did"], labels, me)
+            )
+            active = s["status"] in ("code", "invited", "accepted")
+            lines.append(f"    {i if active else '-':>2} {label:<60}  {s['status']}")
+    if "sas" in view:
+        lines.append(f"  SAS         {out.bold(view['sas'])}   ({view['sasDigits']})")
+        lines.append("              compare by voice: equal words mean equal rosters")
+    if view.get("error"):
+        lines.append(f"  error       {out.bad(view['error']['message'])}")
+    for r in view.get("rejected", [])[-3:]:
+        lines.append(out.dim(f"  rejected    {r['message']}"))
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""``didmesh status SESSION [--wait]``: who accepted, the roster, and the short
+authentication string (SAS) once every party confirmed the roster."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..state import ENDED, Status
+from .common import add_identity_args
+from .output import Output
+from .session_support import (
+    add_timeout,
+    engine_of,
+    labels_of,
+    pump,
+    raise_state_error,
+    render_session,
+    session_view,
+    store_of,
+    sync,
+)
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("status", help="show a session, its roster and its SAS", parents=[common])
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("--wait", action="store_true",
+                   help="wait until the roster is agreed (or the session ends)")  # fmt: skip
+    p.add_argument("--offline", action="store_true", help="do not contact the relays")
+    add_timeout(p)
+    add_identity_args(p)
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    if args.offline:
+        store = store_of(args)
+        state = store.load_state(store.resolve(args.session))
+        labels = labels_of(args)
+        view = session_view(state, labels)
+        out.result(view, render_session(view, out, labels))
+        return 0
+    engine = engine_of(args)
+    sid = engine.store.resolve(args.session)
+    relays = list(engine.load(sid).manifest["relays"])
+    if args.wait:
+        out.progress(f"waiting for session {sid[:8]} (up to {args.timeout:g} s)...")
+        pump(
+            engine,
+            relays,
+            out,
+            until=lambda: engine.status_of(sid) in (Status.AGREED, *ENDED),
+            timeout=args.timeout,
+            what=f"session {sid[:8]} to be agreed by every party",
+        )
+    else:
+        sync(engine, relays, out)
+    state = engine.load(sid)
+    view = session_view(state, engine.labels)
+    if args.wait and state.status != Status.AGREED:
+        out.result(view)
+        raise_state_error(state)
+    out.result(view, render_session(view, out, engine.labels))
+    return 0

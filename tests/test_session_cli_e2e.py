@@ -1,0 +1,190 @@
+"""Done-when test of issue 4: three people, three homes, a real relay process.
+
+Alice creates a session and invites Bob by DID (via a contact) and Carol by code; both
+accept; all three see the same confirmed roster and the same short authentication string.
+Every step is the real ``didmesh`` CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import run_cli
+from relay_helpers import relay_url  # noqa: F401  (fixture)
+
+
+def spawn_cli(home: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
+    env["DIDMESH_HOME"] = str(home)
+    return subprocess.Popen(
+        [sys.executable, "-m", "didmesh.session.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 90) -> tuple[int, Any, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"CLI did not finish: {err[-2000:]}") from None
+    return proc.returncode, (json.loads(out) if out.strip() else None), err
+
+
+def ok(home: Path, *args: str, timeout: float = 60) -> Any:
+    res = run_cli(home, *args, "--json", timeout=timeout)
+    assert res.rc == 0, f"{args}: rc={res.rc} {res.err[-2000:]}"
+    return res.json()
+
+
+def new_identity(home: Path) -> str:
+    return ok(home, "id", "new", "--no-passphrase")["did"]
+
+
+def test_three_shells_one_by_did_one_by_code(tmp_path: Path, relay_url: str) -> None:  # noqa: F811
+    alice, bob, carol = (tmp_path / n for n in ("alice", "bob", "carol"))
+    a_did, b_did, c_did = new_identity(alice), new_identity(bob), new_identity(carol)
+    program = tmp_path / "sum.py"
+    program.write_text("from mpyc.runtime import mpc\nprint('sum')\n")
+
+    made = ok(alice, "session", "new", "--program", str(program), "--parties", "3",
+              "--relay", relay_url, "--name", "three shells")  # fmt: skip
+    sid = made["sessionId"]
+    assert made["organizer"] == a_did and made["parties"] == 3 and made["threshold"] == 1
+    assert ok(alice, "sessions")[0]["sessionId"] == sid
+
+    ok(alice, "contacts", "add", "bob", b_did)
+    sent = ok(alice, "invite", sid[:8], "--to", "bob")
+    assert sent["delivered"] is True and sent["invites"][0]["to"] == b_did
+    code = ok(alice, "invite", sid, "--code", "--no-wait")["code"]
+    assert code.count("-") == 2
+
+    organizer = spawn_cli(alice, "session", "wait", sid, "--timeout", "60", "--json")
+    try:
+        ok(bob, "contacts", "add", "alice", a_did)
+        pending = ok(bob, "invites", "--relay", relay_url)
+        assert [p["sessionId"] for p in pending] == [sid]
+        assert pending[0]["organizerName"] == "alice"
+        assert pending[0]["program"]["sha256"] == made["program"]["sha256"]
+
+        claimed = ok(carol, "claim", code, "--relay", relay_url, timeout=60)
+        assert claimed["sessionId"] == sid and claimed["organizer"] == a_did
+
+        # without --yes and without a terminal: a clear error, no hang
+        res = run_cli(bob, "accept", sid[:8], timeout=30)
+        assert res.rc == 2 and "--yes" in res.err
+
+        ok(bob, "accept", sid[:8], "--yes", "--program", str(program),
+           "--endpoint", "tcp://127.0.0.1:7001")  # fmt: skip
+        ok(carol, "accept", sid, "--yes")
+        waits = [spawn_cli(h, "status", sid, "--wait", "--timeout", "60", "--json")
+                 for h in (bob, carol)]  # fmt: skip
+        results = [finish(p) for p in waits]
+        rc, a_view, a_err = finish(organizer)
+    finally:
+        if organizer.poll() is None:
+            organizer.kill()
+            organizer.communicate()
+    assert rc == 0, a_err[-3000:]
+    views = [a_view] + [r[1] for r in results]
+    for code_rc, _view, err in results:
+        assert code_rc == 0, err[-3000:]
+    for view in views:
+        assert view["status"] == "agreed"
+    hashes = {v["roster"]["hash"] for v in views}
+    sas = {v["sas"] for v in views}
+    assert len(hashes) == 1 and len(sas) == 1 and len(next(iter(sas)).split()) == 5
+    parties = [p["did"] for p in a_view["roster"]["parties"]]
+    assert parties[0] == a_did and set(parties) == {a_did, b_did, c_did}
+    assert all(p["confirmed"] for v in views for p in v["roster"]["parties"])
+    assert next(p for p in a_view["roster"]["parties"] if p["did"] == b_did)["endpoints"] == [
+        "tcp://127.0.0.1:7001"
+    ]
+    # status afterwards (a separate invocation) shows the same SAS, offline too
+    again = ok(carol, "status", sid[:6], "--offline")
+    assert again["sas"] == next(iter(sas))
+    # the session key files are private
+    key_file = bob / "sessions" / sid / "session-key.json"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_second_claim_of_one_code_fails_clearly(tmp_path: Path, relay_url: str) -> None:  # noqa: F811
+    alice, carol, dave = (tmp_path / n for n in ("alice", "carol", "dave"))
+    for h in (alice, carol, dave):
+        new_identity(h)
+    program = tmp_path / "p.py"
+    program.write_text("print(1)\n")
+    sid = ok(alice, "session", "new", "--program", str(program), "--parties", "3",
+             "--relay", relay_url)["sessionId"]  # fmt: skip
+    organizer = spawn_cli(alice, "invite", sid, "--code", "--timeout", "60", "--json")
+    try:
+        assert organizer.stderr is not None
+        line = organizer.stderr.readline()
+        assert line.startswith("invite code: "), line
+        code = line.split()[2]
+        first = ok(carol, "claim", code, "--relay", relay_url)
+        assert first["sessionId"] == sid
+        rc, data, err = finish(organizer)
+        assert rc == 0 and data["status"] == "claimed", err
+    finally:
+        if organizer.poll() is None:
+            organizer.kill()
+            organizer.communicate()
+    # the organizer's pump is running again (session wait) and must refuse the replayed code
+    serve = spawn_cli(alice, "session", "wait", sid, "--timeout", "15", "--json")
+    try:
+        second = run_cli(dave, "claim", code, "--relay", relay_url, "--timeout", "10")
+        assert second.rc != 0
+        assert "no one answered" in second.err or "nobody answered" in second.err or (
+            "already used" in second.err
+        ), second.err
+    finally:
+        serve.kill()
+        serve.communicate()
+
+
+def test_wrong_code_is_refused_and_burns_the_code(tmp_path: Path, relay_url: str) -> None:  # noqa: F811
+    alice, mallory = tmp_path / "alice", tmp_path / "mallory"
+    new_identity(alice)
+    new_identity(mallory)
+    program = tmp_path / "p.py"
+    program.write_text("print(1)\n")
+    sid = ok(alice, "session", "new", "--program", str(program), "--parties", "2",
+             "--relay", relay_url)["sessionId"]  # fmt: skip
+    code = ok(alice, "invite", sid, "--code", "--no-wait")["code"]
+    nameplate, w1, w2 = code.split("-")
+    wrong = f"{nameplate}-{w2}-{w1}" if w1 != w2 else f"{nameplate}-{w1}-zebra"
+    serve = spawn_cli(alice, "session", "wait", sid, "--timeout", "20", "--json")
+    try:
+        res = run_cli(mallory, "claim", wrong, "--relay", relay_url, "--timeout", "15")
+        assert res.rc == 1 and "does not match" in res.err, res.err
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # the organizer burns the code on "abandon"
+            seats = ok(alice, "session", "show", sid)["seats"]
+            if seats[0]["status"] != "code":
+                break
+            time.sleep(0.2)
+    finally:
+        serve.kill()
+        serve.communicate()
+    assert [s["status"] for s in seats] == ["lapsed"]
+
+
+@pytest.mark.parametrize("bad", ["4-orbit", "x-orbit-lantern", "4-orbit-lanturn"])
+def test_malformed_code_is_a_local_error(tmp_path: Path, bad: str) -> None:
+    home = tmp_path / "h"
+    new_identity(home)
+    res = run_cli(home, "claim", bad, "--relay", "http://127.0.0.1:9")
+    assert res.rc == 2 and "code" in res.err
