@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -69,6 +70,8 @@ class RelayConfig:
                 lo = 0 if f.name.startswith("rate_") or f.name == "port" else 1e-9
                 if v < lo or (f.name == "port" and v > 65535):
                     raise RelayConfigError(f"{f.name} = {v} is out of range")
+        if self.relay_id and not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.relay_id):
+            raise RelayConfigError("relay_id must be 1..64 characters of [A-Za-z0-9._-]")
         if self.max_request_bytes < self.max_envelope_bytes:
             raise RelayConfigError(
                 "max_request_bytes must be at least max_envelope_bytes "
