@@ -1,0 +1,139 @@
+"""Scaling out: two relay processes sharing one real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from didmesh.identity.keys import IdentityKey
+from didmesh.relay.client import RelayClient
+from didmesh.relay.errors import LinkClosed, Replay
+from didmesh.relay.protocol import CloseCode
+from relay_helpers import RedisServer, RelayProcess, redis_server, start_relay  # noqa: F401
+
+ARGS = ["--rate-ip-per-s", "0", "--link-pair-timeout-s", "3"]
+
+
+@pytest.fixture(scope="module")
+def two_relays(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RelayProcess, RelayProcess]]:
+    home = tmp_path_factory.mktemp("redis-relays")
+    url = redis_server.url(1)
+    with start_relay(url, ARGS, home=home) as r1, start_relay(url, ARGS, home=home) as r2:
+        yield r1, r2
+
+
+async def test_envelope_posted_to_one_is_delivered_by_the_other(
+    two_relays: tuple[RelayProcess, RelayProcess],
+) -> None:
+    r1, r2 = two_relays
+    alice, bob = IdentityKey.generate(), IdentityKey.generate()
+    async with RelayClient(r1.url, alice) as ca, RelayClient(r2.url, bob) as cb:
+        info1, info2 = await ca.info(), await cb.info()
+        assert info1["relay_id"] == info2["relay_id"]  # one relay, two processes
+        # push: bob listens on r2 before alice posts on r1
+        got: list[bytes] = []
+
+        async def listen() -> None:
+            async for item in cb.inbox():
+                got.append(item.open(bob))
+                await cb.ack([item.id])
+                if len(got) == 2:
+                    return
+
+        task = asyncio.create_task(listen())
+        await asyncio.sleep(0.3)
+        env = await ca.send(bob.did, "s", b"via redis")
+        await ca.send(bob.did, "s", b"second")
+        await asyncio.wait_for(task, 10)
+        assert got == [b"via redis", b"second"]
+        # replay protection is shared as well
+        async with RelayClient(r2.url, alice) as ca2:
+            items = await cb.fetch()
+            assert items == []
+            from didmesh.relay.envelope import seal
+
+            e = seal(alice, bob.did, "s", b"once", now_ms=ca.now_ms())
+            await ca.post(e)
+            assert (await ca2.post(e)).duplicate
+            (item,) = await cb.fetch()
+            await cb.ack([item.id])
+            with pytest.raises(Replay):
+                await ca2.post(e)
+        assert env.id
+
+
+async def test_token_from_one_process_works_on_the_other(
+    two_relays: tuple[RelayProcess, RelayProcess],
+) -> None:
+    r1, r2 = two_relays
+    bob = IdentityKey.generate()
+    async with RelayClient(r1.url, bob) as c1:
+        token = await c1.token()
+    async with RelayClient(r2.url, bob) as c2:
+        c2._token, c2._token_expires = token, c2.now_ms() + 60_000  # reuse r1's token on r2
+        assert await c2.fetch() == []
+        assert c2._token == token
+
+
+async def test_link_with_ends_on_different_processes(
+    two_relays: tuple[RelayProcess, RelayProcess],
+) -> None:
+    r1, r2 = two_relays
+    alice, bob = IdentityKey.generate(), IdentityKey.generate()
+    async with RelayClient(r1.url, alice) as ca, RelayClient(r2.url, bob) as cb:
+        la, lb = await asyncio.gather(ca.open_link("x", bob.did), cb.open_link("x", alice.did))
+        sizes = [1, 64, 65536, 300_000, 0] * 10  # > the 1 MiB credit window in total
+
+        async def send(link: object, tag: bytes) -> None:
+            for i, n in enumerate(sizes):
+                await link.send(tag + struct.pack(">I", i) + os.urandom(n))  # type: ignore[attr-defined]
+
+        async def recv(link: object, tag: bytes) -> None:
+            for i, n in enumerate(sizes):
+                frame = await link.recv(timeout=10)  # type: ignore[attr-defined]
+                assert frame[:1] == tag and struct.unpack(">I", frame[1:5])[0] == i
+                assert len(frame) == n + 5
+
+        await asyncio.wait_for(
+            asyncio.gather(send(la, b"a"), send(lb, b"b"), recv(lb, b"a"), recv(la, b"b")), 30
+        )
+        await lb.close()
+        with pytest.raises(LinkClosed) as exc:
+            await la.recv(timeout=10)
+        assert exc.value.close_code == CloseCode.PEER_CLOSED
+
+
+async def test_same_process_pairing_through_redis_and_timeouts(
+    two_relays: tuple[RelayProcess, RelayProcess],
+) -> None:
+    r1, _ = two_relays
+    alice, bob = IdentityKey.generate(), IdentityKey.generate()
+    async with RelayClient(r1.url, alice) as ca, RelayClient(r1.url, bob) as cb:
+        la, lb = await asyncio.gather(ca.open_link("y", bob.did), cb.open_link("y", alice.did))
+        await la.send(b"local")
+        assert await lb.recv(timeout=5) == b"local"
+        await la.close()
+        with pytest.raises(LinkClosed) as exc:
+            await ca.open_link("nobody", bob.did)
+        assert exc.value.close_code == CloseCode.PAIR_TIMEOUT
+
+
+async def test_a_relay_process_dies_and_the_other_keeps_serving(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    url = redis_server.url(2)
+    alice, bob = IdentityKey.generate(), IdentityKey.generate()
+    with start_relay(url, ARGS, home=tmp_path) as r1, start_relay(url, ARGS, home=tmp_path) as r2:
+        async with RelayClient(r1.url, alice) as ca:
+            await ca.send(bob.did, "s", b"kept in redis")
+        r1.kill()
+        async with RelayClient(r2.url, bob) as cb:
+            assert [i.open(bob) for i in await cb.fetch()] == [b"kept in redis"]
