@@ -58,6 +58,8 @@ KDF_LEVELS: dict[str, tuple[int, int]] = {
 # Bounds a stored file may ask for, so a tampered file cannot make unlocking take forever.
 _MAX_OPSLIMIT = pwhash.argon2id.OPSLIMIT_SENSITIVE
 _MAX_MEMLIMIT = pwhash.argon2id.MEMLIMIT_SENSITIVE
+_MIN_OPSLIMIT = pwhash.argon2id.OPSLIMIT_MIN
+_MIN_MEMLIMIT = pwhash.argon2id.MEMLIMIT_MIN
 
 
 def _b64(data: bytes) -> str:
@@ -187,7 +189,7 @@ class Keystore:
         raw = path.read_bytes()
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise KeystoreCorrupted(
                 f"{path} is not valid JSON (truncated or damaged); restore it from a backup"
             ) from None
@@ -279,7 +281,7 @@ class Keystore:
                 raise KeystoreCorrupted(f"{path}: unsupported key derivation {kdf!r}")
             ops, mem = kdf.get("opslimit"), kdf.get("memlimit")
             if not (isinstance(ops, int) and isinstance(mem, int)) or not (
-                0 < ops <= _MAX_OPSLIMIT and 0 < mem <= _MAX_MEMLIMIT
+                _MIN_OPSLIMIT <= ops <= _MAX_OPSLIMIT and _MIN_MEMLIMIT <= mem <= _MAX_MEMLIMIT
             ):
                 raise KeystoreCorrupted(f"{path}: Argon2id parameters out of range")
             salt = _unb64(kdf.get("salt"), "kdf.salt", path)

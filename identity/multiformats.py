@@ -73,6 +73,8 @@ def multibase_decode(text: str, codec: int, length: int) -> bytes:
     """Decode a base58btc multibase key, checking its multicodec and length."""
     if not isinstance(text, str) or not text.startswith("z"):
         raise InvalidKey("multibase value must be base58btc (start with 'z')")
+    if len(text) > 2 * length + 16:  # base58 costs O(n^2): cap before decoding
+        raise InvalidKey(f"multibase value is {len(text)} characters, too long for the key")
     data = b58decode(text[1:])
     got, used = varint_decode(data)
     if got != codec:

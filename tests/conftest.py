@@ -20,3 +20,21 @@ def load_text(rel: str) -> str:
 @pytest.fixture
 def vectors() -> Path:
     return VECTORS
+
+
+# Hypothesis profiles for the fuzzers (tests/test_fuzz_*.py): "ci" is the bounded default;
+# DIDMESH_FUZZ=long (or --hypothesis-profile=long) runs many more cases.
+def _hypothesis_profiles() -> None:
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    quiet = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=quiet)
+    settings.register_profile(
+        "long", max_examples=5000, deadline=None, suppress_health_check=quiet
+    )
+    settings.load_profile("long" if os.environ.get("DIDMESH_FUZZ") == "long" else "ci")
+
+
+_hypothesis_profiles()

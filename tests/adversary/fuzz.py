@@ -1,0 +1,155 @@
+"""Hypothesis helpers shared by the fuzzers (tests/test_fuzz_*.py).
+
+The property every parser of untrusted input holds: for any input it either returns or
+raises an error from the :class:`~didmesh.identity.errors.DidmeshError` tree -- never
+another exception type, and never takes long (:data:`MAX_SECONDS` per call).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from didmesh.identity.errors import DidmeshError
+from hypothesis import settings
+from hypothesis import strategies as st
+
+T = TypeVar("T")
+
+#: one call on one input may take at most this long ("never a hang")
+MAX_SECONDS = 5.0
+#: how many inputs each fuzz target was fed in this process (for the report)
+CASES: Counter[str] = Counter()
+
+
+def budget(n: int) -> int:
+    """``n`` examples in the bounded "ci" profile; the profile's count when it asks for more
+    (``DIDMESH_FUZZ=long`` or ``--hypothesis-profile=long``)."""
+    return max(n, settings().max_examples) if settings().max_examples > 100 else n
+
+
+def fuzz_settings(n: int) -> settings:
+    return settings(max_examples=budget(n))
+
+
+def only_tree_errors(target: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Call ``fn``; return its result, or None if it raised a DidmeshError. Any other
+    exception (or a call slower than MAX_SECONDS) fails the test, naming ``target``."""
+    CASES[target] += 1
+    start = time.monotonic()
+    try:
+        return fn(*args, **kwargs)
+    except DidmeshError as exc:
+        assert exc.code and isinstance(exc.message, str) and exc.message, (target, exc)
+        return None
+    except Exception as exc:  # the bug this property hunts
+        raise AssertionError(
+            f"{target} raised {type(exc).__name__} (not a DidmeshError): {exc!s:.200}"
+        ) from exc
+    finally:
+        took = time.monotonic() - start
+        assert took < MAX_SECONDS, f"{target} took {took:.1f} s on one input"
+
+
+# --------------------------------------------------------------------------- JSON values
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=24)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def _get(node: Any, path: tuple[Any, ...]) -> Any:
+    for p in path:
+        node = node[p]
+    return node
+
+
+def mutate(doc: Any, data: st.DataObject, rounds: int = 2) -> Any:
+    """A copy of ``doc`` with 1..rounds structural mutations drawn from ``data``:
+    replace a value, delete a member, add a member, change one character, swap a type."""
+    out = copy.deepcopy(doc)
+    for _ in range(data.draw(st.integers(1, rounds), label="rounds")):
+        paths = _paths(out)
+        path = data.draw(st.sampled_from(paths), label="path")
+        op = data.draw(
+            st.sampled_from(["replace", "delete", "add", "char", "wrap"]), label="op"
+        )
+        if not path:
+            if op == "replace":
+                out = data.draw(json_values, label="root")
+            continue
+        parent, key = _get(out, path[:-1]), path[-1]
+        if op == "replace":
+            parent[key] = data.draw(json_values, label="value")
+        elif op == "delete":
+            del parent[key]
+        elif op == "add":
+            if isinstance(parent, dict):
+                parent[data.draw(st.text(max_size=12), label="key")] = data.draw(json_values)
+            else:
+                parent.insert(key, data.draw(json_values, label="item"))
+        elif op == "char":
+            value = parent[key]
+            if isinstance(value, str) and value:
+                i = data.draw(st.integers(0, len(value) - 1), label="at")
+                c = data.draw(st.characters(), label="char")
+                parent[key] = value[:i] + c + value[i + 1 :]
+            elif isinstance(value, int) and not isinstance(value, bool):
+                parent[key] = value + data.draw(st.integers(-3, 3).filter(bool))
+        else:  # wrap: the same value in another JSON type
+            value = parent[key]
+            parent[key] = data.draw(st.sampled_from([[value], {"id": value}, json.dumps(value)]))
+    return out
+
+
+def byte_mutations(raw: bytes, data: st.DataObject) -> bytes:
+    """``raw`` with a truncation, an insertion or a few flipped bytes."""
+    buf = bytearray(raw)
+    op = data.draw(st.sampled_from(["flip", "truncate", "insert", "splice"]), label="bop")
+    if op == "flip" and buf:
+        for _ in range(data.draw(st.integers(1, 3))):
+            i = data.draw(st.integers(0, len(buf) - 1))
+            buf[i] ^= data.draw(st.integers(1, 255))
+    elif op == "truncate":
+        buf = buf[: data.draw(st.integers(0, len(buf)))]
+    elif op == "insert":
+        i = data.draw(st.integers(0, len(buf)))
+        buf[i:i] = data.draw(st.binary(min_size=1, max_size=16))
+    else:
+        i = data.draw(st.integers(0, len(buf)))
+        j = data.draw(st.integers(i, len(buf)))
+        buf[i:j] = buf[i:j][::-1]
+    return bytes(buf)
+
+
+def nested(depth: int, opener: str = "[") -> str:
+    """A deeply nested JSON text (the classic parser-recursion attack)."""
+    closer = {"[": "]", "{": "}"}[opener]
+    if opener == "{":
+        return '{"a":' * depth + "1" + closer * depth
+    return opener * depth + closer * depth
