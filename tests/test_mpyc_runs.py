@@ -219,3 +219,27 @@ def test_program_failure_aborts_peers(tmp_path: Path) -> None:
     assert res[1][0] != 0 and "ValueError: bad input at party 1" in res[1][2]
     for code, _, err in (res[0], res[2]):
         assert code != 0 and "aborted by party 1 'bob'" in err, err[-1500:]
+
+
+def test_completed_run_gives_verifiable_receipts(tmp_path: Path) -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from didmesh.session.mesh.receipt import verify_receipts
+
+    name, args = CASES["secure_sum"]
+    paths = [tmp_path / f"r{i}.json" for i in range(3)]
+    plans, ids = loopback_plans(3)
+    procs = [
+        spawn_party(launch_document(plans[i], ids[i], str(EXAMPLES / name), args, timeout=10,
+                                    result_path=str(paths[i])),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+        for i in range(3)
+    ]
+    for code, _, err in finish(procs):
+        assert code == 0, err[-1500:]
+    results = [json.loads(p.read_text()) for p in paths]
+    got = verify_receipts([r["receipt"] for r in results], now=datetime.now(UTC))
+    assert got.issuers == tuple(sorted(i.did for i in ids))
+    assert got.program_digest == results[0]["program_digest"]
+    assert all(r["setup_seconds"] < 10 for r in results)

@@ -1,0 +1,262 @@
+"""Benchmark: the examples over plain MPyC, MPyC --ssl, didmesh direct and didmesh relayed.
+
+    python bench/bench_mesh.py [--parties 3 5] [--repeats 3] [--matrix-n 200] [--budget 1500]
+
+For each example and each m, every mode runs ``--repeats`` times on loopback (all
+parties as local processes); the figure is the median of MPyC's own "elapsed time"
+(from the end of ``mpc.start()`` to ``mpc.shutdown()``, the slowest party), so process
+start-up and connection set-up are not counted; the median wall time of the whole run is
+shown too. Ratios are to plain MPyC (a). Then the mesh set-up time (connect every pair,
+handshake, connectivity check) for m = 10 parties in one process. Bounded: every run
+has a timeout and the whole benchmark stops starting new runs after ``--budget`` s.
+
+Modes: (a) ``plain`` MPyC TCP (``-P``/``-I``); (b) ``ssl`` MPyC ``--ssl`` with throwaway
+certificates made here (``.config/party_<i>.crt``, ``party_<i>.key``, ``mpyc_ca.crt`` in
+the working directory, where MPyC looks); (c) ``direct`` didmesh over direct TCP;
+(d) ``relayed`` didmesh through a relay process on loopback (``--relay-only``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from didmesh.session.mesh.connect import ConnectOptions, MeshConnector
+from didmesh.session.mesh.loopback import free_ports, loopback_plans
+from didmesh.session.mesh.mesh import Mesh
+from didmesh.session.mesh.runner import launch_document, spawn_party
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+ELAPSED = re.compile(r"elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+RUN_TIMEOUT = 600.0
+
+
+def parse_elapsed(text: str) -> float:
+    m = ELAPSED.search(text)
+    if not m:
+        raise RuntimeError("no MPyC elapsed time in output:\n" + text[-800:])
+    h, mi, s = m.groups()
+    return int(h) * 3600 + int(mi) * 60 + float(s)
+
+
+def make_ssl_config(workdir: Path, m: int) -> None:
+    """Throwaway CA and party certificates where MPyC --ssl looks for them."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cfg = workdir / ".config"
+    cfg.mkdir(exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "MPyC bench CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (cfg / "mpyc_ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for i in range(m):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = f"MPyC party {i}"
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        (cfg / f"party_{i}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (cfg / f"party_{i}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+
+
+def _collect(procs: list[subprocess.Popen[bytes]], t0: float) -> tuple[float, float, str]:
+    deadline = t0 + RUN_TIMEOUT
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            if p.returncode != 0:
+                raise RuntimeError(f"party exited {p.returncode}: {err.decode()[-1500:]}")
+            outs.append(out.decode() + err.decode())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    wall = time.monotonic() - t0
+    result_lines = [ln for ln in outs[0].splitlines() if ":" in ln and "MPyC" not in ln
+                    and not ln.startswith(("20", "  ", "connectivity"))]
+    return max(parse_elapsed(o) for o in outs), wall, "\n".join(result_lines)
+
+
+def run_mpyc(program: Path, args: list[str], m: int, *, ssl: bool, workdir: Path
+             ) -> tuple[float, float, str]:
+    ports = free_ports(m)
+    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
+    t0 = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(program), *args, *plist, "-I", str(i),
+             *(["--ssl"] if ssl else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=workdir)
+        for i in range(m)
+    ]
+    return _collect(procs, t0)
+
+
+def run_didmesh(program: Path, args: list[str], m: int, *, relay: str | None
+                ) -> tuple[float, float, str]:
+    plans, ids = loopback_plans(m, relays=[relay] if relay else [])
+    opts: dict[str, Any] = {"timeout": 60, "connect_timeout": 60, "receipt": False}
+    if relay:
+        opts["relay_only"] = True
+    t0 = time.monotonic()
+    procs = [
+        spawn_party(launch_document(plans[i], ids[i], str(program), args, **opts),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+        for i in range(m)
+    ]
+    return _collect(procs, t0)
+
+
+def start_relay() -> tuple[str, subprocess.Popen[bytes]]:
+    [port] = free_ports(1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "didmesh.relay", "--host", "127.0.0.1", "--port", str(port),
+         "--link-max-bytes", str(1 << 40), "--link-max-frame", str(64 << 20)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return f"http://127.0.0.1:{port}", proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("relay did not start")
+
+
+async def _setup_once(m: int) -> float:
+    plans, ids = loopback_plans(m)
+    opts = ConnectOptions(connect_timeout=30)
+    t0 = time.perf_counter()
+    peers = await asyncio.gather(*(MeshConnector(p, i, opts).connect_all()
+                                   for p, i in zip(plans, ids, strict=True)))
+    meshes = [Mesh(plans[i], peers[i], identity=ids[i], timeout=30) for i in range(m)]
+    for mesh in meshes:
+        mesh.start()
+    await asyncio.gather(*(mesh.check(timeout=30) for mesh in meshes))
+    elapsed = time.perf_counter() - t0
+    await asyncio.gather(*(mesh.finish(10) for mesh in meshes))
+    return elapsed
+
+
+def mesh_setup_seconds(m: int, repeats: int) -> list[float]:
+    return [asyncio.run(_setup_once(m)) for _ in range(repeats)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parties", type=int, nargs="+", default=[3, 5])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--matrix-n", type=int, default=200)
+    ap.add_argument("--santa-n", type=int, default=24)
+    ap.add_argument("--modes", nargs="+", default=["plain", "ssl", "direct", "relayed"])
+    ap.add_argument("--examples", nargs="+",
+                    default=["secure_sum", "secret_santa", "matrix_product"])
+    ap.add_argument("--budget", type=float, default=1500.0, help="stop starting runs after (s)")
+    ap.add_argument("--json", default=None, help="write the figures to this file")
+    a = ap.parse_args(argv)
+    programs = {
+        "secure_sum": (EXAMPLES / "secure_sum.py", []),
+        "secret_santa": (EXAMPLES / "secret_santa.py", ["-n", str(a.santa_n), "--seed", "1"]),
+        "matrix_product": (EXAMPLES / "matrix_product.py",
+                           ["-n", str(a.matrix_n), "--seed", "1"]),
+    }
+    started = time.monotonic()
+    relay, relay_proc = (start_relay() if "relayed" in a.modes else (None, None))
+    results: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            make_ssl_config(workdir, max(a.parties))
+            for ex in a.examples:
+                program, args = programs[ex]
+                for m in a.parties:
+                    row: dict[str, Any] = {}
+                    outputs = set()
+                    for rep in range(a.repeats):
+                        for mode in a.modes:  # interleaved: drift hits every mode alike
+                            if time.monotonic() - started > a.budget:
+                                break
+                            if mode in ("plain", "ssl"):
+                                el, wall, out = run_mpyc(program, args, m, ssl=mode == "ssl",
+                                                         workdir=workdir)
+                            else:
+                                el, wall, out = run_didmesh(
+                                    program, args, m, relay=relay if mode == "relayed" else None)
+                            if ex != "secure_sum" or True:
+                                outputs.add(out)
+                            row.setdefault(mode, {"elapsed": [], "wall": []})
+                            row[mode]["elapsed"].append(el)
+                            row[mode]["wall"].append(wall)
+                        del rep
+                    summary = {}
+                    base = statistics.median(row["plain"]["elapsed"]) if "plain" in row else None
+                    for mode, v in row.items():
+                        med = statistics.median(v["elapsed"])
+                        summary[mode] = {
+                            "median_elapsed_s": round(med, 4),
+                            "median_wall_s": round(statistics.median(v["wall"]), 3),
+                            "runs": len(v["elapsed"]),
+                            "ratio_to_plain": round(med / base, 3) if base else None,
+                        }
+                    summary["outputs_identical"] = len(outputs) == 1
+                    results[f"{ex} m={m}"] = summary
+                    print(f"{ex:15} m={m}  " + "  ".join(
+                        f"{mode}: {s['median_elapsed_s']:.3f}s (x{s['ratio_to_plain']})"
+                        for mode, s in summary.items() if isinstance(s, dict))
+                        + f"  same output: {summary['outputs_identical']}", flush=True)
+        setups = mesh_setup_seconds(10, 3)
+        results["mesh_setup_m10_s"] = {"median": round(statistics.median(setups), 4),
+                                       "all": [round(s, 4) for s in setups]}
+        print(f"mesh set-up, m=10, one process: median {statistics.median(setups):.3f} s "
+              f"({', '.join(f'{s:.3f}' for s in setups)})")
+    finally:
+        if relay_proc is not None:
+            relay_proc.terminate()
+            try:
+                relay_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                relay_proc.kill()
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
