@@ -194,9 +194,12 @@ class Relay:
             if exc.status == 404:
                 return self._error(request, NotFound(f"no endpoint {request.path[:100]}"))
             if exc.status == 405:
-                return self._error(
+                resp = self._error(
                     request, MethodNotAllowed(f"{request.method} is not allowed here")
                 )
+                if "Allow" in exc.headers:
+                    resp.headers["Allow"] = exc.headers["Allow"]
+                return resp
             if exc.status == 413:
                 return self._error(
                     request,
