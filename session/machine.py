@@ -342,14 +342,15 @@ class SessionMachine:
                 party=msg.sender,
             )
         if self.status == Status.CONFIRMING:
-            self._fail(
-                PartyWithdrew(
-                    f"{self.label(msg.sender)} withdrew after the roster was published; "
-                    "the session cannot start",
-                    party=msg.sender,
-                ),
-                now,
+            exc = PartyWithdrew(
+                f"{self.label(msg.sender)} withdrew after the roster was published; "
+                "the session cannot start",
+                party=msg.sender,
             )
+            for did in self._others():
+                if did != msg.sender:
+                    self._send(did, "cancel", {"reason": exc.message[:300]}, now)
+            self._fail(exc, now)
             return
         seat.status = SeatStatus.WITHDRAWN if withdraw else SeatStatus.DECLINED
         seat.acceptance = None
@@ -425,10 +426,13 @@ class SessionMachine:
     def _on_cancel(self, msg: Message, now: datetime) -> None:
         if msg.sender != self.manifest.organizer:
             raise MessageInvalid(f"cancel from {self.label(msg.sender)}, not the organizer")
+        reason = msg.body.get("reason")
+        why = f": {reason[:300]}" if isinstance(reason, str) and reason.isprintable() else ""
         self._end(
             Status.CANCELLED,
             SessionCancelled(
-                f"organizer {self.label(msg.sender)} cancelled the session", party=msg.sender
+                f"organizer {self.label(msg.sender)} cancelled the session{why}",
+                party=msg.sender,
             ),
             now,
         )
