@@ -99,12 +99,10 @@ class World:
 
     async def deliver_invites(self, timeout: float = 10) -> None:
         await self.organizer.engine.flush(self.organizer.mailbox)
-        await asyncio.gather(
-            *(
-                self.pump(p, lambda p=p: p.engine.store.exists(self.sid), timeout)
-                for p in self.parties[1:]
-            )
-        )
+        def arrived(p: Party) -> Callable[[], bool]:
+            return lambda: p.engine.store.exists(self.sid)
+
+        await asyncio.gather(*(self.pump(p, arrived(p), timeout) for p in self.parties[1:]))
 
     def accept_all(self, parties: Sequence[Party] | None = None) -> None:
         for p in parties if parties is not None else self.parties[1:]:
