@@ -131,9 +131,17 @@ def run_program(
             killer.start()
 
     try:
+        # MPyC is imported (and set up for this party) before the mesh comes up, so the
+        # connectivity check is also the start line: no party is still importing then.
+        bridge = MpycBridge(
+            {}, party_id=plan.my_party_id, m=plan.m,
+            on_error=lambda e: _bridge_error(mesh, e),
+        )
+        bridge.install(program_path, list(args), loop)
         t0 = time.perf_counter()
         connector = MeshConnector(plan, identity, options, relay_opener=relay_opener)
         peers = loop.run_until_complete(connector.connect_all())
+        bridge.ports = dict(peers)
         mesh = Mesh(plan, peers, identity=identity, timeout=timeout, on_fatal=on_fatal)
 
         async def _check() -> list[PairStatus]:
@@ -145,11 +153,6 @@ def run_program(
         setup_seconds = time.perf_counter() - t0
         report(format_table(plan, table))
 
-        bridge = MpycBridge(
-            peers, party_id=plan.my_party_id, m=plan.m,
-            on_error=lambda e: _bridge_error(mesh, e),
-        )
-        bridge.install(program_path, list(args), loop)
         sys.path.insert(0, str(Path(program_path).resolve().parent))
         started = time.time()
         exit_code = 0
