@@ -193,6 +193,7 @@ class RelayClient:
         self._token_expires = 0
         self._auth_lock = asyncio.Lock()
         self.relay_id: str | None = None
+        self._push_ws: aiohttp.ClientWebSocketResponse | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> RelayClient:
@@ -359,11 +360,16 @@ class RelayClient:
             total += int(data["deleted"])
         return total
 
-    async def inbox(self, *, push: bool = True, poll_wait: float = 25.0) -> AsyncIterator[Received]:
+    async def inbox(
+        self, *, push: bool = True, poll_wait: float = 25.0, auto_ack: bool = False
+    ) -> AsyncIterator[Received]:
         """Every envelope for us, as it arrives (each once per iterator); forever.
 
         Reconnects with backoff. Envelopes are re-sent by the relay until acknowledged:
-        call :meth:`ack` after handling them. Wrap in ``asyncio.timeout`` to bound it.
+        call :meth:`ack` after handling them, or pass ``auto_ack=True`` to acknowledge each
+        item when the loop asks for the next one (over the push socket: no extra request;
+        an item the loop breaks on is not acknowledged: ack it yourself).
+        Wrap in ``asyncio.timeout`` to bound it.
         """
         seen: OrderedDict[str, None] = OrderedDict()
         backoff = Backoff()
@@ -385,6 +391,11 @@ class RelayClient:
                         async for batch in self._push_batches(backoff):
                             for item in fresh(batch):
                                 yield item
+                                if auto_ack and self._push_ws is not None:
+                                    with contextlib.suppress(ConnectionError, RuntimeError):
+                                        await self._push_ws.send_str(
+                                            '{"type":"ack","ids":["' + item.id + '"]}'
+                                        )
                     except _PushUnavailable:
                         push = False
                         continue
@@ -393,6 +404,8 @@ class RelayClient:
                     backoff.reset()
                     for item in fresh(batch):
                         yield item
+                    if auto_ack and batch:
+                        await self.ack([i.id for i in batch])
                     continue
             except (RelayUnreachable, ShuttingDown, RelayInternalError, RateLimited):
                 pass
@@ -423,6 +436,7 @@ class RelayClient:
             raise AuthInvalid("the relay keeps refusing our token")
         async with ws:
             backoff.reset()
+            self._push_ws = ws
             async for msg in ws:
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     break
@@ -432,6 +446,7 @@ class RelayClient:
                     raise RelayProtocolError("malformed push message from the relay") from None
                 if isinstance(data, dict) and data.get("type") == "envelopes":
                     yield self._parse_items(data.get("items"))
+        self._push_ws = None
         raise RelayUnreachable(f"push connection to {url} closed ({ws.close_code})")
 
     # -- links ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import os
@@ -192,7 +193,7 @@ class Envelope:
     # -- checks ---------------------------------------------------------------------
     def verify_signature(self) -> None:
         """Raise :class:`ForgedSender` unless ``from`` signed this envelope."""
-        key = DidKey.parse(self.sender)
+        key = parse_did(self.sender)
         if not key.can_sign:
             raise InvalidEnvelope("from must be an Ed25519 did:key (it signs the envelope)")
         try:
@@ -213,11 +214,17 @@ def _int(value: Any, name: str, lo: int, hi: int) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def parse_did(did: str) -> DidKey:
+    """:meth:`DidKey.parse`, memoised (a relay sees the same few DIDs over and over)."""
+    return DidKey.parse(did)
+
+
 def _did(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise InvalidEnvelope(f"{name} must be a did:key string")
     try:
-        key = DidKey.parse(value)
+        key = parse_did(value)
     except IdentityError as exc:
         raise InvalidEnvelope(f"{name}: {exc.message}") from None
     if key.did != value:

@@ -101,6 +101,24 @@ async def test_two_clients_exchange_encrypted_envelopes(
     assert [i.open(ca.identity) for i in items] == [b"reply"]
 
 
+async def test_inbox_auto_ack_over_the_push_socket(
+    pair: tuple[RelayClient, RelayClient],
+) -> None:
+    ca, cb = pair
+    for i in range(5):
+        await ca.send(cb.identity.did, "s", b"%d" % i)
+    got = []
+    async with asyncio.timeout(10):
+        async for item in cb.inbox(auto_ack=True):
+            got.append(item.open(cb.identity))
+            if len(got) == 5:
+                assert await cb.ack([item.id]) == 1  # the one we break on: ours to ack
+                break
+        while await cb.fetch():  # the acks travel asynchronously over the socket
+            await asyncio.sleep(0.05)
+    assert got == [b"0", b"1", b"2", b"3", b"4"]
+
+
 async def test_link_forwards_frames_in_order_both_ways(
     pair: tuple[RelayClient, RelayClient],
 ) -> None:

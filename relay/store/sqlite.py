@@ -2,10 +2,10 @@
 
 Durability: WAL journal with ``synchronous=FULL``, so every commit is fsynced before the
 relay answers "stored": an acknowledged envelope survives SIGKILL and power loss alike.
-To keep fsyncs off the per-request path, posts are *group-committed*: concurrent posts
-queue up and one writer runs them in a single transaction and a single fsync, then answers
-all of them. One connection on one dedicated thread serialises every statement, so the
-posting rules (store/base.py) are applied atomically without explicit locks.
+To keep fsyncs off the per-request path, posts (and acks) are *group-committed*:
+concurrent writes queue up and one writer runs them in a single transaction and a single
+fsync, then answers all of them. One connection on one dedicated thread serialises every
+statement, so the posting rules (store/base.py) are applied atomically without explicit locks.
 (``sqlite3`` is used directly rather than aiosqlite because group commit needs several
 statements per thread hop.)
 """
@@ -55,7 +55,7 @@ class SqliteStore(Store):
         self.path = Path(path)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-sqlite")
         self._db: sqlite3.Connection | None = None
-        self._queue: list[tuple[StoredEnvelope, PutPolicy, asyncio.Future[PutResult]]] = []
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._secret: bytes | None = None
@@ -115,12 +115,19 @@ class SqliteStore(Store):
     async def ping(self) -> None:
         await self._run(lambda: self.db.execute("SELECT 1").fetchone())
 
-    # -- posting (group commit) ------------------------------------------------------------
-    async def put(self, item: StoredEnvelope, policy: PutPolicy) -> PutResult:
-        fut: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, policy, fut))
+    # -- writes (group commit) -------------------------------------------------------------
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Queue ``op`` for the next group transaction; resolves once it is committed."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, fut))
         self._wake.set()
         return await fut
+
+    async def put(self, item: StoredEnvelope, policy: PutPolicy) -> PutResult:
+        res = await self._write(lambda db: self._put_one(db, item, policy))
+        if not res.duplicate:
+            self.notifier.notify(item.to)
+        return res
 
     async def _write_loop(self) -> None:
         while True:
@@ -132,33 +139,29 @@ class SqliteStore(Store):
     async def _flush(self) -> None:
         batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         try:
-            results = await self._run(self._put_batch, [(i, p) for i, p, _ in batch])
-        except Exception as exc:  # the whole transaction failed: nothing was stored
-            for _, _, fut in batch:
+            results = await self._run(self._run_batch, [op for op, _ in batch])
+        except Exception as exc:  # the whole transaction failed: nothing was written
+            for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (item, _, fut), res in zip(batch, results, strict=True):
+        for (_, fut), res in zip(batch, results, strict=True):
             if fut.done():
                 continue
-            if isinstance(res, BaseException):
+            if isinstance(res, RelayError):
                 fut.set_exception(res)
             else:
                 fut.set_result(res)
-                if not res.duplicate:
-                    self.notifier.notify(item.to)
 
-    def _put_batch(
-        self, batch: list[tuple[StoredEnvelope, PutPolicy]]
-    ) -> list[PutResult | RelayError]:
+    def _run_batch(self, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
         db = self.db
-        out: list[PutResult | RelayError] = []
+        out: list[Any] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            for item, policy in batch:
+            for op in ops:
                 try:
-                    out.append(self._put_one(db, item, policy))
-                except RelayError as exc:
+                    out.append(op(db))
+                except RelayError as exc:  # a refusal (replay, inbox full): others go on
                     out.append(exc)
             db.execute("COMMIT")
         except BaseException:
@@ -205,20 +208,12 @@ class SqliteStore(Store):
         return await self._run(q)
 
     async def ack(self, did: str, ids: list[str]) -> int:
-        def q() -> int:
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                n = db.executemany(
-                    "DELETE FROM envelopes WHERE id=? AND recipient=?", [(i, did) for i in ids]
-                ).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return int(n)
+        def op(db: sqlite3.Connection) -> int:
+            return int(db.executemany(
+                "DELETE FROM envelopes WHERE id=? AND recipient=?", [(i, did) for i in ids]
+            ).rowcount)
 
-        return await self._run(q)
+        return await self._write(op)
 
     async def prune(self, now_ms: int) -> int:
         def q() -> int:

@@ -1,0 +1,284 @@
+"""Relay benchmarks (bounded in count and time); prints a table.
+
+    python bench/bench_relay.py            # everything, about a minute
+    python bench/bench_relay.py --quick    # smaller counts
+
+1. Mailbox: envelopes/s with 50 concurrent sender/receiver pairs (1 KB plaintext), and
+   post-to-delivery latency (post starts -> push arrives at the recipient), memory and SQLite.
+2. Forwarding: RTT and throughput of 64 B and 64 KB frames through a link versus direct
+   loopback TCP between the same two processes (this one and a peer subprocess).
+3. 1,000 idle authenticated links held by one relay process: its RSS.
+
+Relays are real ``python -m didmesh.relay`` processes on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from didmesh.identity.keys import IdentityKey  # noqa: E402
+from didmesh.relay.client import RelayClient  # noqa: E402
+from didmesh.relay.envelope import seal  # noqa: E402
+from relay_helpers import start_relay  # noqa: E402
+
+NO_LIMITS = [
+    "--rate-ip-per-s", "0", "--rate-did-per-s", "0", "--inbox-max-envelopes", "100000",
+    "--links-per-did", "5000", "--links-total", "10000", "--no-access-log",
+]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- 1. mailbox ------------------------------------------------------------------------------
+
+
+async def mailbox(url: str, pairs: int, per_pair: int) -> dict[str, float]:
+    senders = [IdentityKey.generate() for _ in range(pairs)]
+    receivers = [IdentityKey.generate() for _ in range(pairs)]
+    now = int(time.time() * 1000)
+    plain = os.urandom(1024)
+    envs = [
+        [seal(s, r.did, "bench", plain, now_ms=now) for _ in range(per_pair)]
+        for s, r in zip(senders, receivers, strict=True)
+    ]
+    posted: dict[str, float] = {}
+    latencies: list[float] = []
+    done = asyncio.Event()
+    total = pairs * per_pair
+    clients = [RelayClient(url, k, timeout=30) for k in senders + receivers]
+
+    async def receive(c: RelayClient) -> None:
+        got = 0
+        async for item in c.inbox(auto_ack=True):
+            latencies.append(time.perf_counter() - posted[item.id])
+            got += 1
+            if len(latencies) == total:
+                done.set()
+            if got == per_pair:
+                return
+
+    async def send(c: RelayClient, batch: list[Any]) -> None:
+        for env in batch:
+            posted[env.id] = time.perf_counter()
+            await c.post(env)
+
+    try:
+        for c in clients[pairs:]:
+            await c.token()
+        listeners = [asyncio.create_task(receive(c)) for c in clients[pairs:]]
+        await asyncio.sleep(0.5)  # push sockets open
+        t0 = time.perf_counter()
+        async with asyncio.timeout(120):
+            await asyncio.gather(*(send(c, b) for c, b in zip(clients, envs, strict=False)))
+            await done.wait()
+        elapsed = time.perf_counter() - t0
+        await asyncio.gather(*listeners)
+    finally:
+        for c in clients:
+            await c.close()
+    return {
+        "envelopes": total,
+        "per_s": total / elapsed,
+        "p50_ms": pct(latencies, 0.5) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+    }
+
+
+# -- 2. forwarding ----------------------------------------------------------------------------
+# The peer subprocess: echoes on a direct TCP port and on a relay link.
+
+
+async def peer_main(url: str, seed_hex: str, other_did: str) -> None:
+    me = IdentityKey.from_seed(bytes.fromhex(seed_hex))
+
+    async def on_tcp(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                hdr = await r.readexactly(5)
+                kind, n = hdr[0], struct.unpack(">I", hdr[1:])[0]
+                data = await r.readexactly(n)
+                if kind == 0:  # echo
+                    w.write(hdr + data)
+                elif kind == 2:  # end of a throughput run: ack
+                    w.write(b"\x02\x00\x00\x00\x00")
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    server = await asyncio.start_server(on_tcp, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    print(f"PORT {port}", flush=True)
+    async with RelayClient(url, me) as c:
+        link = await c.open_link("bench", other_did)
+        while True:
+            try:
+                frame = await link.recv()
+            except Exception:
+                return
+            kind = frame[0]
+            if kind == 0:
+                await link.send(frame)
+            elif kind == 2:
+                await link.send(b"\x02")
+
+
+async def forwarding(url: str, rtt_n: int, small_n: int, big_n: int) -> dict[str, float]:
+    me, peer = IdentityKey.generate(), IdentityKey.generate()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--peer", url, peer.seed_bytes().hex(), me.did,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out: dict[str, float] = {}
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        port = int(line.split()[1])
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        async with RelayClient(url, me) as c:
+            link = await asyncio.wait_for(c.open_link("bench", peer.did), 30)
+            async with asyncio.timeout(180):
+                # RTT, 64-byte frames
+                ping = b"\x00" + struct.pack(">I", 64) + os.urandom(64)
+                direct, relayed = [], []
+                for _ in range(rtt_n):
+                    t0 = time.perf_counter()
+                    w.write(ping)
+                    await w.drain()
+                    await r.readexactly(len(ping))
+                    direct.append(time.perf_counter() - t0)
+                for _ in range(rtt_n):
+                    t0 = time.perf_counter()
+                    await link.send(ping)
+                    await link.recv()
+                    relayed.append(time.perf_counter() - t0)
+                out["rtt_direct_us"] = statistics.median(direct) * 1e6
+                out["rtt_relay_us"] = statistics.median(relayed) * 1e6
+                out["rtt_added_us"] = out["rtt_relay_us"] - out["rtt_direct_us"]
+                # throughput: one-way stream of frames, then an end marker the peer acks
+                for size, n, name in ((64, small_n, "64B"), (65536, big_n, "64KB")):
+                    frame = b"\x01" + struct.pack(">I", size) + os.urandom(size)
+                    t0 = time.perf_counter()
+                    for _ in range(n):
+                        w.write(frame)
+                        await w.drain()
+                    w.write(b"\x02\x00\x00\x00\x00")
+                    await w.drain()
+                    await r.readexactly(5)
+                    t_direct = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    for _ in range(n):
+                        await link.send(frame)
+                    await link.send(b"\x02")
+                    await link.recv()
+                    t_relay = time.perf_counter() - t0
+                    out[f"{name}_direct_MBps"] = n * size / t_direct / 1e6
+                    out[f"{name}_relay_MBps"] = n * size / t_relay / 1e6
+                    out[f"{name}_direct_fps"] = n / t_direct
+                    out[f"{name}_relay_fps"] = n / t_relay
+            await link.close()
+        w.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    return out
+
+
+# -- 3. idle links ----------------------------------------------------------------------------
+
+
+async def idle_links(url: str, pid: int, n: int) -> dict[str, float]:
+    a, b = IdentityKey.generate(), IdentityKey.generate()
+    rss0 = rss_mb(pid)
+    links = []
+    async with RelayClient(url, a, timeout=60) as ca, RelayClient(url, b, timeout=60) as cb:
+        async with asyncio.timeout(180):
+            for start in range(0, n, 100):
+                batch = await asyncio.gather(*(
+                    asyncio.gather(ca.open_link("idle", b.did, link_id=f"l{i}"),
+                                   cb.open_link("idle", a.did, link_id=f"l{i}"))
+                    for i in range(start, min(n, start + 100))
+                ))
+                links.extend(batch)
+            await asyncio.sleep(2)
+            rss1 = rss_mb(pid)
+            la, lb = links[0]
+            await la.send(b"alive")
+            assert await lb.recv(timeout=5) == b"alive"
+            la, lb = links[-1]
+            await lb.send(b"alive")
+            assert await la.recv(timeout=5) == b"alive"
+        for la, lb in links:
+            await la.close()
+            await lb.close()
+    return {"links": len(links), "rss_before_mb": rss0, "rss_mb": rss1}
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def row(name: str, value: str, target: str = "") -> str:
+    return f"| {name:<46} | {value:>16} | {target:<22} |"
+
+
+async def main(quick: bool) -> None:
+    rule = "|" + "-" * 48 + "|" + "-" * 18 + "|" + "-" * 24 + "|"
+    lines = [row("measure", "value", "target"), rule]
+    with tempfile.TemporaryDirectory() as tmp:
+        for store in ("memory", f"sqlite:{tmp}/bench.sqlite3"):
+            with start_relay(store, NO_LIMITS, home=tmp) as relay:
+                res = await mailbox(relay.url, 50, 10 if quick else 40)
+            kind = store.split(":")[0]
+            lines.append(row(f"mailbox {kind}: envelopes/s (1 KB, 50 clients)",
+                             f"{res['per_s']:.0f}"))
+            lines.append(row(f"mailbox {kind}: post->delivery p50 / p99 ms",
+                             f"{res['p50_ms']:.1f} / {res['p99_ms']:.1f}"))
+        with start_relay("memory", NO_LIMITS, home=tmp) as relay:
+            f = await forwarding(relay.url, 1000 if quick else 3000,
+                                 5000 if quick else 30000, 300 if quick else 1500)
+        lines.append(row("RTT 64 B median, direct TCP (us)", f"{f['rtt_direct_us']:.0f}"))
+        lines.append(row("RTT 64 B median, via relay link (us)", f"{f['rtt_relay_us']:.0f}"))
+        lines.append(row("RTT added by the relay (us)", f"{f['rtt_added_us']:.0f}", "<= 300"))
+        for name in ("64B", "64KB"):
+            d, r = f[f"{name}_direct_MBps"], f[f"{name}_relay_MBps"]
+            lines.append(row(f"{name} frames direct: MB/s (frames/s)",
+                             f"{d:.1f} ({f[f'{name}_direct_fps']:.0f})"))
+            lines.append(row(f"{name} frames relayed: MB/s (frames/s)",
+                             f"{r:.1f} ({f[f'{name}_relay_fps']:.0f})"))
+            lines.append(row(f"{name} relayed / direct throughput", f"{100 * r / d:.0f} %",
+                             ">= 50 %"))
+        with start_relay("memory", NO_LIMITS, home=tmp) as relay:
+            idle = await idle_links(relay.url, relay.proc.pid, 300 if quick else 1000)
+        lines.append(row(f"{idle['links']} idle links: relay RSS (MB)",
+                         f"{idle['rss_mb']:.0f} (idle {idle['rss_before_mb']:.0f})", "<= 150"))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--peer":
+        asyncio.run(peer_main(sys.argv[2], sys.argv[3], sys.argv[4]))
+        sys.exit(0)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller counts")
+    asyncio.run(main(ap.parse_args().quick))
