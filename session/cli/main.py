@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "didmesh.session.cli.contacts_cmd",
     "didmesh.session.cli.credential_cmd",
     "didmesh.session.cli.relay_cmd",
+    "didmesh.session.cli.run_cmd",
 ]
 
 

@@ -1,0 +1,113 @@
+"""Done-when test of issue 5 (CLI part): three homes agree a session through a real relay,
+then three ``didmesh run`` processes run an example over direct and over relayed paths,
+with the output of plain MPyC; a changed program file is refused before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import run_cli
+from didmesh.session.mesh.loopback import free_ports
+from relay_helpers import relay_url  # noqa: F401  (fixture)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def env_for(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
+    env["DIDMESH_HOME"] = str(home)
+    return env
+
+
+def ok(home: Path, *args: str, timeout: float = 60) -> Any:
+    res = run_cli(home, *args, "--json", timeout=timeout)
+    assert res.rc == 0, f"{args}: rc={res.rc} {res.err[-2000:]}"
+    return res.json()
+
+
+def spawn(home: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "didmesh.session.cli.main", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=env_for(home))
+
+
+def finish_all(procs: list[subprocess.Popen[str]], timeout: float = 90
+               ) -> list[tuple[int, str, str]]:
+    out = []
+    try:
+        for p in procs:
+            o, e = p.communicate(timeout=timeout)
+            out.append((p.returncode, o, e))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return out
+
+
+def agreed_session(tmp_path: Path, relay: str, program: Path) -> tuple[str, list[Path]]:
+    homes = [tmp_path / n for n in ("alice", "bob", "carol")]
+    dids = [ok(h, "id", "new", "--no-passphrase")["did"] for h in homes]
+    sid = ok(homes[0], "session", "new", "--program", str(program), "--parties", "3",
+             "--relay", relay, "--name", "mesh e2e")["sessionId"]
+    ok(homes[0], "contacts", "add", "bob", dids[1])
+    ok(homes[0], "invite", sid[:8], "--to", "bob")
+    code = ok(homes[0], "invite", sid, "--code", "--no-wait")["code"]
+    organizer = spawn(homes[0], "session", "wait", sid, "--timeout", "60", "--json")
+    ports = free_ports(2)
+    ok(homes[1], "contacts", "add", "alice", dids[0])
+    ok(homes[1], "invites", "--relay", relay)
+    ok(homes[2], "claim", code, "--relay", relay, timeout=60)
+    ok(homes[1], "accept", sid[:8], "--yes", "--program", str(program),
+       "--endpoint", f"tcp://127.0.0.1:{ports[0]}")
+    ok(homes[2], "accept", sid, "--yes", "--endpoint", f"tcp://127.0.0.1:{ports[1]}")
+    waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in homes[1:]]
+    for rc, _, err in finish_all([organizer, *waits]):
+        assert rc == 0, err[-2000:]
+    return sid, homes
+
+
+def plain_output(program: Path) -> str:
+    ports = free_ports(3)
+    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
+    procs = [subprocess.Popen([sys.executable, str(program), "--no-log", *plist, "-I", str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    outs = finish_all(procs)  # type: ignore[arg-type]
+    assert all(rc == 0 for rc, _, _ in outs)
+    return outs[0][1]
+
+
+@pytest.mark.slow
+def test_didmesh_run_direct_and_relayed(tmp_path: Path, relay_url: str) -> None:  # noqa: F811
+    program = tmp_path / "secure_sum.py"
+    shutil.copy(EXAMPLES / "secure_sum.py", program)
+    sid, homes = agreed_session(tmp_path, relay_url, program)
+    expected = plain_output(program)
+    for flag in ("--direct-only", "--relay-only"):
+        procs = [spawn(h, "run", sid[:8], flag, "--timeout", "10", "--connect-timeout", "30",
+                       "--", str(program), "--no-log") for h in homes]
+        results = finish_all(procs)
+        for rc, out, err in results:
+            assert rc == 0, f"{flag}: {err[-2500:]}"
+            assert out == expected
+            assert "connectivity check (all pairs)" in err
+            kind = "direct" if flag == "--direct-only" else "relay"
+            assert err.count(f"  {kind} ") >= 3, err
+        receipt = json.loads((homes[0] / "sessions").glob(f"{sid}*/receipt-0.json")
+                             .__next__().read_text())
+        assert receipt["credentialSubject"]["sessionId"] == sid
+
+    # the program changed after the manifest was agreed: refused, nothing starts
+    program.write_text(program.read_text() + "\n# changed\n")
+    res = run_cli(homes[1], "run", sid[:8], "--", str(program), timeout=30)
+    assert res.rc != 0 and "SHA-256" in res.err and "nothing starts" in res.err
