@@ -36,9 +36,37 @@ def fuzz_settings(n: int) -> settings:
     return settings(max_examples=budget(n))
 
 
+#: known bugs in others' code, each pinned by a strict xfail test that names it:
+#: ``(exception type, text in its message)``. A fuzzer that trips over one of these counts
+#: it in KNOWN_HITS instead of failing, so that the fuzzers keep hunting for new ones.
+#: Remove an entry when its xfail test starts passing (XPASS fails the run).
+KNOWN_BUGS: list[tuple[type[BaseException], str]] = [
+    (RecursionError, "maximum recursion depth"),  # json.loads in relay/session parsers
+    (OverflowError, "cannot convert float infinity"),  # int(inf) in relay client parsers
+    (ValueError, "does not match format"),  # session/manifest.parse_time strptime
+    (ValueError, "Invalid IPv6 URL"),  # session/manifest.validate_relay_url urlsplit
+    (TypeError, "unhashable type"),  # session/state.SessionState.from_json role/status
+]
+KNOWN_HITS: Counter[str] = Counter()
+
+
 def only_tree_errors(target: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Call ``fn``; return its result, or None if it raised a DidmeshError. Any other
     exception (or a call slower than MAX_SECONDS) fails the test, naming ``target``."""
+    return _call(target, False, fn, args, kwargs)
+
+
+def tree_errors_or_known(
+    target: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+) -> T | None:
+    """:func:`only_tree_errors`, but a bug listed in :data:`KNOWN_BUGS` is counted, not
+    raised (for fuzzers over code with a known, separately pinned bug)."""
+    return _call(target, True, fn, args, kwargs)
+
+
+def _call(
+    target: str, tolerant: bool, fn: Callable[..., T], args: Any, kwargs: Any
+) -> T | None:
     CASES[target] += 1
     start = time.monotonic()
     try:
@@ -47,6 +75,10 @@ def only_tree_errors(target: str, fn: Callable[..., T], *args: Any, **kwargs: An
         assert exc.code and isinstance(exc.message, str) and exc.message, (target, exc)
         return None
     except Exception as exc:  # the bug this property hunts
+        for typ, text in KNOWN_BUGS if tolerant else []:
+            if type(exc) is typ and text in str(exc):
+                KNOWN_HITS[f"{target}: {typ.__name__}"] += 1
+                return None
         raise AssertionError(
             f"{target} raised {type(exc).__name__} (not a DidmeshError): {exc!s:.200}"
         ) from exc
