@@ -442,7 +442,7 @@ class Relay:
                 self.metrics.reject("malformed")
                 await close_ws(ws, CloseCode.MALFORMED)
                 return ws
-            end = LinkEnd(did, req, ws)
+            end = LinkEnd(did, req, ws, request.transport)
             # frames before "linked" are a protocol violation: watch the socket while waiting
             join = asyncio.ensure_future(self.hub.join(end))
             early = asyncio.ensure_future(ws.receive())
