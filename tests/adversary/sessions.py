@@ -123,3 +123,133 @@ def build_session(
             manifest.session_id, docs.roster_hash, who, now=NOW
         )
     return docs
+
+
+# --------------------------------------------------------------------------- a tiny network
+
+Tap = Any  # (sender, to, payload) -> list of payloads to deliver (empty: drop)
+
+
+class MiniNet:
+    """Session machines wired in memory (no disk, no relay), with a tap for the attacker.
+
+    Like :class:`didmesh.session.engine.Engine.deliver`: an invite for an unknown session
+    creates the invitee's state; every other message goes to the recipient's machine.
+    Errors raised by a machine are kept in :attr:`errors` as ``(recipient, error)``.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        organizer: IdentityKey = ORG,
+        *,
+        now: datetime = NOW,
+        tap: Tap | None = None,
+        tag: bytes = b"net",
+    ) -> None:
+        import base64
+
+        from didmesh.session.documents import encode_session_key
+        from didmesh.session.machine import SessionMachine
+        from didmesh.session.manifest import format_time
+        from didmesh.session.state import Role, SessionState, Status
+
+        self._b64 = base64
+        self.manifest = manifest
+        self.now = now
+        self.rng = counter_rng(tag)
+        self.tap = tap
+        self.keys: dict[str, IdentityKey] = {organizer.did: organizer}
+        self.privates: dict[str, bytes] = {organizer.did: self.rng(32)}
+        state = SessionState(
+            session_id=manifest.session_id, role=Role.ORGANIZER, me=organizer.did,
+            status=Status.COLLECTING, manifest=manifest.to_json(), created=format_time(now),
+            session_public=encode_session_key(x25519_public(self.privates[organizer.did])),
+        )  # fmt: skip
+        self.machines: dict[str, SessionMachine] = {
+            organizer.did: SessionMachine(state, organizer, rng=self.rng)
+        }
+        self.organizer = organizer
+        self.errors: list[tuple[str, Exception]] = []
+        self.dropped: list[tuple[str, Exception]] = []
+
+    # -- parties -----------------------------------------------------------------------
+    def add(self, *keys: IdentityKey) -> None:
+        for key in keys:
+            self.keys[key.did] = key
+
+    def invite(self, key: IdentityKey, **kw: Any) -> dict[str, Any]:
+        self.add(key)
+        return self.machines[self.organizer.did].invite(key.did, now=self.now, **kw)
+
+    def accept(self, key: IdentityKey) -> dict[str, Any]:
+        self.privates[key.did] = self.rng(32)
+        return self.machines[key.did].accept(now=self.now, session_private=self.privates[key.did])
+
+    def status(self, key: IdentityKey) -> str:
+        return str(self.machines[key.did].state.status)
+
+    # -- traffic -----------------------------------------------------------------------
+    def inject(self, sender: IdentityKey, to: str, kind: str, body: dict[str, Any]) -> None:
+        """A message signed by ``sender`` (an attacker may sign as itself only)."""
+        from didmesh.session.messages import seal_message
+
+        raw = seal_message(
+            sender, kind, self.manifest.session_id, to, body, now_ms=1, rng=self.rng
+        )
+        self._deliver(sender.did, to, raw)
+
+    def _deliver(self, sender: str, to: str, payload: bytes) -> None:
+        from didmesh.identity.errors import DidmeshError
+        from didmesh.session.documents import verify_invite
+        from didmesh.session.machine import SessionMachine
+        from didmesh.session.manifest import format_time
+        from didmesh.session.messages import open_message
+        from didmesh.session.state import Role, SessionState, Status
+
+        key = self.keys.get(to)
+        if key is None:
+            return  # nobody reads this inbox
+        try:
+            msg = open_message(payload, me=to)
+        except DidmeshError as exc:
+            self.dropped.append((to, exc))
+            return
+        machine = self.machines.get(to)
+        if machine is None:
+            if msg.kind != "invite":
+                return
+            try:
+                inv = verify_invite(msg.body.get("invite"), now=self.now, me=to)
+            except DidmeshError as exc:
+                self.dropped.append((to, exc))
+                return
+            state = SessionState(
+                session_id=inv.manifest.session_id, role=Role.INVITEE, me=to,
+                status=Status.INVITED, manifest=inv.manifest.to_json(),
+                created=format_time(self.now), invite=inv.document,
+            )  # fmt: skip
+            self.machines[to] = SessionMachine(state, key, rng=self.rng)
+            return
+        try:
+            machine.receive(msg, now=self.now)
+        except DidmeshError as exc:
+            self.errors.append((to, exc))
+
+    def pump(self, rounds: int = 50) -> None:
+        for _ in range(rounds):
+            moved = False
+            for did, machine in list(self.machines.items()):
+                out, machine.state.outbox = machine.state.outbox, []
+                for entry in out:
+                    moved = True
+                    payload = self._b64.b64decode(entry["payload"])
+                    items = [payload] if self.tap is None else self.tap(did, entry["to"], payload)
+                    for item in items:
+                        self._deliver(did, entry["to"], item)
+            if not moved:
+                return
+        raise AssertionError("the mini network did not settle")
+
+    def agreed_roster(self, key: IdentityKey) -> AgreedRoster | None:
+        return self.machines[key.did].roster(now=self.now)
