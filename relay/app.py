@@ -420,7 +420,8 @@ class Relay:
     async def _link(self, request: web.Request, did: str) -> web.StreamResponse:
         cfg = self.config
         ws = web.WebSocketResponse(
-            heartbeat=cfg.ws_heartbeat_s, max_msg_size=cfg.link_max_frame, compress=False
+            # aiohttp refuses frames of max_msg_size bytes and more; ours is inclusive
+            heartbeat=cfg.ws_heartbeat_s, max_msg_size=cfg.link_max_frame + 1, compress=False
         )
         await ws.prepare(request)
         self._sockets.add(ws)

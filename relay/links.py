@@ -284,6 +284,13 @@ _BIG = 16 * 1024
 _HIGH_WATER = 256 * 1024
 
 
+def error_close_code(msg: WSMessage) -> int:
+    """The close code for the peer when aiohttp reports a protocol error on one end (never
+    1005/1006, which may not be sent in a close frame)."""
+    code = getattr(msg.data, "code", None)
+    return int(code) if isinstance(code, int) and code not in (1005, 1006) else CloseCode.PEER_GONE
+
+
 class FrameBatcher:
     """Writes forwarded frames to one socket, coalescing the small frames that arrive in one
     event-loop turn into a single ``transport.write`` (one syscall instead of one per frame).
@@ -392,7 +399,7 @@ async def pipe_local(
             elif msg.type in _END:
                 break
             elif msg.type is WSMsgType.ERROR:  # e.g. frame too large: aiohttp closed with 1009
-                state.closed_code = state.closed_code or (ws.close_code or CloseCode.PEER_GONE)
+                state.closed_code = state.closed_code or error_close_code(msg)
                 break
             else:  # a text frame after "linked": protocol violation
                 state.closed_code = state.closed_code or CloseCode.MALFORMED
@@ -493,7 +500,7 @@ class RemotePipe:
                 if msg.type in _END:
                     break
                 if msg.type is WSMsgType.ERROR:
-                    await self._close(ws.close_code or CloseCode.PEER_GONE)
+                    await self._close(error_close_code(msg))
                     break
                 if msg.type is not WSMsgType.BINARY:
                     await self._close(CloseCode.MALFORMED)

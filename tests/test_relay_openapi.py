@@ -179,7 +179,7 @@ def test_schemathesis_short(relay: RelayProcess, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_schemathesis_long(relay: RelayProcess, tmp_path: Path) -> None:
-    _schemathesis(relay, 60, tmp_path)
+    _schemathesis(relay, 40, tmp_path)
     asyncio.run(_still_serves(relay.url))
 
 
