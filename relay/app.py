@@ -164,7 +164,7 @@ class Relay:
         raw = await request.read()
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedRequest("request body is not valid JSON") from None
 
     @staticmethod

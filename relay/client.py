@@ -254,7 +254,7 @@ class RelayClient:
                 ) from exc
             try:
                 parsed = json.loads(payload) if payload else None
-            except ValueError:
+            except (ValueError, RecursionError):
                 parsed = None
             if status < 400:
                 if parsed is None:
@@ -294,7 +294,7 @@ class RelayClient:
             )
             try:
                 self._token, self._token_expires = str(tok["token"]), int(tok["expires_ms"])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 raise RelayProtocolError("malformed token from the relay") from None
             # our clock may differ from the relay's: trust a short lifetime only
             self._token_expires = min(self._token_expires, self.now_ms() + 300_000)
@@ -308,10 +308,13 @@ class RelayClient:
         for attempt in range(self.retries + 1):
             try:
                 _, data = await self._request("POST", "/v1/envelopes", raw=raw)
-                return PostResult(
-                    str(data["id"]), int(data["received_ms"]), int(data["expires_ms"]),
-                    bool(data["duplicate"]),
-                )
+                try:
+                    return PostResult(
+                        str(data["id"]), int(data["received_ms"]), int(data["expires_ms"]),
+                        bool(data["duplicate"]),
+                    )
+                except (KeyError, TypeError, ValueError, OverflowError):
+                    raise RelayProtocolError("malformed post result from the relay") from None
             except Replay:
                 if attempt == 0:
                     raise
@@ -338,7 +341,7 @@ class RelayClient:
         for item in items:
             try:
                 out.append(Received(Envelope.from_dict(item["envelope"]), int(item["received_ms"])))
-            except (KeyError, TypeError, ValueError, InvalidEnvelope) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError, InvalidEnvelope) as exc:
                 raise RelayProtocolError(f"malformed envelope from the relay: {exc}") from None
         return out
 
@@ -357,7 +360,10 @@ class RelayClient:
             _, data = await self._request(
                 "POST", "/v1/inbox/ack", body={"ids": ids[i : i + 1000]}, auth=True
             )
-            total += int(data["deleted"])
+            try:
+                total += int(data["deleted"])
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise RelayProtocolError("malformed ack result from the relay") from None
         return total
 
     async def inbox(
@@ -442,7 +448,7 @@ class RelayClient:
                     break
                 try:
                     data = json.loads(msg.data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise RelayProtocolError("malformed push message from the relay") from None
                 if isinstance(data, dict) and data.get("type") == "envelopes":
                     yield self._parse_items(data.get("items"))

@@ -9,6 +9,7 @@ as the fields; an unknown key is rejected by name. Environment variables are
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -120,11 +121,14 @@ def coerce(name: str, value: Any, source: str) -> Any:
         if typ is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            f = float(value)
+            if not math.isfinite(f):
+                raise ValueError(value)
+            return f
         if not isinstance(value, str):
             raise ValueError(value)
         return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RelayConfigError(
             f"relay setting {name} in {source} must be {typ.__name__}, got {value!r}"
         ) from None
@@ -144,7 +148,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
             data = yaml.safe_load(raw) or {}
         else:
             raise RelayConfigError(f"relay config file {path} must end in .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RelayConfigError(f"relay config file {path} is malformed: {exc}") from exc
     except Exception as exc:  # yaml.YAMLError
         if type(exc).__module__.startswith("yaml"):

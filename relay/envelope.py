@@ -153,6 +153,8 @@ class Envelope:
             raise TooLarge(f"envelope is {len(raw)} bytes; this relay accepts {max_bytes}")
         try:
             data = json.loads(raw)
+        except RecursionError:
+            raise InvalidEnvelope("envelope JSON is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidEnvelope(f"envelope is not valid JSON: {exc}") from None
         return cls.from_dict(data)

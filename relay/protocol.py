@@ -100,7 +100,7 @@ def _json_object(text: str | bytes) -> dict[str, Any]:
         raise MalformedRequest(f"control message larger than {MAX_CONTROL_BYTES} bytes")
     try:
         msg = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise MalformedRequest("control message is not JSON") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise MalformedRequest("control message must be an object with a string 'type'")
@@ -157,7 +157,7 @@ class Linked:
                 float(msg["max_duration_s"]),
                 int(msg["max_frame"]),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise MalformedRequest("malformed 'linked' message") from None
 
 

@@ -111,3 +111,15 @@ def test_link_slots() -> None:
     s.release("a")
     s.acquire("c")
     assert s.active == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("deep.yaml", "[" * 3000 + "]" * 3000), ("inf.toml", "port = inf\n"),
+     ("nan.toml", "rate_did_per_s = nan\n")],
+)
+def test_hostile_config_files(tmp_path: Path, name: str, text: str) -> None:
+    f = tmp_path / name
+    f.write_text(text)
+    with pytest.raises(RelayConfigError):
+        load_config(env={}, config_file=f)

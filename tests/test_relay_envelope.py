@@ -176,3 +176,24 @@ def test_x25519_only_recipient() -> None:
     x_did = BOB.did_key.x25519_fingerprint
     env = seal(ALICE, "did:key:" + x_did, "s", b"to a bare X25519 key", now_ms=NOW)
     assert env.to.startswith("did:key:z6LS")
+
+
+def test_hostile_json_stays_in_the_error_tree() -> None:
+    """Deep nesting and infinities (found by tests/test_fuzz_relay.py) raise tree errors."""
+    from didmesh.relay.errors import MalformedRequest, RelayProtocolError
+    from didmesh.relay.protocol import Linked, parse_link_request
+
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(InvalidEnvelope, match="nested too deeply"):
+        Envelope.from_json(deep)
+    with pytest.raises(MalformedRequest):
+        parse_link_request("[" * 2000 + "]" * 2000, ALICE.did)
+    linked = ('{"type": "linked", "session": "s", "peer": "p", "link_id": "", '
+              '"max_bytes": 1e999, "max_duration_s": 1, "max_frame": 1}')
+    with pytest.raises(MalformedRequest):
+        Linked.parse(linked)
+    from didmesh.relay.client import RelayClient
+
+    item = {"received_ms": float("inf"), "envelope": sealed().to_dict()}
+    with pytest.raises(RelayProtocolError):
+        RelayClient._parse_items([item])
