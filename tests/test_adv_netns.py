@@ -22,10 +22,8 @@ from didmesh.identity.keys import IdentityKey
 from didmesh.session.mesh.plan import MeshPlan, PlanParty
 from didmesh.session.mesh.primitives import DH25519
 
-pytestmark = pytest.mark.netns
 _WHY = netns.available()
-if _WHY is not None:
-    pytestmark = [pytest.mark.netns, pytest.mark.skip(reason=_WHY)]
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(_WHY is not None, reason=str(_WHY))]
 
 PARTY = Path(__file__).parent / "adversary" / "netns_party.py"
 RELAY_PORT = 18470
