@@ -11,6 +11,7 @@ invite codes. Time and randomness are injected.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -75,6 +76,9 @@ class Engine:
         self._machine_cls = SessionMachine
         self.store = store
         self.key = key
+        self.me = key.did
+        self._sent: set[str] = set()  # outbox entries a relay took (persisted lazily)
+        self._cache: dict[str, tuple[tuple[int, int], SessionState]] = {}
         self.clock = clock
         self.rng = rng
         self.labels = labels or {}
@@ -84,13 +88,35 @@ class Engine:
         return self._machine_cls(state, self.key, rng=self.rng, labels=self.labels)
 
     def load(self, session_id: str) -> SessionState:
+        """A fresh copy of the session's state (for changing it, under the lock)."""
         state = self.store.load_state(session_id)
-        if state.me != self.key.did:
+        if state.me != self.me:
             raise WrongIdentity(
                 f"session {session_id[:8]} belongs to {state.me}, not to the identity in use "
-                f"({self.key.did}); pick the right one with --as NAME"
+                f"({self.me}); pick the right one with --as NAME"
             )
         return state
+
+    def peek(self, session_id: str) -> SessionState:
+        """The session's state for reading only (cached while the file is unchanged)."""
+        path = self.store.root / session_id / "state.json"
+        try:
+            st = path.stat()
+        except OSError:
+            return self.load(session_id)
+        stamp = (st.st_mtime_ns, st.st_size)
+        hit = self._cache.get(session_id)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        state = self.load(session_id)
+        self._cache[session_id] = (stamp, state)
+        return state
+
+    def save(self, state: SessionState) -> None:
+        """Save, dropping outbox entries a relay already took."""
+        if self._sent and state.outbox:
+            state.outbox = [e for e in state.outbox if _entry_key(e) not in self._sent]
+        self.store.save_state(state)
 
     def _mutate(self, session_id: str, fn: Callable[[Any], Any]) -> Any:
         with self.store.lock():
@@ -99,18 +125,26 @@ class Engine:
             try:
                 result = fn(machine)
             finally:
-                self.store.save_state(state)
+                self.save(state)
             return result
 
     def my_sessions(self) -> list[SessionState]:
-        return [s for s in self.store.all_states() if s.me == self.key.did]
+        out = []
+        for sid in self.store.ids():
+            try:
+                state = self.peek(sid)
+            except DidmeshError:
+                continue
+            if state.me == self.me:
+                out.append(state)
+        return out
 
     # ----------------------------------------------------------------------- organizer
     def create_session(self, manifest: Manifest, endpoints: Sequence[str] = ()) -> SessionState:
         from .documents import validate_endpoints
         from .machine import x25519_public
 
-        if manifest.organizer != self.key.did:
+        if manifest.organizer != self.me:
             raise BadSessionParameters("the manifest's organizer must be the identity in use")
         validate_endpoints(list(endpoints), "--endpoint", BadSessionParameters)
         private = self.rng(32)
@@ -118,7 +152,7 @@ class Engine:
         state = SessionState(
             session_id=manifest.session_id,
             role=Role.ORGANIZER,
-            me=self.key.did,
+            me=self.me,
             status=Status.COLLECTING,
             manifest=manifest.to_json(),
             created=format_time(now),
@@ -130,7 +164,7 @@ class Engine:
             if self.store.exists(manifest.session_id):
                 raise BadSessionParameters("a session with this id exists already")
             self.store.save_session_key(manifest.session_id, private)
-            self.store.save_state(state)
+            self.save(state)
         return state
 
     def invite(self, session_id: str, invitee: str, requires: Gate | None = None) -> dict[str, Any]:
@@ -152,8 +186,7 @@ class Engine:
             state = self.load(session_id)
             if state.role != Role.ORGANIZER:
                 raise SessionUsageError("only the organizer can open invite codes")
-            busy = {o.nameplate for sid in self.store.ids() for o in self.store.load_codes(sid)
-                    if o.active}  # fmt: skip
+            busy = {o.nameplate for o in self.active_offers()}
             for _ in range(20):
                 nameplate, code = new_code(words, self.rng)
                 if nameplate not in busy:
@@ -166,14 +199,21 @@ class Engine:
             offer = CodeOffer(nameplate, code, session_id, int(expires.timestamp() * 1000))
             offers = self.store.load_codes(session_id)
             self.store.save_codes(session_id, [*offers, offer])
-            self.store.save_state(state)
+            self.save(state)
             return offer
 
     def active_offers(self) -> list[CodeOffer]:
+        """Codes to listen for: open ones, and used ones until they expire (so that a
+        second claimant is told "already claimed" instead of hearing nothing)."""
+        now_ms = int(self.clock().timestamp() * 1000)
         out: list[CodeOffer] = []
         for state in self.my_sessions():
-            if state.role == Role.ORGANIZER and state.status == Status.COLLECTING:
-                out.extend(o for o in self.store.load_codes(state.session_id) if o.active)
+            if state.role == Role.ORGANIZER and state.status not in ENDED:
+                out.extend(
+                    o
+                    for o in self.store.load_codes(state.session_id)
+                    if o.active or (o.status != "expired" and now_ms < o.expires_ms)
+                )
         return out
 
     def handle_code(self, session_id: str, nameplate: int, payload: bytes | None) -> list[Reply]:
@@ -185,7 +225,8 @@ class Engine:
             state = self.load(session_id)
             machine = self.machine(state)
             offers = self.store.load_codes(session_id)
-            offer = next((o for o in offers if o.nameplate == nameplate and o.active), None)
+            offer = next((o for o in offers if o.nameplate == nameplate and o.status != "expired"),
+                         None)  # fmt: skip
             if offer is None:
                 return []
             manifest = Manifest.from_json(state.manifest)
@@ -194,7 +235,7 @@ class Engine:
                     offer.tick(now_ms)
                     if payload is None
                     else offer.handle(
-                        payload, now_ms=now_ms, organizer=self.key.did, name=manifest.name,
+                        payload, now_ms=now_ms, organizer=self.me, name=manifest.name,
                         rng=self.rng,
                     )
                 )
@@ -214,14 +255,14 @@ class Engine:
                     else:
                         replies.append(offer.complete(invite, self.rng))
             self.store.save_codes(session_id, offers)
-            self.store.save_state(state)
+            self.save(state)
         return replies
 
     # ----------------------------------------------------------------------- invitee
     def import_invite(self, doc: object, *, organizer: str | None = None) -> SessionState:
         """Verify an invite addressed to us and record the session (idempotent)."""
         now = self.clock()
-        inv = verify_invite(doc, now=now, me=self.key.did)
+        inv = verify_invite(doc, now=now, me=self.me)
         if organizer is not None and inv.organizer != organizer:
             raise CodeError(
                 f"the invite came from {inv.organizer}, not from {organizer} who answered the code"
@@ -243,12 +284,12 @@ class Engine:
                     )
                 if state.status == Status.INVITED and state.invite != inv.document:
                     state.invite = inv.document
-                    self.store.save_state(state)
+                    self.save(state)
                 return state
             state = SessionState(
                 session_id=sid,
                 role=Role.INVITEE,
-                me=self.key.did,
+                me=self.me,
                 status=Status.INVITED,
                 manifest=inv.manifest.to_json(),
                 created=format_time(now),
@@ -256,7 +297,7 @@ class Engine:
             )
             org = self.labels.get(inv.organizer, inv.organizer)
             state.note(format_time(now), f"invited by {org}")
-            self.store.save_state(state)
+            self.save(state)
             return state
 
     def accept(
@@ -294,9 +335,10 @@ class Engine:
         now = self.clock()
         with self.store.lock():
             states: dict[str, SessionState] = {}
+            machines: dict[str, Any] = {}
             for _sender, payload in items:
                 try:
-                    msg = open_message(payload, me=self.key.did)
+                    msg = open_message(payload, me=self.me)
                 except MessageInvalid as exc:
                     notes.append(Note("warning", f"dropped a message: {exc.message}"))
                     continue
@@ -311,7 +353,7 @@ class Engine:
                         )
                         continue
                     try:
-                        inv = verify_invite(msg.body.get("invite"), now=now, me=self.key.did)
+                        inv = verify_invite(msg.body.get("invite"), now=now, me=self.me)
                     except DidmeshError as exc:
                         notes.append(Note("warning", f"rejected an invite: {exc.message}", sid))
                         continue
@@ -321,7 +363,7 @@ class Engine:
                     state = states[sid] = SessionState(
                         session_id=sid,
                         role=Role.INVITEE,
-                        me=self.key.did,
+                        me=self.me,
                         status=Status.INVITED,
                         manifest=inv.manifest.to_json(),
                         created=format_time(now),
@@ -334,8 +376,10 @@ class Engine:
                     )
                     continue
                 before = state.status
+                if sid not in machines:
+                    machines[sid] = self.machine(state)
                 try:
-                    self.machine(state).receive(msg, now=now)
+                    machines[sid].receive(msg, now=now)
                 except DidmeshError as exc:
                     notes.append(Note("warning", f"rejected {msg.kind}: {exc.message}", sid))
                 if state.status != before:
@@ -345,7 +389,7 @@ class Engine:
                         text += f": {state.error['message']}"
                     notes.append(Note(level, text, sid))
             for state in states.values():
-                self.store.save_state(state)
+                self.save(state)
         return notes
 
     def tick(self) -> list[Note]:
@@ -360,27 +404,44 @@ class Engine:
         return notes
 
     async def flush(self, mailbox: Mailbox, only: str | None = None) -> int:
-        """Send every queued message; entries leave the outbox once a relay took them."""
+        """Send every queued message. An entry a relay took is remembered and dropped from
+        the outbox at the session's next save (:meth:`persist_sent` forces it); if the
+        process dies first it is sent again, which receivers ignore (same message id)."""
         sent = 0
         for state in self.my_sessions():
             if not state.outbox or (only and state.session_id != only):
                 continue
             manifest = Manifest.from_json(state.manifest)
             ttl = int((manifest.valid_until - self.clock()).total_seconds())
-            done: list[dict[str, str]] = []
-            try:
-                for entry in state.outbox:
-                    payload = base64.b64decode(entry["payload"])
-                    await mailbox.send(entry["to"], state.session_id, payload, ttl=max(ttl, 60))
-                    done.append(entry)
-            finally:
-                if done:
-                    with self.store.lock():
-                        fresh = self.load(state.session_id)
-                        fresh.outbox = [e for e in fresh.outbox if e not in done]
-                        self.store.save_state(fresh)
-                sent += len(done)
+            todo = [e for e in state.outbox if _entry_key(e) not in self._sent]
+            slots = asyncio.Semaphore(16)
+            results = await asyncio.gather(
+                *(self._send_one(mailbox, state.session_id, e, max(ttl, 60), slots)
+                  for e in todo),  # fmt: skip
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            sent += len(todo)
         return sent
+
+    async def _send_one(
+        self, mailbox: Mailbox, sid: str, entry: dict[str, str], ttl: int, slots: asyncio.Semaphore
+    ) -> None:
+        async with slots:
+            await mailbox.send(entry["to"], sid, base64.b64decode(entry["payload"]), ttl=ttl)
+        self._sent.add(_entry_key(entry))
+
+    def persist_sent(self) -> None:
+        """Drop sent entries from the outboxes on disk now."""
+        if not self._sent:
+            return
+        with self.store.lock():
+            for sid in self.store.ids():
+                state = self.peek(sid)
+                if state.me == self.me and any(_entry_key(e) in self._sent for e in state.outbox):
+                    self.save(self.load(sid))
 
     # ----------------------------------------------------------------------- the pump
     async def run(
@@ -419,8 +480,11 @@ class Engine:
                         batch.append(more)
                 for note in self.deliver(batch) + self.tick():
                     on_note(note)
+                if batch:
+                    await mailbox.commit()
                 await self.flush(mailbox)
         finally:
+            self.persist_sent()
             for _sid, box in code_boxes.values():
                 await box.aclose()
 
@@ -446,6 +510,7 @@ class Engine:
                 if item is None:
                     break
                 replies += self.handle_code(sid, nameplate, item[1])
+            await box.commit()
             for reply in replies:
                 await box.send(reply.to, CODE_SESSION, reply.payload, ttl=600)
             after = next((o for o in self.store.load_codes(sid) if o.nameplate == nameplate), None)
@@ -485,6 +550,7 @@ class Engine:
                 item = await box.receive(left)
                 if item is None:
                     continue
+                await box.commit()
                 try:
                     nxt = claim.handle(item[1])
                 except WrongCode:
@@ -503,7 +569,11 @@ class Engine:
 
     # ----------------------------------------------------------------------- queries
     def status_of(self, session_id: str) -> Status:
-        return Status(self.load(session_id).status)
+        return Status(self.peek(session_id).status)
+
+
+def _entry_key(entry: dict[str, str]) -> str:
+    return entry["to"] + "\0" + entry["payload"][-120:]
 
 
 def session_relays(states: Iterable[SessionState]) -> list[str]:

@@ -129,6 +129,7 @@ class SessionMachine:
             raise SessionUsageError(f"session {state.session_id[:8]} belongs to {state.me}")
         self.state = state
         self.key = key
+        self.me = state.me  # == key.did (checked above); computing it is not free
         self.rng = rng
         self.manifest = Manifest.from_json(state.manifest)
         self.labels = labels or {}
@@ -192,7 +193,7 @@ class SessionMachine:
         self._allow("invite")
         if not did_ok(invitee):
             raise BadSessionParameters(f"{invitee[:100]} is not an Ed25519 did:key")
-        if invitee == self.key.did:
+        if invitee == self.me:
             raise BadSessionParameters("the organizer holds seat 0 already")
         if self._seat_for(invitee) is not None:
             raise SessionUsageError(f"{self.label(invitee)} is already invited to this session")
@@ -244,7 +245,7 @@ class SessionMachine:
         seat = self._code_seat(nameplate)
         if seat is None:
             raise SessionUsageError(f"no open code seat with nameplate {nameplate}")
-        if not did_ok(invitee) or invitee == self.key.did or self._seat_for(invitee):
+        if not did_ok(invitee) or invitee == self.me or self._seat_for(invitee):
             seat.status = SeatStatus.LAPSED
             raise BadSessionParameters(
                 f"the code was claimed by {invitee[:100]}, who cannot take a seat "
@@ -282,7 +283,7 @@ class SessionMachine:
         """Everyone this party talks to: roster parties, or the organizer's invitees."""
         if self.state.roster is not None:
             parties = self.state.roster["credentialSubject"]["parties"]
-            return [p["id"] for p in parties if p["id"] != self.key.did]
+            return [p["id"] for p in parties if p["id"] != self.me]
         if self.role == Role.ORGANIZER:
             return [s.did for s in self._active_seats() if s.did]
         return [self.manifest.organizer]
@@ -312,7 +313,7 @@ class SessionMachine:
         if len(accepted) != self.manifest.parties - 1 or self.state.session_public is None:
             return
         own = decode_session_key(self.state.session_public, "own state", StateCorrupted)
-        seats = [Seat(self.key.did, own, tuple(self.state.endpoints), None)]
+        seats = [Seat(self.me, own, tuple(self.state.endpoints), None)]
         for s in accepted:
             assert s.did is not None and s.acceptance is not None
             acc = s.acceptance
@@ -367,7 +368,7 @@ class SessionMachine:
         extra_credentials: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
         self._allow("accept")
-        invite = verify_invite(self.state.invite, now=now, me=self.key.did)
+        invite = verify_invite(self.state.invite, now=now, me=self.me)
         validate_endpoints(list(endpoints), "--endpoint", BadSessionParameters)
         public = x25519_public(session_private)
         doc = build_acceptance(
@@ -402,7 +403,7 @@ class SessionMachine:
 
     def _on_invite(self, msg: Message, now: datetime) -> None:
         inv = verify_invite(
-            msg.body.get("invite"), now=now, me=self.key.did, manifest=self.manifest
+            msg.body.get("invite"), now=now, me=self.me, manifest=self.manifest
         )
         if inv.invite_id == (self.state.invite or {}).get("id"):
             return  # a duplicate (another relay, or the code channel)
@@ -469,7 +470,7 @@ class SessionMachine:
                 doc,
                 manifest=self.manifest,
                 now=now,
-                me=self.key.did,
+                me=self.me,
                 my_key=own,
                 my_endpoints=self.state.endpoints,
             )
@@ -490,7 +491,7 @@ class SessionMachine:
     # ----------------------------------------------------------------------- both
     def _confirm(self, digest: bytes, now: datetime) -> None:
         doc = build_confirmation(self.state.session_id, digest, self.key, now=now)
-        self.state.confirmations[self.key.did] = doc
+        self.state.confirmations[self.me] = doc
         for did in self._others():
             body = {"confirmation": doc, "commitment": self.state.commitment}
             self._send(did, "confirm", body, now)

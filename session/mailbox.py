@@ -9,10 +9,14 @@ The protocol needs only :class:`Mailbox`: ``send(to_did, session_id, payload)`` 
   client per relay URL. ``send`` posts a sealed envelope to *every* relay (succeeding if
   at least one took it); ``receive`` merges the inboxes of all relays.
 
-Acknowledgement is deferred: an envelope returned by ``receive`` is acknowledged on the
-*next* ``receive`` (or ``aclose``), i.e. once the caller came back for more after handling
-and persisting it. A crash in between means the envelope is delivered again; the session
-layer drops duplicates by message id.
+On relays, each payload is framed as one byte (0: raw, 1: zlib) and the rest: rosters
+repeat the manifest and contexts in every acceptance and shrink ~5x, which keeps m = 25
+well inside a relay's default 64 KiB envelope limit. Inflating is capped (no zip bombs).
+
+Acknowledgement is explicit: the caller calls ``commit()`` once it has handled and
+persisted what ``receive`` returned; only then are those envelopes deleted from the
+relays. A crash in between means the envelopes are delivered again; the session layer
+drops duplicates by message id.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -29,6 +34,29 @@ from didmesh.identity.keys import IdentityKey
 
 DEFAULT_TTL_S = 24 * 3600
 MAX_TTL_S = 30 * 24 * 3600
+MAX_PAYLOAD_BYTES = 1024 * 1024
+RAW, ZLIB = b"\x00", b"\x01"
+
+
+def frame(payload: bytes) -> bytes:
+    packed = zlib.compress(payload, 6)
+    return ZLIB + packed if len(packed) + 64 < len(payload) else RAW + payload
+
+
+def unframe(data: bytes, limit: int = MAX_PAYLOAD_BYTES) -> bytes:
+    """Undo :func:`frame`; raises ValueError on a bad frame or one inflating past ``limit``."""
+    if data[:1] == RAW:
+        return data[1:]
+    if data[:1] != ZLIB:
+        raise ValueError("unknown payload frame")
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data[1:], limit + 1)
+    except zlib.error as exc:
+        raise ValueError(f"payload does not inflate: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail or not inflater.eof:
+        raise ValueError(f"payload inflates past {limit} bytes or is truncated")
+    return out
 
 
 class Mailbox(Protocol):
@@ -40,6 +68,9 @@ class Mailbox(Protocol):
     ) -> None: ...
 
     async def receive(self, timeout: float) -> tuple[str, bytes] | None: ...
+
+    async def commit(self) -> None:
+        """Everything ``receive`` returned so far is handled: drop it from the relays."""
 
     async def aclose(self) -> None: ...
 
@@ -102,6 +133,9 @@ class MemoryMailbox:
                 return None
         return inbox.popleft()
 
+    async def commit(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 
@@ -147,8 +181,9 @@ class RelayMailbox:
         self, to_did: str, session_id: str, payload: bytes, *, ttl: int = DEFAULT_TTL_S
     ) -> None:
         ttl = max(60, min(int(ttl), MAX_TTL_S))
+        wire = frame(payload)
         results = await asyncio.gather(
-            *(c.send(to_did, session_id, payload, ttl=ttl) for c in self.clients),
+            *(c.send(to_did, session_id, wire, ttl=ttl) for c in self.clients),
             return_exceptions=True,
         )
         errors = [
@@ -182,6 +217,9 @@ class RelayMailbox:
             self.on_warning(f"relay {self.urls[index]}: {exc.message}")
             await self._queue.put((index, exc))
 
+    async def commit(self) -> None:
+        await self._ack()
+
     async def _ack(self) -> None:
         pending, self._to_ack = self._to_ack, defaultdict(list)
         for index, ids in pending.items():
@@ -193,7 +231,6 @@ class RelayMailbox:
     async def receive(self, timeout: float) -> tuple[str, bytes] | None:
         from didmesh.relay.client import Received
 
-        await self._ack()
         self._start()
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
@@ -210,15 +247,17 @@ class RelayMailbox:
                 continue  # a failure marker; checked at the top
             self._to_ack[index].append(item.id)
             try:
-                plaintext = item.open(self.identity)
+                plaintext = unframe(item.open(self.identity))
             except DidmeshError as exc:
                 self.on_warning(f"relay {self.urls[index]}: dropped an envelope: {exc.message}")
+                continue
+            except ValueError as exc:
+                self.on_warning(f"relay {self.urls[index]}: dropped an envelope from "
+                                f"{item.envelope.sender}: {exc}")  # fmt: skip
                 continue
             return item.envelope.sender, plaintext
 
     async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._ack()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

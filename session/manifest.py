@@ -16,8 +16,10 @@ roster, so its bytes are covered by the organizer's signatures; its :meth:`Manif
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -60,6 +62,9 @@ _KEYS = {
     "validFrom", "validUntil",
 }  # fmt: skip
 _PROGRAM_KEYS = {"name", "sha256", "mpyc", "args"}
+
+
+_MEMO: dict[str, Manifest] = {}
 
 
 def format_time(moment: datetime) -> str:
@@ -175,7 +180,23 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: object) -> Manifest:
-        """Parse strictly; raises :class:`ManifestInvalid` naming the offending field."""
+        """Parse strictly; raises :class:`ManifestInvalid` naming the offending field.
+        (Parsed manifests are memoized by content: rosters carry one per acceptance.)"""
+        try:
+            memo_key = json.dumps(data, sort_keys=True)
+        except (TypeError, ValueError):
+            raise ManifestInvalid("manifest is not plain JSON") from None
+        hit = _MEMO.get(memo_key)
+        if hit is not None:
+            return hit
+        parsed = cls._parse(data)
+        if len(_MEMO) > 256:
+            _MEMO.clear()
+        _MEMO[memo_key] = parsed
+        return parsed
+
+    @classmethod
+    def _parse(cls, data: object) -> Manifest:
         if not isinstance(data, Mapping):
             raise ManifestInvalid("manifest is not a JSON object")
         _exact_keys(data, _KEYS, "manifest")
@@ -243,8 +264,12 @@ class Manifest:
         )
 
     # -- identity -------------------------------------------------------------------
-    def canonical(self) -> bytes:
+    @functools.cached_property
+    def _canonical(self) -> bytes:
         return canonicalize(self.to_json(), what="manifest")
+
+    def canonical(self) -> bytes:
+        return self._canonical
 
     def digest(self) -> bytes:
         return hashlib.sha256(b"didmesh/manifest/v1\0" + self.canonical()).digest()

@@ -6,7 +6,7 @@ key lives in its own 0600 file (:mod:`didmesh.session.store`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -115,16 +115,21 @@ class SessionState:
 
     # -- JSON -----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT} | asdict(self)
+        """A shallow view for json.dumps (no deep copy: documents are shared)."""
+        data: dict[str, Any] = {"format": FORMAT}
+        for f in fields(self):
+            data[f.name] = getattr(self, f.name)
+        data["seats"] = [vars(s) for s in self.seats]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str = "state") -> SessionState:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise StateCorrupted(f"{where}: not a {FORMAT} file")
-        fields = {k: v for k, v in data.items() if k != "format"}
+        values = {k: v for k, v in data.items() if k != "format"}
         try:
-            seats = [SeatRecord(**s) for s in fields.pop("seats", [])]
-            state = cls(**fields, seats=seats)
+            seats = [SeatRecord(**s) for s in values.pop("seats", [])]
+            state = cls(**values, seats=seats)
         except TypeError as exc:
             raise StateCorrupted(f"{where}: {exc}") from None
         if state.role not in set(Role) or state.status not in set(Status):

@@ -120,6 +120,7 @@ def test_three_shells_one_by_did_one_by_code(tmp_path: Path, relay_url: str) -> 
     assert key_file.stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_second_claim_of_one_code_fails_clearly(tmp_path: Path, relay_url: str) -> None:  # noqa: F811
     alice, carol, dave = (tmp_path / n for n in ("alice", "carol", "dave"))
     for h in (alice, carol, dave):
@@ -146,15 +147,13 @@ def test_second_claim_of_one_code_fails_clearly(tmp_path: Path, relay_url: str) 
     serve = spawn_cli(alice, "session", "wait", sid, "--timeout", "15", "--json")
     try:
         second = run_cli(dave, "claim", code, "--relay", relay_url, "--timeout", "10")
-        assert second.rc != 0
-        assert "no one answered" in second.err or "nobody answered" in second.err or (
-            "already used" in second.err
-        ), second.err
+        assert second.rc == 1 and "already used by someone else" in second.err, second.err
     finally:
         serve.kill()
         serve.communicate()
 
 
+@pytest.mark.slow
 def test_wrong_code_is_refused_and_burns_the_code(tmp_path: Path, relay_url: str) -> None:  # noqa: F811
     alice, mallory = tmp_path / "alice", tmp_path / "mallory"
     new_identity(alice)
@@ -182,9 +181,27 @@ def test_wrong_code_is_refused_and_burns_the_code(tmp_path: Path, relay_url: str
     assert [s["status"] for s in seats] == ["lapsed"]
 
 
-@pytest.mark.parametrize("bad", ["4-orbit", "x-orbit-lantern", "4-orbit-lanturn"])
-def test_malformed_code_is_a_local_error(tmp_path: Path, bad: str) -> None:
+def test_malformed_code_is_a_local_error(tmp_path: Path) -> None:
     home = tmp_path / "h"
     new_identity(home)
-    res = run_cli(home, "claim", bad, "--relay", "http://127.0.0.1:9")
-    assert res.rc == 2 and "code" in res.err
+    res = run_cli(home, "claim", "4-orbit-lanturn", "--relay", "http://127.0.0.1:9")
+    assert res.rc == 2 and "did you mean 'lantern'" in res.err, res.err
+
+
+def test_accept_checks_the_program_digest(tmp_path: Path) -> None:
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    new_identity(alice)
+    b_did = new_identity(bob)
+    program = tmp_path / "p.py"
+    program.write_text("print(1)\n")
+    sid = ok(alice, "session", "new", "--program", str(program), "--parties", "2",
+             "--relay", "http://127.0.0.1:9")["sessionId"]  # fmt: skip
+    invite_file = tmp_path / "invite.json"
+    ok(alice, "invite", sid, "--to", b_did, "--out", str(invite_file), timeout=60)
+    listed = ok(bob, "invites", "--file", str(invite_file), "--offline")
+    assert [v["sessionId"] for v in listed] == [sid]
+    other = tmp_path / "other.py"
+    other.write_text("print(2)\n")
+    res = run_cli(bob, "accept", sid, "--yes", "--program", str(other))
+    assert res.rc == 2 and "SHA-256" in res.err and "nothing starts" in res.err, res.err
+    assert ok(bob, "status", sid, "--offline")["status"] == "invited"  # nothing was sent

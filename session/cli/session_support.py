@@ -142,11 +142,14 @@ def sync(engine: Engine, urls: Sequence[str], out: Output, *, idle: float = 1.0)
                 if len(batch) >= 64:
                     for note in engine.deliver(batch):
                         show_note(out, note)
+                    await box.commit()
                     batch = []
             for note in engine.deliver(batch) + engine.tick():
                 show_note(out, note)
+            await box.commit()
             await engine.flush(box)
         finally:
+            engine.persist_sent()
             await box.aclose()
 
     try:
@@ -165,6 +168,7 @@ def flush_now(engine: Engine, session_id: str, out: Output) -> bool:
         try:
             return await engine.flush(box, only=session_id)
         finally:
+            engine.persist_sent()
             await box.aclose()
 
     try:
