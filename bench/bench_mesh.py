@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                     default=["secure_sum", "secret_santa", "matrix_product"])
     ap.add_argument("--budget", type=float, default=1500.0, help="stop starting runs after (s)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
+    ap.add_argument("--setup-only", action="store_true", help="only the m=10 set-up time")
     a = ap.parse_args(argv)
     programs = {
         "secure_sum": (EXAMPLES / "secure_sum.py", []),
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             make_ssl_config(workdir, max(a.parties))
-            for ex in a.examples:
+            for ex in ([] if a.setup_only else a.examples):
                 program, args = programs[ex]
                 for m in a.parties:
                     row: dict[str, Any] = {}
@@ -213,32 +214,43 @@ def main(argv: list[str] | None = None) -> int:
                         for mode in a.modes:  # interleaved: drift hits every mode alike
                             if time.monotonic() - started > a.budget:
                                 break
-                            if mode in ("plain", "ssl"):
-                                el, wall, out = run_mpyc(program, args, m, ssl=mode == "ssl",
-                                                         workdir=workdir)
-                            else:
-                                el, wall, out = run_didmesh(
-                                    program, args, m, relay=relay if mode == "relayed" else None)
-                            if ex != "secure_sum" or True:
-                                outputs.add(out)
-                            row.setdefault(mode, {"elapsed": [], "wall": []})
+                            row.setdefault(mode, {"elapsed": [], "wall": [], "failed": 0})
+                            try:
+                                if mode in ("plain", "ssl"):
+                                    el, wall, out = run_mpyc(program, args, m,
+                                                             ssl=mode == "ssl", workdir=workdir)
+                                else:
+                                    el, wall, out = run_didmesh(
+                                        program, args, m,
+                                        relay=relay if mode == "relayed" else None)
+                            except RuntimeError as exc:  # report it, keep benchmarking
+                                row[mode]["failed"] += 1
+                                print(f"  {ex} m={m} {mode}: run failed: "
+                                      f"{str(exc).splitlines()[-1][:300]}", flush=True)
+                                continue
+                            outputs.add(out)
                             row[mode]["elapsed"].append(el)
                             row[mode]["wall"].append(wall)
                         del rep
-                    summary = {}
+                    summary: dict[str, Any] = {}
                     base = statistics.median(row["plain"]["elapsed"]) if "plain" in row else None
                     for mode, v in row.items():
+                        if not v["elapsed"]:
+                            summary[mode] = {"failed": v["failed"]}
+                            continue
                         med = statistics.median(v["elapsed"])
                         summary[mode] = {
                             "median_elapsed_s": round(med, 4),
                             "median_wall_s": round(statistics.median(v["wall"]), 3),
                             "runs": len(v["elapsed"]),
                             "ratio_to_plain": round(med / base, 3) if base else None,
+                            "failed": v["failed"],
                         }
                     summary["outputs_identical"] = len(outputs) == 1
                     results[f"{ex} m={m}"] = summary
                     print(f"{ex:15} m={m}  " + "  ".join(
                         f"{mode}: {s['median_elapsed_s']:.3f}s (x{s['ratio_to_plain']})"
+                        if "median_elapsed_s" in s else f"{mode}: failed"
                         for mode, s in summary.items() if isinstance(s, dict))
                         + f"  same output: {summary['outputs_identical']}", flush=True)
         setups = mesh_setup_seconds(10, 3)
