@@ -27,8 +27,6 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from pyld import jsonld as _pyld
-
 from .errors import DidmeshError, MalformedCredential, UndefinedTerm, UnknownContext
 
 # Canonical URL -> file in identity/contexts/.
@@ -115,18 +113,31 @@ def _jsonld_code(exc: BaseException) -> str:
     return parts[-1] if parts else str(exc)
 
 
-class _Processor(_pyld.JsonLdProcessor):
-    """A PyLD processor that records dropped terms and keeps the expanded form."""
+@cache
+def _pyld() -> Any:
+    """PyLD, imported on first use: it pulls in ``requests`` and costs ~0.2 s of start-up
+    that commands which never canonicalize (JCS, keystore, relay) should not pay."""
+    from pyld import jsonld
 
-    def __init__(self) -> None:
-        self.dropped: list[str | None] = []
-        super().__init__(on_property_dropped=self.dropped.append)
-        self.expanded: list[Any] | None = None
+    return jsonld
 
-    def expand(self, input_: Any, options: Any) -> Any:
-        out = super().expand(input_, options)
-        self.expanded = out
-        return out
+
+@cache
+def _processor_class() -> Any:
+    class _Processor(_pyld().JsonLdProcessor):  # type: ignore[misc]
+        """A PyLD processor that records dropped terms and keeps the expanded form."""
+
+        def __init__(self) -> None:
+            self.dropped: list[str | None] = []
+            super().__init__(on_property_dropped=self.dropped.append)
+            self.expanded: list[Any] | None = None
+
+        def expand(self, input_: Any, options: Any) -> Any:
+            out = super().expand(input_, options)
+            self.expanded = out
+            return out
+
+    return _Processor
 
 
 def _relative_iris(node: Any, types: list[str], ids: list[str]) -> None:
@@ -162,7 +173,7 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
     :class:`MalformedCredential` when JSON-LD processing fails otherwise.
     ``what`` names the document in messages.
     """
-    proc = _Processor()
+    proc = _processor_class()()
     options = {
         "algorithm": "URDNA2015",
         "format": "application/n-quads",
@@ -175,7 +186,7 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
         nquads: str = proc.normalize(dict(document), options)
     except RecursionError:
         raise MalformedCredential(f"{what} is nested too deeply") from None
-    except _pyld.JsonLdError as exc:
+    except _pyld().JsonLdError as exc:
         inner = _cause(exc)
         if inner is not None:
             raise inner from None

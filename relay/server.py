@@ -18,7 +18,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from typing import Any
 
 from aiohttp import web
@@ -26,8 +25,9 @@ from aiohttp.abc import AbstractAccessLogger
 from didmesh.identity.errors import DidmeshError
 
 from .app import build_app
-from .config import FIELD_TYPES, RelayConfig, load_config
-from .store.url import STORE_HELP, open_store
+from .config import RelayConfig
+from .options import add_serve_arguments, config_from_args
+from .store.url import open_store
 
 LISTENING = "didmesh relay listening on"
 
@@ -126,40 +126,6 @@ async def serve(
 
 def _print_ready(url: str) -> None:
     print(f"{LISTENING} {url}", flush=True)
-
-
-# -- command line ---------------------------------------------------------------------------
-
-_SKIP_FLAGS = {"host", "port", "store"}
-
-
-def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="TCP port (0: any free port)")
-    p.add_argument("--store", default=None, help=f"mailbox store: {STORE_HELP}")
-    p.add_argument("--config", default=None, help="config file (.toml or .yaml)")
-    limits = p.add_argument_group("limits and settings (also DIDMESH_RELAY_<NAME> or config file)")
-    defaults = RelayConfig()
-    for f in fields(RelayConfig):
-        if f.name in _SKIP_FLAGS:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        typ = FIELD_TYPES[f.name]
-        if typ is bool:
-            limits.add_argument(
-                flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                help=f"(default {getattr(defaults, f.name)})",
-            )
-        else:
-            limits.add_argument(
-                flag, dest=f.name, default=None, metavar=typ.__name__.upper(),
-                help=f"(default {getattr(defaults, f.name)!r})",
-            )
-
-
-def config_from_args(args: argparse.Namespace) -> RelayConfig:
-    flags = {name: getattr(args, name, None) for name in FIELD_TYPES}
-    return load_config(flags=flags, config_file=getattr(args, "config", None))
 
 
 def run(config: RelayConfig) -> int:

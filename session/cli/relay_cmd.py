@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from didmesh.relay.server import add_serve_arguments, config_from_args, run
+from didmesh.relay.options import add_serve_arguments, config_from_args
 
 from .output import Output
 
@@ -32,4 +32,6 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     home = getattr(args, "home", None)
     if home:
         os.environ["DIDMESH_HOME"] = str(home)  # the default SQLite store lives under it
+    from didmesh.relay.server import run  # aiohttp's server: only when serving
+
     return run(config_from_args(args))
