@@ -258,6 +258,45 @@ def test_code_message_deep_nesting() -> None:
     )  # fmt: skip
 
 
+def _pake_off_the_curve(pake: str) -> str:
+    """``pake`` with one character changed so that its point does not decode."""
+    import base64
+
+    from spake2.ed25519_basic import NotOnCurve
+
+    for i in range(2, len(pake)):
+        for c in "0123456789ABCDEF":
+            text = pake[:i] + c + pake[i + 1 :]
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            probe = codes.SPAKE2_A(b"x", idA=b"a", idB=b"b")
+            probe.start()
+            try:
+                probe.finish(raw)
+            except NotOnCurve:
+                return text
+            except Exception:  # noqa: S112 (another failure: try the next candidate)
+                continue
+    raise AssertionError("no off-curve variant found")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="session bug: CodeOffer.handle catches SPAKEError/ValueError/AssertionError from "
+    "spake2 but not spake2.ed25519_basic.NotOnCurve: a 'hello' with a malformed PAKE point, "
+    "which anyone can post to the public nameplate mailbox, raises out of Engine.handle_code "
+    "(it catches only MessageInvalid) and stops the organizer's pump",
+)
+def test_code_hello_with_a_point_off_the_curve() -> None:
+    claim = codes.CodeClaim(42, "42-orbit-lantern", BOB, MALLORY.did, counter_rng(b"c"))
+    hello = json.loads(claim.hello())
+    hello["pake"] = _pake_off_the_curve(hello["pake"])
+    offer = _offer()
+    only_tree_errors(
+        "CodeOffer.handle", offer.handle, json.dumps(hello).encode(),
+        now_ms=1, organizer=ORG.did, name="x", rng=counter_rng(b"o"),
+    )  # fmt: skip
+
+
 @fuzz_settings(300)
 @given(text=st.one_of(st.text(max_size=60), st.from_regex(r"\d{1,5}-[a-z]{3,8}-[a-z]{3,8}")))
 def test_fuzz_typed_code(text: str) -> None:
@@ -329,6 +368,10 @@ def test_fuzz_machine_fed_signed_garbage(
     if data.draw(st.booleans()):
         body = mutate(body, data)
     if not isinstance(body, dict):
+        return
+    try:
+        json.dumps(body, allow_nan=False)  # an honest sender cannot put Infinity in JSON
+    except ValueError:
         return
     raw = seal_message(sender, kind, SID, me, body, now_ms=1, rng=counter_rng(b"g"))
     msg = open_message(raw, me=me)
