@@ -167,7 +167,8 @@ def parse_untrusted(data: bytes | str, max_bytes: int = MAX_DOCUMENT_BYTES) -> d
 def _as_document(doc: dict[str, Any] | bytes | str, what: str) -> Json:
     if isinstance(doc, dict):
         try:
-            size = len(json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+            text = json.dumps(doc, ensure_ascii=False, allow_nan=False)  # no NaN/Infinity
+            size = len(text.encode("utf-8", "surrogatepass"))
         except (TypeError, ValueError, RecursionError):
             raise MalformedCredential(f"{what} is not plain JSON") from None
         if size > MAX_DOCUMENT_BYTES:
