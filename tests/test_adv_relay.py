@@ -364,7 +364,7 @@ class FrameAttack:
                 self.held.append(frame)
                 return []
             return [frame, self.held.pop()]
-        if self.kind == "cross":  # a frame recorded on another link (the peer's handshake)
+        if self.kind == "cross":  # a frame recorded on another link (the other end's)
             other = next(v for v in self.links if v.did != self.did and v.sent)
             return [other.sent[0]]
         return []  # drop
