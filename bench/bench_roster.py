@@ -44,6 +44,18 @@ from didmesh.session.store import SessionStore  # noqa: E402
 from didmesh.session.testing import Party, World  # noqa: E402
 from relay_helpers import start_relay  # noqa: E402
 
+CPU_SECONDS: list[float] = []  # processes mode: CPU time all parties spent after t0, per run
+RELAY_CPU_SECONDS: list[float] = []  # ... and the relay process
+RELAY_PID: list[int] = []
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 RELAY_ARGS = ["--rate-ip-per-s", "0", "--rate-did-per-s", "10000", "--rate-did-burst", "10000"]
 
 
@@ -98,10 +110,19 @@ async def _worker(home: str, sid: str, url: str, hold: bool) -> None:
     box = RelayMailbox([url], key)
     await box.receive(0)  # connect the inbox stream
     await engine.flush(box) if not hold else None
+    engine.warm_up()  # as Engine.run does first: a waiting party has long done it
     print("ready", flush=True)
     if hold:
         sys.stdin.readline()  # "go": send the last acceptance now
     trace = os.environ.get("BENCH_TRACE")
+    prof_dir = os.environ.get("BENCH_PROFILE")  # a folder: one cProfile file per party
+    profiler = None
+    if prof_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    cpu0 = time.process_time()
     await engine.run(
         box,
         until=lambda: engine.status_of(sid) == Status.AGREED,
@@ -110,9 +131,13 @@ async def _worker(home: str, sid: str, url: str, hold: bool) -> None:
         if trace
         else None,
     )
+    cpu = time.process_time() - cpu0
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(prof_dir, f"{key.did[-12:]}.prof"))
     stored = engine.store.load(sid)
     assert stored.agreed_roster is not None
-    print(f"agreed {time.time():.6f}", flush=True)
+    print(f"agreed {time.time():.6f} {cpu:.6f}", flush=True)
     await box.aclose()
 
 
@@ -168,11 +193,16 @@ def processes_run(url: str, m: int, root: Path) -> float:
         for proc in procs:
             assert _read_line(proc, deadline) == "ready"
         time.sleep(0.2)
+        relay_cpu0 = process_cpu(RELAY_PID[0]) if RELAY_PID else 0.0
         t0 = time.time()
         assert procs[-1].stdin is not None
         procs[-1].stdin.write("go\n")
         procs[-1].stdin.flush()
-        done = [float(_read_line(p, deadline + 60).split()[1]) for p in procs]
+        answers = [_read_line(p, deadline + 60).split() for p in procs]
+        done = [float(a[1]) for a in answers]
+        CPU_SECONDS.append(sum(float(a[2]) for a in answers))
+        if RELAY_PID:
+            RELAY_CPU_SECONDS.append(process_cpu(RELAY_PID[0]) - relay_cpu0)
         if os.environ.get("BENCH_TRACE"):
             print(f"t0 {t0:.3f}")
             for p in procs:
@@ -189,9 +219,12 @@ def processes_run(url: str, m: int, root: Path) -> float:
 async def main_async(sizes: list[int], runs: int, mode: str) -> None:
     with start_relay("memory", RELAY_ARGS) as relay:
         print(f"relay {relay.url}; {runs} run(s) per size; {os.cpu_count()} CPU(s)")
+        RELAY_PID[:] = [relay.proc.pid]
         for m in sizes:
             for kind in (["processes", "inprocess"] if mode == "both" else [mode]):
                 times = []
+                CPU_SECONDS.clear()
+                RELAY_CPU_SECONDS.clear()
                 for _ in range(runs):
                     with tempfile.TemporaryDirectory() as tmp:
                         if kind == "processes":
@@ -203,7 +236,11 @@ async def main_async(sizes: list[int], runs: int, mode: str) -> None:
                 print(
                     f"m = {m:>2} {kind:>9}: median {statistics.median(times) * 1000:7.1f} ms, "
                     f"min {min(times) * 1000:7.1f} ms, max {max(times) * 1000:7.1f} ms"
-                    + ("   (target <= 1000 ms)" if m == 10 else ""),
+                    + (f"; CPU median: parties {statistics.median(CPU_SECONDS) * 1000:.0f} ms, "
+                       f"relay {statistics.median(RELAY_CPU_SECONDS or [0]) * 1000:.0f} ms"
+                       if CPU_SECONDS else "")
+                    + ("   (target <= 1000 ms)" if m == 10 else "")
+                    + f"   [load {os.getloadavg()[0]:.1f}]",
                     flush=True,
                 )
 

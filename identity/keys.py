@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from nacl import bindings
 from nacl.exceptions import BadSignatureError
@@ -65,7 +66,7 @@ class IdentityKey:
         return f"IdentityKey({self.did})"
 
     # -- Ed25519 ----------------------------------------------------------------
-    @property
+    @cached_property  # derived once per object: a did:key costs ~0.1 ms to rebuild
     def _signing(self) -> SigningKey:
         return SigningKey(self._seed)
 
@@ -73,11 +74,11 @@ class IdentityKey:
     def ed25519_public(self) -> bytes:
         return bytes(self._signing.verify_key)
 
-    @property
+    @cached_property
     def did_key(self) -> DidKey:
         return DidKey.from_ed25519(self.ed25519_public)
 
-    @property
+    @cached_property
     def did(self) -> str:
         return self.did_key.did
 

@@ -24,7 +24,7 @@ from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
 
 from .codes import CODE_SESSION, Burned, Claimed, CodeClaim, CodeOffer, Reply, rendezvous_key
-from .documents import Gate, encode_session_key, verify_invite
+from .documents import Gate, encode_session_key, verify_invite, warm_up
 from .errors import (
     BadSessionParameters,
     CodeError,
@@ -46,6 +46,7 @@ Clock = Callable[[], datetime]
 Rng = Callable[[int], bytes]
 MailboxFactory = Callable[[IdentityKey, Sequence[str]], Mailbox]
 DEFAULT_CODE_TTL = timedelta(minutes=30)
+_WILL_ISSUE = frozenset({Status.COLLECTING, Status.INVITED, Status.ACCEPTED})
 
 
 def utcnow() -> datetime:
@@ -444,6 +445,12 @@ class Engine:
                     self.save(self.load(sid))
 
     # ----------------------------------------------------------------------- the pump
+    def warm_up(self) -> None:
+        """If a session of ours will still issue a credential (the roster, a confirmation),
+        load what that needs now, while waiting, rather than when the roster arrives."""
+        if any(s.status in _WILL_ISSUE for s in self.my_sessions()):
+            warm_up()
+
     async def run(
         self,
         mailbox: Mailbox,
@@ -461,6 +468,7 @@ class Engine:
         code_boxes: dict[int, tuple[str, Mailbox]] = {}
         try:
             await self.flush(mailbox)
+            self.warm_up()
             while True:
                 if until():
                     return

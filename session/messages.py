@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 import re
@@ -89,6 +90,12 @@ def seal_message(
     return json.dumps({"m": inner, "sig": sig}, separators=(",", ":")).encode()
 
 
+@functools.lru_cache(maxsize=1024)
+def _signer_key(did: str) -> bytes:
+    """The Ed25519 key of a did:key, memoised (raises :class:`IdentityError`)."""
+    return DidKey.parse(did).ed25519_public
+
+
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
@@ -142,7 +149,7 @@ def open_message(payload: bytes, *, me: str) -> Message:
             f"{kind} message from {str(sender)[:100]} is addressed to someone else"
         )
     try:
-        public = DidKey.parse(sender).ed25519_public if isinstance(sender, str) else None
+        public = _signer_key(sender) if isinstance(sender, str) else None
     except IdentityError:
         public = None
     if public is None:
