@@ -366,6 +366,20 @@ class RelayClient:
                 raise RelayProtocolError("malformed ack result from the relay") from None
         return total
 
+    async def ack_over_push(self, ids: list[str]) -> bool:
+        """Acknowledge over the open push socket of :meth:`inbox` (no request, no answer:
+        cheaper than :meth:`ack`); False if no push socket is open (then call :meth:`ack`).
+        An acknowledgement lost with the socket only means the envelopes come again."""
+        ws = self._push_ws
+        if ws is None or ws.closed:
+            return False
+        try:
+            for i in range(0, len(ids), 1000):
+                await ws.send_str(json.dumps({"type": "ack", "ids": ids[i : i + 1000]}))
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
     async def inbox(
         self, *, push: bool = True, poll_wait: float = 25.0, auto_ack: bool = False
     ) -> AsyncIterator[Received]:

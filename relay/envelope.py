@@ -235,14 +235,20 @@ def _own(identity: IdentityKey) -> tuple[str, bytes, bytes]:
     return identity.did, identity.x25519_public, identity.x25519_private
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_bare(did: str) -> bool:
+    """True if ``did`` is a did:key exactly as it prints (raises like :func:`parse_did`)."""
+    return parse_did(did).did == did
+
+
 def _did(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise InvalidEnvelope(f"{name} must be a did:key string")
     try:
-        key = parse_did(value)
+        bare = _is_bare(value)
     except IdentityError as exc:
         raise InvalidEnvelope(f"{name}: {exc.message}") from None
-    if key.did != value:
+    if not bare:
         raise InvalidEnvelope(f"{name} must be a bare did:key without fragment")
     return value
 
@@ -273,7 +279,8 @@ def seal(
 ) -> Envelope:
     """Encrypt ``plaintext`` to ``to``'s key-agreement key and sign as ``sender``."""
     recipient_x = x25519_of(to)
-    to = parse_did(to).did
+    if not _is_bare(to):
+        to = parse_did(to).did
     sender_did, sender_x, sender_x_private = _own(sender)
     id_ = new_id(rng)
     header = _header(VERSION, id_, sender_did, to, session, now_ms, ttl)

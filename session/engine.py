@@ -488,9 +488,13 @@ class Engine:
                         batch.append(more)
                 for note in self.deliver(batch) + self.tick():
                     on_note(note)
-                if batch:
-                    await mailbox.commit()
-                await self.flush(mailbox)
+                # the batch is saved: acknowledge it while sending what it produced
+                ack = asyncio.ensure_future(mailbox.commit()) if batch else None
+                try:
+                    await self.flush(mailbox)
+                finally:
+                    if ack is not None:
+                        await ack
         finally:
             self.persist_sent()
             for _sid, box in code_boxes.values():

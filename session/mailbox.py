@@ -224,7 +224,8 @@ class RelayMailbox:
         pending, self._to_ack = self._to_ack, defaultdict(list)
         for index, ids in pending.items():
             try:
-                await self.clients[index].ack(ids)
+                if not await self.clients[index].ack_over_push(ids):
+                    await self.clients[index].ack(ids)
             except DidmeshError as exc:
                 self.on_warning(f"relay {self.urls[index]}: acknowledging failed: {exc.message}")
 
