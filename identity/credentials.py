@@ -54,6 +54,7 @@ from .jsonld import (
 from .keys import IdentityKey
 from .proofs import ISSUABLE, Suite, suite_for_proof, suite_named
 from .resolver import controller_of, ed25519_key_for
+from .strict_json import loads_strict
 
 MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_CREDENTIALS_PER_PRESENTATION = 64
@@ -115,50 +116,19 @@ def key_for(verification_method: str, relationship: str) -> bytes:
 # --------------------------------------------------------------------------- parsing
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> Json:
-    out: Json = {}
-    for key, value in pairs:
-        if key in out:
-            raise MalformedCredential(f"document repeats the key {key[:60]!r}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise MalformedCredential(f"document contains {name}, which is not JSON")
-
-
 def parse_untrusted(data: bytes | str, max_bytes: int = MAX_DOCUMENT_BYTES) -> dict[str, Any]:
     """Parse a credential or presentation received from elsewhere.
 
     The size is checked before parsing (:class:`DocumentTooLarge`); anything that is not
-    one JSON object in UTF-8, repeats a key or contains NaN/Infinity is a
-    :class:`MalformedCredential`.
+    one JSON object in UTF-8, repeats a key, contains NaN/Infinity or is nested too deeply
+    is a :class:`MalformedCredential` (identity/strict_json.py).
     """
-    if isinstance(data, str):
-        if len(data) > max_bytes:
-            raise DocumentTooLarge(f"document is over {max_bytes} bytes (the limit); not parsed")
-        raw = data.encode("utf-8", "surrogatepass")
-    elif isinstance(data, bytes | bytearray | memoryview):
-        raw = bytes(data)
-    else:
-        raise MalformedCredential(f"expected JSON bytes or text, got {type(data).__name__}")
-    if len(raw) > max_bytes:
+    size = len(data) if isinstance(data, str | bytes | bytearray | memoryview) else 0
+    if size > max_bytes:
         raise DocumentTooLarge(
-            f"document is {len(raw)} bytes; the limit is {max_bytes} bytes; not parsed"
+            f"document is {size} bytes; the limit is {max_bytes} bytes; not parsed"
         )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise MalformedCredential(f"document is not UTF-8 (byte {exc.start})") from None
-    try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except json.JSONDecodeError as exc:
-        raise MalformedCredential(
-            f"document is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except RecursionError:
-        raise MalformedCredential("document is nested too deeply") from None
+    doc = loads_strict(data, max_bytes=max_bytes, error=MalformedCredential, what="document")
     if not isinstance(doc, dict):
         raise MalformedCredential(f"document is a JSON {type(doc).__name__}, not a JSON object")
     return doc
