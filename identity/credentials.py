@@ -24,7 +24,7 @@ import functools
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -265,11 +265,23 @@ def _single_proof(doc: Mapping[str, Any], what: str) -> Json:
 
 
 def _verify_proof(
-    doc: Json, controller: str, purpose: str, what: str, now: datetime
+    doc: Json,
+    controller: str,
+    purpose: str,
+    what: str,
+    now: datetime,
+    suites: Collection[str] | None = None,
 ) -> tuple[Suite, Json]:
-    """Checks 3-6 and the proof's own expiry; returns the suite and the proof."""
+    """Checks 3-6 and the proof's own expiry; returns the suite and the proof.
+    ``suites`` pins the accepted suites (a protocol's downgrade resistance); it is
+    checked before any key is resolved or signature verified."""
     proof = _single_proof(doc, what)
     suite = suite_for_proof(proof)
+    if suites is not None and suite.name not in suites:
+        raise UnsupportedProof(
+            f"{what}: proof suite {suite.name} is not accepted here "
+            f"(expected {', '.join(sorted(suites))})"
+        )
     got = proof.get("proofPurpose")
     if got != purpose:
         raise WrongProofPurpose(f"{what}: proofPurpose is {str(got)[:40]!r}, expected {purpose!r}")
@@ -367,7 +379,11 @@ def issue_credential(
 
 
 def _verify_credential(
-    doc: Json, now: datetime, expected_issuer: str | None, what: str
+    doc: Json,
+    now: datetime,
+    expected_issuer: str | None,
+    what: str,
+    suites: Collection[str] | None = None,
 ) -> VerifiedCredential:
     version = _version(check_context_list(doc, what=what), what)
     types = _types(doc, VERIFIABLE_CREDENTIAL, what)
@@ -380,7 +396,7 @@ def _verify_credential(
         raise UnexpectedIssuer(
             f"{what} was issued by {issuer[:120]}, not by the expected {expected_issuer[:120]}"
         )
-    suite, _ = _verify_proof(doc, issuer, ASSERTION_METHOD, what, now)
+    suite, _ = _verify_proof(doc, issuer, ASSERTION_METHOD, what, now, suites)
     names = ("validFrom", "validUntil") if version == 2 else ("issuanceDate", "expirationDate")
     _check_window(start, end, now, names, what)
     return VerifiedCredential(
@@ -399,16 +415,18 @@ def verify_credential(
     *,
     now: datetime,
     expected_issuer: str | None = None,
+    suites: Collection[str] | None = None,
 ) -> VerifiedCredential:
     """Verify a credential completely (see the module docstring) or raise a
-    :class:`~didmesh.identity.errors.CredentialError` subclass saying what failed."""
+    :class:`~didmesh.identity.errors.CredentialError` subclass saying what failed.
+    ``suites``, if given, is the set of proof suites accepted (others: UnsupportedProof)."""
     _check_now(now)
     what = "credential"
     document = _as_document(doc, what)
     ident = document.get("id")
     if isinstance(ident, str):
         what = f"credential {ident[:80]}"
-    return _verify_credential(document, now, expected_issuer, what)
+    return _verify_credential(document, now, expected_issuer, what, suites)
 
 
 # --------------------------------------------------------------------------- presentations
@@ -485,8 +503,11 @@ def verify_presentation(
     now: datetime,
     challenge: str,
     domain: str,
+    suites: Collection[str] | None = None,
 ) -> VerifiedPresentation:
-    """Verify a presentation, its challenge and domain, and every credential in it."""
+    """Verify a presentation, its challenge and domain, and every credential in it.
+    ``suites`` pins the suite of the presentation's own proof (embedded credentials may
+    come from other issuers; their callers check their suites in the result)."""
     _check_now(now)
     what = "presentation"
     document = _as_document(doc, what)
@@ -497,7 +518,7 @@ def verify_presentation(
     _types(document, VERIFIABLE_PRESENTATION, what)
     holder = _id_of(document.get("holder"), "holder", what)
     embedded = _embedded(document, what)
-    suite, proof = _verify_proof(document, holder, AUTHENTICATION, what, now)
+    suite, proof = _verify_proof(document, holder, AUTHENTICATION, what, now, suites)
     if not _equal(proof.get("challenge"), challenge):
         raise ChallengeMismatch(f"{what}: the proof's challenge is not the one expected")
     if not _equal(proof.get("domain"), domain):

@@ -32,9 +32,11 @@ from typing import Any
 from didmesh.identity.didkey import DidKey
 from didmesh.identity.errors import DidmeshError, IdentityError
 from didmesh.identity.keys import IdentityKey, verify_ed25519
+from didmesh.identity.strict_json import loads_strict
 from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 from spake2 import SPAKE2_A, SPAKE2_B
+from spake2.ed25519_basic import NotOnCurve
 from spake2.spake2 import SPAKEError
 
 from .errors import CodeAlreadyClaimed, CodeError, CodeExpired, MessageInvalid, WrongCode
@@ -43,6 +45,8 @@ RENDEZVOUS_PERSON = b"didmesh-nameplt"
 CODE_SESSION = "didmesh-code"  # the envelope ``session`` of rendezvous traffic
 CLAIM_TIMEOUT_MS = 120_000  # a started claim that does not finish burns the code
 MAX_CODE_MESSAGE = 256 * 1024
+#: what the spake2 package raises for a malformed or off-curve peer message
+_PAKE_ERRORS = (SPAKEError, NotOnCurve, ValueError, AssertionError)
 CLAIM_LABEL = b"didmesh/code-claim/v1\0"
 _ID_A = b"didmesh/code/v1/organizer/"
 _ID_B = b"didmesh/code/v1/claimant/"
@@ -83,7 +87,8 @@ def _seal(key: bytes, label: bytes, data: dict[str, Any], rng: Rng) -> str:
 def _open(key: bytes, label: bytes, text: object) -> dict[str, Any] | None:
     try:
         raw = SecretBox(_subkey(key, label)).decrypt(_unb64(text, "box"))
-        data = json.loads(raw)
+        data = loads_strict(raw, max_bytes=MAX_CODE_MESSAGE, error=MessageInvalid,
+                            what="sealed code message")
     except (CryptoError, ValueError, MessageInvalid):
         return None
     return data if isinstance(data, dict) else None
@@ -95,10 +100,8 @@ O2C, C2O = b"didmesh-code-o2c", b"didmesh-code-c2o"
 def parse(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_CODE_MESSAGE:
         raise MessageInvalid("code message is too large")
-    try:
-        msg = json.loads(payload)
-    except ValueError:
-        raise MessageInvalid("code message is not JSON") from None
+    msg = loads_strict(payload, max_bytes=MAX_CODE_MESSAGE, error=MessageInvalid,
+                       what="code message")
     if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
         raise MessageInvalid("code message has no type")
     if not isinstance(msg.get("n"), str) or not 8 <= len(msg["n"]) <= 64:
@@ -218,7 +221,7 @@ class CodeOffer:
             )  # fmt: skip
             try:
                 key = spake.finish(msg_b)
-            except (SPAKEError, ValueError, AssertionError):
+            except _PAKE_ERRORS:
                 return out + self._burn("a claim sent a malformed PAKE message")
             self.key, self.msg_a, self.msg_b = key.hex(), msg_a.hex(), msg_b.hex()
             box = _seal(
@@ -312,7 +315,7 @@ class CodeClaim:
             msg_a = _unb64(msg.get("pake"), "pake")
             try:
                 self._key = self._spake.finish(msg_a)
-            except (SPAKEError, ValueError, AssertionError):
+            except _PAKE_ERRORS:
                 raise WrongCode(
                     f"code {self.code}: the organizer's PAKE message is malformed"
                 ) from None

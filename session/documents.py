@@ -204,7 +204,7 @@ def verify_invite(
         if signature_checked:  # verified already, as part of a presentation
             issuer_did = issuer
         else:
-            issuer_did = verify_credential(doc, now=now).issuer
+            issuer_did = verify_credential(doc, now=now, suites=(SUITE,)).issuer
     except (Expired, NotYetValid) as exc:
         raise InviteExpired(f"{who}: {exc.message}", party=str(issuer)) from None
     except CredentialError as exc:
@@ -324,7 +324,9 @@ def verify_acceptance(
     if not isinstance(challenge, str) or not challenge:
         raise AcceptanceInvalid(f"{who}: the embedded invite has no id", party=holder)
     try:
-        vp = verify_presentation(doc, now=now, challenge=challenge, domain=manifest.domain)
+        vp = verify_presentation(
+            doc, now=now, challenge=challenge, domain=manifest.domain, suites=(SUITE,)
+        )
     except (ChallengeMismatch, DomainMismatch) as exc:
         raise AcceptanceReplayed(
             f"{who} was made for another session or invite, not for session "
@@ -334,6 +336,10 @@ def verify_acceptance(
     except CredentialError as exc:
         _blame_gate(doc, raw_invite, now, who, holder, exc)
         raise AcceptanceInvalid(f"{who}: {exc.message}", party=holder) from None
+    if any(INVITE_TYPE in c.types and c.suite != SUITE for c in vp.credentials):
+        raise AcceptanceInvalid(
+            f"{who}: the invite it carries is not signed with {SUITE}", party=holder
+        )
     try:
         invite = verify_invite(raw_invite, now=now, signature_checked=True)
     except InviteInvalid as exc:
@@ -457,7 +463,7 @@ def verify_confirmation(
     if not isinstance(doc, dict) or CONFIRMATION_TYPE not in _types(doc):
         raise ConfirmationInvalid(f"{who}: not a {CONFIRMATION_TYPE} credential", party=party)
     try:
-        verify_credential(doc, now=now, expected_issuer=party)
+        verify_credential(doc, now=now, expected_issuer=party, suites=(SUITE,))
     except UnexpectedIssuer as exc:
         raise ConfirmationInvalid(f"{who}: {exc.message}", party=party) from None
     except CredentialError as exc:

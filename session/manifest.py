@@ -74,7 +74,10 @@ def format_time(moment: datetime) -> str:
 def parse_time(value: object, field: str) -> datetime:
     if not isinstance(value, str) or not _DATETIME_RE.match(value):
         raise ManifestInvalid(f"manifest: {field} must be a UTC time like 2025-01-01T00:00:00Z")
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        raise ManifestInvalid(f"manifest: {field} {value!r} is not a real date and time") from None
 
 
 def parse_duration(text: str) -> timedelta:
@@ -121,7 +124,10 @@ def version_in_range(version: str, text: str) -> bool:
 
 
 def validate_relay_url(url: str, error: type[Exception] = BadSessionParameters) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[::1" (an unclosed IPv6 literal)
+        raise error(f"relay URL {url[:80]!r} must be http(s)://host[:port][/path]") from None
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname

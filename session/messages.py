@@ -30,6 +30,7 @@ from typing import Any
 from didmesh.identity.didkey import DidKey
 from didmesh.identity.errors import DidmeshError, IdentityError
 from didmesh.identity.keys import IdentityKey, verify_ed25519
+from didmesh.identity.strict_json import loads_strict
 
 from .errors import MessageInvalid
 from .manifest import SESSION_ID_RE
@@ -96,24 +97,8 @@ def _signer_key(did: str) -> bytes:
     return DidKey.parse(did).ed25519_public
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise MessageInvalid(f"message repeats the key {k[:40]!r}")
-        out[k] = v
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise MessageInvalid(f"message contains {name}, which is not JSON")
-
-
 def _loads(text: bytes | str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise MessageInvalid("message is not JSON") from None
+    return loads_strict(text, max_bytes=MAX_MESSAGE_BYTES, error=MessageInvalid, what="message")
 
 
 def open_message(payload: bytes, *, me: str) -> Message:
@@ -134,7 +119,7 @@ def open_message(payload: bytes, *, me: str) -> Message:
     kind, sid, sender, to, ts, mid, body = (
         msg[k] for k in ("kind", "session", "from", "to", "ts", "id", "body")
     )
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise MessageInvalid(f"unknown message kind {str(kind)[:30]!r}")
     if not isinstance(sid, str) or not SESSION_ID_RE.match(sid):
         raise MessageInvalid("message: session is not a session id")

@@ -177,7 +177,7 @@ def verify_roster(
     if not isinstance(doc, dict) or ROSTER_TYPE not in _types(doc):
         raise RosterInvalid(f"{who}: not a {ROSTER_TYPE} credential", party=organizer)
     try:
-        verify_credential(doc, now=now, expected_issuer=organizer)
+        verify_credential(doc, now=now, expected_issuer=organizer, suites=(SUITE,))
     except CredentialError as exc:
         raise RosterInvalid(f"{who}: {exc.message}", party=organizer) from None
     subject = doc.get("credentialSubject")

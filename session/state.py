@@ -132,6 +132,11 @@ class SessionState:
             state = cls(**values, seats=seats)
         except TypeError as exc:
             raise StateCorrupted(f"{where}: {exc}") from None
-        if state.role not in set(Role) or state.status not in set(Status):
+        if (
+            not isinstance(state.role, str)
+            or not isinstance(state.status, str)
+            or state.role not in set(Role)
+            or state.status not in set(Status)
+        ):
             raise StateCorrupted(f"{where}: unknown role or status")
         return state

@@ -78,7 +78,7 @@ def parse_code(text: str) -> tuple[int, str]:
             f"invite code {text[:40]!r} should be a number and {MIN_CODE_WORDS} or more words, "
             "like 4-orbit-lantern"
         )
-    if not parts[0].isdigit() or not 1 <= int(parts[0]) <= MAX_NAMEPLATE:
+    if not (parts[0].isascii() and parts[0].isdigit()) or not 1 <= int(parts[0]) <= MAX_NAMEPLATE:
         raise InvalidCode(f"invite code must start with a number 1..{MAX_NAMEPLATE}")
     for word in parts[1:]:
         if word not in _INDEX:

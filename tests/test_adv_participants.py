@@ -374,14 +374,6 @@ def test_downgrade_by_adding_a_second_weaker_proof_is_refused() -> None:
         ("Ed25519Signature2018", "https://w3id.org/security/v2"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="session bug: verify_invite (and verify_acceptance/verify_roster/"
-    "verify_confirmation) accept any suite verify_credential accepts, so an invite signed "
-    "with a legacy Linked Data suite (Ed25519Signature2018/2020, with its context appended) "
-    "passes although the session protocol pins DataIntegrityProof/eddsa-jcs-2022 "
-    "(documents.SUITE) and issue_credential refuses Ed25519Signature2020 for VC 2.0",
-)
 def test_downgrade_to_a_legacy_suite_is_refused(suite: str, context: str) -> None:
     doc = copy.deepcopy(_UNSIGNED_INVITE)
     doc["@context"] = [*doc["@context"], context]

@@ -13,7 +13,6 @@ import json
 import random
 from typing import Any
 
-import pytest
 from adversary.fuzz import (
     byte_mutations,
     fuzz_settings,
@@ -187,11 +186,6 @@ def test_fuzz_abort_notices(data: st.DataObject) -> None:
         assert got == decode_abort(NOTICE, PLANS[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mesh bug: abort.decode_abort lets RecursionError escape for a deeply nested "
-    "JSON notice under the 4096-byte cap (sent by a roster peer over its channel)",
-)
 def test_abort_notice_deep_nesting() -> None:
     only_tree_errors("decode_abort", decode_abort, nested(1500).encode(), PLANS[0])
 

@@ -88,13 +88,6 @@ def test_fuzz_message_mutations(data: st.DataObject) -> None:
         assert got2 == open_message(_MSG, me=ORG.did)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session bug: messages.open_message tests 'kind not in KINDS' before checking that "
-    "kind is a string: kind=[...] raises TypeError (unhashable) BEFORE the signature check, "
-    "and Engine.deliver catches only MessageInvalid, so anyone able to post one envelope "
-    "to a party crashes its pump",
-)
 def test_message_with_list_kind() -> None:
     inner = json.loads(json.loads(_MSG)["m"]) | {"kind": ["accept"]}
     raw = json.dumps({"m": json.dumps(inner), "sig": json.loads(_MSG)["sig"]}).encode()
@@ -122,21 +115,10 @@ def test_fuzz_manifest(data: st.DataObject) -> None:
     ("field", "value"),
     [("validFrom", "2025-13-01T00:00:00Z"), ("validUntil", "2025-03-01T25:00:00Z")],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="session bug: manifest.parse_time lets strptime's ValueError escape for a time "
-    "that matches the regex but is not a date (month 13, hour 25); should be ManifestInvalid "
-    "(reachable from a signed invite or roster, i.e. by a malicious organizer)",
-)
 def test_manifest_impossible_dates(field: str, value: str) -> None:
     only_tree_errors("Manifest.from_json", Manifest.from_json, {**MANIFEST_JSON, field: value})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session bug: manifest.validate_relay_url lets urlsplit's ValueError ('Invalid "
-    "IPv6 URL') escape for 'http://[::1'; should be the given error class (ManifestInvalid)",
-)
 def test_manifest_relay_url_with_open_bracket() -> None:
     only_tree_errors("validate_relay_url", validate_relay_url, "http://[::1", ManifestInvalid)
 
@@ -205,11 +187,6 @@ def test_fuzz_session_state_file(data: st.DataObject) -> None:
     tree_errors_or_known("SessionState.from_json", SessionState.from_json, doc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session bug: SessionState.from_json tests 'role in set(Role)' on an unhashable "
-    "value: a state file with \"role\": [] raises TypeError instead of StateCorrupted",
-)
 def test_session_state_file_with_list_role() -> None:
     doc = {**_invitee_state().to_json(), "role": []}
     only_tree_errors("SessionState.from_json", SessionState.from_json, doc)
@@ -244,12 +221,6 @@ def test_fuzz_code_rendezvous_messages(data: st.DataObject) -> None:
     tree_errors_or_known("CodeClaim.handle", claim.handle, payload)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session bug: codes.parse lets RecursionError escape on a deeply nested JSON "
-    "payload; Engine.handle_code catches only MessageInvalid, so anyone who knows a public "
-    "nameplate can crash the organizer's pump ('didmesh session wait') with one envelope",
-)
 def test_code_message_deep_nesting() -> None:
     offer = _offer()
     only_tree_errors(
@@ -279,13 +250,6 @@ def _pake_off_the_curve(pake: str) -> str:
     raise AssertionError("no off-curve variant found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session bug: CodeOffer.handle catches SPAKEError/ValueError/AssertionError from "
-    "spake2 but not spake2.ed25519_basic.NotOnCurve: a 'hello' with a malformed PAKE point, "
-    "which anyone can post to the public nameplate mailbox, raises out of Engine.handle_code "
-    "(it catches only MessageInvalid) and stops the organizer's pump",
-)
 def test_code_hello_with_a_point_off_the_curve() -> None:
     claim = codes.CodeClaim(42, "42-orbit-lantern", BOB, MALLORY.did, counter_rng(b"c"))
     hello = json.loads(claim.hello())
@@ -303,11 +267,6 @@ def test_fuzz_typed_code(text: str) -> None:
     tree_errors_or_known("parse_code", parse_code, text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session bug: words.parse_code accepts str.isdigit() characters such as '²' "
-    "and then int() raises ValueError; should be InvalidCode",
-)
 def test_typed_code_with_superscript_digit() -> None:
     only_tree_errors("parse_code", parse_code, "²-orbit-lantern")
 

@@ -26,6 +26,7 @@ from typing import Any, Final
 from didmesh.identity.didkey import DidKey
 from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey, verify_ed25519
+from didmesh.identity.strict_json import loads_strict
 
 from .faults import InvalidAbort
 from .plan import MeshPlan
@@ -104,8 +105,10 @@ def decode_abort(data: bytes, plan: MeshPlan) -> AbortNotice:
     """Parse and verify an abort notice for this session; :class:`InvalidAbort` otherwise."""
     if len(data) > MAX_ABORT_BYTES:
         raise InvalidAbort(f"abort notice of {len(data)} bytes exceeds {MAX_ABORT_BYTES}")
+    doc = loads_strict(
+        data, max_bytes=MAX_ABORT_BYTES, error=InvalidAbort, what="malformed abort notice"
+    )
     try:
-        doc = json.loads(data)
         body = doc["body"]
         sig_txt = doc["sig"]
         if not isinstance(body, dict) or not isinstance(sig_txt, str):
