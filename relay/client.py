@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import random
 import time
@@ -38,6 +39,7 @@ from .errors import (
     InvalidEnvelope,
     LinkClosed,
     RateLimited,
+    RelayConfigError,
     RelayError,
     RelayInternalError,
     RelayProtocolError,
@@ -51,6 +53,20 @@ from .protocol import CloseCode, Linked, LinkRequest, close_reason
 ERROR_HEADER = "X-Didmesh-Error"
 _RETRYABLE = (RelayUnreachable, ShuttingDown, RateLimited, RelayInternalError)
 _AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
+#: seconds between WebSocket pings from the client (push socket and links), unless set
+DEFAULT_HEARTBEAT_S = 20.0
+
+
+class _Default(enum.Enum):
+    CLIENT = "client"  # use the client's ``heartbeat``
+
+
+def _check_heartbeat(value: float | None) -> float | None:
+    if value is not None and not value > 0:  # also refuses NaN
+        raise RelayConfigError(
+            f"relay client: heartbeat must be positive seconds or None (off), not {value!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -181,10 +197,17 @@ class RelayClient:
         retries: int = 4,
         local_addr: str | None = None,
         clock: Callable[[], float] = time.time,
+        heartbeat: float | None = DEFAULT_HEARTBEAT_S,
     ) -> None:
+        """``heartbeat``: seconds between our WebSocket pings on the push socket and on
+        links (a pong must follow within half of it, else aiohttp closes the socket);
+        ``None`` turns our pings off. While our event loop is blocked the pong cannot be
+        read in time, so a program that blocks for long should pass ``None`` (or more
+        than its longest stall) and watch liveness itself, as the mesh does."""
         self.base_url = base_url.rstrip("/")
         self.identity = identity
         self.timeout = timeout
+        self.heartbeat = _check_heartbeat(heartbeat)
         self.retries = retries
         self.clock = clock
         self._local_addr = local_addr
@@ -437,7 +460,7 @@ class RelayClient:
             headers = {"Authorization": "Bearer " + await self.token()}
             try:
                 ws = await self._session().ws_connect(
-                    url, headers=headers, heartbeat=20.0,
+                    url, headers=headers, heartbeat=self.heartbeat,
                     timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                     max_msg_size=64 * 1024 * 1024,
                 )
@@ -471,15 +494,20 @@ class RelayClient:
 
     # -- links ---------------------------------------------------------------------------
     async def open_link(
-        self, session: str, peer: str, *, link_id: str = "", timeout: float = 40.0
+        self, session: str, peer: str, *, link_id: str = "", timeout: float = 40.0,
+        heartbeat: float | None | _Default = _Default.CLIENT,
     ) -> Link:
         """Ask the relay to link us with ``peer`` in ``session``; returns once both ends joined.
+
+        ``heartbeat``: our WebSocket ping interval on this link (seconds, ``None`` = off);
+        by default the client's. The relay pings too (its ``ws_heartbeat_s``).
 
         Raises :class:`LinkClosed` (close code: pairing timeout, duplicate...), :class:`LinkLimit`,
         :class:`RelayUnreachable`, or TimeoutError after ``timeout`` seconds.
         """
         url = self.base_url + "/v1/link"
         req = LinkRequest(session, peer, link_id)
+        beat = self.heartbeat if heartbeat is _Default.CLIENT else _check_heartbeat(heartbeat)
         async with asyncio.timeout(timeout):
             for attempt in range(2):
                 headers = {"Authorization": "Bearer " + await self.token()}
@@ -487,7 +515,7 @@ class RelayClient:
                     # autoclose off: we read the relay's close code ourselves (aiohttp
                     # reports 1006 if the relay drops TCP right after its close frame)
                     ws = await self._session().ws_connect(
-                        url, headers=headers, heartbeat=20.0, compress=0, autoclose=False,
+                        url, headers=headers, heartbeat=beat, compress=0, autoclose=False,
                         max_msg_size=64 * 1024 * 1024,
                         timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                     )

@@ -91,10 +91,19 @@ class ConnectOptions:
     handshake_timeout: float = 10.0
     #: one TCP connect attempt, seconds
     tcp_timeout: float = 3.0
+    #: WebSocket ping interval of the relay client on relayed links, seconds; None (the
+    #: default) turns the client's pings off: the mesh's liveness watchdog (``--timeout``)
+    #: decides when a peer is gone, and a ping whose pong is read late because a long
+    #: local step blocked the event loop would cut a healthy link (specs/mesh.md, 7)
+    link_heartbeat: float | None = None
 
     def __post_init__(self) -> None:
         if self.direct_only and self.relay_only:
             raise PathUnavailable("--direct-only and --relay-only exclude each other")
+        if self.link_heartbeat is not None and not self.link_heartbeat > 0:
+            raise PathUnavailable(
+                f"link_heartbeat must be positive seconds or None, not {self.link_heartbeat!r}"
+            )
 
 
 @dataclass
@@ -471,10 +480,12 @@ class RelayLinks:
         client = self._clients.get(url)
         if client is None:
             client = self._clients[url] = RelayClient(
-                url, self.identity, timeout=self.options.handshake_timeout
+                url, self.identity, timeout=self.options.handshake_timeout,
+                heartbeat=self.options.link_heartbeat,
             )
         return await client.open_link(
-            self.plan.session_id, peer_did, timeout=self.options.connect_timeout
+            self.plan.session_id, peer_did, timeout=self.options.connect_timeout,
+            heartbeat=self.options.link_heartbeat,
         )
 
     async def aclose(self) -> None:
