@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -283,10 +282,6 @@ _END = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 _BIG = 16 * 1024
 #: pause forwarding while the peer's socket holds more than this, unsent
 _HIGH_WATER = 256 * 1024
-#: write pending frames once this many bytes wait (bounds the gathering)
-_GATHER = 256 * 1024
-_IOV_MAX = 512
-_WRITEV = hasattr(os, "writev")
 
 
 def error_close_code(msg: WSMessage) -> int:
@@ -297,29 +292,22 @@ def error_close_code(msg: WSMessage) -> int:
 
 
 class FrameBatcher:
-    """Writes forwarded frames to one socket, coalescing the frames that arrive in one
-    event-loop turn into a single gathering write (one syscall instead of one per frame).
+    """Writes forwarded frames to one socket, coalescing the small frames that arrive in one
+    event-loop turn into a single ``transport.write`` (one syscall instead of one per frame).
 
     Frames are unmasked server-to-client binary frames (RFC 6455, 5.2), written to the same
     transport aiohttp writes its own frames to; each write holds whole frames, so they never
-    interleave with aiohttp's pings or close frame, and order is preserved. The first small
-    frame of a turn leaves at once (latency); later frames, and big ones (throughput), wait
-    for the end of the turn (or until ``_GATHER`` bytes are pending). On a plain TCP
-    transport with nothing buffered, pending frames go out with one ``writev`` of their
-    parts (no joining copy); the transport takes whatever the socket did not.
+    interleave with aiohttp's pings or close frame. Ordering is preserved: a big frame first
+    flushes what is pending.
     """
 
-    __slots__ = ("transport", "parts", "size", "scheduled", "loop", "fd")
+    __slots__ = ("transport", "parts", "scheduled", "loop")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self.parts: list[bytes] = []
-        self.size = 0
         self.scheduled = False
         self.loop = asyncio.get_running_loop()
-        sock = transport.get_extra_info("socket")
-        plain = transport.get_extra_info("sslcontext") is None  # never write past TLS
-        self.fd: int | None = sock.fileno() if sock is not None and plain and _WRITEV else None
 
     @staticmethod
     def header(n: int) -> bytes:
@@ -331,47 +319,30 @@ class FrameBatcher:
 
     def add(self, data: bytes) -> None:
         n = len(data)
-        if not self.scheduled:
+        if not self.scheduled:  # first frame of this loop turn: no added latency
             self.scheduled = True
             self.loop.call_soon(self.flush)
-            if n < _BIG:  # first small frame of this loop turn: no added latency
-                self.transport.write(self.header(n) + data)
-                return
-        self.parts.append(self.header(n))
-        self.parts.append(data)
-        self.size += n
-        if self.size >= _GATHER:
+            self.transport.write(self.header(n) + data)
+        elif n >= _BIG:
             self._write_pending()
+            self.transport.write(self.header(n) + data)
+        else:  # more frames in the same turn: one write at the end of it
+            self.parts.append(self.header(n))
+            self.parts.append(data)
 
     def flush(self) -> None:
         self.scheduled = False
         self._write_pending()
 
     def _write_pending(self) -> None:
-        if not self.parts:
-            return
-        parts, self.parts, self.size = self.parts, [], 0
-        transport = self.transport
-        if transport.is_closing():
-            return
-        if self.fd is None or len(parts) > _IOV_MAX or transport.get_write_buffer_size():
-            transport.write(b"".join(parts))
-            return
-        try:
-            sent = os.writev(self.fd, parts)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:  # reset, broken pipe...: the transport reports it as usual
-            sent = 0
-        for i, part in enumerate(parts):
-            if sent < len(part):
-                rest = [part[sent:], *parts[i + 1 :]] if sent else parts[i:]
-                transport.write(b"".join(rest) if len(rest) > 1 else rest[0])
-                return
-            sent -= len(part)
+        if self.parts:
+            data = b"".join(self.parts)
+            self.parts.clear()
+            if not self.transport.is_closing():
+                self.transport.write(data)
 
     def backlog(self) -> int:
-        return self.transport.get_write_buffer_size() + self.size
+        return self.transport.get_write_buffer_size()
 
 
 async def _drain(peer_ws: web.WebSocketResponse, batcher: FrameBatcher) -> None:
