@@ -127,11 +127,27 @@ async def test_peer_with_another_static_key_fails_both_sides_by_name() -> None:
     # party 1 believes party 0 has another key (as if 0 presented a key not in 1's roster)
     plans[1] = _with_key(plans[1], 0, other.public)
     t0 = time.monotonic()
-    r0, r1 = await connect(plans, ids)
+    ended: list[float] = []
+
+    async def timed(c: MeshConnector) -> Any:
+        try:
+            return await c.connect_all()
+        finally:
+            ended.append(time.monotonic() - t0)
+
+    options = ConnectOptions(connect_timeout=2.5, handshake_timeout=2.0)
+    responder = asyncio.ensure_future(timed(MeshConnector(plans[1], ids[1], options)))
+    await asyncio.sleep(0.1)
+    r0, r1 = await asyncio.gather(timed(MeshConnector(plans[0], ids[0], options)), responder,
+                                  return_exceptions=True)
     assert isinstance(r0, ConnectFailed) and isinstance(r1, ConnectFailed)
     assert "party 1 'bob'" in r0.message and "rejected the handshake" in r0.message
     assert "party 0 'alice'" in r1.message and "did not authenticate" in r1.message
-    assert time.monotonic() - t0 < 3  # fails fast, not at the deadline
+    # the initiator fails fast, on its own connection to the real peer; the responder
+    # cannot tell this failure from an attacker's (specs/mesh.md 6): it waits for the
+    # deadline, then quotes the last attempt's reason
+    assert ended[0] < 1.5
+    assert ended[1] >= 2.4 and "no valid handshake before the deadline" in r1.message
 
 
 async def test_impostor_key_on_initiator_side() -> None:
@@ -142,7 +158,7 @@ async def test_impostor_key_on_initiator_side() -> None:
     parties[0] = dataclasses.replace(parties[0], static_public=other.public)
     plans[0] = MeshPlan(plans[0].session_id, plans[0].roster_hash, 0, other.private,
                         tuple(parties), (), plans[0].petnames)
-    r0, r1 = await connect(plans, ids)
+    r0, r1 = await connect(plans, ids, connect_timeout=2.0)  # the responder waits it out
     assert isinstance(r0, ConnectFailed) and isinstance(r1, ConnectFailed)
     assert "party 0 'alice'" in r1.message
 
@@ -150,7 +166,7 @@ async def test_impostor_key_on_initiator_side() -> None:
 async def test_peer_with_different_roster_hash() -> None:
     plans, ids = loopback_plans(2)
     plans[0] = dataclasses.replace(plans[0], roster_hash=os.urandom(32))
-    r0, r1 = await connect(plans, ids)
+    r0, r1 = await connect(plans, ids, connect_timeout=2.0)  # the responder waits it out
     assert isinstance(r0, ConnectFailed) and "roster hash differs" in r0.message
     assert isinstance(r1, ConnectFailed) and "uses another roster" in r1.message
     assert "party 0 'alice'" in r1.message

@@ -16,8 +16,14 @@ once and are retried (a peer may not listen yet) until the deadline; a relayed a
 starts after ``direct_grace`` seconds without success (at once with ``relay_only``).
 Whichever completes its handshake first wins: the initiator commits by sending SELECT
 as the channel's first message and drops the other attempt; the responder takes the
-path on which SELECT arrives. A handshake that fails authentication ends attempts on
-that kind of path; when no kind is left the pair fails at once. Every wait is bounded.
+path on which SELECT arrives. A handshake that fails on a link this party opened (or on a
+relayed link, whose ends the relay authenticated) ends attempts on that kind of path;
+when no kind is left the pair fails at once. An *inbound* direct connection proves
+nothing until its handshake completes — anybody can connect and claim an id — so one
+that fails is only dropped and its reason remembered: the listener keeps waiting for the
+real peer until the deadline, and the pair's final error quotes the last reason. At most
+``inbound_limit`` inbound connections may be handshaking at once (a new one evicts the
+oldest) and each has ``handshake_timeout`` seconds. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -91,6 +97,9 @@ class ConnectOptions:
     handshake_timeout: float = 10.0
     #: one TCP connect attempt, seconds
     tcp_timeout: float = 3.0
+    #: inbound direct connections that may be in hello/handshake at once; a new one beyond
+    #: this evicts the oldest (each also has ``handshake_timeout`` seconds in all)
+    inbound_limit: int = 64
     #: WebSocket ping interval of the relay client on relayed links, seconds; None (the
     #: default) turns the client's pings off: the mesh's liveness watchdog (``--timeout``)
     #: decides when a peer is gone, and a ping whose pong is read late because a long
@@ -100,6 +109,8 @@ class ConnectOptions:
     def __post_init__(self) -> None:
         if self.direct_only and self.relay_only:
             raise PathUnavailable("--direct-only and --relay-only exclude each other")
+        if self.inbound_limit < 1:
+            raise PathUnavailable(f"inbound_limit must be at least 1, not {self.inbound_limit}")
         if self.link_heartbeat is not None and not self.link_heartbeat > 0:
             raise PathUnavailable(
                 f"link_heartbeat must be positive seconds or None, not {self.link_heartbeat!r}"
@@ -112,6 +123,26 @@ class _PairState:
     future: asyncio.Future[tuple[ByteLink, SecureChannel]]
     kinds_left: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
+    #: why the last inbound direct connection claiming this peer failed (unauthenticated)
+    inbound_failure: str | None = None
+
+
+@dataclass
+class InboundStats:
+    """Inbound direct connections of one :class:`MeshConnector` (observability, tests)."""
+
+    pending: int = 0  # in hello/handshake now
+    peak: int = 0  # most ever pending at once (at most ``inbound_limit``)
+    accepted: int = 0  # completed the handshake (and SELECT)
+    failed: int = 0  # dropped: bad hello or handshake, timeout, closed, evicted
+    evicted: int = 0  # of those, dropped to make room for a newer connection
+
+
+@dataclass
+class _Attempt:
+    """Responder side: what an inbound connection has claimed so far."""
+
+    claimed: int | None = None
 
 
 async def _read_exact(link: ByteLink, n: int, buf: bytearray, deadline: float) -> bytes:
@@ -185,7 +216,12 @@ class MeshConnector:
         self.relay_opener = relay_opener
         self._pairs: dict[int, _PairState] = {}
         self._servers: list[asyncio.Server] = []
-        self._links: set[ByteLink] = set()
+        #: inbound direct links still in hello/handshake, oldest first
+        self._inbound: dict[TcpLink, None] = {}
+        self._evicted: set[TcpLink] = set()
+        #: the last failure of an inbound connection that claimed no pair of ours
+        self._anonymous_failure: str | None = None
+        self.inbound = InboundStats()
         if options.relay_only and not plan.relays:
             raise PathUnavailable("--relay-only, but the session names no relay")
         if plan.relays and relay_opener is None and identity is not None:
@@ -254,6 +290,11 @@ class MeshConnector:
                 try:
                     link, ch = await asyncio.wait_for(asyncio.shield(st.future), remaining)
                 except TimeoutError:
+                    note = self._inbound_note(st)
+                    if note is not None:
+                        st.errors.append(
+                            f"direct: no valid handshake before the deadline; last attempt {note}"
+                        )
                     st.errors.append(f"no path completed within {self.options.connect_timeout:g} s")
                     raise self._pair_error(st) from None
                 results[pid] = PeerChannel(pid, plan.describe(pid), link, ch)
@@ -275,9 +316,12 @@ class MeshConnector:
                     st.future.exception()  # mark retrieved
 
     def close_listeners(self) -> None:
+        """Stop listening and drop inbound connections still handshaking."""
         for s in self._servers:
             s.close()
         self._servers.clear()
+        for link in list(self._inbound):
+            link.abort()
 
     # ------------------------------------------------------------------ per pair
 
@@ -320,7 +364,6 @@ class MeshConnector:
                 except (OSError, TimeoutError) as exc:
                     last = f"{host}:{port}: {exc or type(exc).__name__}"
                     continue
-                self._links.add(link)
                 try:
                     ch = await self._initiate(link, st.peer_id, deadline)
                 except HandshakeFailed as exc:
@@ -352,9 +395,11 @@ class MeshConnector:
         first = encode_hello(plan.roster_hash, plan.my_party_id, peer_id) + hs.step()
         return await _run_handshake(link, hs, first, hd, bytearray())
 
-    async def _respond(self, link: ByteLink, deadline: float, expect: int | None
-                       ) -> tuple[int, SecureChannel]:
-        """Read a hello, run the responder handshake, wait for SELECT."""
+    async def _respond(self, link: ByteLink, deadline: float, expect: int | None,
+                       attempt: _Attempt | None = None) -> tuple[int, SecureChannel]:
+        """Read a hello, run the responder handshake, wait for SELECT.
+
+        ``attempt.claimed`` is set to the initiator id the hello claims, once read."""
         plan = self.plan
         buf = bytearray()
         hd = min(deadline, time.monotonic() + self.options.handshake_timeout)
@@ -364,6 +409,8 @@ class MeshConnector:
             raise _Rejected(None, HandshakeFailed(
                 "a connection did not start with a didmesh hello", reason="malformed"))
         ini, resp = struct.unpack(">II", hello[21:29])
+        if attempt is not None and resp == plan.my_party_id:
+            attempt.claimed = ini
         if hello[5:21] != hello_tag(plan.roster_hash):
             link.write(REJECT_MAGIC + REJECT_ROSTER)
             who = plan.describe(ini) if ini < plan.m else f"a party claiming id {ini}"
@@ -409,24 +456,70 @@ class MeshConnector:
                     ) from exc
 
     async def _on_direct(self, link: TcpLink) -> None:
-        self._links.add(link)
+        """One inbound direct connection. It is unauthenticated until its handshake
+        completes, so a failure only drops it (the pair keeps waiting for its peer)."""
+        self._admit(link)
         deadline = time.monotonic() + self.options.handshake_timeout
+        attempt = _Attempt()
         try:
-            ini, ch = await self._respond(link, deadline, None)
+            ini, ch = await self._respond(link, deadline, None, attempt)
         except _Rejected as rej:
             link.close()
-            st = self._pairs.get(rej.claimed) if rej.claimed is not None else None
-            if st is not None and st.peer_id < self.plan.my_party_id:
-                self._path_failed(st, "direct", rej.error.message)
+            self._inbound_failed(link, attempt.claimed, rej.error.message)
             return
-        except (OSError, ConnectionError, TimeoutError, DidmeshError):
+        except (OSError, ConnectionError, TimeoutError, DidmeshError) as exc:
             link.abort()
+            if link in self._evicted:
+                why = (f"dropped: more than {self.options.inbound_limit} connections were "
+                       "in their handshake at once")
+            elif isinstance(exc, TimeoutError):
+                why = (f"no complete handshake within {self.options.handshake_timeout:g} s "
+                       "(or the deadline)")
+            else:
+                why = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            self._inbound_failed(link, attempt.claimed, why)
             return
+        finally:
+            self._inbound.pop(link, None)
+            self._evicted.discard(link)
+            self.inbound.pending = len(self._inbound)
+        self.inbound.accepted += 1
         st = self._pairs.get(ini)
         if st is None:
             link.abort()
             return
         self._won(st, link, ch, False)
+
+    def _admit(self, link: TcpLink) -> None:
+        """Track ``link`` as handshaking; evict the oldest beyond ``inbound_limit``."""
+        while len(self._inbound) >= self.options.inbound_limit:
+            oldest = next(iter(self._inbound))
+            del self._inbound[oldest]
+            self._evicted.add(oldest)
+            self.inbound.evicted += 1
+            oldest.abort()  # its handler sees the connection end and records why
+        self._inbound[link] = None
+        self.inbound.pending = len(self._inbound)
+        self.inbound.peak = max(self.inbound.peak, self.inbound.pending)
+
+    def _inbound_failed(self, link: TcpLink, claimed: int | None, why: str) -> None:
+        """Remember why an inbound connection failed, for the pair it claimed if any."""
+        self.inbound.failed += 1
+        st = self._pairs.get(claimed) if claimed is not None else None
+        note = f"from {link.description} (unauthenticated) failed: {why}"
+        if st is not None and st.peer_id < self.plan.my_party_id:
+            st.inbound_failure = note
+        else:
+            self._anonymous_failure = note
+
+    def _inbound_note(self, st: _PairState) -> str | None:
+        """For a pair whose peer would connect to us directly: the last inbound failure."""
+        if st.peer_id > self.plan.my_party_id or not self._listening_for(st):
+            return None
+        return st.inbound_failure or self._anonymous_failure
+
+    def _listening_for(self, st: _PairState) -> bool:
+        return "direct" in st.kinds_left and bool(self.plan.me.endpoints)
 
     async def _relay(self, st: _PairState, deadline: float, grace: float, initiator: bool
                      ) -> None:
@@ -445,7 +538,6 @@ class MeshConnector:
                 errors.append(f"{url}: {getattr(exc, 'message', None) or exc or 'timed out'}")
                 continue
             link = RelayedLink(raw, f"relay {url}")
-            self._links.add(link)
             try:
                 if initiator:
                     ch = await self._initiate(link, st.peer_id, deadline)
