@@ -57,6 +57,10 @@ _AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
 DEFAULT_HEARTBEAT_S = 20.0
 
 
+#: socket read size: big forwarded frames arrive in one read instead of several
+READ_BUFSIZE = 1 << 20
+
+
 class _Default(enum.Enum):
     CLIENT = "client"  # use the client's ``heartbeat``
 
@@ -239,6 +243,7 @@ class RelayClient:
             self._http = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+                read_bufsize=READ_BUFSIZE,
             )
         return self._http
 
