@@ -12,7 +12,7 @@ from didmesh.identity.credentials import parse_untrusted
 
 from ..errors import BadSessionParameters, ConfirmationRequired, SessionUsageError
 from ..manifest import Manifest, check_mpyc, verify_program
-from ..state import ENDED, Role, Status
+from ..state import Role, Status
 from .common import add_identity_args
 from .output import Output
 from .session_support import (
@@ -21,12 +21,12 @@ from .session_support import (
     engine_of,
     factory,
     flush_now,
-    pump,
-    raise_state_error,
     relays_of,
     render_session,
+    report_session,
     session_view,
     sync,
+    wait_until_agreed,
 )
 
 MAX_CREDENTIAL_FILE = 256 * 1024
@@ -124,21 +124,9 @@ def cmd_accept(args: argparse.Namespace, out: Output) -> int:
             f"  watch it with: didmesh status {sid[:8]} --wait",
         )
         return 0
-    pump(
-        engine,
-        list(manifest.relays),
-        out,
-        until=lambda: engine.status_of(sid) in (Status.AGREED, *ENDED),
-        timeout=args.timeout,
-        what=f"the roster of session {sid[:8]} to be agreed",
-    )
-    state = engine.load(sid)
-    view = session_view(state, engine.labels)
-    if state.status != Status.AGREED:
-        out.result(view)
-        raise_state_error(state)
-    out.result(view, render_session(view, out, engine.labels))
-    return 0
+    wait_until_agreed(engine, sid, list(manifest.relays), out, timeout=args.timeout,
+                      what=f"the roster of session {sid[:8]} to be agreed")
+    return report_session(engine, sid, out, must_be_agreed=True)
 
 
 def cmd_decline(args: argparse.Namespace, out: Output) -> int:

@@ -14,11 +14,11 @@ from .session_support import (
     engine_of,
     flush_now,
     labels_of,
-    pump,
-    raise_state_error,
     render_session,
+    report_session,
     session_view,
     store_of,
+    wait_until_agreed,
 )
 
 
@@ -113,21 +113,9 @@ def cmd_wait(args: argparse.Namespace, out: Output) -> int:
     sid = engine.store.resolve(args.session)
     state = engine.load(sid)
     out.progress(f"waiting for session {sid[:8]} (up to {args.timeout:g} s)...")
-    pump(
-        engine,
-        list(state.manifest["relays"]),
-        out,
-        until=lambda: engine.status_of(sid) in (Status.AGREED, *ENDED),
-        timeout=args.timeout,
-        what=f"session {sid[:8]} to be agreed by every party",
-    )
-    state = engine.load(sid)
-    view = session_view(state, engine.labels)
-    if state.status != Status.AGREED:
-        out.result(view)
-        raise_state_error(state)
-    out.result(view, render_session(view, out, engine.labels))
-    return 0
+    wait_until_agreed(engine, sid, list(state.manifest["relays"]), out, timeout=args.timeout,
+                      what=f"session {sid[:8]} to be agreed by every party")
+    return report_session(engine, sid, out, must_be_agreed=True)
 
 
 def cmd_cancel(args: argparse.Namespace, out: Output) -> int:

@@ -324,3 +324,29 @@ def render_session(view: dict[str, Any], out: Output, labels: dict[str, str]) ->
     for r in view.get("rejected", [])[-3:]:
         lines.append(out.dim(f"  rejected    {r['message']}"))
     return "\n".join(lines)
+
+
+def wait_until_agreed(
+    engine: Engine, sid: str, urls: Sequence[str], out: Output, *, timeout: float, what: str
+) -> None:
+    """Pump the session's relays until it is agreed or has ended (or ``timeout``)."""
+    pump(
+        engine,
+        urls,
+        out,
+        until=lambda: engine.status_of(sid) in (Status.AGREED, *ENDED),
+        timeout=timeout,
+        what=what,
+    )
+
+
+def report_session(engine: Engine, sid: str, out: Output, *, must_be_agreed: bool) -> int:
+    """Print the session's view; if it must be agreed and is not, raise why (after
+    printing the view in --json mode, so scripts still get the state)."""
+    state = engine.load(sid)
+    view = session_view(state, engine.labels)
+    if must_be_agreed and state.status != Status.AGREED:
+        out.result(view)
+        raise_state_error(state)
+    out.result(view, render_session(view, out, engine.labels))
+    return 0

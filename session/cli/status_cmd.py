@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import argparse
 
-from ..state import ENDED, Status
 from .common import add_identity_args
 from .output import Output
 from .session_support import (
     add_timeout,
     engine_of,
     labels_of,
-    pump,
-    raise_state_error,
     render_session,
+    report_session,
     session_view,
     store_of,
     sync,
+    wait_until_agreed,
 )
 
 
@@ -45,20 +44,8 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     relays = list(engine.load(sid).manifest["relays"])
     if args.wait:
         out.progress(f"waiting for session {sid[:8]} (up to {args.timeout:g} s)...")
-        pump(
-            engine,
-            relays,
-            out,
-            until=lambda: engine.status_of(sid) in (Status.AGREED, *ENDED),
-            timeout=args.timeout,
-            what=f"session {sid[:8]} to be agreed by every party",
-        )
+        wait_until_agreed(engine, sid, relays, out, timeout=args.timeout,
+                          what=f"session {sid[:8]} to be agreed by every party")
     else:
         sync(engine, relays, out)
-    state = engine.load(sid)
-    view = session_view(state, engine.labels)
-    if args.wait and state.status != Status.AGREED:
-        out.result(view)
-        raise_state_error(state)
-    out.result(view, render_session(view, out, engine.labels))
-    return 0
+    return report_session(engine, sid, out, must_be_agreed=bool(args.wait))
