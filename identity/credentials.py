@@ -123,12 +123,13 @@ def parse_untrusted(data: bytes | str, max_bytes: int = MAX_DOCUMENT_BYTES) -> d
     one JSON object in UTF-8, repeats a key, contains NaN/Infinity or is nested too deeply
     is a :class:`MalformedCredential` (identity/strict_json.py).
     """
-    size = len(data) if isinstance(data, str | bytes | bytearray | memoryview) else 0
-    if size > max_bytes:
-        raise DocumentTooLarge(
-            f"document is {size} bytes; the limit is {max_bytes} bytes; not parsed"
-        )
-    doc = loads_strict(data, max_bytes=max_bytes, error=MalformedCredential, what="document")
+    doc = loads_strict(
+        data,
+        max_bytes=max_bytes,
+        error=MalformedCredential,
+        too_large=DocumentTooLarge,
+        what="document",
+    )
     if not isinstance(doc, dict):
         raise MalformedCredential(f"document is a JSON {type(doc).__name__}, not a JSON object")
     return doc

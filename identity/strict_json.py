@@ -46,18 +46,21 @@ def loads_strict(
     error: type[DidmeshError],
     what: str = "message",
     max_depth: int = MAX_DEPTH,
+    too_large: type[DidmeshError] | None = None,
 ) -> Any:
-    """Parse untrusted JSON or raise ``error`` with a message naming ``what``."""
+    """Parse untrusted JSON or raise ``error`` with a message naming ``what``
+    (``too_large``, if given, for input over ``max_bytes``)."""
+    big = too_large or error
     if isinstance(data, str):
         if len(data) > max_bytes:
-            raise error(f"{what} is over {max_bytes} bytes (the limit); not parsed")
+            raise big(f"{what} is over {max_bytes} bytes (the limit); not parsed")
         raw = data.encode("utf-8", "surrogatepass")
     elif isinstance(data, bytes | bytearray | memoryview):
         raw = bytes(data)
     else:
         raise error(f"{what}: expected JSON bytes or text, got {type(data).__name__}")
     if len(raw) > max_bytes:
-        raise error(f"{what} is {len(raw)} bytes; the limit is {max_bytes} bytes; not parsed")
+        raise big(f"{what} is {len(raw)} bytes; the limit is {max_bytes} bytes; not parsed")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

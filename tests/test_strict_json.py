@@ -45,3 +45,11 @@ def test_any_bytes_give_a_value_or_the_callers_error(data: bytes) -> None:
         _load(data)
     except MalformedCredential:
         pass
+
+
+def test_oversize_can_have_its_own_error() -> None:
+    from didmesh.identity.errors import DocumentTooLarge
+
+    with pytest.raises(DocumentTooLarge, match="limit is 10"):
+        loads_strict(b"[" + b"1," * 20 + b"1]", max_bytes=10, error=MalformedCredential,
+                     too_large=DocumentTooLarge)
