@@ -24,6 +24,10 @@ ENV_PREFIX = "DIDMESH_RELAY_"
 DEFAULT_PORT = 8470
 
 
+#: settings where 0 is allowed (0 switches the thing off)
+_ZERO_OK = frozenset({"port", "link_heartbeat_s"})
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     host: str = "127.0.0.1"
@@ -56,6 +60,7 @@ class RelayConfig:
     # connections
     ws_idle_timeout_s: float = 300.0
     ws_heartbeat_s: float = 20.0
+    link_heartbeat_s: float = 20.0  # pings on link ends (0: off; the idle timeout still applies)
     # auth
     challenge_ttl_s: int = 60
     token_ttl_s: int = 600
@@ -68,7 +73,7 @@ class RelayConfig:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                lo = 0 if f.name.startswith("rate_") or f.name == "port" else 1e-9
+                lo = 0 if f.name.startswith("rate_") or f.name in _ZERO_OK else 1e-9
                 if v < lo or (f.name == "port" and v > 65535):
                     raise RelayConfigError(f"{f.name} = {v} is out of range")
         if self.relay_id and not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.relay_id):
@@ -90,7 +95,7 @@ class RelayConfig:
             "fetch_max_envelopes", "rate_did_per_s", "rate_did_burst", "rate_ip_per_s",
             "rate_ip_burst", "links_per_did", "links_total", "link_max_bytes",
             "link_max_duration_s", "link_max_frame", "link_pair_timeout_s",
-            "ws_idle_timeout_s", "challenge_ttl_s", "token_ttl_s",
+            "ws_idle_timeout_s", "link_heartbeat_s", "challenge_ttl_s", "token_ttl_s",
         ]
         return {k: getattr(self, k) for k in keys}
 
