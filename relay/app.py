@@ -40,7 +40,7 @@ from .errors import (
     UnsupportedMediaType,
     error_body,
 )
-from .limits import LinkSlots, RateLimiter
+from .limits import LimitSettings
 from .links import (
     LinkDuplicate,
     LinkEnd,
@@ -85,9 +85,8 @@ class Relay:
         self.clock = clock
         self.metrics = Metrics()
         self.hub = LinkHub(config, self.metrics, store.bus)
-        self.slots = LinkSlots(config.links_per_did, config.links_total)
-        self.rate_ip = RateLimiter(config.rate_ip_per_s, config.rate_ip_burst, "address")
-        self.rate_did = RateLimiter(config.rate_did_per_s, config.rate_did_burst, "DID")
+        limits = store.limits(LimitSettings.of(config), clock)
+        self.rate_ip, self.rate_did, self.slots = limits.rate_ip, limits.rate_did, limits.slots
         self.auth: Authenticator | None = None
         self.relay_id = config.relay_id
         self.shutting_down = False
@@ -144,7 +143,7 @@ class Relay:
                 return fwd.split(",")[0].strip()
         return request.remote or "?"
 
-    def _authed(self, request: web.Request) -> str:
+    async def _authed(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")
         if not header:
             raise AuthRequired()
@@ -154,7 +153,7 @@ class Relay:
         assert self.auth is not None
         did = self.auth.verify_token(token.strip(), now_ms=self.now_ms()).did
         request["did"] = did
-        self.rate_did.check(did, self.clock())
+        await self.rate_did.check(did)
         return did
 
     async def _json(self, request: web.Request) -> Any:
@@ -186,7 +185,7 @@ class Relay:
             if request.path.startswith("/v1/"):
                 if self.shutting_down:
                     raise ShuttingDown()
-                self.rate_ip.check(self._ip(request), self.clock())
+                await self.rate_ip.check(self._ip(request))
             return await handler(request)
         except RelayError as exc:
             return self._error(request, exc)
@@ -274,7 +273,7 @@ class Relay:
         ch = self.auth.redeem(data["did"], data["challenge"], data["signature"], now_ms=now)
         if not await self.store.claim_nonce(ch.nonce, ch.expires_ms, now):
             raise AuthInvalid("this challenge was already used: request a new one")
-        self.rate_did.check(ch.did, self.clock())
+        await self.rate_did.check(ch.did)
         tok = self.auth.issue_token(ch.did, now_ms=now)
         return web.json_response(
             {"token": tok.encoded, "did": tok.did, "expires_ms": tok.expires_ms}
@@ -289,7 +288,7 @@ class Relay:
         cfg = self.config
         env = Envelope.from_json(raw, max_bytes=cfg.max_envelope_bytes)
         env.verify_signature()
-        self.rate_did.check(env.sender, self.clock())
+        await self.rate_did.check(env.sender)
         now = self.now_ms()
         window, skew = cfg.replay_window_s * 1000, cfg.max_clock_skew_s * 1000
         if env.ts > now + skew:
@@ -328,7 +327,7 @@ class Relay:
         return b"[" + b",".join(parts) + b"]"
 
     async def inbox(self, request: web.Request) -> web.Response:
-        did = self._authed(request)
+        did = await self._authed(request)
         try:
             wait = float(request.query.get("wait", "0"))
             limit = int(request.query.get("limit", str(self.config.fetch_max_envelopes)))
@@ -349,7 +348,7 @@ class Relay:
         )
 
     async def ack(self, request: web.Request) -> web.Response:
-        did = self._authed(request)
+        did = await self._authed(request)
         data = await self._json(request)
         self._obj(data, ("ids",))
         n = await self.store.ack(did, parse_ack_ids(data["ids"]))
@@ -357,7 +356,7 @@ class Relay:
         return web.json_response({"deleted": n})
 
     async def inbox_ws(self, request: web.Request) -> web.StreamResponse:
-        did = self._authed(request)
+        did = await self._authed(request)
         ws = web.WebSocketResponse(heartbeat=self.config.ws_heartbeat_s, max_msg_size=256 * 1024)
         await ws.prepare(request)
         self._sockets.add(ws)
@@ -410,12 +409,12 @@ class Relay:
 
     # -- links ---------------------------------------------------------------------------
     async def link(self, request: web.Request) -> web.StreamResponse:
-        did = self._authed(request)
-        self.slots.acquire(did)
+        did = await self._authed(request)
+        await self.slots.acquire(did)
         try:
             return await self._link(request, did)
         finally:
-            self.slots.release(did)
+            await self.slots.release(did)
 
     async def _link(self, request: web.Request, did: str) -> web.StreamResponse:
         cfg = self.config

@@ -1,14 +1,90 @@
-"""Rate limits and concurrency caps (specs/relay.md, "Limits"). Pure: time is a parameter.
+"""Rate limits and concurrency caps (specs/relay.md, "Limits").
 
-Buckets live in the relay process: with several processes behind one address each applies
-its own buckets (a client spread over N processes gets at most N times the rate).
+The relay asks two small interfaces: :class:`RateGate` (``await check(key)`` raises
+:class:`RateLimited`) and :class:`SlotGate` (``await acquire(did)`` raises :class:`LinkLimit`,
+``await release(did)``). :meth:`Store.limits <didmesh.relay.store.base.Store.limits>` picks
+the implementation:
+
+* in the relay process (memory and SQLite stores): :class:`LocalRate` and :class:`LocalSlots`
+  over the pure :class:`RateLimiter` and :class:`LinkSlots` below (time is a parameter);
+* shared through Redis (Redis store): :mod:`didmesh.relay.store.redis_limits`, so several
+  processes behind one address enforce one rate and one link count.
+
+Both raise the same errors with the same messages (:func:`rate_limited`,
+:func:`too_many_links_total`, :func:`too_many_links_per_did`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .errors import LinkLimit, RateLimited
+
+
+def rate_limited(what: str, rate: float, burst: float, wait: float) -> RateLimited:
+    """The error for a request over its rate (``wait``: seconds until one would pass)."""
+    exc = RateLimited(
+        f"too many requests from this {what}: limit {rate:g}/s "
+        f"(burst {burst:g}); retry in {wait:.2f} s"
+    )
+    exc.retry_after = wait
+    return exc
+
+
+def too_many_links_total(total: int) -> LinkLimit:
+    return LinkLimit(f"this relay holds its maximum of {total} links; retry later")
+
+
+def too_many_links_per_did(per_did: int) -> LinkLimit:
+    return LinkLimit(f"at most {per_did} concurrent links per DID")
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """The settings the limiters need (a slice of the relay configuration)."""
+
+    rate_ip_per_s: float = 50.0
+    rate_ip_burst: int = 100
+    rate_did_per_s: float = 20.0
+    rate_did_burst: int = 40
+    links_per_did: int = 32
+    links_total: int = 4096
+
+    @classmethod
+    def of(cls, config: Any) -> LimitSettings:
+        return cls(
+            config.rate_ip_per_s, config.rate_ip_burst, config.rate_did_per_s,
+            config.rate_did_burst, config.links_per_did, config.links_total,
+        )
+
+
+class RateGate(Protocol):
+    async def check(self, key: str) -> None:
+        """Charge one request to ``key``; raise :class:`RateLimited` (``retry_after``)."""
+
+
+class SlotGate(Protocol):
+    @property
+    def active(self) -> int:
+        """Links this process holds (for metrics)."""
+
+    async def acquire(self, did: str) -> None:
+        """Take one link slot for ``did``; raise :class:`LinkLimit` if none is free."""
+
+    async def release(self, did: str) -> None:
+        """Give back a slot taken by :meth:`acquire` (exactly once)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    rate_ip: RateGate
+    rate_did: RateGate
+    slots: SlotGate
+
+
+# -- in the relay process (pure, time is a parameter) ----------------------------------------
 
 
 @dataclass
@@ -52,12 +128,7 @@ class RateLimiter:
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst)
         wait = bucket.take(now)
         if wait > 0:
-            exc = RateLimited(
-                f"too many requests from this {self.what}: limit {self.rate:g}/s "
-                f"(burst {self.burst:g}); retry in {wait:.2f} s"
-            )
-            exc.retry_after = wait
-            raise exc
+            raise rate_limited(self.what, self.rate, self.burst, wait)
 
     def sweep(self, now: float) -> None:
         """Forget buckets that are full again (they carry no state worth keeping)."""
@@ -85,10 +156,10 @@ class LinkSlots:
 
     def acquire(self, did: str) -> None:
         if self.active >= self.total:
-            raise LinkLimit(f"this relay holds its maximum of {self.total} links; retry later")
+            raise too_many_links_total(self.total)
         n = self._by_did.get(did, 0)
         if n >= self.per_did:
-            raise LinkLimit(f"at most {self.per_did} concurrent links per DID")
+            raise too_many_links_per_did(self.per_did)
         self._by_did[did] = n + 1
         self.active += 1
 
@@ -99,3 +170,40 @@ class LinkSlots:
         else:
             self._by_did[did] = n
         self.active -= 1
+
+
+class LocalRate:
+    """:class:`RateGate` over a :class:`RateLimiter` in this process."""
+
+    def __init__(self, limiter: RateLimiter, clock: Callable[[], float]) -> None:
+        self.limiter, self.clock = limiter, clock
+
+    async def check(self, key: str) -> None:
+        self.limiter.check(key, self.clock())
+
+
+class LocalSlots:
+    """:class:`SlotGate` over :class:`LinkSlots` in this process."""
+
+    def __init__(self, slots: LinkSlots) -> None:
+        self.slots = slots
+
+    @property
+    def active(self) -> int:
+        return self.slots.active
+
+    async def acquire(self, did: str) -> None:
+        self.slots.acquire(did)
+
+    async def release(self, did: str) -> None:
+        self.slots.release(did)
+
+
+def local_limits(settings: LimitSettings, clock: Callable[[], float]) -> Limits:
+    """Buckets and link counts held in this process (one relay process per address)."""
+    s = settings
+    return Limits(
+        LocalRate(RateLimiter(s.rate_ip_per_s, s.rate_ip_burst, "address"), clock),
+        LocalRate(RateLimiter(s.rate_did_per_s, s.rate_did_burst, "DID"), clock),
+        LocalSlots(LinkSlots(s.links_per_did, s.links_total)),
+    )

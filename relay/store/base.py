@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..envelope import Envelope
 from ..errors import IdConflict, InboxFull, Replay
+from ..limits import Limits, LimitSettings, local_limits
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,14 @@ class Bus(ABC):
         """Subscribe and return once the subscription is active."""
 
     @abstractmethod
-    async def unsubscribe(self, channel: str) -> None: ...
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel`` (and drop its :meth:`watch_process`)."""
+
+    def watch_process(  # noqa: B027 (optional: only a shared store has other processes)
+        self, proc_id: str, channel: str, on_dead: Callable[[], None]
+    ) -> None:
+        """Call ``on_dead()`` once if relay process ``proc_id`` is found dead while
+        ``channel`` is subscribed (within the store's liveness bound). Default: never."""
 
     def proc_channel(self, proc_id: str) -> str:
         return f"proc:{proc_id}"
@@ -154,6 +162,11 @@ class Store(ABC):
     def bus(self) -> Bus | None:
         """Cross-process bus (Redis) or None when every link end is in this process."""
         return None
+
+    def limits(self, settings: LimitSettings, clock: Callable[[], float]) -> Limits:
+        """Rate buckets and link slots: held in this process unless the store is shared
+        by several processes (Redis), which then share them too."""
+        return local_limits(settings, clock)
 
     @abstractmethod
     async def secret(self) -> bytes:

@@ -4,7 +4,8 @@
 Every posting rule runs inside one Lua script, so it is atomic across processes. Keys (all
 under a prefix, default ``didmesh:``): ``env:ID`` (hash), ``inbox:DID`` (sorted set by
 arrival sequence), ``ibytes:DID``, ``exp`` (sorted set by expiry, for pruning), ``seen:ID``
-(digest, expires by itself), ``nonce:N``, ``secret``, ``seq``.
+(digest, expires by itself), ``nonce:N``, ``secret``, ``seq``; rate buckets, link slots and
+process liveness: :mod:`.redis_limits`.
 
 Push: a successful post publishes the recipient DID on ``notify``; every process wakes its
 local listeners. Links: see :class:`RedisBus`.
@@ -24,7 +25,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..errors import RelayConfigError, RelayInternalError
+from ..limits import Limits, LimitSettings
 from .base import Bus, PutPolicy, PutResult, Store, StoredEnvelope, seen_decision
+from .redis_limits import ProcessRegistry, redis_limits
 
 log = logging.getLogger("didmesh.relay.store")
 
@@ -110,11 +113,17 @@ class RedisStore(Store):
         self._put = self.r.register_script(_PUT)
         self._delete = self.r.register_script(_DELETE)
         self._bus = RedisBus(self)
+        self.registry = ProcessRegistry(self, self._bus.proc_id)
+        self.registry.listeners.append(self._bus.on_live)
         self._secret: bytes | None = None
 
     @property
     def bus(self) -> Bus:
         return self._bus
+
+    def limits(self, settings: LimitSettings, clock: Callable[[], float]) -> Limits:
+        """Shared by every process on this Redis (server time; ``clock`` is not used)."""
+        return redis_limits(self, self.registry, settings)
 
     async def start(self) -> None:
         try:
@@ -126,8 +135,10 @@ class RedisStore(Store):
         assert secret is not None
         self._secret = secret if isinstance(secret, bytes) else secret.encode()
         await self._bus.start()
+        await self.registry.start()
 
     async def close(self) -> None:
+        await self.registry.close()
         await self._bus.close()
         await self.r.aclose()
 
@@ -225,6 +236,7 @@ class RedisBus(Bus):
         self._pair = store.r.register_script(_PAIR)
         self._unpair = store.r.register_script(_UNPAIR)
         self._handlers: dict[bytes, Callable[[bytes], None]] = {}
+        self._watched: dict[str, tuple[str, Callable[[], None]]] = {}  # channel -> proc
         self._confirm: dict[bytes, asyncio.Future[None]] = {}
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -309,7 +321,21 @@ class RedisBus(Bus):
         await self._pubsub.subscribe(ch)
         await self._wait_confirm(ch)
 
+    def watch_process(self, proc_id: str, channel: str, on_dead: Callable[[], None]) -> None:
+        self._watched[channel] = (proc_id, on_dead)
+
+    def on_live(self, live: set[str]) -> None:
+        """After each heartbeat: tell the watchers of processes that are no longer alive."""
+        for channel, (proc, on_dead) in list(self._watched.items()):
+            if proc not in live:
+                del self._watched[channel]
+                try:
+                    on_dead()
+                except Exception:
+                    log.exception("process watcher failed")
+
     async def unsubscribe(self, channel: str) -> None:
+        self._watched.pop(channel, None)
         ch = self._ch(channel)
         self._handlers.pop(ch, None)
         with contextlib.suppress(Exception):
