@@ -40,6 +40,7 @@ from .errors import (
     UnsupportedMediaType,
     error_body,
 )
+from .fastlink import FastLink
 from .limits import LimitSettings
 from .links import (
     LinkDuplicate,
@@ -418,9 +419,12 @@ class Relay:
 
     async def _link(self, request: web.Request, did: str) -> web.StreamResponse:
         cfg = self.config
+        # without a bus a paired link is forwarded by FastLink, which sends its own pings
+        # (link_heartbeat_s); before pairing, the pairing timeout bounds the wait
+        beat = None if self.hub.bus is None or not cfg.link_heartbeat_s else cfg.link_heartbeat_s
         ws = web.WebSocketResponse(
             # aiohttp refuses frames of max_msg_size bytes and more; ours is inclusive
-            heartbeat=cfg.ws_heartbeat_s, max_msg_size=cfg.link_max_frame + 1, compress=False
+            heartbeat=beat, max_msg_size=cfg.link_max_frame + 1, compress=False
         )
         await ws.prepare(request)
         self._sockets.add(ws)
@@ -442,10 +446,10 @@ class Relay:
                 self.metrics.reject("malformed")
                 await close_ws(ws, CloseCode.MALFORMED)
                 return ws
-            end = LinkEnd(did, req, ws, request.transport)
+            end = LinkEnd(did, req, ws, request.transport, request.protocol)
             # frames before "linked" are a protocol violation: watch the socket while waiting
             join = asyncio.ensure_future(self.hub.join(end))
-            early = asyncio.ensure_future(ws.receive())
+            early = end.early = asyncio.ensure_future(ws.receive())
             await asyncio.wait({join, early}, return_when=asyncio.FIRST_COMPLETED)
             first: WSMessage | None = None  # a frame that raced with "linked"
             if early.done() and not end.paired.done():
@@ -474,7 +478,12 @@ class Relay:
             except LinkPeerGone:
                 await close_ws(ws, CloseCode.PEER_GONE)
                 return ws
-            if isinstance(pairing, LocalPair):
+            if isinstance(pairing, FastLink):
+                if first is not None:  # read by aiohttp, so sent before "linked"
+                    self.metrics.reject("not_linked")
+                    pairing.close(CloseCode.NOT_LINKED)
+                await pairing.run(ws)
+            elif isinstance(pairing, LocalPair):
                 self.metrics.links_total += pairing.owner
                 dog = None
                 if pairing.owner:

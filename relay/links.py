@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import WSMessage, WSMsgType, web
 
 from .config import RelayConfig
+from .fastlink import FastLink, fast_end
 from .metrics import Metrics
 from .protocol import (
     XP_CLOSE,
@@ -71,6 +72,8 @@ class LinkEnd:
     req: LinkRequest
     ws: web.WebSocketResponse
     transport: asyncio.Transport | None = None  # the upgraded connection (fast path)
+    http_protocol: Any = None  # aiohttp's protocol on that connection (fast path)
+    early: asyncio.Future[Any] | None = None  # the read watching for frames before "linked"
     local_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     paired: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -90,7 +93,11 @@ def key_str(key: tuple[str, str, str, str]) -> str:
 
 async def close_ws(ws: web.WebSocketResponse, code: int) -> None:
     """Close from the task that owns ``ws`` (its handler)."""
-    if not ws.closed:
+    end = fast_end(ws)
+    if end is not None:
+        end.link.close(code)
+        await asyncio.wait({end.lost}, timeout=10)
+    elif not ws.closed:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ws.close(code=code, message=close_reason(code).encode()), 10)
 
@@ -103,6 +110,10 @@ def close_peer(ws: web.WebSocketResponse, code: int) -> None:
     :func:`settle` before returning, so the close handshake completes before aiohttp drops
     the connection (else the client sees 1006 instead of ``code``)."""
     key = id(ws)
+    end = fast_end(ws)
+    if end is not None:
+        end.link.close(code)
+        return
     if ws.closed or key in _closing:
         return
     task = asyncio.get_running_loop().create_task(close_ws(ws, code))
@@ -111,6 +122,10 @@ def close_peer(ws: web.WebSocketResponse, code: int) -> None:
 
 
 async def settle(ws: web.WebSocketResponse) -> None:
+    end = fast_end(ws)
+    if end is not None:
+        await asyncio.wait({end.lost}, timeout=10)
+        return
     task = _closing.get(id(ws))
     if task is not None:
         await asyncio.wait({task}, timeout=10)
@@ -130,7 +145,7 @@ class LinkHub:
             await self.bus.subscribe(self.bus.proc_channel(self.bus.proc_id), self._on_proc_msg)
 
     # -- pairing ----------------------------------------------------------------------
-    async def join(self, end: LinkEnd) -> LocalPair | RemotePipe:
+    async def join(self, end: LinkEnd) -> LocalPair | RemotePipe | FastLink:
         """Wait (up to the pairing timeout) for the peer; raises TimeoutError, LinkDuplicate
         or LinkPeerGone."""
         timeout = self.config.link_pair_timeout_s
@@ -151,7 +166,9 @@ class LinkHub:
                     del self._waiting[key]
         return await self._join_bus(end, self.bus, timeout)
 
-    async def _join_bus(self, end: LinkEnd, bus: Bus, timeout: float) -> LocalPair | RemotePipe:
+    async def _join_bus(
+        self, end: LinkEnd, bus: Bus, timeout: float
+    ) -> LocalPair | RemotePipe | FastLink:
         my_key, mirror = key_str(end.req.key(end.did)), key_str(end.req.mirror_key(end.did))
         token = f"{bus.proc_id}:{end.local_id}"
         self._by_id[end.local_id] = end
@@ -200,9 +217,28 @@ class LinkHub:
             c.link_max_duration_s, c.link_max_frame,
         ).to_json()
 
-    async def _pair_local(self, end: LinkEnd, other: LinkEnd) -> LocalPair:
+    def _can_fast(self, *ends: LinkEnd) -> bool:
+        """Hand the connections to :class:`FastLink`? Not with a bus (a link end there may
+        keep aiohttp's heartbeat), nor when a read raced with pairing (a frame sent before
+        "linked" is then handled by the handler as a violation)."""
+        return self.bus is None and all(
+            FastLink.supported(e.transport, e.http_protocol)
+            and (e.early is None or not e.early.done())
+            for e in ends
+        )
+
+    async def _pair_local(self, end: LinkEnd, other: LinkEnd) -> LocalPair | FastLink:
         """Tell both ends "linked" before either may forward, then wake the waiting one."""
         state = LinkState(self.config.link_max_bytes)
+        if self._can_fast(end, other):
+            fast = FastLink(self.config, self.metrics, state)
+            fast.start(
+                (other.ws, other.transport, other.http_protocol, self.linked_json(other)),
+                (end.ws, end.transport, end.http_protocol, self.linked_json(end)),
+            )
+            self.metrics.links_total += 1
+            other.paired.set_result(fast)
+            return fast
         other.paired.set_result(LocalPair(end, state))
         try:
             await other.ws.send_str(self.linked_json(other))

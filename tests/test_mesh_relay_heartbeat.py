@@ -5,7 +5,7 @@ process, both busy in a long step as MPyC parties are in a large numpy computati
 party 0 blocks its loop in one 3 s step, party 1 in 0.6 s steps. A party whose loop is
 blocked cannot read a pong in time, so a WebSocket heartbeat cuts the healthy link: the
 client's own pings (on before the fix: 20 s, hard-coded) or the relay's (its operator's
-``ws_heartbeat_s``). The mesh now opens its relayed links with the client's pings off and
+``link_heartbeat_s``). The mesh now opens its relayed links with the client's pings off and
 leaves the verdict to its liveness watchdog (specs/mesh.md, section 7), which still
 catches a party that really stopped.
 
@@ -35,7 +35,7 @@ from relay_helpers import start_relay
 
 STALL_S = 3.0
 SMALL_HEARTBEAT_S = 1.0
-NO_SERVER_PINGS = ["--ws-heartbeat-s", "3600", "--rate-ip-per-s", "0"]
+NO_SERVER_PINGS = ["--link-heartbeat-s", "0", "--rate-ip-per-s", "0"]
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def _relayed(relay_url: str) -> tuple[list[MeshPlan], list[IdentityKey]]:
     [
         (NO_SERVER_PINGS, None, True),  # the mesh's default: client pings off
         (NO_SERVER_PINGS, 20.0, False),  # control: client pings on (scaled to 1 s) cut it
-        (["--ws-heartbeat-s", "1", "--rate-ip-per-s", "0"], None, False),  # relay pings
+        (["--link-heartbeat-s", "1", "--rate-ip-per-s", "0"], None, False),  # relay pings
     ],
     ids=["mesh-default", "client-pings", "relay-pings"],
 )
