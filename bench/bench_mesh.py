@@ -6,9 +6,13 @@ For each example and each m, every mode runs ``--repeats`` times on loopback (al
 parties as local processes); the figure is the median of MPyC's own "elapsed time"
 (from the end of ``mpc.start()`` to ``mpc.shutdown()``, the slowest party), so process
 start-up and connection set-up are not counted; the median wall time of the whole run is
-shown too. Ratios are to plain MPyC (a). Then the mesh set-up time (connect every pair,
-handshake, connectivity check) for m = 10 parties in one process. Bounded: every run
-has a timeout and the whole benchmark stops starting new runs after ``--budget`` s.
+shown too. Ratios are to plain MPyC (a). ``cpu`` is the total user+sys CPU seconds of all
+party processes of a run (from the kernel's accounting of reaped children, plus the
+relay process's CPU during the run in mode (d)), which start-up and set-up are part of;
+on a machine shared with other jobs it is a steadier guide than wall time. Then the
+mesh set-up time (connect every pair, handshake, connectivity check) for m = 10
+parties in one process (``--no-setup`` skips it). Bounded: every run has a timeout and
+the whole benchmark stops starting new runs after ``--budget`` s.
 
 Modes: (a) ``plain`` MPyC TCP (``-P``/``-I``); (b) ``ssl`` MPyC ``--ssl`` with throwaway
 certificates made here (``.config/party_<i>.crt``, ``party_<i>.key``, ``mpyc_ca.crt`` in
@@ -24,6 +28,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -40,8 +45,13 @@ from didmesh.session.mesh.runner import launch_document, spawn_party
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+# Without PYTHONDONTWRITEBYTECODE: MPyC's modules come with compiled bytecode from pip, so
+# didmesh's must not be recompiled in every party process (~0.1 s CPU each) either.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV["PYTHONUNBUFFERED"] = "1"
 ELAPSED = re.compile(r"elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+PROGRAM_CPU = re.compile(r"^program cpu: (\S+) (\S+) (\d+)$", re.M)
+WRAPPER = Path(__file__).resolve().parent / "program_cpu.py"
 RUN_TIMEOUT = 600.0
 
 
@@ -93,7 +103,31 @@ def make_ssl_config(workdir: Path, m: int) -> None:
             serialization.NoEncryption()))
 
 
-def _collect(procs: list[subprocess.Popen[bytes]], t0: float) -> tuple[float, float, str]:
+def children_cpu() -> float:
+    """User+sys CPU seconds of all reaped child processes of this process so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """User+sys CPU seconds of a running process (``/proc/PID/stat``); 0.0 if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Run:
+    """One run's figures: MPyC's elapsed time, wall time, CPU of all parties, output."""
+
+    def __init__(self, elapsed: float, wall: float, cpu: float, output: str,
+                 program_cpu: float | None = None, loops: int | None = None) -> None:
+        self.elapsed, self.wall, self.cpu, self.output = elapsed, wall, cpu, output
+        self.program_cpu, self.loops = program_cpu, loops
+
+
+def _collect(procs: list[subprocess.Popen[bytes]], t0: float, cpu0: float) -> Run:
     deadline = t0 + RUN_TIMEOUT
     outs = []
     try:
@@ -108,15 +142,21 @@ def _collect(procs: list[subprocess.Popen[bytes]], t0: float) -> tuple[float, fl
                 p.kill()
                 p.wait(5)
     wall = time.monotonic() - t0
+    cpu = children_cpu() - cpu0
     result_lines = [ln for ln in outs[0].splitlines() if ":" in ln and "MPyC" not in ln
-                    and not ln.startswith(("20", "  ", "connectivity"))]
-    return max(parse_elapsed(o) for o in outs), wall, "\n".join(result_lines)
+                    and not ln.startswith(("20", "  ", "connectivity", "program cpu"))]
+    run = Run(max(parse_elapsed(o) for o in outs), wall, cpu, "\n".join(result_lines))
+    pcpu = [PROGRAM_CPU.search(o) for o in outs]
+    if all(pcpu):
+        run.program_cpu = sum(float(x[1]) + float(x[2]) for x in pcpu if x)
+        run.loops = sum(int(x[3]) for x in pcpu if x)
+    return run
 
 
-def run_mpyc(program: Path, args: list[str], m: int, *, ssl: bool, workdir: Path
-             ) -> tuple[float, float, str]:
+def run_mpyc(program: Path, args: list[str], m: int, *, ssl: bool, workdir: Path) -> Run:
     ports = free_ports(m)
     plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
+    cpu0 = children_cpu()
     t0 = time.monotonic()
     procs = [
         subprocess.Popen(
@@ -125,22 +165,27 @@ def run_mpyc(program: Path, args: list[str], m: int, *, ssl: bool, workdir: Path
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=workdir)
         for i in range(m)
     ]
-    return _collect(procs, t0)
+    return _collect(procs, t0, cpu0)
 
 
-def run_didmesh(program: Path, args: list[str], m: int, *, relay: str | None
-                ) -> tuple[float, float, str]:
+def run_didmesh(program: Path, args: list[str], m: int, *, relay: str | None,
+                relay_pid: int | None = None) -> Run:
     plans, ids = loopback_plans(m, relays=[relay] if relay else [])
     opts: dict[str, Any] = {"timeout": 60, "connect_timeout": 60, "receipt": False}
     if relay:
         opts["relay_only"] = True
+    relay_cpu0 = process_cpu(relay_pid) if relay_pid else 0.0
+    cpu0 = children_cpu()
     t0 = time.monotonic()
     procs = [
         spawn_party(launch_document(plans[i], ids[i], str(program), args, **opts),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
         for i in range(m)
     ]
-    return _collect(procs, t0)
+    run = _collect(procs, t0, cpu0)
+    if relay_pid:
+        run.cpu += process_cpu(relay_pid) - relay_cpu0
+    return run
 
 
 def start_relay() -> tuple[str, subprocess.Popen[bytes]]:
@@ -183,6 +228,52 @@ def mesh_setup_seconds(m: int, repeats: int) -> list[float]:
     return [asyncio.run(_setup_once(m)) for _ in range(repeats)]
 
 
+def _ratio(x: float, base: float | None) -> float | None:
+    return round(x / base, 3) if base else None
+
+
+def summarize(row: dict[str, Any]) -> dict[str, Any]:
+    """Medians per mode of elapsed, wall and CPU time, and their ratios to plain MPyC."""
+    plain = row.get("plain", {})
+    base = {k: statistics.median(plain[k]) if plain.get(k) else None
+            for k in ("elapsed", "wall", "cpu")}
+    summary: dict[str, Any] = {}
+    for mode, v in row.items():
+        if not v["elapsed"]:
+            summary[mode] = {"failed": v["failed"]}
+            continue
+        med = {k: statistics.median(v[k]) for k in ("elapsed", "wall", "cpu")}
+        summary[mode] = {
+            "median_elapsed_s": round(med["elapsed"], 4),
+            "median_wall_s": round(med["wall"], 3),
+            "median_cpu_s": round(med["cpu"], 3),
+            "runs": len(v["elapsed"]),
+            "ratio_to_plain": _ratio(med["elapsed"], base["elapsed"]),
+            "wall_ratio_to_plain": _ratio(med["wall"], base["wall"]),
+            "cpu_ratio_to_plain": _ratio(med["cpu"], base["cpu"]),
+            "failed": v["failed"],
+        }
+        if v.get("program_cpu"):
+            pmed = statistics.median(v["program_cpu"])
+            pbase = statistics.median(plain["program_cpu"]) if plain.get("program_cpu") else None
+            summary[mode]["median_program_cpu_s"] = round(pmed, 3)
+            summary[mode]["program_cpu_ratio_to_plain"] = _ratio(pmed, pbase)
+            summary[mode]["median_loop_turns"] = statistics.median(v["loops"])
+    return summary
+
+
+def format_mode(mode: str, s: dict[str, Any]) -> str:
+    if "median_elapsed_s" not in s:
+        return f"{mode:8} failed ({s['failed']} runs)"
+    return (f"{mode:8} elapsed {s['median_elapsed_s']:8.3f} s (x{s['ratio_to_plain']})  "
+            f"wall {s['median_wall_s']:8.3f} s (x{s['wall_ratio_to_plain']})  "
+            f"cpu {s['median_cpu_s']:8.3f} s (x{s['cpu_ratio_to_plain']})  "
+            + (f"program cpu {s['median_program_cpu_s']:8.3f} s "
+               f"(x{s['program_cpu_ratio_to_plain']})  loop turns {s['median_loop_turns']:g}  "
+               if "median_program_cpu_s" in s else "")
+            + f"runs {s['runs']}" + (f", {s['failed']} failed" if s["failed"] else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parties", type=int, nargs="+", default=[3, 5])
@@ -195,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=1500.0, help="stop starting runs after (s)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--setup-only", action="store_true", help="only the m=10 set-up time")
+    ap.add_argument("--no-setup", action="store_true", help="skip the m=10 set-up time")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every run")
+    ap.add_argument("--program-cpu", action="store_true",
+                    help="run the examples under bench/program_cpu.py and also report the "
+                         "CPU of the program itself (no start-up, imports or mesh set-up)")
     a = ap.parse_args(argv)
     programs = {
         "secure_sum": (EXAMPLES / "secure_sum.py", []),
@@ -202,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         "matrix_product": (EXAMPLES / "matrix_product.py",
                            ["-n", str(a.matrix_n), "--seed", "1"]),
     }
+    if a.program_cpu:
+        programs = {k: (WRAPPER, [str(p), *args]) for k, (p, args) in programs.items()}
     started = time.monotonic()
     relay, relay_proc = (start_relay() if "relayed" in a.modes else (None, None))
     results: dict[str, Any] = {}
@@ -218,50 +316,51 @@ def main(argv: list[str] | None = None) -> int:
                         for mode in a.modes:  # interleaved: drift hits every mode alike
                             if time.monotonic() - started > a.budget:
                                 break
-                            row.setdefault(mode, {"elapsed": [], "wall": [], "failed": 0})
+                            row.setdefault(mode, {"elapsed": [], "wall": [], "cpu": [],
+                                                  "program_cpu": [], "loops": [],
+                                                  "failed": 0})
                             try:
                                 if mode in ("plain", "ssl"):
-                                    el, wall, out = run_mpyc(program, args, m,
-                                                             ssl=mode == "ssl", workdir=workdir)
+                                    run = run_mpyc(program, args, m, ssl=mode == "ssl",
+                                                   workdir=workdir)
                                 else:
-                                    el, wall, out = run_didmesh(
+                                    run = run_didmesh(
                                         program, args, m,
-                                        relay=relay if mode == "relayed" else None)
+                                        relay=relay if mode == "relayed" else None,
+                                        relay_pid=(relay_proc.pid if relay_proc is not None
+                                                   and mode == "relayed" else None))
                             except RuntimeError as exc:  # report it, keep benchmarking
                                 row[mode]["failed"] += 1
                                 print(f"  {ex} m={m} {mode}: run failed: "
                                       f"{str(exc).splitlines()[-1][:300]}", flush=True)
                                 continue
-                            outputs.add(out)
-                            row[mode]["elapsed"].append(el)
-                            row[mode]["wall"].append(wall)
+                            outputs.add(run.output)
+                            row[mode]["elapsed"].append(run.elapsed)
+                            row[mode]["wall"].append(run.wall)
+                            row[mode]["cpu"].append(run.cpu)
+                            if run.program_cpu is not None:
+                                row[mode]["program_cpu"].append(run.program_cpu)
+                                row[mode]["loops"].append(run.loops)
+                            if a.verbose:
+                                print(f"    {ex} m={m} {mode}: elapsed {run.elapsed:.3f} s, "
+                                      f"wall {run.wall:.3f} s, cpu {run.cpu:.3f} s"
+                                      + (f", program cpu {run.program_cpu:.3f} s, "
+                                         f"{run.loops} loop turns"
+                                         if run.program_cpu is not None else ""), flush=True)
                         del rep
-                    summary: dict[str, Any] = {}
-                    base = statistics.median(row["plain"]["elapsed"]) if "plain" in row else None
-                    for mode, v in row.items():
-                        if not v["elapsed"]:
-                            summary[mode] = {"failed": v["failed"]}
-                            continue
-                        med = statistics.median(v["elapsed"])
-                        summary[mode] = {
-                            "median_elapsed_s": round(med, 4),
-                            "median_wall_s": round(statistics.median(v["wall"]), 3),
-                            "runs": len(v["elapsed"]),
-                            "ratio_to_plain": round(med / base, 3) if base else None,
-                            "failed": v["failed"],
-                        }
+                    summary = summarize(row)
                     summary["outputs_identical"] = len(outputs) == 1
                     results[f"{ex} m={m}"] = summary
-                    print(f"{ex:15} m={m}  " + "  ".join(
-                        f"{mode}: {s['median_elapsed_s']:.3f}s (x{s['ratio_to_plain']})"
-                        if "median_elapsed_s" in s else f"{mode}: failed"
-                        for mode, s in summary.items() if isinstance(s, dict))
-                        + f"  same output: {summary['outputs_identical']}", flush=True)
-        setups = mesh_setup_seconds(10, 3)
-        results["mesh_setup_m10_s"] = {"median": round(statistics.median(setups), 4),
-                                       "all": [round(s, 4) for s in setups]}
-        print(f"mesh set-up, m=10, one process: median {statistics.median(setups):.3f} s "
-              f"({', '.join(f'{s:.3f}' for s in setups)})")
+                    print(f"{ex:15} m={m}  same output: {summary['outputs_identical']}")
+                    for mode, s in summary.items():
+                        if isinstance(s, dict):
+                            print("    " + format_mode(mode, s), flush=True)
+        if not a.no_setup:
+            setups = mesh_setup_seconds(10, 3)
+            results["mesh_setup_m10_s"] = {"median": round(statistics.median(setups), 4),
+                                           "all": [round(s, 4) for s in setups]}
+            print(f"mesh set-up, m=10, one process: median {statistics.median(setups):.3f} s "
+                  f"({', '.join(f'{s:.3f}' for s in setups)})")
     finally:
         if relay_proc is not None:
             relay_proc.terminate()
