@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.metadata
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMessage, WSMsgType, web
+from didmesh.identity.strict_json import loads_strict
 
 from .auth import Authenticator
 from .config import RelayConfig
@@ -161,11 +161,10 @@ class Relay:
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
         if ctype != "application/json":
             raise UnsupportedMediaType()
-        raw = await request.read()
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise MalformedRequest("request body is not valid JSON") from None
+        return loads_strict(
+            await request.read(), max_bytes=self.config.max_request_bytes,
+            error=MalformedRequest, what="request body", too_large=TooLarge,
+        )
 
     @staticmethod
     def _obj(data: Any, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 from didmesh.identity.keys import IdentityKey
+from didmesh.identity.strict_json import loads_strict
 
 from .auth import sign_challenge
 from .envelope import DEFAULT_TTL_S, Envelope, open_envelope, seal
@@ -59,6 +60,8 @@ DEFAULT_HEARTBEAT_S = 20.0
 
 #: socket read size: big forwarded frames arrive in one read instead of several
 READ_BUFSIZE = 1 << 20
+#: the largest response body or WebSocket message we accept from a relay
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class _Default(enum.Enum):
@@ -281,8 +284,11 @@ class RelayClient:
                     f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
                 ) from exc
             try:
-                parsed = json.loads(payload) if payload else None
-            except (ValueError, RecursionError):
+                parsed = loads_strict(
+                    payload, max_bytes=MAX_MESSAGE_BYTES, error=RelayProtocolError,
+                    what="relay response",
+                ) if payload else None
+            except RelayProtocolError:
                 parsed = None
             if status < 400:
                 if parsed is None:
@@ -461,41 +467,44 @@ class RelayClient:
 
     async def _push_batches(self, backoff: Backoff) -> AsyncIterator[list[Received]]:
         url = self.base_url + "/v1/inbox/ws"
-        for attempt in range(2):
-            headers = {"Authorization": "Bearer " + await self.token()}
-            try:
-                ws = await self._session().ws_connect(
-                    url, headers=headers, heartbeat=self.heartbeat,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                    max_msg_size=64 * 1024 * 1024,
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                err = _handshake_error(exc, url)
-                if isinstance(err, _AUTH_ERRORS) and attempt == 0:
-                    self._token = None
-                    continue
-                if err is None:
-                    raise _PushUnavailable() from None
-                raise err from None
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                raise RelayUnreachable(f"cannot reach the relay at {url}: {exc}") from exc
-            break
-        else:
-            raise AuthInvalid("the relay keeps refusing our token")
+        ws = await self._ws_connect(url, lambda _status: _PushUnavailable(),
+                                    heartbeat=self.heartbeat)
         async with ws:
             backoff.reset()
             self._push_ws = ws
             async for msg in ws:
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     break
-                try:
-                    data = json.loads(msg.data)
-                except (ValueError, RecursionError):
-                    raise RelayProtocolError("malformed push message from the relay") from None
+                data = loads_strict(
+                    msg.data, max_bytes=MAX_MESSAGE_BYTES, error=RelayProtocolError,
+                    what="push message from the relay",
+                )
                 if isinstance(data, dict) and data.get("type") == "envelopes":
                     yield self._parse_items(data.get("items"))
         self._push_ws = None
         raise RelayUnreachable(f"push connection to {url} closed ({ws.close_code})")
+
+    async def _ws_connect(
+        self, url: str, unknown: Callable[[int], Exception], **kw: Any
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Upgrade ``url`` with our token (renewed once if the relay refuses it). A refusal
+        without a relay error code raises ``unknown(status)``."""
+        for attempt in range(2):
+            headers = {"Authorization": "Bearer " + await self.token()}
+            try:
+                return await self._session().ws_connect(
+                    url, headers=headers, max_msg_size=MAX_MESSAGE_BYTES,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0), **kw,
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                err = _handshake_error(exc, url) or unknown(exc.status)
+                if isinstance(err, _AUTH_ERRORS) and attempt == 0:
+                    self._token = None
+                    continue
+                raise err from None
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                raise RelayUnreachable(f"cannot reach the relay at {url}: {exc}") from exc
+        raise AuthInvalid("the relay keeps refusing our token")
 
     # -- links ---------------------------------------------------------------------------
     async def open_link(
@@ -514,29 +523,15 @@ class RelayClient:
         req = LinkRequest(session, peer, link_id)
         beat = self.heartbeat if heartbeat is _Default.CLIENT else _check_heartbeat(heartbeat)
         async with asyncio.timeout(timeout):
-            for attempt in range(2):
-                headers = {"Authorization": "Bearer " + await self.token()}
-                try:
-                    # autoclose off: we read the relay's close code ourselves (aiohttp
-                    # reports 1006 if the relay drops TCP right after its close frame)
-                    ws = await self._session().ws_connect(
-                        url, headers=headers, heartbeat=beat, compress=0, autoclose=False,
-                        max_msg_size=64 * 1024 * 1024,
-                        timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                    )
-                except aiohttp.WSServerHandshakeError as exc:
-                    err = _handshake_error(exc, url) or RelayProtocolError(
-                        f"{url} does not speak the relay link protocol ({exc.status})"
-                    )
-                    if isinstance(err, _AUTH_ERRORS) and attempt == 0:
-                        self._token = None
-                        continue
-                    raise err from None
-                except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                    raise RelayUnreachable(f"cannot reach the relay at {url}: {exc}") from exc
-                break
-            else:
-                raise AuthInvalid("the relay keeps refusing our token")
+            # autoclose off: we read the relay's close code ourselves (aiohttp reports 1006
+            # if the relay drops TCP right after its close frame)
+            ws = await self._ws_connect(
+                url,
+                lambda status: RelayProtocolError(
+                    f"{url} does not speak the relay link protocol ({status})"
+                ),
+                heartbeat=beat, compress=0, autoclose=False,
+            )
             try:
                 await ws.send_str(req.to_json())
                 msg = await ws.receive()

@@ -30,6 +30,7 @@ from typing import Any
 from didmesh.identity.didkey import DidKey
 from didmesh.identity.errors import IdentityError
 from didmesh.identity.keys import IdentityKey, verify_ed25519
+from didmesh.identity.strict_json import loads_strict
 from nacl import bindings
 from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as NaclRuntimeError
@@ -148,15 +149,10 @@ class Envelope:
 
     @classmethod
     def from_json(cls, raw: bytes | str, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
-        """Parse with a size cap applied before any JSON parsing."""
-        if len(raw) > max_bytes:
-            raise TooLarge(f"envelope is {len(raw)} bytes; this relay accepts {max_bytes}")
-        try:
-            data = json.loads(raw)
-        except RecursionError:
-            raise InvalidEnvelope("envelope JSON is nested too deeply") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidEnvelope(f"envelope is not valid JSON: {exc}") from None
+        """Parse strictly (:func:`loads_strict`), with the size cap applied first."""
+        data = loads_strict(
+            raw, max_bytes=max_bytes, error=InvalidEnvelope, what="envelope", too_large=TooLarge
+        )
         return cls.from_dict(data)
 
     @classmethod

@@ -45,12 +45,12 @@ def too_many_links_per_did(per_did: int) -> LinkLimit:
 class LimitSettings:
     """The settings the limiters need (a slice of the relay configuration)."""
 
-    rate_ip_per_s: float = 50.0
-    rate_ip_burst: int = 100
-    rate_did_per_s: float = 20.0
-    rate_did_burst: int = 40
-    links_per_did: int = 32
-    links_total: int = 4096
+    rate_ip_per_s: float
+    rate_ip_burst: int
+    rate_did_per_s: float
+    rate_did_burst: int
+    links_per_did: int
+    links_total: int
 
     @classmethod
     def of(cls, config: Any) -> LimitSettings:

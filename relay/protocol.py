@@ -23,6 +23,7 @@ from enum import IntEnum
 from typing import Any
 
 from didmesh.identity.errors import IdentityError
+from didmesh.identity.strict_json import loads_strict
 
 from .auth import parse_signing_did
 from .envelope import _SESSION_RE, MAX_SESSION_CHARS
@@ -96,12 +97,9 @@ class LinkRequest:
 
 
 def _json_object(text: str | bytes) -> dict[str, Any]:
-    if len(text) > MAX_CONTROL_BYTES:
-        raise MalformedRequest(f"control message larger than {MAX_CONTROL_BYTES} bytes")
-    try:
-        msg = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise MalformedRequest("control message is not JSON") from None
+    msg = loads_strict(
+        text, max_bytes=MAX_CONTROL_BYTES, error=MalformedRequest, what="control message"
+    )
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise MalformedRequest("control message must be an object with a string 'type'")
     return msg

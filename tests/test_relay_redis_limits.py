@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -72,7 +73,7 @@ async def test_rate_is_shared_and_says_the_same_as_in_process(
 
 
 async def test_rate_refills_at_the_configured_rate(redis_server: RedisServer) -> None:  # noqa: F811
-    fast = LimitSettings(rate_did_per_s=20, rate_did_burst=2)
+    fast = dataclasses.replace(SETTINGS, rate_did_per_s=20, rate_did_burst=2)
     async with stores(redis_server, 2) as (a, b):
         gates = [a.limits(fast, time.time).rate_did, b.limits(fast, time.time).rate_did]
         ok, t0 = 0, time.monotonic()
