@@ -254,7 +254,7 @@ def row(name: str, value: str, target: str = "") -> str:
     return f"| {name:<46} | {value:>16} | {target:<22} |"
 
 
-async def main(quick: bool, only: str = "") -> None:
+async def main(quick: bool, only: str = "", runs: int = 1) -> None:
     rule = "|" + "-" * 48 + "|" + "-" * 18 + "|" + "-" * 24 + "|"
     lines = [row("measure", "value", "target"), rule]
     with tempfile.TemporaryDirectory() as tmp:
@@ -266,33 +266,49 @@ async def main(quick: bool, only: str = "") -> None:
                              f"{res['per_s']:.0f}"))
             lines.append(row(f"mailbox {kind}: post->delivery p50 / p99 ms",
                              f"{res['p50_ms']:.1f} / {res['p99_ms']:.1f}"))
-        with start_relay("memory", NO_LIMITS, home=tmp) as relay:
-            if only not in ("", "forwarding"):
-                print("\n".join(lines))
-                return
-            f = await forwarding(relay.url, 1000 if quick else 5000,
-                                 5000 if quick else 20000, 300 if quick else 1000)
-        lines.append(row("RTT 64 B median, direct TCP (us)", f"{f['rtt_direct_us']:.0f}"))
-        lines.append(row("RTT 64 B median, via relay link (us)", f"{f['rtt_relay_us']:.0f}"))
-        lines.append(row("RTT added by the relay (us)", f"{f['rtt_added_us']:.0f}", "<= 300"))
-        for name in ("64B", "64KB"):
-            d, r = f[f"{name}_direct_MBps"], f[f"{name}_relay_MBps"]
-            lines.append(row(f"{name} frames direct: MB/s (frames/s)",
-                             f"{d:.1f} ({f[f'{name}_direct_fps']:.0f})"))
-            lines.append(row(f"{name} frames relayed: MB/s (frames/s)",
-                             f"{r:.1f} ({f[f'{name}_relay_fps']:.0f})"))
-            lines.append(row(f"{name} relayed / direct throughput (best of {PAIRS})",
-                             f"{100 * r / d:.0f} %", ">= 50 %"))
-            lines.append(row(f"{name} relayed / direct, median of {PAIRS} pairs",
-                             f"{100 * f[f'{name}_ratio_median']:.0f} %", ">= 50 %"))
-        if only not in ("", "links"):
-            print("\n".join(lines))
-            return
-        with start_relay("memory", NO_LIMITS, home=tmp) as relay:
-            idle = await idle_links(relay.url, relay.proc.pid, 300 if quick else 1000)
-        lines.append(row(f"{idle['links']} idle links: relay RSS (MB)",
-                         f"{idle['rss_mb']:.0f} (idle {idle['rss_before_mb']:.0f})", "<= 150"))
+        if only in ("", "forwarding"):
+            results = []
+            for _ in range(runs):  # each run: a fresh relay and peer process
+                with start_relay("memory", NO_LIMITS, home=tmp) as relay:
+                    results.append(await forwarding(
+                        relay.url, 1000 if quick else 5000, 5000 if quick else 20000,
+                        300 if quick else 1000,
+                    ))
+            lines.extend(forwarding_rows(results[-1]))
+            if runs > 1:
+                for key, label, target in (
+                    ("rtt_added_us", "RTT added by the relay (us)", "<= 300"),
+                    ("64B_ratio_median", "64B relayed / direct (ratio)", ">= 0.5"),
+                    ("64KB_ratio_median", "64KB relayed / direct (ratio)", ">= 0.5"),
+                ):
+                    xs = [r[key] for r in results]
+                    lines.append(row(f"{label}, median of {runs} runs",
+                                     f"{statistics.median(xs):.2f}", target))
+                    lines.append(row("  runs", " ".join(f"{x:.2f}" for x in xs)))
+        if only in ("", "links"):
+            with start_relay("memory", NO_LIMITS, home=tmp) as relay:
+                idle = await idle_links(relay.url, relay.proc.pid, 300 if quick else 1000)
+            lines.append(row(f"{idle['links']} idle links: relay RSS (MB)",
+                             f"{idle['rss_mb']:.0f} (idle {idle['rss_before_mb']:.0f})", "<= 150"))
     print("\n".join(lines))
+
+
+def forwarding_rows(f: dict[str, float]) -> list[str]:
+    lines = []
+    lines.append(row("RTT 64 B median, direct TCP (us)", f"{f['rtt_direct_us']:.0f}"))
+    lines.append(row("RTT 64 B median, via relay link (us)", f"{f['rtt_relay_us']:.0f}"))
+    lines.append(row("RTT added by the relay (us)", f"{f['rtt_added_us']:.0f}", "<= 300"))
+    for name in ("64B", "64KB"):
+        d, r = f[f"{name}_direct_MBps"], f[f"{name}_relay_MBps"]
+        lines.append(row(f"{name} frames direct: MB/s (frames/s)",
+                         f"{d:.1f} ({f[f'{name}_direct_fps']:.0f})"))
+        lines.append(row(f"{name} frames relayed: MB/s (frames/s)",
+                         f"{r:.1f} ({f[f'{name}_relay_fps']:.0f})"))
+        lines.append(row(f"{name} relayed / direct throughput (best of {PAIRS})",
+                         f"{100 * r / d:.0f} %", ">= 50 %"))
+        lines.append(row(f"{name} relayed / direct, median of {PAIRS} pairs",
+                         f"{100 * f[f'{name}_ratio_median']:.0f} %", ">= 50 %"))
+    return lines
 
 
 if __name__ == "__main__":
@@ -302,5 +318,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller counts")
     ap.add_argument("--only", choices=["mailbox", "forwarding", "links"], default="")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="forwarding runs (fresh relay each); medians are reported")
     a = ap.parse_args()
-    asyncio.run(main(a.quick, a.only))
+    asyncio.run(main(a.quick, a.only, a.runs))

@@ -82,108 +82,182 @@ class Control:
         return int.from_bytes(self.payload[:2], "big") if len(self.payload) >= 2 else None
 
 
-def _reframe(buf: bytes | bytearray | memoryview, b0: int, key: bytes, start: int, n: int
-             ) -> bytearray:
-    """``buf[start:start+n]`` unmasked with ``key``, behind an unmasked header with first byte
-    ``b0``: one allocation and one copy. The header is pre-masked with a key rotated to the
-    payload's offset, so one in-place mask pass over the whole frame unmasks the payload and
-    restores the header."""
+def _new_frame(b0: int, key: bytes, n: int) -> tuple[bytearray, int, bytes]:
+    """A server frame of ``n`` payload bytes to be filled with the client's *masked* payload:
+    returns (frame, header length, key). The header is stored pre-masked with the client's
+    key rotated to the payload's offset, so one in-place mask pass over the filled frame
+    unmasks the payload and restores the header: one allocation, one copy."""
     hdr = header(b0, n)
     h = len(hdr)
     shift = h % 4
     rkey = key[-shift:] + key[:-shift] if shift else key
-    out = bytearray(h + n)
-    out[h:] = memoryview(buf)[start:start + n]  # one copy (a slice of bytes would be two)
-    out[:h] = (int.from_bytes(hdr, "big") ^ int.from_bytes((rkey * 3)[:h], "big")).to_bytes(
+    frame = bytearray(h + n)
+    frame[:h] = (int.from_bytes(hdr, "big") ^ int.from_bytes((rkey * 3)[:h], "big")).to_bytes(
         h, "big"
     )
-    mask_in_place(rkey, out)
-    return out
+    return frame, h, rkey
+
+
+def _header_len(b1: int) -> int:
+    """Length of a masked client frame's header (with its 4-byte key) from its second byte."""
+    n = b1 & 0x7F
+    return 6 if n < 126 else 8 if n == 126 else 14
 
 
 class ClientFrameReader:
-    """Incremental parser of the frames one link end sends."""
+    """Incremental parser of the frames one link end sends.
 
-    __slots__ = ("max_message", "_tail", "_in_message", "_message_len", "error")
+    A frame whose payload is split over several reads is copied straight into the frame
+    that will be forwarded (allocated when its header arrives), so no byte is copied twice
+    whatever the read boundaries.
+    """
+
+    __slots__ = (
+        "max_message", "_hdr", "_frame", "_fill", "_key", "_opcode", "_b0",
+        "_in_message", "_message_len", "error",
+    )
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
-        self._tail = bytearray()
+        self._hdr = bytearray()  # an incomplete header
+        self._frame: bytearray | None = None  # a frame waiting for the rest of its payload
+        self._fill = 0
+        self._key = b""
+        self._opcode = 0
+        self._b0 = 0
         self._in_message = False  # inside a fragmented data message
         self._message_len = 0
         self.error: FrameError | None = None
 
-    def feed(self, data: bytes) -> tuple[list[bytearray], int, list[Control]]:
+    def feed(self, data: bytes | bytearray | memoryview
+             ) -> tuple[list[bytearray], int, list[Control]]:
         """Parse ``data``; returns (server frames to forward, their payload bytes, controls).
 
         On a violation, what came before it is still returned and :attr:`error` is set;
         the reader then ignores further input.
         """
-        if self.error is not None:
-            return [], 0, []
-        if self._tail:
-            self._tail += data
-            buf: bytes | bytearray = self._tail
-        else:
-            buf = data
         out: list[bytearray] = []
         controls: list[Control] = []
-        size = len(buf)
+        if self.error is not None:
+            return out, 0, controls
+        mv = memoryview(data)
+        raw = data if isinstance(data, bytes) else mv  # indexing bytes is the cheaper
+        size = len(mv)
         pos = 0
-        payload_bytes = 0
+        nbytes = 0
         try:
-            while size - pos >= 2:
-                b0, b1 = buf[pos], buf[pos + 1]
+            while True:
+                frame = self._frame
+                if frame is not None:  # the rest of a split frame
+                    fill = self._fill
+                    take = min(len(frame) - fill, size - pos)
+                    frame[fill:fill + take] = mv[pos:pos + take]
+                    pos += take
+                    if fill + take < len(frame):
+                        self._fill = fill + take
+                        break
+                    self._frame = None
+                    nbytes += self._complete(frame, out, controls)
+                    continue
+                if pos >= size:
+                    break
+                # the header: from the input, or completed from a stash
+                if self._hdr:
+                    hdr = self._hdr
+                    while pos < size:
+                        need = _header_len(hdr[1]) if len(hdr) >= 2 else 2
+                        if len(hdr) >= need:
+                            break
+                        take = min(need - len(hdr), size - pos)
+                        hdr += mv[pos:pos + take]
+                        pos += take
+                    if len(hdr) < 2 or len(hdr) < _header_len(hdr[1]):
+                        self._check_partial(hdr)
+                        break
+                    hbuf: bytes | bytearray | memoryview = hdr
+                    self._hdr = bytearray()
+                    hpos = 0
+                else:
+                    if size - pos < 2 or size - pos < _header_len(raw[pos + 1]):
+                        self._hdr += mv[pos:]
+                        self._check_partial(self._hdr)
+                        break
+                    need = _header_len(raw[pos + 1])
+                    hbuf, hpos = raw, pos
+                    pos += need
+                b0, b1 = hbuf[hpos], hbuf[hpos + 1]
+                self._check_start(b0, b1)
                 n = b1 & 0x7F
                 h = 2
                 if n == 126:
-                    if size - pos < 4:
-                        break
-                    n = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                    n = int.from_bytes(hbuf[hpos + 2:hpos + 4], "big")
                     h = 4
                 elif n == 127:
-                    if size - pos < 10:
-                        break
-                    n = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                    n = int.from_bytes(hbuf[hpos + 2:hpos + 10], "big")
                     h = 10
-                self._check(b0, b1, n)
-                if size - pos < h + 4 + n:
-                    break
-                key = bytes(buf[pos + h:pos + h + 4])
-                start = pos + h + 4
+                self._check_length(b0, n)
+                key = bytes(hbuf[hpos + h:hpos + h + 4])
                 opcode = b0 & 0x0F
-                if opcode < 8:
-                    if n < 126:  # the common small frame, inlined: 2-byte header, key rotated by 2
-                        rkey = key[2:] + key[:2]
-                        frame = bytearray(2 + n)
-                        frame[2:] = buf[start:start + n]
-                        frame[0] = b0 ^ rkey[0]
-                        frame[1] = n ^ rkey[1]
-                        mask_in_place(rkey, frame)
-                        out.append(frame)
-                    else:
-                        out.append(_reframe(buf, b0, key, start, n))
-                    payload_bytes += n
+                avail = size - pos
+                if opcode < 8 and n < 126 and avail >= n:  # the common small frame, inlined
+                    rkey = key[2:] + key[:2]
+                    small = bytearray(2 + n)
+                    small[2:] = raw[pos:pos + n]
+                    small[0] = b0 ^ rkey[0]
+                    small[1] = n ^ rkey[1]
+                    mask_in_place(rkey, small)
+                    out.append(small)
+                    pos += n
+                    nbytes += n
                     self._message_len = n if opcode == OP_BINARY else self._message_len + n
                     self._in_message = not b0 & 0x80
+                    continue
+                if opcode < 8:
+                    frame, start, key = _new_frame(b0, key, n)
                 else:
-                    payload = bytearray(buf[start:start + n])
-                    mask_in_place(key, payload)
-                    controls.append(Control(opcode, bytes(payload)))
-                pos = start + n
+                    frame, start = bytearray(n), 0
+                take = min(n, avail)
+                frame[start:start + take] = mv[pos:pos + take]
+                pos += take
+                self._key, self._opcode, self._b0 = key, opcode, b0
+                if take < n:
+                    self._frame, self._fill = frame, start + take
+                    break
+                nbytes += self._complete(frame, out, controls)
         except FrameError as exc:
             self.error = exc
-            self._tail = bytearray()
-            return out, payload_bytes, controls
-        if buf is self._tail:
-            del self._tail[:pos]
-        elif pos < size:
-            self._tail = bytearray(buf[pos:])
-        return out, payload_bytes, controls
+            self._frame = None
+            self._hdr = bytearray()
+        return out, nbytes, controls
 
-    def _check(self, b0: int, b1: int, n: int) -> None:
-        """Validate a frame header before its payload is buffered (no state change: a
-        header is checked again when more of its frame arrives)."""
+    def _complete(self, frame: bytearray, out: list[bytearray], controls: list[Control]) -> int:
+        """A whole frame is in ``frame``: unmask it and hand it out; returns payload bytes."""
+        mask_in_place(self._key, frame)
+        opcode = self._opcode
+        if opcode >= 8:
+            controls.append(Control(opcode, bytes(frame)))
+            return 0
+        n = _payload_len(frame)
+        out.append(frame)
+        self._message_len = n if opcode == OP_BINARY else self._message_len + n
+        self._in_message = not self._b0 & 0x80
+        return n
+
+    def _check_partial(self, hdr: bytearray) -> None:
+        """Check an incomplete header as far as it goes (a too-long frame is refused as soon
+        as its length field is in, before its key or payload)."""
+        if len(hdr) < 2:
+            return
+        self._check_start(hdr[0], hdr[1])
+        field = _header_len(hdr[1]) - 4
+        if len(hdr) >= field:
+            n = hdr[1] & 0x7F
+            if field > 2:
+                n = int.from_bytes(hdr[2:field], "big")
+            self._check_length(hdr[0], n)
+
+    def _check_start(self, b0: int, b1: int) -> None:
+        """Validate what the first two bytes of a frame say."""
         if not b1 & 0x80:
             raise FrameError(PROTOCOL_ERROR, "client frames must be masked")
         if b0 & 0x70:
@@ -192,9 +266,9 @@ class ClientFrameReader:
         if opcode >= 8:
             if opcode not in (OP_CLOSE, OP_PING, OP_PONG):
                 raise FrameError(PROTOCOL_ERROR, f"unknown control opcode {opcode:#x}")
-            if not b0 & 0x80 or n > 125:
+            if not b0 & 0x80 or b1 & 0x7F > 125:
                 raise FrameError(PROTOCOL_ERROR, "control frames are final and <= 125 bytes")
-            if opcode == OP_CLOSE and n == 1:
+            if opcode == OP_CLOSE and b1 & 0x7F == 1:
                 raise FrameError(PROTOCOL_ERROR, "close frame with a 1-byte payload")
             return
         if opcode == OP_TEXT:
@@ -202,19 +276,29 @@ class ClientFrameReader:
         if opcode == OP_BINARY:
             if self._in_message:
                 raise FrameError(PROTOCOL_ERROR, "new message inside a fragmented one")
-            total = n
         elif opcode == OP_CONTINUATION:
             if not self._in_message:
                 raise FrameError(PROTOCOL_ERROR, "continuation frame without a message")
-            total = self._message_len + n
         else:
             raise FrameError(PROTOCOL_ERROR, f"unknown data opcode {opcode:#x}")
+
+    def _check_length(self, b0: int, n: int) -> None:
+        """Validate a data frame's length before its payload is buffered."""
+        if b0 & 0x0F >= 8:
+            return
         if n >> 63:
             raise FrameError(PROTOCOL_ERROR, "frame length has its top bit set")
+        total = n if b0 & 0x0F == OP_BINARY else self._message_len + n
         if total > self.max_message:
             raise FrameError(
                 MESSAGE_TOO_BIG, f"message larger than link_max_frame ({self.max_message} bytes)"
             )
+
+
+def _payload_len(frame: bytearray) -> int:
+    """Payload length of an (unmasked) server frame."""
+    n = frame[1] & 0x7F
+    return n if n < 126 else len(frame) - (4 if n == 126 else 10)
 
 
 __all__ = [

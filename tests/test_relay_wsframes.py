@@ -190,3 +190,21 @@ def test_fragments_count_toward_the_message_limit() -> None:
     assert reader.error is None
     reader.feed(fp.send_data(os.urandom(41), fin=True))
     assert reader.error is not None and reader.error.code == 1009
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 13, 4099])
+def test_every_header_and_payload_split(chunk: int) -> None:
+    """Cuts inside every header field (length, key) and payload, for all header sizes."""
+    lengths = [0, 1, 5, 125, 126, 127, 300] + ([65535, 65536, 70000] if chunk > 2 else [])
+    payloads = [os.urandom(n) for n in lengths]
+    stream = client_frames(payloads) + FrameProtocol(client=True, extensions=[]).ping(b"pp")
+    reader = ClientFrameReader(1 << 20)
+    out, total, controls = b"", 0, []
+    for i in range(0, len(stream), chunk):
+        frames, n, c = reader.feed(stream[i:i + chunk])
+        out += b"".join(frames)
+        total += n
+        controls += c
+    assert reader.error is None
+    assert read_server_frames(out) == payloads and total == sum(lengths)
+    assert [(c.opcode, c.payload) for c in controls] == [(OP_PING, b"pp")]
