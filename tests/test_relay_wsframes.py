@@ -208,3 +208,28 @@ def test_every_header_and_payload_split(chunk: int) -> None:
     assert reader.error is None
     assert read_server_frames(out) == payloads and total == sum(lengths)
     assert [(c.opcode, c.payload) for c in controls] == [(OP_PING, b"pp")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8), st.integers(1, 300))
+def test_arbitrary_bytes_never_crash_the_reader(chunks: list[bytes], limit: int) -> None:
+    """Untrusted input: any bytes end in frames, controls or one named error, never an
+    exception, and never more payload out than came in."""
+    reader = ClientFrameReader(limit)
+    fed = forwarded = 0
+    for chunk in chunks:
+        frames, n, controls = reader.feed(chunk)
+        fed += len(chunk)
+        forwarded += n
+        assert n == sum(len(read_server_frames_raw(f)) for f in frames)
+        assert all(len(c.payload) <= 125 for c in controls)
+    assert forwarded <= fed
+    if reader.error is not None:
+        assert reader.error.code in (1002, 1009, 4400) and reader.error.reason
+
+
+def read_server_frames_raw(frame: bytearray) -> bytes:
+    """The payload of one of our (unmasked) server frames."""
+    n = frame[1] & 0x7F
+    h = 2 if n < 126 else 4 if n == 126 else 10
+    return bytes(frame[h:])
