@@ -38,7 +38,7 @@ def collected(files: list[str]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for line in proc.stdout.splitlines():
         if line.startswith("DIDMESH-NODE "):
-            _, node, kind = line.split(" ")
+            node, kind = line.removeprefix("DIDMESH-NODE ").rsplit(" ", 1)  # ids may hold spaces
             out.setdefault(node.split("[")[0], set()).add(kind)
     return out
 
