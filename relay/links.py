@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMessage, WSMsgType, web
+from didmesh.identity.strict_json import loads_strict
 
 from .config import RelayConfig
+from .errors import MalformedRequest
 from .fastlink import FastLink, fast_end
 from .metrics import Metrics
 from .protocol import (
@@ -195,8 +197,10 @@ class LinkHub:
             link = uuid.uuid4().hex
             pipe = RemotePipe(self, bus, end, link, "b")
             await pipe.subscribe()
+            pipe.watch(proc)
             await bus.publish(
-                bus.proc_channel(proc), json.dumps({"waiter": lid, "link": link}).encode()
+                bus.proc_channel(proc),
+                json.dumps({"waiter": lid, "link": link, "proc": bus.proc_id}).encode(),
             )
             try:
                 await asyncio.wait_for(pipe.ready.wait(), READY_TIMEOUT_S)
@@ -250,14 +254,14 @@ class LinkHub:
 
     def _on_proc_msg(self, data: bytes) -> None:
         try:
-            msg = json.loads(data)
-            lid, link = str(msg["waiter"]), str(msg["link"])
-        except (ValueError, KeyError, TypeError):
+            msg = loads_strict(data, max_bytes=4096, error=MalformedRequest, what="pairing notice")
+            lid, link, proc = str(msg["waiter"]), str(msg["link"]), str(msg["proc"])
+        except (MalformedRequest, KeyError, TypeError):
             log.warning("malformed pairing notice on the bus")
             return
-        asyncio.get_running_loop().create_task(self._accept_remote(lid, link))
+        asyncio.get_running_loop().create_task(self._accept_remote(lid, link, proc))
 
-    async def _accept_remote(self, lid: str, link: str) -> None:
+    async def _accept_remote(self, lid: str, link: str, proc: str) -> None:
         assert self.bus is not None
         end = self._by_id.get(lid)
         if end is None or end.paired.done():
@@ -265,6 +269,7 @@ class LinkHub:
             return
         pipe = RemotePipe(self, self.bus, end, link, "a")
         await pipe.subscribe()
+        pipe.watch(proc)
         if end.paired.done():  # timed out meanwhile
             await pipe.unsubscribe()
             await self.bus.publish(f"link:{link}:b", xp_close(CloseCode.PEER_GONE))
@@ -477,6 +482,11 @@ class RemotePipe:
 
     async def subscribe(self) -> None:
         await self.bus.subscribe(self.rx, self._on_msg)
+
+    def watch(self, proc: str) -> None:
+        """If the other end's relay process dies, end this link as if it said "gone"
+        (within the store's liveness bound, instead of at the idle timeout)."""
+        self.bus.watch_process(proc, self.rx, lambda: self._on_msg(xp_close(CloseCode.PEER_GONE)))
 
     async def unsubscribe(self) -> None:
         await self.bus.unsubscribe(self.rx)

@@ -13,6 +13,7 @@ from didmesh.identity.keys import IdentityKey
 from didmesh.relay.client import RelayClient
 from didmesh.relay.errors import LinkClosed, Replay
 from didmesh.relay.protocol import CloseCode
+from didmesh.relay.store.redis_limits import RECLAIM_BOUND_S
 from relay_helpers import RedisServer, RelayProcess, redis_server, start_relay  # noqa: F401
 
 ARGS = ["--rate-ip-per-s", "0", "--link-pair-timeout-s", "3"]
@@ -137,3 +138,26 @@ async def test_a_relay_process_dies_and_the_other_keeps_serving(
         r1.kill()
         async with RelayClient(r2.url, bob) as cb:
             assert [i.open(bob) for i in await cb.fetch()] == [b"kept in redis"]
+
+
+async def test_link_end_on_a_killed_process_is_closed_within_the_liveness_bound(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The surviving end learns its peer's relay process died within the liveness bound
+    (not at the idle timeout, 300 s by default)."""
+    url = redis_server.url(4)
+    alice, bob = IdentityKey.generate(), IdentityKey.generate()
+    with start_relay(url, ARGS, home=tmp_path) as r1, start_relay(url, ARGS, home=tmp_path) as r2:
+        async with RelayClient(r1.url, alice) as ca, RelayClient(r2.url, bob) as cb:
+            la, lb = await asyncio.gather(
+                ca.open_link("k", bob.did), cb.open_link("k", alice.did)
+            )
+            await la.send(b"before")
+            assert await lb.recv(timeout=5) == b"before"
+            r1.kill()
+            t0 = asyncio.get_running_loop().time()
+            with pytest.raises(LinkClosed) as exc:
+                await lb.recv(timeout=RECLAIM_BOUND_S + 5)
+            assert exc.value.close_code == CloseCode.PEER_GONE
+            assert asyncio.get_running_loop().time() - t0 < RECLAIM_BOUND_S + 2
