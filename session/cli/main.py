@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "didmesh.session.cli.credential_cmd",
     "didmesh.session.cli.relay_cmd",
     "didmesh.session.cli.run_cmd",
+    "didmesh.session.cli.wg_cmd",
     "didmesh.session.cli.demo_cmd",
 ]
 
