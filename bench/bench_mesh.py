@@ -169,7 +169,7 @@ def run_mpyc(program: Path, args: list[str], m: int, *, ssl: bool, workdir: Path
 
 
 def run_didmesh(program: Path, args: list[str], m: int, *, relay: str | None,
-                relay_pid: int | None = None) -> Run:
+                relay_pid: int | None = None, env: dict[str, str] = ENV) -> Run:
     plans, ids = loopback_plans(m, relays=[relay] if relay else [])
     opts: dict[str, Any] = {"timeout": 60, "connect_timeout": 60, "receipt": False}
     if relay:
@@ -179,13 +179,29 @@ def run_didmesh(program: Path, args: list[str], m: int, *, relay: str | None,
     t0 = time.monotonic()
     procs = [
         spawn_party(launch_document(plans[i], ids[i], str(program), args, **opts),
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         for i in range(m)
     ]
     run = _collect(procs, t0, cpu0)
     if relay_pid:
         run.cpu += process_cpu(relay_pid) - relay_cpu0
     return run
+
+
+def baseline_tree(rev: str, into: Path) -> dict[str, str]:
+    """didmesh as of git revision ``rev`` under ``into``; the environment that runs it.
+
+    Mode ``direct@REV`` runs the parties with ``PYTHONPATH`` pointing there (a path entry
+    is found before the editable install), so two versions of the mesh can be compared
+    in one interleaved benchmark.
+    """
+    pkg = into / "didmesh"
+    pkg.mkdir(parents=True)
+    for folder in ("identity", "session", "relay"):
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, folder],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(pkg)], input=archive, check=True)
+    return {**ENV, "PYTHONPATH": str(into)}
 
 
 def start_relay() -> tuple[str, subprocess.Popen[bytes]]:
@@ -288,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setup-only", action="store_true", help="only the m=10 set-up time")
     ap.add_argument("--no-setup", action="store_true", help="skip the m=10 set-up time")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every run")
+    ap.add_argument("--baseline", metavar="REV", default=None,
+                    help="also run mode direct@REV: didmesh direct as of git revision REV "
+                         "(A/B against the working tree)")
     ap.add_argument("--program-cpu", action="store_true",
                     help="run the examples under bench/program_cpu.py and also report the "
                          "CPU of the program itself (no start-up, imports or mesh set-up)")
@@ -307,13 +326,18 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             make_ssl_config(workdir, max(a.parties))
+            modes = list(a.modes)
+            alt_env = ENV
+            if a.baseline:
+                alt_env = baseline_tree(a.baseline, workdir / "baseline")
+                modes.append(f"direct@{a.baseline}")
             for ex in ([] if a.setup_only else a.examples):
                 program, args = programs[ex]
                 for m in a.parties:
                     row: dict[str, Any] = {}
                     outputs = set()
                     for rep in range(a.repeats):
-                        for mode in a.modes:  # interleaved: drift hits every mode alike
+                        for mode in modes:  # interleaved: drift hits every mode alike
                             if time.monotonic() - started > a.budget:
                                 break
                             row.setdefault(mode, {"elapsed": [], "wall": [], "cpu": [],
@@ -327,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                                     run = run_didmesh(
                                         program, args, m,
                                         relay=relay if mode == "relayed" else None,
+                                        env=alt_env if mode.startswith("direct@") else ENV,
                                         relay_pid=(relay_proc.pid if relay_proc is not None
                                                    and mode == "relayed" else None))
                             except RuntimeError as exc:  # report it, keep benchmarking

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     deadline = t0 + a.timeout
     cpu: dict[int, float] = {}
+    user_sys = [0.0, 0.0]
     pending = {p.pid: i for i, p in enumerate(procs)}
     try:
         while pending and time.monotonic() < deadline:
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if pid in pending:
                 cpu[pending.pop(pid)] = ru.ru_utime + ru.ru_stime
+                user_sys[0] += ru.ru_utime
+                user_sys[1] += ru.ru_stime
                 if os.waitstatus_to_exitcode(status) != 0:
                     print(f"party exited with {os.waitstatus_to_exitcode(status)}")
     finally:
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         p.returncode = 0  # reaped by wait4 above
     print(f"wall {time.monotonic() - t0:.3f} s; CPU per party: "
           + ", ".join(f"{i}: {c:.3f}" for i, c in sorted(cpu.items()))
-          + f"; total {sum(cpu.values()):.3f} s")
+          + f"; total {sum(cpu.values()):.3f} s (user {user_sys[0]:.3f}, sys {user_sys[1]:.3f})")
     if a.profiler == "cprofile" and Path(a.out + ".pstats").exists():
         pstats.Stats(a.out + ".pstats").sort_stats("tottime").print_stats(25)
     return 0

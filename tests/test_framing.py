@@ -111,6 +111,71 @@ def test_encrypt_many_coalesces_into_full_records(
     assert deliver(wire, b, rng) == msgs
 
 
+def _cut(data: bytes, rng: random.Random, pieces: int) -> list[bytes]:
+    """``data`` cut at random points into ``pieces`` parts (some may be empty)."""
+    cuts = sorted(rng.randint(0, len(data)) for _ in range(pieces - 1))
+    return [data[i:j] for i, j in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 300, MAX_ITEM_DATA, MAX_ITEM_DATA + 1, 2 * MAX_ITEM_DATA + 7, 400_000]
+)
+@pytest.mark.parametrize("pieces", [1, 2, 7, 40])
+def test_send_parts_is_one_message_of_the_joined_parts(
+    size: int, pieces: int, rng: random.Random
+) -> None:
+    a, b = channel_pair(rng)
+    twin_a, _ = channel_pair(random.Random(7))
+    msg = rng.randbytes(size)
+    parts = _cut(msg, rng, pieces)
+    wire = a.send_parts([bytearray(parts[0]), *map(memoryview, parts[1:])])
+    # same records (lengths) as sending the joined message
+    assert [len(r) for r in split_records(wire)] == [
+        len(r) for r in split_records(twin_a.send(msg))
+    ]
+    assert deliver(wire + a.send(b"next"), b, rng, 70_000) == [msg, b"next"]
+
+
+def test_send_parts_too_large_is_refused_without_side_effects(rng: random.Random) -> None:
+    a, b = channel_pair(rng, max_message_size=1000)
+    with pytest.raises(MessageTooLarge, match="1001 bytes"):
+        a.send_parts([bytes(600), bytes(401)])
+    assert transfer(a, b, [bytes(1000)], rng) == [bytes(1000)]  # no nonce was used
+
+
+def test_decoder_does_not_alias_a_callers_mutable_buffer(
+    pair: tuple[SecureChannel, SecureChannel], rng: random.Random
+) -> None:
+    # receive_data parses bytes in place when nothing is pending; a bytearray (which the
+    # caller may reuse) must be copied first, so changing it afterwards changes nothing.
+    a, b = pair
+    wire = bytearray(a.send(b"first") + a.send(b"second"))
+    cut = len(wire) - 5  # a tail of the second record stays pending
+    head = bytearray(wire[:cut])
+    b.receive_data(head)
+    head[:] = bytes(len(head))
+    assert list(b) == [b"first"]
+    b.receive_data(bytes(wire[cut:]))
+    assert list(b) == [b"second"]
+
+
+def test_decoder_adopted_bytes_then_more(
+    pair: tuple[SecureChannel, SecureChannel], rng: random.Random
+) -> None:
+    # whole records and a partial one in one bytes object, the rest in later pieces
+    a, b = pair
+    msgs = [rng.randbytes(n) for n in (10, 70_000, 3, 200_000, 0)]
+    wire = bytes(b"".join(a.send(m) for m in msgs) + a.close())
+    got: list[bytes] = []
+    pos = 0
+    for n in (70_100, 1, 2, 131_000, 50, len(wire)):
+        b.receive_data(wire[pos : pos + n])
+        pos += n
+        got.extend(b)
+    b.receive_eof()
+    assert got == msgs and b.next_message() is None and b.state == "closed"
+
+
 def test_receive_buffer_stays_bounded(
     pair: tuple[SecureChannel, SecureChannel], rng: random.Random
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from didmesh.session.mesh.faults import MpycIncompatible, PeerMisbehaved, ReservedOption
-from didmesh.session.mesh.mpyc_bridge import MeshTransport, check_compat, mpyc_argv
+from didmesh.session.mesh.mpyc_bridge import FLUSH_AT, MeshTransport, check_compat, mpyc_argv
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -127,8 +127,8 @@ class FakePort:
     def attach(self, receiver: Any) -> None:
         self.receiver = receiver
 
-    def send_app(self, data: bytes) -> None:
-        self.sent.append(data)
+    def send_app_parts(self, parts: list[bytes]) -> None:
+        self.sent.append(b"".join(parts))
 
     def close_app(self) -> None:
         self.closed += 1
@@ -163,6 +163,22 @@ async def test_writes_of_one_loop_turn_become_one_message() -> None:
     tr.write(b"ignored")
     await asyncio.sleep(0)
     assert port.sent == [b"abcd", b"e"] and errors == []
+
+
+async def test_a_record_worth_of_writes_goes_at_once_in_order() -> None:
+    port, errors = FakePort(), []
+    tr = MeshTransport(port, asyncio.get_running_loop(), 1, expect_hello=False,
+                       on_error=errors.append)
+    tr.set_protocol(FakeProtocol())
+    tr.write(b"small")
+    assert port.sent == [] and tr.get_write_buffer_size() == 5
+    big = bytes(FLUSH_AT)
+    tr.write(big)  # no waiting for the end of the loop turn
+    assert port.sent == [b"small" + big] and tr.get_write_buffer_size() == 0
+    tr.write(bytearray(b"tail"))
+    await asyncio.sleep(0)
+    assert port.sent == [b"small" + big, b"tail"] and errors == []
+    assert tr.bytes_sent == 5 + FLUSH_AT + 4
 
 
 async def test_server_side_checks_the_claimed_pid() -> None:

@@ -115,6 +115,15 @@ class SecureChannel:
                 self._aborting(exc)
             raise
 
+    def send_parts(self, parts: Iterable[bytes | bytearray | memoryview]) -> bytearray:
+        """Encrypt ONE message, the concatenation of ``parts`` (not joined first)."""
+        try:
+            return self.encoder.encrypt_parts(parts)
+        except MeshError as exc:
+            if self.encoder.closed:
+                self._aborting(exc)
+            raise
+
     def close(self) -> bytearray:
         """The close record; write it, then close the byte stream."""
         return self.encoder.close()

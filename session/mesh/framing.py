@@ -121,21 +121,50 @@ class FrameEncoder:
         (:class:`MessageTooLarge`), none is. The result is a new buffer owned by the caller.
         """
         self._check_open()
-        views = [memoryview(m).cast("B") for m in messages]
+        return self._plan([[memoryview(m).cast("B")] for m in messages])
+
+    def encrypt_parts(self, parts: Iterable[bytes | bytearray | memoryview]) -> bytearray:
+        """ONE application message, the concatenation of ``parts`` -> wire bytes.
+
+        The parts are not joined first: each record's plaintext is gathered from them
+        once. A message that fits one record (the usual case: the small writes of one
+        event-loop turn) takes a short path.
+        """
+        self._check_open()
+        items = list(parts)
+        if any(type(p) is memoryview for p in items):  # len() of a view counts items
+            items = [memoryview(p).cast("B") for p in items]
+        n = sum(map(len, items))
+        if n > MAX_ITEM_DATA or n > self.max_message_size:
+            return self._plan([[memoryview(p).cast("B") for p in items]])
+        out = bytearray(LEN_PREFIX + ITEM_HEADER + n + TAG_LEN)
+        _pack_u16_into(out, 0, ITEM_HEADER + n + TAG_LEN)
+        try:
+            with memoryview(out) as ov:
+                self._cipher.encrypt_into(b"".join([_pack_u32(n), *items]), ov[LEN_PREFIX:])
+        except MeshError as exc:
+            self._closed = f"was aborted: {exc.message}"
+            raise
+        return out
+
+    def _plan(self, messages: list[list[memoryview]]) -> bytearray:
+        """Records for ``messages`` (each a list of parts), greedily filled, then sealed."""
         limit = self.max_message_size
-        for i, v in enumerate(views):
-            if v.nbytes > limit:
+        for i, parts in enumerate(messages):
+            size = sum(v.nbytes for v in parts)
+            if size > limit:
                 raise MessageTooLarge(
-                    f"message {i} is {v.nbytes} bytes; this channel sends at most {limit} "
+                    f"message {i} is {size} bytes; this channel sends at most {limit} "
                     "(raise max_message_size on both sides, or split the message)"
                 )
-        # Plan: records as lists of parts (headers and data views), greedily filled.
+        # Plan: records as lists of pieces (headers and data views), greedily filled.
         records: list[list[bytes | memoryview]] = []
         sizes: list[int] = []
         cur: list[bytes | memoryview] = []
         used = 0
-        for v in views:
-            remaining = v.nbytes
+        for parts in messages:
+            remaining = sum(v.nbytes for v in parts)
+            pi = 0  # the part being consumed, and how much of it is consumed
             off = 0
             while True:
                 space = MAX_RECORD_PLAINTEXT - used - ITEM_HEADER
@@ -144,17 +173,25 @@ class FrameEncoder:
                     sizes.append(used)
                     cur, used = [], 0
                     continue
-                if remaining <= space:
-                    cur.append(_pack_u32(remaining))
-                    if remaining:
+                take = remaining if remaining <= space else space
+                more = take < remaining
+                cur.append(_pack_u32((FLAG_MORE | take) if more else take))
+                used += ITEM_HEADER + take
+                remaining -= take
+                while take:  # the data of this item, from as many parts as it spans
+                    v = parts[pi]
+                    n = v.nbytes - off
+                    if n <= take:
                         cur.append(v[off:] if off else v)
-                    used += ITEM_HEADER + remaining
+                        take -= n
+                        pi += 1
+                        off = 0
+                    else:
+                        cur.append(v[off : off + take])
+                        off += take
+                        take = 0
+                if not more:
                     break
-                cur.append(_pack_u32(FLAG_MORE | space))
-                cur.append(v[off : off + space])
-                used += ITEM_HEADER + space
-                off += space
-                remaining -= space
                 records.append(cur)
                 sizes.append(used)
                 cur, used = [], 0
@@ -205,7 +242,9 @@ class FrameDecoder:
             raise ValueError("FrameDecoder needs a keyed transport CipherState")
         self._cipher = cipher
         self.max_message_size = _check_max(max_message_size)
-        self._buf = bytearray()
+        # Received bytes from _pos on; a bytes object adopted from receive_data, or a
+        # bytearray once bytes had to be appended to a pending tail.
+        self._buf: bytes | bytearray = bytearray()
         self._pos = 0
         self._ready: deque[bytes] = deque()
         # Fragments of the message being reassembled: (record plaintext, start, end).
@@ -252,9 +291,19 @@ class FrameDecoder:
             raise self._fail(
                 FrameMalformed("the peer sent data after its close record; channel aborted")
             )
-        if self._pos:
+        buf = self._buf
+        if self._pos == len(buf):
+            # Nothing pending (the usual case): parse the caller's bytes in place. bytes
+            # are immutable, so keeping a reference is safe; only a tail is copied later.
+            self._buf = data if type(data) is bytes else bytes(data)
+            self._pos = 0
+            return
+        if type(buf) is not bytearray:  # the tail of an adopted bytes object
+            self._buf = buf = bytearray(memoryview(buf)[self._pos :])
+            self._pos = 0
+        elif self._pos:
             self._compact()
-        self._buf += data
+        buf += data
 
     def receive_eof(self) -> None:
         """The byte stream ended. Pending messages can still be read."""
@@ -286,8 +335,13 @@ class FrameDecoder:
 
     def _compact(self) -> None:
         if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
+            buf = self._buf
+            if type(buf) is bytearray:
+                del buf[: self._pos]
+                self._pos = 0
+            elif self._pos == len(buf):
+                self._buf = b""
+                self._pos = 0
 
     def _at_eof(self) -> None:
         pending = len(self._buf) - self._pos

@@ -58,7 +58,8 @@ RESERVED_OPTIONS = (
 
 
 class AppReceiver(Protocol):
-    def app_data(self, data: bytes) -> None: ...
+    def app_data(self, data: bytes | memoryview) -> None:
+        """Application bytes from the peer (a view: copy what must outlive the call)."""
     def app_closed(self) -> None: ...
 
 
@@ -66,8 +67,15 @@ class AppPort(Protocol):
     """What the mesh offers the bridge for one peer (a secure channel's application side)."""
 
     def attach(self, receiver: AppReceiver) -> None: ...
-    def send_app(self, data: bytes) -> None: ...
+    def send_app_parts(self, parts: Sequence[bytes]) -> None:
+        """Send the concatenation of ``parts`` as one application message."""
     def close_app(self) -> None: ...
+
+
+#: Buffered bytes at which ``MeshTransport.write`` sends at once instead of at the end of
+#: the loop turn: one full record's worth gains nothing from waiting, and a large message
+#: should leave before MPyC goes on computing in the same turn.
+FLUSH_AT = 65519
 
 
 def mpyc_argv(program: str, args: Sequence[str], *, party_id: int, m: int) -> list[str]:
@@ -120,10 +128,11 @@ def check_compat(runtime_module: Any, asyncoro_module: Any, version: str) -> Non
 class MeshTransport(asyncio.Transport):
     """The transport MPyC's ``MessageExchanger`` writes into, for one peer.
 
-    Writes of one event-loop turn are joined and handed to the peer's channel as one
-    application message. On the server side (peer id below ours) the first two bytes
-    MPyC receives are the peer's claimed pid: they must equal the roster-authenticated
-    id, else :class:`PeerMisbehaved`.
+    Writes of one event-loop turn are handed to the peer's channel as one application
+    message (gathered into records, not joined first); once a record's worth
+    (:data:`FLUSH_AT` bytes) is buffered it goes at once. On the server side (peer id
+    below ours) the first two bytes MPyC receives are the peer's claimed pid: they must
+    equal the roster-authenticated id, else :class:`PeerMisbehaved`.
     """
 
     def __init__(
@@ -140,6 +149,7 @@ class MeshTransport(asyncio.Transport):
         self._loop = loop
         self.peer_id = peer_id
         self._buf: list[bytes] = []
+        self._buffered = 0
         self._scheduled = False
         self._closing = False
         self._lost = False
@@ -154,24 +164,32 @@ class MeshTransport(asyncio.Transport):
     def write(self, data: Any) -> None:
         if self._closing:
             return
-        self._buf.append(bytes(data))
-        if not self._scheduled:
+        data = bytes(data)  # MPyC writes bytes: then this is no copy
+        self._buf.append(data)
+        self._buffered += len(data)
+        if self._buffered >= FLUSH_AT:
+            self._flush()
+        elif not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._flush_soon)
 
     def writelines(self, list_of_data: Any) -> None:
         for d in list_of_data:
             self.write(d)
 
-    def _flush(self) -> None:
+    def _flush_soon(self) -> None:
         self._scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
         if not self._buf:
             return
-        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
-        self._buf.clear()
-        self.bytes_sent += len(data)
+        parts = self._buf
+        self._buf = []
+        self.bytes_sent += self._buffered
+        self._buffered = 0
         try:
-            self._port.send_app(data)
+            self._port.send_app_parts(parts)
         except Exception as exc:  # the channel failed: the mesh reports it
             self._on_error(exc)
 
@@ -196,7 +214,7 @@ class MeshTransport(asyncio.Transport):
         return False
 
     def get_write_buffer_size(self) -> int:
-        return sum(map(len, self._buf))
+        return self._buffered
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
@@ -213,7 +231,7 @@ class MeshTransport(asyncio.Transport):
 
     # -- AppReceiver (what the mesh calls) --------------------------------------------
 
-    def app_data(self, data: bytes) -> None:
+    def app_data(self, data: bytes | memoryview) -> None:
         if self._lost or self._protocol is None:
             return
         self.bytes_received += len(data)
@@ -234,7 +252,8 @@ class MeshTransport(asyncio.Transport):
                 return
             data = bytes(hello)
             self._hello = None
-        self._protocol.data_received(data)
+        # MPyC's MessageExchanger extends a bytearray with it: any buffer will do.
+        self._protocol.data_received(data)  # type: ignore[arg-type]
 
     def app_closed(self) -> None:
         if not self._closing:

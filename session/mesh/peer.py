@@ -107,7 +107,7 @@ class PeerChannel:
         self.link.write(self.channel.send_many(messages))
         self.last_tx = self._clock()
 
-    def send_control(self, kind: int, payload: bytes = b"") -> None:
+    def send_control(self, kind: int, payload: bytes | memoryview = b"") -> None:
         self._send((bytes((kind,)) + payload,))
 
     # -- AppPort (the MPyC bridge) -----------------------------------------------------
@@ -125,8 +125,15 @@ class PeerChannel:
                 receiver.app_data(item)
 
     def send_app(self, data: bytes) -> None:
-        self.app_bytes_sent += len(data)
-        self._send((_DATA_BYTE + data,))
+        self.send_app_parts((data,))
+
+    def send_app_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """One DATA message: the kind byte, then ``parts`` (gathered, not joined first)."""
+        if self.closed or self.failed:  # the failure was reported already
+            return
+        self.app_bytes_sent += sum(map(len, parts))
+        self.link.write(self.channel.send_parts((_DATA_BYTE, *parts)))
+        self.last_tx = self._clock()
 
     def close_app(self) -> None:
         self.send_control(APP_CLOSE)
@@ -157,7 +164,7 @@ class PeerChannel:
             for msg in self.channel:
                 if not msg:
                     raise PeerMisbehaved(f"{self.name} sent an empty message", party=self.peer_id)
-                self._dispatch(msg[0], msg[1:] if len(msg) > 1 else b"")
+                self._dispatch(msg[0], memoryview(msg)[1:])  # no copy of the payload
         except DidmeshError as exc:
             self._fail(exc)
 
@@ -168,7 +175,11 @@ class PeerChannel:
             if self.channel.state == "open":
                 self.channel.receive_eof()
                 for msg in self.channel:
-                    self._dispatch(msg[0], msg[1:])
+                    if not msg:
+                        raise PeerMisbehaved(
+                            f"{self.name} sent an empty message", party=self.peer_id
+                        )
+                    self._dispatch(msg[0], memoryview(msg)[1:])
         except FrameTruncated as err:
             if "without the peer's close record" not in err.message:
                 self._fail(err)  # the stream ended inside a record or message
@@ -190,7 +201,7 @@ class PeerChannel:
         if self.events is not None:
             self.events.peer_failed(self, exc)
 
-    def _dispatch(self, kind: int, payload: bytes) -> None:
+    def _dispatch(self, kind: int, payload: bytes | memoryview) -> None:
         ev = self.events
         if ev is None and kind not in (PING, PONG, HEARTBEAT, SELECT):
             self._early.append((kind, bytes(payload)))
