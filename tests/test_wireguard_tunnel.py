@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import os
 import subprocess
 import sys
 import time
@@ -83,7 +84,7 @@ def lab1() -> Iterator[WgLab]:
 
 
 def _lab(n: int) -> Iterator[WgLab]:
-    lab = WgLab(n, prefix=f"dmt{next(_labs)}x")
+    lab = WgLab(n, prefix=f"dm{os.getpid() % 10000}t{next(_labs)}")
     try:
         with lab:
             assert lab.underlay == [f"10.215.0.{i + 1}" for i in range(n)]
