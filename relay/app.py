@@ -47,13 +47,11 @@ from .links import (
     LinkEnd,
     LinkHub,
     LinkPeerGone,
-    LocalPair,
     close_peer,
     close_ws,
-    pipe_local,
+    receive_data,
     settle,
 )
-from .links import watchdog as link_watchdog
 from .metrics import Metrics
 from .protocol import CloseCode, parse_ack_ids, parse_link_request, parse_push_client_message
 from .store.base import PutPolicy, Store, StoredEnvelope
@@ -418,18 +416,19 @@ class Relay:
 
     async def _link(self, request: web.Request, did: str) -> web.StreamResponse:
         cfg = self.config
-        # without a bus a paired link is forwarded by FastLink, which sends its own pings
-        # (link_heartbeat_s); before pairing, the pairing timeout bounds the wait
-        beat = None if self.hub.bus is None or not cfg.link_heartbeat_s else cfg.link_heartbeat_s
+        # link pings are ours (link_heartbeat_s): FastLink sends them once paired in this
+        # process, RemotePipe across processes; before pairing, the pairing timeout bounds
+        # the wait. Pings from the client are answered by receive_data / FastLink.
         ws = web.WebSocketResponse(
             # aiohttp refuses frames of max_msg_size bytes and more; ours is inclusive
-            heartbeat=beat, max_msg_size=cfg.link_max_frame + 1, compress=False
+            heartbeat=None, autoping=False, max_msg_size=cfg.link_max_frame + 1,
+            compress=False,
         )
         await ws.prepare(request)
         self._sockets.add(ws)
         try:
             try:
-                request_msg = await ws.receive(timeout=cfg.link_pair_timeout_s)
+                request_msg = await receive_data(ws, cfg.link_pair_timeout_s)
             except TimeoutError:
                 await close_ws(ws, CloseCode.PAIR_TIMEOUT)
                 return ws
@@ -448,7 +447,7 @@ class Relay:
             end = LinkEnd(did, req, ws, request.transport, request.protocol)
             # frames before "linked" are a protocol violation: watch the socket while waiting
             join = asyncio.ensure_future(self.hub.join(end))
-            early = end.early = asyncio.ensure_future(ws.receive())
+            early = end.early = asyncio.ensure_future(receive_data(ws))
             await asyncio.wait({join, early}, return_when=asyncio.FIRST_COMPLETED)
             first: WSMessage | None = None  # a frame that raced with "linked"
             if early.done() and not end.paired.done():
@@ -479,21 +478,12 @@ class Relay:
                 return ws
             if isinstance(pairing, FastLink):
                 if first is not None:  # read by aiohttp, so sent before "linked"
-                    self.metrics.reject("not_linked")
-                    pairing.close(CloseCode.NOT_LINKED)
+                    if first.type in (WSMsgType.BINARY, WSMsgType.TEXT):
+                        self.metrics.reject("not_linked")
+                        pairing.close(CloseCode.NOT_LINKED)
+                    else:  # closed or broken before the link was up
+                        pairing.close(CloseCode.PEER_GONE)
                 await pairing.run(ws)
-            elif isinstance(pairing, LocalPair):
-                self.metrics.links_total += pairing.owner
-                dog = None
-                if pairing.owner:
-                    dog = asyncio.create_task(
-                        link_watchdog(cfg, pairing.state, [ws, pairing.peer.ws])
-                    )
-                try:
-                    await pipe_local(end, pairing, self.metrics, first)
-                finally:
-                    if dog is not None:
-                        dog.cancel()
             else:
                 self.metrics.links_total += pairing.role == "b"
                 if not pairing.linked_sent:

@@ -1,11 +1,11 @@
-"""Link pairing and frame forwarding on the server (specs/relay.md, "Links").
+"""Link pairing and cross-process forwarding on the server (specs/relay.md, "Links").
 
 Two ends ask for each other (:class:`~didmesh.relay.protocol.LinkRequest`); the
-:class:`LinkHub` pairs them. Ends in the same process are piped directly: each end's
-handler reads its own socket and ``await``s the send on the other socket, so a slow reader
-stalls the fast writer through TCP (aiohttp bounds the read queue and the write buffer):
-bounded memory, no per-frame JSON, no per-frame logging. Ends on different processes (Redis
-store) go through Redis pub/sub with credit-based flow control (:class:`RemotePipe`).
+:class:`LinkHub` pairs them. Ends in the same process are handed to a
+:class:`~didmesh.relay.fastlink.FastLink`, which forwards in the read callback. Ends on
+different processes (Redis store) go through Redis pub/sub with credit-based flow control
+(:class:`RemotePipe`), which also pings its client (``link_heartbeat_s``) and watches the
+other process's liveness.
 """
 
 from __future__ import annotations
@@ -82,11 +82,8 @@ class LinkEnd:
     )
 
 
-@dataclass(eq=False)
-class LocalPair:
-    peer: LinkEnd
-    state: LinkState
-    owner: bool = False  # the end that completed the pairing runs the watchdog
+def _alive(end: LinkEnd) -> bool:
+    return FastLink.supported(end.transport, end.http_protocol)
 
 
 def key_str(key: tuple[str, str, str, str]) -> str:
@@ -147,14 +144,16 @@ class LinkHub:
             await self.bus.subscribe(self.bus.proc_channel(self.bus.proc_id), self._on_proc_msg)
 
     # -- pairing ----------------------------------------------------------------------
-    async def join(self, end: LinkEnd) -> LocalPair | RemotePipe | FastLink:
+    async def join(self, end: LinkEnd) -> RemotePipe | FastLink:
         """Wait (up to the pairing timeout) for the peer; raises TimeoutError, LinkDuplicate
         or LinkPeerGone."""
         timeout = self.config.link_pair_timeout_s
         if self.bus is None:
+            if not _alive(end):
+                raise LinkPeerGone()  # our own client is gone already
             other = self._waiting.pop(end.req.mirror_key(end.did), None)
-            if other is not None and not other.paired.done():
-                return await self._pair_local(end, other)
+            if other is not None and not other.paired.done() and _alive(other):
+                return self._pair_local(end, other)
             key = end.req.key(end.did)
             if key in self._waiting:
                 raise LinkDuplicate()
@@ -170,7 +169,7 @@ class LinkHub:
 
     async def _join_bus(
         self, end: LinkEnd, bus: Bus, timeout: float
-    ) -> LocalPair | RemotePipe | FastLink:
+    ) -> RemotePipe | FastLink:
         my_key, mirror = key_str(end.req.key(end.did)), key_str(end.req.mirror_key(end.did))
         token = f"{bus.proc_id}:{end.local_id}"
         self._by_id[end.local_id] = end
@@ -190,9 +189,9 @@ class LinkHub:
             proc, _, lid = other.partition(":")
             if proc == bus.proc_id:
                 peer = self._by_id.get(lid)
-                if peer is None or peer.paired.done():
+                if peer is None or peer.paired.done() or not _alive(peer) or not _alive(end):
                     raise LinkPeerGone()
-                return await self._pair_local(end, peer)
+                return self._pair_local(end, peer)
             # the peer waits on another process: claim it
             link = uuid.uuid4().hex
             pipe = RemotePipe(self, bus, end, link, "b")
@@ -221,36 +220,17 @@ class LinkHub:
             c.link_max_duration_s, c.link_max_frame,
         ).to_json()
 
-    def _can_fast(self, *ends: LinkEnd) -> bool:
-        """Hand the connections to :class:`FastLink`? Not with a bus (a link end there may
-        keep aiohttp's heartbeat), nor when a read raced with pairing (a frame sent before
-        "linked" is then handled by the handler as a violation)."""
-        return self.bus is None and all(
-            FastLink.supported(e.transport, e.http_protocol)
-            and (e.early is None or not e.early.done())
-            for e in ends
+    def _pair_local(self, end: LinkEnd, other: LinkEnd) -> FastLink:
+        """Both ends are in this process: hand both connections to a :class:`FastLink`
+        (which tells each end "linked" once it owns the connection), wake the waiting one."""
+        fast = FastLink(self.config, self.metrics, LinkState(self.config.link_max_bytes))
+        fast.start(
+            (other.ws, other.transport, other.http_protocol, self.linked_json(other)),
+            (end.ws, end.transport, end.http_protocol, self.linked_json(end)),
         )
-
-    async def _pair_local(self, end: LinkEnd, other: LinkEnd) -> LocalPair | FastLink:
-        """Tell both ends "linked" before either may forward, then wake the waiting one."""
-        state = LinkState(self.config.link_max_bytes)
-        if self._can_fast(end, other):
-            fast = FastLink(self.config, self.metrics, state)
-            fast.start(
-                (other.ws, other.transport, other.http_protocol, self.linked_json(other)),
-                (end.ws, end.transport, end.http_protocol, self.linked_json(end)),
-            )
-            self.metrics.links_total += 1
-            other.paired.set_result(fast)
-            return fast
-        other.paired.set_result(LocalPair(end, state))
-        try:
-            await other.ws.send_str(self.linked_json(other))
-            await end.ws.send_str(self.linked_json(end))
-        except (ConnectionError, RuntimeError):
-            state.closed_code = CloseCode.PEER_GONE
-        state.ready.set()
-        return LocalPair(other, state, owner=True)
+        self.metrics.links_total += 1
+        other.paired.set_result(fast)
+        return fast
 
     def _on_proc_msg(self, data: bytes) -> None:
         try:
@@ -319,10 +299,6 @@ async def watchdog(
 
 
 _END = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
-#: frames at least this large are written at once (joining would only add a copy)
-_BIG = 16 * 1024
-#: pause forwarding while the peer's socket holds more than this, unsent
-_HIGH_WATER = 256 * 1024
 
 
 def error_close_code(msg: WSMessage) -> int:
@@ -332,135 +308,17 @@ def error_close_code(msg: WSMessage) -> int:
     return int(code) if isinstance(code, int) and code not in (1005, 1006) else CloseCode.PEER_GONE
 
 
-class FrameBatcher:
-    """Writes forwarded frames to one socket, coalescing the small frames that arrive in one
-    event-loop turn into a single ``transport.write`` (one syscall instead of one per frame).
-
-    Frames are unmasked server-to-client binary frames (RFC 6455, 5.2), written to the same
-    transport aiohttp writes its own frames to; each write holds whole frames, so they never
-    interleave with aiohttp's pings or close frame. Ordering is preserved: a big frame first
-    flushes what is pending.
-    """
-
-    __slots__ = ("transport", "parts", "scheduled", "loop")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.parts: list[bytes] = []
-        self.scheduled = False
-        self.loop = asyncio.get_running_loop()
-
-    @staticmethod
-    def header(n: int) -> bytes:
-        if n < 126:
-            return bytes((0x82, n))
-        if n < 65536:
-            return b"\x82\x7e" + n.to_bytes(2, "big")
-        return b"\x82\x7f" + n.to_bytes(8, "big")
-
-    def add(self, data: bytes) -> None:
-        n = len(data)
-        if not self.scheduled:  # first frame of this loop turn: no added latency
-            self.scheduled = True
-            self.loop.call_soon(self.flush)
-            self.transport.write(self.header(n) + data)
-        elif n >= _BIG:
-            self._write_pending()
-            self.transport.write(self.header(n) + data)
-        else:  # more frames in the same turn: one write at the end of it
-            self.parts.append(self.header(n))
-            self.parts.append(data)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        self._write_pending()
-
-    def _write_pending(self) -> None:
-        if self.parts:
-            data = b"".join(self.parts)
-            self.parts.clear()
-            if not self.transport.is_closing():
-                self.transport.write(data)
-
-    def backlog(self) -> int:
-        return self.transport.get_write_buffer_size()
-
-
-async def _drain(peer_ws: web.WebSocketResponse, batcher: FrameBatcher) -> None:
-    """Wait until the peer's socket has taken most of its backlog (backpressure)."""
-    batcher.flush()
-    writer = getattr(peer_ws, "_payload_writer", None)
-    drain = getattr(writer, "drain", None)
-    while batcher.backlog() > _HIGH_WATER and not batcher.transport.is_closing():
-        if drain is not None:
-            await drain()
-            if batcher.backlog() > _HIGH_WATER:
-                await asyncio.sleep(0.001)
-        else:
-            await asyncio.sleep(0.001)
-
-
-async def pipe_local(
-    me: LinkEnd, pair: LocalPair, metrics: Metrics, first: WSMessage | None = None
-) -> int:
-    """Forward my end's binary frames to the peer until either side closes.
-
-    ``first`` is a message read before the link was known to be established. Returns the
-    close code for my socket. This is the hot path: no JSON, no logging; frames read in one
-    loop turn leave in one write; the peer's unsent backlog is capped at ``_HIGH_WATER``.
-    """
-    state, peer_ws, ws = pair.state, pair.peer.ws, me.ws
-    max_bytes = state.max_bytes
-    await state.ready.wait()
-    transport = pair.peer.transport
-    batcher = FrameBatcher(transport) if transport is not None else None
-    n = frames = 0
-    binary = WSMsgType.BINARY
-    try:
+async def receive_data(ws: web.WebSocketResponse, timeout: float | None = None) -> WSMessage:
+    """The next message on a link socket that is not a ping or pong (aiohttp's ``autoping``
+    is off on links so that :class:`RemotePipe` sees pongs): pings are answered here."""
+    async with asyncio.timeout(timeout):
         while True:
-            if first is not None:
-                msg, first = first, None
-            else:
-                msg = await ws.receive()
-            if msg.type is binary:
-                data = msg.data
-                state.bytes += len(data)
-                if state.bytes > max_bytes:
-                    state.closed_code = CloseCode.BYTES_EXCEEDED
-                    break
-                state.frames += 1
-                n += len(data)
-                frames += 1
-                if batcher is None or peer_ws.closed:
-                    await peer_ws.send_bytes(data)
-                else:
-                    batcher.add(data)
-                    if batcher.backlog() > _HIGH_WATER:
-                        await _drain(peer_ws, batcher)
-            elif msg.type in _END:
-                break
-            elif msg.type is WSMsgType.ERROR:  # e.g. frame too large: aiohttp closed with 1009
-                state.closed_code = state.closed_code or error_close_code(msg)
-                break
-            else:  # a text frame after "linked": protocol violation
-                state.closed_code = state.closed_code or CloseCode.MALFORMED
-                break
-    except (ConnectionError, RuntimeError, asyncio.CancelledError):
-        state.closed_code = state.closed_code or CloseCode.PEER_GONE
-    finally:
-        if batcher is not None:
-            batcher.flush()
-        metrics.link_bytes_forwarded += n
-        metrics.link_frames_forwarded += frames
-    code = state.closed_code or (
-        CloseCode.PEER_CLOSED if ws.close_code in (None, 1000, 1001) else CloseCode.PEER_GONE
-    )
-    if not state.closed_code:
-        state.closed_code = code
-    close_peer(peer_ws, code)
-    if code in (CloseCode.BYTES_EXCEEDED, CloseCode.MALFORMED, CloseCode.MESSAGE_TOO_BIG):
-        await close_ws(ws, code)
-    return code if code != CloseCode.PEER_CLOSED else CloseCode.NORMAL
+            msg = await ws.receive()
+            if msg.type is WSMsgType.PING:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.pong(msg.data)
+            elif msg.type is not WSMsgType.PONG:
+                return msg
 
 
 class RemotePipe:
@@ -479,6 +337,7 @@ class RemotePipe:
         self.credit_event.set()
         self.state = LinkState(hub.config.link_max_bytes)
         self.linked_sent = False
+        self.last_rx = asyncio.get_running_loop().time()
 
     async def subscribe(self) -> None:
         await self.bus.subscribe(self.rx, self._on_msg)
@@ -532,10 +391,32 @@ class RemotePipe:
                 await self.bus.publish(self.tx, xp_close(code))
         close_peer(self.end.ws, code)
 
+    async def _heartbeat(self, beat: float) -> None:
+        """Ping my client after ``beat`` silent seconds; no answer within ``beat / 2``: it is
+        gone (its peer hears 4410)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            silent = loop.time() - self.last_rx
+            if silent < beat:
+                await asyncio.sleep(beat - silent + 0.001)
+                continue
+            ping_at = loop.time()
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.end.ws.ping(b"didmesh")
+            await asyncio.sleep(beat / 2)
+            if self.last_rx < ping_at:
+                await self._close(CloseCode.PEER_GONE)
+                if self.end.transport is not None:
+                    self.end.transport.abort()
+                return
+
     async def run(self, metrics: Metrics, first: WSMessage | None = None) -> int:
         ws, state = self.end.ws, self.state
+        loop = asyncio.get_running_loop()
         deliver = asyncio.create_task(self._deliver())
         dog = asyncio.create_task(watchdog(self.hub.config, state, [], self._close))
+        beat = self.hub.config.link_heartbeat_s
+        pinger = asyncio.create_task(self._heartbeat(beat)) if beat > 0 else None
         n = frames = 0
         try:
             while True:
@@ -543,6 +424,13 @@ class RemotePipe:
                     msg, first = first, None
                 else:
                     msg = await ws.receive()
+                self.last_rx = loop.time()
+                if msg.type is WSMsgType.PING:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.pong(msg.data)
+                    continue
+                if msg.type is WSMsgType.PONG:
+                    continue
                 if msg.type in _END:
                     break
                 if msg.type is WSMsgType.ERROR:
@@ -573,6 +461,8 @@ class RemotePipe:
             metrics.link_bytes_forwarded += n
             metrics.link_frames_forwarded += frames
             dog.cancel()
+            if pinger is not None:
+                pinger.cancel()
             if not self.remote_close and not state.closed_code:
                 state.closed_code = CloseCode.PEER_CLOSED
                 with contextlib.suppress(Exception):
