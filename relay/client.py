@@ -136,7 +136,10 @@ class Link:
         """The next frame; raises :class:`LinkClosed` when the link ends, TimeoutError."""
         if self.close_code is not None:
             raise await self._closed()
-        msg = await self._ws.receive(timeout=timeout)
+        try:
+            msg = await self._ws.receive(timeout=timeout)
+        except (ConnectionError, RuntimeError):  # e.g. answering a ping on a cut connection
+            raise await self._closed() from None
         if msg.type is aiohttp.WSMsgType.BINARY:
             return msg.data
         if msg.type is aiohttp.WSMsgType.TEXT:

@@ -8,11 +8,12 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from didmesh.identity.keys import IdentityKey
 from didmesh.relay.client import RelayClient
 from didmesh.relay.errors import LinkClosed, Replay
-from didmesh.relay.protocol import CloseCode
+from didmesh.relay.protocol import CloseCode, LinkRequest
 from didmesh.relay.store.redis_limits import RECLAIM_BOUND_S
 from relay_helpers import RedisServer, RelayProcess, redis_server, start_relay  # noqa: F401
 
@@ -161,3 +162,45 @@ async def test_link_end_on_a_killed_process_is_closed_within_the_liveness_bound(
                 await lb.recv(timeout=RECLAIM_BOUND_S + 5)
             assert exc.value.close_code == CloseCode.PEER_GONE
             assert asyncio.get_running_loop().time() - t0 < RECLAIM_BOUND_S + 2
+
+
+async def test_cross_process_link_pings_and_cuts_a_silent_end(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Across processes the relay pings link ends too (link_heartbeat_s): an end that
+    answers stays, one that never answers is cut and its peer hears 4410."""
+    url = redis_server.url(5)
+    args = [*ARGS, "--link-heartbeat-s", "0.5"]
+    alice, bob = IdentityKey.generate(), IdentityKey.generate()
+    with start_relay(url, args, home=tmp_path) as r1, start_relay(url, args, home=tmp_path) as r2:
+        async with RelayClient(r1.url, alice) as ca, RelayClient(r2.url, bob) as cb, \
+                aiohttp.ClientSession() as s:
+            # alice: a raw aiohttp socket that reads pings and never answers them
+            ws = await s.ws_connect(
+                r1.url + "/v1/link", headers={"Authorization": "Bearer " + await ca.token()},
+                autoping=False,
+            )
+            await ws.ping(b"during pairing")  # answered while waiting for the peer
+            await ws.send_str(LinkRequest("hb", bob.did).to_json())
+            pong = await ws.receive(timeout=5)
+            assert (pong.type, pong.data) == (aiohttp.WSMsgType.PONG, b"during pairing")
+            lb = await cb.open_link("hb", alice.did)
+            assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT  # linked
+            await ws.send_bytes(b"hello")
+            assert await lb.recv(timeout=5) == b"hello"
+            bob_reads = asyncio.create_task(lb.recv(timeout=10))  # bob answers pings
+            t0 = asyncio.get_running_loop().time()
+            pings = 0
+            while True:
+                msg = await ws.receive(timeout=5)
+                if msg.type is not aiohttp.WSMsgType.PING:
+                    break
+                assert msg.data == b"didmesh"
+                pings += 1
+            assert pings >= 1
+            with pytest.raises(LinkClosed) as exc:
+                await bob_reads
+            assert exc.value.close_code == CloseCode.PEER_GONE
+            assert asyncio.get_running_loop().time() - t0 < 3.0
+            await ws.close()
