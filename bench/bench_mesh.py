@@ -210,9 +210,9 @@ def start_relay() -> tuple[str, subprocess.Popen[bytes]]:
         [sys.executable, "-m", "didmesh.relay", "--host", "127.0.0.1", "--port", str(port),
          "--link-max-bytes", str(1 << 40), "--link-max-frame", str(64 << 20),
          # MPyC blocks its event loop for many seconds in large numpy steps; the relay's
-         # WebSocket heartbeat (20 s, pong within 10 s) would drop such a party's links.
-         # The mesh has its own liveness with stall grace (specs/mesh.md section 7).
-         "--ws-heartbeat-s", "3600", "--ws-idle-timeout-s", "3600"],
+         # link pings (20 s, pong within 10 s) would drop such a party's links. The mesh
+         # has its own liveness with stall grace (specs/mesh.md section 7).
+         "--link-heartbeat-s", "0", "--ws-idle-timeout-s", "3600"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
