@@ -123,6 +123,9 @@ class FakePort:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.closed = 0
+        self.starts = 0
+        self._peer_started = asyncio.Event()
+        self._peer_started.set()  # the fake peers have always started
 
     def attach(self, receiver: Any) -> None:
         self.receiver = receiver
@@ -132,6 +135,13 @@ class FakePort:
 
     def close_app(self) -> None:
         self.closed += 1
+
+    def send_start(self) -> None:
+        self.starts += 1
+
+    @property
+    def peer_started(self) -> asyncio.Event:
+        return self._peer_started
 
 
 class FakeProtocol(asyncio.Protocol):

@@ -243,3 +243,32 @@ def test_completed_run_gives_verifiable_receipts(tmp_path: Path) -> None:
     assert got.issuers == tuple(sorted(i.did for i in ids))
     assert got.program_digest == results[0]["program_digest"]
     assert all(r["setup_seconds"] < 10 for r in results)
+
+
+BARRIER_PROGRAM = """
+import sys, time
+from mpyc.runtime import mpc
+if mpc.pid == 2:
+    time.sleep(1.5)  # party 2 is late to start its program
+before = time.time()
+mpc.run(mpc.start())
+print(f"START {mpc.pid} {before:.3f} {time.time():.3f}", flush=True)
+mpc.run(mpc.shutdown())
+"""
+
+
+def test_start_is_a_barrier_as_in_plain_mpyc(tmp_path: Path) -> None:
+    """mpc.start() over the mesh returns only once every party's program called it (plain
+    MPyC's start() connects to every party, so it is a barrier there too)."""
+    program = tmp_path / "late.py"
+    program.write_text(BARRIER_PROGRAM)
+    for outs in (run_plain(program, ["--no-log"], 3),
+                 [o for _, o, _ in finish(start_mesh(program, ["--no-log"], 3)[0])]):
+        rows = {}
+        for out in outs:
+            [line] = [ln for ln in out.splitlines() if ln.startswith("START ")]
+            pid, before, after = line.split()[1:]
+            rows[int(pid)] = (float(before), float(after))
+        late_before = rows[2][0]
+        assert all(after >= late_before for _, after in rows.values()), rows
+        assert rows[0][0] < late_before - 1.0  # party 0 really did start earlier

@@ -70,6 +70,11 @@ class AppPort(Protocol):
     def send_app_parts(self, parts: Sequence[bytes]) -> None:
         """Send the concatenation of ``parts`` as one application message."""
     def close_app(self) -> None: ...
+    def send_start(self) -> None:
+        """Tell the peer this party's program reached ``mpc.start()``."""
+    @property
+    def peer_started(self) -> asyncio.Event:
+        """Set once the peer's program reached ``mpc.start()``."""
 
 
 #: Buffered bytes at which ``MeshTransport.write`` sends at once instead of at the end of
@@ -325,6 +330,11 @@ class MpycBridge:
             rt.start_time = time.time()
             return
         loop = rt._loop
+        # the start barrier: as with plain MPyC (whose start() connects to every party),
+        # start() returns once every party's program has called it
+        for port in self.ports.values():
+            port.send_start()
+        await asyncio.gather(*(port.peer_started.wait() for port in self.ports.values()))
         for peer in rt.parties:
             peer.protocol = asyncio.Future(loop=loop) if peer.pid == rt.pid else None
         for peer in rt.parties:

@@ -14,6 +14,7 @@ one kind byte:
 0x06  BYE         the run finished here; nothing more will follow
 0x07  SELECT      initiator: this path is the pair's channel
 0x08  HEARTBEAT   keep-alive, no payload
+0x09  START       the program here reached ``mpc.start()`` (the start barrier)
 ====  ==========  =======================================================
 
 Events go to a :class:`PeerEvents` (the mesh). The receive path is synchronous: bytes
@@ -45,6 +46,7 @@ READY: Final = 5
 BYE: Final = 6
 SELECT: Final = 7
 HEARTBEAT: Final = 8
+START: Final = 9
 
 _DATA_BYTE: Final = b"\x00"
 _CLOSE_MARK: Final = object()
@@ -86,6 +88,7 @@ class PeerChannel:
         self._app_queue: deque[object] = deque()
         self._pongs: dict[bytes, asyncio.Future[float]] = {}
         self._early: list[tuple[int, bytes]] = []
+        self.peer_started = asyncio.Event()  # its program reached mpc.start()
 
     @property
     def path(self) -> str:
@@ -137,6 +140,9 @@ class PeerChannel:
 
     def close_app(self) -> None:
         self.send_control(APP_CLOSE)
+
+    def send_start(self) -> None:
+        self.send_control(START)
 
     # -- pings -----------------------------------------------------------------------
 
@@ -203,6 +209,9 @@ class PeerChannel:
 
     def _dispatch(self, kind: int, payload: bytes | memoryview) -> None:
         ev = self.events
+        if kind == START:
+            self.peer_started.set()
+            return
         if ev is None and kind not in (PING, PONG, HEARTBEAT, SELECT):
             self._early.append((kind, bytes(payload)))
             return
