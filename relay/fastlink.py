@@ -45,7 +45,13 @@ _BIG = 16 * 1024
 _fast_ends: dict[int, LinkEndProtocol] = {}  # id(aiohttp WebSocketResponse) -> its protocol
 
 
-class LinkEndProtocol(asyncio.Protocol):
+#: one receive buffer for every link end of the process: asyncio reads into it
+#: (``recv_into``) and :meth:`LinkEndProtocol.buffer_updated` parses it in the same call,
+#: copying out whatever it keeps, so no end holds it across calls
+_READ_BUFFER = memoryview(bytearray(256 * 1024))
+
+
+class LinkEndProtocol(asyncio.BufferedProtocol):
     """One end of a forwarded link: reads its client's frames, writes to the other end."""
 
     def __init__(
@@ -70,7 +76,13 @@ class LinkEndProtocol(asyncio.Protocol):
         self._flush_scheduled = False
 
     # -- asyncio callbacks ------------------------------------------------------------
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READ_BUFFER[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.last_rx = self.loop.time()
         frames, n, controls = self.reader.feed(data)
         if frames and not self.close_sent:
