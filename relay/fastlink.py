@@ -2,7 +2,8 @@
 
 Once both ends are paired, each end's connection is handed from aiohttp to a
 :class:`LinkEndProtocol` (``transport.set_protocol``: public asyncio API). Its
-``data_received`` parses the client's frames (:mod:`didmesh.relay.wsframes`) and writes
+read callback (a ``BufferedProtocol``: asyncio reads into one buffer shared by every
+link end, parsed before the callback returns) parses the client's frames (:mod:`didmesh.relay.wsframes`) and writes
 them, re-framed, to the other end's transport in the same call: no queue, no task switch,
 one copy per frame, one write per read. Pings, pongs and the close handshake are answered
 here too.
