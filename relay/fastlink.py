@@ -1,12 +1,12 @@
 """Forwarding for a link whose two ends sit in this relay process (specs/relay.md, "Links").
 
 Once both ends are paired, each end's connection is handed from aiohttp to a
-:class:`LinkEndProtocol` (``transport.set_protocol``: public asyncio API). Its
-read callback (a ``BufferedProtocol``: asyncio reads into one buffer shared by every
-link end, parsed before the callback returns) parses the client's frames (:mod:`didmesh.relay.wsframes`) and writes
-them, re-framed, to the other end's transport in the same call: no queue, no task switch,
-one copy per frame, one write per read. Pings, pongs and the close handshake are answered
-here too.
+:class:`LinkEndProtocol` (``transport.set_protocol``: public asyncio API). Its read
+callback (a ``BufferedProtocol``: asyncio reads into one buffer shared by every link end,
+parsed before the callback returns) parses the client's frames
+(:mod:`didmesh.relay.wsframes`) and writes them, re-framed, to the other end's transport
+in the same call: no queue, no task switch, one copy per frame, one write per read.
+Pings, pongs and the close handshake are answered here too.
 
 Backpressure is the transport's own: when the other end's socket holds more than
 ``HIGH_WATER`` unsent bytes, asyncio calls that end's ``pause_writing`` and this end stops
