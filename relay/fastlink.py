@@ -49,7 +49,7 @@ _fast_ends: dict[int, LinkEndProtocol] = {}  # id(aiohttp WebSocketResponse) -> 
 #: one receive buffer for every link end of the process: asyncio reads into it
 #: (``recv_into``) and :meth:`LinkEndProtocol.buffer_updated` parses it in the same call,
 #: copying out whatever it keeps, so no end holds it across calls
-_READ_BUFFER = memoryview(bytearray(256 * 1024))
+_READ_BUFFER = memoryview(bytearray(1024 * 1024))
 
 
 class LinkEndProtocol(asyncio.BufferedProtocol):
