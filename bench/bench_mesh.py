@@ -43,6 +43,9 @@ from didmesh.session.mesh.loopback import free_ports, loopback_plans
 from didmesh.session.mesh.mesh import Mesh
 from didmesh.session.mesh.runner import launch_document, spawn_party
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_stats import process_cpu  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 # Without PYTHONDONTWRITEBYTECODE: MPyC's modules come with compiled bytecode from pip, so
@@ -107,15 +110,6 @@ def children_cpu() -> float:
     """User+sys CPU seconds of all reaped child processes of this process so far."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
-
-
-def process_cpu(pid: int) -> float:
-    """User+sys CPU seconds of a running process (``/proc/PID/stat``); 0.0 if unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Run:

@@ -34,6 +34,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proc_stats import process_cpu  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from didmesh.identity.keys import IdentityKey  # noqa: E402
@@ -47,15 +50,6 @@ from relay_helpers import start_relay  # noqa: E402
 CPU_SECONDS: list[float] = []  # processes mode: CPU time all parties spent after t0, per run
 RELAY_CPU_SECONDS: list[float] = []  # ... and the relay process
 RELAY_PID: list[int] = []
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far (Linux; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 RELAY_ARGS = ["--rate-ip-per-s", "0", "--rate-did-per-s", "10000", "--rate-did-burst", "10000"]
 
 

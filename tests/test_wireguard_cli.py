@@ -23,22 +23,13 @@ from didmesh.session.wireguard import (
     parse_conf,
     render_setconf,
 )
-
-
-async def _agree(root: Path) -> World:
-    world = World(root, 3)
-    world.invite_all()
-    await world.deliver_invites()
-    for i, p in enumerate(world.parties[1:], 1):
-        p.engine.accept(world.sid, endpoints=[f"tcp://[fd00::{i}]:{51820 + i}"])
-    await world.settle()
-    await world.close()
-    return world
+from wg_helpers import agreed_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield asyncio.run(_agree(tmp_path_factory.mktemp("wgcli")))
+    root = tmp_path_factory.mktemp("wgcli")
+    yield asyncio.run(agreed_world(root, lambda i: f"tcp://[fd00::{i}]:{51820 + i}"))
 
 
 def home(world: World, i: int) -> str:

@@ -45,6 +45,7 @@ from didmesh.session.wireguard import (
     tunnel_addresses,
 )
 from didmesh.session.wireguard.testing import UAPI_DIR, WgLab, available
+from wg_helpers import agreed_world
 
 _WHY = available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_WHY is not None, reason=str(_WHY))]
@@ -53,21 +54,10 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "secure_sum.py"
 ECHO_PORT = 7000
 
 
-async def _agree(root: Path) -> World:
-    world = World(root, 3)
-    world.invite_all()
-    await world.deliver_invites()
-    # the organizer (World) announces no endpoint; the invitees announce their underlay
-    for i, p in enumerate(world.parties[1:], 1):
-        p.engine.accept(world.sid, endpoints=[f"tcp://10.215.0.{i + 1}:{51820 + i}"])
-    await world.settle()
-    await world.close()
-    return world
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield asyncio.run(_agree(tmp_path_factory.mktemp("wgtunnel")))
+    root = tmp_path_factory.mktemp("wgtunnel")
+    yield asyncio.run(agreed_world(root, lambda i: f"tcp://10.215.0.{i + 1}:{51820 + i}"))
 
 
 _labs = iter(range(1000))
