@@ -52,6 +52,28 @@ _fast_ends: dict[int, LinkEndProtocol] = {}  # id(aiohttp WebSocketResponse) -> 
 _READ_BUFFER = memoryview(bytearray(1024 * 1024))
 
 
+class LinkBudget:
+    """A link's duration and idle budgets (sans-IO: the caller passes the time)."""
+
+    __slots__ = ("deadline", "idle", "last_frames", "last_active")
+
+    def __init__(self, config: RelayConfig, now: float) -> None:
+        self.deadline = now + config.link_max_duration_s
+        self.idle = config.ws_idle_timeout_s
+        self.last_frames, self.last_active = -1, now
+
+    def check(self, now: float, frames: int) -> tuple[int, float]:
+        """(close code or 0, seconds until the next check is due) given the frames
+        forwarded so far."""
+        if frames != self.last_frames:
+            self.last_frames, self.last_active = frames, now
+        if now >= self.deadline:
+            return CloseCode.DURATION_EXCEEDED, 0.0
+        if now - self.last_active >= self.idle:
+            return CloseCode.IDLE_TIMEOUT, 0.0
+        return 0, min(self.deadline - now, self.idle - (now - self.last_active))
+
+
 class LinkEndProtocol(asyncio.BufferedProtocol):
     """One end of a forwarded link: reads its client's frames, writes to the other end."""
 
@@ -254,22 +276,15 @@ class FastLink:
 
     async def _watch(self) -> None:
         """Duration and idle budgets of the link, and heartbeats on each end."""
-        cfg = self.config
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + cfg.link_max_duration_s
-        idle, beat = cfg.ws_idle_timeout_s, cfg.link_heartbeat_s
-        last_frames, last_active = -1, loop.time()
+        budget = LinkBudget(self.config, loop.time())
+        beat = self.config.link_heartbeat_s
         while not self.state.closed_code:
             now = loop.time()
-            if self.state.frames != last_frames:
-                last_frames, last_active = self.state.frames, now
-            if now >= deadline:
-                self.close(CloseCode.DURATION_EXCEEDED)
+            code, wait = budget.check(now, self.state.frames)
+            if code:
+                self.close(code)
                 return
-            if now - last_active >= idle:
-                self.close(CloseCode.IDLE_TIMEOUT)
-                return
-            wait = min(deadline - now, idle - (now - last_active))
             if beat > 0:
                 for end in self.ends:
                     if end.ping_at and end.last_rx < end.ping_at:
@@ -291,4 +306,6 @@ def fast_end(ws: Any) -> LinkEndProtocol | None:
     return _fast_ends.get(id(ws))
 
 
-__all__ = ["CLOSE_TIMEOUT_S", "HIGH_WATER", "FastLink", "LinkEndProtocol", "fast_end"]
+__all__ = [
+    "CLOSE_TIMEOUT_S", "HIGH_WATER", "FastLink", "LinkBudget", "LinkEndProtocol", "fast_end",
+]

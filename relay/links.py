@@ -24,7 +24,7 @@ from didmesh.identity.strict_json import loads_strict
 
 from .config import RelayConfig
 from .errors import MalformedRequest
-from .fastlink import FastLink, fast_end
+from .fastlink import FastLink, LinkBudget, fast_end
 from .metrics import Metrics
 from .protocol import (
     XP_CLOSE,
@@ -271,31 +271,18 @@ class LinkHub:
 
 
 async def watchdog(
-    config: RelayConfig, state: LinkState, ends: list[web.WebSocketResponse],
-    on_close: Callable[[int], Any] | None = None,
+    config: RelayConfig, state: LinkState, on_close: Callable[[int], Any]
 ) -> None:
-    """Close the link when its duration or idle budget is used up."""
+    """Close the link (``on_close(code)``) when its duration or idle budget is used up."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + config.link_max_duration_s
-    idle = config.ws_idle_timeout_s
-    last_frames, last_active = -1, loop.time()
+    budget = LinkBudget(config, loop.time())
     while True:
-        now = loop.time()
-        if state.frames != last_frames:
-            last_frames, last_active = state.frames, now
-        if now >= deadline:
-            code = CloseCode.DURATION_EXCEEDED
-        elif now - last_active >= idle:
-            code = CloseCode.IDLE_TIMEOUT
-        else:
-            await asyncio.sleep(min(deadline - now, idle - (now - last_active), idle / 4) + 0.001)
-            continue
-        state.closed_code = code
-        if on_close is not None:
+        code, wait = budget.check(loop.time(), state.frames)
+        if code:
+            state.closed_code = code
             await on_close(code)
-        for ws in ends:
-            close_peer(ws, code)
-        return
+            return
+        await asyncio.sleep(min(wait, config.ws_idle_timeout_s / 4) + 0.001)
 
 
 _END = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
@@ -414,7 +401,7 @@ class RemotePipe:
         ws, state = self.end.ws, self.state
         loop = asyncio.get_running_loop()
         deliver = asyncio.create_task(self._deliver())
-        dog = asyncio.create_task(watchdog(self.hub.config, state, [], self._close))
+        dog = asyncio.create_task(watchdog(self.hub.config, state, self._close))
         beat = self.hub.config.link_heartbeat_s
         pinger = asyncio.create_task(self._heartbeat(beat)) if beat > 0 else None
         n = frames = 0
