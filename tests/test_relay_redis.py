@@ -204,3 +204,26 @@ async def test_cross_process_link_pings_and_cuts_a_silent_end(
             assert exc.value.close_code == CloseCode.PEER_GONE
             assert asyncio.get_running_loop().time() - t0 < 3.0
             await ws.close()
+
+
+async def test_cross_process_link_duration_budget(
+    redis_server: RedisServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A link spanning two processes ends at link_max_duration_s like a local one: both
+    ends hear 4452."""
+    url = redis_server.url(6)
+    args = [*ARGS, "--link-max-duration-s", "1"]
+    alice, bob = IdentityKey.generate(), IdentityKey.generate()
+    with start_relay(url, args, home=tmp_path) as r1, start_relay(url, args, home=tmp_path) as r2:
+        async with RelayClient(r1.url, alice) as ca, RelayClient(r2.url, bob) as cb:
+            la, lb = await asyncio.gather(
+                ca.open_link("d", bob.did), cb.open_link("d", alice.did)
+            )
+            codes = []
+            for link in (la, lb):
+                with pytest.raises(LinkClosed) as exc:
+                    while True:
+                        await link.recv(timeout=5)
+                codes.append(exc.value.close_code)
+            assert codes == [CloseCode.DURATION_EXCEEDED] * 2
