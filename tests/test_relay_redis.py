@@ -170,7 +170,7 @@ async def test_cross_process_link_pings_and_cuts_a_silent_end(
 ) -> None:
     """Across processes the relay pings link ends too (link_heartbeat_s): an end that
     answers stays, one that never answers is cut and its peer hears 4410."""
-    url = redis_server.url(5)
+    url = redis_server.url(8)  # a db of its own: the session shares one redis-server
     args = [*ARGS, "--link-heartbeat-s", "0.5"]
     alice, bob = IdentityKey.generate(), IdentityKey.generate()
     with start_relay(url, args, home=tmp_path) as r1, start_relay(url, args, home=tmp_path) as r2:
@@ -212,7 +212,7 @@ async def test_cross_process_link_duration_budget(
 ) -> None:
     """A link spanning two processes ends at link_max_duration_s like a local one: both
     ends hear 4452."""
-    url = redis_server.url(6)
+    url = redis_server.url(9)  # a db of its own
     args = [*ARGS, "--link-max-duration-s", "1"]
     alice, bob = IdentityKey.generate(), IdentityKey.generate()
     with start_relay(url, args, home=tmp_path) as r1, start_relay(url, args, home=tmp_path) as r2:
