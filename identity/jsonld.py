@@ -27,7 +27,13 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from .errors import DidmeshError, MalformedCredential, UndefinedTerm, UnknownContext
+from .errors import (
+    DidmeshError,
+    DocumentTooLarge,
+    MalformedCredential,
+    UndefinedTerm,
+    UnknownContext,
+)
 
 # Canonical URL -> file in identity/contexts/.
 CREDENTIALS_V1 = "https://www.w3.org/2018/credentials/v1"
@@ -53,6 +59,13 @@ BUNDLED_CONTEXTS: Mapping[str, str] = {
     ED25519_2020_V1: "ed25519-signature-2020-v1.jsonld",
     DIDMESH_V1: "didmesh-v1.jsonld",
 }
+
+#: JSON objects a document may hold before JSON-LD processing. RDFC-1.0 costs quadratic
+#: time in the number of alike blank nodes (a "poison graph": 1,325 empty objects took
+#: 2.5 s, a 256 KiB document of them would take hours); a credential holds a few dozen.
+MAX_JSONLD_OBJECTS = 500
+#: array items, likewise: a list is a chain of blank nodes (128,000 numbers took 6 s)
+MAX_JSONLD_ITEMS = 2000
 
 _ABSOLUTE_IRI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
@@ -165,6 +178,20 @@ def _relative_iris(node: Any, types: list[str], ids: list[str]) -> None:
             _relative_iris(value, types, ids)
 
 
+def _count(value: Any) -> tuple[int, int]:
+    """(JSON objects, array items) in ``value``."""
+    objects, items, stack = 0, 0, [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            objects += 1
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            items += len(node)
+            stack.extend(node)
+    return objects, items
+
+
 def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
     """Canonical N-Quads (RDFC-1.0) of ``document``.
 
@@ -173,6 +200,13 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
     :class:`MalformedCredential` when JSON-LD processing fails otherwise.
     ``what`` names the document in messages.
     """
+    objects, items = _count(document)
+    if objects > MAX_JSONLD_OBJECTS or items > MAX_JSONLD_ITEMS:
+        raise DocumentTooLarge(
+            f"{what} holds {objects} JSON objects and {items} array items; JSON-LD suites "
+            f"accept at most {MAX_JSONLD_OBJECTS} and {MAX_JSONLD_ITEMS} (canonicalizing "
+            "more can take minutes to hours)"
+        )
     proc = _processor_class()()
     options = {
         "algorithm": "URDNA2015",

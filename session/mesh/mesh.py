@@ -208,7 +208,7 @@ class Mesh:
                 for r in doc["row"]
                 if 0 <= int(r["peer"]) < self.plan.m
             ]
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
             peer._fail(PeerMisbehaved(f"{peer.name} sent a malformed READY ({exc})",
                                       party=peer.peer_id))
             return
