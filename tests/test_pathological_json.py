@@ -189,3 +189,121 @@ def test_jws_header(case: Case) -> None:
                     "jws": b64(header) + ".." + b64(bytes(64))}  # fmt: skip
     got = only_tree(verify_credential, doc, now=NOW)
     assert isinstance(got, DidmeshError)
+
+
+# --------------------------------------------------------------------------- envelopes, messages
+
+import base64  # noqa: E402
+import json  # noqa: E402
+
+from adversary.sessions import BOB as S_BOB  # noqa: E402
+from adversary.sessions import MALLORY, ORG, counter_rng  # noqa: E402
+from didmesh.relay.client import RelayClient  # noqa: E402
+from didmesh.relay.envelope import Envelope, open_envelope, seal  # noqa: E402
+from didmesh.relay.protocol import (  # noqa: E402
+    Linked,
+    parse_link_request,
+    parse_push_client_message,
+)
+from didmesh.session import codes  # noqa: E402
+from didmesh.session.messages import MAX_MESSAGE_BYTES, SIG_LABEL, open_message  # noqa: E402
+
+ENV_NOW = 1_700_000_000_000
+ENV_CAP = 64 * 1024
+_ENV = seal(MALLORY, S_BOB.did, "s-1", b"x", now_ms=ENV_NOW, ttl=60, rng=lambda n: b"\x07" * n)
+
+
+def _open_env(raw: bytes) -> bytes:
+    env = Envelope.from_json(raw, max_bytes=ENV_CAP)
+    env.verify_signature()
+    return open_envelope(S_BOB, env, now_ms=ENV_NOW + 1000)
+
+
+@pytest.mark.parametrize("field", ["ts", "extra"])
+@pytest.mark.parametrize("case", params())
+def test_envelope_open(case: Case, field: str) -> None:
+    doc = _ENV.to_dict() | {field: PLACEHOLDER}
+    assert isinstance(only_tree(_open_env, case.splice(doc, room=ENV_CAP)), DidmeshError)
+
+
+def signed_message(key: Any, inner_text: str) -> bytes:
+    """A session message whose signed inner text is whatever the sender wrote: any did:key
+    holder can sign pathological JSON (the poisoned-inbox attack of issue 13)."""
+    sig = base64.urlsafe_b64encode(key.sign(SIG_LABEL + inner_text.encode())).rstrip(b"=")
+    return json.dumps({"m": inner_text, "sig": sig.decode()}).encode()
+
+
+def message_inner(body_member: Any = PLACEHOLDER, to: str = "") -> dict[str, Any]:
+    return {"v": 1, "kind": "invite", "session": "a" * 32, "from": MALLORY.did,
+            "to": to or S_BOB.did, "ts": 1, "id": "AAAAAAAAAAAAAAAAAAAAAA",
+            "body": {"invite": body_member}}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", params())
+def test_session_message_signed_by_its_sender(case: Case) -> None:
+    """Signed, so it passes the signature; then it must be refused or be a message."""
+    inner = case.splice(message_inner(), room=MAX_MESSAGE_BYTES // 2).decode("utf-8", "replace")
+    got = only_tree(open_message, signed_message(MALLORY, inner), me=S_BOB.did)
+    if case.parser == "refuse" and case.kind == "value":
+        assert isinstance(got, DidmeshError)
+
+
+@pytest.mark.parametrize("case", params())
+def test_session_message_outer(case: Case) -> None:
+    raw = case.splice({"m": "{}", "sig": PLACEHOLDER}, room=MAX_MESSAGE_BYTES)
+    assert isinstance(only_tree(open_message, raw, me=S_BOB.did), DidmeshError)
+
+
+@pytest.mark.parametrize("case", params())
+def test_invite_code_messages(case: Case) -> None:
+    """The nameplate mailbox is public: anyone may write anything to it."""
+    claim = codes.CodeClaim(42, "42-orbit-lantern", S_BOB, MALLORY.did, counter_rng(b"c"))
+    hello = json.loads(claim.hello()) | {"pake": PLACEHOLDER}
+    raw = case.splice(hello, room=codes.MAX_CODE_MESSAGE)
+    offer = codes.CodeOffer(42, "42-orbit-lantern", "a" * 32, expires_ms=10**13)
+    only_tree(offer.handle, raw, now_ms=1, organizer=ORG.did, name="x", rng=counter_rng(b"o"))
+    assert offer.status in ("open", "claiming", "burned")
+    only_tree(claim.handle, raw)
+
+
+@pytest.mark.parametrize("case", params())
+def test_relay_control_messages(case: Case) -> None:
+    """What a client sends a relay on a link or push socket, what a relay sends back."""
+    link = case.splice({"type": "link", "session": "s-1", "peer": S_BOB.did,
+                        "link_id": PLACEHOLDER}, room=4096)  # fmt: skip
+    only_tree(parse_link_request, link, MALLORY.did)
+    ack = case.splice({"type": "ack", "ids": [PLACEHOLDER]}, room=MAX_MESSAGE_BYTES)
+    only_tree(parse_push_client_message, ack)
+    linked = case.splice({"type": "linked", "session": "s-1", "peer": S_BOB.did,
+                          "link_id": "a", "max_bytes": PLACEHOLDER, "max_duration_s": 60.0,
+                          "max_frame": 1024}, room=4096)  # fmt: skip
+    only_tree(Linked.parse, linked)
+
+
+@pytest.mark.parametrize("case", params())
+def test_relay_push_batch_at_the_client(case: Case) -> None:
+    from didmesh.identity.strict_json import loads_strict
+    from didmesh.relay.errors import RelayProtocolError
+
+    items = [{"received_ms": PLACEHOLDER, "envelope": _ENV.to_dict()}]
+    raw = case.splice({"type": "envelopes", "items": items}, room=ENV_CAP)
+
+    def client_side() -> Any:
+        data = loads_strict(raw, max_bytes=1 << 20, error=RelayProtocolError, what="push")
+        return RelayClient._parse_items(data["items"])
+
+    only_tree(client_side)
+
+
+@pytest.mark.parametrize("case", params())
+def test_mesh_abort_notice(case: Case) -> None:
+    from didmesh.session.mesh.abort import MAX_ABORT_BYTES, decode_abort, encode_abort, make_abort
+    from didmesh.session.mesh.loopback import loopback_plans
+
+    plans, ids = loopback_plans(3, endpoints=False, session_id="patho-session")
+    signed = encode_abort(
+        make_abort(plans[1], ids[1], culprit=2, code="peer_lost", reason="x", now=1.0), ids[1])
+    notice = json.loads(signed)
+    notice["body"]["issued"] = PLACEHOLDER
+    got = only_tree(decode_abort, case.splice(notice, room=MAX_ABORT_BYTES), plans[0])
+    assert isinstance(got, DidmeshError) or got == decode_abort(signed, plans[0])  # 1.0
