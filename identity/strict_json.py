@@ -139,8 +139,11 @@ def loads_strict(
 
     try:
         value = json.loads(
-            text, object_pairs_hook=pairs, parse_constant=constant,
-            parse_int=integer, parse_float=real,
+            text,
+            object_pairs_hook=pairs,
+            parse_constant=constant,
+            parse_int=integer,
+            parse_float=real,
         )
     except json.JSONDecodeError as exc:
         raise error(

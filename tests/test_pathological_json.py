@@ -26,9 +26,18 @@ def _parse(raw: bytes) -> Any:
 
 def test_catalogue_covers_the_pathologies_of_issue_13() -> None:
     ids = {c.id for c in CASES}
-    for needed in ("int-4301-digits", "float-1e400", "lone-high-surrogate", "utf8-bom",
-                   "escaped-nul", "raw-nul-in-string", "max-array-of-ints",
-                   "arrays-30000-deep", "objects-65-deep", "mixed-65-deep"):
+    for needed in (
+        "int-4301-digits",
+        "float-1e400",
+        "lone-high-surrogate",
+        "utf8-bom",
+        "escaped-nul",
+        "raw-nul-in-string",
+        "max-array-of-ints",
+        "arrays-30000-deep",
+        "objects-65-deep",
+        "mixed-65-deep",
+    ):
         assert needed in ids
 
 
@@ -164,8 +173,9 @@ def test_rdfc_poison_graph_is_refused_before_canonicalizing() -> None:
         doc = dict(_ISSUED["rdfc"])
         doc["credentialSubject"] = {**doc["credentialSubject"], SCORE: value}
         start = time.monotonic()
-        with pytest.raises(DocumentTooLarge,
-                           match=f"at most {MAX_JSONLD_OBJECTS} and {MAX_JSONLD_ITEMS}"):
+        with pytest.raises(
+            DocumentTooLarge, match=f"at most {MAX_JSONLD_OBJECTS} and {MAX_JSONLD_ITEMS}"
+        ):
             verify_credential(doc, now=NOW)
         assert time.monotonic() - start < 1.0
 
@@ -302,7 +312,8 @@ def test_mesh_abort_notice(case: Case) -> None:
 
     plans, ids = loopback_plans(3, endpoints=False, session_id="patho-session")
     signed = encode_abort(
-        make_abort(plans[1], ids[1], culprit=2, code="peer_lost", reason="x", now=1.0), ids[1])
+        make_abort(plans[1], ids[1], culprit=2, code="peer_lost", reason="x", now=1.0), ids[1]
+    )
     notice = json.loads(signed)
     notice["body"]["issued"] = PLACEHOLDER
     got = only_tree(decode_abort, case.splice(notice, room=MAX_ABORT_BYTES), plans[0])

@@ -85,7 +85,9 @@ class Ed25519Signature2018(_LinkedDataSuite):
             raise InvalidProof("jws must be a detached JWS: '<header>..<signature>'")
         header_b64, _, sig_b64 = parts
         header = loads_strict(
-            _b64url_decode(header_b64, "header"), max_bytes=MAX_JWS_LENGTH, error=InvalidProof,
+            _b64url_decode(header_b64, "header"),
+            max_bytes=MAX_JWS_LENGTH,
+            error=InvalidProof,
             what="JWS header",
         )
         if header != JWS_HEADER:
