@@ -67,6 +67,7 @@ MAX_JSONLD_OBJECTS = 500
 #: array items, likewise: a list is a chain of blank nodes (128,000 numbers took 6 s)
 MAX_JSONLD_ITEMS = 2000
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ABSOLUTE_IRI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
@@ -220,6 +221,12 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
         nquads: str = proc.normalize(dict(document), options)
     except RecursionError:
         raise MalformedCredential(f"{what} is nested too deeply") from None
+    except UnicodeError:  # a dict given in Python, not parsed by strict_json
+        raise MalformedCredential(f"{what} contains a lone surrogate, which is not JSON") from None
+    except (ArithmeticError, ValueError) as exc:  # an integer beyond a double, likewise
+        raise MalformedCredential(
+            f"{what} holds a number JSON-LD cannot convert ({type(exc).__name__})"
+        ) from None
     except _pyld().JsonLdError as exc:
         inner = _cause(exc)
         if inner is not None:
@@ -233,6 +240,8 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
             if term is not None
             else f"{what} uses a term its contexts map to null; it would not be signed"
         )
+    if _SURROGATE.search(nquads):  # a dict given in Python, not parsed by strict_json
+        raise MalformedCredential(f"{what} contains a lone surrogate, which is not JSON")
     types: list[str] = []
     ids: list[str] = []
     _relative_iris(proc.expanded, types, ids)

@@ -318,3 +318,46 @@ def test_mesh_abort_notice(case: Case) -> None:
     notice["body"]["issued"] = PLACEHOLDER
     got = only_tree(decode_abort, case.splice(notice, room=MAX_ABORT_BYTES), plans[0])
     assert isinstance(got, DidmeshError) or got == decode_abort(signed, plans[0])  # 1.0
+
+
+# ------------------------------------------------------------------- the fuzzers' strategies
+
+
+def test_fuzz_strategies_generate_the_pathological_values() -> None:
+    """The 37 fuzz targets draw their values from adversary.fuzz.json_values (through
+    mutate()); they missed the 4,301-digit integer because it never generated one.
+    Within the bounded CI budget, mutated documents must hold every pathological kind,
+    and :func:`dumps` must write each as an attacker would."""
+    from adversary.fuzz import dumps, kinds_of, mutate
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    seen: set[str] = set()
+    texts: list[str] = []
+    base = {"a": 1, "b": ["x", {"c": None}]}
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck),
+              database=None, derandomize=True)  # fmt: skip
+    @given(data=st.data())
+    def draw(data: st.DataObject) -> None:
+        doc = mutate(base, data)
+        found = kinds_of(doc)
+        seen.update(found)
+        if found & {"int-over-4300-digits", "inf-or-nan", "lone-surrogate"}:
+            texts.append(dumps(doc))
+
+    draw()
+    assert seen >= {"int-over-4300-digits", "inf-or-nan", "lone-surrogate", "nul", "deep",
+                    "big-array"}, seen  # fmt: skip
+    joined = "\n".join(texts)
+    assert "9" * 4301 in joined and "1e400" in joined and "\\ud" in joined
+
+
+def test_dumps_writes_what_json_dumps_cannot() -> None:
+    from adversary.fuzz import dumps
+
+    assert dumps({"n": 10**5000, "f": [float("inf"), -float("inf")], "s": "\ud800"}) == (
+        '{"n":1' + "0" * 5000 + ',"f":[1e400,-1e400],"s":"\\ud800"}'
+    )
+    assert json.loads(dumps({"a": [1, 2.5, None, True, "x"], "b": {}})) == {
+        "a": [1, 2.5, None, True, "x"], "b": {}}  # fmt: skip
