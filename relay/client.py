@@ -225,6 +225,10 @@ class RelayClient:
         self._token: str | None = None
         self._token_expires = 0
         self._auth_lock = asyncio.Lock()
+        #: :meth:`inbox` has reached the relay (push socket open, or one poll answered)
+        self.inbox_reached = False
+        #: the last error :meth:`inbox` retried after (the cause, if it never reached it)
+        self.inbox_error: RelayError | None = None
         self.relay_id: str | None = None
         self._push_ws: aiohttp.ClientWebSocketResponse | None = None
 
@@ -458,14 +462,15 @@ class RelayClient:
                         continue
                 else:
                     batch = await self.fetch(wait=poll_wait)
+                    self.inbox_reached = True
                     backoff.reset()
                     for item in fresh(batch):
                         yield item
                     if auto_ack and batch:
                         await self.ack([i.id for i in batch])
                     continue
-            except (RelayUnreachable, ShuttingDown, RelayInternalError, RateLimited):
-                pass
+            except (RelayUnreachable, ShuttingDown, RelayInternalError, RateLimited) as exc:
+                self.inbox_error = exc
             await backoff.sleep()
 
     async def _push_batches(self, backoff: Backoff) -> AsyncIterator[list[Received]]:
@@ -475,6 +480,7 @@ class RelayClient:
         async with ws:
             backoff.reset()
             self._push_ws = ws
+            self.inbox_reached = True  # the relay sends what waits right after the upgrade
             async for msg in ws:
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     break
