@@ -236,10 +236,7 @@ class Engine:
                     offer.tick(now_ms)
                     if payload is None
                     else offer.handle(
-                        payload,
-                        now_ms=now_ms,
-                        organizer=self.me,
-                        name=manifest.name,
+                        payload, now_ms=now_ms, organizer=self.me, name=manifest.name,
                         rng=self.rng,
                     )
                 )
@@ -443,9 +440,8 @@ class Engine:
             todo = [e for e in state.outbox if _entry_key(e) not in self._sent]
             slots = asyncio.Semaphore(16)
             results = await asyncio.gather(
-                *(
-                    self._send_one(mailbox, state.session_id, e, max(ttl, 60), slots) for e in todo
-                ),  # fmt: skip
+                *(self._send_one(mailbox, state.session_id, e, max(ttl, 60), slots)
+                  for e in todo),  # fmt: skip
                 return_exceptions=True,
             )
             for result in results:
@@ -555,11 +551,9 @@ class Engine:
             after = next((o for o in self.store.load_codes(sid) if o.nameplate == nameplate), None)
             if after is not None and after.status != offer.status:
                 level = "info" if after.status in ("claiming", "claimed") else "warning"
-                detail = (
-                    f" by {self.labels.get(after.claimant or '', after.claimant)}"
-                    if (after.status == "claimed")
-                    else (f": {after.log[-1]}" if after.log else "")
-                )
+                detail = f" by {self.labels.get(after.claimant or '', after.claimant)}" if (
+                    after.status == "claimed"
+                ) else (f": {after.log[-1]}" if after.log else "")
                 on_note(Note(level, f"code {nameplate}-...: {after.status}{detail}", sid))
 
     # ----------------------------------------------------------------------- claiming
@@ -624,3 +618,4 @@ def session_relays(states: Iterable[SessionState]) -> list[str]:
             if url not in urls:
                 urls.append(url)
     return urls
+
