@@ -29,7 +29,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     new = ss.add_parser("new", help="create a session (you organize it, as party 0)",
                         parents=[common])  # fmt: skip
-    new.add_argument("--program", required=True, metavar="FILE", help="the MPyC program")
+    new.add_argument("--program", required=True, metavar="PATH",
+                     help="the MPyC program: a file, or a folder (a bundle: every file in it "
+                     "is agreed, and the program runs from that folder)")
+    new.add_argument("--entry", default=None, metavar="FILE",
+                     help="with a folder: the file to run (default: __main__.py, main.py or "
+                     "the only top-level .py file)")
+    new.add_argument("--include", action="append", default=[], metavar="GLOB",
+                     help="with a folder: bundle only files matching GLOB (repeatable)")
+    new.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                     help="with a folder: leave out files matching GLOB (repeatable; "
+                     "__pycache__, *.pyc and hidden files are always left out)")
     new.add_argument("--parties", required=True, type=int, metavar="M", help="number of parties")
     new.add_argument("--threshold", type=int, default=None, metavar="T",
                      help="MPyC threshold t (default: (m-1)//2)")  # fmt: skip
@@ -41,7 +51,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     new.add_argument("--mpyc", default=None, metavar="RANGE",
                      help="MPyC version range (default: the installed minor version)")  # fmt: skip
     new.add_argument("--arg", action="append", default=[], metavar="ARG",
-                     help="a fixed program argument (repeatable)")  # fmt: skip
+                     help="a program argument every party runs with (repeatable, in order; "
+                     "e.g. --arg=--size --arg=5)")  # fmt: skip
     new.add_argument("--endpoint", action="append", default=[], metavar="tcp://HOST:PORT",
                      help="where your mesh listens (repeatable; default: relay only)")  # fmt: skip
     add_identity_args(new)
@@ -83,6 +94,9 @@ def cmd_new(args: argparse.Namespace, out: Output) -> int:
         valid_for=parse_duration(args.valid_for),
         mpyc_range=args.mpyc,
         args=args.arg,
+        include=args.include,
+        exclude=args.exclude,
+        entry=args.entry,
         now=utcnow(),
     )
     state = engine.create_session(manifest, args.endpoint)
