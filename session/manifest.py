@@ -488,16 +488,17 @@ def check_args(manifest: Manifest, given: Sequence[str]) -> list[str]:
             if have == want:
                 continue
             if have is None:
-                what = f"argument {i + 1} {want!r} is missing"
+                what = neutral = f"argument {i + 1} {want!r} is missing"
             elif want is None:
-                what = f"argument {i + 1} {have!r} was not agreed"
+                what = neutral = f"argument {i + 1} {have!r} was not agreed"
             else:
                 what = f"argument {i + 1} is {have!r} here but {want!r} was agreed"
+                neutral = f"argument {i + 1} is {have!r}, not the agreed {want!r}"
             exc = ProgramArgsMismatch(
                 f"{what}: session {sid} agreed on {agreed_text} (leave the arguments out "
                 "to use them; private inputs go in --input NAME=VALUE); nothing starts"
             )
-            exc.argument = what
+            exc.argument = neutral
             raise exc
     return agreed + local
 

@@ -110,8 +110,7 @@ def _peer_reason(exc: DidmeshError) -> str:
         what = f"{exc.file} {exc.problem}" if exc.file else "it is not the agreed one"
         return f"its copy of the program differs: {what[:160]}; nothing starts"
     if isinstance(exc, ProgramArgsMismatch):
-        return f"it was given other program arguments: {(exc.argument or '')[:160]}; " \
-            "nothing starts"
+        return f"its program arguments differ: {(exc.argument or '')[:160]}; nothing starts"
     return exc.message[:250]
 
 
@@ -181,8 +180,8 @@ def _tell_peers(plan: Any, identity: Any, args: argparse.Namespace, refusal: Did
                 out: Output, program: str) -> None:
     """Connect only to send every peer a signed abort saying why nothing starts here."""
     wait = min(30.0, args.connect_timeout)
-    out.progress(f"refusing to run: {refusal.message}")
-    out.progress(f"telling the other parties (up to {wait:g} s; Ctrl-C stops)")
+    out.progress(f"nothing starts here; telling the other parties why (up to {wait:g} s; "
+                 "Ctrl-C stops)")
     tell = type(refusal)(_peer_reason(refusal))
     try:
         run_program(plan, program, [], direct_only=args.direct_only,

@@ -152,9 +152,7 @@ def run_program(
         bridge.ports = dict(peers)
         mesh = Mesh(plan, peers, identity=identity, timeout=timeout, on_fatal=on_fatal)
         if refuse is not None:  # this party's program differs: tell the peers, start nothing
-            mesh.start()
-            mesh.fail(refuse)
-            loop.run_until_complete(asyncio.sleep(0.3))
+            loop.run_until_complete(_tell_and_wait(mesh, refuse))
             raise refuse
 
         async def _check() -> list[PairStatus]:
@@ -229,6 +227,12 @@ def run_program(
         sys.path[:] = saved_path
         with contextlib.suppress(OSError):
             os.chdir(saved_cwd)
+
+
+async def _tell_and_wait(mesh: Mesh, refuse: DidmeshError) -> None:
+    mesh.start()
+    mesh.fail(refuse)  # a signed abort to every peer
+    await asyncio.sleep(0.3)  # let it go out before the links close
 
 
 def _bridge_error(mesh: Mesh | None, exc: BaseException) -> None:
