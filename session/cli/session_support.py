@@ -100,9 +100,16 @@ def pump(
     timeout: float,
     what: str,
     quiet_timeout: bool = False,
+    only: str | None = None,
 ) -> bool:
     """Run the engine's pump over ``urls``; True if ``until()`` became true. With
-    ``quiet_timeout`` a timeout returns False instead of raising."""
+    ``quiet_timeout`` a timeout returns False instead of raising. With ``only`` (a
+    session id) only that session's events are printed (the others are still handled)."""
+
+    def note(n: Note) -> None:
+        if only is None or n.session_id == only:
+            show_note(out, n)
+
 
     async def go() -> None:
         box = factory(out)(engine.key, urls)
@@ -111,7 +118,7 @@ def pump(
                 box,
                 until=until,
                 timeout=timeout,
-                on_note=lambda n: show_note(out, n),
+                on_note=note,
                 factory=factory(out),
                 what=what,
             )
@@ -368,6 +375,7 @@ def wait_until_agreed(
         until=lambda: engine.status_of(sid) in (Status.AGREED, *ENDED),
         timeout=timeout,
         what=what,
+        only=sid,
     )
 
 
