@@ -84,6 +84,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 INPUT_PREFIX = "DIDMESH_INPUT_"
 _INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_INPUT_CHARS = 64 * 1024
+#: how long a party that refuses to start waits for its peers, to tell them why
+TELL_SECONDS = 10.0
 
 
 def parse_inputs(items: list[str]) -> dict[str, str]:
@@ -179,7 +181,7 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
 def _tell_peers(plan: Any, identity: Any, args: argparse.Namespace, refusal: DidmeshError,
                 out: Output, program: str) -> None:
     """Connect only to send every peer a signed abort saying why nothing starts here."""
-    wait = min(30.0, args.connect_timeout)
+    wait = min(TELL_SECONDS, args.connect_timeout)
     out.progress(f"nothing starts here; telling the other parties why (up to {wait:g} s; "
                  "Ctrl-C stops)")
     tell = type(refusal)(_peer_reason(refusal))
