@@ -560,6 +560,7 @@ def new_manifest(
         raise BadSessionParameters(f"--mpyc: {exc}") from None
     if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_CHARS for a in args):
         raise BadSessionParameters(f"at most {MAX_ARGS} program arguments of <= 256 chars")
+    _check_roster_budget(ref, parties)
     label = name or Path(ref.name).stem
     if not 0 < len(label) <= MAX_NAME_CHARS or not label.isprintable():
         raise BadSessionParameters(f"--name must be 1..{MAX_NAME_CHARS} printable characters")
@@ -577,6 +578,25 @@ def new_manifest(
         valid_until=start + valid_for,
     )
     return Manifest.from_json(manifest.to_json())  # one validation path
+
+
+#: a bundle's file list travels in every invite, so m times in the roster message: at most
+#: this many bytes of listings per roster keep it within what relays take by default
+#: (64 KiB per envelope) up to m = 10 (specs/session-protocol.md, 2.1)
+MAX_BUNDLE_ROSTER_BYTES = 24 * 1024
+
+
+def _check_roster_budget(ref: ProgramRef, parties: int) -> None:
+    if not ref.is_bundle:
+        return
+    listing = len(json.dumps(ref.to_json().get("bundle"), separators=(",", ":")))
+    if listing * parties > MAX_BUNDLE_ROSTER_BYTES:
+        raise BadSessionParameters(
+            f"the list of {len(ref.files)} bundle files takes {listing} bytes, carried once "
+            f"per party: {listing * parties} bytes for {parties} parties, above the "
+            f"{MAX_BUNDLE_ROSTER_BYTES} that keep the roster within a relay's default message "
+            "size; bundle fewer files (--include/--exclude) or pack data files into one"
+        )
 
 
 def program_ref(

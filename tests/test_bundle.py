@@ -143,6 +143,15 @@ def test_caps_on_file_count_and_sizes(tmp_path: Path, monkeypatch: pytest.Monkey
         bundles.collect(small)
 
 
+def test_file_list_must_fit_the_roster(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "b", {f"pkg/module_{i:03}.py": b"x" for i in range(60)})
+    (root / "main.py").write_text("m")
+    assert manifest_for(root).program.is_bundle  # 3 parties: fits
+    with pytest.raises(BadSessionParameters, match="bytes for 10 parties, above the 24576"):
+        new_manifest(organizer=ORG.did, program=root, parties=10,
+                     relays=["http://127.0.0.1:8470"], now=NOW)
+
+
 @pytest.mark.parametrize("path", ["/etc/passwd", "../x.py", "a/../b.py", "a//b", "./a", "a/.",
                                   "", "a\\b", "a\nb", "x" * 121, " lead.py", "tab\t.py"])
 def test_bad_paths_are_named(path: str) -> None:
