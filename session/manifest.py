@@ -561,7 +561,7 @@ def new_manifest(
     if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_CHARS for a in args):
         raise BadSessionParameters(f"at most {MAX_ARGS} program arguments of <= 256 chars")
     _check_roster_budget(ref, parties)
-    label = name or Path(ref.name).stem
+    label = name or (path.resolve().name if ref.is_bundle else Path(ref.name).stem)
     if not 0 < len(label) <= MAX_NAME_CHARS or not label.isprintable():
         raise BadSessionParameters(f"--name must be 1..{MAX_NAME_CHARS} printable characters")
     start = now.astimezone(UTC).replace(microsecond=0)

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                      help="MPyC threshold t (default: (m-1)//2)")  # fmt: skip
     new.add_argument("--relay", action="append", required=True, metavar="URL",
                      help="relay URL (repeatable; messages go through all)")  # fmt: skip
-    new.add_argument("--name", default=None, help="a human name (default: the program's stem)")
+    new.add_argument("--name", default=None,
+                     help="a human name (default: the program file's stem or folder's name)")
     new.add_argument("--valid-for", default="24h", metavar="DURATION",
                      help="validity window, e.g. 30m, 2h, 7d (default: 24h)")  # fmt: skip
     new.add_argument("--mpyc", default=None, metavar="RANGE",
