@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from adversary.fuzz import fuzz_settings, mutate, tree_errors_or_known
 from didmesh.identity.keys import IdentityKey
 from didmesh.session import bundle as bundles
 from didmesh.session.bundle import BundleFile
@@ -27,6 +28,8 @@ from didmesh.session.errors import (
     ProgramDigestMismatch,
 )
 from didmesh.session.manifest import Manifest, check_args, new_manifest, verify_program
+from hypothesis import given
+from hypothesis import strategies as st
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "weighted_score"
 ORG = IdentityKey.from_seed(bytes(range(32)))
@@ -302,3 +305,22 @@ def test_private_inputs_become_environment_variables() -> None:
     for bad in (["nope"], ["1X=2"], ["A-B=1"], ["A=1", "a=2"], ["A=" + "x" * 70_000]):
         with pytest.raises(BadSessionParameters):
             parse_inputs(bad)
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+
+_BUNDLE_JSON = manifest_for(EXAMPLE, args=["--scale", "10"]).to_json()
+
+
+@fuzz_settings(200)
+@given(data=st.data())
+def test_fuzz_bundle_manifest(data: st.DataObject) -> None:
+    """Any mutation of a bundle manifest only raises errors of the tree, and whatever
+    parses is self-consistent (its digest is its file list's)."""
+    doc = mutate(_BUNDLE_JSON, data, rounds=3)
+    got = tree_errors_or_known("Manifest.from_json", Manifest.from_json, doc)
+    if got is not None:
+        assert Manifest.from_json(got.to_json()) == got
+        if got.program.is_bundle:
+            assert got.program.sha256 == bundles.bundle_digest(got.program.files)

@@ -316,6 +316,7 @@ def spawn_party(
 
 _OPTION_NAMES = {
     "direct_only", "relay_only", "timeout", "connect_timeout", "direct_grace", "receipt",
+    "workdir", "digest",
 }
 
 
