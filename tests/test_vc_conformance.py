@@ -603,3 +603,14 @@ def test_language_values_for_names_issue() -> None:
         description="A card",
     )
     assert verify_credential(issue(doc), now=NOW)
+
+
+def test_blank_node_count_is_capped_before_canonicalizing() -> None:
+    # RDFC-1.0 work grows faster than linearly in blank nodes; a document with more than
+    # MAX_BLANK_NODES objects without ids is refused before any hashing.
+    items = [{"club": f"c{i}"} for i in range(jsonld.MAX_BLANK_NODES + 1)]
+    doc = card(credentialSubject={"id": HOLDER.did, "level": items})
+    with pytest.raises(MalformedCredential, match="blank nodes"):
+        issue(doc)
+    ok = card(credentialSubject={"id": HOLDER.did, "level": items[:100]})
+    assert verify_credential(issue(ok), now=NOW)

@@ -101,9 +101,15 @@ def build_app(service: VcApiService) -> web.Application:
                 },
                 status=413,
             )
-        reply = service.handle(request.method, request.path, request.headers, body)
+        # Canonicalization is CPU work (bounded: identity/jsonld.py caps blank nodes): run
+        # it off the event loop, one request at a time, so the server keeps accepting.
+        async with busy:
+            reply = await asyncio.to_thread(
+                service.handle, request.method, request.path, request.headers, body
+            )
         return web.json_response(reply.body, status=reply.status, headers=reply.headers)
 
+    busy = asyncio.Semaphore(1)
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
