@@ -4,7 +4,7 @@ Checks first that this party's copy of the program is the one the manifest agree
 (the file's SHA-256, or every file of a bundle) and that the arguments are the agreed
 ones; then takes this party's id from the agreed roster, brings up the mesh (direct or
 relayed per pair), prints the connectivity check and runs the unmodified program as this
-party, from the program's folder (specs/mesh.md, sections 6-10). A party whose copy or
+party (a bundle from its own folder; specs/mesh.md, sections 6-10). A party whose copy or
 arguments differ still connects, only to tell every peer (signed abort) why nothing
 starts. Private inputs (``--input NAME=VALUE``) reach the program as environment
 variables ``DIDMESH_INPUT_<NAME>``. The program's own output goes to stdout; the mesh's
@@ -166,7 +166,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         plan, str(local.entry), prog_args, direct_only=args.direct_only,
         relay_only=args.relay_only, timeout=args.timeout, identity=identity,
         connect_timeout=args.connect_timeout, report=out.progress, hard_exit=True,
-        workdir=str(local.root), digest="sha256:" + manifest.program.sha256,
+        workdir=str(local.root) if manifest.program.is_bundle else None,
+        digest="sha256:" + manifest.program.sha256,
     )
     default_path = stored.path / f"receipt-{plan.my_party_id}.json"
     receipt_path = receipt_arg or default_path
