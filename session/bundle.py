@@ -218,7 +218,8 @@ def compare(
         if want is None:
             exc = ProgramDigestMismatch(
                 f"{path} in {where} is not in the bundle agreed for session {session} "
-                "(an added file: remove it); nothing starts"
+                "(an added file: remove it, or the organizer leaves such files out with "
+                "session new --exclude); nothing starts"
             )
             exc.problem = "is not in the agreed bundle (an added file)"
         elif have is None:

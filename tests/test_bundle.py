@@ -307,6 +307,18 @@ def test_private_inputs_become_environment_variables() -> None:
             parse_inputs(bad)
 
 
+def test_private_input_files_are_given_by_absolute_path(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mine.csv").write_text("1,2\n")
+    monkeypatch.chdir(tmp_path)
+    assert parse_inputs([], ["data=mine.csv"]) == {
+        "DIDMESH_INPUT_DATA_FILE": str(tmp_path / "mine.csv")}
+    with pytest.raises(BadSessionParameters, match="is not a file"):
+        parse_inputs([], ["data=nope.csv"])
+    with pytest.raises(BadSessionParameters, match="given twice"):
+        parse_inputs(["DATA_FILE=x"], ["data=mine.csv"])
+
+
 # --------------------------------------------------------------------------- fuzzing
 
 

@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
                    help="a private input of this party, given to the program as the "
                    "environment variable DIDMESH_INPUT_<NAME> (repeatable)")
+    p.add_argument("--input-file", action="append", default=[], metavar="NAME=PATH",
+                   help="a private input file of this party: the program finds its absolute "
+                   "path in DIDMESH_INPUT_<NAME>_FILE (repeatable)")
     paths = p.add_mutually_exclusive_group()
     paths.add_argument("--direct-only", action="store_true",
                        help="connect every pair directly over TCP, never through a relay")
@@ -88,20 +92,27 @@ MAX_INPUT_CHARS = 64 * 1024
 TELL_SECONDS = 10.0
 
 
-def parse_inputs(items: list[str]) -> dict[str, str]:
-    """``NAME=VALUE`` items -> environment variables ``DIDMESH_INPUT_<NAME>``."""
+def parse_inputs(items: Sequence[str], files: Sequence[str] = ()) -> dict[str, str]:
+    """``NAME=VALUE`` items -> environment variables ``DIDMESH_INPUT_<NAME>``, and
+    ``NAME=PATH`` file items -> ``DIDMESH_INPUT_<NAME>_FILE`` = the file's absolute path
+    (taken from where the command runs, since a bundle runs in its own folder)."""
     env: dict[str, str] = {}
-    for item in items:
+    for option, item in [("--input", i) for i in items] + [("--input-file", f) for f in files]:
         name, sep, value = item.partition("=")
         if not sep or not _INPUT_NAME_RE.match(name):
             raise BadSessionParameters(
-                f"--input {item[:40]!r}: give NAME=VALUE, NAME of letters, digits and _"
+                f"{option} {item[:40]!r}: give NAME=VALUE, NAME of letters, digits and _"
             )
         if len(value) > MAX_INPUT_CHARS or "\0" in value:
-            raise BadSessionParameters(f"--input {name}: the value is too long or has a NUL")
+            raise BadSessionParameters(f"{option} {name}: the value is too long or has a NUL")
         key = INPUT_PREFIX + name.upper()
+        if option == "--input-file":
+            key += "_FILE"
+            if not os.path.isfile(value):
+                raise BadSessionParameters(f"--input-file {name}: {value} is not a file")
+            value = os.path.abspath(value)
         if key in env:
-            raise BadSessionParameters(f"--input {name} is given twice")
+            raise BadSessionParameters(f"{option} {name} is given twice")
         env[key] = value
     return env
 
@@ -118,7 +129,7 @@ def _peer_reason(exc: DidmeshError) -> str:
 
 def cmd_run(args: argparse.Namespace, out: Output) -> int:
     receipt_arg = Path(os.path.abspath(args.receipt)) if args.receipt else None
-    inputs = parse_inputs(args.input)
+    inputs = parse_inputs(args.input, args.input_file)
     identity = load_identity(args)
     store = store_of(args)
     stored = store.load(store.resolve(args.session))
