@@ -101,6 +101,9 @@ def agreed(tmp_path: Path, relay_url: str) -> tuple[str, list[Path], list[Path]]
     assert made["program"]["sha256"] in listed.out and "--scale 10" in listed.out
     assert f"didmesh accept {sid[:12]}" in listed.out
     ok(homes[2], "invites", "--relay", relay_url)
+    # accept shows the same before asking (here without a terminal: it shows, then stops)
+    asked = run_cli(homes[2], "accept", sid[:8])
+    assert asked.rc == 2 and "bundle of 3 files" in asked.err and "scoring.py" in asked.err
     for home, folder in zip(homes[1:], folders[1:], strict=True):
         ok(home, "accept", sid[:8], "--yes", "--program", str(folder))
     waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in homes[1:]]
