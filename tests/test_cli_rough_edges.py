@@ -82,6 +82,17 @@ def test_run_without_a_program_says_what_to_give(home_with_session: tuple[Path, 
     assert "ARGS" not in res.err
 
 
+def test_agreed_arguments_may_not_set_what_didmesh_sets(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    prog = tmp_path / "prog.py"
+    prog.write_text("print('hello')\n")
+    assert run_cli(home, "id", "new", "--no-passphrase").rc == 0
+    res = run_cli(home, "session", "new", "--program", str(prog), "--parties", "3",
+                  "--relay", RELAY, "--arg=-M5")
+    assert res.rc == 2 and res.err.startswith("didmesh: --arg: the program's arguments set")
+    assert run_cli(home, "sessions", "--json").json() == []  # nothing was created
+
+
 def test_relay_serve_help_states_the_default_port(tmp_path: Path) -> None:
     res = run_cli(tmp_path, "relay", "serve", "--help")
     assert res.rc == 0

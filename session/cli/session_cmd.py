@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..engine import utcnow
+from ..errors import BadSessionParameters
 from ..manifest import new_manifest, parse_duration
 from ..state import ENDED, Status
 from .common import add_identity_args
@@ -84,6 +85,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def cmd_new(args: argparse.Namespace, out: Output) -> int:
+    from ..mesh.faults import ReservedOption
+    from ..mesh.mpyc_bridge import mpyc_argv
+
+    try:  # the agreed arguments must not set what didmesh sets (else no run could start)
+        mpyc_argv("program", args.arg, party_id=0, m=args.parties)
+    except ReservedOption as exc:
+        raise BadSessionParameters(f"--arg: {exc.message}") from None
     engine = engine_of(args)
     manifest = new_manifest(
         organizer=engine.key.did,
