@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "run",
         help="run the session's MPyC program over the authenticated mesh",
         parents=[common],
+        usage="didmesh run [options] SESSION [-- PROGRAM [ARGS ...]]",
         description="Run the agreed MPyC program as this party: "
         "didmesh run SESSION -- PROGRAM [ARGS]. PROGRAM is the program file, or the "
         "folder of a bundle; ARGS, if given, must be the agreed arguments (MPyC's "
