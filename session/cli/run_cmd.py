@@ -203,8 +203,8 @@ def _tell_peers(plan: Any, identity: Any, args: argparse.Namespace, refusal: Did
                     relay_only=args.relay_only, timeout=args.timeout, identity=identity,
                     connect_timeout=wait, report=lambda _: None, hard_exit=False,
                     refuse=tell)
-    except (DidmeshError, OSError):
-        pass  # the local refusal is what this party reports
+    except (DidmeshError, OSError, KeyboardInterrupt):
+        pass  # the local refusal is what this party reports (also after Ctrl-C)
 
 
 def _write_receipt(doc: dict[str, Any], path: Path, fallback: Path,
