@@ -129,7 +129,12 @@ def _peer_reason(exc: DidmeshError) -> str:
 
 
 def cmd_run(args: argparse.Namespace, out: Output) -> int:
-    receipt_arg = Path(os.path.abspath(args.receipt)) if args.receipt else None
+    try:  # relative to where the command runs, not to where the program runs
+        receipt_arg = Path(os.path.abspath(args.receipt)) if args.receipt else None
+    except OSError as exc:
+        raise BadSessionParameters(
+            f"--receipt {args.receipt}: the current directory is gone ({exc.strerror}); "
+            "give an absolute path") from None
     inputs = parse_inputs(args.input, args.input_file)
     identity = load_identity(args)
     store = store_of(args)

@@ -117,7 +117,7 @@ def run_program(
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    saved_argv, saved_path, saved_cwd = sys.argv[:], sys.path[:], os.getcwd()
+    saved_argv, saved_path, saved_cwd = sys.argv[:], sys.path[:], _cwd()
     mesh: Mesh | None = None
     connector: MeshConnector | None = None
     in_program = False
@@ -225,8 +225,16 @@ def run_program(
         _close_loop(loop)
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path
-        with contextlib.suppress(OSError):
-            os.chdir(saved_cwd)
+        if saved_cwd is not None and workdir:
+            with contextlib.suppress(OSError):
+                os.chdir(saved_cwd)
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the directory was removed
+        return None
 
 
 async def _tell_and_wait(mesh: Mesh, refuse: DidmeshError) -> None:
