@@ -9,7 +9,9 @@ The timing core is :class:`DelayLine`, sans-IO: a FIFO of ``(due, packet)`` per
 direction. :func:`serve` waits in one ``select`` until the earliest due time or a
 readable device, reads what is there in a burst, and releases everything due — one timer
 for the whole queue, never a sleep per packet, so a long delay does not cut throughput
-(the queue just holds a bandwidth-delay product of packets). Jitter never reorders:
+(the queue just holds a bandwidth-delay product of packets). The timer wakes a little
+early, by its own measured lateness (at most 0.5 ms), and spins to the due time, so a
+short delay is not lengthened by the scheduler's wake-up latency. Jitter never reorders:
 a packet is never due before the one ahead of it. A full queue drops at the tail, like a
 router's buffer.
 
@@ -42,6 +44,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_TIMERSLACK = 29
 BURST = 128  # packets read from one device before the queue is serviced again
 MAX_PACKET = 65535
+MAX_LEAD = 0.0005  # never wake (and spin) more than 0.5 ms early
 
 
 @dataclass(frozen=True)
@@ -152,12 +155,19 @@ def serve(
     outs = ((fd_b, a_to_b), (fd_a, b_to_a))
     fds = [fd_a, fd_b]
     read, write = os.read, os.write
+    lead = 0.0  # how late select's timer fires here (moving average); we wake that early
     while running():
         now = clock()
         due = [d for d in (a_to_b.next_due(), b_to_a.next_due()) if d is not None]
-        timeout = max(0.0, min(due) - now) if due else 1.0
+        first = min(due) if due else None
+        timeout = max(0.0, first - now - lead) if first is not None else 1.0
         ready, _, _ = select.select(fds, [], [], timeout)
-        now = clock()
+        woke = clock()
+        if not ready and first is not None and timeout > 0:
+            late = min(max(woke - now - timeout, 0.0), MAX_LEAD)
+            lead += (late - lead) / 8
+            while woke < first:  # the last few tens of microseconds: spin, bounded by lead
+                woke = clock()
         for fd in ready:
             line = routes[fd][1]
             for _ in range(BURST):
@@ -165,7 +175,7 @@ def serve(
                     packet = read(fd, MAX_PACKET)
                 except BlockingIOError:
                     break
-                line.push(now, packet)
+                line.push(woke, packet)
         for dst, line in outs:
             for packet in line.pop_due(clock()):
                 try:
