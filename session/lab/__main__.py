@@ -2,7 +2,7 @@
 
     python -m didmesh.session.lab up relay@20 public:p0@5 eim:h1:p1 sym:h2:p2
     python -m didmesh.session.lab status
-    python -m didmesh.session.lab exec p1 -- ip route
+    python -m didmesh.session.lab exec p1 -- ip route     (options go before the node)
     python -m didmesh.session.lab down
 
 ``up`` builds the lab and returns (its forwarders keep running; ``--hold`` instead stays
@@ -121,7 +121,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _exec(args: argparse.Namespace) -> int:
     lab = _load(args.name)
-    cmd = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else args.command
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         raise LabError("exec needs a command: exec NODE -- COMMAND ...")
     argv = lab.exec(args.node, *cmd)

@@ -177,7 +177,8 @@ class Lab:
         if not persistent:
             cmd.append("--die-with-parent")
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=None, text=True, start_new_session=persistent)
+                                stderr=subprocess.DEVNULL if persistent else None, text=True,
+                                start_new_session=persistent)
         self._pids.append(proc.pid)
         self._children.append(proc)
         return proc
