@@ -162,3 +162,16 @@ def test_the_cli_takes_a_lab_up_and_down(tmp_path: Path) -> None:
     assert Lab(["relay", "eim:h1:p1"], name).leftovers() == []
     gone = cli("status")
     assert gone.returncode == 1 and gone.stderr.count("\n") == 1 and "no lab" in gone.stderr
+
+
+def test_close_ends_what_was_started_inside_the_lab_by_hand() -> None:
+    lab = Lab(["relay", "eim:h1:p1"])
+    with lab:
+        stray = subprocess.Popen(lab.exec("p1", "sleep", "60"))  # not through lab.spawn
+        try:
+            assert f"pid {stray.pid}" in lab.leftovers()
+        except BaseException:
+            stray.kill()
+            raise
+    assert stray.wait(5) != 0  # ended by close(), by its pid
+    assert lab.leftovers() == []

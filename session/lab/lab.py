@@ -36,7 +36,11 @@ from .netns import (
     add_namespace,
     delete_namespaces,
     end_pid,
+    end_pids,
+    in_namespaces,
+    namespace_inodes,
     pid_alive,
+    pids_in,
     run,
     veth,
 )
@@ -203,7 +207,8 @@ class Lab:
         run("ip", "netns", "exec", ns, "nft", "-f", "-", input=nat.ruleset(site.kind, str(lan)))
 
     def close(self) -> None:
-        """End every process of this lab (by pid) and delete its namespaces. Idempotent."""
+        """End every process of this lab (by pid: those it started, then any other still
+        inside its namespaces) and delete its namespaces. Idempotent."""
         for proc in self._children:
             if proc.poll() is None:
                 proc.terminate()
@@ -223,6 +228,8 @@ class Lab:
         self._children.clear()
         self._pids.clear()
         names = set(self._made) | set(self._own_namespaces())
+        inodes = namespace_inodes(names)  # what else runs in the lab (started by hand, say)
+        end_pids(pids_in(inodes), lambda pid: in_namespaces(pid, inodes))
         failed = delete_namespaces(sorted(names))
         self._made.clear()
         if self._atexit:
@@ -238,8 +245,10 @@ class Lab:
             return []
 
     def leftovers(self) -> list[str]:
-        """What of this lab still exists: namespaces, and processes tagged with its name."""
+        """What of this lab still exists: namespaces, processes inside them, processes
+        tagged with its name."""
         found = [f"namespace {n}" for n in self._own_namespaces()]
+        found += [f"pid {p}" for p in pids_in(namespace_inodes(self._own_namespaces()))]
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid() \
                     and pid_alive(int(entry.name), self.prefix):
@@ -269,7 +278,7 @@ class Lab:
     def serve_probe(self, node: str, port: int = 7000) -> subprocess.Popen[str]:
         """:mod:`.probe`'s echo server (UDP and TCP on ``port``, a TCP sink on ``port + 1``)."""
         proc = self.spawn(node, sys.executable, "-m", PROBE, "serve", str(port),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
         line = _read_line(proc, READY_TIMEOUT, f"the probe server in {node}")
         if line.strip() != "ready":
             raise LabError(f"the probe server in {node} did not start")

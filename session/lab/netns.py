@@ -100,13 +100,46 @@ def pid_alive(pid: int, marker: str | None = None) -> bool:
 
 def end_pid(pid: int, marker: str, timeout: float = 5) -> None:
     """SIGTERM ``pid`` if it still carries ``marker``, SIGKILL after ``timeout`` s."""
-    if not pid_alive(pid, marker):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+    end_pids([pid], lambda p: pid_alive(p, marker), timeout)
+
+
+def end_pids(pids: Iterable[int], still: Callable[[int], bool], timeout: float = 5) -> None:
+    """SIGTERM each pid for which ``still(pid)`` holds; SIGKILL those left after ``timeout``."""
+    pids = [p for p in pids if p != os.getpid() and still(p)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        try:
+            wait_until(lambda: not any(still(p) for p in pids), timeout,
+                       f"pids {pids} did not end on {sig.name}")
+            return
+        except TimeoutError:
+            if sig == signal.SIGKILL:
+                raise
+
+
+def namespace_inodes(names: Iterable[str]) -> set[int]:
+    inodes = set()
+    for name in names:
+        with contextlib.suppress(OSError):
+            inodes.add((NETNS_DIR / name).stat().st_ino)
+    return inodes
+
+
+def pids_in(inodes: set[int]) -> list[int]:
+    """Pids of the processes (other than this one) inside one of these network namespaces."""
+    if not inodes:
+        return []
+    me = os.getpid()
+    return [int(e.name) for e in Path("/proc").iterdir()
+            if e.name.isdigit() and int(e.name) != me and in_namespaces(int(e.name), inodes)]
+
+
+def in_namespaces(pid: int, inodes: set[int]) -> bool:
+    """Whether ``pid`` runs (not a zombie) inside one of these network namespaces."""
     try:
-        wait_until(lambda: not pid_alive(pid, marker), timeout, f"pid {pid} did not end")
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not pid_alive(pid, marker), timeout, f"pid {pid} survived SIGKILL")
+        return (Path("/proc") / str(pid) / "ns" / "net").stat().st_ino in inodes \
+            and pid_alive(pid)
+    except OSError:
+        return False

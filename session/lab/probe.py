@@ -81,7 +81,7 @@ def serve(port: int) -> None:
         threading.Thread(target=fn, args=args, daemon=True).start()
     time.sleep(0.05)
     print("ready", flush=True)
-    sys.stdin.read()  # until the lab closes our stdin or ends us
+    threading.Event().wait()  # until ended (the lab ends it by pid; by hand: Ctrl-C)
 
 
 def mapping(proto: str, src_port: int, targets: list[str], timeout: float) -> dict[str, str]:
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "serve":
             serve(a.port)
-            return 0
+            return 0  # not reached
         if a.cmd == "map":
             result: Any = mapping(a.proto, a.src_port, a.targets, a.timeout)
         elif a.cmd == "rtt":
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"didmesh: probe failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     print(json.dumps(result), flush=True)
     return 0
 
