@@ -8,6 +8,7 @@ from ..engine import utcnow
 from ..manifest import new_manifest, parse_duration
 from ..state import ENDED, Status
 from .common import add_identity_args
+from .endpoints import add_endpoint_args, announced_endpoints
 from .output import Output
 from .session_support import (
     add_timeout,
@@ -42,8 +43,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                      help="MPyC version range (default: the installed minor version)")  # fmt: skip
     new.add_argument("--arg", action="append", default=[], metavar="ARG",
                      help="a fixed program argument (repeatable)")  # fmt: skip
-    new.add_argument("--endpoint", action="append", default=[], metavar="tcp://HOST:PORT",
-                     help="where your mesh listens (repeatable; default: relay only)")  # fmt: skip
+    add_endpoint_args(new)
     add_identity_args(new)
     new.set_defaults(func=cmd_new)
 
@@ -85,7 +85,8 @@ def cmd_new(args: argparse.Namespace, out: Output) -> int:
         args=args.arg,
         now=utcnow(),
     )
-    state = engine.create_session(manifest, args.endpoint)
+    state = engine.create_session(
+        manifest, announced_endpoints(args, engine.key, manifest.relays, out))
     engine.store.remember_relays(list(manifest.relays))
     view = session_view(state, engine.labels)
     out.result(
