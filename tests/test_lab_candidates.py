@@ -10,6 +10,7 @@ output is right. ``--no-direct`` announces nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -175,3 +176,27 @@ def test_no_direct_announces_nothing(tmp_path: Path) -> None:
         assert sessions
         text = "".join(p.read_text(errors="replace") for p in sessions[0].rglob("*.json"))
         assert "10.1.0.2" not in text and lab.public_address("alice") not in text
+
+
+async def test_gathering_with_relays_that_answer_fail_or_see_loopback() -> None:
+    from didmesh.session.mesh.candidates import gather
+
+    async def observe(url: str, port: int) -> tuple[str, int | None]:
+        if "down" in url:
+            raise OSError("connection refused")
+        if "slow" in url:
+            await asyncio.sleep(10)
+        if "local" in url:
+            return "127.0.0.1", port
+        return "198.51.100.12", port
+
+    got = await gather(
+        ["http://127.0.0.1:1/", "http://down.invalid/", "http://slow.invalid/",
+         "http://local.invalid/"], observe, port=4242, timeout=0.3,
+        addresses=[("lo", "127.0.0.1"), ("eth0", "10.1.0.2"), ("eth1", "10.7.0.9")])
+    assert got.port == 4242
+    assert got.endpoints == ["tcp://10.1.0.2:4242", "tcp://10.7.0.9:4242",
+                             "tcp://198.51.100.12:4242"]
+    assert len(got.notes) == 3 and any("down.invalid" in n for n in got.notes)
+    nothing = await gather([], None, port=4242, addresses=[])
+    assert nothing.endpoints == [] and nothing.notes == []

@@ -26,6 +26,7 @@ import ipaddress
 import random
 import socket
 import struct
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -146,12 +147,14 @@ async def gather(
     port = port if port is not None else choose_port()
     addrs = list(addresses) if addresses is not None else interface_addresses()
     first = None
-    for url in relays:
-        host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
-        with contextlib.suppress(OSError, ValueError):
-            first = towards(socket.gethostbyname(host))
-        if first:
-            break
+    loop = asyncio.get_running_loop()
+    for url in relays[:1]:
+        host = urllib.parse.urlsplit(url).hostname or ""
+        with contextlib.suppress(OSError, ValueError, TimeoutError, UnicodeError):
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, None, family=socket.AF_INET, type=socket.SOCK_STREAM),
+                min(timeout, 2.0))
+            first = towards(str(infos[0][4][0]))
     addrs.sort(key=lambda a: a[1] != first)  # the address towards the relay first
     found = host_candidates(addrs, port)
     notes: list[str] = []
