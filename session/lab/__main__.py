@@ -65,10 +65,13 @@ def describe(lab: Lab) -> str:
 def _up(args: argparse.Namespace) -> int:
     lab = Lab(args.sites or list(DEFAULT), args.name)
     if args.hold:
+        # also when started in the background, where a shell ignores SIGINT for us
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: sys.exit(0))
         with lab:
             print(describe(lab), flush=True)
             print(f"lab {lab.name} is up; Ctrl-C takes it down", flush=True)
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             try:
                 signal.pause()
             except KeyboardInterrupt:
@@ -158,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("didmesh: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader left; the work itself is done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
