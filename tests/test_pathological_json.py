@@ -361,3 +361,31 @@ def test_dumps_writes_what_json_dumps_cannot() -> None:
     )
     assert json.loads(dumps({"a": [1, 2.5, None, True, "x"], "b": {}})) == {
         "a": [1, 2.5, None, True, "x"], "b": {}}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the VC API
+
+
+@pytest.mark.parametrize("case", params())
+def test_vc_api_requests(case: Case) -> None:
+    """``didmesh vc-api serve`` (session/vcapi/service.py) answers every case below 500."""
+    from didmesh.session.vcapi.service import MAX_REQUEST_BYTES, VcApiService
+
+    svc = VcApiService(ISSUER, "t" * 43, lambda: NOW)
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer " + "t" * 43}
+    unsigned = v2_credential()
+    unsigned["credentialSubject"] = {**unsigned["credentialSubject"], SCORE: PLACEHOLDER}
+    vp = issue_presentation(presentation(2, [_ISSUED["jcs"]]), HOLDER, challenge="c-1",
+                            domain="d-1", suite="eddsa-jcs-2022", created=NOW)  # fmt: skip
+    requests = [
+        ("/credentials/verify", {"verifiableCredential": _with_placeholder(_ISSUED["rdfc"])}),
+        ("/credentials/verify", {"verifiableCredential": _ISSUED["jcs"], "options": PLACEHOLDER}),
+        ("/presentations/verify", {"verifiablePresentation": {**vp, "holderNote": PLACEHOLDER}}),
+        ("/credentials/issue", {"credential": unsigned}),
+    ]
+    for path, body in requests:
+        raw = case.splice(body, room=MAX_REQUEST_BYTES)
+        start = time.monotonic()
+        reply = svc.handle("POST", path, headers, raw)
+        assert reply.status < 500, (path, reply.status, reply.body[:200])
+        assert time.monotonic() - start < 5.0, path
