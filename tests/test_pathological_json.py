@@ -389,3 +389,28 @@ def test_vc_api_requests(case: Case) -> None:
         reply = svc.handle("POST", path, headers, raw)
         assert reply.status < 500, (path, reply.status, reply.body[:200])
         assert time.monotonic() - start < 5.0, path
+
+
+# --------------------------------------------------------------------------- didmesh verify
+
+
+def test_didmesh_verify_cli_on_pathological_credentials(tmp_path: Any) -> None:
+    """``didmesh verify`` printed a traceback (and nothing on stdout with --json) for a
+    credential holding a 4,301-digit integer. Now: INVALID with the reason, exit 1."""
+    from cli_helpers import run_cli
+
+    picked = ["int-4301-digits", "float-1e400", "lone-high-surrogate", "utf8-bom",
+              "arrays-30000-deep"]  # fmt: skip
+    files = []
+    for case in (c for c in CASES if c.id in picked):
+        path = tmp_path / f"{case.id}.json"
+        path.write_bytes(case.splice(_with_placeholder(_ISSUED["jcs"]), room=MAX_DOCUMENT_BYTES))
+        files.append(str(path))
+    res = run_cli(tmp_path, "verify", *files, "--json", timeout=60)
+    assert res.rc == 1 and "Traceback" not in res.err, res.err
+    results = json.loads(res.out)["results"]
+    assert [r["valid"] for r in results] == [False] * len(picked)
+    assert all(r["error"] == "malformed_credential" for r in results), results
+    text = run_cli(tmp_path, "verify", files[0], timeout=60)
+    assert text.rc == 1 and "number of 4301 characters" in text.out + text.err
+    assert "Traceback" not in text.err
