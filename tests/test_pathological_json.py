@@ -414,3 +414,29 @@ def test_didmesh_verify_cli_on_pathological_credentials(tmp_path: Any) -> None:
     text = run_cli(tmp_path, "verify", files[0], timeout=60)
     assert text.rc == 1 and "number of 4301 characters" in text.out + text.err
     assert "Traceback" not in text.err
+
+
+@pytest.mark.parametrize("case", params())
+def test_mesh_ready_message(case: Case) -> None:
+    """A roster peer's READY (its connectivity row) over an authenticated channel: stored,
+    or the peer fails as misbehaving; never an exception in the mesh."""
+    from didmesh.session.mesh.loopback import loopback_plans
+    from didmesh.session.mesh.mesh import MAX_READY_BYTES, Mesh
+
+    plans, _ids = loopback_plans(3, endpoints=False, session_id="patho-ready")
+
+    class Peer:
+        peer_id, name = 1, "party 1"
+        failed: list[DidmeshError] = []
+
+        def _fail(self, exc: DidmeshError) -> None:
+            self.failed.append(exc)
+
+    for row in ({"peer": PLACEHOLDER, "path": "direct", "via": "x", "rtt_ms": 1.0},
+                {"peer": 2, "path": "direct", "via": "x", "rtt_ms": PLACEHOLDER}):  # fmt: skip
+        mesh = Mesh(plans[0], {}, identity=None)
+        peer = Peer()
+        peer.failed = []
+        raw = case.splice({"party": 1, "row": [row]}, room=MAX_READY_BYTES)
+        mesh.ready_received(peer, raw)  # type: ignore[arg-type]
+        assert peer.failed or 1 in mesh._rows
