@@ -188,7 +188,9 @@ class RelayMailbox:
             return_exceptions=True,
         )
         errors = [
-            (u, r) for u, r in zip(self.urls, results, strict=True) if isinstance(r, BaseException)
+            (u, r)
+            for u, r in zip(self.urls, results, strict=True)
+            if isinstance(r, BaseException)
         ]
         for url, err in errors:
             if not isinstance(err, DidmeshError):
