@@ -175,3 +175,20 @@ def test_close_ends_what_was_started_inside_the_lab_by_hand() -> None:
             raise
     assert stray.wait(5) != 0  # ended by close(), by its pid
     assert lab.leftovers() == []
+
+
+def test_the_lab_of_a_killed_process_is_found_and_taken_down() -> None:
+    from didmesh.session.lab.lab import clean_stale, stale_labs
+
+    code = ("import os; from didmesh.session.lab import Lab\n"
+            "lab = Lab(['relay', 'eim:h1:p1']); lab.up(); print(lab.name, flush=True)\n"
+            "os._exit(0)  # no close(), no atexit: as if killed\n")
+    name = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+    left = Lab(["relay", "eim:h1:p1"], name)
+    try:
+        assert name in stale_labs() and left.leftovers()
+        assert name in clean_stale()
+    finally:
+        left.close()
+    assert left.leftovers() == [] and name not in stale_labs()
