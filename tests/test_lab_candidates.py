@@ -119,7 +119,9 @@ def test_readme_commands_announce_gathered_candidates_and_lan_pairs_go_direct(
         waits = []
         for w in ("bob", "carol"):
             people.cli(w, w, "invites", "--relay", url)
-            people.cli(w, w, "accept", sid, "--yes")
+            accepted, _ = people.cli(w, w, "accept", sid, "--yes")
+            assert accepted["endpoints"] and accepted["endpoints"][0].startswith(
+                f"tcp://{lab.address(w)}:")
             waits.append(people.spawn(w, w, "status", sid, "--wait", "--timeout", "60"))
         for code, _, err in _finish([organizer, *waits]):
             assert code == 0, err[-1500:]
