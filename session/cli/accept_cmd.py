@@ -41,8 +41,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_endpoint_args(acc)
     acc.add_argument("--credential", action="append", default=[], metavar="FILE",
                      help="present this credential (for a seat that requires one)")  # fmt: skip
-    acc.add_argument("--program", default=None, metavar="FILE",
-                     help="check that FILE is the program of the session (SHA-256)")  # fmt: skip
+    acc.add_argument("--program", default=None, metavar="PATH",
+                     help="check that PATH (a file, or a bundle's folder) is the session's "
+                     "program, file by file")  # fmt: skip
     acc.add_argument("--wait", action="store_true",
                      help="then wait until every party agreed on the roster")  # fmt: skip
     add_relay(acc)
