@@ -86,7 +86,8 @@ def agreed(tmp_path: Path, relay_url: str) -> tuple[str, list[Path], list[Path]]
     folders = [copy_bundle(tmp_path / n / "app") for n in NAMES]
     dids = [ok(h, "id", "new", "--no-passphrase")["did"] for h in homes]
     made = ok(homes[0], "session", "new", "--program", str(folders[0]), "--parties", "3",
-              "--relay", relay_url, "--name", "bundle e2e", "--arg=--scale", "--arg=10")
+              "--relay", relay_url, "--name", "bundle e2e", "--arg=--scale", "--arg=10",
+              "--no-direct")  # every pair through the relay, as the test checks
     sid = made["sessionId"]
     assert made["program"]["bundle"]["files"][0]["path"] == "data/weights.csv"
     for name, did in zip(NAMES[1:], dids[1:], strict=True):
@@ -105,7 +106,7 @@ def agreed(tmp_path: Path, relay_url: str) -> tuple[str, list[Path], list[Path]]
     asked = run_cli(homes[2], "accept", sid[:8])
     assert asked.rc == 2 and "bundle of 3 files" in asked.err and "scoring.py" in asked.err
     for home, folder in zip(homes[1:], folders[1:], strict=True):
-        ok(home, "accept", sid[:8], "--yes", "--program", str(folder))
+        ok(home, "accept", sid[:8], "--yes", "--program", str(folder), "--no-direct")
     waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in homes[1:]]
     for rc, _, err in finish_all([organizer, *waits]):
         assert rc == 0, err[-2000:]
