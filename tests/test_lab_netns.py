@@ -192,3 +192,11 @@ def test_the_lab_of_a_killed_process_is_found_and_taken_down() -> None:
     finally:
         left.close()
     assert left.leftovers() == [] and name not in stale_labs()
+
+
+def test_loss_on_a_link_drops_about_that_share_each_way() -> None:
+    with Lab(["relay", "public:l@1/0/20"]) as lab:  # 20 % each way: 64 % come back
+        lab.serve_probe("relay", PORT)
+        got = lab.probe("l", "echoes", f"{lab.public_address('relay')}:{PORT}",
+                        "--count", "150", "--timeout", "0.05")
+    assert got["sent"] == 150 and 0.48 < got["answered"] / 150 < 0.80, got
