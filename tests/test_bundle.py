@@ -348,7 +348,7 @@ def test_private_input_files_are_given_by_absolute_path(tmp_path: Path,
 # --------------------------------------------------------------------------- fuzzing
 
 
-_BUNDLE_JSON = manifest_for(EXAMPLE, args=["--scale", "10"]).to_json()
+_BUNDLE_JSON = manifest_for(EXAMPLE, args=["--scale", "10"], inputs=["SCORE"]).to_json()
 
 
 @fuzz_settings(200)
