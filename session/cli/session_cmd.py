@@ -9,6 +9,7 @@ from ..errors import BadSessionParameters
 from ..manifest import new_manifest, parse_duration
 from ..state import ENDED, Status
 from .common import add_identity_args
+from .endpoints import add_endpoint_args, announced_endpoints
 from .output import Output
 from .session_support import (
     add_timeout,
@@ -58,8 +59,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     new.add_argument("--input-name", action="append", default=[], metavar="NAME",
                      help="a private input each party gives with 'run --input NAME=VALUE' "
                      "(repeatable; declared names catch typos)")  # fmt: skip
-    new.add_argument("--endpoint", action="append", default=[], metavar="tcp://HOST:PORT",
-                     help="where your mesh listens (repeatable; default: relay only)")  # fmt: skip
+    add_endpoint_args(new)
     add_identity_args(new)
     new.set_defaults(func=cmd_new)
 
@@ -112,7 +112,8 @@ def cmd_new(args: argparse.Namespace, out: Output) -> int:
         inputs=args.input_name,
         now=utcnow(),
     )
-    state = engine.create_session(manifest, args.endpoint)
+    state = engine.create_session(
+        manifest, announced_endpoints(args, engine.key, manifest.relays, out))
     engine.store.remember_relays(list(manifest.relays))
     view = session_view(state, engine.labels)
     out.result(
