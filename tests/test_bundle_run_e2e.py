@@ -120,7 +120,8 @@ def run_all(sid: str, homes: list[Path], folders: list[Path], *, extra: tuple[
     for i, (home, folder) in enumerate(zip(homes, folders, strict=True)):
         cwd = home.parent  # not the bundle's folder: run must chdir there by itself
         opts = ["--receipt", f"receipts/r{i}.json"] if receipts else []
-        procs.append(spawn(home, "run", sid[:8], "--timeout", "10", "--connect-timeout", "40",
+        procs.append(spawn(home, "run", sid[:8], "--relay-only", "--timeout", "10",
+                           "--connect-timeout", "40",
                            "--input", f"SCORE={SCORES[i]}", *opts, "--", str(folder),
                            *extra[i], cwd=cwd))
     return finish_all(procs)
