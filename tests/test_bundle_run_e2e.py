@@ -87,7 +87,7 @@ def agreed(tmp_path: Path, relay_url: str) -> tuple[str, list[Path], list[Path]]
     dids = [ok(h, "id", "new", "--no-passphrase")["did"] for h in homes]
     made = ok(homes[0], "session", "new", "--program", str(folders[0]), "--parties", "3",
               "--relay", relay_url, "--name", "bundle e2e", "--arg=--scale", "--arg=10",
-              "--no-direct")  # every pair through the relay, as the test checks
+              "--input-name", "SCORE")
     sid = made["sessionId"]
     assert made["program"]["bundle"]["files"][0]["path"] == "data/weights.csv"
     for name, did in zip(NAMES[1:], dids[1:], strict=True):
@@ -100,13 +100,14 @@ def agreed(tmp_path: Path, relay_url: str) -> tuple[str, list[Path], list[Path]]
     for f in made["program"]["bundle"]["files"]:
         assert f"{f['size']:>10}  {f['sha256'][:16]}  {f['path']}" in listed.out
     assert made["program"]["sha256"] in listed.out and "--scale 10" in listed.out
+    assert "inputs      SCORE" in listed.out
     assert f"didmesh accept {sid[:12]}" in listed.out
     ok(homes[2], "invites", "--relay", relay_url)
     # accept shows the same before asking (here without a terminal: it shows, then stops)
     asked = run_cli(homes[2], "accept", sid[:8])
     assert asked.rc == 2 and "bundle of 3 files" in asked.err and "scoring.py" in asked.err
     for home, folder in zip(homes[1:], folders[1:], strict=True):
-        ok(home, "accept", sid[:8], "--yes", "--program", str(folder), "--no-direct")
+        ok(home, "accept", sid[:8], "--yes", "--program", str(folder))
     waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in homes[1:]]
     for rc, _, err in finish_all([organizer, *waits]):
         assert rc == 0, err[-2000:]
@@ -120,8 +121,9 @@ def run_all(sid: str, homes: list[Path], folders: list[Path], *, extra: tuple[
         cwd = home.parent  # not the bundle's folder: run must chdir there by itself
         opts = ["--receipt", f"receipts/r{i}.json"] if receipts else []
         procs.append(spawn(home, "run", sid[:8], "--relay-only", "--timeout", "10",
-                           "--connect-timeout", "40", "--input", f"SCORE={SCORES[i]}", *opts, "--",
-                           str(folder), *extra[i], cwd=cwd))
+                           "--connect-timeout", "40",
+                           "--input", f"SCORE={SCORES[i]}", *opts, "--", str(folder),
+                           *extra[i], cwd=cwd))
     return finish_all(procs)
 
 
@@ -146,6 +148,11 @@ def test_bundle_runs_like_plain_mpyc_and_any_difference_stops_everyone(
             "sha256:")
     trail = run_cli(homes[0], "verify", *receipts)
     assert trail.rc == 0 and "COMPLETE" in trail.out, trail.out + trail.err
+
+    # a typo in an input's name is refused at once, here only (the others may wait for a
+    # corrected run)
+    typo = run_cli(homes[1], "run", sid[:8], "--input", "SCOER=7", "--", str(folders[1]))
+    assert typo.rc == 2 and typo.err.startswith("didmesh: SCOER is not a private input")
 
     # one byte of bob's data file changed: nobody starts, everyone names the file
     data = folders[1] / "data" / "weights.csv"
