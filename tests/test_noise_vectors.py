@@ -132,7 +132,7 @@ def test_tampered_handshake_message_fails_and_kills_the_handshake() -> None:
     init, resp = _side(v, True), _side(v, False)
     msg = bytearray(init.write_message(b"hello"))
     msg[-1] ^= 1
-    with pytest.raises(HandshakeFailed, match="static key or roster view differs") as info:
+    with pytest.raises(HandshakeFailed, match="altered in transit, or the peer holds another roster or key") as info:
         resp.read_message(bytes(msg))
     assert info.value.reason == "mismatch"
     assert info.value.code == "handshake_failed"

@@ -116,6 +116,14 @@ class ByteLink:
         """Close at once, dropping unsent data."""
         self.close()
 
+    def unsent(self) -> int:
+        """Bytes written but not yet handed to the operating system or the relay."""
+        return 0
+
+    def tasks(self) -> tuple[asyncio.Task[None], ...]:
+        """The tasks this link runs (kept when a failed run drops the program's work)."""
+        return ()
+
 
 # --------------------------------------------------------------------------- TCP
 
@@ -162,6 +170,10 @@ class TcpLink(ByteLink, asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def unsent(self) -> int:
+        t = self.transport
+        return 0 if t is None or t.is_closing() else t.get_write_buffer_size()
 
 
 async def open_tcp(host: str, port: int, timeout: float) -> TcpLink:
@@ -220,6 +232,7 @@ class RelayedLink(ByteLink):
         self.max_bytes = _positive(getattr(link, "max_bytes", None), 0)
         self.frames_sent = 0
         self._wire_sent = 0
+        self._unsent = 0
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._closed = False
         loop = asyncio.get_running_loop()
@@ -274,11 +287,12 @@ class RelayedLink(ByteLink):
                 if len(data) <= limit:
                     await self._link.send(data)
                     self.frames_sent += 1
-                    continue
-                view = memoryview(data)
-                for off in range(0, len(view), limit):
-                    await self._link.send(view[off : off + limit])
-                    self.frames_sent += 1
+                else:
+                    view = memoryview(data)
+                    for off in range(0, len(view), limit):
+                        await self._link.send(view[off : off + limit])
+                        self.frames_sent += 1
+                self._unsent -= len(data)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -291,12 +305,19 @@ class RelayedLink(ByteLink):
         if self._closed:
             return
         self.bytes_sent += len(data)
+        self._unsent += len(data)
         self._queue.put_nowait(bytes(data))
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._queue.put_nowait(None)
+
+    def unsent(self) -> int:
+        return 0 if self._writer.done() else self._unsent
+
+    def tasks(self) -> tuple[asyncio.Task[None], ...]:
+        return (self._reader, self._writer)
 
     def abort(self) -> None:
         self._closed = True
