@@ -556,7 +556,10 @@ class MeshConnector:
                 else:
                     _, ch = await self._respond(link, deadline, st.peer_id)
             except (HandshakeFailed, _Rejected) as exc:
-                link.abort()
+                if isinstance(exc, _Rejected):
+                    link.close()  # after our diagnostic: the initiator learns why
+                else:
+                    link.abort()
                 err = exc.error if isinstance(exc, _Rejected) else exc
                 self._path_failed(st, "relay", f"{url}: {err.message}")
                 return
