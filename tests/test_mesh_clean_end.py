@@ -275,3 +275,44 @@ def _start_tampered(tmp_path: Path, url: str, tamper: dict[str, Any]) -> list[Pa
     for p in parties:
         p._thread.start()
     return parties
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_didmesh_run_ends_all_three_with_one_line_each(tmp_path: Path) -> None:
+    """The same through the command line (``didmesh run``), three homes, a real relay."""
+    from test_mesh_cli_e2e import agreed_session, spawn
+
+    program = tmp_path / "rounds.py"
+    program.write_text(PROGRAM)
+    with start_relay(args=["--rate-ip-per-s", "0"]) as relay:
+        sid, homes = agreed_session(tmp_path, relay.url, program)
+        procs = [spawn(h, "run", sid[:8], "--timeout", "10", "--connect-timeout", "30",
+                       "--", str(program), "--no-log") for h in homes]
+        parties = []
+        for proc in procs:
+            p = Party(proc)  # type: ignore[arg-type]
+            parties.append(p)
+        try:
+            for p in parties:
+                assert p.proc.stdout is not None
+                assert p.proc.stdout.readline().strip() in ("started", b"started")
+                assert p.proc.stdout.readline().strip() in ("round 50", b"round 50")
+            for p in parties:
+                p._thread.start()
+            t0 = time.monotonic()
+            parties[1].proc.send_signal(signal.SIGINT)
+            _reap(parties)
+        finally:
+            _reap(parties, 5)
+    for p in parties:  # text mode: make the checks' bytes
+        p.out = p.out.encode() if isinstance(p.out, str) else p.out
+        p.err = p.err.encode() if isinstance(p.err, str) else p.err
+    _check_clean(parties, t0, BOUND)
+    assert parties[1].proc.returncode == 130
+    # petnames come from each home's contacts: name the party by its id
+    assert parties[1].lines[0].startswith("didmesh: party 1 "), parties[1].lines
+    assert "interrupted (Ctrl-C)" in parties[1].lines[0]
+    for i in (0, 2):
+        line = parties[i].lines[0]
+        assert line.startswith("didmesh: the run was aborted by party 1 "), line
+        assert "interrupted (Ctrl-C)" in line, line

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
+from typing import NoReturn
 
+from didmesh.identity.errors import DidmeshError
 from didmesh.session.manifest import verify_program
 from didmesh.session.mesh.faults import PlanError
 from didmesh.session.mesh.plan import from_roster
@@ -47,11 +51,27 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="seconds for every pair to connect (default 120)")
     p.add_argument("--receipt", default=None, metavar="FILE",
                    help="where to write this party's signed run receipt")
+    p.add_argument("-v", "--debug", action="store_true",
+                   help="on a failure, show tracebacks (also DIDMESH_DEBUG=1)")
     add_identity_args(p)
     p.set_defaults(func=cmd_run)
 
 
+def _end_failed_run(exc: DidmeshError, out: Output) -> NoReturn:
+    """A failed run: its one ``didmesh:`` line, then end the process at once (the
+    interpreter's teardown of a large MPyC program's objects would take seconds)."""
+    if os.environ.get("DIDMESH_DEBUG"):
+        raise exc
+    if out.json_mode:
+        out.result({"ok": False, "error": exc.code, "message": exc.message})
+    print(f"didmesh: {exc.message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(exc.exit_code)
+
+
 def cmd_run(args: argparse.Namespace, out: Output) -> int:
+    if getattr(args, "debug", False):
+        os.environ["DIDMESH_DEBUG"] = "1"
     identity = load_identity(args)
     store = store_of(args)
     stored = store.load(store.resolve(args.session))
@@ -75,11 +95,14 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         prog_args = list(manifest.program.args)
     out.progress(f"running {manifest.program.name} as {plan.describe(plan.my_party_id)} "
                  f"of {plan.m}")
-    result = run_program(
-        plan, args.program, prog_args, direct_only=args.direct_only,
-        relay_only=args.relay_only, timeout=args.timeout, identity=identity,
-        connect_timeout=args.connect_timeout, report=out.progress, hard_exit=True,
-    )
+    try:
+        result = run_program(
+            plan, args.program, prog_args, direct_only=args.direct_only,
+            relay_only=args.relay_only, timeout=args.timeout, identity=identity,
+            connect_timeout=args.connect_timeout, report=out.progress, hard_exit=True,
+        )
+    except DidmeshError as exc:
+        _end_failed_run(exc, out)
     receipt_path = Path(args.receipt) if args.receipt else (
         stored.path / f"receipt-{plan.my_party_id}.json")
     if result.receipt is not None:
