@@ -605,9 +605,13 @@ class RelayLinks:
 def default_relay_opener(
     plan: MeshPlan, identity: IdentityKey, options: ConnectOptions
 ) -> RelayLinks | None:
-    """Links through the relay client, if this installation has it."""
+    """Links through the relay client, if this installation has it (not imported here:
+    it brings in aiohttp, which a run whose pairs all connect directly never needs)."""
+    import importlib.util
+
     try:
-        import didmesh.relay.client  # noqa: F401
-    except ImportError:
+        if importlib.util.find_spec("didmesh.relay.client") is None:
+            return None
+    except (ImportError, ValueError):
         return None
     return RelayLinks(plan, identity, options)
