@@ -392,7 +392,7 @@ class MeshConnector:
                 st.errors.append(f"direct: {last}")
                 del st.errors[:-4]
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, 0.1)  # as MPyC retries: a late peer costs <= 0.1 s
 
     async def _initiate(self, link: ByteLink, peer_id: int, deadline: float) -> SecureChannel:
         plan = self.plan
