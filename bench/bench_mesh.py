@@ -251,8 +251,10 @@ mpc.run(mpc.shutdown())
 
 
 def startup_benchmark(m: int, repeats: int, relay: str | None, relay_pid: int | None,
-                      workdir: Path) -> dict[str, Any]:
-    """Whole processes of a trivial program at m parties: plain vs didmesh, interleaved."""
+                      workdir: Path, receipts: bool = True) -> dict[str, Any]:
+    """Whole processes of a trivial program at m parties: plain vs didmesh, interleaved
+    (with each party's signed run receipt, as ``didmesh run`` makes one, unless not
+    ``receipts``)."""
     program = workdir / "hello.py"
     program.write_text(HELLO)
     modes = ["plain", "direct"] + (["relayed"] if relay else [])
@@ -274,7 +276,7 @@ def startup_benchmark(m: int, repeats: int, relay: str | None, relay_pid: int | 
                                             else [])
                 opts: dict[str, Any] = {"timeout": 60, "connect_timeout": 60,
                                         "relay_only": mode == "relayed",
-                                        "receipt": os.environ.get("BENCH_RECEIPT") == "1"}
+                                        "receipt": receipts}
                 relay_cpu0 = process_cpu(relay_pid) if mode == "relayed" and relay_pid else 0.0
                 cpu0, t0 = children_cpu(), time.monotonic()
                 procs = [spawn_party(launch_document(plans[i], ids[i], str(program),
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup", action="store_true",
                     help="only the start-up benchmark: hello world at --startup-m parties")
     ap.add_argument("--startup-m", type=int, default=10)
+    ap.add_argument("--no-receipts", action="store_true",
+                    help="start-up benchmark: the parties sign no run receipt")
     ap.add_argument("--budget", type=float, default=1500.0, help="stop starting runs after (s)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--setup-only", action="store_true", help="only the m=10 set-up time")
@@ -413,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                 modes.append(f"direct@{a.baseline}")
             if a.startup:
                 res = startup_benchmark(a.startup_m, a.repeats, relay,
-                                        relay_proc.pid if relay_proc else None, workdir)
+                                        relay_proc.pid if relay_proc else None, workdir,
+                                        receipts=not a.no_receipts)
                 results[f"startup hello m={a.startup_m}"] = res
                 print(f"start-up, hello world, m={a.startup_m} (whole processes, medians of "
                       f"{a.repeats} interleaved):")
