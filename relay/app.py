@@ -53,6 +53,7 @@ from .links import (
     settle,
 )
 from .metrics import Metrics
+from .observed import observed_handler
 from .protocol import CloseCode, parse_ack_ids, parse_link_request, parse_push_client_message
 from .store.base import PutPolicy, Store, StoredEnvelope
 from .store.url import parse_store_url
@@ -518,6 +519,7 @@ def build_app(
     r.add_post("/v1/inbox/ack", relay.ack)
     r.add_get("/v1/inbox/ws", relay.inbox_ws)
     r.add_get("/v1/link", relay.link)
+    r.add_get("/v1/observed", observed_handler(relay))
     return app
 
 
