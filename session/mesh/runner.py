@@ -164,6 +164,7 @@ def run_program(
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     saved_argv, saved_path, saved_cwd = sys.argv[:], sys.path[:], _cwd()
+    saved_warnings = list(warnings.filters)  # _quiet() silences them after a failure
     mesh: Mesh | None = None
     connector: MeshConnector | None = None
     in_program = False
@@ -295,6 +296,7 @@ def run_program(
             killer.cancel()
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path
+        warnings.filters[:] = saved_warnings  # type: ignore[index]  # a list at run time
         if saved_cwd is not None and workdir:
             with contextlib.suppress(OSError):
                 os.chdir(saved_cwd)
