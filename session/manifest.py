@@ -69,7 +69,10 @@ _KEYS = {
     "validFrom", "validUntil",
 }  # fmt: skip
 _PROGRAM_KEYS = {"name", "sha256", "mpyc", "args"}
-_PROGRAM_OPTIONAL = {"bundle"}
+_PROGRAM_OPTIONAL = {"bundle", "inputs"}
+#: names of private inputs (``run --input NAME=VALUE``): the program reads DIDMESH_INPUT_NAME
+INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_INPUTS = 16
 _BUNDLE_KEYS = {"files", "include", "exclude"}
 _FILE_KEYS = {"path", "size", "sha256"}
 #: MPyC options a party may add on its own: they change only what it prints
@@ -165,6 +168,7 @@ class ProgramRef:
     files: tuple[BundleFile, ...] = ()  # empty: a single-file program
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # declared private input names (upper case); () = any
 
     @property
     def is_bundle(self) -> bool:
@@ -186,6 +190,8 @@ class ProgramRef:
                 "include": list(self.include),
                 "exclude": list(self.exclude),
             }
+        if self.inputs:
+            data["inputs"] = list(self.inputs)
         return data
 
 
@@ -257,6 +263,17 @@ class Manifest:
         _exact_keys(prog, _PROGRAM_KEYS, "manifest.program", optional=_PROGRAM_OPTIONAL)
         pname, digest, mrange, args = prog["name"], prog["sha256"], prog["mpyc"], prog["args"]
         files, include, exclude = _parse_bundle(prog.get("bundle"))
+        inputs = prog.get("inputs", [])
+        if (
+            not isinstance(inputs, list)
+            or ("inputs" in prog and not 0 < len(inputs) <= MAX_INPUTS)
+            or not all(isinstance(n, str) and INPUT_NAME_RE.match(n) and n == n.upper()
+                       for n in inputs)
+            or len(set(inputs)) != len(inputs)
+        ):
+            raise ManifestInvalid(
+                f"manifest: program.inputs must list 1..{MAX_INPUTS} distinct upper-case names"
+            )
         if files:
             if bundles.path_error(pname) or pname not in {f.path for f in files}:
                 raise ManifestInvalid("manifest: program.name must be a file of the bundle")
@@ -301,7 +318,8 @@ class Manifest:
             session_id=sid,
             name=name,
             organizer=organizer,
-            program=ProgramRef(pname, digest, mrange, tuple(args), files, include, exclude),
+            program=ProgramRef(pname, digest, mrange, tuple(args), files, include, exclude,
+                               tuple(inputs)),
             parties=m,
             threshold=t,
             relays=tuple(relays),
@@ -531,6 +549,7 @@ def new_manifest(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     entry: str | None = None,
+    inputs: Sequence[str] = (),
     rng: Callable[[int], bytes] = os.urandom,
 ) -> Manifest:
     """A new manifest with a fresh 128-bit session id (BadSessionParameters on bad input)."""
@@ -570,7 +589,7 @@ def new_manifest(
         name=label,
         organizer=organizer,
         program=ProgramRef(ref.name, ref.sha256, mrange, tuple(args), ref.files, ref.include,
-                           ref.exclude),
+                           ref.exclude, _input_names(inputs)),
         parties=parties,
         threshold=t,
         relays=tuple(urls),
@@ -578,6 +597,35 @@ def new_manifest(
         valid_until=start + valid_for,
     )
     return Manifest.from_json(manifest.to_json())  # one validation path
+
+
+def _input_names(names: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for name in names:
+        if not INPUT_NAME_RE.match(name):
+            raise BadSessionParameters(
+                f"--input-name {name[:40]!r}: letters, digits and _, at most 64, not a digit first"
+            )
+        if name.upper() in out:
+            raise BadSessionParameters(f"--input-name {name} is given twice")
+        out.append(name.upper())
+    if len(out) > MAX_INPUTS:
+        raise BadSessionParameters(f"at most {MAX_INPUTS} --input-name")
+    return tuple(out)
+
+
+def check_inputs(manifest: Manifest, names: Sequence[str]) -> None:
+    """If the manifest declares its private inputs, every name given must be one of them
+    (a typo would otherwise leave the program on its default): BadSessionParameters."""
+    declared = manifest.program.inputs
+    if not declared:
+        return
+    for name in names:
+        if name.upper() not in declared:
+            raise BadSessionParameters(
+                f"{name} is not a private input of session {manifest.session_id[:8]}; it "
+                f"takes {', '.join(declared)}; nothing starts"
+            )
 
 
 #: a bundle's file list travels in every invite, so m times in the roster message: at most

@@ -27,7 +27,13 @@ from didmesh.session.errors import (
     ProgramArgsMismatch,
     ProgramDigestMismatch,
 )
-from didmesh.session.manifest import Manifest, check_args, new_manifest, verify_program
+from didmesh.session.manifest import (
+    Manifest,
+    check_args,
+    check_inputs,
+    new_manifest,
+    verify_program,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -307,6 +313,26 @@ def test_private_inputs_become_environment_variables() -> None:
             parse_inputs(bad)
 
 
+def test_declared_inputs_catch_typos() -> None:
+    m = manifest_for(EXAMPLE, inputs=["score", "Weight"])
+    assert m.program.inputs == ("SCORE", "WEIGHT")
+    assert Manifest.from_json(m.to_json()).program.inputs == ("SCORE", "WEIGHT")
+    check_inputs(m, ["score", "WEIGHT"])
+    check_inputs(m, [])  # a missing input is the program's business (run prints a note)
+    with pytest.raises(BadSessionParameters, match="SCOER is not a private input .* takes "
+                       "SCORE, WEIGHT"):
+        check_inputs(m, ["SCOER"])
+    check_inputs(manifest_for(EXAMPLE), ["ANYTHING"])  # none declared: any name
+    assert "inputs" not in manifest_for(EXAMPLE).to_json()["program"]  # as before
+    for bad in (["lower"], ["A", "A"], [], ["1X"], "SCORE"):
+        data = m.to_json()
+        data["program"]["inputs"] = bad
+        with pytest.raises(ManifestInvalid, match="program.inputs"):
+            Manifest.from_json(data)
+    with pytest.raises(BadSessionParameters, match="given twice"):
+        manifest_for(EXAMPLE, inputs=["a", "A"])
+
+
 def test_private_input_files_are_given_by_absolute_path(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "mine.csv").write_text("1,2\n")
@@ -322,7 +348,7 @@ def test_private_input_files_are_given_by_absolute_path(tmp_path: Path,
 # --------------------------------------------------------------------------- fuzzing
 
 
-_BUNDLE_JSON = manifest_for(EXAMPLE, args=["--scale", "10"]).to_json()
+_BUNDLE_JSON = manifest_for(EXAMPLE, args=["--scale", "10"], inputs=["SCORE"]).to_json()
 
 
 @fuzz_settings(200)

@@ -86,7 +86,8 @@ def agreed(tmp_path: Path, relay_url: str) -> tuple[str, list[Path], list[Path]]
     folders = [copy_bundle(tmp_path / n / "app") for n in NAMES]
     dids = [ok(h, "id", "new", "--no-passphrase")["did"] for h in homes]
     made = ok(homes[0], "session", "new", "--program", str(folders[0]), "--parties", "3",
-              "--relay", relay_url, "--name", "bundle e2e", "--arg=--scale", "--arg=10")
+              "--relay", relay_url, "--name", "bundle e2e", "--arg=--scale", "--arg=10",
+              "--input-name", "SCORE")
     sid = made["sessionId"]
     assert made["program"]["bundle"]["files"][0]["path"] == "data/weights.csv"
     for name, did in zip(NAMES[1:], dids[1:], strict=True):
@@ -99,6 +100,7 @@ def agreed(tmp_path: Path, relay_url: str) -> tuple[str, list[Path], list[Path]]
     for f in made["program"]["bundle"]["files"]:
         assert f"{f['size']:>10}  {f['sha256'][:16]}  {f['path']}" in listed.out
     assert made["program"]["sha256"] in listed.out and "--scale 10" in listed.out
+    assert "inputs      SCORE" in listed.out
     assert f"didmesh accept {sid[:12]}" in listed.out
     ok(homes[2], "invites", "--relay", relay_url)
     # accept shows the same before asking (here without a terminal: it shows, then stops)
@@ -119,8 +121,9 @@ def run_all(sid: str, homes: list[Path], folders: list[Path], *, extra: tuple[
         cwd = home.parent  # not the bundle's folder: run must chdir there by itself
         opts = ["--receipt", f"receipts/r{i}.json"] if receipts else []
         procs.append(spawn(home, "run", sid[:8], "--relay-only", "--timeout", "10",
-                           "--connect-timeout", "40", "--input", f"SCORE={SCORES[i]}", *opts, "--",
-                           str(folder), *extra[i], cwd=cwd))
+                           "--connect-timeout", "40",
+                           "--input", f"SCORE={SCORES[i]}", *opts, "--", str(folder),
+                           *extra[i], cwd=cwd))
     return finish_all(procs)
 
 
@@ -145,6 +148,11 @@ def test_bundle_runs_like_plain_mpyc_and_any_difference_stops_everyone(
             "sha256:")
     trail = run_cli(homes[0], "verify", *receipts)
     assert trail.rc == 0 and "COMPLETE" in trail.out, trail.out + trail.err
+
+    # a typo in an input's name is refused at once, here only (the others may wait for a
+    # corrected run)
+    typo = run_cli(homes[1], "run", sid[:8], "--input", "SCOER=7", "--", str(folders[1]))
+    assert typo.rc == 2 and typo.err.startswith("didmesh: SCOER is not a private input")
 
     # one byte of bob's data file changed: nobody starts, everyone names the file
     data = folders[1] / "data" / "weights.csv"

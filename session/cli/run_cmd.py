@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -32,7 +31,13 @@ from didmesh.session.errors import (
     ProgramDigestMismatch,
     SessionUsageError,
 )
-from didmesh.session.manifest import Manifest, check_args, verify_program
+from didmesh.session.manifest import (
+    INPUT_NAME_RE,
+    Manifest,
+    check_args,
+    check_inputs,
+    verify_program,
+)
 from didmesh.session.mesh.faults import PlanError
 from didmesh.session.mesh.plan import from_roster
 from didmesh.session.mesh.runner import run_program
@@ -101,7 +106,6 @@ def _end_failed_run(exc: DidmeshError, out: Output) -> NoReturn:
 
 
 INPUT_PREFIX = "DIDMESH_INPUT_"
-_INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_INPUT_CHARS = 64 * 1024
 #: how long a party that refuses to start waits for its peers, to tell them why
 TELL_SECONDS = 10.0
@@ -114,7 +118,7 @@ def parse_inputs(items: Sequence[str], files: Sequence[str] = ()) -> dict[str, s
     env: dict[str, str] = {}
     for option, item in [("--input", i) for i in items] + [("--input-file", f) for f in files]:
         name, sep, value = item.partition("=")
-        if not sep or not _INPUT_NAME_RE.match(name):
+        if not sep or not INPUT_NAME_RE.match(name):
             raise BadSessionParameters(
                 f"{option} {item[:40]!r}: give NAME=VALUE, NAME of letters, digits and _"
             )
@@ -157,6 +161,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     stored = store.load(store.resolve(args.session))
     manifest = stored.manifest
     sid = manifest.session_id[:8]
+    given_inputs = [i.partition("=")[0].upper() for i in [*args.input, *args.input_file]]
+    check_inputs(manifest, given_inputs)  # a typo in a name is refused here, before all
     if args.program is None:
         what = (f"the folder of its {len(manifest.program.files)}-file bundle"
                 if manifest.program.is_bundle else f"its file {manifest.program.name}")
@@ -194,6 +200,9 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     assert local is not None
     out.progress(f"running {manifest.program.name} as {plan.describe(plan.my_party_id)} "
                  f"of {plan.m}")
+    for name in manifest.program.inputs:
+        if name not in given_inputs:
+            out.progress(f"note: no --input {name}=... given; the program decides what that means")
     os.environ.update(inputs)
     try:
         result = run_program(

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     new.add_argument("--arg", action="append", default=[], metavar="ARG",
                      help="a program argument every party runs with (repeatable, in order; "
                      "e.g. --arg=--size --arg=5)")  # fmt: skip
+    new.add_argument("--input-name", action="append", default=[], metavar="NAME",
+                     help="a private input each party gives with 'run --input NAME=VALUE' "
+                     "(repeatable; declared names catch typos)")  # fmt: skip
     add_endpoint_args(new)
     add_identity_args(new)
     new.set_defaults(func=cmd_new)
@@ -106,6 +109,7 @@ def cmd_new(args: argparse.Namespace, out: Output) -> int:
         include=args.include,
         exclude=args.exclude,
         entry=args.entry,
+        inputs=args.input_name,
         now=utcnow(),
     )
     state = engine.create_session(

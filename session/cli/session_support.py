@@ -288,6 +288,8 @@ def program_view(manifest: Manifest) -> dict[str, Any]:
     view: dict[str, Any] = {
         "name": prog.name, "sha256": prog.sha256, "mpyc": prog.mpyc, "args": list(prog.args),
     }
+    if prog.inputs:
+        view["inputs"] = list(prog.inputs)
     if prog.is_bundle:
         view["bundle"] = {
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in prog.files],
@@ -303,16 +305,22 @@ def render_program(prog: dict[str, Any], indent: str = "  ") -> list[str]:
     arguments and, for a bundle, every file with its size."""
     args = " ".join(shlex.quote(a) for a in prog["args"]) if prog["args"] else "(none)"
     bundle = prog.get("bundle")
+    inputs = []
+    if prog.get("inputs"):
+        inputs = [f"{indent}inputs      {', '.join(prog['inputs'])}  (private, each party's own: "
+                  "run --input NAME=VALUE)"]
     if not bundle:
         return [
             f"{indent}program     {prog['name']}  sha256 {prog['sha256']}  MPyC {prog['mpyc']}",
             f"{indent}arguments   {args}",
+            *inputs,
         ]
     lines = [
         f"{indent}program     bundle of {len(bundle['files'])} files, {bundle['totalSize']} "
         f"bytes, runs {prog['name']}  MPyC {prog['mpyc']}",
         f"{indent}digest      {prog['sha256']}  (didmesh-bundle/v1)",
         f"{indent}arguments   {args}",
+        *inputs,
     ]
     for f in bundle["files"]:
         lines.append(f"{indent}  {f['size']:>10}  {f['sha256'][:16]}  {f['path']}")
