@@ -138,10 +138,22 @@ def _jsonld_code(exc: BaseException) -> str:
 
 @cache
 def _pyld() -> Any:
-    """PyLD, imported on first use: it pulls in ``requests`` and costs ~0.2 s of start-up
-    that commands which never canonicalize (JCS, keystore, relay) should not pay."""
-    from pyld import jsonld
+    """PyLD, imported on first use (commands which never canonicalize -- JCS, keystore,
+    relay -- should not pay for it). At import PyLD builds a default document loader
+    from ``requests`` (~0.2 s more); didmesh never uses it (every call passes
+    :func:`document_loader`, which fetches nothing), so ``requests`` is kept out of that
+    import unless something else loaded it already."""
+    import sys
 
+    blocked = [m for m in ("requests", "aiohttp") if m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None  # type: ignore[assignment]  # PyLD then takes its dummy loader
+    try:
+        from pyld import jsonld
+    finally:
+        for m in blocked:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
     return jsonld
 
 
