@@ -54,3 +54,39 @@ def test_receipts_of_different_runs_do_not_form_a_set() -> None:
         verify_receipts([a[0], a[0]], now=NOW)
     with pytest.raises(CredentialError, match="no receipts"):
         verify_receipts([], now=NOW)
+
+
+def test_receipts_are_jcs_and_every_term_is_defined() -> None:
+    """Receipts are signed with eddsa-jcs-2022 without a JSON-LD pass at run time, so this
+    test does that pass: every term of a receipt expands (none is dropped or undefined)."""
+    from didmesh.identity.jsonld import canonize
+
+    docs, _ = _receipts()
+    for doc in docs:
+        assert doc["proof"]["cryptosuite"] == "eddsa-jcs-2022"
+        unsigned = {k: v for k, v in doc.items() if k != "proof"}
+        nquads = canonize(unsigned, what="receipt")
+        for term in ("sessionId", "rosterHash", "digest", "partyId", "claims"):
+            assert term in nquads or f"#{term}" in nquads, term
+
+
+def test_receipts_signed_with_rdfc_still_verify() -> None:
+    """Receipts of earlier versions (eddsa-rdfc-2022) verify as one run, mixed with JCS ones."""
+    from didmesh.identity.credentials import issue_credential
+    from didmesh.session.mesh.receipt import receipt_credential
+
+    plans, ids = loopback_plans(3)
+    jcs, rdfc = [], []
+    for i in range(3):
+        result = SimpleNamespace(
+            program_digest="sha256:" + "cd" * 32, started=1_800_000_000.0,
+            ended=1_800_000_002.0, bytes_per_peer={j: {"sent": 1} for j in range(3) if j != i},
+        )
+        jcs.append(sign_receipt(plans[i], ids[i], result))
+        unsigned = receipt_credential(plans[i], ids[i], program_digest=result.program_digest,
+                                      started=result.started, ended=result.ended,
+                                      bytes_per_peer=result.bytes_per_peer)
+        rdfc.append(issue_credential(unsigned, ids[i], created=NOW))
+    assert rdfc[0]["proof"]["cryptosuite"] == "eddsa-rdfc-2022"
+    assert len(verify_receipts(rdfc, now=NOW).issuers) == 3
+    assert len(verify_receipts([rdfc[0], jcs[1], rdfc[2]], now=NOW).issuers) == 3
