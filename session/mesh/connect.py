@@ -579,7 +579,9 @@ class MeshConnector:
 
 
 class RelayLinks:
-    """Opens relayed links with :class:`didmesh.relay.client.RelayClient` (one per relay)."""
+    """Opens relayed links, one client per relay: :class:`didmesh.relay.linkclient.LinkClient`
+    (asyncio streams) unless ``link_heartbeat`` asks for client pings, then
+    :class:`didmesh.relay.client.RelayClient` (aiohttp)."""
 
     def __init__(self, plan: MeshPlan, identity: IdentityKey, options: ConnectOptions) -> None:
         self.plan = plan
@@ -588,9 +590,19 @@ class RelayLinks:
         self._clients: dict[str, Any] = {}
 
     async def __call__(self, url: str, peer_did: str) -> Any:
+        client = self._clients.get(url)
+        if self.options.link_heartbeat is None:
+            # no pings of our own: the asyncio link client, which spares every relayed
+            # party the import of aiohttp (about 0.25 s of CPU)
+            from didmesh.relay.linkclient import LinkClient
+
+            if client is None:
+                client = self._clients[url] = LinkClient(
+                    url, self.identity, timeout=self.options.handshake_timeout)
+            return await client.open_link(
+                self.plan.session_id, peer_did, timeout=self.options.connect_timeout)
         from didmesh.relay.client import RelayClient
 
-        client = self._clients.get(url)
         if client is None:
             client = self._clients[url] = RelayClient(
                 url, self.identity, timeout=self.options.handshake_timeout,

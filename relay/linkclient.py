@@ -1,0 +1,556 @@
+"""Relay links without aiohttp: what a relayed mesh run needs, and only that (specs/relay.md).
+
+:class:`LinkClient` speaks the same protocol as :meth:`didmesh.relay.client.RelayClient.open_link`
+(challenge, token, ``GET /info`` for the link limits, one ``/v1/link`` WebSocket per peer)
+over plain asyncio streams. It exists for start-up time: importing aiohttp costs a party
+about 0.25 s of CPU, more than everything else a relayed party adds. It sends no pings of
+its own (the mesh watches liveness itself: ``ConnectOptions.link_heartbeat`` is off by
+default; with a heartbeat the mesh uses the aiohttp client) and answers the relay's.
+
+The byte-level parts are sans-IO and tested on their own: :func:`client_frame` (a masked
+frame, RFC 6455 5.3), :class:`ServerFrameReader` (unmasked frames from the relay) and
+:func:`parse_head` (an HTTP/1.1 response head). Every wait is bounded by the caller's
+timeout; every refusal raises the error class the aiohttp client raises for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import ssl
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from didmesh.identity.keys import IdentityKey
+from didmesh.identity.strict_json import loads_strict
+
+from .auth import sign_challenge
+from .errors import (
+    WIRE_ERRORS,
+    AuthExpired,
+    AuthInvalid,
+    AuthRequired,
+    LinkClosed,
+    RateLimited,
+    RelayError,
+    RelayInternalError,
+    RelayProtocolError,
+    RelayUnreachable,
+    error_from_wire,
+)
+from .protocol import CloseCode, Linked, LinkRequest, close_reason
+
+ERROR_HEADER = "x-didmesh-error"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as the aiohttp client
+MAX_HEAD_BYTES = 64 * 1024
+_AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+DEFAULT_LINK_LIMITS: dict[str, float] = {
+    "link_max_frame": 1024 * 1024,
+    "link_max_bytes": 1024 * 1024 * 1024,
+    "link_max_duration_s": 3600.0,
+}
+_XOR = [bytes(b ^ k for b in range(256)) for k in range(256)]
+
+
+# --------------------------------------------------------------------------- sans-IO
+
+
+def mask(key: bytes, data: bytes | bytearray | memoryview) -> bytearray:
+    """``data`` XOR the repeated 4-byte ``key`` (four strided ``translate`` passes)."""
+    out = bytearray(data)
+    for i in range(4):
+        out[i::4] = out[i::4].translate(_XOR[key[i]])
+    return out
+
+
+def client_frame(opcode: int, payload: bytes | bytearray | memoryview,
+                 key: bytes | None = None) -> bytes:
+    """A final, masked client-to-relay frame (``key``: 4 random bytes unless given)."""
+    key = os.urandom(4) if key is None else key
+    return _head(opcode, len(payload)) + key + mask(key, payload)
+
+
+def _head(opcode: int, n: int) -> bytes:
+    """A final, masked frame's header up to (not including) its masking key."""
+    b0 = 0x80 | opcode
+    if n < 126:
+        return bytes((b0, 0x80 | n))
+    if n < 65536:
+        return bytes((b0, 0x80 | 126)) + n.to_bytes(2, "big")
+    return bytes((b0, 0x80 | 127)) + n.to_bytes(8, "big")
+
+
+class FrameError(RelayProtocolError):
+    """The relay sent a frame that breaks RFC 6455 or our limits."""
+
+
+class ServerFrameReader:
+    """Incremental parser of the relay's (unmasked) frames: :meth:`feed` bytes, get
+    ``(opcode, payload)`` messages back (fragments joined; control frames as they come)."""
+
+    def __init__(self, max_message: int = MAX_MESSAGE_BYTES) -> None:
+        self.max_message = max_message
+        self._buf = bytearray()
+        self._parts: list[bytes] = []
+        self._opcode: int | None = None
+        self._size = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
+        self._buf += data
+        out: list[tuple[int, bytes]] = []
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            if b1 & 0x80:
+                raise FrameError("the relay sent a masked frame")
+            if b0 & 0x70:
+                raise FrameError("the relay sent a frame with RSV bits set")
+            n, h = b1 & 0x7F, 2
+            if n == 126:
+                h = 4
+            elif n == 127:
+                h = 10
+            if len(buf) - pos < h:
+                break
+            if h > 2:
+                n = int.from_bytes(buf[pos + 2:pos + h], "big")
+            fin, op = b0 & 0x80, b0 & 0x0F
+            if op >= 0x8:
+                if not fin or n > 125:
+                    raise FrameError("the relay sent a fragmented or oversized control frame")
+            elif op not in (OP_CONT, OP_TEXT, OP_BINARY):
+                raise FrameError(f"the relay sent a frame of unknown opcode {op}")
+            elif self._size + n > self.max_message:
+                raise FrameError(
+                    f"the relay sent a message of over {self.max_message} bytes")
+            if len(buf) - pos < h + n:
+                break
+            payload = bytes(buf[pos + h:pos + h + n])
+            pos += h + n
+            if op >= 0x8:
+                out.append((op, payload))
+                continue
+            if op == OP_CONT:
+                if self._opcode is None:
+                    raise FrameError("the relay sent a continuation without a message")
+            elif self._opcode is not None:
+                raise FrameError("the relay started a message inside another")
+            else:
+                self._opcode = op
+            if fin and not self._parts:
+                out.append((self._opcode, payload))
+            else:
+                self._parts.append(payload)
+                self._size += n
+                if fin:
+                    out.append((self._opcode, b"".join(self._parts)))
+                    self._parts, self._size = [], 0
+            if fin:
+                self._opcode = None
+        del buf[:pos]
+        return out
+
+
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """Status code and headers (names lower-cased) of an HTTP/1.1 response head."""
+    try:
+        lines = head.decode("latin-1").split("\r\n")
+        version, status = lines[0].split(" ", 2)[:2]
+        if not version.startswith("HTTP/1."):
+            raise ValueError(version)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        return int(status), headers
+    except (ValueError, IndexError):
+        raise RelayProtocolError("the relay sent a malformed HTTP response") from None
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for our ``Sec-WebSocket-Key`` (RFC 6455 4.2.2)."""
+    digest = hashlib.sha1(key.encode() + _WS_GUID, usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode()
+
+
+def link_limits(info: Any) -> dict[str, float]:
+    """The link limits of a relay's ``/info`` (defaults for what is absent or unusable)."""
+    out = dict(DEFAULT_LINK_LIMITS)
+    limits = info.get("limits") if isinstance(info, dict) else None
+    if isinstance(limits, dict):
+        for key in out:
+            v = limits.get(key)
+            if isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1 << 62:
+                out[key] = int(v) if key != "link_max_duration_s" else float(v)
+    return out
+
+
+def _refusal(status: int, headers: dict[str, str], body: bytes, url: str) -> RelayError:
+    code = headers.get(ERROR_HEADER, "")
+    cls = WIRE_ERRORS.get(code)
+    parsed: Any = None
+    with contextlib.suppress(RelayError, ValueError):
+        parsed = loads_strict(body, max_bytes=MAX_HEAD_BYTES, error=RelayProtocolError,
+                              what="relay response") if body else None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return error_from_wire(status, parsed, url)
+    if cls is not None:
+        doc = (cls.__doc__ or code).strip().splitlines()[0]
+        return cls(f"relay refused {url}: {doc}")
+    if status in (401, 403):
+        return AuthInvalid(f"relay refused {url} ({status})")
+    if status == 429:
+        return RateLimited(f"relay refused {url} ({status})")
+    if status >= 500:
+        return RelayInternalError(f"relay failed on {url} ({status})")
+    return RelayProtocolError(f"{url} does not speak the relay link protocol ({status})")
+
+
+# --------------------------------------------------------------------------- asyncio
+
+
+class _Conn:
+    """One HTTP/1.1 connection to the relay (a request, or a WebSocket upgrade)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def head(self) -> tuple[int, dict[str, str]]:
+        try:
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise RelayProtocolError("the relay sent an oversized HTTP head") from None
+        return parse_head(raw)
+
+    async def body(self, headers: dict[str, str]) -> bytes:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            out = bytearray()
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if len(out) + size > MAX_MESSAGE_BYTES:
+                    raise RelayProtocolError("the relay sent an oversized response")
+                out += await self.reader.readexactly(size + 2)
+                del out[len(out) - 2:]
+                if size == 0:
+                    return bytes(out)
+        if "content-length" in headers:
+            n = int(headers["content-length"])
+            if not 0 <= n <= MAX_MESSAGE_BYTES:
+                raise RelayProtocolError("the relay sent an oversized response")
+            return await self.reader.readexactly(n)
+        return await self.reader.read(MAX_MESSAGE_BYTES)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class LinkClient:
+    """Opens links on one relay for one identity; the token is fetched once and shared."""
+
+    def __init__(self, base_url: str, identity: IdentityKey, *, timeout: float = 10.0,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RelayProtocolError(f"not a relay URL: {base_url!r}")
+        self._tls = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._tls else 80)
+        self._netloc = parts.netloc.rsplit("@", 1)[-1]
+        self._prefix = parts.path.rstrip("/")
+        self.identity = identity
+        self.timeout = timeout
+        self._clock = clock
+        self._token: asyncio.Future[str] | None = None
+        self._limits: asyncio.Future[dict[str, float]] | None = None
+        self.relay_id: str | None = None
+
+    async def _connect(self) -> _Conn:
+        url = self.base_url
+        try:
+            ctx = ssl.create_default_context() if self._tls else None
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                self._host, self._port, ssl=ctx, limit=MAX_HEAD_BYTES,
+                server_hostname=self._host if ctx else None), self.timeout)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise RelayUnreachable(
+                f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
+            ) from exc
+        return _Conn(reader, writer)
+
+    def _request_head(self, method: str, path: str, headers: dict[str, str]) -> bytes:
+        lines = [f"{method} {self._prefix}{path} HTTP/1.1", f"Host: {self._netloc}",
+                 *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+        return "\r\n".join(lines).encode("latin-1")
+
+    async def _json(self, method: str, path: str, body: Any = None) -> Any:
+        url = self.base_url + path
+        data = b"" if body is None else json.dumps(body).encode()
+        conn = await self._connect()
+        try:
+            async with asyncio.timeout(self.timeout):
+                conn.writer.write(self._request_head(method, path, {
+                    "Content-Type": "application/json", "Content-Length": str(len(data)),
+                    "Connection": "close"}) + data)
+                status, headers = await conn.head()
+                payload = await conn.body(headers)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+            raise RelayUnreachable(
+                f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
+            ) from exc
+        finally:
+            conn.close()
+        if status >= 400:
+            raise _refusal(status, headers, payload, url)
+        return loads_strict(payload, max_bytes=MAX_MESSAGE_BYTES, error=RelayProtocolError,
+                            what="relay response")
+
+    async def token(self) -> str:
+        """A bearer token for our DID (fetched once per client; see :meth:`_fresh_token`)."""
+        if self._token is None:
+            self._token = asyncio.ensure_future(self._fetch_token())
+        try:
+            return await asyncio.shield(self._token)
+        except BaseException:
+            if self._token.done():
+                self._token = None  # the next caller tries again
+            raise
+
+    async def _fetch_token(self) -> str:
+        ch = await self._json("POST", "/v1/auth/challenge", {"did": self.identity.did})
+        try:
+            challenge, relay_id = str(ch["challenge"]), str(ch["relay_id"])
+        except (KeyError, TypeError):
+            raise RelayProtocolError("malformed challenge from the relay") from None
+        self.relay_id = relay_id
+        sig = sign_challenge(self.identity, relay_id, challenge)
+        tok = await self._json("POST", "/v1/auth/token", {
+            "did": self.identity.did, "challenge": challenge, "signature": sig})
+        if not isinstance(tok, dict) or not isinstance(tok.get("token"), str):
+            raise RelayProtocolError("malformed token from the relay")
+        return str(tok["token"])
+
+    async def link_limits(self) -> dict[str, float]:
+        """The relay's link limits from its ``/info`` (fetched once; defaults if it fails)."""
+        if self._limits is None:
+            self._limits = asyncio.ensure_future(self._fetch_limits())
+        return await asyncio.shield(self._limits)
+
+    async def _fetch_limits(self) -> dict[str, float]:
+        try:
+            return link_limits(await self._json("GET", "/info"))
+        except RelayError:
+            return dict(DEFAULT_LINK_LIMITS)
+
+    async def _upgrade(self, path: str) -> _Conn:
+        url = self.base_url + path
+        for attempt in range(2):
+            token = await self.token()
+            key = base64.b64encode(os.urandom(16)).decode()
+            conn = await self._connect()
+            try:
+                conn.writer.write(self._request_head("GET", path, {
+                    "Upgrade": "websocket", "Connection": "Upgrade",
+                    "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13",
+                    "Authorization": "Bearer " + token}))
+                status, headers = await conn.head()
+                if status == 101:
+                    if not hmac.compare_digest(headers.get("sec-websocket-accept", ""),
+                                               accept_key(key)):
+                        raise RelayProtocolError(f"{url}: wrong Sec-WebSocket-Accept")
+                    return conn
+                body = b""
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        body = await conn.body(headers)
+                err = _refusal(status, headers, body, url)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                conn.close()
+                raise RelayUnreachable(f"cannot reach the relay at {url}: {exc}") from exc
+            except BaseException:
+                conn.close()
+                raise
+            conn.close()
+            if isinstance(err, _AUTH_ERRORS) and attempt == 0:
+                self._token = None  # expired, or the relay restarted with a new secret
+                continue
+            raise err
+        raise AuthInvalid("the relay keeps refusing our token")
+
+    async def open_link(self, session: str, peer: str, *, link_id: str = "",
+                        timeout: float = 40.0) -> WsLink:
+        """Ask the relay to link us with ``peer`` in ``session``; returns once both ends
+        joined. Raises :class:`LinkClosed` (with the relay's close code), a
+        :class:`RelayError`, or TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            limits = asyncio.ensure_future(self.link_limits())  # alongside the upgrade
+            try:
+                conn = await self._upgrade("/v1/link")
+                link = WsLink(conn, peer)
+                try:
+                    await link.send_raw(OP_TEXT, LinkRequest(session, peer, link_id)
+                                        .to_json().encode())
+                    op, data = await link.next_message()
+                except BaseException:
+                    conn.close()
+                    raise
+                if op == OP_TEXT:
+                    try:
+                        link.linked = Linked.parse(data.decode("utf-8", "replace"))
+                    except RelayError:
+                        await link.close(CloseCode.MALFORMED)
+                        raise
+                    link.session = link.linked.session
+                    link.set_limits(await limits)
+                    return link
+                code = link.close_code or CloseCode.PEER_GONE
+                await link.close(code)
+                raise LinkClosed(f"the relay refused the link: {close_reason(code)} ({code})",
+                                 code)
+            finally:
+                if not limits.done():
+                    limits.cancel()
+
+    async def close(self) -> None:
+        for fut in (self._token, self._limits):
+            if fut is not None and not fut.done():
+                fut.cancel()
+
+
+class WsLink:
+    """An established link (the interface of :class:`didmesh.relay.client.Link`)."""
+
+    def __init__(self, conn: _Conn, peer: str) -> None:
+        self._conn = conn
+        self.peer = peer
+        self.session = ""
+        self.linked: Linked | None = None
+        self.close_code: int | None = None
+        self._frames = ServerFrameReader()
+        self._pending: list[tuple[int, bytes]] = []
+        self._close_sent = False
+        self._reading = False
+        self._ended = asyncio.Event()
+        self.set_limits(DEFAULT_LINK_LIMITS)
+
+    def set_limits(self, lim: dict[str, float]) -> None:
+        self.max_frame = int(lim["link_max_frame"])
+        self.max_bytes = int(lim["link_max_bytes"])
+        self.max_duration_s = float(lim["link_max_duration_s"])
+
+    @property
+    def closed(self) -> bool:
+        return self.close_code is not None or self._conn.writer.is_closing()
+
+    async def send_raw(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
+        key = os.urandom(4)
+        self._conn.writer.write(_head(opcode, len(payload)) + key)
+        self._conn.writer.write(mask(key, payload))
+        await self._conn.writer.drain()
+
+    async def send(self, data: bytes | memoryview) -> None:
+        if self.closed:
+            raise self._closed_error()
+        if len(data) > self.max_frame:
+            raise LinkClosed(
+                f"a frame of {len(data)} bytes exceeds the relay's link_max_frame "
+                f"({self.max_frame} bytes): split it", CloseCode.MESSAGE_TOO_BIG,
+            )
+        try:
+            await self.send_raw(OP_BINARY, data)
+        except (ConnectionError, RuntimeError):
+            self._lost()
+            raise self._closed_error() from None
+
+    async def next_message(self) -> tuple[int, bytes]:
+        """The next data message, or ``(OP_CLOSE, b"")`` once the link ended (pings answered)."""
+        while True:
+            while self._pending:
+                op, payload = self._pending.pop(0)
+                if op == OP_PING:
+                    if not self._close_sent:
+                        with contextlib.suppress(Exception):
+                            self._conn.writer.write(client_frame(OP_PONG, payload))
+                    continue
+                if op == OP_PONG:
+                    continue
+                if op == OP_CLOSE:
+                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                    if self.close_code is None:
+                        self.close_code = code
+                    if not self._close_sent:  # answer the relay's close
+                        self._close_sent = True
+                        with contextlib.suppress(Exception):
+                            self._conn.writer.write(client_frame(OP_CLOSE, payload[:2]))
+                    self._lost()
+                    return OP_CLOSE, b""
+                return op, payload
+            if self._ended.is_set():
+                return OP_CLOSE, b""
+            try:
+                data = await self._conn.reader.read(1 << 20)
+            except (OSError, asyncio.IncompleteReadError):
+                data = b""
+            if not data:
+                self._lost()
+                return OP_CLOSE, b""
+            try:
+                self._pending += self._frames.feed(data)
+            except FrameError:
+                self.close_code = CloseCode.MALFORMED
+                self._lost()
+                raise
+
+    async def recv(self, timeout: float | None = None) -> bytes:
+        """The next frame; raises :class:`LinkClosed` when the link ends, TimeoutError."""
+        if self.close_code is not None and not self._pending:
+            raise self._closed_error()
+        self._reading = True
+        try:
+            async with asyncio.timeout(timeout):
+                op, data = await self.next_message()
+        finally:
+            self._reading = False
+        if op == OP_BINARY:
+            return data
+        if op == OP_TEXT:
+            await self.close(CloseCode.MALFORMED)
+            raise LinkClosed("the relay sent a text frame on an established link",
+                             CloseCode.MALFORMED)
+        raise self._closed_error()
+
+    def _lost(self) -> None:
+        self._ended.set()
+        self._conn.close()
+
+    def _closed_error(self) -> LinkClosed:
+        code = self.close_code or CloseCode.PEER_GONE
+        return LinkClosed(f"link to {self.peer[:40]}... closed: {close_reason(code)}", code)
+
+    async def close(self, code: int = CloseCode.NORMAL) -> None:
+        """Send our close frame and wait (at most 1 s) for the relay's answer."""
+        if not self._close_sent and not self._conn.writer.is_closing():
+            self._close_sent = True
+            with contextlib.suppress(Exception):
+                self._conn.writer.write(client_frame(OP_CLOSE, int(code).to_bytes(2, "big")))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        if self._reading:  # the reader task sees the answer
+                            await self._ended.wait()
+                        else:
+                            while (await self.next_message())[0] != OP_CLOSE:
+                                pass
+        if self.close_code is None:
+            self.close_code = code
+        self._lost()

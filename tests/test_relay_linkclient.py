@@ -1,0 +1,154 @@
+"""The aiohttp-free link client (relay/linkclient.py): its frames against RFC 6455's examples
+and wsproto (an independent implementation), its HTTP head parser on bad input, and links
+through a real relay process, with an aiohttp :class:`RelayClient` at the other end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from didmesh.identity.keys import IdentityKey
+from didmesh.relay.client import RelayClient
+from didmesh.relay.errors import LinkClosed, RelayError, RelayProtocolError, RelayUnreachable
+from didmesh.relay.linkclient import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    FrameError,
+    LinkClient,
+    ServerFrameReader,
+    accept_key,
+    client_frame,
+    link_limits,
+    mask,
+    parse_head,
+)
+from didmesh.relay.protocol import CloseCode
+from relay_helpers import start_relay
+from wsproto.frame_protocol import FrameProtocol, Opcode
+
+SIZES = [0, 1, 125, 126, 65535, 65536, 300_001]
+
+
+def test_rfc_examples() -> None:
+    # RFC 6455 5.7: "A single-frame masked text message", key 37 fa 21 3d
+    assert client_frame(OP_TEXT, b"Hello", bytes.fromhex("37fa213d")) == bytes.fromhex(
+        "8185" "37fa213d" "7f9f4d5158")
+    # RFC 6455 1.3: the handshake's example key and accept value
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    # "Unmasked Ping request" and a 256-byte unmasked binary message
+    got = ServerFrameReader().feed(bytes.fromhex("890548656c6c6f") + b"\x82\x7e\x01\x00"
+                                   + bytes(256))
+    assert got == [(OP_PING, b"Hello"), (OP_BINARY, bytes(256))]
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_client_frames_read_by_wsproto(n: int) -> None:
+    payload = os.urandom(n)
+    server = FrameProtocol(client=False, extensions=[])
+    server.receive_bytes(client_frame(OP_BINARY, payload))
+    (frame,) = list(server.received_frames())
+    assert frame.opcode is Opcode.BINARY and frame.message_finished
+    assert bytes(frame.payload) == payload
+    key = os.urandom(4)
+    assert mask(key, mask(key, payload)) == payload
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 7, 1000, 1 << 20])
+def test_server_frames_from_wsproto_however_cut(cut: int) -> None:
+    wire = FrameProtocol(client=False, extensions=[])
+    messages = [os.urandom(n) for n in SIZES]
+    data = b"".join(wire.send_data(m, fin=True) for m in messages)
+    # a fragmented message with a ping in between
+    big = os.urandom(5000)
+    data += wire.send_data(big[:100], fin=False) + wire.ping(b"x") + wire.send_data(
+        big[100:], fin=True)
+    reader = ServerFrameReader()
+    got = []
+    for i in range(0, len(data), cut):
+        got += reader.feed(data[i:i + cut])
+    assert got == [(OP_BINARY, m) for m in messages] + [(OP_PING, b"x"), (OP_BINARY, big)]
+
+
+@pytest.mark.parametrize("data, why", [
+    (b"\x82\x85abcdhello", "masked"),
+    (b"\xc2\x00", "RSV"),
+    (b"\x09\x00", "control"),  # a fragmented ping
+    (b"\x80\x00", "continuation"),
+    (b"\x02\x00\x82\x00", "inside another"),
+    (b"\x83\x00", "opcode"),
+    (b"\x82\x7f" + (1 << 40).to_bytes(8, "big"), "over"),
+])
+def test_bad_server_frames(data: bytes, why: str) -> None:
+    with pytest.raises(FrameError, match=why):
+        ServerFrameReader(max_message=1 << 20).feed(data)
+
+
+@pytest.mark.parametrize("head", [b"garbage\r\n\r\n", b"HTTP/1.1 abc OK\r\n\r\n",
+                                  b"SPDY/3 200 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nNoColon\r\n\r\n",
+                                  b"\xff\xfe\r\n\r\n"])
+def test_bad_http_heads(head: bytes) -> None:
+    with pytest.raises(RelayProtocolError):
+        parse_head(head)
+
+
+def test_http_head_and_limits() -> None:
+    status, headers = parse_head(b"HTTP/1.1 101 Switching\r\nUpgrade: websocket\r\n"
+                                 b"X-Didmesh-Error: auth_invalid\r\n\r\n")
+    assert status == 101 and headers["x-didmesh-error"] == "auth_invalid"
+    assert link_limits({"limits": {"link_max_frame": 4096, "link_max_bytes": True}}) == {
+        "link_max_frame": 4096, "link_max_bytes": 1 << 30, "link_max_duration_s": 3600.0}
+    assert link_limits("not an object")["link_max_frame"] == 1 << 20
+
+
+def test_links_through_a_relay_with_the_aiohttp_client_at_the_other_end() -> None:
+    a, b = IdentityKey.generate(), IdentityKey.generate()
+
+    async def main(url: str) -> None:
+        mine = LinkClient(url, a, timeout=10)
+        theirs = RelayClient(url, b, heartbeat=None)
+        try:
+            la, lb = await asyncio.gather(
+                mine.open_link("s1", b.did, timeout=20),
+                theirs.open_link("s1", a.did, timeout=20, heartbeat=None))
+            assert la.linked is not None and la.linked.peer == b.did
+            assert la.max_frame == 1 << 20  # the relay's default, from its /info
+            for n in [1, 125, 70_000, 1 << 20]:
+                data = os.urandom(n)
+                await la.send(data)
+                assert await lb.recv(timeout=10) == data
+                await lb.send(data[::-1])
+                assert await la.recv(timeout=10) == data[::-1]
+            with pytest.raises(LinkClosed, match="link_max_frame"):
+                await la.send(bytes((1 << 20) + 1))
+            # a second link to the same peer in the same session is refused by the relay
+            with pytest.raises(LinkClosed, match="refused"):
+                await mine.open_link("s1", b.did, timeout=20)
+            await lb.close()
+            with pytest.raises(LinkClosed) as closed:
+                await la.recv(timeout=10)
+            assert closed.value.close_code == CloseCode.PEER_CLOSED
+            await la.close()
+        finally:
+            await mine.close()
+            await theirs.close()
+
+    with start_relay(args=["--link-pair-timeout-s", "3"]) as relay:
+        asyncio.run(asyncio.wait_for(main(relay.url), 60))
+
+
+def test_unreachable_and_not_a_relay() -> None:
+    from didmesh.session.mesh.loopback import free_ports
+
+    async def main() -> None:
+        [port] = free_ports(1)
+        with pytest.raises(RelayUnreachable, match="cannot reach"):
+            await LinkClient(f"http://127.0.0.1:{port}", IdentityKey.generate(),
+                             timeout=2).open_link("s", "did:key:z", timeout=5)
+        with pytest.raises(RelayError):
+            LinkClient("ftp://example.org", IdentityKey.generate())
+
+    asyncio.run(main())
+    assert OP_CLOSE == 0x8
