@@ -7,6 +7,7 @@ Specification: specs/relay.md and specs/relay-api.yaml. Public entry points:
 * :mod:`didmesh.relay.auth` and :mod:`didmesh.relay.protocol` -- authentication and the
   WebSocket link/push protocols (sans-IO, no aiohttp server imports);
 * :mod:`didmesh.relay.client` -- ``RelayClient`` (post, inbox, ack, open_link -> ``Link``);
+* :mod:`didmesh.relay.linkclient` -- ``LinkClient`` (open_link only, no aiohttp: the mesh);
 * :mod:`didmesh.relay.errors` -- ``RelayError`` and its stable codes;
 * :mod:`didmesh.relay.server` -- running a relay (``python -m didmesh.relay``).
 """

@@ -49,6 +49,9 @@ from .protocol import CloseCode, Linked, LinkRequest, close_reason
 ERROR_HEADER = "x-didmesh-error"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as the aiohttp client
 MAX_HEAD_BYTES = 64 * 1024
+#: the stream's buffer limit (also the largest HTTP head accepted): a forwarded frame of up
+#: to 1 MiB is read without pausing the socket
+READ_BUFSIZE = 1 << 20
 _AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -281,7 +284,7 @@ class LinkClient:
         try:
             ctx = ssl.create_default_context() if self._tls else None
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                self._host, self._port, ssl=ctx, limit=MAX_HEAD_BYTES,
+                self._host, self._port, ssl=ctx, limit=READ_BUFSIZE,
                 server_hostname=self._host if ctx else None), self.timeout)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise RelayUnreachable(
@@ -305,7 +308,8 @@ class LinkClient:
                     "Connection": "close"}) + data)
                 status, headers = await conn.head()
                 payload = await conn.body(headers)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
+                ValueError) as exc:
             raise RelayUnreachable(
                 f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
             ) from exc

@@ -152,3 +152,40 @@ def test_unreachable_and_not_a_relay() -> None:
 
     asyncio.run(main())
     assert OP_CLOSE == 0x8
+
+
+def test_the_link_client_does_not_import_aiohttp() -> None:
+    """The point of the module: a relayed party's start-up without aiohttp (~0.25 s CPU)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, didmesh.relay.linkclient, didmesh.session.mesh.runner; "
+            "assert 'aiohttp' not in sys.modules, 'aiohttp was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_mesh_opens_links_with_the_link_client_unless_it_wants_pings() -> None:
+    from didmesh.session.mesh.connect import ConnectOptions, RelayLinks
+    from didmesh.session.mesh.loopback import loopback_plans
+
+    async def main(url: str, heartbeat: float | None) -> tuple[type, type]:
+        plans, ids = loopback_plans(2, relays=[url])
+        openers = [RelayLinks(p, i, ConnectOptions(link_heartbeat=heartbeat))
+                   for p, i in zip(plans, ids, strict=True)]
+        try:
+            la, lb = await asyncio.gather(openers[0](url, ids[1].did),
+                                          openers[1](url, ids[0].did))
+            await la.send(b"ping")
+            assert await lb.recv(timeout=10) == b"ping"
+            await la.close()
+            await lb.close()
+            return type(openers[0]._clients[url]), type(la)
+        finally:
+            for o in openers:
+                await o.aclose()
+
+    with start_relay() as relay:
+        client, link = asyncio.run(asyncio.wait_for(main(relay.url, None), 60))
+        assert client is LinkClient and link.__module__ == "didmesh.relay.linkclient"
+        client, link = asyncio.run(asyncio.wait_for(main(relay.url, 5.0), 60))
+        assert client is RelayClient
