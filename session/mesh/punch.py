@@ -302,11 +302,18 @@ class Puncher:
         self._local_addresses = local_addresses
         self._offer: asyncio.Task[Offer] | None = None
         self._claims: dict[tuple[str, int], asyncio.Future[TcpLink]] = {}
+        self._port: int | None = None
         self.stats = PunchStats(seconds={})
 
     @property
     def port(self) -> int | None:
-        return session_port(self.plan.me.endpoints)
+        """The session port: the one our interfaces' candidates share (behind a symmetric
+        NAT the observed candidate has another)."""
+        if self._port is None:
+            local = set(self._local_addresses())
+            own = [e for e in self.plan.me.endpoints if _host(e) in local]
+            self._port = session_port(own or self.plan.me.endpoints) or 0
+        return self._port or None
 
     def start_observing(self) -> None:
         if self._offer is None:
