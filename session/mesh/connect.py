@@ -578,6 +578,8 @@ class MeshConnector:
                     if attempt.first and punch is not None:
                         link, ch = await punch.as_responder(st.peer_id, link, ch,
                                                             attempt.first, deadline)
+                    elif punch is not None:
+                        punch.describe_plain(st.peer_id, link)
             except (HandshakeFailed, _Rejected) as exc:
                 link.abort()
                 err = exc.error if isinstance(exc, _Rejected) else exc

@@ -149,6 +149,8 @@ def judge_nat(seen: tuple[str, int | None] | None, signed: Sequence[str],
     if seen is None or seen[1] is None:
         return NAT_UNKNOWN, ()
     addr, port = seen[0], seen[1]
+    if addr.startswith("127.") or addr == "::1":  # a relay on this machine: no NAT to learn
+        return NAT_UNKNOWN, ()
     endpoint = format_endpoint(addr, port)
     if addr in local_addresses:
         return NAT_OPEN, (endpoint,) if endpoint in signed else ()
@@ -342,12 +344,28 @@ class Puncher:
         if self._offer is not None and not self._offer.done():
             self._offer.cancel()
 
+    def plain_reason(self, peer: int) -> str | None:
+        """Why the pair with ``peer`` is relayed without any punch exchange (both sides
+        know it from the signed roster): a party that announces no address."""
+        for p in sorted((self.plan.my_party_id, peer)):
+            if not self.plan.party(p).endpoints:
+                return f"relayed: party {p} announces no address"
+        return None
+
+    def describe_plain(self, peer: int, link: ByteLink) -> None:
+        """Responder: the initiator selected the relayed link without punching."""
+        _describe(link, self.plain_reason(peer) or "relayed")
+
     # -------------------------------------------------------------- initiator
 
     async def as_initiator(self, peer: int, link: ByteLink, ch: SecureChannel,
                            deadline: float) -> tuple[ByteLink, SecureChannel]:
         """After the relayed handshake: punch, or fall back. Returns the link to SELECT."""
         t0 = time.monotonic()
+        plain = self.plain_reason(peer)
+        if plain is not None:  # nothing to punch: SELECT the relayed link at once
+            _describe(link, plain)
+            return link, ch
         mine = await self._bounded(self.offer(), deadline)
         sent = time.monotonic()
         link.write(ch.send(mine.encode()))
