@@ -24,6 +24,10 @@ that fails is only dropped and its reason remembered: the listener keeps waiting
 real peer until the deadline, and the pair's final error quotes the last reason. At most
 ``inbound_limit`` inbound connections may be handshaking at once (a new one evicts the
 oldest) and each has ``handshake_timeout`` seconds. Every wait is bounded.
+
+A relayed pair may then be upgraded before SELECT: the initiator's first channel message
+is a hole-punch CONNECT instead (:mod:`.punch`, specs/mesh.md section 6.1), and the pair
+ends on a punched TCP link or, with the reason in its description, on the relayed one.
 """
 
 from __future__ import annotations
