@@ -354,6 +354,8 @@ class MeshConnector:
             if "relay" in st.kinds_left:
                 grace = 0.0 if (self.options.relay_only or "direct" not in st.kinds_left) \
                     else self.options.direct_grace
+                if grace and self.puncher is not None:  # another home: punch sooner
+                    grace = self.puncher.relay_grace(st.peer_id, grace)
                 attempts.append(loop.create_task(self._relay(st, deadline, grace, initiator)))
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(st.future), deadline - time.monotonic())

@@ -62,6 +62,8 @@ MIN_SYNC_INTERVAL: Final = 0.2
 #: one attempt's window: the base (a SYN retransmission fits in it) plus two RTTs
 WINDOW_BASE: Final = 2.0
 WINDOW_MAX: Final = 6.0
+#: direct attempts alone before the relayed link starts, for a peer in another home
+PUNCH_GRACE: Final = 0.5
 
 NAT_OPEN: Final = "open"  # the relay sees one of our interface addresses
 NAT_EIM: Final = "eim"  # the same public port as announced: endpoint-independent mapping
@@ -344,6 +346,18 @@ class Puncher:
         if self._offer is not None and not self._offer.done():
             self._offer.cancel()
 
+    def relay_grace(self, peer: int, grace: float) -> float:
+        """How long the pair's direct attempts run alone before the relayed link (and the
+        punch) starts: ``grace`` when the two parties announced an address in common (one
+        home behind one NAT, or one machine), else at most :data:`PUNCH_GRACE`: in
+        different homes a direct connect only succeeds to a public peer, and that takes a
+        round trip, not seconds. Both parties compute the same from the signed roster."""
+        mine = {_host(e) for e in self.plan.me.endpoints}
+        theirs = {_host(e) for e in self.plan.party(peer).endpoints}
+        if mine & theirs or not mine or not theirs:
+            return grace
+        return min(grace, PUNCH_GRACE)
+
     def plain_reason(self, peer: int) -> str | None:
         """Why the pair with ``peer`` is relayed without any punch exchange (both sides
         know it from the signed roster): a party that announces no address."""
@@ -384,7 +398,7 @@ class Puncher:
             got = await self._attempt(peer, port, dial, span, deadline, initiator=True)
             if got is not None:
                 link.abort()
-                self._punched(peer, t0)
+                self._punched(peer, t0, got[0])
                 return got
             if attempt >= MAX_ATTEMPTS or time.monotonic() >= deadline:
                 reason = f"relayed: hole punching failed {attempt} times"
@@ -426,7 +440,7 @@ class Puncher:
                     trying = None
                     if got is not None:
                         link.abort()
-                        self._punched(peer, t0)
+                        self._punched(peer, t0, got[0])
                         return got
                 if reader in done:
                     msg = reader.result()
@@ -535,10 +549,14 @@ class Puncher:
         fut.set_result(link)
         return True
 
-    def _punched(self, peer: int, t0: float) -> None:
+    def _punched(self, peer: int, t0: float, link: ByteLink) -> None:
+        """Count a punched pair; its description says how long the punch took (from the
+        relayed handshake to the punched one)."""
+        took = time.monotonic() - t0
         self.stats.punched += 1
         assert self.stats.seconds is not None
-        self.stats.seconds[peer] = time.monotonic() - t0
+        self.stats.seconds[peer] = took
+        link.description = link.description.replace("(punched)", f"(punched in {took:.2f} s)")
 
     @staticmethod
     async def _bounded(aw: Awaitable[Offer], deadline: float) -> Offer:
