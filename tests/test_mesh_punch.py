@@ -21,7 +21,14 @@ from didmesh.session.mesh.connect import ConnectOptions, MeshConnector
 from didmesh.session.mesh.loopback import free_ports, loopback_plans
 from didmesh.session.mesh.plan import MeshPlan
 from didmesh.session.mesh.primitives import DH25519
-from didmesh.session.mesh.punch import MAX_ATTEMPTS, NAT_EIM, Offer, Puncher, encode_sync
+from didmesh.session.mesh.punch import (
+    MAX_ATTEMPTS,
+    NAT_EIM,
+    Offer,
+    Puncher,
+    SyncGate,
+    encode_sync,
+)
 from didmesh.session.mesh.testing import channel_pair
 from didmesh.session.mesh.transport import ByteLink, serve_tcp
 
@@ -70,6 +77,18 @@ def _responder(plan: MeshPlan) -> Puncher:
 
     return Puncher(SimpleNamespace(plan=plan), observe, list(plan.relays),
                    lambda: ["10.2.0.2"])
+
+
+@pytest.mark.parametrize(("times", "admitted"), [
+    ([0.0, 0.0, 0.0], [True, False, False]),  # a burst: one dial
+    ([0.0, 0.1, 0.2, 0.3], [True, False, True, False]),  # 0.2 s apart at least
+    ([0.0, 1.0, 2.0, 3.0, 4.0], [True, True, True, False, False]),  # three in all
+    ([5.0, 5.19, 5.2], [True, False, True]),
+], ids=["burst", "rate", "count", "edge"])
+def test_sync_gate_bounds_dials_in_number_and_rate(times: list[float],
+                                                   admitted: list[bool]) -> None:
+    gate = SyncGate()
+    assert [gate.admit(t) for t in times] == admitted
 
 
 async def test_a_lying_flooding_peer_gets_few_dials_and_only_to_signed_addresses(

@@ -196,6 +196,27 @@ def why_not(me: int, mine: Offer, peer: int, theirs: Offer, dial: Sequence[tuple
     return None
 
 
+@dataclass
+class SyncGate:
+    """The responder's bound on dials a peer can trigger: at most ``max_attempts`` SYNCs
+    are honoured, none sooner than ``min_interval`` seconds after the previous honoured
+    one (time injected: ``admit(now)``)."""
+
+    max_attempts: int = MAX_ATTEMPTS
+    min_interval: float = MIN_SYNC_INTERVAL
+    admitted: int = 0
+    last: float | None = None
+
+    def admit(self, now: float) -> bool:
+        if self.admitted >= self.max_attempts:
+            return False
+        if self.last is not None and now - self.last < self.min_interval:
+            return False
+        self.admitted += 1
+        self.last = now
+        return True
+
+
 def window(rtt: float) -> float:
     return min(WINDOW_MAX, WINDOW_BASE + 2 * rtt)
 
@@ -421,8 +442,7 @@ class Puncher:
         port = self.port
         reason = why_not(self.plan.my_party_id, mine, peer, theirs, dial) or \
             "relayed: hole punching failed"
-        attempts = 0
-        last_sync = 0.0
+        gate = SyncGate()
         loop = asyncio.get_running_loop()
         reader = loop.create_task(next_message(link, ch, deadline))
         trying: asyncio.Task[tuple[ByteLink, SecureChannel] | None] | None = None
@@ -450,13 +470,9 @@ class Puncher:
                     if msg[:1] == bytes((DONE,)):
                         reason = decode_done(msg)
                     elif msg[:1] == bytes((SYNC,)) and len(msg) == 2:
-                        now = time.monotonic()
                         # bounded: at most MAX_ATTEMPTS dials, not faster than the minimum
-                        if dial and port is not None and attempts < MAX_ATTEMPTS \
-                                and now - last_sync >= MIN_SYNC_INTERVAL:
-                            attempts += 1
+                        if dial and port is not None and gate.admit(time.monotonic()):
                             self.stats.attempts += 1
-                            last_sync = now
                             if trying is not None:
                                 trying.cancel()
                             trying = loop.create_task(self._attempt(
