@@ -159,3 +159,22 @@ async def test_a_punched_connection_to_an_impostor_fails_the_handshake() -> None
         assert impostor.inbound.failed == 1 and impostor.inbound.accepted == 0
     finally:
         server.close()
+
+
+async def test_a_machine_that_hides_its_interfaces_or_relays_that_fail_offer_nothing() -> None:
+    """Punching is an optimisation: when gathering what to offer fails, the party offers
+    nothing (the pair stays relayed), it never fails the relayed path."""
+    plan = _plans()[1]
+
+    def broken() -> list[str]:
+        raise OSError("no interfaces for you")
+
+    async def down(url: str, port: int) -> tuple[str, int | None]:
+        raise OSError("relay down")
+
+    hidden = Puncher(SimpleNamespace(plan=plan), _responder(plan)._observe, ["http://r"],
+                     broken)
+    assert await hidden.offer() == Offer((MY_SIGNED,), NAT_EIM)  # the port from the roster
+    nobody = Puncher(SimpleNamespace(plan=plan), down, ["http://r1", "http://r2"],
+                     lambda: ["10.2.0.2"])
+    assert await nobody.offer() == Offer((), punch.NAT_UNKNOWN)

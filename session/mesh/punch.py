@@ -335,7 +335,7 @@ class Puncher:
         """The session port: the one our interfaces' candidates share (behind a symmetric
         NAT the observed candidate has another)."""
         if self._port is None:
-            local = set(self._local_addresses())
+            local = set(self._locals())
             own = [e for e in self.plan.me.endpoints if _host(e) in local]
             self._port = session_port(own or self.plan.me.endpoints) or 0
         return self._port or None
@@ -360,8 +360,16 @@ class Puncher:
                 break
             except Exception:  # noqa: BLE001, S112 - a relay that cannot tell: try the next
                 continue
-        nat, addrs = judge_nat(seen, self.plan.me.endpoints, self._local_addresses())
+        nat, addrs = judge_nat(seen, self.plan.me.endpoints, self._locals())
         return Offer(addrs, nat)
+
+    def _locals(self) -> list[str]:
+        """Our interfaces' addresses; none if the machine will not tell (punching is an
+        optimisation: its failures must never cost the relayed path)."""
+        try:
+            return list(self._local_addresses())
+        except OSError:
+            return []
 
     def close(self) -> None:
         if self._offer is not None and not self._offer.done():
