@@ -244,3 +244,20 @@ def test_mixed_topology_gets_the_paths_it_predicts(tmp_path: Path) -> None:
         assert got_path == path and where in via, (pair, table[pair], res[0][2])
     outs = [out for _, out, _ in res]
     assert outs == _plain_loopback(5)
+
+
+@netns[0]
+@netns[1]
+def test_symmetric_nats_fall_back_to_the_relay_naming_the_parties(tmp_path: Path) -> None:
+    topology = ["relay@2", "sym:h1:s1@2", "sym:h2:s2@3", "eim:h3:e@2"]
+    with _with_relay(topology, tmp_path) as (lab, url):
+        res = _run(lab, ["s1", "s2", "e"], url)
+    for code, _, err in res:
+        assert code == 0, err[-2500:]
+    table = _table(res[0][2])
+    assert table == {
+        (0, 1): ("relay", f"relay {url} (relayed: symmetric NAT at party 0 and party 1)"),
+        (0, 2): ("relay", f"relay {url} (relayed: symmetric NAT at party 0)"),
+        (1, 2): ("relay", f"relay {url} (relayed: symmetric NAT at party 1)"),
+    }, res[0][2]
+    assert [out for _, out, _ in res] == _plain_loopback(3)
