@@ -21,6 +21,7 @@ from didmesh.identity.strict_json import loads_strict
 
 from .auth import Authenticator
 from .config import RelayConfig
+from .conns import ConnectionGuard
 from .envelope import Envelope
 from .errors import (
     AuthInvalid,
@@ -34,6 +35,7 @@ from .errors import (
     RelayError,
     RelayInternalError,
     RelayRequestError,
+    RequestTimeout,
     ShuttingDown,
     StaleEnvelope,
     TooLarge,
@@ -90,6 +92,7 @@ class Relay:
         self.relay_id = config.relay_id
         self.shutting_down = False
         self._sockets: set[web.WebSocketResponse] = set()
+        self.guard: ConnectionGuard | None = None  # set by the server (connection caps)
         self._prune_task: asyncio.Task[None] | None = None
 
     def now_ms(self) -> int:
@@ -155,12 +158,21 @@ class Relay:
         await self.rate_did.check(did)
         return did
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The whole body, within ``body_timeout_s`` (a slow sender holds a connection)."""
+        try:
+            return await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {self.config.body_timeout_s:g} s"
+            ) from None
+
     async def _json(self, request: web.Request) -> Any:
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
         if ctype != "application/json":
             raise UnsupportedMediaType()
         return loads_strict(
-            await request.read(), max_bytes=self.config.max_request_bytes,
+            await self._body(request), max_bytes=self.config.max_request_bytes,
             error=MalformedRequest, what="request body", too_large=TooLarge,
         )
 
@@ -180,6 +192,13 @@ class Relay:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.metrics.requests += 1
         try:
+            length = request.content_length
+            if length is not None and length > self.config.max_request_bytes:
+                # refused before reading a byte of it, and the connection is not kept
+                request["close"] = True
+                raise TooLarge(
+                    f"request body of {length} bytes exceeds {self.config.max_request_bytes}"
+                )
             if request.path.startswith("/v1/"):
                 if self.shutting_down:
                     raise ShuttingDown()
@@ -221,7 +240,10 @@ class Relay:
         retry = getattr(exc, "retry_after", None)
         if isinstance(exc, RateLimited) and retry is not None:
             headers["Retry-After"] = str(max(1, int(retry + 0.999)))
-        return web.json_response(error_body(exc), status=status, headers=headers)
+        resp = web.json_response(error_body(exc), status=status, headers=headers)
+        if request.get("close") or isinstance(exc, RequestTimeout):
+            resp.force_close()
+        return resp
 
     # -- public endpoints ---------------------------------------------------------------------
     async def info(self, request: web.Request) -> web.Response:
@@ -282,7 +304,7 @@ class Relay:
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
         if ctype != "application/json":
             raise UnsupportedMediaType()
-        raw = await request.read()
+        raw = await self._body(request)
         cfg = self.config
         env = Envelope.from_json(raw, max_bytes=cfg.max_envelope_bytes)
         env.verify_signature()

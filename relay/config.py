@@ -25,7 +25,7 @@ DEFAULT_PORT = 8470
 
 
 #: settings where 0 is allowed (0 switches the thing off)
-_ZERO_OK = frozenset({"port", "link_heartbeat_s"})
+_ZERO_OK = frozenset({"port", "link_heartbeat_s", "conns_per_address", "max_connections"})
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,11 @@ class RelayConfig:
     link_max_duration_s: float = 3600.0
     link_max_frame: int = 1024 * 1024
     link_pair_timeout_s: float = 30.0
-    # connections
+    # connections (slowloris: specs/relay.md, "Limits")
+    header_timeout_s: float = 10.0  # request headers complete within this (also keep-alive idle)
+    body_timeout_s: float = 30.0  # a whole request body within this
+    conns_per_address: int = 64  # open connections per socket address (0: no cap)
+    max_connections: int = 0  # open connections in total (0: from the descriptor limit)
     ws_idle_timeout_s: float = 300.0
     ws_heartbeat_s: float = 20.0
     link_heartbeat_s: float = 20.0  # pings on link ends (0: off; the idle timeout still applies)
@@ -96,6 +100,7 @@ class RelayConfig:
             "rate_ip_burst", "links_per_did", "links_total", "link_max_bytes",
             "link_max_duration_s", "link_max_frame", "link_pair_timeout_s",
             "ws_idle_timeout_s", "link_heartbeat_s", "challenge_ttl_s", "token_ttl_s",
+            "header_timeout_s", "body_timeout_s", "conns_per_address",
         ]
         return {k: getattr(self, k) for k in keys}
 

@@ -24,8 +24,17 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from didmesh.identity.errors import DidmeshError
 
-from .app import build_app
+from .app import RELAY_KEY, build_app
 from .config import RelayConfig
+from .conns import (
+    ACCEPT_BACKLOG,
+    ConnectionGuard,
+    connection_budget,
+    deepen_listen_queue,
+    guard_server,
+    raise_nofile,
+    throttled_exception_handler,
+)
 from .options import add_serve_arguments, config_from_args
 from .store.url import open_store
 
@@ -90,6 +99,9 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
+    nofile, _ = raise_nofile()
+    budget = connection_budget(nofile, config.max_connections)
+    asyncio.get_running_loop().set_exception_handler(throttled_exception_handler)
     store = open_store(config.store)
     app = build_app(config, store)
     runner = web.AppRunner(
@@ -98,11 +110,21 @@ async def serve(
         access_log_class=JsonAccessLogger,
         access_log=logging.getLogger("didmesh.relay.access") if config.access_log else None,
         shutdown_timeout=config.shutdown_timeout_s,
+        # aiohttp closes a connection whose request headers are not complete this long
+        # after it opened or after the previous response: our header timeout
+        keepalive_timeout=config.header_timeout_s,
+        lingering_time=2.0,
     )
     await runner.setup()
+    assert runner.server is not None
+    guard = ConnectionGuard(config.conns_per_address, budget)
+    guard_server(runner.server, guard)
+    app[RELAY_KEY].guard = guard
     try:
-        site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+        site = web.TCPSite(runner, config.host, config.port, backlog=ACCEPT_BACKLOG)
         await site.start()
+        for server in (getattr(s, "_server", None) for s in runner.sites):
+            deepen_listen_queue(getattr(server, "sockets", None))
         port = config.port
         for addr in runner.addresses:
             if isinstance(addr, tuple) and len(addr) >= 2:
