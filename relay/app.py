@@ -43,6 +43,7 @@ from .errors import (
     error_body,
 )
 from .fastlink import FastLink
+from .forwarded import TrustedProxies
 from .limits import LimitSettings
 from .links import (
     LinkDuplicate,
@@ -93,6 +94,7 @@ class Relay:
         self.shutting_down = False
         self._sockets: set[web.WebSocketResponse] = set()
         self.guard: ConnectionGuard | None = None  # set by the server (connection caps)
+        self.proxies = TrustedProxies(config.trusted_proxies)
         self._prune_task: asyncio.Task[None] | None = None
 
     def now_ms(self) -> int:
@@ -139,11 +141,14 @@ class Relay:
 
     # -- helpers -------------------------------------------------------------------------
     def _ip(self, request: web.Request) -> str:
-        if self.config.trust_forwarded_for:
-            fwd = request.headers.get("X-Forwarded-For")
-            if fwd:
-                return fwd.split(",")[0].strip()
-        return request.remote or "?"
+        """The client address limits apply to (also what the access log shows)."""
+        ip = request.get("client")
+        if ip is None:
+            peer = request.remote or "?"
+            ip = request["client"] = self.proxies.client_address(
+                peer, request.headers.getall("X-Forwarded-For", ())
+            )
+        return str(ip)
 
     async def _authed(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")
@@ -191,6 +196,7 @@ class Relay:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.metrics.requests += 1
+        self._ip(request)
         try:
             length = request.content_length
             if length is not None and length > self.config.max_request_bytes:

@@ -60,7 +60,7 @@ class RelayConfig:
     # connections (slowloris: specs/relay.md, "Limits")
     header_timeout_s: float = 10.0  # request headers complete within this (also keep-alive idle)
     body_timeout_s: float = 30.0  # a whole request body within this
-    conns_per_address: int = 64  # open connections per socket address (0: no cap)
+    conns_per_address: int = 256  # open connections per socket address (0: no cap)
     max_connections: int = 0  # open connections in total (0: from the descriptor limit)
     ws_idle_timeout_s: float = 300.0
     ws_heartbeat_s: float = 20.0
@@ -70,7 +70,9 @@ class RelayConfig:
     token_ttl_s: int = 600
     # operations
     shutdown_timeout_s: float = 10.0
-    trust_forwarded_for: bool = False
+    tls_cert: str = ""  # PEM certificate chain: serve https/wss (with tls_key)
+    tls_key: str = ""  # PEM private key of tls_cert (keep it 0600)
+    trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For is believed
     access_log: bool = True
 
     def __post_init__(self) -> None:
@@ -82,6 +84,11 @@ class RelayConfig:
                     raise RelayConfigError(f"{f.name} = {v} is out of range")
         if self.relay_id and not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.relay_id):
             raise RelayConfigError("relay_id must be 1..64 characters of [A-Za-z0-9._-]")
+        from .forwarded import TrustedProxies
+
+        TrustedProxies(self.trusted_proxies)  # raises on a bad entry
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise RelayConfigError("tls_cert and tls_key go together: give both or neither")
         if self.max_request_bytes < self.max_envelope_bytes:
             raise RelayConfigError(
                 "max_request_bytes must be at least max_envelope_bytes "
@@ -113,6 +120,11 @@ FIELD_TYPES: dict[str, type] = {
 def coerce(name: str, value: Any, source: str) -> Any:
     """Convert ``value`` (a string from env/flags, or a parsed file value) to the field type."""
     if name not in FIELD_TYPES:
+        if name == "trust_forwarded_for":
+            raise RelayConfigError(
+                f"relay setting trust_forwarded_for (in {source}) is gone: it believed any "
+                "X-Forwarded-For; list your proxies in trusted_proxies instead"
+            )
         raise RelayConfigError(f"unknown relay setting {name!r} in {source}")
     typ = FIELD_TYPES[name]
     try:

@@ -183,6 +183,13 @@ class RelayUnreachable(RelayError, RemoteError):
     status = 503
 
 
+class RelayUntrusted(RelayUnreachable):
+    """The relay's TLS certificate did not verify (not retried: it will not get better)."""
+
+    code = "relay_untrusted"
+    status = 503
+
+
 class RelayProtocolError(RelayError, RemoteError):
     """The relay answered with something that is not the relay protocol."""
 

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from .conns import (
     raise_nofile,
     throttled_exception_handler,
 )
+from .errors import RelayConfigError
 from .options import add_serve_arguments, config_from_args
 from .store.url import open_store
 
@@ -60,7 +62,7 @@ class JsonFormatter(logging.Formatter):
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         fields_: dict[str, Any] = {
-            "remote": request.remote,
+            "remote": request.get("client", request.remote),
             "method": request.method,
             "path": request.rel_url.path[:200],
             "status": response.status,
@@ -88,8 +90,24 @@ def setup_logging(level: int = logging.INFO) -> None:
     aio.propagate = False
 
 
-def url_for(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def url_for(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def tls_context(config: RelayConfig) -> ssl.SSLContext | None:
+    """The server TLS context for ``tls_cert``/``tls_key`` (None: plain HTTP)."""
+    if not config.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise RelayConfigError(
+            f"cannot load the TLS certificate {config.tls_cert} with key {config.tls_key}: "
+            f"{getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    return ctx
 
 
 async def serve(
@@ -99,6 +117,7 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
+    tls = tls_context(config)
     nofile, _ = raise_nofile()
     budget = connection_budget(nofile, config.max_connections)
     asyncio.get_running_loop().set_exception_handler(throttled_exception_handler)
@@ -117,11 +136,15 @@ async def serve(
     )
     await runner.setup()
     assert runner.server is not None
-    guard = ConnectionGuard(config.conns_per_address, budget)
+    guard = ConnectionGuard(
+        config.conns_per_address, budget, exempt=app[RELAY_KEY].proxies.trusts
+    )
     guard_server(runner.server, guard)
     app[RELAY_KEY].guard = guard
     try:
-        site = web.TCPSite(runner, config.host, config.port, backlog=ACCEPT_BACKLOG)
+        site = web.TCPSite(
+            runner, config.host, config.port, backlog=ACCEPT_BACKLOG, ssl_context=tls
+        )
         await site.start()
         for server in (getattr(s, "_server", None) for s in runner.sites):
             deepen_listen_queue(getattr(server, "sockets", None))
@@ -130,7 +153,7 @@ async def serve(
             if isinstance(addr, tuple) and len(addr) >= 2:
                 port = int(addr[1])
                 break
-        url = url_for(config.host, port)
+        url = url_for(config.host, port, "https" if tls else "http")
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

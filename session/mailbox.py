@@ -199,6 +199,19 @@ class RelayMailbox:
         if len(errors) == len(self.clients):
             raise errors[0][1]
 
+    async def check(self) -> None:
+        """Raise the error of the first relay unless at least one answers (an unreachable or
+        untrusted relay must not look like an empty inbox); warn about the others."""
+        results = await asyncio.gather(
+            *(c.info() for c in self.clients), return_exceptions=True
+        )
+        errors = [(u, r) for u, r in zip(self.urls, results, strict=True)
+                  if isinstance(r, DidmeshError)]
+        if len(errors) == len(self.clients):
+            raise errors[0][1]
+        for url, err in errors:
+            self.on_warning(f"relay {url}: {err.message}")
+
     def _start(self) -> None:
         if self._tasks:
             return

@@ -74,7 +74,7 @@ def _limited_relay(args: list[str]) -> RelayProcess:
     if PRLIMIT is None:
         pytest.fail("prlimit (util-linux) is missing")
     return start_relay(  # type: ignore[return-value]
-        "memory", ["--rate-ip-per-s", "0", *args],
+        "memory", ["--rate-ip-per-s", "0", "--conns-per-address", "64", *args],
         command=[PRLIMIT, "--nofile=1024:1024", *RELAY_CMD],
     )
 

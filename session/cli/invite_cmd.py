@@ -178,7 +178,7 @@ def cmd_invites(args: argparse.Namespace, out: Output) -> int:
         urls = relays_of(args, engine, required=not args.file)
         if urls:
             out.progress(f"fetching from {', '.join(urls)} ...")
-            sync(engine, urls, out)
+            sync(engine, urls, out, strict=True)
     states = [s for s in engine.my_sessions() if s.role == Role.INVITEE]
     if not args.all:
         states = [s for s in states if s.status == Status.INVITED]

@@ -126,12 +126,17 @@ def pump(
     return True
 
 
-def sync(engine: Engine, urls: Sequence[str], out: Output, *, idle: float = 1.0) -> None:
-    """Flush queued messages and take in what is waiting (stops after ``idle`` s quiet)."""
+def sync(
+    engine: Engine, urls: Sequence[str], out: Output, *, idle: float = 1.0, strict: bool = False
+) -> None:
+    """Flush queued messages and take in what is waiting (stops after ``idle`` s quiet).
+    ``strict``: no relay answering is an error, not a warning (``didmesh invites``)."""
 
     async def go() -> None:
         box = factory(out)(engine.key, urls)
         try:
+            if strict and isinstance(box, RelayMailbox):
+                await box.check()
             await engine.flush(box)
             batch: list[tuple[str, bytes]] = []
             while True:
@@ -155,6 +160,8 @@ def sync(engine: Engine, urls: Sequence[str], out: Output, *, idle: float = 1.0)
     try:
         asyncio.run(go())
     except DidmeshError as exc:
+        if strict:
+            raise
         out.progress(f"warning: could not reach the relays ({exc.message}); showing local state")
 
 
