@@ -21,7 +21,7 @@ from didmesh.identity.strict_json import loads_strict
 
 from .auth import Authenticator
 from .config import RelayConfig
-from .conns import ConnectionGuard
+from .conns import ConnectionGuard, log_throttled
 from .envelope import Envelope
 from .errors import (
     AuthInvalid,
@@ -32,6 +32,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     RateLimited,
+    RelayConfigError,
     RelayError,
     RelayInternalError,
     RelayRequestError,
@@ -57,10 +58,13 @@ from .links import (
 )
 from .metrics import Metrics
 from .protocol import CloseCode, parse_ack_ids, parse_link_request, parse_push_client_message
+from .secret import fingerprint
 from .store.base import PutPolicy, Store, StoredEnvelope
 from .store.url import parse_store_url
 
 log = logging.getLogger("didmesh.relay")
+#: seconds between checks that the processes on a shared store agree on secret and relay id
+AGREE_INTERVAL_S = 5.0
 
 
 def _version() -> str:
@@ -96,6 +100,8 @@ class Relay:
         self.guard: ConnectionGuard | None = None  # set by the server (connection caps)
         self.proxies = TrustedProxies(config.trusted_proxies)
         self._prune_task: asyncio.Task[None] | None = None
+        self._agree_task: asyncio.Task[None] | None = None
+        self.secret_fp = ""
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -112,8 +118,14 @@ class Relay:
             challenge_ttl_ms=self.config.challenge_ttl_s * 1000,
             token_ttl_ms=self.config.token_ttl_s * 1000,
         )
+        self.secret_fp = fingerprint(secret)
+        problem = await self.store.agree(self.secret_fp, self.relay_id)
+        if problem:
+            await self.store.close()
+            raise RelayConfigError(problem)
         await self.hub.start()
         self._prune_task = asyncio.create_task(self._prune_loop(), name="relay-prune")
+        self._agree_task = asyncio.create_task(self._agree_loop(), name="relay-agree")
 
     async def on_shutdown(self, app: web.Application) -> None:
         """SIGTERM: refuse new work, wake long-polls, close sockets with 1001."""
@@ -125,11 +137,22 @@ class Relay:
         await asyncio.gather(*(settle(ws) for ws in sockets), return_exceptions=True)
 
     async def on_cleanup(self, app: web.Application) -> None:
-        if self._prune_task is not None:
-            self._prune_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prune_task
+        for task in (self._prune_task, self._agree_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.store.close()
+
+    async def _agree_loop(self) -> None:
+        """Processes on one shared store must keep one secret and relay id (a Redis that
+        restarted empty would otherwise split them): say so when they do not."""
+        while True:
+            await asyncio.sleep(AGREE_INTERVAL_S)
+            problem = await self.store.agree(self.secret_fp, self.relay_id)
+            self.metrics.store_disagrees = int(problem is not None)
+            if problem:
+                log_throttled("agree", logging.ERROR, problem)
 
     async def _prune_loop(self) -> None:
         while True:

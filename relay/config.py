@@ -70,6 +70,7 @@ class RelayConfig:
     token_ttl_s: int = 600
     # operations
     shutdown_timeout_s: float = 10.0
+    secret_file: str = ""  # token secret file ("" = next to the SQLite db / in Redis)
     tls_cert: str = ""  # PEM certificate chain: serve https/wss (with tls_key)
     tls_key: str = ""  # PEM private key of tls_cert (keep it 0600)
     trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For is believed

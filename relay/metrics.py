@@ -19,6 +19,7 @@ class Metrics:
         self.link_frames_forwarded = 0
         self.ws_push_active = 0
         self.requests = 0
+        self.store_disagrees = 0
         self.rejections: Counter[str] = Counter()
 
     def reject(self, code: str) -> None:
@@ -50,6 +51,9 @@ class Metrics:
                self.link_frames_forwarded)
         metric("push_connections", "gauge", "Open inbox push WebSockets.", self.ws_push_active)
         metric("requests_total", "counter", "HTTP requests handled.", self.requests)
+        metric("store_disagrees", "gauge",
+               "1 if this process's secret or relay id differs from its peers' on the store.",
+               self.store_disagrees)
         out.append("# HELP didmesh_relay_rejections_total Requests refused, by error code.")
         out.append("# TYPE didmesh_relay_rejections_total counter")
         for code in sorted(self.rejections):

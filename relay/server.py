@@ -121,7 +121,7 @@ async def serve(
     nofile, _ = raise_nofile()
     budget = connection_budget(nofile, config.max_connections)
     asyncio.get_running_loop().set_exception_handler(throttled_exception_handler)
-    store = open_store(config.store)
+    store = open_store(config.store, config.secret_file)
     app = build_app(config, store)
     runner = web.AppRunner(
         app,

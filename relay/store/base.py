@@ -198,3 +198,12 @@ class Store(ABC):
     async def ping(self) -> None:  # noqa: B027 (optional hook)
         """Raise if the store is not usable (for /healthz)."""
 
+    async def agree(self, secret_fp: str, relay_id: str) -> str | None:
+        """For stores shared by processes: None if the others use this secret (by its
+        fingerprint) and relay id, else what differs. Called at start and periodically."""
+        return None
+
+    def describe(self) -> dict[str, str]:
+        """What the startup log line says about the store (no secrets)."""
+        return {}
+
