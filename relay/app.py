@@ -56,8 +56,14 @@ from .links import (
     receive_data,
     settle,
 )
-from .metrics import Metrics
-from .protocol import CloseCode, parse_ack_ids, parse_link_request, parse_push_client_message
+from .metrics import Metrics, process_stats
+from .protocol import (
+    CloseCode,
+    close_reason,
+    parse_ack_ids,
+    parse_link_request,
+    parse_push_client_message,
+)
 from .secret import fingerprint
 from .store.base import PutPolicy, Store, StoredEnvelope
 from .store.url import parse_store_url
@@ -96,12 +102,16 @@ class Relay:
         self.auth: Authenticator | None = None
         self.relay_id = config.relay_id
         self.shutting_down = False
+        self.draining = False
         self._sockets: set[web.WebSocketResponse] = set()
+        self._push: set[web.WebSocketResponse] = set()
         self.guard: ConnectionGuard | None = None  # set by the server (connection caps)
         self.proxies = TrustedProxies(config.trusted_proxies)
         self._prune_task: asyncio.Task[None] | None = None
         self._agree_task: asyncio.Task[None] | None = None
         self.secret_fp = ""
+        self._flushed: dict[str, int] = {}
+        self._flush_lock = asyncio.Lock()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -136,6 +146,25 @@ class Relay:
             close_peer(ws, CloseCode.GOING_AWAY)
         await asyncio.gather(*(settle(ws) for ws in sockets), return_exceptions=True)
 
+    async def drain(self, bound: float, hurry: asyncio.Event) -> int:
+        """SIGTERM, before shutdown: refuse new links (503 ``shutting_down``), say
+        ``draining`` on /healthz, send push sockets and long-polls elsewhere, and let the
+        links this process carries finish, for at most ``bound`` seconds (or until
+        ``hurry``). Returns how many links are left (they are then closed with 1001)."""
+        self.draining = True
+        self.store.notifier.wake_all()
+        for ws in list(self._push):
+            close_peer(ws, CloseCode.GOING_AWAY)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound
+        while self.slots.active > 0 and not hurry.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), min(0.1, left))
+        return self.slots.active
+
     async def on_cleanup(self, app: web.Application) -> None:
         for task in (self._prune_task, self._agree_task):
             if task is not None:
@@ -149,6 +178,7 @@ class Relay:
         restarted empty would otherwise split them): say so when they do not."""
         while True:
             await asyncio.sleep(AGREE_INTERVAL_S)
+            await self._flush_totals()
             problem = await self.store.agree(self.secret_fp, self.relay_id)
             self.metrics.store_disagrees = int(problem is not None)
             if problem:
@@ -261,8 +291,12 @@ class Relay:
 
     def _error(self, request: web.Request, exc: RelayError) -> web.Response:
         status = exc.status if isinstance(exc, RelayRequestError) else 500
-        if isinstance(exc, RelayInternalError):
+        if not isinstance(exc, RelayRequestError):
+            # store and bus failures name internal addresses: log them, tell the client less
+            log_throttled("internal:" + type(exc).__name__, logging.ERROR,
+                          "internal failure", {"path": request.path[:100], "error": exc.message})
             status = 500
+            exc = RelayInternalError("the relay failed internally; retry later")
         self.metrics.reject(exc.code)
         request["error_code"] = exc.code
         headers = {"X-Didmesh-Error": exc.code}
@@ -294,13 +328,36 @@ class Relay:
         except Exception as exc:
             log.warning("health check failed: %s", exc)
             return web.json_response({"status": "unavailable"}, status=503)
-        status = "stopping" if self.shutting_down else "ok"
-        return web.json_response({"status": status}, status=503 if self.shutting_down else 200)
+        if self.shutting_down or self.draining:
+            status = "stopping" if self.shutting_down else "draining"
+            return web.json_response({"status": status}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def _flush_totals(self) -> dict[str, int] | None:
+        async with self._flush_lock:
+            now = self.metrics.counters()
+            deltas = {k: v - self._flushed.get(k, 0) for k, v in now.items()}
+            totals = await self.store.add_totals(deltas)
+            if totals is not None:
+                self._flushed = now
+            return totals
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         self.metrics.links_active = self.slots.active - self.metrics.links_waiting
+        try:
+            await asyncio.wait_for(self.store.ping(), 2)
+            up = True
+        except Exception:
+            up = False
+        cluster = await self._flush_totals() if up else None
+        g = self.guard
+        text = self.metrics.render(
+            process=process_stats(),
+            connections=(g.open, g.refused_address, g.refused_total) if g else None,
+            store_up=up, cluster=cluster,
+        )
         return web.Response(
-            text=self.metrics.render(), content_type="text/plain", charset="utf-8",
+            text=text, content_type="text/plain", charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},
         )
 
@@ -388,7 +445,7 @@ class Relay:
         limit = min(limit, self.config.fetch_max_envelopes)
         with self.store.notifier.listen(did) as ev:
             items = await self.store.fetch(did, limit=limit, now_ms=self.now_ms())
-            if not items and wait > 0 and not self.shutting_down:
+            if not items and wait > 0 and not (self.shutting_down or self.draining):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ev.wait(), wait)
                 items = await self.store.fetch(did, limit=limit, now_ms=self.now_ms())
@@ -406,9 +463,12 @@ class Relay:
 
     async def inbox_ws(self, request: web.Request) -> web.StreamResponse:
         did = await self._authed(request)
+        if self.draining:
+            raise ShuttingDown("this relay process is draining for a restart: reconnect")
         ws = web.WebSocketResponse(heartbeat=self.config.ws_heartbeat_s, max_msg_size=256 * 1024)
         await ws.prepare(request)
         self._sockets.add(ws)
+        self._push.add(ws)
         self.metrics.ws_push_active += 1
         sent: set[str] = set()
         limit = self.config.fetch_max_envelopes
@@ -430,7 +490,8 @@ class Relay:
         reader = asyncio.create_task(read_acks())
         try:
             with self.store.notifier.listen(did) as ev:
-                while not ws.closed and not reader.done() and not self.shutting_down:
+                while not ws.closed and not reader.done() and not self.shutting_down \
+                        and not self.draining:
                     ev.clear()
                     items = await self.store.fetch(did, limit=limit, now_ms=self.now_ms())
                     if len(items) < limit:
@@ -452,6 +513,7 @@ class Relay:
                 await reader
             self.metrics.ws_push_active -= 1
             self._sockets.discard(ws)
+            self._push.discard(ws)
             await settle(ws)
             await close_ws(ws, CloseCode.GOING_AWAY if self.shutting_down else CloseCode.NORMAL)
         return ws
@@ -459,6 +521,10 @@ class Relay:
     # -- links ---------------------------------------------------------------------------
     async def link(self, request: web.Request) -> web.StreamResponse:
         did = await self._authed(request)
+        if self.draining:
+            raise ShuttingDown(
+                "this relay process is draining for a restart: open the link again"
+            )
         await self.slots.acquire(did)
         try:
             return await self._link(request, did)
@@ -527,6 +593,12 @@ class Relay:
             except LinkPeerGone:
                 await close_ws(ws, CloseCode.PEER_GONE)
                 return ws
+            link_name = hashlib.sha256(
+                f"{req.session}|{min(did, req.peer)}|{max(did, req.peer)}|{req.link_id}".encode()
+            ).hexdigest()[:12]  # names the link in logs without DIDs or session ids
+            fast = isinstance(pairing, FastLink)
+            log.info("link end paired", extra={"fields": {
+                "link": link_name, "path": "local" if fast else "cross-process"}})
             if isinstance(pairing, FastLink):
                 if first is not None:  # read by aiohttp, so sent before "linked"
                     if first.type in (WSMsgType.BINARY, WSMsgType.TEXT):
@@ -535,11 +607,14 @@ class Relay:
                     else:  # closed or broken before the link was up
                         pairing.close(CloseCode.PEER_GONE)
                 await pairing.run(ws)
+                code = pairing.state.closed_code or CloseCode.GOING_AWAY
             else:
                 self.metrics.links_total += pairing.role == "b"
                 if not pairing.linked_sent:
                     await ws.send_str(self.hub.linked_json(end))
-                await pairing.run(self.metrics, first)
+                code = await pairing.run(self.metrics, first)
+            log.info("link end closed", extra={"fields": {
+                "link": link_name, "code": int(code), "reason": close_reason(int(code))}})
             return ws
         finally:
             self._sockets.discard(ws)
@@ -561,7 +636,8 @@ def build_app(
     r = app.router
     r.add_get("/info", relay.info)
     r.add_get("/healthz", relay.healthz)
-    r.add_get("/metrics", relay.metrics_text)
+    if not config.metrics_listen:  # else on its own address only (server.py)
+        r.add_get("/metrics", relay.metrics_text)
     r.add_post("/v1/auth/challenge", relay.challenge)
     r.add_post("/v1/auth/token", relay.token)
     r.add_post("/v1/envelopes", relay.post_envelope)

@@ -25,7 +25,9 @@ DEFAULT_PORT = 8470
 
 
 #: settings where 0 is allowed (0 switches the thing off)
-_ZERO_OK = frozenset({"port", "link_heartbeat_s", "conns_per_address", "max_connections"})
+_ZERO_OK = frozenset(
+    {"port", "link_heartbeat_s", "conns_per_address", "max_connections", "drain_timeout_s"}
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class RelayConfig:
     token_ttl_s: int = 600
     # operations
     shutdown_timeout_s: float = 10.0
+    drain_timeout_s: float = 30.0  # SIGTERM: running links may finish for this long (0: none)
+    metrics_listen: str = ""  # HOST:PORT serving /metrics instead of the API port
     secret_file: str = ""  # token secret file ("" = next to the SQLite db / in Redis)
     tls_cert: str = ""  # PEM certificate chain: serve https/wss (with tls_key)
     tls_key: str = ""  # PEM private key of tls_cert (keep it 0600)

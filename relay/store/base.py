@@ -203,6 +203,11 @@ class Store(ABC):
         fingerprint) and relay id, else what differs. Called at start and periodically."""
         return None
 
+    async def add_totals(self, deltas: dict[str, int]) -> dict[str, int] | None:
+        """Add this process's counter increments to totals shared by the processes on
+        the store; returns the totals (None: the store is not shared)."""
+        return None
+
     def describe(self) -> dict[str, str]:
         """What the startup log line says about the store (no secrets)."""
         return {}

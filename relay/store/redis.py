@@ -216,6 +216,21 @@ class RedisStore(Store):
             "every process the same secret_file (and relay_id), or use a Redis that persists"
         )
 
+    async def add_totals(self, deltas: dict[str, int]) -> dict[str, int] | None:
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            for k, v in deltas.items():
+                if v:
+                    pipe.hincrby(self.prefix + "totals", k, v)
+            pipe.hgetall(self.prefix + "totals")
+            res = await pipe.execute()
+        except (RedisError, OSError):
+            return None
+        raw = res[-1] or {}
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()
+        }
+
     def describe(self) -> dict[str, str]:
         out = {"redis": redact_url(self.url)}
         if self.persistent is not None:
