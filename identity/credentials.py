@@ -29,13 +29,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from . import datamodel
 from .errors import (
     ChallengeMismatch,
     CredentialError,
+    DataModelViolation,
     DocumentTooLarge,
     DomainMismatch,
     Expired,
     IdentityError,
+    InvalidProof,
     KeyNotAuthorized,
     MalformedCredential,
     NotYetValid,
@@ -58,6 +61,7 @@ from .strict_json import loads_strict
 
 MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_CREDENTIALS_PER_PRESENTATION = 64
+MAX_PROOFS = 8
 
 VERIFIABLE_CREDENTIAL = "VerifiableCredential"
 VERIFIABLE_PRESENTATION = "VerifiablePresentation"
@@ -85,11 +89,12 @@ class VerifiedCredential:
 
 @dataclass(frozen=True)
 class VerifiedPresentation:
-    holder: str
+    holder: str | None  # None: the presentation names no holder (VC 2.0 allows that)
+    signer: str  # the DID whose key made the (first, or holder's) proof
     credentials: tuple[VerifiedCredential, ...]
     suite: str
-    challenge: str
-    domain: str
+    challenge: str | None
+    domain: str | None
     document: dict[str, Any]
 
 
@@ -178,14 +183,14 @@ def _check_now(now: datetime) -> None:
         raise ValueError("now must be a timezone-aware datetime")
 
 
-def _version(contexts: list[str], what: str) -> int:
+def _version(contexts: list[Any], what: str) -> int:
     if contexts[0] == CREDENTIALS_V2:
         return 2
     if contexts[0] == CREDENTIALS_V1:
         return 1
     raise MalformedCredential(
         f"{what}: the first @context must be {CREDENTIALS_V2} (VC 2.0) or "
-        f"{CREDENTIALS_V1} (VC 1.1), not {contexts[0]!r}"
+        f"{CREDENTIALS_V1} (VC 1.1), not {str(contexts[0])[:80]!r}"
     )
 
 
@@ -232,6 +237,11 @@ def _validity(
         raise MalformedCredential(f"{what}: a VC 1.1 credential needs issuanceDate")
     start = parse_datetime(doc[start_f], start_f, what) if start_f in doc else None
     end = parse_datetime(doc[end_f], end_f, what) if end_f in doc else None
+    if start is not None and end is not None and end < start:
+        raise DataModelViolation(
+            f"{what}: {end_f} is before {start_f}, so it is never valid "
+            "(VC Data Model 2.0, 4.9 Validity Period)"
+        )
     return start, end
 
 
@@ -250,33 +260,67 @@ def _check_window(
         raise Expired(f"{what} expired at {end.isoformat()} ({names[1]}); now is {now.isoformat()}")
 
 
-def _single_proof(doc: Mapping[str, Any], what: str) -> Json:
+def _proofs(doc: Mapping[str, Any], what: str, strict: bool) -> list[Json]:
+    """The document's proofs: one object, or a proof set (a list). The strict profile
+    (protocols that pin suites) accepts exactly one proof object and no chain."""
     proof = doc.get("proof")
     if proof is None:
         raise MalformedCredential(f"{what} has no proof")
     if isinstance(proof, list):
-        raise UnsupportedProof(
-            f"{what} has a set of {len(proof)} proofs; didmesh accepts exactly one proof object"
-        )
+        if strict:
+            raise UnsupportedProof(
+                f"{what} has a set of {len(proof)} proofs; this protocol accepts exactly "
+                "one proof object"
+            )
+        if not proof:
+            raise MalformedCredential(f"{what}: proof is an empty list")
+        if len(proof) > MAX_PROOFS:
+            raise MalformedCredential(
+                f"{what} has {len(proof)} proofs; the limit is {MAX_PROOFS}"
+            )
+        if not all(isinstance(p, dict) for p in proof):
+            raise MalformedCredential(f"{what}: each proof must be an object")
+        return list(proof)
     if not isinstance(proof, dict):
         raise MalformedCredential(f"{what}: proof must be an object")
-    if "previousProof" in proof:
-        raise UnsupportedProof(f"{what}: proof chains (previousProof) are not accepted")
-    return proof
+    if strict and "previousProof" in proof:
+        raise UnsupportedProof(f"{what}: proof chains (previousProof) are not accepted here")
+    return [proof]
 
 
-def _verify_proof(
-    doc: Json,
-    controller: str,
+def _previous_proofs(proof: Json, proofs: list[Json], what: str) -> list[Json] | None:
+    """The proofs a chained proof signs over (Data Integrity 1.0, "previousProof"):
+    each id must name another proof of the set (else PROOF_VERIFICATION_ERROR)."""
+    if "previousProof" not in proof:
+        return None
+    prev = proof["previousProof"]
+    ids = [prev] if isinstance(prev, str) else prev
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise MalformedCredential(
+            f"{what}: previousProof must be a proof id or a list of proof ids"
+        )
+    matching = []
+    for ident in ids:
+        found = [p for p in proofs if p is not proof and p.get("id") == ident]
+        if not found:
+            raise InvalidProof(
+                f"{what}: previousProof {ident[:80]!r} names no other proof of the document"
+            )
+        matching.append(found[0])
+    return matching
+
+
+def _verify_one(
+    unsecured: Json,
+    proof: Json,
+    controller: str | None,
     purpose: str,
     what: str,
     now: datetime,
-    suites: Collection[str] | None = None,
-) -> tuple[Suite, Json]:
-    """Checks 3-6 and the proof's own expiry; returns the suite and the proof.
-    ``suites`` pins the accepted suites (a protocol's downgrade resistance); it is
-    checked before any key is resolved or signature verified."""
-    proof = _single_proof(doc, what)
+    suites: Collection[str] | None,
+) -> tuple[Suite, str]:
+    """One proof: suite (pinned?), purpose, key, signature, own expiry. ``controller``,
+    if given, must control the verification method. Returns the suite and the signer."""
     suite = suite_for_proof(proof)
     if suites is not None and suite.name not in suites:
         raise UnsupportedProof(
@@ -290,7 +334,8 @@ def _verify_proof(
     if not isinstance(vm, str):
         raise MalformedCredential(f"{what}: proof has no verificationMethod string")
     try:
-        if controller_of(vm) != controller:
+        signer = controller_of(vm)
+        if controller is not None and signer != controller:
             raise KeyNotAuthorized(
                 f"{what}: verification method {vm[:120]} is not controlled by {controller[:120]}"
             )
@@ -301,7 +346,6 @@ def _verify_proof(
         raise KeyNotAuthorized(
             f"{what}: verification method {vm[:120]!r} cannot be resolved: {exc.message}"
         ) from None
-    unsecured = {k: v for k, v in doc.items() if k != "proof"}
     try:
         suite.verify(unsecured, proof, public)
     except CredentialError as exc:  # name the document in the message
@@ -312,7 +356,43 @@ def _verify_proof(
         expires = parse_datetime(proof["expires"], "proof.expires", what)
         if now > expires:
             raise Expired(f"{what}: its proof expired at {expires.isoformat()}")
-    return suite, proof
+    return suite, signer
+
+
+def _verify_proof(
+    doc: Json,
+    controller: str | None,
+    purpose: str,
+    what: str,
+    now: datetime,
+    suites: Collection[str] | None = None,
+    strict: bool = True,
+) -> tuple[Suite, list[Json], str]:
+    """Checks 3-6 for every proof and each proof's own expiry.
+
+    One proof: it must be by ``controller`` (when given). A proof set: every proof must
+    verify (each under its own verification method, chained proofs over the proofs they
+    name), and at least one must be by ``controller``. ``suites`` pins the accepted
+    suites (a protocol's downgrade resistance); it is checked before any key is resolved
+    or signature verified. Returns the suite of the controller's (or first) proof, every
+    proof, and that proof's signer."""
+    proofs = _proofs(doc, what, strict)
+    base = {k: v for k, v in doc.items() if k != "proof"}
+    if len(proofs) == 1 and "previousProof" not in proofs[0]:
+        suite, signer = _verify_one(base, proofs[0], controller, purpose, what, now, suites)
+        return suite, proofs, signer
+    results = []
+    for i, proof in enumerate(proofs):
+        label = f"{what} (proof #{i + 1} of {len(proofs)})"
+        previous = _previous_proofs(proof, proofs, label)
+        unsecured = base if previous is None else {**base, "proof": previous}
+        results.append(_verify_one(unsecured, proof, None, purpose, label, now, suites))
+    if controller is None:
+        return results[0][0], proofs, results[0][1]
+    for suite, signer in results:
+        if signer == controller:
+            return suite, proofs, signer
+    raise KeyNotAuthorized(f"{what}: none of its {len(proofs)} proofs is by {controller[:120]}")
 
 
 def _check_issuable(suite: str) -> Suite:
@@ -367,6 +447,7 @@ def issue_credential(
         )
     _subject_ids(doc, what)
     _validity(doc, version, what)
+    datamodel.check_credential(doc, what)
     _prepare_contexts(doc, version, proof_suite, what)
     if proof_suite.name == "eddsa-jcs-2022":
         canonize(doc, what=what)  # never issue a term no context defines
@@ -385,19 +466,21 @@ def _verify_credential(
     expected_issuer: str | None,
     what: str,
     suites: Collection[str] | None = None,
+    strict: bool = True,
 ) -> VerifiedCredential:
-    version = _version(check_context_list(doc, what=what), what)
+    version = _version(check_context_list(doc, what=what, allow_inline=not strict), what)
     types = _types(doc, VERIFIABLE_CREDENTIAL, what)
     issuer = _id_of(doc.get("issuer"), "issuer", what)
     subjects = _subject_ids(doc, what)
     start, end = _validity(doc, version, what)
+    datamodel.check_credential(doc, what)
     if expected_issuer is not None and not hmac.compare_digest(
         issuer.encode(), expected_issuer.encode()
     ):
         raise UnexpectedIssuer(
             f"{what} was issued by {issuer[:120]}, not by the expected {expected_issuer[:120]}"
         )
-    suite, _ = _verify_proof(doc, issuer, ASSERTION_METHOD, what, now, suites)
+    suite, _, _ = _verify_proof(doc, issuer, ASSERTION_METHOD, what, now, suites, strict)
     names = ("validFrom", "validUntil") if version == 2 else ("issuanceDate", "expirationDate")
     _check_window(start, end, now, names, what)
     return VerifiedCredential(
@@ -417,17 +500,22 @@ def verify_credential(
     now: datetime,
     expected_issuer: str | None = None,
     suites: Collection[str] | None = None,
+    strict: bool | None = None,
 ) -> VerifiedCredential:
     """Verify a credential completely (see the module docstring) or raise a
     :class:`~didmesh.identity.errors.CredentialError` subclass saying what failed.
-    ``suites``, if given, is the set of proof suites accepted (others: UnsupportedProof)."""
+    ``suites``, if given, is the set of proof suites accepted (others: UnsupportedProof).
+    ``strict`` (default: whether ``suites`` is given) selects the protocol profile: one
+    proof object, no chain, only bundled context URLs; otherwise inline contexts,
+    proof sets and chains are accepted as the W3C specifications define them."""
     _check_now(now)
     what = "credential"
     document = _as_document(doc, what)
     ident = document.get("id")
     if isinstance(ident, str):
         what = f"credential {ident[:80]}"
-    return _verify_credential(document, now, expected_issuer, what, suites)
+    strict = suites is not None if strict is None else strict
+    return _verify_credential(document, now, expected_issuer, what, suites, strict)
 
 
 # --------------------------------------------------------------------------- presentations
@@ -502,38 +590,54 @@ def verify_presentation(
     doc: dict[str, Any] | bytes | str,
     *,
     now: datetime,
-    challenge: str,
-    domain: str,
+    challenge: str | None,
+    domain: str | None,
     suites: Collection[str] | None = None,
+    strict: bool | None = None,
 ) -> VerifiedPresentation:
     """Verify a presentation, its challenge and domain, and every credential in it.
+
     ``suites`` pins the suite of the presentation's own proof (embedded credentials may
-    come from other issuers; their callers check their suites in the result)."""
+    come from other issuers; their callers check their suites in the result). ``strict``
+    (default: whether ``suites`` is given) is the protocol profile: ``holder`` required,
+    one proof object, bundled context URLs only. ``challenge``/``domain`` None means the
+    caller does not check that value (a verifier service whose client gave none); every
+    proof must carry the given ones."""
     _check_now(now)
     what = "presentation"
     document = _as_document(doc, what)
     ident = document.get("id")
     if isinstance(ident, str):
         what = f"presentation {ident[:80]}"
-    _version(check_context_list(document, what=what), what)
+    strict = suites is not None if strict is None else strict
+    _version(check_context_list(document, what=what, allow_inline=not strict), what)
     _types(document, VERIFIABLE_PRESENTATION, what)
-    holder = _id_of(document.get("holder"), "holder", what)
+    holder: str | None = None
+    if strict or "holder" in document:
+        holder = _id_of(document.get("holder"), "holder", what)
+    datamodel.check_presentation(document, what)
     embedded = _embedded(document, what)
-    suite, proof = _verify_proof(document, holder, AUTHENTICATION, what, now, suites)
-    if not _equal(proof.get("challenge"), challenge):
-        raise ChallengeMismatch(f"{what}: the proof's challenge is not the one expected")
-    if not _equal(proof.get("domain"), domain):
-        raise DomainMismatch(
-            f"{what}: the proof is for domain {str(proof.get('domain'))[:80]!r}, "
-            f"not {domain[:80]!r}"
-        )
+    suite, proofs, signer = _verify_proof(
+        document, holder, AUTHENTICATION, what, now, suites, strict
+    )
+    for proof in proofs:
+        if challenge is not None and not _equal(proof.get("challenge"), challenge):
+            raise ChallengeMismatch(f"{what}: the proof's challenge is not the one expected")
+        if domain is not None and not _equal(proof.get("domain"), domain):
+            raise DomainMismatch(
+                f"{what}: the proof is for domain {str(proof.get('domain'))[:80]!r}, "
+                f"not {domain[:80]!r}"
+            )
     credentials = []
     for i, cred in enumerate(embedded):
         cid = cred.get("id")
         label = f"credential #{i}" + (f" ({cid[:80]})" if isinstance(cid, str) else "")
-        credentials.append(_verify_credential(cred, now, None, f"{label} in {what}"))
+        credentials.append(
+            _verify_credential(cred, now, None, f"{label} in {what}", strict=False)
+        )
     return VerifiedPresentation(
         holder=holder,
+        signer=signer,
         credentials=tuple(credentials),
         suite=suite.name,
         challenge=challenge,

@@ -126,6 +126,12 @@ class MalformedCredential(CredentialError):
     code = "malformed_credential"
 
 
+class DataModelViolation(MalformedCredential):
+    """The document breaks a rule of the VC Data Model (the message names the rule)."""
+
+    code = "data_model_violation"
+
+
 class DocumentTooLarge(CredentialError):
     """The document exceeds the size accepted before parsing."""
 

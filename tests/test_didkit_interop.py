@@ -241,3 +241,85 @@ def test_didmesh_presentation_verifies_in_didkit() -> None:
     assert good["errors"] == [], good
     assert bad["errors"], bad
     assert wrong["errors"], wrong
+
+
+# --------------------------------------------------------------------------- inline contexts
+
+INLINE_TERMS = {
+    "ClubCard": "https://vocab.didmesh.test/ns#ClubCard",
+    "club": "https://vocab.didmesh.test/ns#club",
+    "since": {"@id": "https://vocab.didmesh.test/ns#since", "@type": "xsd:dateTime"},
+    "xsd": "http://www.w3.org/2001/XMLSchema#",
+}
+EXAMPLES_V1 = "https://www.w3.org/2018/credentials/examples/v1"
+
+
+@pytest.fixture(scope="module")
+def inline_from_didkit() -> dict[str, Any]:
+    """VC 1.1 credentials whose type and claims come from an inline context (and one
+    using the examples v1 vocabulary), issued by didkit with both of its Ed25519 suites."""
+    inline = v1_credential(
+        **{
+            "@context": [CREDENTIALS_V1, INLINE_TERMS],
+            "type": ["VerifiableCredential", "ClubCard"],
+            "credentialSubject": {
+                "id": HOLDER.did,
+                "club": "chess",
+                "since": "2024-03-01T00:00:00Z",
+            },
+        }
+    )
+    examples = v1_credential(
+        **{
+            "@context": [CREDENTIALS_V1, EXAMPLES_V1],
+            "type": ["VerifiableCredential", "UniversityDegreeCredential"],
+            "credentialSubject": {
+                "id": HOLDER.did,
+                "degree": {"type": "BachelorDegree", "name": "Bachelor of Arts"},
+            },
+        }
+    )
+    opts = {"proofPurpose": "assertionMethod", "verificationMethod": ISSUER.verification_method}
+    names = [(n, t) for n in ("inline", "examples") for t in ("2018", "2020")]
+    docs = {"inline": inline, "examples": examples}
+    out = run_didkit(
+        [
+            {
+                "op": "issue_credential",
+                "credential": {**docs[n], "id": f"urn:uuid:didkit-{n}-{t}"},
+                "key": jwk(ISSUER),
+                "options": {**opts, "type": f"Ed25519Signature{t}"},
+            }
+            for n, t in names
+        ]
+    )
+    return {f"{n}-{t}": doc for (n, t), doc in zip(names, out, strict=True)}
+
+
+@pytest.mark.parametrize("name", ["inline-2018", "inline-2020", "examples-2018", "examples-2020"])
+def test_didkit_credential_with_inline_or_example_context_verifies(
+    inline_from_didkit: dict[str, Any], name: str
+) -> None:
+    doc = inline_from_didkit[name]
+    got = verify_credential(json.dumps(doc), now=_now(), expected_issuer=ISSUER.did)
+    assert got.types[0] == "VerifiableCredential" and len(got.types) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("inline-2018", lambda d: d["credentialSubject"].update(club="go")),
+        ("inline-2020", lambda d: d["credentialSubject"].update(since="2024-03-02T00:00:00Z")),
+        ("inline-2020", lambda d: d["@context"][1].update(club="https://vocab.didmesh.test/x")),
+        ("examples-2018", lambda d: d["credentialSubject"]["degree"].update(name="PhD")),
+        ("examples-2020", lambda d: d.update(type=["VerifiableCredential", "AlumniCredential"])),
+    ],
+    ids=["claim", "typed-claim", "inline-definition", "nested-claim", "type"],
+)
+def test_tampered_didkit_credential_with_inline_context_fails(
+    inline_from_didkit: dict[str, Any], name: str, change: Any
+) -> None:
+    doc = copy.deepcopy(inline_from_didkit[name])
+    change(doc)
+    with pytest.raises(InvalidProof):
+        verify_credential(doc, now=_now())

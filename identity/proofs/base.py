@@ -108,7 +108,7 @@ class Suite:
         self, unsecured: Mapping[str, Any], options: Mapping[str, Any], sign: Signer
     ) -> Json:
         """A proof over ``unsecured`` (which must have no ``proof``)."""
-        if "proof" in unsecured:
+        if "proof" in unsecured and "previousProof" not in options:
             raise MalformedCredential("the document already has a proof")
         proof = self.proof_options(unsecured, options)
         self.check_options(unsecured, proof)
@@ -126,7 +126,7 @@ class Suite:
 
     def verify(self, unsecured: Mapping[str, Any], proof: Mapping[str, Any], public: bytes) -> None:
         """Raise unless ``proof`` is a valid signature by ``public`` over ``unsecured``."""
-        if "proof" in unsecured:
+        if "proof" in unsecured and "previousProof" not in proof:
             raise MalformedCredential("verify the document without its proof")
         self.check_options(unsecured, proof)
         signature = self.decode_signature(proof)

@@ -31,6 +31,7 @@ COMMAND_MODULES: list[str] = [
     "didmesh.session.cli.relay_cmd",
     "didmesh.session.cli.run_cmd",
     "didmesh.session.cli.wg_cmd",
+    "didmesh.session.cli.vcapi_cmd",
     "didmesh.session.cli.demo_cmd",
 ]
 

@@ -92,7 +92,7 @@ def verify_receipts(docs: Iterable[Mapping[str, Any]], *, now: datetime) -> Rece
     seen: dict[str, str] = {}
     keys: set[tuple[str, str, str]] = set()
     for doc in docs:
-        vc = verify_credential(dict(doc), now=now)
+        vc = verify_credential(dict(doc), now=now, strict=True)  # didmesh's own documents
         if "RunReceipt" not in vc.types:
             raise MalformedCredential(f"credential from {vc.issuer} is not a RunReceipt")
         subject = vc.document["credentialSubject"]
