@@ -564,8 +564,8 @@ class RelayClient:
         Raises :class:`LinkClosed` (close code: pairing timeout, duplicate...), :class:`LinkLimit`,
         :class:`RelayUnreachable`, or TimeoutError after ``timeout`` seconds.
         """
-        url = self.base_url + "/v1/link"
         req = LinkRequest(session, peer, link_id)
+        url = self.base_url + "/v1/link?route=" + req.route(self.identity.did)
         beat = self.heartbeat if heartbeat is _Default.CLIENT else _check_heartbeat(heartbeat)
         async with asyncio.timeout(timeout):
             # autoclose off: we read the relay's close code ourselves (aiohttp reports 1006

@@ -18,7 +18,7 @@ from didmesh.identity.keys import IdentityKey
 from didmesh.relay.client import RelayClient
 from didmesh.relay.errors import RelayConfigError, RelayUntrusted
 from didmesh.relay.forwarded import TrustedProxies
-from relay_helpers import RelayProcess, spawn_relay, start_relay
+from relay_helpers import RelayProcess, redis_available, spawn_relay, start_redis, start_relay
 from tls_helpers import Pki, make_pki, start_nginx
 
 ALICE = IdentityKey.from_seed(b"A" * 32)
@@ -218,3 +218,39 @@ def test_invites_from_an_untrusted_or_unreachable_relay_is_an_error(pki: Pki, tm
         assert (r.rc, r.out.strip()) == (0, "no pending invites"), r.err
     r = run_cli(home, "invites", "--relay", relay.url)  # the relay is gone now
     assert r.rc != 0 and "cannot reach the relay" in r.err and "no pending" not in r.out
+
+
+@pytest.mark.skipif(not redis_available(), reason="redis-server not installed")
+def test_nginx_sends_both_ends_of_a_link_to_one_process(pki: Pki, tmp_path: Path) -> None:
+    """Two relay processes on one Redis behind the shipped nginx config: the ?route= key
+    (same at both ends) makes nginx send both ends of every link to the same process, so
+    every link is forwarded in-process, never through Redis."""
+    ids = [IdentityKey.from_seed(bytes([40 + i]) * 32) for i in range(8)]
+    with start_redis() as redis:
+        url = redis.url(9)
+        args = ["--rate-ip-per-s", "0", "--trusted-proxies", "127.0.0.1"]
+        with start_relay(url, args) as p1, start_relay(url, args) as p2, \
+                start_nginx(tmp_path, pki, [p1.port, p2.port]) as https:
+
+            async def go() -> None:
+                clients = [RelayClient(https, k, ca_file=str(pki.ca)) for k in ids]
+                try:
+                    pairs = [(i, j) for i in range(0, 8, 2) for j in (i + 1,)] + [(0, 3), (2, 5),
+                                                                                  (4, 7), (6, 1)]
+                    for n, (i, j) in enumerate(pairs):
+                        la, lb = await asyncio.gather(
+                            clients[i].open_link("route", ids[j].did, link_id=f"l{n}"),
+                            clients[j].open_link("route", ids[i].did, link_id=f"l{n}"))
+                        await la.send(b"x" * 1000)
+                        assert await lb.recv(timeout=10) == b"x" * 1000
+                        await la.close()
+                        await lb.close()
+                finally:
+                    for c in clients:
+                        await c.close()
+
+            asyncio.run(go())
+            paired = [ln for p in (p1, p2) for ln in p.log_lines()
+                      if ln.get("msg") == "link end paired"]
+    assert len(paired) == 16
+    assert {ln["path"] for ln in paired} == {"local"}

@@ -92,25 +92,26 @@ def make_pki(directory: Path) -> Pki:
     return paths
 
 
-def render_nginx_site(pki: Pki, listen_port: int, relay_port: int) -> str:
+def render_nginx_site(pki: Pki, listen_port: int, relay_ports: list[int]) -> str:
     """relay/deploy/nginx-relay.conf with the test's ports and certificate (each
-    replacement must hit exactly once: the shipped file is what runs)."""
+    replacement must hit as often as expected: the shipped file is what runs)."""
     text = (DEPLOY / "nginx-relay.conf").read_text()
-    for old, new in [
-        ("listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;"),
-        ("listen [::]:443 ssl;", ""),
-        ("/etc/ssl/didmesh-relay/fullchain.pem", str(pki.cert)),
-        ("/etc/ssl/didmesh-relay/privkey.pem", str(pki.key)),
-        ("server 127.0.0.1:8470", f"server 127.0.0.1:{relay_port}"),
+    servers = "\n    ".join(f"server 127.0.0.1:{p};" for p in relay_ports)
+    for old, new, times in [
+        ("listen 443 ssl;", f"listen 127.0.0.1:{listen_port} ssl;", 1),
+        ("listen [::]:443 ssl;", "", 1),
+        ("/etc/ssl/didmesh-relay/fullchain.pem", str(pki.cert), 1),
+        ("/etc/ssl/didmesh-relay/privkey.pem", str(pki.key), 1),
+        ("server 127.0.0.1:8470;", servers, 2),  # both upstreams
     ]:
-        assert text.count(old) == 1, f"nginx-relay.conf no longer has {old!r} exactly once"
+        assert text.count(old) == times, f"nginx-relay.conf no longer has {old!r} {times}x"
         text = text.replace(old, new)
     return text
 
 
 @contextlib.contextmanager
-def start_nginx(directory: Path, pki: Pki, relay_port: int, timeout: float = 15.0
-                ) -> Iterator[str]:
+def start_nginx(directory: Path, pki: Pki, relay_port: int | list[int],
+                timeout: float = 15.0) -> Iterator[str]:
     """nginx (foreground, this user's temp dirs) in front of the relay; yields its https URL."""
     exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
                                     else None)
@@ -118,7 +119,8 @@ def start_nginx(directory: Path, pki: Pki, relay_port: int, timeout: float = 15.
         pytest.fail("nginx is not installed (.ci/run installs it)")
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    (directory / "didmesh-relay.conf").write_text(render_nginx_site(pki, port, relay_port))
+    ports = relay_port if isinstance(relay_port, list) else [relay_port]
+    (directory / "didmesh-relay.conf").write_text(render_nginx_site(pki, port, ports))
     temps = "\n".join(
         f"  {kind}_temp_path {directory / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
