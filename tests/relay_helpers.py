@@ -97,9 +97,10 @@ def spawn_relay(
 ) -> RelayProcess:
     """Start ``python -m didmesh.relay --port 0`` and wait for its "listening" line.
 
-    Tests run every client from 127.0.0.1, so the per-address connection cap is off unless
-    ``args`` sets ``--conns-per-address`` (later flags win)."""
-    args = ["--conns-per-address", "0", *(args or [])]
+    Tests run every client from 127.0.0.1, so the per-address connection cap is off, and
+    SIGTERM stops at once (no drain of running links), unless ``args`` sets
+    ``--conns-per-address`` or ``--drain-timeout-s`` (later flags win)."""
+    args = ["--conns-per-address", "0", "--drain-timeout-s", "0", *(args or [])]
     cmd = command or [sys.executable, "-m", "didmesh.relay"]
     full = [*cmd, "--host", "127.0.0.1", "--port", "0", "--store", store, *args]
     penv = dict(os.environ)
