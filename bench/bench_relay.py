@@ -343,8 +343,10 @@ async def main(quick: bool, only: str = "", runs: int = 1, idle_n: int = 0,
         if only in ("", "links"):
             n = idle_n or (300 if quick else 1000)
             raise_nofile(4 * n + 1024)
+            # relay pings off: this one process opening thousands of links cannot answer
+            # pings on the first ones in time (the relay would rightly cut them)
             more = [*NO_LIMITS, "--links-total", str(2 * n + 100),
-                    "--links-per-did", str(n + 100)]
+                    "--links-per-did", str(n + 100), "--link-heartbeat-s", "0"]
             if idle_procs > 1:
                 with start_redis() as redis, contextlib.ExitStack() as stack:
                     relays = [stack.enter_context(start_relay(redis.url(1), more, home=tmp))
@@ -354,7 +356,7 @@ async def main(quick: bool, only: str = "", runs: int = 1, idle_n: int = 0,
             else:
                 with start_relay("memory", more, home=tmp) as relay:
                     idle = await idle_links([relay.url], [relay.proc.pid], n)
-            target = "<= 500 (10,000 links)" if n >= 10000 else "<= 150"
+            target = "<= 150" if n <= 1000 else "<= 500 at 10,000 links"
             lines.append(row(f"{idle['links']} idle links, {idle_procs} process(es): RSS (MB)",
                              f"{idle['rss_mb']:.0f} (idle {idle['rss_before_mb']:.0f})",
                              target))

@@ -21,7 +21,7 @@ from didmesh.identity.strict_json import loads_strict
 
 from .auth import Authenticator
 from .config import RelayConfig
-from .conns import ConnectionGuard, log_throttled
+from .conns import ConnectionGuard, log_throttled, throttle_allows
 from .envelope import Envelope
 from .errors import (
     AuthInvalid,
@@ -285,8 +285,10 @@ class Relay:
             return self._error(request, MalformedRequest(exc.reason or "bad request"))
         except (asyncio.CancelledError, ConnectionResetError):
             raise
-        except Exception:
-            log.exception("unexpected failure on %s %s", request.method, request.path)
+        except Exception as exc:
+            # a bug a client can trigger must not fill the disk: bounded like accept errors
+            if throttle_allows("bug:" + type(exc).__name__):
+                log.exception("unexpected failure on %s %s", request.method, request.path[:100])
             return self._error(request, RelayInternalError())
 
     def _error(self, request: web.Request, exc: RelayError) -> web.Response:

@@ -159,6 +159,11 @@ class LogThrottle:
 _throttle = LogThrottle()
 
 
+def throttle_allows(key: str) -> bool:
+    """True if a line under ``key`` may be logged now (the shared throttle)."""
+    return _throttle.allow(key, time.monotonic())[0]
+
+
 def log_throttled(key: str, level: int, msg: str, fields: dict[str, Any] | None = None) -> None:
     """Log ``msg`` unless ``key`` was logged too often lately (accept errors, refusals)."""
     ok, dropped = _throttle.allow(key, time.monotonic())
