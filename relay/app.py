@@ -57,6 +57,7 @@ from .links import (
     settle,
 )
 from .metrics import Metrics, process_stats
+from .observed import observed_handler
 from .protocol import (
     CloseCode,
     close_reason,
@@ -647,6 +648,7 @@ def build_app(
     r.add_post("/v1/inbox/ack", relay.ack)
     r.add_get("/v1/inbox/ws", relay.inbox_ws)
     r.add_get("/v1/link", relay.link)
+    r.add_get("/v1/observed", observed_handler(relay))
     return app
 
 

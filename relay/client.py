@@ -52,6 +52,7 @@ from .errors import (
     ShuttingDown,
     error_from_wire,
 )
+from .observed import ObservedAddress, observe
 from .protocol import CloseCode, Linked, LinkRequest, close_reason
 
 ERROR_HEADER = "X-Didmesh-Error"
@@ -374,6 +375,12 @@ class RelayClient:
             # our clock may differ from the relay's: trust a short lifetime only
             self._token_expires = min(self._token_expires, self.now_ms() + 300_000)
             return self._token
+
+    async def observed(self, *, local_port: int | None = None) -> ObservedAddress:
+        """Our address and port as this relay sees them (``GET /v1/observed``), asked from
+        ``local_port`` if given (e.g. the port our listener holds): its public mapping."""
+        return await observe(self.base_url, await self.token(), local_port=local_port,
+                             timeout=self.timeout)
 
     # -- mailboxes -----------------------------------------------------------------------------
     async def post(self, envelope: Envelope) -> PostResult:

@@ -13,12 +13,14 @@ _SKIP_FLAGS = {"host", "port", "store"}
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="TCP port (0: any free port)")
+    defaults = RelayConfig()
+    p.add_argument("--host", default=None,
+                   help=f"address to listen on (default {defaults.host})")
+    p.add_argument("--port", type=int, default=None,
+                   help=f"TCP port (default {defaults.port}; 0: any free port)")
     p.add_argument("--store", default=None, help=f"mailbox store: {STORE_HELP}")
     p.add_argument("--config", default=None, help="config file (.toml or .yaml)")
     limits = p.add_argument_group("limits and settings (also DIDMESH_RELAY_<NAME> or config file)")
-    defaults = RelayConfig()
     for f in fields(RelayConfig):
         if f.name in _SKIP_FLAGS:
             continue

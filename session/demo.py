@@ -240,7 +240,8 @@ class Demo:
             if relay_only:
                 args.append("--relay-only")
             runs[who] = (
-                self.spawn(who, *args, "--", str(program), "--no-log", "--value", str(INPUTS[who])),
+                self.spawn(who, *args, "--input", f"VALUE={INPUTS[who]}", "--", str(program),
+                           "--no-log"),
                 receipt,
             )
         outputs = {}

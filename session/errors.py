@@ -121,6 +121,17 @@ class ProgramDigestMismatch(SessionUsageError):
     """The program file's SHA-256 differs from the digest in the session manifest."""
 
     code = "program_digest_mismatch"
+    #: the first file that differs, and how (for the abort the peers are told)
+    file: str | None = None
+    problem: str = "differs from the agreed one"
+
+
+class ProgramArgsMismatch(SessionUsageError):
+    """The program arguments given here differ from the arguments the manifest agreed on."""
+
+    code = "program_args_mismatch"
+    #: the first argument that differs (for the abort the peers are told)
+    argument: str | None = None
 
 
 class MpycVersionMismatch(SessionUsageError):

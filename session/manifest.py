@@ -9,9 +9,13 @@ A manifest is plain JSON, parsed strictly (unknown keys are rejected by name)::
      "parties": 3, "threshold": 1, "relays": ["http://127.0.0.1:8400"],
      "validFrom": "2025-01-01T00:00:00Z", "validUntil": "2025-01-02T00:00:00Z"}
 
-The session id is 128 random bits. The manifest is carried inside every invite and the
-roster, so its bytes are covered by the organizer's signatures; its :meth:`Manifest.digest`
-(SHA-256 over the RFC 8785 form) is what parties compare.
+A program made of several files (a *bundle*, :mod:`.bundle`) adds
+``"bundle": {"files": [{"path", "size", "sha256"}...], "include": [...], "exclude": [...]}``
+to ``program``; its ``name`` is then the entry file's path in the bundle and its
+``sha256`` the bundle digest. The session id is 128 random bits. The manifest is carried
+inside every invite and the roster, so its bytes are covered by the organizer's
+signatures; its :meth:`Manifest.digest` (SHA-256 over the RFC 8785 form) is what parties
+compare.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,10 +37,13 @@ from didmesh.identity.didkey import DidKey
 from didmesh.identity.errors import IdentityError
 from didmesh.identity.jcs import canonicalize
 
+from . import bundle as bundles
+from .bundle import BundleFile
 from .errors import (
     BadSessionParameters,
     ManifestInvalid,
     MpycVersionMismatch,
+    ProgramArgsMismatch,
     ProgramDigestMismatch,
 )
 
@@ -62,6 +69,14 @@ _KEYS = {
     "validFrom", "validUntil",
 }  # fmt: skip
 _PROGRAM_KEYS = {"name", "sha256", "mpyc", "args"}
+_PROGRAM_OPTIONAL = {"bundle", "inputs"}
+#: names of private inputs (``run --input NAME=VALUE``): the program reads DIDMESH_INPUT_NAME
+INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_INPUTS = 16
+_BUNDLE_KEYS = {"files", "include", "exclude"}
+_FILE_KEYS = {"path", "size", "sha256"}
+#: MPyC options a party may add on its own: they change only what it prints
+LOCAL_MPYC_FLAGS = ("--no-log",)
 
 
 _MEMO: dict[str, Manifest] = {}
@@ -150,6 +165,34 @@ class ProgramRef:
     sha256: str  # lowercase hex
     mpyc: str  # version range, e.g. ">=0.11,<0.12"
     args: tuple[str, ...] = ()
+    files: tuple[BundleFile, ...] = ()  # empty: a single-file program
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # declared private input names (upper case); () = any
+
+    @property
+    def is_bundle(self) -> bool:
+        return bool(self.files)
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name, "sha256": self.sha256, "mpyc": self.mpyc,
+            "args": list(self.args),
+        }
+        if self.files:
+            data["bundle"] = {
+                "files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
+                          for f in self.files],
+                "include": list(self.include),
+                "exclude": list(self.exclude),
+            }
+        if self.inputs:
+            data["inputs"] = list(self.inputs)
+        return data
 
 
 @dataclass(frozen=True)
@@ -171,12 +214,7 @@ class Manifest:
             "sessionId": self.session_id,
             "name": self.name,
             "organizer": self.organizer,
-            "program": {
-                "name": self.program.name,
-                "sha256": self.program.sha256,
-                "mpyc": self.program.mpyc,
-                "args": list(self.program.args),
-            },
+            "program": self.program.to_json(),
             "parties": self.parties,
             "threshold": self.threshold,
             "relays": list(self.relays),
@@ -222,9 +260,28 @@ class Manifest:
         prog = data["program"]
         if not isinstance(prog, Mapping):
             raise ManifestInvalid("manifest: program must be an object")
-        _exact_keys(prog, _PROGRAM_KEYS, "manifest.program")
+        _exact_keys(prog, _PROGRAM_KEYS, "manifest.program", optional=_PROGRAM_OPTIONAL)
         pname, digest, mrange, args = prog["name"], prog["sha256"], prog["mpyc"], prog["args"]
-        if not isinstance(pname, str) or not _PROGRAM_NAME_RE.match(pname):
+        files, include, exclude = _parse_bundle(prog.get("bundle"))
+        inputs = prog.get("inputs", [])
+        if (
+            not isinstance(inputs, list)
+            or ("inputs" in prog and not 0 < len(inputs) <= MAX_INPUTS)
+            or not all(isinstance(n, str) and INPUT_NAME_RE.match(n) and n == n.upper()
+                       for n in inputs)
+            or len(set(inputs)) != len(inputs)
+        ):
+            raise ManifestInvalid(
+                f"manifest: program.inputs must list 1..{MAX_INPUTS} distinct upper-case names"
+            )
+        if files:
+            if bundles.path_error(pname) or pname not in {f.path for f in files}:
+                raise ManifestInvalid("manifest: program.name must be a file of the bundle")
+            if digest != bundles.bundle_digest(files):
+                raise ManifestInvalid(
+                    "manifest: program.sha256 is not the digest of program.bundle.files"
+                )
+        elif not isinstance(pname, str) or not _PROGRAM_NAME_RE.match(pname):
             raise ManifestInvalid("manifest: program.name must be a plain file name")
         if not isinstance(digest, str) or not _SHA256_RE.match(digest):
             raise ManifestInvalid("manifest: program.sha256 must be 64 lowercase hex digits")
@@ -261,7 +318,8 @@ class Manifest:
             session_id=sid,
             name=name,
             organizer=organizer,
-            program=ProgramRef(pname, digest, mrange, tuple(args)),
+            program=ProgramRef(pname, digest, mrange, tuple(args), files, include, exclude,
+                               tuple(inputs)),
             parties=m,
             threshold=t,
             relays=tuple(relays),
@@ -293,8 +351,54 @@ def session_domain(session_id: str) -> str:
     return f"urn:didmesh:session:{session_id}"
 
 
-def _exact_keys(data: Mapping[str, Any], keys: set[str], what: str) -> None:
-    unknown = sorted(set(data) - keys)
+def _parse_bundle(
+    data: object,
+) -> tuple[tuple[BundleFile, ...], tuple[str, ...], tuple[str, ...]]:
+    if data is None:
+        return (), (), ()
+    if not isinstance(data, Mapping):
+        raise ManifestInvalid("manifest: program.bundle must be an object")
+    _exact_keys(data, _BUNDLE_KEYS, "manifest.program.bundle")
+    raw, include, exclude = data["files"], data["include"], data["exclude"]
+    if not isinstance(raw, list) or not 1 <= len(raw) <= bundles.MAX_FILES:
+        raise ManifestInvalid(
+            f"manifest: program.bundle.files must list 1..{bundles.MAX_FILES} files"
+        )
+    files = []
+    for item in raw:
+        if not isinstance(item, Mapping):
+            raise ManifestInvalid("manifest: program.bundle.files holds a non-object")
+        _exact_keys(item, _FILE_KEYS, "manifest.program.bundle.files[]")
+        path, size, sha = item["path"], item["size"], item["sha256"]
+        problem = bundles.path_error(path)
+        if problem:
+            raise ManifestInvalid(f"manifest: program.bundle.files: {problem}")
+        if type(size) is not int or not 0 <= size <= bundles.MAX_FILE_BYTES:
+            raise ManifestInvalid(f"manifest: program.bundle.files: bad size for {path!r}")
+        if not bundles.is_sha256(sha):
+            raise ManifestInvalid(f"manifest: program.bundle.files: bad sha256 for {path!r}")
+        files.append(BundleFile(path, size, sha))
+    keys = [bundles.sort_key(f.path) for f in files]
+    if any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
+        raise ManifestInvalid(
+            "manifest: program.bundle.files must be sorted by path, without repeats"
+        )
+    if sum(f.size for f in files) > bundles.MAX_BUNDLE_BYTES:
+        raise ManifestInvalid(f"manifest: the bundle exceeds {bundles.MAX_BUNDLE_BYTES} bytes")
+    for patterns, what in ((include, "include"), (exclude, "exclude")):
+        if not isinstance(patterns, list) or len(patterns) > bundles.MAX_PATTERNS or any(
+            bundles.pattern_error(p) for p in patterns
+        ):
+            raise ManifestInvalid(
+                f"manifest: program.bundle.{what} must be <= {bundles.MAX_PATTERNS} glob patterns"
+            )
+    return tuple(files), tuple(include), tuple(exclude)
+
+
+def _exact_keys(
+    data: Mapping[str, Any], keys: set[str], what: str, optional: Collection[str] = ()
+) -> None:
+    unknown = sorted(set(data) - keys - set(optional))
     if unknown:
         raise ManifestInvalid(f"{what} has unknown field {str(unknown[0])[:40]!r}")
     missing = sorted(keys - set(data))
@@ -314,29 +418,107 @@ def _did(value: object, what: str) -> str:
     return value
 
 
-def program_digest(path: str | os.PathLike[str]) -> str:
+def program_digest(
+    path: str | os.PathLike[str], *, error: type[Exception] = BadSessionParameters
+) -> str:
+    """SHA-256 (hex) of a single-file program."""
     p = Path(path)
     try:
+        if not p.is_file():
+            raise error(f"program {p} is not a file")
         size = p.stat().st_size
         if size > MAX_PROGRAM_BYTES:
-            raise BadSessionParameters(
-                f"program {p} is {size} bytes; the limit is {MAX_PROGRAM_BYTES}"
-            )
+            raise error(f"program {p} is {size} bytes; the limit is {MAX_PROGRAM_BYTES}")
         return hashlib.sha256(p.read_bytes()).hexdigest()
     except OSError as exc:
-        raise BadSessionParameters(f"cannot read program {p}: {exc.strerror}") from None
+        raise error(f"cannot read program {p}: {exc.strerror}") from None
 
 
-def verify_program(manifest: Manifest, path: str | os.PathLike[str]) -> None:
-    """Raise :class:`ProgramDigestMismatch` unless the file's SHA-256 is the manifest's."""
-    got = program_digest(path)
-    if not hmac.compare_digest(got, manifest.program.sha256):
-        raise ProgramDigestMismatch(
-            f"program {os.fspath(path)} has SHA-256 {got[:16]}..., but session "
-            f"{manifest.session_id[:8]} (organizer {manifest.organizer[:32]}...) agreed on "
-            f"{manifest.program.name} with SHA-256 {manifest.program.sha256[:16]}...; "
-            "nothing starts"
-        )
+@dataclass(frozen=True)
+class LocalProgram:
+    """Where this party's checked copy of the agreed program is."""
+
+    root: Path  # the folder the program runs in (working directory, on sys.path)
+    entry: Path  # the file run as __main__
+
+
+def verify_program(manifest: Manifest, path: str | os.PathLike[str]) -> LocalProgram:
+    """Check this party's copy of the program against the manifest, file by file.
+
+    A single-file program must have the agreed SHA-256. For a bundle, ``path`` is its
+    folder (or the entry file in it): every agreed file must be there with the agreed
+    bytes, and no other file the selection rules take in. Raises
+    :class:`ProgramDigestMismatch` naming the first file that differs."""
+    prog = manifest.program
+    p = Path(path)
+    sid = manifest.session_id[:8]
+    if not prog.is_bundle:
+        if p.is_dir():
+            p = p / prog.name
+        got = program_digest(p, error=ProgramDigestMismatch)
+        if not hmac.compare_digest(got, prog.sha256):
+            exc = ProgramDigestMismatch(
+                f"program {os.fspath(path)} has SHA-256 {got[:16]}..., but session "
+                f"{sid} (organizer {manifest.organizer[:32]}...) agreed on "
+                f"{prog.name} with SHA-256 {prog.sha256[:16]}...; nothing starts"
+            )
+            exc.file = prog.name
+            raise exc
+        return LocalProgram(p.resolve().parent, p.resolve())
+    root = _bundle_root(prog, p, sid)
+    local = bundles.collect(root, prog.include, prog.exclude, error=ProgramDigestMismatch)
+    bundles.compare(prog.files, local, where=os.fspath(root), session=sid)
+    if not hmac.compare_digest(bundles.bundle_digest(local), prog.sha256):  # belt and braces
+        raise ProgramDigestMismatch(f"the bundle in {root} differs from session {sid}'s")
+    real = root.resolve()
+    return LocalProgram(real, real.joinpath(*prog.name.split("/")))
+
+
+def _bundle_root(prog: ProgramRef, p: Path, sid: str) -> Path:
+    if p.is_dir():
+        return p
+    parts = prog.name.split("/")
+    if p.is_file() and p.parts[-len(parts):] == tuple(parts):
+        root = p
+        for _ in parts:
+            root = root.parent
+        return root
+    raise ProgramDigestMismatch(
+        f"session {sid} agreed on a bundle of {len(prog.files)} files with entry "
+        f"{prog.name}: give its folder (not {os.fspath(p)}); nothing starts"
+    )
+
+
+def check_args(manifest: Manifest, given: Sequence[str]) -> list[str]:
+    """The arguments to run the program with: the agreed ones, plus MPyC's local-only
+    :data:`LOCAL_MPYC_FLAGS`. ``given`` (what this party typed; empty means "the
+    agreed ones") must otherwise equal them; else :class:`ProgramArgsMismatch` names
+    the first argument that differs."""
+    agreed = list(manifest.program.args)
+    local = [a for a in given if a in LOCAL_MPYC_FLAGS and a not in agreed]
+    typed = [a for a in given if not (a in LOCAL_MPYC_FLAGS and a not in agreed)]
+    if typed and typed != agreed:
+        sid = manifest.session_id[:8]
+        agreed_text = " ".join(agreed) if agreed else "no arguments"
+        for i in range(max(len(typed), len(agreed))):
+            have = typed[i] if i < len(typed) else None
+            want = agreed[i] if i < len(agreed) else None
+            if have == want:
+                continue
+            if have is None:
+                what = neutral = f"argument {i + 1} {want!r} is missing"
+            elif want is None:
+                what = neutral = f"argument {i + 1} {have!r} was not agreed"
+            else:
+                what = f"argument {i + 1} is {have!r} here but {want!r} was agreed"
+                neutral = f"argument {i + 1} is {have!r}, not the agreed {want!r}"
+            exc = ProgramArgsMismatch(
+                f"{what}: session {sid} agreed on {agreed_text} (leave the arguments out "
+                "to use them; private inputs go in --input NAME=VALUE); nothing starts"
+            )
+            exc.argument = neutral
+            raise exc
+    return agreed + local
 
 
 def check_mpyc(manifest: Manifest, version: str | None = None) -> None:
@@ -364,6 +546,10 @@ def new_manifest(
     valid_for: timedelta = DEFAULT_VALIDITY,
     mpyc_range: str | None = None,
     args: Sequence[str] = (),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    entry: str | None = None,
+    inputs: Sequence[str] = (),
     rng: Callable[[int], bytes] = os.urandom,
 ) -> Manifest:
     """A new manifest with a fresh 128-bit session id (BadSessionParameters on bad input)."""
@@ -385,9 +571,7 @@ def new_manifest(
     if not timedelta(minutes=1) <= valid_for <= MAX_VALIDITY:
         raise BadSessionParameters("--valid-for must be between 1m and 30d")
     path = Path(program)
-    digest = program_digest(path)
-    if not _PROGRAM_NAME_RE.match(path.name):
-        raise BadSessionParameters(f"program file name {path.name!r} has unusual characters")
+    ref = program_ref(path, include=include, exclude=exclude, entry=entry)
     mrange = mpyc_range or default_mpyc_range()
     try:
         parse_version_range(mrange)
@@ -395,7 +579,8 @@ def new_manifest(
         raise BadSessionParameters(f"--mpyc: {exc}") from None
     if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_CHARS for a in args):
         raise BadSessionParameters(f"at most {MAX_ARGS} program arguments of <= 256 chars")
-    label = name or path.stem
+    _check_roster_budget(ref, parties)
+    label = name or (path.resolve().name if ref.is_bundle else Path(ref.name).stem)
     if not 0 < len(label) <= MAX_NAME_CHARS or not label.isprintable():
         raise BadSessionParameters(f"--name must be 1..{MAX_NAME_CHARS} printable characters")
     start = now.astimezone(UTC).replace(microsecond=0)
@@ -403,7 +588,8 @@ def new_manifest(
         session_id=rng(SESSION_ID_BYTES).hex(),
         name=label,
         organizer=organizer,
-        program=ProgramRef(path.name, digest, mrange, tuple(args)),
+        program=ProgramRef(ref.name, ref.sha256, mrange, tuple(args), ref.files, ref.include,
+                           ref.exclude, _input_names(inputs)),
         parties=parties,
         threshold=t,
         relays=tuple(urls),
@@ -411,3 +597,93 @@ def new_manifest(
         valid_until=start + valid_for,
     )
     return Manifest.from_json(manifest.to_json())  # one validation path
+
+
+def _input_names(names: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for name in names:
+        if not INPUT_NAME_RE.match(name):
+            raise BadSessionParameters(
+                f"--input-name {name[:40]!r}: letters, digits and _, at most 64, not a digit first"
+            )
+        if name.upper() in out:
+            raise BadSessionParameters(f"--input-name {name} is given twice")
+        out.append(name.upper())
+    if len(out) > MAX_INPUTS:
+        raise BadSessionParameters(f"at most {MAX_INPUTS} --input-name")
+    return tuple(out)
+
+
+def check_inputs(manifest: Manifest, names: Sequence[str]) -> None:
+    """If the manifest declares its private inputs, every name given must be one of them
+    (a typo would otherwise leave the program on its default): BadSessionParameters."""
+    declared = manifest.program.inputs
+    if not declared:
+        return
+    for name in names:
+        if name.upper() not in declared:
+            raise BadSessionParameters(
+                f"{name} is not a private input of session {manifest.session_id[:8]}; it "
+                f"takes {', '.join(declared)}; nothing starts"
+            )
+
+
+#: a bundle's file list travels in every invite, so m times in the roster message: at most
+#: this many bytes of listings per roster keep it within what relays take by default
+#: (64 KiB per envelope) up to m = 10 (specs/session-protocol.md, 2.1)
+MAX_BUNDLE_ROSTER_BYTES = 24 * 1024
+
+
+def _check_roster_budget(ref: ProgramRef, parties: int) -> None:
+    if not ref.is_bundle:
+        return
+    listing = len(json.dumps(ref.to_json().get("bundle"), separators=(",", ":")))
+    if listing * parties > MAX_BUNDLE_ROSTER_BYTES:
+        raise BadSessionParameters(
+            f"the list of {len(ref.files)} bundle files takes {listing} bytes, carried once "
+            f"per party: {listing * parties} bytes for {parties} parties, above the "
+            f"{MAX_BUNDLE_ROSTER_BYTES} that keep the roster within a relay's default message "
+            "size; bundle fewer files (--include/--exclude) or pack data files into one"
+        )
+
+
+def program_ref(
+    path: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
+    entry: str | None = None,
+) -> ProgramRef:
+    """The program part of a new manifest (MPyC range and arguments left empty): a
+    single file as before, or a folder as a bundle (BadSessionParameters on bad input)."""
+    if not path.is_dir():
+        if include or exclude or entry:
+            raise BadSessionParameters(
+                "--include, --exclude and --entry apply to a program folder, not a file"
+            )
+        digest = program_digest(path)
+        if not _PROGRAM_NAME_RE.match(path.name):
+            raise BadSessionParameters(f"program file name {path.name!r} has unusual characters")
+        return ProgramRef(path.name, digest, "")
+    if len(include) + len(exclude) > bundles.MAX_PATTERNS:
+        raise BadSessionParameters(f"at most {bundles.MAX_PATTERNS} --include/--exclude patterns")
+    files = tuple(bundles.collect(path, include, exclude))
+    if not files:
+        raise BadSessionParameters(f"the folder {path} holds no file to bundle")
+    names = [f.path for f in files]
+    if entry is not None:
+        entry = Path(entry).as_posix().removeprefix("./")
+        if entry not in names:
+            raise BadSessionParameters(f"--entry {entry} is not a file of the bundle in {path}")
+    else:
+        top = [n for n in names if "/" not in n and n.endswith(".py")]
+        for candidate in ("__main__.py", "main.py"):
+            if candidate in names:
+                entry = candidate
+                break
+        else:
+            if len(top) != 1:
+                raise BadSessionParameters(
+                    f"which file of {path} is the program? name it with --entry FILE "
+                    "(or call it main.py)"
+                )
+            entry = top[0]
+    return ProgramRef(entry, bundles.bundle_digest(files), "", (), files, tuple(include),
+                      tuple(exclude))

@@ -58,7 +58,7 @@ def agreed_session(tmp_path: Path, relay: str, program: Path) -> tuple[str, list
     homes = [tmp_path / n for n in ("alice", "bob", "carol")]
     dids = [ok(h, "id", "new", "--no-passphrase")["did"] for h in homes]
     sid = ok(homes[0], "session", "new", "--program", str(program), "--parties", "3",
-             "--relay", relay, "--name", "mesh e2e")["sessionId"]
+             "--relay", relay, "--name", "mesh e2e", "--no-direct")["sessionId"]
     ok(homes[0], "contacts", "add", "bob", dids[1])
     ok(homes[0], "invite", sid[:8], "--to", "bob")
     code = ok(homes[0], "invite", sid, "--code", "--no-wait")["code"]

@@ -14,6 +14,7 @@ from ..errors import BadSessionParameters, ConfirmationRequired, SessionUsageErr
 from ..manifest import Manifest, check_mpyc, verify_program
 from ..state import Role, Status
 from .common import add_identity_args
+from .endpoints import add_endpoint_args, announced_endpoints
 from .output import Output
 from .session_support import (
     add_relay,
@@ -37,12 +38,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                          parents=[common])  # fmt: skip
     acc.add_argument("session", metavar="SESSION")
     acc.add_argument("--yes", action="store_true", help="accept without asking (for scripts)")
-    acc.add_argument("--endpoint", action="append", default=[], metavar="tcp://HOST:PORT",
-                     help="where your mesh listens (repeatable; default: relay only)")  # fmt: skip
+    add_endpoint_args(acc)
     acc.add_argument("--credential", action="append", default=[], metavar="FILE",
                      help="present this credential (for a seat that requires one)")  # fmt: skip
-    acc.add_argument("--program", default=None, metavar="FILE",
-                     help="check that FILE is the program of the session (SHA-256)")  # fmt: skip
+    acc.add_argument("--program", default=None, metavar="PATH",
+                     help="check that PATH (a file, or a bundle's folder) is the session's "
+                     "program, file by file")  # fmt: skip
     acc.add_argument("--wait", action="store_true",
                      help="then wait until every party agreed on the roster")  # fmt: skip
     add_relay(acc)
@@ -115,7 +116,8 @@ def cmd_accept(args: argparse.Namespace, out: Output) -> int:
     if not _ask("Accept this invite? [y/N] ", args.yes):
         out.result({"sessionId": sid, "accepted": False}, "not accepted")
         return 1
-    engine.accept(sid, endpoints=args.endpoint, credentials=creds)
+    endpoints = announced_endpoints(args, engine.key, manifest.relays, out)
+    engine.accept(sid, endpoints=endpoints, credentials=creds)
     delivered = flush_now(engine, sid, out)
     if not args.wait:
         out.result(

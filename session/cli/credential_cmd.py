@@ -8,7 +8,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from didmesh.identity.credentials import (
     VERIFIABLE_PRESENTATION,
@@ -25,6 +25,9 @@ from didmesh.identity.resolver import did_method
 
 from .common import add_identity_args, load_identity
 from .output import Output
+
+if TYPE_CHECKING:
+    from ..mesh.receipt import TrailReport
 
 V2_CONTEXT = "https://www.w3.org/ns/credentials/v2"
 DIDMESH_CONTEXT = "https://didmesh.dev/ns/v1"
@@ -74,7 +77,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     ver = sub.add_parser(
         "verify",
-        help="verify credentials or presentations (exit 0 if all valid)",
+        help="verify credentials or presentations (exit 0 if all valid); several run "
+        "receipts are also checked as one run's complete trail",
         parents=[common],
     )
     ver.add_argument("files", nargs="+", metavar="FILE", help="VC or VP JSON files ('-' = stdin)")
@@ -167,7 +171,10 @@ def _verify_one(data: bytes, args: argparse.Namespace, now: datetime) -> dict[st
     )
     if not is_vp:
         vc = verify_credential(doc, now=now, expected_issuer=args.issuer)
-        return {"kind": "credential", **_describe(vc)}
+        info = {"kind": "credential", **_describe(vc)}
+        if "RunReceipt" in vc.types:
+            info["runReceipt"] = vc.document["credentialSubject"]
+        return info
     notes = []
     challenge, domain = args.challenge, args.domain
     if challenge is None:
@@ -202,8 +209,25 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
             )
     all_valid = all(r["valid"] for r in results)
     when = f"valid at {format_datetime(now)}" if args.at else "valid now"
+    receipts = [(r["file"], r["issuer"], r["runReceipt"]) for r in results if "runReceipt" in r]
+    trail = None
+    if len(receipts) >= 2:
+        from ..mesh.receipt import check_trail  # the mesh only when receipts are given
+
+        trail = check_trail(receipts)
+    all_valid = all_valid and (trail is None or trail.complete)
     if out.json_mode:
-        out.result({"valid": all_valid, "checkedAt": format_datetime(now), "results": results})
+        doc: dict[str, Any] = {"valid": all_valid, "checkedAt": format_datetime(now),
+                               "results": results}
+        if trail is not None:
+            doc["trail"] = {
+                "complete": trail.complete, "sessionId": trail.session_id,
+                "rosterHash": trail.roster_hash, "digest": trail.digest,
+                "parties": {str(k): v for k, v in trail.parties.items()},
+                "receipts": {str(k): v for k, v in trail.present.items()},
+                "missing": list(trail.missing), "problems": trail.problems(),
+            }
+        out.result(doc)
     else:
         for r in results:
             if not r["valid"]:
@@ -219,7 +243,22 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
                     out.line("  " + _human_vc(out, "contains", c, when))
                 for note in r["notes"]:
                     out.line(f"  note: {note}")
+        if trail is not None:
+            _human_trail(out, trail)
     return 0 if all_valid else 1
+
+
+def _human_trail(out: Output, trail: TrailReport) -> None:
+    """Several run receipts: are they one run's complete audit trail?"""
+    run = f"session {trail.session_id}, roster {trail.roster_hash[:16]}..."
+    if trail.complete:
+        out.line(f"{out.ok('COMPLETE')}  run trail: {run}: all {len(trail.parties)} parties "
+                 "signed a receipt, each once")
+        return
+    out.line(f"{out.bad('INCOMPLETE')}  run trail: {run} ({len(trail.present)} of "
+             f"{len(trail.parties)} parties)")
+    for problem in trail.problems():
+        out.line(f"  {problem}")
 
 
 def _human_vc(out: Output, label: str, r: dict[str, Any], when: str) -> str:

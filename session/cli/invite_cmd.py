@@ -23,6 +23,7 @@ from .session_support import (
     flush_now,
     pump,
     relays_of,
+    render_program,
     session_view,
     sync,
     who,
@@ -192,14 +193,17 @@ def cmd_invites(args: argparse.Namespace, out: Output) -> int:
     for v in views:
         org = v["organizerName"] or v["organizer"]
         req = v.get("requires")
+        sid = v["sessionId"][:12]
         out.line(
-            f"{out.bold(v['sessionId'][:12])}  {v['name']!r} from {org}\n"
-            f"    {v['program']['name']} (sha256 {v['program']['sha256'][:16]}...), "
-            f"{v['parties']} parties, threshold {v['threshold']}, until {v['validUntil']}"
+            f"{out.bold(sid)}  {v['name']!r} from {org}\n"
+            f"    {v['parties']} parties, threshold {v['threshold']}, until {v['validUntil']}\n"
+            + "\n".join(render_program(v["program"], indent="    "))
             + (f"\n    requires a credential from {req['issuer']}" if req else "")
             + (f"\n    status {v['status']}" if args.all else "")
         )
-    out.line(out.dim("accept with: didmesh accept SESSION   (decline: didmesh decline SESSION)"))
+        if v["status"] == Status.INVITED:
+            out.line(out.dim(f"    accept with: didmesh accept {sid}   "
+                             f"(decline: didmesh decline {sid})"))
     return 0
 
 

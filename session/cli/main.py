@@ -3,8 +3,9 @@
 Each command group lives in its own module with a ``register(subparsers)`` function
 that adds its sub-commands and sets ``func`` on them. ``main`` maps the error tree
 to exit codes: 0 success, 1 a check failed (bad input from someone else), 2 local
-misuse or configuration, 130 interrupted. Expected failures print one line, never a
-traceback (set DIDMESH_DEBUG=1 to see one).
+misuse or configuration, 130 interrupted, 141 when the reader of stdout went away (as
+in ``didmesh status S | head -3``: no error is printed then). Expected failures print
+one line, never a traceback (set DIDMESH_DEBUG=1 to see one).
 """
 
 from __future__ import annotations
@@ -36,11 +37,32 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+class _Version(argparse.Action):
+    """``--version``: didmesh's and the installed MPyC's versions (looked up only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print didmesh's version (and MPyC's) and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def of(name: str) -> str:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                return "not installed"
+
+        print(f"didmesh {of('didmesh')} (MPyC {of('mpyc')}, Python {sys.version.split()[0]})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="didmesh",
         description="Decentralized-identity sessions for multiparty computation with MPyC.",
     )
+    parser.add_argument("--version", action=_Version)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--home",
@@ -66,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (``| head``): stop quietly, like a SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Output(json_mode=bool(getattr(args, "json", False)))

@@ -1,20 +1,43 @@
-"""``didmesh run SESSION -- program.py [args]``: run the agreed MPyC program over the mesh.
+"""``didmesh run SESSION [-- PROGRAM [ARGS]]``: run the agreed MPyC program over the mesh.
 
-Checks first that the program file's SHA-256 is the one the manifest agreed on, then
-takes this party's id from the agreed roster, brings up the mesh (direct or relayed per
-pair), prints the connectivity check and runs the unmodified program as this party
-(specs/mesh.md, sections 6-10). The program's own output goes to stdout; the mesh's to
-stderr. When the run completes this party's signed RunReceipt is written next to the
-session state (``receipt-<party>.json``) or to ``--receipt``.
+Checks first that this party's copy of the program is the one the manifest agreed on
+(the file's SHA-256, or every file of a bundle) and that the arguments are the agreed
+ones; then takes this party's id from the agreed roster, brings up the mesh (direct or
+relayed per pair), prints the connectivity check and runs the unmodified program as this
+party (a bundle from its own folder; specs/mesh.md, sections 6-10). A party whose copy or
+arguments differ still connects, only to tell every peer (signed abort) why nothing
+starts. Private inputs (``--input NAME=VALUE``) reach the program as environment
+variables ``DIDMESH_INPUT_<NAME>``. The program's own output goes to stdout; the mesh's
+to stderr. When the run completes this party's signed RunReceipt is written next to the
+session state (``receipt-<party>.json``) or to ``--receipt`` (relative to the directory
+the command was run from).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from didmesh.session.manifest import verify_program
+from didmesh.identity.errors import DidmeshError
+from didmesh.session.errors import (
+    BadSessionParameters,
+    ProgramArgsMismatch,
+    ProgramDigestMismatch,
+    SessionUsageError,
+)
+from didmesh.session.manifest import (
+    INPUT_NAME_RE,
+    Manifest,
+    check_args,
+    check_inputs,
+    verify_program,
+)
 from didmesh.session.mesh.faults import PlanError
 from didmesh.session.mesh.plan import from_roster
 from didmesh.session.mesh.runner import run_program
@@ -29,13 +52,29 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "run",
         help="run the session's MPyC program over the authenticated mesh",
         parents=[common],
+        usage="didmesh run [options] SESSION [-- PROGRAM [ARGS ...]]",
         description="Run the agreed MPyC program as this party: "
-        "didmesh run SESSION -- program.py [program args]",
+        "didmesh run SESSION -- PROGRAM [ARGS]. PROGRAM is the program file, or the "
+        "folder of a bundle; ARGS, if given, must be the agreed arguments (MPyC's "
+        "--no-log may be added). Private inputs: --input NAME=VALUE, read by the "
+        "program from the environment variable DIDMESH_INPUT_NAME.",
     )
     p.add_argument("session", metavar="SESSION")
-    p.add_argument("program", metavar="PROGRAM", help="the program file (after --)")
-    p.add_argument("program_args", nargs=argparse.REMAINDER, metavar="ARGS",
-                   help="program arguments (default: the manifest's)")
+    program = p.add_argument("program", metavar="PROGRAM", default=None,
+                             help="the program file or bundle folder (after --)")
+    rest = p.add_argument("program_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                          help="program arguments (optional; default and only choice: the "
+                          "agreed ones)")
+    # both optional, yet matched as "one, then the rest", so that options may come
+    # between SESSION and "--" (nargs="?" would let ARGS swallow them); cmd_run says
+    # what is missing
+    program.required = rest.required = False
+    p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
+                   help="a private input of this party, given to the program as the "
+                   "environment variable DIDMESH_INPUT_<NAME> (repeatable)")
+    p.add_argument("--input-file", action="append", default=[], metavar="NAME=PATH",
+                   help="a private input file of this party: the program finds its absolute "
+                   "path in DIDMESH_INPUT_<NAME>_FILE (repeatable)")
     paths = p.add_mutually_exclusive_group()
     paths.add_argument("--direct-only", action="store_true",
                        help="connect every pair directly over TCP, never through a relay")
@@ -46,45 +85,169 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--connect-timeout", type=float, default=120.0, metavar="S",
                    help="seconds for every pair to connect (default 120)")
     p.add_argument("--receipt", default=None, metavar="FILE",
-                   help="where to write this party's signed run receipt")
+                   help="where to write this party's signed run receipt (default: "
+                   "receipt-PARTY.json in the session's folder under the didmesh home)")
     add_identity_args(p)
     p.set_defaults(func=cmd_run)
 
 
+INPUT_PREFIX = "DIDMESH_INPUT_"
+MAX_INPUT_CHARS = 64 * 1024
+#: how long a party that refuses to start waits for its peers, to tell them why
+TELL_SECONDS = 10.0
+
+
+def parse_inputs(items: Sequence[str], files: Sequence[str] = ()) -> dict[str, str]:
+    """``NAME=VALUE`` items -> environment variables ``DIDMESH_INPUT_<NAME>``, and
+    ``NAME=PATH`` file items -> ``DIDMESH_INPUT_<NAME>_FILE`` = the file's absolute path
+    (taken from where the command runs, since a bundle runs in its own folder)."""
+    env: dict[str, str] = {}
+    for option, item in [("--input", i) for i in items] + [("--input-file", f) for f in files]:
+        name, sep, value = item.partition("=")
+        if not sep or not INPUT_NAME_RE.match(name):
+            raise BadSessionParameters(
+                f"{option} {item[:40]!r}: give NAME=VALUE, NAME of letters, digits and _"
+            )
+        if len(value) > MAX_INPUT_CHARS or "\0" in value:
+            raise BadSessionParameters(f"{option} {name}: the value is too long or has a NUL")
+        key = INPUT_PREFIX + name.upper()
+        if option == "--input-file":
+            key += "_FILE"
+            if not os.path.isfile(value):
+                raise BadSessionParameters(f"--input-file {name}: {value} is not a file")
+            value = os.path.abspath(value)
+        if key in env:
+            raise BadSessionParameters(f"{option} {name} is given twice")
+        env[key] = value
+    return env
+
+
+def _peer_reason(exc: DidmeshError) -> str:
+    """What the peers are told (short, no local paths) when this party refuses to start."""
+    if isinstance(exc, ProgramDigestMismatch):
+        what = f"{exc.file} {exc.problem}" if exc.file else "it is not the agreed one"
+        return f"its copy of the program differs: {what[:160]}; nothing starts"
+    if isinstance(exc, ProgramArgsMismatch):
+        return f"its program arguments differ: {(exc.argument or '')[:160]}; nothing starts"
+    return exc.message[:250]
+
+
 def cmd_run(args: argparse.Namespace, out: Output) -> int:
+    try:  # relative to where the command runs, not to where the program runs
+        receipt_arg = Path(os.path.abspath(args.receipt)) if args.receipt else None
+    except OSError as exc:
+        raise BadSessionParameters(
+            f"--receipt {args.receipt}: the current directory is gone ({exc.strerror}); "
+            "give an absolute path") from None
+    inputs = parse_inputs(args.input, args.input_file)
     identity = load_identity(args)
     store = store_of(args)
     stored = store.load(store.resolve(args.session))
     manifest = stored.manifest
-    verify_program(manifest, args.program)  # nothing starts with another program
+    sid = manifest.session_id[:8]
+    given_inputs = [i.partition("=")[0].upper() for i in [*args.input, *args.input_file]]
+    check_inputs(manifest, given_inputs)  # a typo in a name is refused here, before all
+    if args.program is None:
+        what = (f"the folder of its {len(manifest.program.files)}-file bundle"
+                if manifest.program.is_bundle else f"its file {manifest.program.name}")
+        raise SessionUsageError(
+            f"which program? session {sid} agreed on {manifest.program.name}: give "
+            f"{what}, as in: didmesh run {sid} -- PATH"
+        )
+    given = list(args.program_args or [])
+    if given[:1] == ["--"]:
+        given = given[1:]
+    refusal: DidmeshError | None = None
+    local = None
+    prog_args: list[str] = []
+    try:  # nothing starts with another program or other arguments
+        local = verify_program(manifest, args.program)
+        prog_args = check_args(manifest, given)
+    except (ProgramDigestMismatch, ProgramArgsMismatch) as exc:
+        refusal = exc
     roster = stored.agreed_roster
     if roster is None:
+        if refusal is not None:
+            raise refusal
         raise PlanError(
-            f"session {manifest.session_id[:8]} has no agreed roster yet "
+            f"session {sid} has no agreed roster yet "
             "(wait with: didmesh status SESSION --wait)"
         )
     if stored.session_private_key is None:
-        raise PlanError(f"no session key for {manifest.session_id[:8]} on this machine")
+        raise refusal or PlanError(f"no session key for {sid} on this machine")
     plan = from_roster(roster, my_did=identity.did,
                        my_static_private=stored.session_private_key,
                        petnames=labels_of(args))
-    prog_args = list(args.program_args)
-    if prog_args[:1] == ["--"]:
-        prog_args = prog_args[1:]
-    if not prog_args:
-        prog_args = list(manifest.program.args)
+    if refusal is not None:
+        _tell_peers(plan, identity, args, refusal, out, args.program)
+        raise refusal
+    assert local is not None
     out.progress(f"running {manifest.program.name} as {plan.describe(plan.my_party_id)} "
                  f"of {plan.m}")
+    for name in manifest.program.inputs:
+        if name not in given_inputs:
+            out.progress(f"note: no --input {name}=... given; the program decides what that means")
+    os.environ.update(inputs)
     result = run_program(
-        plan, args.program, prog_args, direct_only=args.direct_only,
+        plan, str(local.entry), prog_args, direct_only=args.direct_only,
         relay_only=args.relay_only, timeout=args.timeout, identity=identity,
         connect_timeout=args.connect_timeout, report=out.progress, hard_exit=True,
+        workdir=str(local.root) if manifest.program.is_bundle else None,
+        digest="sha256:" + manifest.program.sha256,
     )
-    receipt_path = Path(args.receipt) if args.receipt else (
-        stored.path / f"receipt-{plan.my_party_id}.json")
+    default_path = stored.path / f"receipt-{plan.my_party_id}.json"
+    receipt_path = receipt_arg or default_path
     if result.receipt is not None:
-        receipt_path.write_text(json.dumps(result.receipt, indent=2))
+        receipt_path = _write_receipt(result.receipt, receipt_path, default_path, manifest)
     out.progress(f"run complete; receipt: {receipt_path}")
     out.result({"ok": True, "session": manifest.session_id, "party": plan.my_party_id,
                 "receipt": str(receipt_path), "setup_seconds": result.setup_seconds})
     return result.exit_code
+
+
+def _tell_peers(plan: Any, identity: Any, args: argparse.Namespace, refusal: DidmeshError,
+                out: Output, program: str) -> None:
+    """Connect only to send every peer a signed abort saying why nothing starts here."""
+    wait = min(TELL_SECONDS, args.connect_timeout)
+    out.progress(f"nothing starts here; telling the other parties why (up to {wait:g} s; "
+                 "Ctrl-C stops)")
+    tell = type(refusal)(_peer_reason(refusal))
+    try:
+        run_program(plan, program, [], direct_only=args.direct_only,
+                    relay_only=args.relay_only, timeout=args.timeout, identity=identity,
+                    connect_timeout=wait, report=lambda _: None, hard_exit=False,
+                    refuse=tell)
+    except (DidmeshError, OSError, KeyboardInterrupt):
+        pass  # the local refusal is what this party reports (also after Ctrl-C)
+
+
+def _write_receipt(doc: dict[str, Any], path: Path, fallback: Path,
+                   manifest: Manifest) -> Path:
+    """Write the receipt; if that fails, save it elsewhere and say where (one line)."""
+    text = json.dumps(doc, indent=2)
+    try:
+        path.write_text(text)
+        return path
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    for other in (fallback, None):
+        try:
+            if other is None:
+                fd, name = tempfile.mkstemp(
+                    prefix=f"didmesh-receipt-{manifest.session_id[:8]}-", suffix=".json")
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(text)
+                other = Path(name)
+            elif other == path:
+                continue
+            else:
+                other.write_text(text)
+        except OSError:
+            continue
+        print(f"didmesh: could not write the receipt to {path} ({reason}); "
+              f"it is in {other}", file=sys.stderr, flush=True)
+        return other
+    print(f"didmesh: could not write the receipt to {path} ({reason}) nor elsewhere; "
+          "here it is:", file=sys.stderr, flush=True)
+    print(text, file=sys.stderr, flush=True)
+    return path

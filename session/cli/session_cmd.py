@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ..engine import utcnow
+from ..errors import BadSessionParameters
 from ..manifest import new_manifest, parse_duration
 from ..state import ENDED, Status
 from .common import add_identity_args
+from .endpoints import add_endpoint_args, announced_endpoints
 from .output import Output
 from .session_support import (
     add_timeout,
@@ -29,21 +31,35 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     new = ss.add_parser("new", help="create a session (you organize it, as party 0)",
                         parents=[common])  # fmt: skip
-    new.add_argument("--program", required=True, metavar="FILE", help="the MPyC program")
+    new.add_argument("--program", required=True, metavar="PATH",
+                     help="the MPyC program: a file, or a folder (a bundle: every file in it "
+                     "is agreed, and the program runs from that folder)")
+    new.add_argument("--entry", default=None, metavar="FILE",
+                     help="with a folder: the file to run (default: __main__.py, main.py or "
+                     "the only top-level .py file)")
+    new.add_argument("--include", action="append", default=[], metavar="GLOB",
+                     help="with a folder: bundle only files matching GLOB (repeatable)")
+    new.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                     help="with a folder: leave out files matching GLOB (repeatable; "
+                     "__pycache__, *.pyc and hidden files are always left out)")
     new.add_argument("--parties", required=True, type=int, metavar="M", help="number of parties")
     new.add_argument("--threshold", type=int, default=None, metavar="T",
                      help="MPyC threshold t (default: (m-1)//2)")  # fmt: skip
     new.add_argument("--relay", action="append", required=True, metavar="URL",
                      help="relay URL (repeatable; messages go through all)")  # fmt: skip
-    new.add_argument("--name", default=None, help="a human name (default: the program's stem)")
+    new.add_argument("--name", default=None,
+                     help="a human name (default: the program file's stem or folder's name)")
     new.add_argument("--valid-for", default="24h", metavar="DURATION",
                      help="validity window, e.g. 30m, 2h, 7d (default: 24h)")  # fmt: skip
     new.add_argument("--mpyc", default=None, metavar="RANGE",
                      help="MPyC version range (default: the installed minor version)")  # fmt: skip
     new.add_argument("--arg", action="append", default=[], metavar="ARG",
-                     help="a fixed program argument (repeatable)")  # fmt: skip
-    new.add_argument("--endpoint", action="append", default=[], metavar="tcp://HOST:PORT",
-                     help="where your mesh listens (repeatable; default: relay only)")  # fmt: skip
+                     help="a program argument every party runs with (repeatable, in order; "
+                     "e.g. --arg=--size --arg=5)")  # fmt: skip
+    new.add_argument("--input-name", action="append", default=[], metavar="NAME",
+                     help="a private input each party gives with 'run --input NAME=VALUE' "
+                     "(repeatable; declared names catch typos)")  # fmt: skip
+    add_endpoint_args(new)
     add_identity_args(new)
     new.set_defaults(func=cmd_new)
 
@@ -72,6 +88,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def cmd_new(args: argparse.Namespace, out: Output) -> int:
+    from ..mesh.faults import ReservedOption
+    from ..mesh.mpyc_bridge import mpyc_argv
+
+    try:  # the agreed arguments must not set what didmesh sets (else no run could start)
+        mpyc_argv("program", args.arg, party_id=0, m=args.parties)
+    except ReservedOption as exc:
+        raise BadSessionParameters(f"--arg: {exc.message}") from None
     engine = engine_of(args)
     manifest = new_manifest(
         organizer=engine.key.did,
@@ -83,9 +106,14 @@ def cmd_new(args: argparse.Namespace, out: Output) -> int:
         valid_for=parse_duration(args.valid_for),
         mpyc_range=args.mpyc,
         args=args.arg,
+        include=args.include,
+        exclude=args.exclude,
+        entry=args.entry,
+        inputs=args.input_name,
         now=utcnow(),
     )
-    state = engine.create_session(manifest, args.endpoint)
+    state = engine.create_session(
+        manifest, announced_endpoints(args, engine.key, manifest.relays, out))
     engine.store.remember_relays(list(manifest.relays))
     view = session_view(state, engine.labels)
     out.result(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -99,9 +100,16 @@ def pump(
     timeout: float,
     what: str,
     quiet_timeout: bool = False,
+    only: str | None = None,
 ) -> bool:
     """Run the engine's pump over ``urls``; True if ``until()`` became true. With
-    ``quiet_timeout`` a timeout returns False instead of raising."""
+    ``quiet_timeout`` a timeout returns False instead of raising. With ``only`` (a
+    session id) only that session's events are printed (the others are still handled)."""
+
+    def note(n: Note) -> None:
+        if only is None or n.session_id == only:
+            show_note(out, n)
+
 
     async def go() -> None:
         box = factory(out)(engine.key, urls)
@@ -110,7 +118,7 @@ def pump(
                 box,
                 until=until,
                 timeout=timeout,
-                on_note=lambda n: show_note(out, n),
+                on_note=note,
                 factory=factory(out),
                 what=what,
             )
@@ -232,12 +240,7 @@ def session_view(state: SessionState, labels: dict[str, str]) -> dict[str, Any]:
         "me": state.me,
         "organizer": manifest.organizer,
         "organizerName": labels.get(manifest.organizer),
-        "program": {
-            "name": manifest.program.name,
-            "sha256": manifest.program.sha256,
-            "mpyc": manifest.program.mpyc,
-            "args": list(manifest.program.args),
-        },
+        "program": program_view(manifest),
         "parties": manifest.parties,
         "threshold": manifest.threshold,
         "relays": list(manifest.relays),
@@ -287,6 +290,50 @@ def session_view(state: SessionState, labels: dict[str, str]) -> dict[str, Any]:
     return view
 
 
+def program_view(manifest: Manifest) -> dict[str, Any]:
+    prog = manifest.program
+    view: dict[str, Any] = {
+        "name": prog.name, "sha256": prog.sha256, "mpyc": prog.mpyc, "args": list(prog.args),
+    }
+    if prog.inputs:
+        view["inputs"] = list(prog.inputs)
+    if prog.is_bundle:
+        view["bundle"] = {
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in prog.files],
+            "totalSize": prog.total_size,
+            "include": list(prog.include),
+            "exclude": list(prog.exclude),
+        }
+    return view
+
+
+def render_program(prog: dict[str, Any], indent: str = "  ") -> list[str]:
+    """The program as an invitee should see it before accepting: entry, digest,
+    arguments and, for a bundle, every file with its size."""
+    args = " ".join(shlex.quote(a) for a in prog["args"]) if prog["args"] else "(none)"
+    bundle = prog.get("bundle")
+    inputs = []
+    if prog.get("inputs"):
+        inputs = [f"{indent}inputs      {', '.join(prog['inputs'])}  (private, each party's own: "
+                  "run --input NAME=VALUE)"]
+    if not bundle:
+        return [
+            f"{indent}program     {prog['name']}  sha256 {prog['sha256']}  MPyC {prog['mpyc']}",
+            f"{indent}arguments   {args}",
+            *inputs,
+        ]
+    lines = [
+        f"{indent}program     bundle of {len(bundle['files'])} files, {bundle['totalSize']} "
+        f"bytes, runs {prog['name']}  MPyC {prog['mpyc']}",
+        f"{indent}digest      {prog['sha256']}  (didmesh-bundle/v1)",
+        f"{indent}arguments   {args}",
+        *inputs,
+    ]
+    for f in bundle["files"]:
+        lines.append(f"{indent}  {f['size']:>10}  {f['sha256'][:16]}  {f['path']}")
+    return lines
+
+
 def render_session(view: dict[str, Any], out: Output, labels: dict[str, str]) -> str:
     me = view["me"]
     status = view["status"]
@@ -296,8 +343,7 @@ def render_session(view: dict[str, Any], out: Output, labels: dict[str, str]) ->
         f"session {out.bold(view['sessionId'])}  {view['name']!r}",
         f"  status      {colour(status)}",
         f"  organizer   {who(view['organizer'], labels, me)}",
-        f"  program     {prog['name']}  sha256 {prog['sha256']}  MPyC {prog['mpyc']}"
-        + (f"  args {' '.join(prog['args'])}" if prog["args"] else ""),
+        *render_program(prog),
         f"  parties     {view['parties']} (threshold {view['threshold']})",
         f"  valid       {view['validFrom']} .. {view['validUntil']}",
         f"  relays      {' '.join(view['relays'])}",
@@ -344,6 +390,7 @@ def wait_until_agreed(
         until=lambda: engine.status_of(sid) in (Status.AGREED, *ENDED),
         timeout=timeout,
         what=what,
+        only=sid,
     )
 
 

@@ -443,8 +443,14 @@ class MeshConnector:
         return ini, ch
 
     async def _listen(self) -> None:
+        by_port: dict[int, list[str]] = {}
         for e in self.plan.me.endpoints:
             host, port = parse_endpoint(e)
+            by_port.setdefault(port, []).append(e)
+        for port, same in by_port.items():
+            e = same[0]
+            # gathered candidates share one port: listen on it on every interface, once
+            host = parse_endpoint(e)[0] if len(same) == 1 else ""
             try:
                 self._servers.append(await serve_tcp(host, port, self._on_direct))
             except OSError:

@@ -10,7 +10,8 @@ program): an audit trail with no central log.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -112,3 +113,79 @@ def verify_receipts(docs: Iterable[Mapping[str, Any]], *, now: datetime) -> Rece
         )
     (sid, rh, dg), = keys
     return ReceiptSet(sid, rh, dg, tuple(sorted(seen)))
+
+
+@dataclass(frozen=True)
+class TrailReport:
+    """Whether a set of (already verified) receipts is one run's complete audit trail."""
+
+    session_id: str
+    roster_hash: str
+    digest: str
+    parties: dict[int, str]  # party id -> DID, as the receipts name them
+    present: dict[int, str]  # party id -> label of its receipt
+    missing: tuple[int, ...]
+    foreign: tuple[tuple[str, str], ...]  # (label, why)
+    duplicates: tuple[tuple[str, int], ...]  # (label, party id)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.foreign or self.duplicates)
+
+    def problems(self) -> list[str]:
+        out = [f"{label} is not part of this run: {why}" for label, why in self.foreign]
+        out += [f"{label} is a second receipt of party {pid}" for label, pid in self.duplicates]
+        out += [f"party {pid} ({self.parties.get(pid, '?')}) has no receipt"
+                for pid in self.missing]
+        return out
+
+
+def check_trail(receipts: Sequence[tuple[str, str, Mapping[str, Any]]]) -> TrailReport:
+    """Check ``(label, issuer, credentialSubject)`` of verified RunReceipts as one run:
+    the same session, roster and program, every party of the roster exactly once. The
+    run is the one most receipts describe (the first receipt's on a tie); the roster is
+    what its receipts name (each names its peers in ``claims.bytesPerPeer``)."""
+    if not receipts:
+        raise MalformedCredential("no receipts to check")
+
+    def key(subject: Mapping[str, Any]) -> tuple[str, str, str]:
+        return (str(subject.get("sessionId")), str(subject.get("rosterHash")),
+                str(subject.get("digest")))
+
+    counts = Counter(key(s) for _, _, s in receipts)
+    best = max(counts.values())
+    run = next(key(s) for _, _, s in receipts if counts[key(s)] == best)
+    parties: dict[int, str] = {}
+    foreign: list[tuple[str, str]] = []
+    mine: list[tuple[str, str, int]] = []
+    for label, issuer, subject in receipts:
+        k = key(subject)
+        if k != run:
+            what = ("session " + k[0][:8] if k[0] != run[0] else
+                    "roster " + k[1][:12] if k[1] != run[1] else "program " + k[2][:20])
+            foreign.append((label, f"it is of another run ({what})"))
+            continue
+        try:
+            pid = int(str(subject.get("partyId")))
+            peers = subject["claims"]["bytesPerPeer"]
+            named = {int(v["partyId"]): str(d) for d, v in peers.items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            foreign.append((label, "it does not name its party and peers"))
+            continue
+        named[pid] = issuer
+        clash = [p for p, d in named.items() if parties.get(p, d) != d]
+        if clash:
+            foreign.append((label, f"it names another DID for party {clash[0]}"))
+            continue
+        parties.update(named)
+        mine.append((label, issuer, pid))
+    present: dict[int, str] = {}
+    duplicates: list[tuple[str, int]] = []
+    for label, _, pid in mine:
+        if pid in present:
+            duplicates.append((label, pid))
+        else:
+            present[pid] = label
+    missing = tuple(sorted(set(parties) - set(present)))
+    return TrailReport(run[0], run[1], run[2], dict(sorted(parties.items())), present,
+                       missing, tuple(foreign), tuple(duplicates))

@@ -93,24 +93,31 @@ def run_program(
     hard_exit: bool = False,
     direct_grace: float = 3.0,
     receipt: bool = True,
+    workdir: str | None = None,
+    digest: str | None = None,
+    refuse: DidmeshError | None = None,
 ) -> RunResult:
     """Run ``program_path`` as party ``plan.my_party_id`` over the mesh (blocking).
 
     Must be called with no event loop running in this thread. Returns the program's
     exit status in :attr:`RunResult.exit_code` (0 unless it called ``sys.exit(n)``).
+    The program runs in ``workdir`` (default: the current directory), with that folder
+    and its own on ``sys.path``; ``digest`` is the agreed program digest for the receipt
+    (default: ``sha256:`` of the file). With ``refuse`` nothing runs: the party connects
+    only to send every peer a signed abort with that error, then raises it.
     """
-    if not Path(program_path).is_file():
+    if refuse is None and not Path(program_path).is_file():
         from .faults import PlanError
 
         raise PlanError(f"program {program_path!r} does not exist")
-    digest = program_digest(program_path)
+    digest = digest or (program_digest(program_path) if refuse is None else "")
     options = ConnectOptions(
         direct_only=direct_only, relay_only=relay_only, connect_timeout=connect_timeout,
         direct_grace=direct_grace,
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    saved_argv, saved_path, saved_cwd = sys.argv[:], sys.path[:], _cwd()
     mesh: Mesh | None = None
     connector: MeshConnector | None = None
     in_program = False
@@ -137,12 +144,16 @@ def run_program(
             {}, party_id=plan.my_party_id, m=plan.m,
             on_error=lambda e: _bridge_error(mesh, e),
         )
-        bridge.install(program_path, list(args), loop)
+        if refuse is None:
+            bridge.install(program_path, list(args), loop)
         t0 = time.perf_counter()
         connector = MeshConnector(plan, identity, options, relay_opener=relay_opener)
         peers = loop.run_until_complete(connector.connect_all())
         bridge.ports = dict(peers)
         mesh = Mesh(plan, peers, identity=identity, timeout=timeout, on_fatal=on_fatal)
+        if refuse is not None:  # this party's program differs: tell the peers, start nothing
+            loop.run_until_complete(_tell_and_wait(mesh, refuse))
+            raise refuse
 
         async def _check() -> list[PairStatus]:
             assert mesh is not None
@@ -153,7 +164,11 @@ def run_program(
         setup_seconds = time.perf_counter() - t0
         report(format_table(plan, table))
 
-        sys.path.insert(0, str(Path(program_path).resolve().parent))
+        entry_dir = Path(program_path).resolve().parent
+        run_dir = Path(workdir).resolve() if workdir else entry_dir
+        sys.path[0:0] = [str(d) for d in dict.fromkeys((entry_dir, run_dir))]
+        if workdir:
+            os.chdir(run_dir)
         started = time.time()
         exit_code = 0
         in_program = True
@@ -210,6 +225,22 @@ def run_program(
         _close_loop(loop)
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path
+        if saved_cwd is not None and workdir:
+            with contextlib.suppress(OSError):
+                os.chdir(saved_cwd)
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the directory was removed
+        return None
+
+
+async def _tell_and_wait(mesh: Mesh, refuse: DidmeshError) -> None:
+    mesh.start()
+    mesh.fail(refuse)  # a signed abort to every peer
+    await asyncio.sleep(0.3)  # let it go out before the links close
 
 
 def _bridge_error(mesh: Mesh | None, exc: BaseException) -> None:
@@ -293,6 +324,7 @@ def spawn_party(
 
 _OPTION_NAMES = {
     "direct_only", "relay_only", "timeout", "connect_timeout", "direct_grace", "receipt",
+    "workdir", "digest",
 }
 
 

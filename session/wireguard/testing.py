@@ -20,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from didmesh.session.lab.netns import available as _ns_available
+from didmesh.session.lab.netns import run as _run
+from didmesh.session.lab.netns import wait_until as _wait
 
 UAPI_DIR = Path("/var/run/wireguard")
 UNDERLAY = "10.215.0."
@@ -68,34 +70,7 @@ print(json.dumps(out))
 
 def available() -> str | None:
     """None if a lab can be built here, else why not."""
-    if os.geteuid() != 0:
-        return "network namespaces and TUN devices need root"
-    for tool in ("ip", "wg", "wireguard-go"):
-        if shutil.which(tool) is None:
-            return f"{tool!r} is not installed"
-    if not Path("/dev/net/tun").exists():
-        return "/dev/net/tun is missing"
-    name = f"dmwgprobe{os.getpid()}"
-    probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, timeout=10)
-    if probe.returncode != 0:
-        return f"cannot create a network namespace: {probe.stderr.decode().strip()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-    return None
-
-
-def _run(*cmd: str, timeout: float = 10, input: str | None = None) -> str:
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr.strip()}")
-    return res.stdout
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout} s")
-        time.sleep(0.02)
+    return _ns_available("wg", "wireguard-go", tun=True)
 
 
 class WgLab:

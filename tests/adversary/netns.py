@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from didmesh.session.lab.netns import available as ns_available
 
 RELAY_FROM_A, A_TO_RELAY = "10.213.0.1", "10.213.0.2"
 RELAY_FROM_B, B_TO_RELAY = "10.213.1.1", "10.213.1.2"
@@ -26,16 +27,7 @@ A_DIRECT, B_DIRECT = "10.213.2.1", "10.213.2.2"
 
 def available() -> str | None:
     """None if namespaces can be made here, else why not."""
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "iproute2 ('ip') is not installed"
-    name = f"dmprobe{os.getpid()}"
-    probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, timeout=10)
-    if probe.returncode != 0:
-        return f"cannot create a network namespace: {probe.stderr.decode().strip()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-    return None
+    return ns_available()
 
 
 def ip(*args: str) -> None:

@@ -1,0 +1,176 @@
+"""Address candidates: where a party's mesh can be reached, gathered without flags.
+
+On ``accept`` (and ``session new``) a party picks one TCP port for the session and
+announces, in its signed acceptance, the endpoints ``tcp://ADDR:PORT`` for:
+
+* **host** candidates: the IPv4 addresses of its own interfaces (loopback and link-local
+  left out), in the order the kernel lists them, the one towards the relay first;
+* **observed** candidates: its address and port as each relay sees them when it asks
+  ``GET /v1/observed`` *from that same port* (specs/relay.md section 12): behind a NAT
+  with endpoint-independent mapping, the public address a peer can reach (once a path is
+  open through the NAT); behind a symmetric NAT, a port that will not be reused.
+
+At most :data:`~didmesh.session.documents.MAX_ENDPOINTS`, host candidates first (a peer on
+the same LAN tries them first). The run listens on that port on every interface. The
+gathering is split so that it can be tested without a network: :func:`host_candidates`,
+:func:`order` are pure; :func:`interface_addresses`, :func:`choose_port` and
+:func:`gather` touch the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import random
+import socket
+import struct
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from didmesh.session.documents import MAX_ENDPOINTS
+
+from .plan import format_endpoint
+
+HOST = "host"
+OBSERVED = "observed"
+SIOCGIFADDR = 0x8915
+PORT_RANGE = (20000, 60999)
+
+#: ``observe(relay_url, local_port) -> (address, port | None)``: asks one relay
+Observe = Callable[[str, int], Awaitable[tuple[str, int | None]]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kind: str  # HOST or OBSERVED
+    address: str
+    port: int
+    source: str  # the interface, or the relay that observed it
+
+    @property
+    def endpoint(self) -> str:
+        return format_endpoint(self.address, self.port)
+
+
+@dataclass
+class Gathered:
+    port: int
+    candidates: list[Candidate]
+    notes: list[str] = field(default_factory=list)  # relays that could not tell us
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [c.endpoint for c in self.candidates]
+
+
+def usable(address: str) -> bool:
+    """Whether ``address`` is worth announcing (not loopback, link-local, unspecified)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return not (ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast)
+
+
+def host_candidates(addresses: Sequence[tuple[str, str]], port: int) -> list[Candidate]:
+    """``(interface, address)`` pairs -> host candidates on ``port``, unusable ones left out."""
+    return [Candidate(HOST, addr, port, name) for name, addr in addresses if usable(addr)]
+
+
+def order(candidates: Sequence[Candidate], limit: int = MAX_ENDPOINTS) -> list[Candidate]:
+    """Host candidates first, then observed ones; each endpoint once; at most ``limit``."""
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    for kind in (HOST, OBSERVED):
+        for c in candidates:
+            if c.kind == kind and c.endpoint not in seen:
+                seen.add(c.endpoint)
+                out.append(c)
+    return out[:limit]
+
+
+def interface_addresses() -> list[tuple[str, str]]:
+    """``(interface, IPv4 address)`` of this machine's interfaces that have one (Linux)."""
+    out = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            req = struct.pack("256s", name.encode()[:15])
+            try:
+                res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)
+            except OSError:  # no IPv4 address on it
+                continue
+            out.append((name, socket.inet_ntoa(res[20:24])))
+    return out
+
+
+def towards(host: str) -> str | None:
+    """The local address this machine would use to reach ``host`` (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return None
+
+
+def choose_port(rng: random.Random | None = None, tries: int = 50) -> int:
+    """A TCP port free on every interface, picked at random in :data:`PORT_RANGE`."""
+    rng = rng or random.SystemRandom()
+    for _ in range(tries):
+        port = rng.randint(*PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free TCP port found for the mesh; announce one with --endpoint")
+
+
+async def gather(
+    relays: Sequence[str],
+    observe: Observe | None,
+    *,
+    port: int | None = None,
+    addresses: Sequence[tuple[str, str]] | None = None,
+    timeout: float = 5.0,
+) -> Gathered:
+    """Pick a port (unless given) and gather host and observed candidates for it.
+
+    ``observe`` asks one relay (None: no observed candidates); relays are asked in parallel,
+    each within ``timeout``; one that fails is noted, not fatal.
+    """
+    port = port if port is not None else choose_port()
+    addrs = list(addresses) if addresses is not None else interface_addresses()
+    first = None
+    loop = asyncio.get_running_loop()
+    for url in relays[:1]:
+        host = urllib.parse.urlsplit(url).hostname or ""
+        with contextlib.suppress(OSError, ValueError, TimeoutError, UnicodeError):
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, None, family=socket.AF_INET, type=socket.SOCK_STREAM),
+                min(timeout, 2.0))
+            first = towards(str(infos[0][4][0]))
+    addrs.sort(key=lambda a: a[1] != first)  # the address towards the relay first
+    found = host_candidates(addrs, port)
+    notes: list[str] = []
+    if observe is not None and relays:
+        async def ask(url: str) -> Candidate | None:
+            try:
+                addr, seen_port = await asyncio.wait_for(observe(url, port), timeout)
+            except Exception as exc:  # noqa: BLE001 - any failure: this relay is noted
+                notes.append(f"{url}: {getattr(exc, 'message', None) or exc!r}")
+                return None
+            if seen_port is None or not usable(addr):
+                notes.append(f"{url}: no usable observed address ({addr} port {seen_port})")
+                return None
+            return Candidate(OBSERVED, addr, seen_port, url)
+
+        for c in await asyncio.gather(*(ask(u) for u in relays)):
+            if c is not None:
+                found.append(c)
+    return Gathered(port, order(found), notes)

@@ -1,0 +1,202 @@
+"""Candidates gathered without flags, across the Internet lab (needs root; ``netns``).
+
+Three people use the README's commands only (no ``--endpoint``): alice and bob share one
+home LAN behind an endpoint-independent NAT, carol sits behind another. Each party's signed
+acceptance (the organizer's session) announces its LAN address and its address as the
+public relay observes it, on one port picked for the session; the LAN pair goes direct
+over the LAN, the others through the relay (hole punching is not built yet), and the run's
+output is right. ``--no-direct`` announces nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from didmesh.session.lab import Lab, available
+from didmesh.session.mesh.candidates import Candidate, host_candidates, order, usable
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "secure_sum.py"
+_WHY = available()
+netns = [pytest.mark.netns, pytest.mark.skipif(_WHY is not None, reason=str(_WHY))]
+
+
+# ---------------------------------------------------------------------- pure parts
+
+
+@pytest.mark.parametrize(("address", "ok"), [
+    ("10.1.0.2", True), ("198.51.100.12", True), ("2001:db8::1", True),
+    ("127.0.0.1", False), ("::1", False), ("169.254.3.4", False), ("fe80::1", False),
+    ("0.0.0.0", False), ("224.0.0.1", False), ("nonsense", False),  # noqa: S104
+])
+def test_which_addresses_are_announced(address: str, ok: bool) -> None:
+    assert usable(address) is ok
+
+
+def test_candidates_are_ordered_host_first_deduplicated_and_capped() -> None:
+    hosts = host_candidates([("lo", "127.0.0.1"), ("eth0", "10.1.0.2"), ("wg0", "10.9.0.1")],
+                            4000)
+    assert [c.endpoint for c in hosts] == ["tcp://10.1.0.2:4000", "tcp://10.9.0.1:4000"]
+    seen = [Candidate("observed", "198.51.100.12", 4000, "http://r1"),
+            Candidate("observed", "198.51.100.12", 4000, "http://r2"),
+            Candidate("observed", "2001:db8::5", 4100, "http://r3")]
+    got = order([*seen, *hosts])
+    assert [c.endpoint for c in got] == [
+        "tcp://10.1.0.2:4000", "tcp://10.9.0.1:4000", "tcp://198.51.100.12:4000",
+        "tcp://[2001:db8::5]:4100"]
+    many = [Candidate("host", f"10.0.0.{i}", 1, "x") for i in range(1, 20)]
+    assert len(order(many)) == 8
+
+
+# ---------------------------------------------------------------------- in the lab
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
+    return {**env, "DIDMESH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
+class People:
+    def __init__(self, lab: Lab, root: Path) -> None:
+        self.lab, self.root = lab, root
+
+    def cli(self, node: str, who: str, *args: str, timeout: float = 60) -> Any:
+        res = subprocess.run(
+            self.lab.exec(node, sys.executable, "-m", "didmesh.session.cli.main", *args,
+                          "--json"),
+            capture_output=True, text=True, env=_env(self.root / who), timeout=timeout,
+            stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, f"{who} {args}: {res.stderr[-1500:]}"
+        return json.loads(res.stdout), res.stderr
+
+    def spawn(self, node: str, who: str, *args: str) -> subprocess.Popen[str]:
+        return self.lab.spawn(node, sys.executable, "-m", "didmesh.session.cli.main", *args,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env(self.root / who), stdin=subprocess.DEVNULL)
+
+
+def _finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[tuple[int, str, str]]:
+    out = []
+    for p in procs:
+        try:
+            o, e = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            o, e = p.communicate(timeout=10)
+        out.append((p.returncode, o, e))
+    return out
+
+
+@pytest.mark.slow
+@netns[0]
+@netns[1]
+def test_readme_commands_announce_gathered_candidates_and_lan_pairs_go_direct(
+        tmp_path: Path) -> None:
+    with Lab(["relay@2", "eim:h1:alice,bob@2", "eim:h2:carol@3"]) as lab:
+        relay = lab.spawn("relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
+                          "--port", "8470", "--store", "memory", "--rate-ip-per-s", "0",
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env=_env(tmp_path / "relayhome"))
+        assert relay.stdout is not None and "listening" in relay.stdout.readline()
+        url = f"http://{lab.public_address('relay')}:8470"
+        people = People(lab, tmp_path)
+        dids = {w: people.cli(w, w, "id", "new", "--no-passphrase")[0]["did"]
+                for w in ("alice", "bob", "carol")}
+        new, note = people.cli("alice", "alice", "session", "new", "--program", str(EXAMPLE),
+                               "--parties", "3", "--relay", url, "--name", "lab")
+        sid = new["sessionId"]
+        assert "announcing to the roster's parties" in note
+        for w in ("bob", "carol"):
+            people.cli("alice", "alice", "contacts", "add", w, dids[w])
+            people.cli("alice", "alice", "invite", sid, "--to", w)
+        organizer = people.spawn("alice", "alice", "session", "wait", sid, "--timeout", "60")
+        waits = []
+        for w in ("bob", "carol"):
+            people.cli(w, w, "invites", "--relay", url)
+            people.cli(w, w, "accept", sid, "--yes")
+            waits.append(people.spawn(w, w, "status", sid, "--wait", "--timeout", "60"))
+        for code, _, err in _finish([organizer, *waits]):
+            assert code == 0, err[-1500:]
+        view, _ = people.cli("carol", "carol", "session", "show", sid)
+        announced = {p["did"]: p["endpoints"] for p in view["roster"]["parties"]}
+        pid = {w: next(p["partyId"] for p in view["roster"]["parties"] if p["did"] == dids[w])
+               for w in dids}
+
+        def port_of(endpoints: list[str]) -> int:
+            ports = {int(e.rpartition(":")[2]) for e in endpoints}
+            assert len(ports) == 1, endpoints  # one port per party for the session
+            return ports.pop()
+
+        for w in ("alice", "bob", "carol"):
+            eps = announced[dids[w]]
+            port = port_of(eps)
+            # its LAN address first, then the relay's view: the home's public address and,
+            # behind an endpoint-independent NAT, the same port
+            assert eps == [f"tcp://{lab.address(w)}:{port}",
+                           f"tcp://{lab.public_address(w)}:{port}"], (w, eps)
+        runs = [people.spawn(w, w, "run", sid, "--timeout", "15", "--connect-timeout", "40",
+                             "--", str(EXAMPLE), "--no-log") for w in ("alice", "bob", "carol")]
+        results = _finish(runs)
+    for code, out, err in results:
+        assert code == 0, err[-2500:]
+        assert out.splitlines() == ["parties: 3", "sum: 51", "average: 17.0000"]
+        table = [line for line in err.splitlines() if " <-> " in line]
+        assert len(table) == 3, err
+        for line in table:
+            lan_pair = f"party {pid['alice']} " in line and f"party {pid['bob']} " in line
+            if lan_pair:  # same home: direct, over the LAN (not through the NAT)
+                assert "  direct " in line, line
+                assert any(f"{lab.address(w)}:" in line for w in ("alice", "bob")), line
+            else:  # different homes: no punching yet, so the relay
+                assert "  relay " in line, line
+
+
+@netns[0]
+@netns[1]
+def test_no_direct_announces_nothing(tmp_path: Path) -> None:
+    with Lab(["relay", "eim:h1:alice"]) as lab:
+        relay = lab.spawn("relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
+                          "--port", "8470", "--store", "memory", "--rate-ip-per-s", "0",
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env=_env(tmp_path / "relayhome"))
+        assert relay.stdout is not None and "listening" in relay.stdout.readline()
+        url = f"http://{lab.public_address('relay')}:8470"
+        people = People(lab, tmp_path)
+        people.cli("alice", "alice", "id", "new", "--no-passphrase")
+        new, note = people.cli("alice", "alice", "session", "new", "--program", str(EXAMPLE),
+                               "--parties", "2", "--relay", url, "--no-direct")
+        assert "announcing no address" in note
+        sessions = list((tmp_path / "alice" / "sessions").glob(f"{new['sessionId']}*"))
+        assert sessions
+        text = "".join(p.read_text(errors="replace") for p in sessions[0].rglob("*.json"))
+        assert "10.1.0.2" not in text and lab.public_address("alice") not in text
+
+
+async def test_gathering_with_relays_that_answer_fail_or_see_loopback() -> None:
+    from didmesh.session.mesh.candidates import gather
+
+    async def observe(url: str, port: int) -> tuple[str, int | None]:
+        if "down" in url:
+            raise OSError("connection refused")
+        if "slow" in url:
+            await asyncio.sleep(10)
+        if "local" in url:
+            return "127.0.0.1", port
+        return "198.51.100.12", port
+
+    got = await gather(
+        ["http://127.0.0.1:1/", "http://down.invalid/", "http://slow.invalid/",
+         "http://local.invalid/"], observe, port=4242, timeout=0.3,
+        addresses=[("lo", "127.0.0.1"), ("eth0", "10.1.0.2"), ("eth1", "10.7.0.9")])
+    assert got.port == 4242
+    assert got.endpoints == ["tcp://10.1.0.2:4242", "tcp://10.7.0.9:4242",
+                             "tcp://198.51.100.12:4242"]
+    assert len(got.notes) == 3 and any("down.invalid" in n for n in got.notes)
+    nothing = await gather([], None, port=4242, addresses=[])
+    assert nothing.endpoints == [] and nothing.notes == []
