@@ -93,6 +93,9 @@ def unreachable(url: str, exc: BaseException) -> RelayUnreachable:
     )
 
 
+#: seconds an idle connection to a relay is kept for reuse (below the relay's 10 s)
+KEEPALIVE_S = 5.0
+
 #: socket read size: big forwarded frames arrive in one read instead of several
 READ_BUFSIZE = 1 << 20
 #: the largest response body or WebSocket message we accept from a relay
@@ -284,7 +287,9 @@ class RelayClient:
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
             connector = aiohttp.TCPConnector(
-                limit=0, ssl=self._ssl,
+                # drop idle connections before the relay does (its header_timeout_s,
+                # 10 s by default), so a request never races the relay's close
+                limit=0, ssl=self._ssl, keepalive_timeout=KEEPALIVE_S,
                 local_addr=(self._local_addr, 0) if self._local_addr else None,
             )
             self._http = aiohttp.ClientSession(
