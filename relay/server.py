@@ -95,6 +95,26 @@ def url_for(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+class _Site(web.TCPSite):
+    """aiohttp's TCP site with a TLS handshake timeout (asyncio's default is 60 s, and a
+    connection in its handshake is not yet counted by the connection caps)."""
+
+    def __init__(self, *args: Any, handshake_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        if self._ssl_context is None:
+            await super().start()
+            return
+        await web.BaseSite.start(self)
+        assert self._runner.server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._runner.server, self._host, self._port, ssl=self._ssl_context,
+            backlog=self._backlog, ssl_handshake_timeout=self.handshake_timeout,
+        )
+
+
 def tls_context(config: RelayConfig) -> ssl.SSLContext | None:
     """The server TLS context for ``tls_cert``/``tls_key`` (None: plain HTTP)."""
     if not config.tls_cert:
@@ -146,8 +166,9 @@ async def serve(
     started = False
     try:
         try:
-            site = web.TCPSite(
-                runner, config.host, config.port, backlog=ACCEPT_BACKLOG, ssl_context=tls
+            site = _Site(
+                runner, config.host, config.port, backlog=ACCEPT_BACKLOG, ssl_context=tls,
+                handshake_timeout=config.header_timeout_s,
             )
             await site.start()
             if config.metrics_listen:

@@ -288,3 +288,18 @@ def test_a_session_runs_through_nginx_over_https(pki: Pki, tmp_path: Path,
         paired = [ln for ln in relay.log_lines() if ln.get("msg") == "link end paired"]
     assert access and {ln["remote"] for ln in access} == {"127.0.0.1"}
     assert len(paired) >= 6  # three pairs, both ends, through nginx
+
+
+def test_a_tls_handshake_that_never_comes_is_cut_at_the_header_timeout(pki: Pki) -> None:
+    """With --tls-cert a silent connection is closed after header_timeout_s (not asyncio's
+    60 s): one stuck in its handshake holds a descriptor the caps do not count yet."""
+    import time
+
+    with start_relay("memory", ["--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
+                                "--header-timeout-s", "2"]) as relay:
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", relay.port), 10) as s:
+            s.settimeout(10)
+            assert s.recv(100) == b""  # closed by the relay
+        assert 1.5 < time.monotonic() - t0 < 5
+        asyncio.run(_auth_mail_link(relay.url, str(pki.ca)))  # and TLS still works
