@@ -57,7 +57,25 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: commands whose start-up matters (``didmesh run`` is part of every party's run time): the
+#: parser for them loads only their module, not every command group's imports
+FAST_COMMANDS: dict[str, str] = {"run": "didmesh.session.cli.run_cmd"}
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (after the top-level ``--home X`` / ``--json``)."""
+    it = iter(argv)
+    for arg in it:
+        if arg == "--home":
+            next(it, None)
+        elif arg.startswith("--home=") or arg == "--json":
+            continue
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="didmesh",
         description="Decentralized-identity sessions for multiparty computation with MPyC.",
@@ -82,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    modules = [FAST_COMMANDS[command]] if command in FAST_COMMANDS else COMMAND_MODULES
+    for name in modules:
         importlib.import_module(name).register(sub, common)
     return parser
 
@@ -105,7 +124,8 @@ def _reader_gone() -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     out = Output(json_mode=bool(getattr(args, "json", False)))
     if getattr(args, "relay_ca", None):  # every relay client (and child process) reads it
