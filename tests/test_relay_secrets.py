@@ -204,18 +204,27 @@ def test_a_redis_restart_without_persistence_does_not_split_the_relay() -> None:
     with start_redis() as redis:
         url = redis.url(4)
         with start_relay(url, ["--rate-ip-per-s", "0"]) as a:
-            redis.proc = _restart_redis_on(redis.port, redis.dir, redis.proc)
-            time.sleep(6.5)  # one agreement check of process a
-            with start_relay(url, ["--rate-ip-per-s", "0"]) as b:
+            again = _restart_redis_on(redis.port, redis.dir, redis.proc)
+            try:
+                time.sleep(6.5)  # one agreement check of process a
+                with start_relay(url, ["--rate-ip-per-s", "0"]) as b:
 
-                async def go() -> None:
-                    async with RelayClient(b.url, ALICE) as cb, RelayClient(a.url, ALICE) as ca:
-                        ca._token, ca._token_expires = await cb.token(), 2**62
-                        await ca.send(BOB.did, "s", b"x")
-                        assert await ca.fetch() == []
-                        assert ca._token == await cb.token()  # not renewed: accepted by a
+                    async def go() -> None:
+                        async with RelayClient(b.url, ALICE) as cb, \
+                                RelayClient(a.url, ALICE) as ca:
+                            ca._token, ca._token_expires = await cb.token(), 2**62
+                            await ca.send(BOB.did, "s", b"x")
+                            assert await ca.fetch() == []
+                            assert ca._token == await cb.token()  # not renewed: accepted by a
 
-                asyncio.run(go())
+                    asyncio.run(go())
+            finally:  # start_redis only stops the server it started
+                again.terminate()
+                try:
+                    again.wait(10)
+                except subprocess.TimeoutExpired:
+                    again.kill()
+                    again.wait(5)
             warned = [ln for ln in a.log_lines() if "does not persist" in str(ln.get("msg"))]
             assert warned
 
