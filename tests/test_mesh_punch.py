@@ -178,3 +178,25 @@ async def test_a_machine_that_hides_its_interfaces_or_relays_that_fail_offer_not
     nobody = Puncher(SimpleNamespace(plan=plan), down, ["http://r1", "http://r2"],
                      lambda: ["10.2.0.2"])
     assert await nobody.offer() == Offer((), punch.NAT_UNKNOWN)
+
+
+@pytest.mark.parametrize(("mine", "theirs", "grace"), [
+    (("tcp://10.1.0.2:4000", "tcp://198.51.100.12:4000"),
+     ("tcp://10.2.0.2:5000", "tcp://198.51.100.13:5000"), punch.PUNCH_GRACE),  # two homes
+    (("tcp://10.1.0.2:4000", "tcp://198.51.100.12:4000"),
+     ("tcp://10.1.0.3:5000", "tcp://198.51.100.12:5000"), 3.0),  # one home, one NAT
+    (("tcp://127.0.0.1:4000",), ("tcp://127.0.0.1:5000",), 3.0),  # one machine
+    (("tcp://198.51.100.11:4000",), ("tcp://10.2.0.2:5000", "tcp://198.51.100.13:5000"),
+     punch.PUNCH_GRACE),  # a public party and a NATed one
+    ((), ("tcp://198.51.100.13:5000",), 3.0),  # nothing announced: no punch to hurry
+], ids=["two-homes", "one-home", "one-machine", "public-and-nated", "no-address"])
+def test_relay_starts_sooner_only_for_parties_in_different_homes(
+        mine: tuple[str, ...], theirs: tuple[str, ...], grace: float) -> None:
+    plans = _plans()
+    eps = [mine, theirs]
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id])
+                    for p in plans[0].parties)
+    for me in (0, 1):  # both parties of the pair compute the same
+        plan = dataclasses.replace(plans[me], parties=parties)
+        puncher = Puncher(SimpleNamespace(plan=plan), None, [], lambda: [])
+        assert puncher.relay_grace(1 - me, 3.0) == grace
