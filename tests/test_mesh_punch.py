@@ -200,3 +200,26 @@ def test_relay_starts_sooner_only_for_parties_in_different_homes(
         plan = dataclasses.replace(plans[me], parties=parties)
         puncher = Puncher(SimpleNamespace(plan=plan), None, [], lambda: [])
         assert puncher.relay_grace(1 - me, 3.0) == grace
+
+
+async def test_the_relayed_link_closing_before_select_on_the_punched_one_is_not_a_failure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The initiator drops the relayed link as soon as its punched handshake is done; the
+    close may overtake its SELECT on the punched connection: the responder waits for it."""
+    peer_ch, my_ch = channel_pair(random.Random(7))
+    peer_link, my_link = MemLink.pair()
+    puncher = _responder(_plans()[1])
+    punched = (MemLink(), my_ch)
+
+    async def slow_attempt(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)  # the handshake and SELECT on the punched link
+        return punched
+
+    monkeypatch.setattr(puncher, "_attempt", slow_attempt)
+    task = asyncio.create_task(puncher.as_responder(
+        0, my_link, my_ch, Offer((PEER_SIGNED,), NAT_EIM).encode(), time.monotonic() + 10))
+    peer_link.write(peer_ch.send(encode_sync(1)))
+    await asyncio.sleep(0.05)
+    my_link._deliver_eof(None)  # the relay passes on the initiator's close
+    assert await asyncio.wait_for(task, 5) is punched
+    assert my_link.aborted

@@ -471,6 +471,19 @@ class Puncher:
                         self._punched(peer, t0, got[0])
                         return got
                 if reader in done:
+                    failed = reader.exception()
+                    if failed is not None:
+                        if trying is None or not isinstance(failed, ConnectionError):
+                            raise failed
+                        # the initiator closes the relayed link once its punched handshake
+                        # is done, and that may arrive before its SELECT on the punched one
+                        got = await trying  # bounded: the attempt's own timeouts
+                        trying = None
+                        if got is None:
+                            raise failed
+                        link.abort()
+                        self._punched(peer, t0, got[0])
+                        return got
                     msg = reader.result()
                     if msg == bytes((SELECT,)):
                         _describe(link, reason)
@@ -494,7 +507,9 @@ class Puncher:
             if trying is not None:
                 trying.cancel()
                 with contextlib.suppress(BaseException):
-                    await trying
+                    late = await trying
+                    if late is not None:  # punched, but we leave on another path
+                        late[0].abort()
 
     # -------------------------------------------------------------- common
 
