@@ -4,7 +4,8 @@ Run: ``python bench/bench_punch.py [--repeats 2] [--rtts 0,20,80]``. For each ho
 round trip (default 0, 20 and 80 ms) one lab: two homes behind endpoint-independent NATs
 (``p1``, ``p2``), two public hosts with the same links (``q0``, ``q1``) and the relay, 40 ms
 round trip from every site. In one interleaved loop, for the many-round example
-(``secret_santa.py -n 24``) and the large-message one (``matrix_product.py -n 100``):
+(``secret_santa.py -n 24``) and the large-message one (``cnn_layer.py --images 8``: an input
+message of megabytes):
 
 * ``mpyc-nat``: plain MPyC between ``p1`` and ``p2``, its port opened by hand through
   both NATs (a DNAT rule on each home router: the best a user can do today);
@@ -42,7 +43,7 @@ from didmesh.session.mesh.runner import launch_document
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = {
     "many-round": (ROOT / "examples" / "secret_santa.py", ["-n", "24", "--seed", "3"]),
-    "large-msg": (ROOT / "examples" / "matrix_product.py", ["-n", "100", "--seed", "3"]),
+    "large-msg": (ROOT / "examples" / "cnn_layer.py", ["--images", "8", "--seed", "3"]),
 }
 RELAY_PORT = 8470
 MPYC_PORT = 11365

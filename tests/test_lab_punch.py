@@ -1,4 +1,4 @@
-"""Relay-coordinated TCP hole punching (session/mesh/punch.py), pure parts and in the
+"""Relay-coordinated TCP hole punching (session/mesh/punch.py, puncher.py), pure parts and in the
 Internet lab (needs root; marked ``netns``).
 
 The lab runs use the runner a ``didmesh run`` spawns, with the plan a session would

@@ -1,4 +1,4 @@
-"""Hole punching's coordination against hostile peers, without a lab (session/mesh/punch.py).
+"""Hole punching against hostile peers, without a lab (session/mesh/punch.py, puncher.py).
 
 The punch messages travel inside the relayed pair's Noise channel, so the relay cannot
 write them; these tests play the *peer* lying: addresses it never signed, SYNC floods,
@@ -17,18 +17,13 @@ from typing import Any
 
 import pytest
 from didmesh.session.mesh import punch
+from didmesh.session.mesh import puncher as puncher_module
 from didmesh.session.mesh.connect import ConnectOptions, MeshConnector
 from didmesh.session.mesh.loopback import free_ports, loopback_plans
 from didmesh.session.mesh.plan import MeshPlan
 from didmesh.session.mesh.primitives import DH25519
-from didmesh.session.mesh.punch import (
-    MAX_ATTEMPTS,
-    NAT_EIM,
-    Offer,
-    Puncher,
-    SyncGate,
-    encode_sync,
-)
+from didmesh.session.mesh.punch import MAX_ATTEMPTS, NAT_EIM, Offer, SyncGate, encode_sync
+from didmesh.session.mesh.puncher import Puncher
 from didmesh.session.mesh.testing import channel_pair
 from didmesh.session.mesh.transport import ByteLink, serve_tcp
 
@@ -99,7 +94,7 @@ async def test_a_lying_flooding_peer_gets_few_dials_and_only_to_signed_addresses
         dials.append((port, list(dial)))
         raise TimeoutError
 
-    monkeypatch.setattr(punch, "dial_from", record)
+    monkeypatch.setattr(puncher_module, "dial_from", record)
     peer_ch, my_ch = channel_pair(random.Random(5))
     peer_link, my_link = MemLink.pair()
     puncher = _responder(_plans()[1])

@@ -49,7 +49,8 @@ from .errors import HandshakeFailed
 from .faults import ConnectFailed, PathUnavailable
 from .peer import SELECT, PeerChannel
 from .plan import MeshPlan, parse_endpoint
-from .punch import Puncher, is_connect
+from .punch import is_connect
+from .puncher import Puncher
 from .transport import ByteLink, RelayedLink, TcpLink, open_tcp, serve_tcp
 
 HELLO_MAGIC: Final = b"DMSH"
