@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from didmesh.session.lab import Lab, available
 from didmesh.session.lab.topology import SYMMETRIC
+from didmesh.session.mesh import punch
 from didmesh.session.mesh.loopback import free_ports, loopback_plans
 from didmesh.session.mesh.plan import MeshPlan, format_endpoint
 from didmesh.session.mesh.punch import (
@@ -101,10 +102,32 @@ def test_why_a_pair_is_not_punched(mine: str, theirs: str, dial: bool,
     b'\x30{"addrs":[1],"nat":"eim"}', b'\x30{"addrs":["http://x"],"nat":"eim"}',
     b'\x30{"addrs":[],"nat":"eim","more":1}', b"\x30" + b"x" * 5000, b"\x31\x01", b"\x30\xff",
     b'\x30{"addrs":' + json.dumps(["tcp://10.0.0.1:1"] * 5).encode() + b',"nat":"eim"}',
+    b"\x30" + b"[" * 2000,  # nested too deeply (no RecursionError escapes)
+    b'\x30{"addrs":' + b"[" * 900 + b"]" * 900 + b',"nat":"eim"}',
+    b'\x30{"addrs":[],"addrs":[],"nat":"eim"}',  # a repeated key
+    b'\x30{"addrs":["tcp://a:99999999999"],"nat":"eim"}', b'\x30{"addrs":[],"nat":[]}',
 ])
 def test_malformed_connect_messages_are_refused(msg: bytes) -> None:
     with pytest.raises(PunchError):
         Offer.decode(msg)
+
+
+def test_random_and_mutated_connect_messages_only_raise_punch_errors() -> None:
+    rng = random.Random(10)
+    good = Offer(("tcp://198.51.100.12:40000", "tcp://[2001:db8::1]:5"), NAT_EIM).encode()
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            msg = bytes(rng.randrange(256) for _ in range(rng.randrange(64)))
+        else:
+            b = bytearray(good)
+            for _ in range(rng.randint(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            msg = bytes(b)
+        try:
+            got = Offer.decode(msg)
+        except PunchError:
+            continue
+        assert got.nat in punch.NATS and len(got.addrs) <= MAX_TARGETS
 
 
 def test_offer_round_trip_and_session_port() -> None:

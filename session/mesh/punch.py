@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from didmesh.identity.errors import DidmeshError
+from didmesh.identity.strict_json import loads_strict
 
 from .errors import HandshakeFailed
 from .plan import format_endpoint, parse_endpoint
@@ -95,10 +96,8 @@ class Offer:
     def decode(cls, msg: bytes) -> Offer:
         if not msg or msg[0] != CONNECT or len(msg) > MAX_MESSAGE:
             raise PunchError("a malformed punch CONNECT message")
-        try:
-            doc = json.loads(msg[1:])
-        except (ValueError, UnicodeDecodeError):
-            raise PunchError("a punch CONNECT message that is not JSON") from None
+        doc = loads_strict(msg[1:], max_bytes=MAX_MESSAGE, error=PunchError,
+                           what="a punch CONNECT message")
         if not isinstance(doc, dict) or set(doc) != {"addrs", "nat"}:
             raise PunchError("a punch CONNECT message with unexpected fields")
         addrs, nat = doc["addrs"], doc["nat"]
