@@ -19,7 +19,9 @@ import asyncio
 import contextlib
 import enum
 import json
+import os
 import random
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -45,6 +47,7 @@ from .errors import (
     RelayInternalError,
     RelayProtocolError,
     RelayUnreachable,
+    RelayUntrusted,
     Replay,
     ShuttingDown,
     error_from_wire,
@@ -58,6 +61,40 @@ _AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
 #: seconds between WebSocket pings from the client (push socket and links), unless set
 DEFAULT_HEARTBEAT_S = 20.0
 
+
+#: a PEM file of CA certificates trusted for relays, on top of the system's (``--relay-ca``)
+CA_ENV = "DIDMESH_RELAY_CA"
+_TLS_HINT = (
+    "the relay's TLS certificate is not trusted here; if it comes from a private CA, "
+    f"pass --relay-ca FILE (or set {CA_ENV})"
+)
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify relays against the system CAs plus those in ``ca_file``."""
+    ctx = ssl.create_default_context()
+    if ca_file:
+        try:
+            ctx.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise RelayConfigError(
+                f"cannot use {ca_file} as the relay CA (--relay-ca / {CA_ENV}): "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            ) from None
+    return ctx
+
+
+def unreachable(url: str, exc: BaseException) -> RelayUnreachable:
+    """The error for a failed connection to ``url`` (TLS failures say what to do)."""
+    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
+        return RelayUntrusted(f"cannot reach the relay at {url}: {_TLS_HINT} ({exc})")
+    return RelayUnreachable(
+        f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
+    )
+
+
+#: seconds an idle connection to a relay is kept for reuse (below the relay's 10 s)
+KEEPALIVE_S = 5.0
 
 #: socket read size: big forwarded frames arrive in one read instead of several
 READ_BUFSIZE = 1 << 20
@@ -246,8 +283,12 @@ class RelayClient:
         local_addr: str | None = None,
         clock: Callable[[], float] = time.time,
         heartbeat: float | None = DEFAULT_HEARTBEAT_S,
+        ca_file: str | None = None,
     ) -> None:
-        """``heartbeat``: seconds between our WebSocket pings on the push socket and on
+        """``ca_file``: PEM CA certificates trusted for ``https://`` relays besides the
+        system's (default: ``$DIDMESH_RELAY_CA``).
+
+        ``heartbeat``: seconds between our WebSocket pings on the push socket and on
         links (a pong must follow within half of it, else aiohttp closes the socket);
         ``None`` turns our pings off. While our event loop is blocked the pong cannot be
         read in time, so a program that blocks for long should pass ``None`` (or more
@@ -259,6 +300,7 @@ class RelayClient:
         self.retries = retries
         self.clock = clock
         self._local_addr = local_addr
+        self._ssl = tls_context(ca_file if ca_file is not None else os.environ.get(CA_ENV))
         self._http: aiohttp.ClientSession | None = None
         self._token: str | None = None
         self._token_expires = 0
@@ -289,7 +331,10 @@ class RelayClient:
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
             connector = aiohttp.TCPConnector(
-                limit=0, local_addr=(self._local_addr, 0) if self._local_addr else None
+                # drop idle connections before the relay does (its header_timeout_s,
+                # 10 s by default), so a request never races the relay's close
+                limit=0, ssl=self._ssl, keepalive_timeout=KEEPALIVE_S,
+                local_addr=(self._local_addr, 0) if self._local_addr else None,
             )
             self._http = aiohttp.ClientSession(
                 connector=connector,
@@ -328,9 +373,7 @@ class RelayClient:
                     status = resp.status
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
                     TimeoutError) as exc:
-                raise RelayUnreachable(
-                    f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
-                ) from exc
+                raise unreachable(url, exc) from exc
             try:
                 parsed = loads_strict(
                     payload, max_bytes=MAX_MESSAGE_BYTES, error=RelayProtocolError,
@@ -420,6 +463,8 @@ class RelayClient:
                     raise
                 # an earlier attempt of ours was stored and already delivered
                 return PostResult(envelope.id, 0, envelope.expires_ms, duplicate=True)
+            except RelayUntrusted:
+                raise
             except _RETRYABLE as exc:
                 if attempt == self.retries:
                     raise
@@ -528,6 +573,8 @@ class RelayClient:
                     if auto_ack and batch:
                         await self.ack([i.id for i in batch])
                     continue
+            except RelayUntrusted:
+                raise  # retrying cannot help: say so now
             except (RelayUnreachable, ShuttingDown, RelayInternalError, RateLimited) as exc:
                 self.inbox_error = exc
             await backoff.sleep()
@@ -571,7 +618,7 @@ class RelayClient:
                     continue
                 raise err from None
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                raise RelayUnreachable(f"cannot reach the relay at {url}: {exc}") from exc
+                raise unreachable(url, exc) from exc
         raise AuthInvalid("the relay keeps refusing our token")
 
     # -- links ---------------------------------------------------------------------------
@@ -587,8 +634,8 @@ class RelayClient:
         Raises :class:`LinkClosed` (close code: pairing timeout, duplicate...), :class:`LinkLimit`,
         :class:`RelayUnreachable`, or TimeoutError after ``timeout`` seconds.
         """
-        url = self.base_url + "/v1/link"
         req = LinkRequest(session, peer, link_id)
+        url = self.base_url + "/v1/link?route=" + req.route(self.identity.did)
         beat = self.heartbeat if heartbeat is _Default.CLIENT else _check_heartbeat(heartbeat)
         async with asyncio.timeout(timeout):
             limits = asyncio.ensure_future(self.link_limits())  # alongside the upgrade

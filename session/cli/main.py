@@ -90,7 +90,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
+    common.add_argument(
+        "--relay-ca", default=argparse.SUPPRESS, metavar="FILE",
+        help="PEM file of CA certificates to trust for https:// relays, besides the system's "
+        "(default: $DIDMESH_RELAY_CA)",
+    )
     parser.add_argument("--home", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--relay-ca", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -122,6 +128,8 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     out = Output(json_mode=bool(getattr(args, "json", False)))
+    if getattr(args, "relay_ca", None):  # every relay client (and child process) reads it
+        os.environ["DIDMESH_RELAY_CA"] = os.path.abspath(args.relay_ca)
     try:
         rc = args.func(args, out)
         return int(rc or 0)

@@ -24,6 +24,10 @@ that fails is only dropped and its reason remembered: the listener keeps waiting
 real peer until the deadline, and the pair's final error quotes the last reason. At most
 ``inbound_limit`` inbound connections may be handshaking at once (a new one evicts the
 oldest) and each has ``handshake_timeout`` seconds. Every wait is bounded.
+
+A relayed pair may then be upgraded before SELECT: the initiator's first channel message
+is a hole-punch CONNECT instead (:mod:`.punch`, specs/mesh.md section 6.1), and the pair
+ends on a punched TCP link or, with the reason in its description, on the relayed one.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from .errors import HandshakeFailed
 from .faults import ConnectFailed, PathUnavailable
 from .peer import SELECT, PeerChannel
 from .plan import MeshPlan, parse_endpoint
+from .punch import is_connect
+from .puncher import Puncher
 from .transport import ByteLink, RelayedLink, TcpLink, open_tcp, serve_tcp
 
 HELLO_MAGIC: Final = b"DMSH"
@@ -155,6 +161,10 @@ class _Attempt:
     """Responder side: what an inbound connection has claimed so far."""
 
     claimed: int | None = None
+    #: on a relayed link, whether a punch CONNECT may come instead of SELECT
+    punch: bool = False
+    #: on a relayed link: the initiator's first channel message, if it is a punch CONNECT
+    first: bytes = b""
 
 
 async def _read_exact(link: ByteLink, n: int, buf: bytearray, deadline: float) -> bytes:
@@ -238,6 +248,14 @@ class MeshConnector:
             raise PathUnavailable("--relay-only, but the session names no relay")
         if plan.relays and relay_opener is None and identity is not None:
             self.relay_opener = default_relay_opener(plan, identity, options)
+        #: hole punching over relayed links (specs/mesh.md, "Punched paths")
+        self.puncher: Puncher | None = None
+        if not options.relay_only and not options.direct_only and plan.relays:
+            from .candidates import interface_addresses
+
+            self.puncher = Puncher(
+                self, getattr(self.relay_opener, "observe", None), plan.relays,
+                lambda: [a for _, a in interface_addresses()])
 
     # ------------------------------------------------------------------ kinds
 
@@ -321,6 +339,8 @@ class MeshConnector:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.close_listeners()
+            if self.puncher is not None:
+                self.puncher.close()
             for st in self._pairs.values():
                 if not st.future.done():
                     st.future.cancel()
@@ -347,6 +367,8 @@ class MeshConnector:
             if "relay" in st.kinds_left:
                 grace = 0.0 if (self.options.relay_only or "direct" not in st.kinds_left) \
                     else self.options.direct_grace
+                if grace and self.puncher is not None:  # another home: punch sooner
+                    grace = self.puncher.relay_grace(st.peer_id, grace)
                 attempts.append(loop.create_task(self._relay(st, deadline, grace, initiator)))
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(st.future), deadline - time.monotonic())
@@ -449,6 +471,9 @@ class MeshConnector:
                 f"{plan.describe(ini)}: {exc.message}", reason=exc.reason
             )) from None
         msg = await _first_message(link, ch, hd)
+        if attempt is not None and attempt.punch and is_connect(msg):
+            attempt.first = msg  # the initiator would punch a hole: the caller goes on
+            return ini, ch
         if msg != bytes((SELECT,)):
             raise _Rejected(ini, HandshakeFailed(
                 f"{plan.describe(ini)} did not select the path", reason="malformed"))
@@ -476,6 +501,8 @@ class MeshConnector:
     async def _on_direct(self, link: TcpLink) -> None:
         """One inbound direct connection. It is unauthenticated until its handshake
         completes, so a failure only drops it (the pair keeps waiting for its peer)."""
+        if self.puncher is not None and self.puncher.claim(link):
+            return  # the peer's half of a hole punch, taken over by the puncher
         self._admit(link)
         deadline = time.monotonic() + self.options.handshake_timeout
         attempt = _Attempt()
@@ -555,12 +582,23 @@ class MeshConnector:
             except (OSError, TimeoutError, DidmeshError) as exc:
                 errors.append(f"{url}: {reason_of(exc)}")
                 continue
-            link = RelayedLink(raw, f"relay {url}")
+            link: ByteLink = RelayedLink(raw, f"relay {url}")
+            punch = self.puncher
+            if punch is not None:
+                punch.start_observing()
             try:
                 if initiator:
                     ch = await self._initiate(link, st.peer_id, deadline)
+                    if punch is not None:
+                        link, ch = await punch.as_initiator(st.peer_id, link, ch, deadline)
                 else:
-                    _, ch = await self._respond(link, deadline, st.peer_id)
+                    attempt = _Attempt(punch=punch is not None)
+                    _, ch = await self._respond(link, deadline, st.peer_id, attempt)
+                    if attempt.first and punch is not None:
+                        link, ch = await punch.as_responder(st.peer_id, link, ch,
+                                                            attempt.first, deadline)
+                    elif punch is not None:
+                        punch.describe_plain(st.peer_id, link)
             except (HandshakeFailed, _Rejected) as exc:
                 if isinstance(exc, _Rejected):
                     link.close()  # after our diagnostic: the initiator learns why
@@ -612,6 +650,19 @@ class RelayLinks:
             self.plan.session_id, peer_did, timeout=self.options.connect_timeout,
             heartbeat=self.options.link_heartbeat,
         )
+
+    async def observe(self, url: str, local_port: int) -> tuple[str, int | None]:
+        """Our address and ``local_port``'s port as the relay at ``url`` sees them now."""
+        from didmesh.relay.client import RelayClient
+
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = RelayClient(
+                url, self.identity, timeout=self.options.handshake_timeout,
+                heartbeat=self.options.link_heartbeat,
+            )
+        seen = await client.observed(local_port=local_port)
+        return seen.address, seen.port
 
     async def aclose(self) -> None:
         for client in self._clients.values():

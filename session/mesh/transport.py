@@ -206,7 +206,9 @@ async def serve_tcp(
         link.connection_made = made  # type: ignore[method-assign]
         return link
 
-    return await loop.create_server(factory, host, port, reuse_address=True)
+    # SO_REUSEPORT too: a hole punch connects from this port while we listen on it
+    return await loop.create_server(factory, host, port, reuse_address=True,
+                                    reuse_port=hasattr(socket, "SO_REUSEPORT"))
 
 
 # --------------------------------------------------------------------------- relayed

@@ -1,0 +1,204 @@
+"""Benchmark of punched paths in the Internet lab (needs root; a few minutes).
+
+Run: ``python bench/bench_punch.py [--repeats 2] [--rtts 0,20,80]``. For each home-to-home
+round trip (default 0, 20 and 80 ms) one lab: two homes behind endpoint-independent NATs
+(``p1``, ``p2``), two public hosts with the same links (``q0``, ``q1``) and the relay, 40 ms
+round trip from every site. In one interleaved loop, for the many-round example
+(``secret_santa.py -n 24``) and the large-message one (``cnn_layer.py --images 8``: an input
+message of megabytes):
+
+* ``mpyc-nat``: plain MPyC between ``p1`` and ``p2``, its port opened by hand through
+  both NATs (a DNAT rule on each home router: the best a user can do today);
+* ``punched``: didmesh between ``p1`` and ``p2`` (no flag; the pair is punched);
+* ``relayed``: didmesh between ``p1`` and ``p2`` with ``relay_only``;
+* ``direct``: didmesh between the public ``q0`` and ``q1`` (same path length).
+
+Printed per row: the program's own elapsed time (MPyC's ``elapsed time``), the whole
+process wall time, didmesh's setup time (mesh up and connectivity check) and, for
+``punched``, the time from the relayed handshake to the punched one (the table's
+``punched in``). The machine is shared: figures are noisy (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from didmesh.session.lab import Lab, available
+from didmesh.session.mesh.loopback import loopback_plans
+from didmesh.session.mesh.plan import format_endpoint
+from didmesh.session.mesh.runner import launch_document
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = {
+    "many-round": (ROOT / "examples" / "secret_santa.py", ["-n", "24", "--seed", "3"]),
+    "large-msg": (ROOT / "examples" / "cnn_layer.py", ["--images", "8", "--seed", "3"]),
+}
+RELAY_PORT = 8470
+MPYC_PORT = 11365
+RELAY_RTT_MS = 40.0
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+ELAPSED = re.compile(r"elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+PUNCHED_IN = re.compile(r"punched in ([\d.]+) s")
+
+
+def _elapsed(text: str) -> float | None:
+    m = ELAPSED.search(text)
+    if not m:
+        return None
+    h, mi, s = m.groups()
+    return int(h) * 3600 + int(mi) * 60 + float(s)
+
+
+def _finish(procs: list[subprocess.Popen[bytes]], timeout: float = 300) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        try:
+            o, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            o, err = p.communicate(timeout=10)
+        out.append((p.returncode, (o or b"").decode(errors="replace")
+                    + err.decode(errors="replace")))
+    return out
+
+
+def _open_port(lab: Lab, home: str, node: str, port: int) -> None:
+    """DNAT ``port`` on ``home``'s router to ``node`` (what a user does by hand)."""
+    script = f"""\
+add chain ip didmesh_lab prerouting {{ type nat hook prerouting priority dstnat; }}
+add rule ip didmesh_lab prerouting iifname "wan" tcp dport {port} dnat to {lab.address(node)}
+insert rule ip didmesh_lab forward ct status dnat accept
+"""
+    subprocess.run(lab.exec(home, "nft", "-f", "-"), input=script, text=True, check=True,
+                   timeout=10)
+
+
+def run_mpyc(lab: Lab, nodes: list[str], public: list[str], program: Path,
+             args: list[str]) -> dict[str, Any]:
+    plist = [a for n in public for a in ("-P", f"{n}:{MPYC_PORT}")]
+    t0 = time.perf_counter()
+    procs = [lab.spawn(node, sys.executable, str(program), *args, *plist, "-I", str(i),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+             for i, node in enumerate(nodes)]
+    res = _finish(procs)
+    wall = time.perf_counter() - t0
+    if any(code for code, _ in res):
+        raise RuntimeError(f"plain MPyC failed: {res[0][1][-800:]} {res[1][1][-800:]}")
+    return {"elapsed": max(_elapsed(e) or 0 for _, e in res), "wall": wall}
+
+
+def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[str],
+                **options: Any) -> dict[str, Any]:
+    plans, ids = loopback_plans(len(nodes), relays=[url], endpoints=False)
+    ports = random.SystemRandom().sample(range(20000, 60999), len(nodes))
+    parties = []
+    for p in plans[0].parties:
+        node, port = nodes[p.party_id], ports[p.party_id]
+        eps = [format_endpoint(lab.address(node), port)]
+        if lab.public_address(node) != lab.address(node):
+            eps.append(format_endpoint(lab.public_address(node), port))
+        parties.append(dataclasses.replace(p, endpoints=tuple(eps)))
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        t0 = time.perf_counter()
+        for i, node in enumerate(nodes):
+            plan = dataclasses.replace(plans[i], parties=tuple(parties))
+            doc = launch_document(plan, ids[i], str(program), args, timeout=60,
+                                  connect_timeout=60, result_path=f"{tmp}/r{i}.json",
+                                  **options)
+            proc = lab.spawn(node, sys.executable, "-m", "didmesh.session.mesh.runner",
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=ENV)
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(doc).encode())
+            proc.stdin.close()
+            proc.stdin = None
+            procs.append(proc)
+        res = _finish(procs)
+        wall = time.perf_counter() - t0
+        if any(code for code, _ in res):
+            raise RuntimeError(f"didmesh failed: {res[0][1][-800:]} {res[1][1][-800:]}")
+        result = json.loads(Path(f"{tmp}/r0.json").read_text())
+    punched = PUNCHED_IN.search(res[0][1])
+    return {"elapsed": max(_elapsed(e) or 0 for _, e in res), "wall": wall,
+            "setup": result["setup_seconds"], "path": result["table"][0]["path"],
+            "punch": float(punched[1]) if punched else None}
+
+
+MODES = ("mpyc-nat", "punched", "relayed", "direct")
+
+
+def one(lab: Lab, mode: str, url: str, nat_public: list[str], prog: Path, args: list[str]
+        ) -> dict[str, Any]:
+    if mode == "mpyc-nat":
+        return run_mpyc(lab, ["p1", "p2"], nat_public, prog, args)
+    if mode == "direct":
+        return run_didmesh(lab, ["q0", "q1"], url, prog, args)
+    return run_didmesh(lab, ["p1", "p2"], url, prog, args, relay_only=mode == "relayed")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--rtts", default="0,20,80", help="home-to-home round trips, ms")
+    a = p.parse_args()
+    why = available()
+    if why is not None:
+        raise SystemExit(f"didmesh: cannot build a lab here: {why}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'RTT':>4} {'program':>10} {'mode':>9} {'path':>8} {'elapsed s':>10} "
+          f"{'wall s':>7} {'setup s':>8} {'punch s':>8} {'x mpyc':>7}")
+    for rtt in (float(x) for x in a.rtts.split(",")):
+        d = rtt / 4  # one way on each home's access link: home to home is 2 * (d + d)
+        r = RELAY_RTT_MS / 2 - d  # relay to each home: 2 * (d + r) = RELAY_RTT_MS
+        if r < 0:
+            raise SystemExit(f"didmesh: home RTT {rtt:g} ms exceeds twice the relay's")
+        with tempfile.TemporaryDirectory() as home, \
+                Lab([f"relay@{r:g}", f"eim:h1:p1@{d:g}", f"eim:h2:p2@{d:g}",
+                     f"public:q0@{d:g}", f"public:q1@{d:g}"]) as lab:
+            relay = lab.spawn("relay", sys.executable, "-m", "didmesh.relay", "--host",
+                              "0.0.0.0", "--port", str(RELAY_PORT), "--store", "memory",  # noqa: S104
+                              "--rate-ip-per-s", "0", stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True,
+                              env={**ENV, "DIDMESH_HOME": home})
+            assert relay.stdout is not None and "listening" in relay.stdout.readline()
+            url = f"http://{lab.public_address('relay')}:{RELAY_PORT}"
+            _open_port(lab, "h1", "p1", MPYC_PORT)
+            _open_port(lab, "h2", "p2", MPYC_PORT)
+            nat_public = [lab.public_address("p1"), lab.public_address("p2")]
+            rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for _ in range(a.repeats):
+                for name, (prog, args) in PROGRAMS.items():
+                    for mode in MODES:
+                        rows.setdefault((name, mode), []).append(
+                            one(lab, mode, url, nat_public, prog, args))
+            for name in PROGRAMS:
+                base = statistics.median(x["elapsed"] for x in rows[(name, "mpyc-nat")])
+                for mode in MODES:
+                    xs = rows[(name, mode)]
+                    el = statistics.median(x["elapsed"] for x in xs)
+                    wall = statistics.median(x["wall"] for x in xs)
+                    setup = [x["setup"] for x in xs if "setup" in x]
+                    punch = [x["punch"] for x in xs if x.get("punch") is not None]
+                    paths = ",".join(sorted({x.get("path", "mpyc") for x in xs}))
+                    print(f"{rtt:>4g} {name:>10} {mode:>9} {paths:>8} {el:>10.3f} {wall:>7.2f} "
+                          f"{statistics.median(setup) if setup else float('nan'):>8.2f} "
+                          f"{statistics.median(punch) if punch else float('nan'):>8.3f} "
+                          f"{el / base if base else float('nan'):>7.3f}", flush=True)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,434 @@
+"""Hole punching's asyncio adapter (specs/mesh.md section 6.1; the protocol and its pure
+parts are in :mod:`.punch`).
+
+:class:`Puncher` serves one :class:`~.connect.MeshConnector`: it asks a relay once per run
+where the session port is seen from, runs the initiator's or responder's side of the
+coordination over a pair's relayed Noise channel, and dials from the session port
+(:func:`dial_from`, TCP simultaneous open). A listener hands it an inbound connection that
+is the peer's half of a punch (:meth:`Puncher.claim`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .channel import SecureChannel
+from .peer import SELECT
+from .plan import MeshPlan, format_endpoint
+from .punch import (
+    DONE,
+    MAX_ATTEMPTS,
+    NAT_UNKNOWN,
+    PUNCH_GRACE,
+    RESYN_INTERVAL,
+    SYNC,
+    Observe,
+    Offer,
+    PunchError,
+    SyncGate,
+    decode_done,
+    encode_done,
+    encode_sync,
+    host_of,
+    judge_nat,
+    session_port,
+    targets,
+    why_not,
+    window,
+)
+from .transport import ByteLink, TcpLink
+
+
+class PunchedLink(TcpLink):
+    """A TCP link opened by hole punching (a sibling of direct and relayed links)."""
+
+    kind = "punched"
+
+
+class Connector(Protocol):
+    """What the puncher needs of :class:`~.connect.MeshConnector`."""
+
+    plan: MeshPlan
+
+    async def _initiate(self, link: ByteLink, peer_id: int, deadline: float
+                        ) -> SecureChannel: ...
+
+    async def _respond(self, link: ByteLink, deadline: float, expect: int | None
+                       ) -> tuple[int, SecureChannel]: ...
+
+
+async def next_message(link: ByteLink, ch: SecureChannel, deadline: float) -> bytes:
+    while True:
+        msg = ch.next_message()
+        if msg is not None:
+            return msg
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        data = await link.read_some(remaining)
+        if not data:
+            raise ConnectionError("the relayed link closed during hole punching")
+        ch.receive_data(data)
+
+
+async def dial_from(port: int, dial: Sequence[tuple[str, int]], span: float) -> PunchedLink:
+    """Connect from local ``port`` to the first of ``dial`` that answers within ``span`` s,
+    re-sending a SYN (a new connect) at most every :data:`RESYN_INTERVAL` s when one is
+    refused. Raises TimeoutError when none connects."""
+    loop = asyncio.get_running_loop()
+    end = time.monotonic() + span
+
+    async def one(host: str, rport: int) -> PunchedLink:
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            started = time.monotonic()
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if hasattr(socket, "SO_REUSEPORT"):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.setblocking(False)
+                sock.bind(("", port))
+                await asyncio.wait_for(loop.sock_connect(sock, (host, rport)), remaining)
+                link = PunchedLink(f"tcp {format_endpoint(host, rport)[6:]} (punched)")
+                await loop.create_connection(lambda: link, sock=sock)  # noqa: B023
+                return link
+            except OSError:
+                sock.close()
+                await asyncio.sleep(max(0.0, RESYN_INTERVAL - (time.monotonic() - started)))
+            except BaseException:
+                sock.close()
+                raise
+
+    tasks = [loop.create_task(one(h, p)) for h, p in dial]
+    winner: PunchedLink | None = None
+    try:
+        for fut in asyncio.as_completed(tasks):
+            with contextlib.suppress(TimeoutError, OSError):
+                winner = await fut
+                return winner
+        raise TimeoutError
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                got = await t
+                if got is not winner:  # connected too, but another target won
+                    got.abort()
+
+
+@dataclass
+class PunchStats:
+    """Per connector (observability, tests): attempts made, pairs punched."""
+
+    attempts: int = 0
+    punched: int = 0
+    seconds: dict[int, float] | None = None
+
+
+class Puncher:
+    """Runs the punch coordination of one party's pairs (one per :class:`MeshConnector`)."""
+
+    def __init__(self, connector: Connector, observe: Observe | None,
+                 relays: Sequence[str], local_addresses: Callable[[], Sequence[str]]) -> None:
+        self.connector = connector
+        self.plan = connector.plan
+        self._observe = observe
+        self._relays = list(relays)
+        self._local_addresses = local_addresses
+        self._offer: asyncio.Task[Offer] | None = None
+        self._claims: dict[tuple[str, int], asyncio.Future[TcpLink]] = {}
+        self._port: int | None = None
+        self.stats = PunchStats(seconds={})
+
+    @property
+    def port(self) -> int | None:
+        """The session port: the one our interfaces' candidates share (behind a symmetric
+        NAT the observed candidate has another)."""
+        if self._port is None:
+            local = set(self._locals())
+            own = [e for e in self.plan.me.endpoints if host_of(e) in local]
+            self._port = session_port(own or self.plan.me.endpoints) or 0
+        return self._port or None
+
+    def start_observing(self) -> None:
+        if self._offer is None:
+            self._offer = asyncio.get_running_loop().create_task(self._make_offer())
+
+    async def offer(self) -> Offer:
+        self.start_observing()
+        assert self._offer is not None
+        return await asyncio.shield(self._offer)
+
+    async def _make_offer(self) -> Offer:
+        port = self.port
+        if port is None or self._observe is None or not self._relays:
+            return Offer((), NAT_UNKNOWN)
+        seen = None
+        for url in self._relays:
+            try:
+                seen = await asyncio.wait_for(self._observe(url, port), 5.0)
+                break
+            except Exception:  # noqa: BLE001, S112 - a relay that cannot tell: try the next
+                continue
+        nat, addrs = judge_nat(seen, self.plan.me.endpoints, self._locals())
+        return Offer(addrs, nat)
+
+    def _locals(self) -> list[str]:
+        """Our interfaces' addresses; none if the machine will not tell (punching is an
+        optimisation: its failures must never cost the relayed path)."""
+        try:
+            return list(self._local_addresses())
+        except OSError:
+            return []
+
+    def close(self) -> None:
+        if self._offer is not None and not self._offer.done():
+            self._offer.cancel()
+
+    def relay_grace(self, peer: int, grace: float) -> float:
+        """How long the pair's direct attempts run alone before the relayed link (and the
+        punch) starts: ``grace`` when the two parties announced an address in common (one
+        home behind one NAT, or one machine), else at most :data:`PUNCH_GRACE`: in
+        different homes a direct connect only succeeds to a public peer, and that takes a
+        round trip, not seconds. Both parties compute the same from the signed roster."""
+        mine = {host_of(e) for e in self.plan.me.endpoints}
+        theirs = {host_of(e) for e in self.plan.party(peer).endpoints}
+        if mine & theirs or not mine or not theirs:
+            return grace
+        return min(grace, PUNCH_GRACE)
+
+    def plain_reason(self, peer: int) -> str | None:
+        """Why the pair with ``peer`` is relayed without any punch exchange (both sides
+        know it from the signed roster): a party that announces no address."""
+        for p in sorted((self.plan.my_party_id, peer)):
+            if not self.plan.party(p).endpoints:
+                return f"relayed: party {p} announces no address"
+        return None
+
+    def describe_plain(self, peer: int, link: ByteLink) -> None:
+        """Responder: the initiator selected the relayed link without punching."""
+        _describe(link, self.plain_reason(peer) or "relayed")
+
+    # -------------------------------------------------------------- initiator
+
+    async def as_initiator(self, peer: int, link: ByteLink, ch: SecureChannel,
+                           deadline: float) -> tuple[ByteLink, SecureChannel]:
+        """After the relayed handshake: punch, or fall back. Returns the link to SELECT."""
+        t0 = time.monotonic()
+        plain = self.plain_reason(peer)
+        if plain is not None:  # nothing to punch: SELECT the relayed link at once
+            _describe(link, plain)
+            return link, ch
+        mine = await self._bounded(self.offer(), deadline)
+        sent = time.monotonic()
+        link.write(ch.send(mine.encode()))
+        theirs = Offer.decode(await next_message(link, ch, min(deadline, sent + 10.0)))
+        rtt = time.monotonic() - sent
+        dial = targets(theirs, self.plan.party(peer).endpoints)
+        reason = why_not(self.plan.my_party_id, mine, peer, theirs, dial)
+        port = self.port
+        attempt = 0
+        while reason is None and port is not None:
+            attempt += 1
+            self.stats.attempts += 1
+            span = window(rtt)
+            link.write(ch.send(encode_sync(attempt)))
+            await asyncio.sleep(rtt / 2)
+            got = await self._attempt(peer, port, dial, span, deadline, initiator=True)
+            if got is not None:
+                link.abort()
+                self._punched(peer, t0, got[0])
+                return got
+            if attempt >= MAX_ATTEMPTS or time.monotonic() >= deadline:
+                reason = f"relayed: hole punching failed {attempt} times"
+        reason = reason or "relayed: no session port to punch from"
+        link.write(ch.send(encode_done(reason)))
+        _describe(link, reason)
+        return link, ch
+
+    # -------------------------------------------------------------- responder
+
+    async def as_responder(self, peer: int, link: ByteLink, ch: SecureChannel, first: bytes,
+                           deadline: float) -> tuple[ByteLink, SecureChannel]:
+        """The initiator's first message was CONNECT: answer, dial on each SYNC, and end
+        with the punched link (its SELECT arrived there) or the relayed one (SELECT)."""
+        t0 = time.monotonic()
+        theirs = Offer.decode(first)
+        mine = await self._bounded(self.offer(), deadline)
+        link.write(ch.send(mine.encode()))
+        dial = targets(theirs, self.plan.party(peer).endpoints)
+        port = self.port
+        reason = why_not(self.plan.my_party_id, mine, peer, theirs, dial) or \
+            "relayed: hole punching failed"
+        gate = SyncGate()
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(next_message(link, ch, deadline))
+        trying: asyncio.Task[tuple[ByteLink, SecureChannel] | None] | None = None
+        try:
+            while True:
+                waiting: set[asyncio.Future[object]] = {reader}  # type: ignore[arg-type]
+                if trying is not None:
+                    waiting.add(trying)  # type: ignore[arg-type]
+                done, _ = await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise TimeoutError
+                if trying is not None and trying in done:
+                    got = trying.result()
+                    trying = None
+                    if got is not None:
+                        link.abort()
+                        self._punched(peer, t0, got[0])
+                        return got
+                if reader in done:
+                    failed = reader.exception()
+                    if failed is not None:
+                        if trying is None or not isinstance(failed, ConnectionError):
+                            raise failed
+                        # the initiator closes the relayed link once its punched handshake
+                        # is done, and that may arrive before its SELECT on the punched one
+                        got = await trying  # bounded: the attempt's own timeouts
+                        trying = None
+                        if got is None:
+                            raise failed
+                        link.abort()
+                        self._punched(peer, t0, got[0])
+                        return got
+                    msg = reader.result()
+                    if msg == bytes((SELECT,)):
+                        _describe(link, reason)
+                        return link, ch
+                    if msg[:1] == bytes((DONE,)):
+                        reason = decode_done(msg)
+                    elif msg[:1] == bytes((SYNC,)) and len(msg) == 2:
+                        # bounded: at most MAX_ATTEMPTS dials, not faster than the minimum
+                        if dial and port is not None and gate.admit(time.monotonic()):
+                            self.stats.attempts += 1
+                            if trying is not None:
+                                trying.cancel()
+                            trying = loop.create_task(self._attempt(
+                                peer, port, dial, window(0.0) + 1.0, deadline, initiator=False))
+                    else:
+                        raise PunchError(f"an unexpected message (kind {msg[:1].hex()}) "
+                                         "during hole punching")
+                    reader = loop.create_task(next_message(link, ch, deadline))
+        finally:
+            reader.cancel()
+            if trying is not None:
+                trying.cancel()
+                with contextlib.suppress(BaseException):
+                    late = await trying
+                    if late is not None:  # punched, but we leave on another path
+                        late[0].abort()
+
+    # -------------------------------------------------------------- common
+
+    async def _attempt(self, peer: int, port: int, dial: Sequence[tuple[str, int]],
+                       span: float, deadline: float, *, initiator: bool
+                       ) -> tuple[ByteLink, SecureChannel] | None:
+        """One simultaneous open and handshake; None if it failed."""
+        span = max(0.05, min(span, deadline - time.monotonic()))
+        try:
+            plink = await self._dial_or_claim(port, dial, span) if initiator \
+                else await dial_from(port, dial, span)
+        except (OSError, TimeoutError):
+            return None
+        try:
+            if initiator:
+                pch = await self.connector._initiate(plink, peer, deadline)
+            else:
+                _, pch = await self.connector._respond(plink, deadline, peer)
+        except BaseException as exc:
+            plink.abort()
+            if isinstance(exc, Exception):
+                return None
+            raise
+        return plink, pch
+
+    async def _dial_or_claim(self, port: int, dial: Sequence[tuple[str, int]], span: float
+                             ) -> TcpLink:
+        """Dial; but if the peer's SYN reached our listener on ``port`` before our own
+        connect (no NAT in front of us), the listener hands that connection over here."""
+        loop = asyncio.get_running_loop()
+        claims: dict[tuple[str, int], asyncio.Future[TcpLink]] = {
+            t: loop.create_future() for t in dial}
+        self._claims.update(claims)
+        dialing = loop.create_task(dial_from(port, dial, span))
+        result: TcpLink | None = None
+        try:
+            waits: set[asyncio.Future[Any]] = {dialing, *claims.values()}
+            done, _ = await asyncio.wait(waits, timeout=span + 0.5,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                if fut is not dialing:
+                    result = fut.result()
+                    return result
+            if dialing in done:
+                result = dialing.result()
+                return result
+            raise TimeoutError
+        finally:
+            for t in dial:
+                self._claims.pop(t, None)
+            dialing.cancel()
+            try:
+                other: TcpLink | None = await dialing
+            except BaseException:  # noqa: BLE001 - it failed or was cancelled: nothing to drop
+                other = None
+            if other is not None and other is not result:
+                other.abort()
+            for fut in claims.values():
+                if not fut.done():
+                    fut.cancel()
+                elif not fut.cancelled() and fut.result() is not result:
+                    fut.result().abort()
+
+    def claim(self, link: TcpLink) -> bool:
+        """From the listener: take an inbound connection from an address we are punching
+        towards right now (it carries the peer's half of the simultaneous open)."""
+        t = link.transport
+        peer = t.get_extra_info("peername") if t is not None else None
+        if not peer:
+            return False
+        fut = self._claims.get((str(peer[0]), int(peer[1])))
+        if fut is None or fut.done():
+            return False
+        link.description = f"{link.description} (punched)"
+        link.kind = PunchedLink.kind
+        fut.set_result(link)
+        return True
+
+    def _punched(self, peer: int, t0: float, link: ByteLink) -> None:
+        """Count a punched pair; its description says how long the punch took (from the
+        relayed handshake to the punched one)."""
+        took = time.monotonic() - t0
+        self.stats.punched += 1
+        assert self.stats.seconds is not None
+        self.stats.seconds[peer] = took
+        link.description = link.description.replace("(punched)", f"(punched in {took:.2f} s)")
+
+    @staticmethod
+    async def _bounded(aw: Awaitable[Offer], deadline: float) -> Offer:
+        try:
+            return await asyncio.wait_for(aw, max(0.01, min(6.0, deadline - time.monotonic())))
+        except TimeoutError:
+            return Offer((), NAT_UNKNOWN)
+
+
+def _describe(link: ByteLink, reason: str) -> None:
+    if "(" not in link.description:
+        link.description = f"{link.description} ({reason})"
+
+
+__all__ = ["PunchStats", "PunchedLink", "Puncher", "dial_from", "next_message"]

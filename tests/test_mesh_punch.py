@@ -1,0 +1,220 @@
+"""Hole punching against hostile peers, without a lab (session/mesh/punch.py, puncher.py).
+
+The punch messages travel inside the relayed pair's Noise channel, so the relay cannot
+write them; these tests play the *peer* lying: addresses it never signed, SYNC floods,
+an impostor listening at the address it offers. Dials are counted by replacing the
+socket part (:func:`~didmesh.session.mesh.punch.dial_from`) with a recorder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from didmesh.session.mesh import punch
+from didmesh.session.mesh import puncher as puncher_module
+from didmesh.session.mesh.connect import ConnectOptions, MeshConnector
+from didmesh.session.mesh.loopback import free_ports, loopback_plans
+from didmesh.session.mesh.plan import MeshPlan
+from didmesh.session.mesh.primitives import DH25519
+from didmesh.session.mesh.punch import MAX_ATTEMPTS, NAT_EIM, Offer, SyncGate, encode_sync
+from didmesh.session.mesh.puncher import Puncher
+from didmesh.session.mesh.testing import channel_pair
+from didmesh.session.mesh.transport import ByteLink, serve_tcp
+
+PEER_SIGNED = "tcp://198.51.100.12:40000"
+MY_SIGNED = "tcp://198.51.100.13:41000"
+
+
+class MemLink(ByteLink):
+    """One end of an in-memory byte pipe."""
+
+    kind = "relay"
+
+    def __init__(self) -> None:
+        super().__init__("relay mem")
+        self.other: MemLink | None = None
+        self.aborted = False
+
+    @classmethod
+    def pair(cls) -> tuple[MemLink, MemLink]:
+        a, b = cls(), cls()
+        a.other, b.other = b, a
+        return a, b
+
+    def write(self, data: bytes | bytearray) -> None:
+        assert self.other is not None
+        if not self.aborted:
+            self.other._deliver(bytes(data))
+
+    def close(self) -> None:
+        self.aborted = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def _plans() -> list[MeshPlan]:
+    plans, _ = loopback_plans(2, endpoints=False, relays=["http://relay.invalid"])
+    eps = [(PEER_SIGNED,), (MY_SIGNED,)]
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id]) for p in plans[0].parties)
+    return [dataclasses.replace(p, parties=parties) for p in plans]
+
+
+def _responder(plan: MeshPlan) -> Puncher:
+    async def observe(url: str, port: int) -> tuple[str, int | None]:
+        return "198.51.100.13", port
+
+    return Puncher(SimpleNamespace(plan=plan), observe, list(plan.relays),
+                   lambda: ["10.2.0.2"])
+
+
+@pytest.mark.parametrize(("times", "admitted"), [
+    ([0.0, 0.0, 0.0], [True, False, False]),  # a burst: one dial
+    ([0.0, 0.1, 0.2, 0.3], [True, False, True, False]),  # 0.2 s apart at least
+    ([0.0, 1.0, 2.0, 3.0, 4.0], [True, True, True, False, False]),  # three in all
+    ([5.0, 5.19, 5.2], [True, False, True]),
+], ids=["burst", "rate", "count", "edge"])
+def test_sync_gate_bounds_dials_in_number_and_rate(times: list[float],
+                                                   admitted: list[bool]) -> None:
+    gate = SyncGate()
+    assert [gate.admit(t) for t in times] == admitted
+
+
+async def test_a_lying_flooding_peer_gets_few_dials_and_only_to_signed_addresses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    dials: list[tuple[int, list[tuple[str, int]]]] = []
+
+    async def record(port: int, dial: Any, span: float) -> Any:
+        dials.append((port, list(dial)))
+        raise TimeoutError
+
+    monkeypatch.setattr(puncher_module, "dial_from", record)
+    peer_ch, my_ch = channel_pair(random.Random(5))
+    peer_link, my_link = MemLink.pair()
+    puncher = _responder(_plans()[1])
+    lie = Offer((PEER_SIGNED, "tcp://192.0.2.99:22", "tcp://203.0.113.5:80"), NAT_EIM)
+    deadline = time.monotonic() + 20
+    task = asyncio.create_task(puncher.as_responder(0, my_link, my_ch, lie.encode(), deadline))
+    for _ in range(5):  # bursts of SYNCs, faster than any honest initiator sends them
+        for n in range(20):
+            peer_link.write(peer_ch.send(encode_sync(n)))
+        await asyncio.sleep(punch.MIN_SYNC_INTERVAL + 0.05)
+    peer_link.write(peer_ch.send(punch.encode_done("relayed: gave up")))
+    peer_link.write(peer_ch.send(bytes((7,))))  # SELECT on the relayed link
+    link, ch = await asyncio.wait_for(task, 10)
+    assert link is my_link and ch is my_ch
+    assert "relayed: gave up" in link.description
+    assert len(dials) == MAX_ATTEMPTS  # 100 SYNCs, at most MAX_ATTEMPTS dials
+    # our session port, and only the one address the peer signed in its acceptance
+    assert all(d == (41000, [("198.51.100.12", 40000)]) for d in dials)
+    # the responder answered with its own (signed) observed address
+    got = peer_ch.next_message()
+    while got is None:
+        peer_ch.receive_data(await peer_link.read_some(1.0))
+        got = peer_ch.next_message()
+    assert Offer.decode(got) == Offer((MY_SIGNED,), NAT_EIM)
+
+
+async def test_an_unexpected_message_during_punching_is_refused() -> None:
+    peer_ch, my_ch = channel_pair(random.Random(6))
+    peer_link, my_link = MemLink.pair()
+    puncher = _responder(_plans()[1])
+    task = asyncio.create_task(puncher.as_responder(
+        0, my_link, my_ch, Offer((PEER_SIGNED,), NAT_EIM).encode(), time.monotonic() + 10))
+    peer_link.write(peer_ch.send(b"\x00data before SELECT"))
+    with pytest.raises(punch.PunchError, match="unexpected message"):
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_punched_connection_to_an_impostor_fails_the_handshake() -> None:
+    """The peer offers an address where someone else listens (with another key): the
+    connection opens, the KK handshake bound to the roster fails, nothing is used."""
+    plans, ids = loopback_plans(2, endpoints=False)
+    impostor_key = DH25519().generate_keypair()
+    parties = (plans[1].parties[0],
+               dataclasses.replace(plans[1].parties[1], static_public=impostor_key.public))
+    fake = dataclasses.replace(plans[1], parties=parties,
+                               my_static_private=impostor_key.private)
+    impostor = MeshConnector(fake, ids[1], ConnectOptions(handshake_timeout=3))
+    impostor._pairs[0] = SimpleNamespace(peer_id=0)
+    port = free_ports(1)[0]
+    server = await serve_tcp("127.0.0.1", port, impostor._on_direct)
+    try:
+        me = MeshConnector(plans[0], ids[0], ConnectOptions(handshake_timeout=3))
+        puncher = Puncher(me, None, [], lambda: [])
+        got = await puncher._attempt(1, free_ports(1)[0], [("127.0.0.1", port)], 2.0,
+                                     time.monotonic() + 5, initiator=True)
+        assert got is None
+        assert impostor.inbound.failed == 1 and impostor.inbound.accepted == 0
+    finally:
+        server.close()
+
+
+async def test_a_machine_that_hides_its_interfaces_or_relays_that_fail_offer_nothing() -> None:
+    """Punching is an optimisation: when gathering what to offer fails, the party offers
+    nothing (the pair stays relayed), it never fails the relayed path."""
+    plan = _plans()[1]
+
+    def broken() -> list[str]:
+        raise OSError("no interfaces for you")
+
+    async def down(url: str, port: int) -> tuple[str, int | None]:
+        raise OSError("relay down")
+
+    hidden = Puncher(SimpleNamespace(plan=plan), _responder(plan)._observe, ["http://r"],
+                     broken)
+    assert await hidden.offer() == Offer((MY_SIGNED,), NAT_EIM)  # the port from the roster
+    nobody = Puncher(SimpleNamespace(plan=plan), down, ["http://r1", "http://r2"],
+                     lambda: ["10.2.0.2"])
+    assert await nobody.offer() == Offer((), punch.NAT_UNKNOWN)
+
+
+@pytest.mark.parametrize(("mine", "theirs", "grace"), [
+    (("tcp://10.1.0.2:4000", "tcp://198.51.100.12:4000"),
+     ("tcp://10.2.0.2:5000", "tcp://198.51.100.13:5000"), punch.PUNCH_GRACE),  # two homes
+    (("tcp://10.1.0.2:4000", "tcp://198.51.100.12:4000"),
+     ("tcp://10.1.0.3:5000", "tcp://198.51.100.12:5000"), 3.0),  # one home, one NAT
+    (("tcp://127.0.0.1:4000",), ("tcp://127.0.0.1:5000",), 3.0),  # one machine
+    (("tcp://198.51.100.11:4000",), ("tcp://10.2.0.2:5000", "tcp://198.51.100.13:5000"),
+     punch.PUNCH_GRACE),  # a public party and a NATed one
+    ((), ("tcp://198.51.100.13:5000",), 3.0),  # nothing announced: no punch to hurry
+], ids=["two-homes", "one-home", "one-machine", "public-and-nated", "no-address"])
+def test_relay_starts_sooner_only_for_parties_in_different_homes(
+        mine: tuple[str, ...], theirs: tuple[str, ...], grace: float) -> None:
+    plans = _plans()
+    eps = [mine, theirs]
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id])
+                    for p in plans[0].parties)
+    for me in (0, 1):  # both parties of the pair compute the same
+        plan = dataclasses.replace(plans[me], parties=parties)
+        puncher = Puncher(SimpleNamespace(plan=plan), None, [], lambda: [])
+        assert puncher.relay_grace(1 - me, 3.0) == grace
+
+
+async def test_the_relayed_link_closing_before_select_on_the_punched_one_is_not_a_failure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The initiator drops the relayed link as soon as its punched handshake is done; the
+    close may overtake its SELECT on the punched connection: the responder waits for it."""
+    peer_ch, my_ch = channel_pair(random.Random(7))
+    peer_link, my_link = MemLink.pair()
+    puncher = _responder(_plans()[1])
+    punched = (MemLink(), my_ch)
+
+    async def slow_attempt(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)  # the handshake and SELECT on the punched link
+        return punched
+
+    monkeypatch.setattr(puncher, "_attempt", slow_attempt)
+    task = asyncio.create_task(puncher.as_responder(
+        0, my_link, my_ch, Offer((PEER_SIGNED,), NAT_EIM).encode(), time.monotonic() + 10))
+    peer_link.write(peer_ch.send(encode_sync(1)))
+    await asyncio.sleep(0.05)
+    my_link._deliver_eof(None)  # the relay passes on the initiator's close
+    assert await asyncio.wait_for(task, 5) is punched
+    assert my_link.aborted
