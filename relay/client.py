@@ -21,7 +21,6 @@ import enum
 import json
 import os
 import random
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -52,6 +51,10 @@ from .errors import (
     ShuttingDown,
     error_from_wire,
 )
+
+# the relay CA setting and TLS context are shared with the aiohttp-free link client
+from .linkclient import CA_ENV, tls_context
+from .linkclient import TLS_HINT as _TLS_HINT
 from .observed import ObservedAddress, observe
 from .protocol import CloseCode, Linked, LinkRequest, close_reason
 
@@ -62,26 +65,6 @@ _AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
 DEFAULT_HEARTBEAT_S = 20.0
 
 
-#: a PEM file of CA certificates trusted for relays, on top of the system's (``--relay-ca``)
-CA_ENV = "DIDMESH_RELAY_CA"
-_TLS_HINT = (
-    "the relay's TLS certificate is not trusted here; if it comes from a private CA, "
-    f"pass --relay-ca FILE (or set {CA_ENV})"
-)
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Verify relays against the system CAs plus those in ``ca_file``."""
-    ctx = ssl.create_default_context()
-    if ca_file:
-        try:
-            ctx.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise RelayConfigError(
-                f"cannot use {ca_file} as the relay CA (--relay-ca / {CA_ENV}): "
-                f"{getattr(exc, 'strerror', None) or exc}"
-            ) from None
-    return ctx
 
 
 def unreachable(url: str, exc: BaseException) -> RelayUnreachable:

@@ -23,7 +23,6 @@ import hmac
 import json
 import os
 import ssl
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,13 +37,37 @@ from .errors import (
     AuthRequired,
     LinkClosed,
     RateLimited,
+    RelayConfigError,
     RelayError,
     RelayInternalError,
     RelayProtocolError,
     RelayUnreachable,
+    RelayUntrusted,
     error_from_wire,
 )
+from .observed import ObservedAddress, observe
 from .protocol import CloseCode, Linked, LinkRequest, close_reason
+
+#: a PEM file of CA certificates trusted for relays, on top of the system's (``--relay-ca``)
+CA_ENV = "DIDMESH_RELAY_CA"
+TLS_HINT = (
+    "the relay's TLS certificate is not trusted here; if it comes from a private CA, "
+    f"pass --relay-ca FILE (or set {CA_ENV})"
+)
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify relays against the system CAs plus those in ``ca_file``."""
+    ctx = ssl.create_default_context()
+    if ca_file:
+        try:
+            ctx.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise RelayConfigError(
+                f"cannot use {ca_file} as the relay CA (--relay-ca / {CA_ENV}): "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            ) from None
+    return ctx
 
 ERROR_HEADER = "x-didmesh-error"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # as the aiohttp client
@@ -262,7 +285,9 @@ class LinkClient:
     """Opens links on one relay for one identity; the token is fetched once and shared."""
 
     def __init__(self, base_url: str, identity: IdentityKey, *, timeout: float = 10.0,
-                 clock: Callable[[], float] | None = None) -> None:
+                 ca_file: str | None = None) -> None:
+        """``ca_file``: PEM CA certificates trusted for ``https://`` relays besides the
+        system's (default: ``$DIDMESH_RELAY_CA``), as :class:`~.client.RelayClient`."""
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -274,7 +299,8 @@ class LinkClient:
         self._prefix = parts.path.rstrip("/")
         self.identity = identity
         self.timeout = timeout
-        self._clock = clock
+        self._ssl = tls_context(ca_file if ca_file is not None else os.environ.get(CA_ENV)) \
+            if self._tls else None
         self._token: asyncio.Future[str] | None = None
         self._limits: asyncio.Future[dict[str, float]] | None = None
         self.relay_id: str | None = None
@@ -282,10 +308,11 @@ class LinkClient:
     async def _connect(self) -> _Conn:
         url = self.base_url
         try:
-            ctx = ssl.create_default_context() if self._tls else None
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                self._host, self._port, ssl=ctx, limit=READ_BUFSIZE,
-                server_hostname=self._host if ctx else None), self.timeout)
+                self._host, self._port, ssl=self._ssl, limit=READ_BUFSIZE,
+                server_hostname=self._host if self._ssl else None), self.timeout)
+        except ssl.SSLCertVerificationError as exc:
+            raise RelayUntrusted(f"cannot reach the relay at {url}: {TLS_HINT} ({exc})") from exc
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise RelayUnreachable(
                 f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
@@ -399,12 +426,13 @@ class LinkClient:
         :class:`RelayError`, or TimeoutError after ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
             limits = asyncio.ensure_future(self.link_limits())  # alongside the upgrade
+            req = LinkRequest(session, peer, link_id)
             try:
-                conn = await self._upgrade("/v1/link")
+                # the route lets a proxy send both ends to one relay process (relay.md)
+                conn = await self._upgrade("/v1/link?route=" + req.route(self.identity.did))
                 link = WsLink(conn, peer)
                 try:
-                    await link.send_raw(OP_TEXT, LinkRequest(session, peer, link_id)
-                                        .to_json().encode())
+                    await link.send_raw(OP_TEXT, req.to_json().encode())
                     op, data = await link.next_message()
                 except BaseException:
                     conn.close()
@@ -425,6 +453,12 @@ class LinkClient:
             finally:
                 if not limits.done():
                     limits.cancel()
+
+    async def observed(self, *, local_port: int | None = None) -> ObservedAddress:
+        """Our address and port as this relay sees them (``GET /v1/observed``), asked from
+        ``local_port`` if given: as :meth:`~.client.RelayClient.observed`."""
+        return await observe(self.base_url, await self.token(), local_port=local_port,
+                             timeout=self.timeout)
 
     async def close(self) -> None:
         for fut in (self._token, self._limits):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
 from didmesh.identity.keys import IdentityKey
@@ -189,3 +190,37 @@ def test_the_mesh_opens_links_with_the_link_client_unless_it_wants_pings() -> No
         assert client is LinkClient and link.__module__ == "didmesh.relay.linkclient"
         client, link = asyncio.run(asyncio.wait_for(main(relay.url, 5.0), 60))
         assert client is RelayClient
+
+
+def test_links_over_tls_with_a_private_ca_and_an_untrusted_relay(tmp_path: Path) -> None:
+    """https relays: the CA from ``ca_file`` (or $DIDMESH_RELAY_CA, as the aiohttp client);
+    a certificate from a CA not trusted here is RelayUntrusted, naming --relay-ca."""
+    from didmesh.relay.errors import RelayUntrusted
+    from tls_helpers import make_pki
+
+    pki = make_pki(tmp_path)
+    a, b = IdentityKey.generate(), IdentityKey.generate()
+
+    async def main(url: str) -> None:
+        mine = LinkClient(url, a, ca_file=str(pki.ca))
+        theirs = RelayClient(url, b, ca_file=str(pki.ca), heartbeat=None)
+        try:
+            la, lb = await asyncio.gather(mine.open_link("s-tls", b.did, timeout=20),
+                                          theirs.open_link("s-tls", a.did, timeout=20))
+            big = os.urandom(300_000)
+            await la.send(big)
+            assert await lb.recv(timeout=10) == big
+            await lb.send(b"pong")
+            assert await la.recv(timeout=10) == b"pong"
+            await la.close()
+            await lb.close()
+        finally:
+            await mine.close()
+            await theirs.close()
+        with pytest.raises(RelayUntrusted, match="--relay-ca FILE"):
+            await LinkClient(url, a, ca_file=str(pki.other_ca)).open_link(
+                "s-tls", b.did, timeout=10)
+
+    with start_relay("memory", ["--rate-ip-per-s", "0", "--tls-cert", str(pki.cert),
+                                "--tls-key", str(pki.key)]) as relay:
+        asyncio.run(asyncio.wait_for(main(relay.url), 60))

@@ -628,40 +628,36 @@ class RelayLinks:
         self._clients: dict[str, Any] = {}
 
     async def __call__(self, url: str, peer_did: str) -> Any:
-        client = self._clients.get(url)
+        client = self._client(url)
         if self.options.link_heartbeat is None:
-            # no pings of our own: the asyncio link client, which spares every relayed
-            # party the import of aiohttp (about 0.25 s of CPU)
-            from didmesh.relay.linkclient import LinkClient
-
-            if client is None:
-                client = self._clients[url] = LinkClient(
-                    url, self.identity, timeout=self.options.handshake_timeout)
             return await client.open_link(
                 self.plan.session_id, peer_did, timeout=self.options.connect_timeout)
-        from didmesh.relay.client import RelayClient
-
-        if client is None:
-            client = self._clients[url] = RelayClient(
-                url, self.identity, timeout=self.options.handshake_timeout,
-                heartbeat=self.options.link_heartbeat,
-            )
         return await client.open_link(
             self.plan.session_id, peer_did, timeout=self.options.connect_timeout,
             heartbeat=self.options.link_heartbeat,
         )
 
+    def _client(self, url: str) -> Any:
+        client = self._clients.get(url)
+        if client is not None:
+            return client
+        if self.options.link_heartbeat is None:
+            # no pings of our own: the asyncio link client, which spares every relayed
+            # party the import of aiohttp (about 0.25 s of CPU)
+            from didmesh.relay.linkclient import LinkClient
+
+            client = LinkClient(url, self.identity, timeout=self.options.handshake_timeout)
+        else:
+            from didmesh.relay.client import RelayClient
+
+            client = RelayClient(url, self.identity, timeout=self.options.handshake_timeout,
+                                 heartbeat=self.options.link_heartbeat)
+        self._clients[url] = client
+        return client
+
     async def observe(self, url: str, local_port: int) -> tuple[str, int | None]:
         """Our address and ``local_port``'s port as the relay at ``url`` sees them now."""
-        from didmesh.relay.client import RelayClient
-
-        client = self._clients.get(url)
-        if client is None:
-            client = self._clients[url] = RelayClient(
-                url, self.identity, timeout=self.options.handshake_timeout,
-                heartbeat=self.options.link_heartbeat,
-            )
-        seen = await client.observed(local_port=local_port)
+        seen = await self._client(url).observed(local_port=local_port)
         return seen.address, seen.port
 
     async def aclose(self) -> None:
