@@ -224,3 +224,80 @@ def test_links_over_tls_with_a_private_ca_and_an_untrusted_relay(tmp_path: Path)
     with start_relay("memory", ["--rate-ip-per-s", "0", "--tls-cert", str(pki.cert),
                                 "--tls-key", str(pki.key)]) as relay:
         asyncio.run(asyncio.wait_for(main(relay.url), 60))
+
+
+def _ws_ok(request: bytes, extra: bytes = b"") -> bytes:
+    key = next(ln.split(b":", 1)[1].strip().decode() for ln in request.split(b"\r\n")
+               if ln.lower().startswith(b"sec-websocket-key:"))
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n" + extra)
+
+
+_CHALLENGE = b'{"challenge": "c1.x.y", "relay_id": "r"}'
+_TOKEN = b'{"token": "t1.x.y", "expires_ms": 1}'
+
+
+def _http(body: bytes, status: bytes = b"200 OK") -> bytes:
+    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+HOSTILE = {
+    "garbage-head": lambda req: b"SSH-2.0-OpenSSH\r\n\r\n",
+    "huge-content-length": lambda req: b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+    "bad-content-length": lambda req: b"HTTP/1.1 200 OK\r\nContent-Length: -x\r\n\r\n",
+    "not-json": lambda req: _http(b"<html>"),
+    "endless-head": lambda req: b"HTTP/1.1 200 OK\r\nX: " + b"a" * (2 << 20),
+    "cut-mid-body": lambda req: b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{",
+    "wrong-accept": lambda req: (b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: AAAA\r\n\r\n"
+                                 if req.startswith(b"GET /v1/link") else None),
+    "refused-401": lambda req: (_http(b'{"error": {"code": "auth_invalid", "message": "no"}}',
+                                      b"401 Unauthorized")
+                                if req.startswith(b"GET /v1/link") else None),
+    "masked-frame": lambda req: (_ws_ok(req, b"\x81\x85abcdefghi")
+                                 if req.startswith(b"GET /v1/link") else None),
+    "linked-garbage": lambda req: (_ws_ok(req, b"\x81\x03{x}")
+                                   if req.startswith(b"GET /v1/link") else None),
+    "close-at-once": lambda req: (_ws_ok(req, b"\x88\x02\x0f\xa0")
+                                  if req.startswith(b"GET /v1/link") else None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_relay_gives_one_relay_error(case: str) -> None:
+    """Whatever a relay answers, the link client raises a RelayError at once: no other
+    exception escapes its parsers, and nothing waits for a timeout."""
+    answer = HOSTILE[case]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            req = await reader.readuntil(b"\r\n\r\n")
+            n = next((int(ln.split(b":")[1]) for ln in req.split(b"\r\n")
+                      if ln.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(n)
+            out = answer(req)
+            if out is None:  # this case is about another request: play a good relay
+                path = req.split(b" ")[1]
+                out = _http(_CHALLENGE if path.endswith(b"challenge") else
+                            _TOKEN if path.endswith(b"token") else b"{}")
+            writer.write(out)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            client = LinkClient(f"http://127.0.0.1:{port}", IdentityKey.generate(), timeout=3)
+            with pytest.raises(RelayError):
+                link = await client.open_link("s", "did:key:z6Mkpeer", timeout=5)
+                await link.recv(timeout=2)
+            await client.close()
+        finally:
+            server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
