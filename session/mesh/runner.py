@@ -58,6 +58,8 @@ class RunResult:
     setup_seconds: float
     bytes_per_peer: dict[int, dict[str, int]] = field(default_factory=dict)
     receipt: dict[str, Any] | None = None
+    #: how MPyC's bytes travelled: "noise" (the mesh) or "wireguard" (the tunnel)
+    transport: str = "noise"
 
 
 def program_digest(path: str | os.PathLike[str]) -> str:
@@ -96,6 +98,8 @@ def run_program(
     workdir: str | None = None,
     digest: str | None = None,
     refuse: DidmeshError | None = None,
+    bridge_factory: Callable[..., MpycBridge] = MpycBridge,
+    transport: str = "noise",
 ) -> RunResult:
     """Run ``program_path`` as party ``plan.my_party_id`` over the mesh (blocking).
 
@@ -105,6 +109,10 @@ def run_program(
     and its own on ``sys.path``; ``digest`` is the agreed program digest for the receipt
     (default: ``sha256:`` of the file). With ``refuse`` nothing runs: the party connects
     only to send every peer a signed abort with that error, then raises it.
+    ``bridge_factory`` makes the MPyC bridge (another one carries MPyC's bytes another
+    way, e.g. :class:`~didmesh.session.wireguard.bridge.WgBridge`; the mesh then carries
+    only the check, the start barrier, aborts and BYE); ``transport`` names it in the
+    receipt.
     """
     if refuse is None and not Path(program_path).is_file():
         from .faults import PlanError
@@ -140,7 +148,7 @@ def run_program(
     try:
         # MPyC is imported (and set up for this party) before the mesh comes up, so the
         # connectivity check is also the start line: no party is still importing then.
-        bridge = MpycBridge(
+        bridge = bridge_factory(
             {}, party_id=plan.my_party_id, m=plan.m,
             on_error=lambda e: _bridge_error(mesh, e),
         )
@@ -198,7 +206,9 @@ def run_program(
         ended = time.time()
         result = RunResult(
             exit_code=exit_code, table=table, program_digest=digest, started=started,
-            ended=ended, setup_seconds=setup_seconds, bytes_per_peer=mesh.bytes_per_peer(),
+            ended=ended, setup_seconds=setup_seconds,
+            bytes_per_peer=bridge.bytes_per_peer() or mesh.bytes_per_peer(),
+            transport=transport,
         )
         if receipt and identity is not None:
             result = _with_receipt(plan, identity, result)

@@ -1,0 +1,171 @@
+"""``didmesh run --transport wireguard`` for real (issue 11; needs root, marked ``netns``):
+three parties in network namespaces of a :class:`~didmesh.session.wireguard.testing.WgLab`
+(namespaces only: didmesh itself starts ``wireguard-go``, configures and removes it) run
+examples/secure_sum.py from a really agreed roster.
+
+* the output equals plain MPyC's, every receipt names the transport ``wireguard``, and
+  afterwards no interface, ``wireguard-go``, route, UAPI socket or state file remains;
+* a party whose MPyC announces another party's id over the tunnel is refused and named;
+* Ctrl-C and SIGTERM while waiting for handshakes, SIGKILL (the next run clears what is
+  left), and a program crash all leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from didmesh.identity.keystore import Keystore
+from didmesh.session.testing import World
+from didmesh.session.wireguard import load_plan, tunnel_addresses
+from didmesh.session.wireguard.testing import UAPI_DIR, WgLab, available
+from didmesh.session.wireguard.tunnel import run_interface, wireguard_go_pids
+from wg_helpers import agreed_world
+
+_WHY = available()
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(_WHY is not None, reason=str(_WHY))]
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "secure_sum.py"
+PORTS = [51820 + i for i in range(3)]
+
+# Loaded into a "rogue" party's interpreter: its MPyC client announces party id 1,
+# whatever its own id is (a roster member claiming another member's id).
+ROGUE = '''
+import importlib.abc, importlib.machinery, sys
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "mpyc.asyncoro":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        exec_module = spec.loader.exec_module
+        def patched(module):
+            exec_module(module)
+            made = module.MessageExchanger.connection_made
+            def connection_made(self, transport):
+                if self.peer_pid is not None:
+                    write = transport.writelines
+                    def lie(parts):
+                        parts = list(parts)
+                        parts[0] = (1).to_bytes(2, "little")
+                        write(parts)
+                    transport.writelines = lie
+                made(self, transport)
+            module.MessageExchanger.connection_made = connection_made
+        spec.loader.exec_module = patched
+        return spec
+sys.meta_path.insert(0, _Finder())
+'''
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("wgrun")
+    program = root / "secure_sum.py"
+    shutil.copy(EXAMPLE, program)
+    w = asyncio.run(agreed_world(root, lambda i: f"tcp://10.215.0.{i + 1}:{PORTS[i]}",
+                                 program=program))
+    for p in w.parties:  # the CLI loads the identity from the party's home
+        Keystore(w.root / p.name).create(passphrase=None, key=p.key)
+    yield w
+
+
+_labs = iter(range(1000))
+
+
+@pytest.fixture
+def lab() -> Iterator[WgLab]:
+    with WgLab(3, prefix=f"dm{os.getpid() % 10000}r{next(_labs)}") as lab:
+        yield lab
+
+
+def names(world: World) -> list[str]:
+    return [run_interface(world.sid, i) for i in range(3)]
+
+
+def spawn(lab: WgLab, world: World, i: int, *extra: str, env: dict[str, str] | None = None
+          ) -> subprocess.Popen[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
+    full["DIDMESH_HOME"] = str(world.root / world.parties[i].name)
+    full.update(env or {})
+    return lab.spawn(i, sys.executable, "-m", "didmesh.session.cli.main", "run",
+                     world.sid[:8], "--transport", "wireguard", "--handshake-timeout", "30",
+                     "--connect-timeout", "30", "--timeout", "10", *extra, "--",
+                     str(world.program), "--no-log", stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=full)
+
+
+def finish(procs: list[subprocess.Popen[str]], timeout: float = 120) -> list[tuple[int, str, str]]:
+    out = []
+    for p in procs:
+        o, e = p.communicate(timeout=timeout)
+        out.append((p.returncode, o, e))
+    return out
+
+
+def assert_nothing_left(lab: WgLab, world: World) -> None:
+    session_v4 = str(tunnel_addresses(bytes.fromhex(_roster_hash(world)), 0).ipv4)
+    prefix = session_v4.rsplit(".", 2)[0]
+    for i, name in enumerate(names(world)):
+        links = lab.run(i, "ip", "-o", "link", "show")
+        assert name not in links, links
+        routes = lab.run(i, "ip", "route", "show") + lab.run(i, "ip", "-6", "route", "show")
+        assert prefix not in routes and "fd" not in routes.split("fe80")[0], routes
+        assert not wireguard_go_pids(name)
+        assert not (UAPI_DIR / f"{name}.sock").exists()
+        assert not Path("/run/didmesh/wg", f"{name}.json").exists()
+
+
+def _roster_hash(world: World) -> str:
+    return load_plan(world.parties[0].engine.store, world.sid).roster_hash.hex()
+
+
+def plain_mpyc(program: Path) -> str:
+    from didmesh.session.mesh.loopback import free_ports
+
+    ports = free_ports(3)
+    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
+    procs = [subprocess.Popen([sys.executable, str(program), "--no-log", *plist, "-I", str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    outs = [p.communicate(timeout=90) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    return outs[0][0]
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@pytest.mark.slow
+def test_three_parties_run_over_wireguard_like_plain_mpyc(world: World, lab: WgLab) -> None:
+    results = finish([spawn(lab, world, i) for i in range(3)])
+    assert [rc for rc, _, _ in results] == [0, 0, 0], [e[-2500:] for _, _, e in results]
+    expected = plain_mpyc(world.program)
+    assert "sum: 51" in expected
+    assert [o for _, o, _ in results] == [expected] * 3
+    for i, (_, _, err) in enumerate(results):
+        assert "WireGuard handshakes with all peers complete" in err, err
+        assert f"WireGuard interface {names(world)[i]} removed" in err, err
+        receipt_path = err.rpartition("run complete; receipt: ")[2].split("\n")[0]
+        receipt = json.loads(Path(receipt_path).read_text())
+        claims = receipt["credentialSubject"]["claims"]
+        assert claims["transport"] == "wireguard"
+        peers = claims["bytesPerPeer"]
+        assert len(peers) == 2 and all(v["sent"] > 0 and v["received"] > 0
+                                       for v in peers.values()), peers
+    assert_nothing_left(lab, world)
