@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -168,4 +169,71 @@ def test_three_parties_run_over_wireguard_like_plain_mpyc(world: World, lab: WgL
         peers = claims["bytesPerPeer"]
         assert len(peers) == 2 and all(v["sent"] > 0 and v["received"] > 0
                                        for v in peers.values()), peers
+    assert_nothing_left(lab, world)
+
+
+@pytest.mark.slow
+def test_a_party_announcing_another_partys_id_over_the_tunnel_is_refused(
+    world: World, lab: WgLab, tmp_path: Path
+) -> None:
+    rogue = tmp_path / "rogue"
+    rogue.mkdir()
+    (rogue / "sitecustomize.py").write_text(ROGUE)
+    env0 = {"PYTHONPATH": os.pathsep.join([str(rogue), *sys.path[1:]])}
+    procs = [spawn(lab, world, 0, env=env0), spawn(lab, world, 1), spawn(lab, world, 2)]
+    results = finish(procs)
+    assert all(rc != 0 for rc, _, _ in results), [e[-1500:] for _, _, e in results]
+    plan = load_plan(world.parties[0].engine.store, world.sid)
+    rogue_addr = tunnel_addresses(plan.roster_hash, 0).ipv4
+    for i in (1, 2):  # both servers refuse party 0's connection claiming id 1, and name it
+        err = results[i][2]
+        assert "Traceback" not in err, err
+        assert f"refused an MPyC connection from {rogue_addr} (party 0" in err, err
+        assert "that announced party id 1" in err, err
+        assert err.strip().splitlines()[-1].startswith("didmesh: "), err
+    assert all("sum" not in o for _, o, _ in results), results  # nothing was computed
+    assert_nothing_left(lab, world)
+
+
+@pytest.mark.slow
+def test_interrupts_kill_and_crash_leave_nothing_behind(world: World, lab: WgLab) -> None:
+    name = names(world)[1]
+
+    def up(p: subprocess.Popen[str]) -> None:  # party 1 alone: it waits for handshakes
+        wait_for(lambda: name in lab.run(1, "ip", "-o", "link", "show")
+                 or p.poll() is not None, 20, "the interface comes up")
+        assert p.poll() is None
+        time.sleep(0.5)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        p = spawn(lab, world, 1)
+        up(p)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=30)
+        assert p.returncode != 0, err
+        assert f"WireGuard interface {name} removed" in err, err
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("didmesh:")
+        assert_nothing_left(lab, world)
+
+    # SIGKILL: wireguard-go ends with its parent (parent-death signal); the state file
+    # that remains is cleared by the next run, which then completes
+    p = spawn(lab, world, 1)
+    up(p)
+    p.kill()
+    p.communicate(timeout=10)
+    wait_for(lambda: not wireguard_go_pids(name), 10, "wireguard-go ends with its parent")
+    assert Path("/run/didmesh/wg", f"{name}.json").exists()
+    results = finish([spawn(lab, world, i) for i in range(3)])
+    assert [rc for rc, _, _ in results] == [0, 0, 0], [e[-2000:] for _, _, e in results]
+    assert f"removing what a stopped run left behind: {name}" in results[1][2]
+    assert_nothing_left(lab, world)
+
+    # a program crash (party 2's private input is not a number): everyone stops, cleanly
+    crash = [spawn(lab, world, 0), spawn(lab, world, 1),
+             spawn(lab, world, 2, "--input", "VALUE=not-a-number")]
+    results = finish(crash)
+    assert all(rc != 0 for rc, _, _ in results), [e[-1500:] for _, _, e in results]
+    assert "ValueError" in results[2][2]
+    for rc, _, err in results[:2]:
+        assert "party 2" in err.strip().splitlines()[-1], err[-1500:]
     assert_nothing_left(lab, world)
