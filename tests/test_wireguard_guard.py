@@ -39,7 +39,7 @@ def hello(pid: int) -> bytes:
 CASES: list[tuple[str, int, str, int, Any]] = [
     ("own address, lower id", 3, addr(1), 1, 1),
     ("own address, id 0", 2, addr(0), 0, 0),
-    ("another party's id", 3, addr(0), 1, "from %s (party 0" % addr(0)),
+    ("another party's id", 3, addr(0), 1, f"from {addr(0)} (party 0"),
     ("an id of no party", 3, addr(1), 77, "not in the roster"),
     ("an address of no party", 3, "100.64.0.250", 1, "an address of no party"),
     ("a higher id connects to a lower", 1, addr(2), 2, "the lower id connects"),

@@ -234,6 +234,6 @@ def test_interrupts_kill_and_crash_leave_nothing_behind(world: World, lab: WgLab
     results = finish(crash)
     assert all(rc != 0 for rc, _, _ in results), [e[-1500:] for _, _, e in results]
     assert "ValueError" in results[2][2]
-    for rc, _, err in results[:2]:
+    for _, _, err in results[:2]:
         assert "party 2" in err.strip().splitlines()[-1], err[-1500:]
     assert_nothing_left(lab, world)
