@@ -119,7 +119,9 @@ def test_readme_commands_announce_gathered_candidates_and_lan_pairs_go_direct(
         waits = []
         for w in ("bob", "carol"):
             people.cli(w, w, "invites", "--relay", url)
-            people.cli(w, w, "accept", sid, "--yes")
+            accepted, _ = people.cli(w, w, "accept", sid, "--yes")
+            assert accepted["endpoints"] and accepted["endpoints"][0].startswith(
+                f"tcp://{lab.address(w)}:")
             waits.append(people.spawn(w, w, "status", sid, "--wait", "--timeout", "60"))
         for code, _, err in _finish([organizer, *waits]):
             assert code == 0, err[-1500:]
@@ -191,7 +193,7 @@ async def test_gathering_with_relays_that_answer_fail_or_see_loopback() -> None:
         return "198.51.100.12", port
 
     got = await gather(
-        ["http://127.0.0.1:1/", "http://down.invalid/", "http://slow.invalid/",
+        ["http://relay.invalid/", "http://down.invalid/", "http://slow.invalid/",
          "http://local.invalid/"], observe, port=4242, timeout=0.3,
         addresses=[("lo", "127.0.0.1"), ("eth0", "10.1.0.2"), ("eth1", "10.7.0.9")])
     assert got.port == 4242
@@ -200,3 +202,6 @@ async def test_gathering_with_relays_that_answer_fail_or_see_loopback() -> None:
     assert len(got.notes) == 3 and any("down.invalid" in n for n in got.notes)
     nothing = await gather([], None, port=4242, addresses=[])
     assert nothing.endpoints == [] and nothing.notes == []
+    local = await gather(["http://127.0.0.1:8470", "http://localhost:9"], observe, port=4242,
+                         addresses=[("eth0", "10.1.0.2")])
+    assert local.endpoints == ["tcp://127.0.0.1:4242"]  # a single-machine session

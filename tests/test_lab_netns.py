@@ -175,3 +175,28 @@ def test_close_ends_what_was_started_inside_the_lab_by_hand() -> None:
             raise
     assert stray.wait(5) != 0  # ended by close(), by its pid
     assert lab.leftovers() == []
+
+
+def test_the_lab_of_a_killed_process_is_found_and_taken_down() -> None:
+    from didmesh.session.lab.lab import clean_stale, stale_labs
+
+    code = ("import os; from didmesh.session.lab import Lab\n"
+            "lab = Lab(['relay', 'eim:h1:p1']); lab.up(); print(lab.name, flush=True)\n"
+            "os._exit(0)  # no close(), no atexit: as if killed\n")
+    name = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+    left = Lab(["relay", "eim:h1:p1"], name)
+    try:
+        assert name in stale_labs() and left.leftovers()
+        assert name in clean_stale()
+    finally:
+        left.close()
+    assert left.leftovers() == [] and name not in stale_labs()
+
+
+def test_loss_on_a_link_drops_about_that_share_each_way() -> None:
+    with Lab(["relay", "public:l@1/0/20"]) as lab:  # 20 % each way: 64 % come back
+        lab.serve_probe("relay", PORT)
+        got = lab.probe("l", "echoes", f"{lab.public_address('relay')}:{PORT}",
+                        "--count", "150", "--timeout", "0.05")
+    assert got["sent"] == 150 and 0.48 < got["answered"] / 150 < 0.80, got

@@ -121,7 +121,8 @@ def cmd_accept(args: argparse.Namespace, out: Output) -> int:
     delivered = flush_now(engine, sid, out)
     if not args.wait:
         out.result(
-            {"sessionId": sid, "accepted": True, "delivered": delivered, "status": "accepted"},
+            {"sessionId": sid, "accepted": True, "delivered": delivered, "status": "accepted",
+             "endpoints": endpoints},
             f"accepted session {sid[:8]}; the roster follows once everyone accepted\n"
             f"  watch it with: didmesh status {sid[:8]} --wait",
         )

@@ -48,7 +48,7 @@ def announced_endpoints(args: argparse.Namespace, key: IdentityKey, relays: Sequ
         out.progress(f"warning: no address to announce ({exc}); peers will use the relay")
         return []
     for note in gathered.notes:
-        out.progress(f"note: no observed address from {note}")
+        out.progress(f"note: {note}")
     if gathered.candidates:
         shown = ", ".join(
             f"{c.endpoint} ({'seen by ' + c.source if c.kind == OBSERVED else c.source})"

@@ -20,7 +20,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .lab import FORWARDER, Lab, available, write_state
+from .lab import FORWARDER, Lab, available, clean_stale, write_state
 from .netns import LabError, end_pid, pid_alive
 from .topology import DEFAULT, INTERNET
 
@@ -99,6 +99,10 @@ def _stray_forwarders(lab: Lab) -> list[int]:
 
 
 def _down(args: argparse.Namespace) -> int:
+    if args.stale:
+        names = clean_stale()
+        print(f"took down {len(names)} stale lab(s){': ' + ', '.join(names) if names else ''}")
+        return 0
     path = _state_dir() / f"{args.name}.json"
     lab = _load(args.name) if path.exists() else Lab(list(DEFAULT), args.name)
     for pid in _stray_forwarders(lab):  # also those of a lab whose state file was lost
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--hold", action="store_true",
                     help="stay in the foreground; Ctrl-C takes the lab down")
     down = sub.add_parser("down", help="take a lab down (processes ended, namespaces deleted)")
+    down.add_argument("--stale", action="store_true",
+                      help="instead, take down the labs of test processes that were killed")
     status = sub.add_parser("status", help="show a lab's nodes and addresses")
     ex = sub.add_parser("exec", help="run a command inside one node")
     ex.add_argument("node")

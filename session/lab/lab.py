@@ -68,6 +68,42 @@ def _read_line(proc: subprocess.Popen[str], timeout: float, what: str) -> str:
     return proc.stdout.readline()
 
 
+_STALE = re.compile(r"^dmlt(\d+)x\d+-")
+
+
+def _fresh_name() -> str:
+    """``t<pid>x<n>``, skipping names a dead process with our pid may have left behind."""
+    while True:
+        name = f"t{os.getpid()}x{next(_COUNTER)}"
+        try:
+            if not any(p.name.startswith(f"dml{name}-") for p in NETNS_DIR.iterdir()):
+                return name
+        except OSError:
+            return name
+
+
+def stale_labs() -> list[str]:
+    """Names of in-process labs whose process is gone (killed before it could clean up)."""
+    try:
+        names = [p.name for p in NETNS_DIR.iterdir()]
+    except OSError:
+        return []
+    out = set()
+    for ns in names:
+        m = _STALE.match(ns)
+        if m and not pid_alive(int(m.group(1))):
+            out.add(ns[3:].split("-", 1)[0])
+    return sorted(out)
+
+
+def clean_stale() -> list[str]:
+    """Take down every stale in-process lab (processes inside ended, namespaces deleted)."""
+    names = stale_labs()
+    for name in names:
+        Lab(["relay"], name).close()
+    return names
+
+
 class Lab:
     """One Internet lab; use it as a context manager or call :meth:`up` / :meth:`close`."""
 
@@ -78,7 +114,7 @@ class Lab:
         elif not isinstance(topology, Topology):
             topology = Topology.parse(topology)
         self.topology = topology
-        self.name = name or f"t{os.getpid()}x{next(_COUNTER)}"
+        self.name = name or _fresh_name()
         if not _NAME.match(self.name):
             raise LabError(f"lab name {self.name!r}: use 1 to 24 lowercase letters and digits")
         self.prefix = f"dml{self.name}-"

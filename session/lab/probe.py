@@ -7,6 +7,7 @@ trips and throughput. Each prints one JSON line; every wait is bounded.
     python -m didmesh.session.lab.probe rtt udp|tcp HOST:PORT [--count N]
     python -m didmesh.session.lab.probe throughput HOST:PORT [--megabytes M]
     python -m didmesh.session.lab.probe dial HOST:PORT [--timeout S]
+    python -m didmesh.session.lab.probe echoes HOST:PORT [--count N]   (UDP: how many return)
 
 ``serve`` answers a UDP datagram with ``IP:PORT`` of its sender, and a TCP client first
 with ``IP:PORT\\n`` then an echo of whatever it sends; the sink (PORT+1) reads a TCP
@@ -144,6 +145,27 @@ def rtt(proto: str, target: str, count: int, timeout: float) -> dict[str, Any]:
             "min_ms": min(samples)}
 
 
+def echoes(target: str, count: int, timeout: float) -> dict[str, Any]:
+    """Send ``count`` UDP datagrams one at a time; how many came back (loss both ways)."""
+    answered = 0
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    with s:
+        s.connect(_split(target))
+        for i in range(count):
+            tag = f"{i}".encode()
+            s.send(tag)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:  # skip late answers to earlier ones
+                try:
+                    if s.recv(2048).endswith(b" " + tag):
+                        answered += 1
+                        break
+                except TimeoutError:
+                    break
+    return {"sent": count, "answered": answered}
+
+
 def throughput(target: str, megabytes: float, timeout: float) -> dict[str, Any]:
     """Send ``megabytes`` to a sink; Mbit/s from the first byte sent to the sink's answer."""
     total = int(megabytes * 1e6)
@@ -187,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--megabytes", type=float, default=20)
     d = sub.add_parser("dial")
     d.add_argument("target")
-    for q in (m, r, t, d):
+    e = sub.add_parser("echoes")
+    e.add_argument("target")
+    e.add_argument("--count", type=int, default=100)
+    for q in (m, r, t, d, e):
         q.add_argument("--timeout", type=float, default=3)
     a = p.parse_args(argv)
     try:
@@ -198,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             result: Any = mapping(a.proto, a.src_port, a.targets, a.timeout)
         elif a.cmd == "rtt":
             result = rtt(a.proto, a.target, a.count, a.timeout)
+        elif a.cmd == "echoes":
+            result = echoes(a.target, a.count, a.timeout)
         elif a.cmd == "throughput":
             result = throughput(a.target, a.megabytes, a.timeout)
         else:

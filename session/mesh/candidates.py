@@ -11,10 +11,11 @@ announces, in its signed acceptance, the endpoints ``tcp://ADDR:PORT`` for:
   open through the NAT); behind a symmetric NAT, a port that will not be reused.
 
 At most :data:`~didmesh.session.documents.MAX_ENDPOINTS`, host candidates first (a peer on
-the same LAN tries them first). The run listens on that port on every interface. The
-gathering is split so that it can be tested without a network: :func:`host_candidates`,
-:func:`order` are pure; :func:`interface_addresses`, :func:`choose_port` and
-:func:`gather` touch the machine.
+the same LAN tries them first). When every relay of the session is on loopback, every
+party is on this machine: only ``127.0.0.1`` is announced. The run listens on that port on
+every interface. The gathering is split so that it can be tested without a network:
+:func:`host_candidates`, :func:`order` are pure; :func:`interface_addresses`,
+:func:`choose_port` and :func:`gather` touch the machine.
 """
 
 from __future__ import annotations
@@ -131,6 +132,16 @@ def choose_port(rng: random.Random | None = None, tries: int = 50) -> int:
     raise OSError("no free TCP port found for the mesh; announce one with --endpoint")
 
 
+def _on_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def gather(
     relays: Sequence[str],
     observe: Observe | None,
@@ -145,6 +156,10 @@ async def gather(
     each within ``timeout``; one that fails is noted, not fatal.
     """
     port = port if port is not None else choose_port()
+    if relays and all(_on_loopback(url) for url in relays):
+        # every relay is on this machine's loopback, so every party is on this machine
+        return Gathered(port, [Candidate(HOST, "127.0.0.1", port, "lo")],
+                        ["the relays are on loopback: announcing 127.0.0.1 only"])
     addrs = list(addresses) if addresses is not None else interface_addresses()
     first = None
     loop = asyncio.get_running_loop()
@@ -163,10 +178,11 @@ async def gather(
             try:
                 addr, seen_port = await asyncio.wait_for(observe(url, port), timeout)
             except Exception as exc:  # noqa: BLE001 - any failure: this relay is noted
-                notes.append(f"{url}: {getattr(exc, 'message', None) or exc!r}")
+                notes.append(f"no observed address from {url}: "
+                             f"{getattr(exc, 'message', None) or exc!r}")
                 return None
             if seen_port is None or not usable(addr):
-                notes.append(f"{url}: no usable observed address ({addr} port {seen_port})")
+                notes.append(f"no usable observed address from {url} ({addr} port {seen_port})")
                 return None
             return Candidate(OBSERVED, addr, seen_port, url)
 
