@@ -92,15 +92,15 @@ def names(world: World) -> list[str]:
     return [run_interface(world.sid, i) for i in range(3)]
 
 
-def spawn(lab: WgLab, world: World, i: int, *extra: str, env: dict[str, str] | None = None
-          ) -> subprocess.Popen[str]:
+def spawn(lab: WgLab, world: World, i: int, *extra: str, env: dict[str, str] | None = None,
+          program: Path | None = None) -> subprocess.Popen[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
     full["DIDMESH_HOME"] = str(world.root / world.parties[i].name)
     full.update(env or {})
     return lab.spawn(i, sys.executable, "-m", "didmesh.session.cli.main", "run",
                      world.sid[:8], "--transport", "wireguard", "--handshake-timeout", "30",
                      "--connect-timeout", "30", "--timeout", "10", *extra, "--",
-                     str(world.program), "--no-log", stdout=subprocess.PIPE,
+                     str(program or world.program), "--no-log", stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=full)
 
 
@@ -236,4 +236,35 @@ def test_interrupts_kill_and_crash_leave_nothing_behind(world: World, lab: WgLab
     assert "ValueError" in results[2][2]
     for _, _, err in results[:2]:
         assert "party 2" in err.strip().splitlines()[-1], err[-1500:]
+    assert_nothing_left(lab, world)
+
+    # SIGKILL again, then `didmesh wg down SESSION` clears what is left (and says so)
+    p = spawn(lab, world, 1)
+    up(p)
+    p.kill()
+    p.communicate(timeout=10)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
+    env["DIDMESH_HOME"] = str(world.root / world.parties[1].name)
+    for want in (f"removed {name}", f"nothing of {name} to remove"):
+        down = subprocess.run(lab.exec(1, sys.executable, "-m", "didmesh.session.cli.main",
+                                       "wg", "down", world.sid[:8]),
+                              capture_output=True, text=True, timeout=30, env=env)
+        assert down.returncode == 0 and want in down.stdout, (down.stdout, down.stderr)
+    assert_nothing_left(lab, world)
+
+
+@pytest.mark.slow
+def test_a_party_with_another_program_starts_nothing_and_tells_the_others(
+    world: World, lab: WgLab, tmp_path: Path
+) -> None:
+    changed = tmp_path / "secure_sum.py"
+    changed.write_text(world.program.read_text() + "\n# changed\n")
+    results = finish([spawn(lab, world, 0), spawn(lab, world, 1, program=changed),
+                      spawn(lab, world, 2)])
+    assert all(rc != 0 for rc, _, _ in results), [e[-1500:] for _, _, e in results]
+    assert "secure_sum.py" in results[1][2].strip().splitlines()[-1]
+    for i in (0, 2):  # told over the tunnel, by a signed abort, why nothing starts
+        last = results[i][2].strip().splitlines()[-1]
+        assert "party 1" in last and "its copy of the program differs" in last, last
+    assert all("sum" not in o for _, o, _ in results)
     assert_nothing_left(lab, world)
