@@ -149,12 +149,35 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+# Samples party 1's namespace's TCP listeners on MPyC's port and the control port every
+# few ms until stdin closes; prints the local addresses seen listening.
+SAMPLER = """
+import select, sys
+seen = set()
+while not select.select([sys.stdin], [], [], 0.003)[0]:
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and int(f[1].split(":")[1], 16) in (11365, 11366):
+            a, port = f[1].split(":")
+            ip = ".".join(str(b) for b in reversed(bytes.fromhex(a)))
+            seen.add(f"{ip}:{int(port, 16)}")
+for line in open("/proc/net/tcp6").read().splitlines()[1:]:
+    f = line.split()
+    if f[3] == "0A" and int(f[1].split(":")[1], 16) in (11365, 11366):
+        seen.add("v6 " + f[1])
+print(" ".join(sorted(seen)))
+"""
+
+
 # --------------------------------------------------------------------------- runs
 
 
 @pytest.mark.slow
 def test_three_parties_run_over_wireguard_like_plain_mpyc(world: World, lab: WgLab) -> None:
+    sampler = lab.spawn(1, sys.executable, "-c", SAMPLER, stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE)
     results = finish([spawn(lab, world, i) for i in range(3)])
+    listening = sampler.communicate("", timeout=10)[0].split()
     assert [rc for rc, _, _ in results] == [0, 0, 0], [e[-2500:] for _, _, e in results]
     expected = plain_mpyc(world.program)
     assert "sum: 51" in expected
@@ -169,6 +192,9 @@ def test_three_parties_run_over_wireguard_like_plain_mpyc(world: World, lab: WgL
         peers = claims["bytesPerPeer"]
         assert len(peers) == 2 and all(v["sent"] > 0 and v["received"] > 0
                                        for v in peers.values()), peers
+    # party 1 listened (for party 0) on its tunnel address only, never on another one
+    me = str(tunnel_addresses(bytes.fromhex(_roster_hash(world)), 1).ipv4)
+    assert listening and all(a.startswith(me + ":") for a in listening), listening
     assert_nothing_left(lab, world)
 
 
