@@ -26,6 +26,9 @@ from typing import Any
 
 import pytest
 from didmesh.identity.keystore import Keystore
+from didmesh.session.lab.lab import Lab
+from didmesh.session.lab.lab import available as internet_available
+from didmesh.session.lab.topology import Topology
 from didmesh.session.testing import World
 from didmesh.session.wireguard import load_plan, tunnel_addresses
 from didmesh.session.wireguard.testing import UAPI_DIR, WgLab, available
@@ -81,6 +84,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 _labs = iter(range(1000))
 
+#: the Internet lab: party 0 (it announces no endpoint) behind an endpoint-independent NAT,
+#: parties 1 and 2 public hosts; one-way access-link delays of 5, 2 and 3 ms
+NAT_TOPOLOGY = ["eim:h0:p0@5", "public:q1@2", "public:q2@3"]
+NAT_NODES = ["p0", "q1", "q2"]
+
+
+@pytest.fixture(scope="module")
+def nat_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("wgnat")
+    program = root / "secure_sum.py"
+    shutil.copy(EXAMPLE, program)
+    topo = Topology.parse(NAT_TOPOLOGY)
+    w = asyncio.run(agreed_world(
+        root, lambda i: f"tcp://{topo.public_address(NAT_NODES[i])}:{PORTS[i]}",
+        program=program))
+    for p in w.parties:
+        Keystore(w.root / p.name).create(passphrase=None, key=p.key)
+    yield w
+
 
 @pytest.fixture
 def lab() -> Iterator[WgLab]:
@@ -92,16 +114,21 @@ def names(world: World) -> list[str]:
     return [run_interface(world.sid, i) for i in range(3)]
 
 
-def spawn(lab: WgLab, world: World, i: int, *extra: str, env: dict[str, str] | None = None,
-          program: Path | None = None) -> subprocess.Popen[str]:
+def spawn(lab: WgLab | Lab, world: World, i: int, *extra: str,
+          env: dict[str, str] | None = None, program: Path | None = None
+          ) -> subprocess.Popen[str]:
+    """Party ``i``'s ``didmesh run --transport wireguard`` in its lab node."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
     full["DIDMESH_HOME"] = str(world.root / world.parties[i].name)
     full.update(env or {})
-    return lab.spawn(i, sys.executable, "-m", "didmesh.session.cli.main", "run",
-                     world.sid[:8], "--transport", "wireguard", "--handshake-timeout", "30",
-                     "--connect-timeout", "30", "--timeout", "10", *extra, "--",
-                     str(program or world.program), "--no-log", stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=full)
+    cmd = [sys.executable, "-m", "didmesh.session.cli.main", "run", world.sid[:8],
+           "--transport", "wireguard", "--handshake-timeout", "30", "--connect-timeout", "30",
+           "--timeout", "10", *extra, "--", str(program or world.program), "--no-log"]
+    popen: dict[str, Any] = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 stdin=subprocess.DEVNULL, env=full)
+    if isinstance(lab, Lab):
+        return lab.spawn(NAT_NODES[i], *cmd, text=True, **popen)
+    return lab.spawn(i, *cmd, **popen)
 
 
 def finish(procs: list[subprocess.Popen[str]], timeout: float = 120) -> list[tuple[int, str, str]]:
@@ -112,13 +139,15 @@ def finish(procs: list[subprocess.Popen[str]], timeout: float = 120) -> list[tup
     return out
 
 
-def assert_nothing_left(lab: WgLab, world: World) -> None:
+def assert_nothing_left(lab: WgLab | Lab, world: World) -> None:
     session_v4 = str(tunnel_addresses(bytes.fromhex(_roster_hash(world)), 0).ipv4)
     prefix = session_v4.rsplit(".", 2)[0]
     for i, name in enumerate(names(world)):
-        links = lab.run(i, "ip", "-o", "link", "show")
+        node: Any = NAT_NODES[i] if isinstance(lab, Lab) else i
+        links = lab.run(node, "ip", "-o", "link", "show")
         assert name not in links, links
-        routes = lab.run(i, "ip", "route", "show") + lab.run(i, "ip", "-6", "route", "show")
+        routes = lab.run(node, "ip", "route", "show") + lab.run(node, "ip", "-6", "route",
+                                                                  "show")
         assert prefix not in routes and "fd" not in routes.split("fe80")[0], routes
         assert not wireguard_go_pids(name)
         assert not (UAPI_DIR / f"{name}.sock").exists()
@@ -294,3 +323,20 @@ def test_a_party_with_another_program_starts_nothing_and_tells_the_others(
         assert "party 1" in last and "its copy of the program differs" in last, last
     assert all("sum" not in o for _, o, _ in results)
     assert_nothing_left(lab, world)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(internet_available() is not None, reason=str(internet_available()))
+def test_a_party_behind_a_nat_runs_over_wireguard_like_plain_mpyc(nat_world: World) -> None:
+    """Party 0 sits behind an endpoint-independent NAT and announces no endpoint: it
+    initiates to the public parties, which learn its mapped endpoint from the handshake."""
+    with Lab(NAT_TOPOLOGY) as internet:
+        results = finish([spawn(internet, nat_world, i) for i in range(3)])
+        assert [rc for rc, _, _ in results] == [0, 0, 0], [e[-2500:] for _, _, e in results]
+        expected = plain_mpyc(nat_world.program)
+        assert [o for _, o, _ in results] == [expected] * 3
+        home = Topology.parse(NAT_TOPOLOGY).public_address("h0")
+        for i in (1, 2):  # the public parties reached party 0 at its NAT's public address
+            assert f"party 0 at {home}:" in results[i][2], results[i][2]
+        assert f"party 1 at {internet.public_address('q1')}:{PORTS[1]}" in results[0][2]
+        assert_nothing_left(internet, nat_world)

@@ -103,7 +103,10 @@ def run_over_wireguard(
                    f"(session range {cfg.networks[0]}); waiting for handshakes with "
                    f"{len(cfg.peers)} peers (up to {handshake_timeout:g} s)")
             took = tunnel.wait_handshakes(handshake_timeout, plan.describe)
-            report(f"WireGuard handshakes with all peers complete ({took:.2f} s)")
+            where = tunnel.endpoints()
+            peers = ", ".join(f"party {peer.party_id} at {where.get(peer.party_id, '?')}"
+                              for peer in cfg.peers)
+            report(f"WireGuard handshakes with all peers complete ({took:.2f} s): {peers}")
             bridge = functools.partial(WgBridge, plan=plan, port=port,
                                        connect_timeout=connect_timeout)
             return run_program(

@@ -288,6 +288,17 @@ class Tunnel:
                 shakes[by_key[key]] = int(when)
         return shakes
 
+    def endpoints(self) -> dict[int, str]:
+        """Party id -> the UDP endpoint WireGuard uses for it now (learned or configured)."""
+        out = _cmd("wg", "show", self.name, "endpoints").stdout
+        by_key = {encode_key(p.public_key): p.party_id for p in self.cfg.peers}
+        found: dict[int, str] = {}
+        for line in out.splitlines():
+            key, _, where = line.partition("\t")
+            if key in by_key and where.strip() not in ("", "(none)"):
+                found[by_key[key]] = where.strip()
+        return found
+
     def wait_handshakes(self, timeout: float, describe: Callable[[int], str] = str
                         ) -> float:
         """Wait until a handshake with every peer has completed; the seconds it took.
