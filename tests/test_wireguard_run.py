@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(_WHY is not None, reason=str
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "secure_sum.py"
 PORTS = [51820 + i for i in range(3)]
+NAT_PORTS = [51830 + i for i in range(3)]
 
 # Loaded into a "rogue" party's interpreter: its MPyC client announces party id 1,
 # whatever its own id is (a roster member claiming another member's id).
@@ -97,7 +98,7 @@ def nat_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     shutil.copy(EXAMPLE, program)
     topo = Topology.parse(NAT_TOPOLOGY)
     w = asyncio.run(agreed_world(
-        root, lambda i: f"tcp://{topo.public_address(NAT_NODES[i])}:{PORTS[i]}",
+        root, lambda i: f"tcp://{topo.public_address(NAT_NODES[i])}:{NAT_PORTS[i]}",
         program=program))
     for p in w.parties:
         Keystore(w.root / p.name).create(passphrase=None, key=p.key)
@@ -338,5 +339,54 @@ def test_a_party_behind_a_nat_runs_over_wireguard_like_plain_mpyc(nat_world: Wor
         home = Topology.parse(NAT_TOPOLOGY).public_address("h0")
         for i in (1, 2):  # the public parties reached party 0 at its NAT's public address
             assert f"party 0 at {home}:" in results[i][2], results[i][2]
-        assert f"party 1 at {internet.public_address('q1')}:{PORTS[1]}" in results[0][2]
+        assert f"party 1 at {internet.public_address('q1')}:{NAT_PORTS[1]}" in results[0][2]
         assert_nothing_left(internet, nat_world)
+
+
+TWO_TUNNELS = """
+import json, subprocess, sys
+from didmesh.session.store import SessionStore
+from didmesh.session.wireguard import build_config, load_plan
+from didmesh.session.wireguard.errors import WgTunnelFailed
+from didmesh.session.wireguard.tunnel import Tunnel
+cfgs = [build_config(load_plan(SessionStore(h), s)) for h, s in zip(sys.argv[1::2], sys.argv[2::2])]
+out = {}
+# another interface holding an address in the first session's range
+other = str(cfgs[0].networks[0][200]) + "/32"
+subprocess.run(["ip", "address", "add", other, "dev", "lo"], check=True)
+try:
+    Tunnel(cfgs[0]).up()
+except WgTunnelFailed as exc:
+    out["refused"] = exc.message
+subprocess.run(["ip", "address", "del", other, "dev", "lo"], check=True)
+tunnels = [Tunnel(c) for c in cfgs]
+try:
+    for t in tunnels:
+        t.up()
+    out["names"] = [t.name for t in tunnels]
+    out["addrs"] = subprocess.run(["ip", "-j", "-4", "address", "show"], capture_output=True,
+                                  text=True, check=True).stdout
+finally:
+    for t in tunnels:
+        t.down()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_two_sessions_on_one_machine_do_not_collide(world: World, nat_world: World,
+                                                    lab: WgLab) -> None:
+    args = [a for w in (world, nat_world) for a in (str(w.root / w.parties[1].name), w.sid)]
+    out = json.loads(lab.run(1, sys.executable, "-c", TWO_TUNNELS, *args, timeout=60))
+    assert "already used by interface lo (" in out["refused"], out
+    assert out["names"] == [run_interface(world.sid, 1), run_interface(nat_world.sid, 1)]
+    addrs = {a["ifname"]: [i["local"] + "/" + str(i["prefixlen"]) for i in a["addr_info"]]
+             for a in json.loads(out["addrs"])}
+    ranges = [str(load_plan(w.parties[1].engine.store, w.sid).roster_hash.hex()) for w in
+              (world, nat_world)]
+    assert len(set(ranges)) == 2
+    for w, name in zip((world, nat_world), out["names"], strict=True):
+        mine = tunnel_addresses(load_plan(w.parties[1].engine.store, w.sid).roster_hash, 1)
+        assert addrs[name] == [f"{mine.ipv4}/22"], addrs
+    assert_nothing_left(lab, world)
+    assert_nothing_left(lab, nat_world)

@@ -260,7 +260,14 @@ class Tunnel:
                 raise WgTunnelFailed(f"wireguard-go did not open {self.name} within "
                                      f"{timeout:g} s")
             time.sleep(0.02)
-        _cmd("wg", "setconf", self.name, "/dev/stdin", input=render_setconf(self.cfg))
+        res = _cmd("wg", "setconf", self.name, "/dev/stdin", input=render_setconf(self.cfg),
+                   check=False)
+        if res.returncode != 0:
+            if "Address already in use" in res.stderr:
+                raise WgTunnelFailed(
+                    f"UDP port {self.cfg.listen_port} (your announced endpoint's port) is in "
+                    "use on this machine, by another program or another session's tunnel")
+            raise WgTunnelFailed(f"wg setconf {self.name} failed: {res.stderr.strip()[-300:]}")
         v4, v6 = self.cfg.interface_addresses()
         _cmd("ip", "address", "add", v4, "dev", self.name)
         _cmd("ip", "address", "add", v6, "dev", self.name, "nodad")
