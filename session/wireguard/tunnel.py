@@ -346,17 +346,20 @@ class Tunnel:
         if not self._touched:
             return
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if link_exists(self.name):
-                _cmd("ip", "link", "del", self.name, check=False)
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            if proc.stderr is not None:
-                proc.stderr.close()
-        remove(self.name)
-        self._touched = False
+        try:
+            if proc is not None:
+                if link_exists(self.name):
+                    _cmd("ip", "link", "del", self.name, check=False)
+                if proc.poll() is None:
+                    proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(5)
+                if proc.stderr is not None:
+                    proc.stderr.close()
+        finally:  # whatever failed above, the socket and state file go, the link is checked
+            remove(self.name)
+            self._touched = False
