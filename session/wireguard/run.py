@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -98,8 +99,10 @@ def run_over_wireguard(
     tunnel = Tunnel(cfg, report=report)
     with _signals_interrupt():
         try:
+            t0 = time.perf_counter()
             tunnel.up()
-            report(f"WireGuard interface {tunnel.name} up, {tunnel.address} "
+            report(f"WireGuard interface {tunnel.name} up in {time.perf_counter() - t0:.2f} s, "
+                   f"{tunnel.address} "
                    f"(session range {cfg.networks[0]}); waiting for handshakes with "
                    f"{len(cfg.peers)} peers (up to {handshake_timeout:g} s)")
             took = tunnel.wait_handshakes(handshake_timeout, plan.describe)
@@ -116,5 +119,7 @@ def run_over_wireguard(
                 digest=digest, refuse=refuse, bridge_factory=bridge, transport=TRANSPORT,
             )
         finally:
+            t0 = time.perf_counter()
             tunnel.down()
-            report(f"WireGuard interface {tunnel.name} removed")
+            report(f"WireGuard interface {tunnel.name} removed "
+                   f"({time.perf_counter() - t0:.2f} s)")
