@@ -155,6 +155,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         if args.relay_only:
             raise SessionUsageError("--relay-only and --transport wireguard exclude each "
                                     "other: the tunnel is direct (UDP) between every pair")
+        if not 0 < args.handshake_timeout <= 3600:
+            raise BadSessionParameters("--handshake-timeout: give seconds in (0, 3600]")
         wg_preflight.check()  # before anything is touched
     identity = load_identity(args)
     store = store_of(args)
