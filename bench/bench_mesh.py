@@ -1,6 +1,7 @@
 """Benchmark: the examples over plain MPyC, MPyC --ssl, didmesh direct and didmesh relayed.
 
     python bench/bench_mesh.py [--parties 3 5] [--repeats 3] [--matrix-n 200] [--budget 1500]
+    python bench/bench_mesh.py --startup [--startup-m 10] [--repeats 3]
 
 For each example and each m, every mode runs ``--repeats`` times on loopback (all
 parties as local processes); the figure is the median of MPyC's own "elapsed time"
@@ -13,6 +14,13 @@ on a machine shared with other jobs it is a steadier guide than wall time. Then 
 mesh set-up time (connect every pair, handshake, connectivity check) for m = 10
 parties in one process (``--no-setup`` skips it). Bounded: every run has a timeout and
 the whole benchmark stops starting new runs after ``--budget`` s.
+
+``cnn_layer`` (examples/cnn_layer.py) is the large-message example: one input message of
+over 5 MB to every party, through the relay on its default ``link_max_frame`` too (the
+relay of mode (d) is started with default settings unless ``--big-relay-frames``).
+``--startup`` measures start-up instead: a trivial program (hello world) at m = 10 (``--
+startup-m``), whole processes from launch to exit, plain MPyC against didmesh direct and
+relayed, interleaved; wall time and the CPU of all parties.
 
 Modes: (a) ``plain`` MPyC TCP (``-P``/``-I``); (b) ``ssl`` MPyC ``--ssl`` with throwaway
 certificates made here (``.config/party_<i>.crt``, ``party_<i>.key``, ``mpyc_ca.crt`` in
@@ -198,11 +206,12 @@ def baseline_tree(rev: str, into: Path) -> dict[str, str]:
     return {**ENV, "PYTHONPATH": str(into)}
 
 
-def start_relay() -> tuple[str, subprocess.Popen[bytes]]:
+def start_relay(big_frames: bool = False) -> tuple[str, subprocess.Popen[bytes]]:
     [port] = free_ports(1)
+    frames = ["--link-max-frame", str(64 << 20)] if big_frames else []  # default: 1 MiB
     proc = subprocess.Popen(
         [sys.executable, "-m", "didmesh.relay", "--host", "127.0.0.1", "--port", str(port),
-         "--link-max-bytes", str(1 << 40), "--link-max-frame", str(64 << 20),
+         "--link-max-bytes", str(1 << 40), *frames,
          # MPyC blocks its event loop for many seconds in large numpy steps; the relay's
          # link pings (20 s, pong within 10 s) would drop such a party's links. The mesh
          # has its own liveness with stall grace (specs/mesh.md section 7).
@@ -232,6 +241,76 @@ async def _setup_once(m: int) -> float:
     elapsed = time.perf_counter() - t0
     await asyncio.gather(*(mesh.finish(10) for mesh in meshes))
     return elapsed
+
+
+HELLO = """from mpyc.runtime import mpc
+mpc.run(mpc.start())
+print("hello from party", mpc.pid)
+mpc.run(mpc.shutdown())
+"""
+
+
+def startup_benchmark(m: int, repeats: int, relay: str | None, relay_pid: int | None,
+                      workdir: Path, receipts: bool = True) -> dict[str, Any]:
+    """Whole processes of a trivial program at m parties: plain vs didmesh, interleaved
+    (with each party's signed run receipt, as ``didmesh run`` makes one, unless not
+    ``receipts``)."""
+    program = workdir / "hello.py"
+    program.write_text(HELLO)
+    modes = ["plain", "direct"] + (["relayed"] if relay else [])
+    figures: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in modes}
+    for _ in range(repeats):
+        for mode in modes:
+            if mode == "plain":
+                ports = free_ports(m)
+                plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
+                cpu0, t0 = children_cpu(), time.monotonic()
+                procs = [subprocess.Popen([sys.executable, str(program), "--no-log", *plist,
+                                           "-I", str(i)], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, env=ENV)
+                         for i in range(m)]
+                _wait_all(procs, t0)
+                wall, cpu = time.monotonic() - t0, children_cpu() - cpu0
+            else:
+                plans, ids = loopback_plans(m, relays=[relay] if mode == "relayed" and relay
+                                            else [])
+                opts: dict[str, Any] = {"timeout": 60, "connect_timeout": 60,
+                                        "relay_only": mode == "relayed",
+                                        "receipt": receipts}
+                relay_cpu0 = process_cpu(relay_pid) if mode == "relayed" and relay_pid else 0.0
+                cpu0, t0 = children_cpu(), time.monotonic()
+                procs = [spawn_party(launch_document(plans[i], ids[i], str(program),
+                                                     ["--no-log"], **opts),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                         for i in range(m)]
+                _wait_all(procs, t0)
+                wall, cpu = time.monotonic() - t0, children_cpu() - cpu0
+                if mode == "relayed" and relay_pid:
+                    cpu += process_cpu(relay_pid) - relay_cpu0
+            figures[mode]["wall"].append(wall)
+            figures[mode]["cpu"].append(cpu)
+    base = statistics.median(figures["plain"]["wall"])
+    out: dict[str, Any] = {}
+    for mode, f in figures.items():
+        wall, cpu = statistics.median(f["wall"]), statistics.median(f["cpu"])
+        out[mode] = {"median_wall_s": round(wall, 3), "wall_ratio_to_plain": round(wall / base, 3),
+                     "median_cpu_s": round(cpu, 3), "cpu_per_party_s": round(cpu / m, 3),
+                     "walls": [round(w, 3) for w in f["wall"]]}
+    return out
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], t0: float) -> None:
+    deadline = t0 + RUN_TIMEOUT
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            if p.returncode != 0:
+                raise RuntimeError(f"party exited {p.returncode}: {err.decode()[-1500:]}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
 
 
 def mesh_setup_seconds(m: int, repeats: int) -> list[float]:
@@ -292,7 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--santa-n", type=int, default=24)
     ap.add_argument("--modes", nargs="+", default=["plain", "ssl", "direct", "relayed"])
     ap.add_argument("--examples", nargs="+",
-                    default=["secure_sum", "secret_santa", "matrix_product"])
+                    default=["secure_sum", "secret_santa", "matrix_product", "cnn_layer"])
+    ap.add_argument("--cnn-images", type=int, default=24,
+                    help="cnn_layer batch (24: an input message of over 5 MB per party)")
+    ap.add_argument("--big-relay-frames", action="store_true",
+                    help="start the relay with a 64 MiB link_max_frame (default: its 1 MiB)")
+    ap.add_argument("--startup", action="store_true",
+                    help="only the start-up benchmark: hello world at --startup-m parties")
+    ap.add_argument("--startup-m", type=int, default=10)
+    ap.add_argument("--no-receipts", action="store_true",
+                    help="start-up benchmark: the parties sign no run receipt")
     ap.add_argument("--budget", type=float, default=1500.0, help="stop starting runs after (s)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--setup-only", action="store_true", help="only the m=10 set-up time")
@@ -310,11 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         "secret_santa": (EXAMPLES / "secret_santa.py", ["-n", str(a.santa_n), "--seed", "1"]),
         "matrix_product": (EXAMPLES / "matrix_product.py",
                            ["-n", str(a.matrix_n), "--seed", "1"]),
+        "cnn_layer": (EXAMPLES / "cnn_layer.py", ["--images", str(a.cnn_images), "--seed", "1"]),
     }
     if a.program_cpu:
         programs = {k: (WRAPPER, [str(p), *args]) for k, (p, args) in programs.items()}
     started = time.monotonic()
-    relay, relay_proc = (start_relay() if "relayed" in a.modes else (None, None))
+    relay, relay_proc = (start_relay(a.big_relay_frames) if "relayed" in a.modes
+                         else (None, None))
     results: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -325,7 +415,19 @@ def main(argv: list[str] | None = None) -> int:
             if a.baseline:
                 alt_env = baseline_tree(a.baseline, workdir / "baseline")
                 modes.append(f"direct@{a.baseline}")
-            for ex in ([] if a.setup_only else a.examples):
+            if a.startup:
+                res = startup_benchmark(a.startup_m, a.repeats, relay,
+                                        relay_proc.pid if relay_proc else None, workdir,
+                                        receipts=not a.no_receipts)
+                results[f"startup hello m={a.startup_m}"] = res
+                print(f"start-up, hello world, m={a.startup_m} (whole processes, medians of "
+                      f"{a.repeats} interleaved):")
+                for mode, s in res.items():
+                    print(f"    {mode:8} wall {s['median_wall_s']:7.3f} s "
+                          f"(x{s['wall_ratio_to_plain']})  cpu {s['median_cpu_s']:7.3f} s "
+                          f"({s['cpu_per_party_s']:.3f} s per party)  walls {s['walls']}",
+                          flush=True)
+            for ex in ([] if a.setup_only or a.startup else a.examples):
                 program, args = programs[ex]
                 for m in a.parties:
                     row: dict[str, Any] = {}
@@ -374,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                     for mode, s in summary.items():
                         if isinstance(s, dict):
                             print("    " + format_mode(mode, s), flush=True)
-        if not a.no_setup:
+        if not a.no_setup and not a.startup:
             setups = mesh_setup_seconds(10, 3)
             results["mesh_setup_m10_s"] = {"median": round(statistics.median(setups), 4),
                                            "all": [round(s, 4) for s in setups]}

@@ -7,7 +7,10 @@
    post-to-delivery latency (post starts -> push arrives at the recipient), memory and SQLite.
 2. Forwarding: RTT and throughput of 64 B and 64 KB frames through a link versus direct
    loopback TCP between the same two processes (this one and a peer subprocess).
-3. 1,000 idle authenticated links held by one relay process: its RSS.
+3. 1,000 idle authenticated links held by one relay process: its RSS (``--idle-links N``
+   and ``--idle-procs P``: N links over P processes on one Redis, the RSS of them all).
+4. ``--only crossproc``: relay CPU per MB forwarded (64 KB frames) on a link whose ends
+   reach two processes on one Redis, against a link whose ends reach one of them.
 
 Relays are real ``python -m didmesh.relay`` processes on loopback.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import struct
@@ -26,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from didmesh.identity.keys import IdentityKey  # noqa: E402
 from didmesh.relay.client import RelayClient  # noqa: E402
 from didmesh.relay.envelope import seal  # noqa: E402
-from relay_helpers import start_relay  # noqa: E402
+from proc_stats import process_cpu  # noqa: E402
+from relay_helpers import start_redis, start_relay  # noqa: E402
 
 NO_LIMITS = [
     "--rate-ip-per-s", "0", "--rate-did-per-s", "0", "--inbox-max-envelopes", "100000",
@@ -220,31 +226,79 @@ async def forwarding(url: str, rtt_n: int, small_n: int, big_n: int) -> dict[str
 # -- 3. idle links ----------------------------------------------------------------------------
 
 
-async def idle_links(url: str, pid: int, n: int) -> dict[str, float]:
-    a, b = IdentityKey.generate(), IdentityKey.generate()
-    rss0 = rss_mb(pid)
-    links = []
-    async with RelayClient(url, a, timeout=60) as ca, RelayClient(url, b, timeout=60) as cb:
-        async with asyncio.timeout(180):
-            for start in range(0, n, 100):
-                batch = await asyncio.gather(*(
-                    asyncio.gather(ca.open_link("idle", b.did, link_id=f"l{i}"),
-                                   cb.open_link("idle", a.did, link_id=f"l{i}"))
-                    for i in range(start, min(n, start + 100))
-                ))
-                links.extend(batch)
+async def idle_links(urls: list[str], pids: list[int], n: int) -> dict[str, float]:
+    """``n`` idle links spread over ``urls`` (both ends of a link on one process, as the
+    proxy's route key would place them), 500 links per pair of identities."""
+    rss0 = sum(rss_mb(p) for p in pids)
+    links: list[Any] = []
+    clients: list[RelayClient] = []
+    try:
+        async with asyncio.timeout(900):
+            for start in range(0, n, 500):
+                url = urls[(start // 500) % len(urls)]
+                a, b = IdentityKey.generate(), IdentityKey.generate()
+                ca = RelayClient(url, a, timeout=60, heartbeat=None)
+                cb = RelayClient(url, b, timeout=60, heartbeat=None)
+                clients += [ca, cb]
+                for s0 in range(start, min(n, start + 500), 100):
+                    links.extend(await asyncio.gather(*(
+                        asyncio.gather(ca.open_link("idle", b.did, link_id=f"l{i}"),
+                                       cb.open_link("idle", a.did, link_id=f"l{i}"))
+                        for i in range(s0, min(n, start + 500, s0 + 100))
+                    )))
             await asyncio.sleep(2)
-            rss1 = rss_mb(pid)
-            la, lb = links[0]
-            await la.send(b"alive")
-            assert await lb.recv(timeout=5) == b"alive"
-            la, lb = links[-1]
-            await lb.send(b"alive")
-            assert await la.recv(timeout=5) == b"alive"
+            rss1 = sum(rss_mb(p) for p in pids)
+            for la, lb in (links[0], links[-1]):
+                await la.send(b"alive")
+                assert await lb.recv(timeout=5) == b"alive"
+    finally:
         for la, lb in links:
             await la.close()
             await lb.close()
+        for c in clients:
+            await c.close()
     return {"links": len(links), "rss_before_mb": rss0, "rss_mb": rss1}
+
+
+# -- 4. CPU per MB, one process or two ----------------------------------------------------------
+
+
+async def link_cpu_ms_per_mb(urls: tuple[str, str], pids: list[int], mb: int) -> float:
+    """Relay CPU (all ``pids``) per MB of 64 KB frames sent one way over one link whose
+    ends reach ``urls[0]`` and ``urls[1]``."""
+    a, b = IdentityKey.generate(), IdentityKey.generate()
+    frame, n = os.urandom(65536), mb * 16
+    async with RelayClient(urls[0], a, timeout=60, heartbeat=None) as ca, \
+            RelayClient(urls[1], b, timeout=60, heartbeat=None) as cb:
+        la, lb = await asyncio.gather(ca.open_link("cpu", b.did), cb.open_link("cpu", a.did))
+
+        async def receive() -> None:
+            for _ in range(n):
+                await lb.recv(timeout=60)
+
+        cpu0 = sum(process_cpu(p) for p in pids)
+        rx = asyncio.create_task(receive())
+        for _ in range(n):
+            await la.send(frame)
+        await asyncio.wait_for(rx, 120)
+        cpu1 = sum(process_cpu(p) for p in pids)
+        await la.close()
+        await lb.close()
+    return (cpu1 - cpu0) * 1000 / (n * 65536 / 1e6)
+
+
+def raise_nofile(want: int) -> int:
+    """Raise this process's descriptor limits (children inherit them); the soft limit after."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for new_hard in (max(hard, want), hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, new_hard), new_hard))
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -254,7 +308,8 @@ def row(name: str, value: str, target: str = "") -> str:
     return f"| {name:<46} | {value:>16} | {target:<22} |"
 
 
-async def main(quick: bool, only: str = "", runs: int = 1) -> None:
+async def main(quick: bool, only: str = "", runs: int = 1, idle_n: int = 0,
+               idle_procs: int = 1) -> None:
     rule = "|" + "-" * 48 + "|" + "-" * 18 + "|" + "-" * 24 + "|"
     lines = [row("measure", "value", "target"), rule]
     with tempfile.TemporaryDirectory() as tmp:
@@ -286,10 +341,38 @@ async def main(quick: bool, only: str = "", runs: int = 1) -> None:
                                      f"{statistics.median(xs):.2f}", target))
                     lines.append(row("  runs", " ".join(f"{x:.2f}" for x in xs)))
         if only in ("", "links"):
-            with start_relay("memory", NO_LIMITS, home=tmp) as relay:
-                idle = await idle_links(relay.url, relay.proc.pid, 300 if quick else 1000)
-            lines.append(row(f"{idle['links']} idle links: relay RSS (MB)",
-                             f"{idle['rss_mb']:.0f} (idle {idle['rss_before_mb']:.0f})", "<= 150"))
+            n = idle_n or (300 if quick else 1000)
+            raise_nofile(4 * n + 1024)
+            # relay pings off: this one process opening thousands of links cannot answer
+            # pings on the first ones in time (the relay would rightly cut them)
+            more = [*NO_LIMITS, "--links-total", str(2 * n + 100),
+                    "--links-per-did", str(n + 100), "--link-heartbeat-s", "0"]
+            if idle_procs > 1:
+                with start_redis() as redis, contextlib.ExitStack() as stack:
+                    relays = [stack.enter_context(start_relay(redis.url(1), more, home=tmp))
+                              for _ in range(idle_procs)]
+                    idle = await idle_links([r.url for r in relays],
+                                            [r.proc.pid for r in relays], n)
+            else:
+                with start_relay("memory", more, home=tmp) as relay:
+                    idle = await idle_links([relay.url], [relay.proc.pid], n)
+            target = "<= 150" if n <= 1000 else "<= 500 at 10,000 links"
+            lines.append(row(f"{idle['links']} idle links, {idle_procs} process(es): RSS (MB)",
+                             f"{idle['rss_mb']:.0f} (idle {idle['rss_before_mb']:.0f})",
+                             target))
+        if only == "crossproc":
+            mb = 16 if quick else 64
+            with start_redis() as redis, start_relay(redis.url(2), NO_LIMITS, home=tmp) as p1, \
+                    start_relay(redis.url(2), NO_LIMITS, home=tmp) as p2:
+                pids = [p1.proc.pid, p2.proc.pid]
+                local, cross = [], []
+                for _ in range(max(1, runs)):  # interleaved
+                    local.append(await link_cpu_ms_per_mb((p1.url, p1.url), pids, mb))
+                    cross.append(await link_cpu_ms_per_mb((p1.url, p2.url), pids, mb))
+            lo, cr = statistics.median(local), statistics.median(cross)
+            lines.append(row("relay CPU ms/MB, both ends on one process", f"{lo:.2f}"))
+            lines.append(row("relay CPU ms/MB, ends on two processes", f"{cr:.2f}"))
+            lines.append(row("cross-process / local CPU per MB", f"{cr / lo:.1f}", "<= 2"))
     print("\n".join(lines))
 
 
@@ -317,8 +400,12 @@ if __name__ == "__main__":
         sys.exit(0)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller counts")
-    ap.add_argument("--only", choices=["mailbox", "forwarding", "links"], default="")
+    ap.add_argument("--only", choices=["mailbox", "forwarding", "links", "crossproc"],
+                    default="")
+    ap.add_argument("--idle-links", type=int, default=0, help="links for the idle test")
+    ap.add_argument("--idle-procs", type=int, default=1,
+                    help="relay processes (on one Redis) holding the idle links")
     ap.add_argument("--runs", type=int, default=1,
                     help="forwarding runs (fresh relay each); medians are reported")
     a = ap.parse_args()
-    asyncio.run(main(a.quick, a.only, a.runs))
+    asyncio.run(main(a.quick, a.only, a.runs, a.idle_links, a.idle_procs))

@@ -149,6 +149,9 @@ def _as_document(doc: dict[str, Any] | bytes | str, what: str) -> Json:
             raise MalformedCredential(f"{what} is not plain JSON") from None
         if size > MAX_DOCUMENT_BYTES:
             raise DocumentTooLarge(f"{what} is {size} bytes; the limit is {MAX_DOCUMENT_BYTES}")
+        # the same decisions as for bytes (strict_json: depth, number length, lone
+        # surrogates), whoever built this dict
+        parse_untrusted(json.dumps(doc, allow_nan=False), max_bytes=6 * MAX_DOCUMENT_BYTES)
         return doc
     return parse_untrusted(doc)
 

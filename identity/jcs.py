@@ -26,9 +26,16 @@ _encoder = json.JSONEncoder(
 )
 
 
+class _OutOfDomain(Exception):
+    def __init__(self, value: int) -> None:
+        self.bits = value.bit_length()
+
+
 def _simple(value: Any) -> bool:
-    """True if the fast path gives RFC 8785 output for ``value``."""
+    """True if the fast path gives RFC 8785 output for ``value``; raises _OutOfDomain for
+    an integer RFC 8785 cannot represent exactly."""
     stack = [value]
+    simple = True
     while stack:
         item = stack.pop()
         if isinstance(item, str) or item is None or isinstance(item, bool):
@@ -42,10 +49,10 @@ def _simple(value: Any) -> bool:
             stack.extend(item)
         elif isinstance(item, int):
             if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                return False
+                raise _OutOfDomain(item)
         else:  # float or anything else: the full implementation decides
-            return False
-    return True
+            simple = False
+    return simple
 
 
 def canonicalize(value: Any, *, what: str = "document") -> bytes:
@@ -54,14 +61,21 @@ def canonicalize(value: Any, *, what: str = "document") -> bytes:
         if _simple(value):
             return _encoder.encode(value).encode("utf-8")
         return rfc8785.dumps(value)
+    except _OutOfDomain as exc:
+        raise MalformedCredential(
+            f"{what} holds an integer of {exc.bits} bits, beyond +-(2**53 - 1), the integers "
+            "RFC 8785 (JCS) represents exactly; send it as a string"
+        ) from None
     except rfc8785.CanonicalizationError as exc:
-        raise MalformedCredential(f"{what} cannot be canonicalized (RFC 8785): {exc}") from None
+        raise MalformedCredential(
+            f"{what} cannot be canonicalized (RFC 8785): {exc!s:.120}"
+        ) from None
     except RecursionError:
         raise MalformedCredential(f"{what} is nested too deeply") from None
     except UnicodeEncodeError:
         raise MalformedCredential(f"{what} contains a lone surrogate, which is not JSON") from None
     except (TypeError, ValueError) as exc:
-        raise MalformedCredential(f"{what} is not plain JSON: {exc}") from None
+        raise MalformedCredential(f"{what} is not plain JSON: {exc!s:.120}") from None
 
 
 def canonicalize_reference(value: Any) -> bytes:

@@ -28,7 +28,13 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from .errors import DidmeshError, MalformedCredential, UndefinedTerm, UnknownContext
+from .errors import (
+    DidmeshError,
+    DocumentTooLarge,
+    MalformedCredential,
+    UndefinedTerm,
+    UnknownContext,
+)
 
 # Canonical URL -> file in identity/contexts/.
 CREDENTIALS_V1 = "https://www.w3.org/2018/credentials/v1"
@@ -63,6 +69,14 @@ BUNDLED_CONTEXTS: Mapping[str, str] = {
     BITSTRING_STATUS_LIST_V1: "bitstring-status-list-v1.jsonld",
 }
 
+#: JSON objects a document may hold before JSON-LD processing. RDFC-1.0 costs quadratic
+#: time in the number of alike blank nodes (a "poison graph": 1,325 empty objects took
+#: 2.5 s, a 256 KiB document of them would take hours); a credential holds a few dozen.
+MAX_JSONLD_OBJECTS = 500
+#: array items, likewise: a list is a chain of blank nodes (128,000 numbers took 6 s)
+MAX_JSONLD_ITEMS = 2000
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ABSOLUTE_IRI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
@@ -124,10 +138,22 @@ def _jsonld_code(exc: BaseException) -> str:
 
 @cache
 def _pyld() -> Any:
-    """PyLD, imported on first use: it pulls in ``requests`` and costs ~0.2 s of start-up
-    that commands which never canonicalize (JCS, keystore, relay) should not pay."""
-    from pyld import jsonld
+    """PyLD, imported on first use (commands which never canonicalize -- JCS, keystore,
+    relay -- should not pay for it). At import PyLD builds a default document loader
+    from ``requests`` (~0.2 s more); didmesh never uses it (every call passes
+    :func:`document_loader`, which fetches nothing), so ``requests`` is kept out of that
+    import unless something else loaded it already."""
+    import sys
 
+    blocked = [m for m in ("requests", "aiohttp") if m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None  # type: ignore[assignment]  # PyLD then takes its dummy loader
+    try:
+        from pyld import jsonld
+    finally:
+        for m in blocked:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
     return jsonld
 
 
@@ -207,6 +233,20 @@ def _relative_iris(node: Any, types: list[str], ids: list[str]) -> None:
             _relative_iris(value, types, ids)
 
 
+def _count(value: Any) -> tuple[int, int]:
+    """(JSON objects, array items) in ``value``."""
+    objects, items, stack = 0, 0, [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            objects += 1
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            items += len(node)
+            stack.extend(node)
+    return objects, items
+
+
 def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
     """Canonical N-Quads (RDFC-1.0) of ``document``.
 
@@ -215,6 +255,13 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
     :class:`MalformedCredential` when JSON-LD processing fails otherwise.
     ``what`` names the document in messages.
     """
+    objects, items = _count(document)
+    if objects > MAX_JSONLD_OBJECTS or items > MAX_JSONLD_ITEMS:
+        raise DocumentTooLarge(
+            f"{what} holds {objects} JSON objects and {items} array items; JSON-LD suites "
+            f"accept at most {MAX_JSONLD_OBJECTS} and {MAX_JSONLD_ITEMS} (canonicalizing "
+            "more can take minutes to hours)"
+        )
     proc = _processor_class()()
     options = {
         "algorithm": "URDNA2015",
@@ -228,6 +275,12 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
         nquads: str = proc.normalize(dict(document), options)
     except RecursionError:
         raise MalformedCredential(f"{what} is nested too deeply") from None
+    except UnicodeError:  # a dict given in Python, not parsed by strict_json
+        raise MalformedCredential(f"{what} contains a lone surrogate, which is not JSON") from None
+    except (ArithmeticError, ValueError) as exc:  # an integer beyond a double, likewise
+        raise MalformedCredential(
+            f"{what} holds a number JSON-LD cannot convert ({type(exc).__name__})"
+        ) from None
     except _pyld().JsonLdError as exc:
         inner = _cause(exc)
         if inner is not None:
@@ -246,6 +299,8 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
             if term is not None
             else f"{what} uses a term its contexts map to null; it would not be signed"
         )
+    if _SURROGATE.search(nquads):  # a dict given in Python, not parsed by strict_json
+        raise MalformedCredential(f"{what} contains a lone surrogate, which is not JSON")
     types: list[str] = []
     ids: list[str] = []
     _relative_iris(proc.expanded, types, ids)

@@ -21,6 +21,7 @@ from didmesh.identity.strict_json import loads_strict
 
 from .auth import Authenticator
 from .config import RelayConfig
+from .conns import ConnectionGuard, log_throttled, throttle_allows
 from .envelope import Envelope
 from .errors import (
     AuthInvalid,
@@ -31,9 +32,11 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     RateLimited,
+    RelayConfigError,
     RelayError,
     RelayInternalError,
     RelayRequestError,
+    RequestTimeout,
     ShuttingDown,
     StaleEnvelope,
     TooLarge,
@@ -41,6 +44,7 @@ from .errors import (
     error_body,
 )
 from .fastlink import FastLink
+from .forwarded import TrustedProxies
 from .limits import LimitSettings
 from .links import (
     LinkDuplicate,
@@ -52,13 +56,22 @@ from .links import (
     receive_data,
     settle,
 )
-from .metrics import Metrics
+from .metrics import Metrics, process_stats
 from .observed import observed_handler
-from .protocol import CloseCode, parse_ack_ids, parse_link_request, parse_push_client_message
+from .protocol import (
+    CloseCode,
+    close_reason,
+    parse_ack_ids,
+    parse_link_request,
+    parse_push_client_message,
+)
+from .secret import fingerprint
 from .store.base import PutPolicy, Store, StoredEnvelope
 from .store.url import parse_store_url
 
 log = logging.getLogger("didmesh.relay")
+#: seconds between checks that the processes on a shared store agree on secret and relay id
+AGREE_INTERVAL_S = 5.0
 
 
 def _version() -> str:
@@ -90,8 +103,16 @@ class Relay:
         self.auth: Authenticator | None = None
         self.relay_id = config.relay_id
         self.shutting_down = False
+        self.draining = False
         self._sockets: set[web.WebSocketResponse] = set()
+        self._push: set[web.WebSocketResponse] = set()
+        self.guard: ConnectionGuard | None = None  # set by the server (connection caps)
+        self.proxies = TrustedProxies(config.trusted_proxies)
         self._prune_task: asyncio.Task[None] | None = None
+        self._agree_task: asyncio.Task[None] | None = None
+        self.secret_fp = ""
+        self._flushed: dict[str, int] = {}
+        self._flush_lock = asyncio.Lock()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -108,8 +129,14 @@ class Relay:
             challenge_ttl_ms=self.config.challenge_ttl_s * 1000,
             token_ttl_ms=self.config.token_ttl_s * 1000,
         )
+        self.secret_fp = fingerprint(secret)
+        problem = await self.store.agree(self.secret_fp, self.relay_id)
+        if problem:
+            await self.store.close()
+            raise RelayConfigError(problem)
         await self.hub.start()
         self._prune_task = asyncio.create_task(self._prune_loop(), name="relay-prune")
+        self._agree_task = asyncio.create_task(self._agree_loop(), name="relay-agree")
 
     async def on_shutdown(self, app: web.Application) -> None:
         """SIGTERM: refuse new work, wake long-polls, close sockets with 1001."""
@@ -120,12 +147,43 @@ class Relay:
             close_peer(ws, CloseCode.GOING_AWAY)
         await asyncio.gather(*(settle(ws) for ws in sockets), return_exceptions=True)
 
+    async def drain(self, bound: float, hurry: asyncio.Event) -> int:
+        """SIGTERM, before shutdown: refuse new links (503 ``shutting_down``), say
+        ``draining`` on /healthz, send push sockets and long-polls elsewhere, and let the
+        links this process carries finish, for at most ``bound`` seconds (or until
+        ``hurry``). Returns how many links are left (they are then closed with 1001)."""
+        self.draining = True
+        self.store.notifier.wake_all()
+        for ws in list(self._push):
+            close_peer(ws, CloseCode.GOING_AWAY)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound
+        while self.slots.active > 0 and not hurry.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), min(0.1, left))
+        return self.slots.active
+
     async def on_cleanup(self, app: web.Application) -> None:
-        if self._prune_task is not None:
-            self._prune_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prune_task
+        for task in (self._prune_task, self._agree_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.store.close()
+
+    async def _agree_loop(self) -> None:
+        """Processes on one shared store must keep one secret and relay id (a Redis that
+        restarted empty would otherwise split them): say so when they do not."""
+        while True:
+            await asyncio.sleep(AGREE_INTERVAL_S)
+            await self._flush_totals()
+            problem = await self.store.agree(self.secret_fp, self.relay_id)
+            self.metrics.store_disagrees = int(problem is not None)
+            if problem:
+                log_throttled("agree", logging.ERROR, problem)
 
     async def _prune_loop(self) -> None:
         while True:
@@ -137,11 +195,14 @@ class Relay:
 
     # -- helpers -------------------------------------------------------------------------
     def _ip(self, request: web.Request) -> str:
-        if self.config.trust_forwarded_for:
-            fwd = request.headers.get("X-Forwarded-For")
-            if fwd:
-                return fwd.split(",")[0].strip()
-        return request.remote or "?"
+        """The client address limits apply to (also what the access log shows)."""
+        ip = request.get("client")
+        if ip is None:
+            peer = request.remote or "?"
+            ip = request["client"] = self.proxies.client_address(
+                peer, request.headers.getall("X-Forwarded-For", ())
+            )
+        return str(ip)
 
     async def _authed(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")
@@ -156,12 +217,21 @@ class Relay:
         await self.rate_did.check(did)
         return did
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The whole body, within ``body_timeout_s`` (a slow sender holds a connection)."""
+        try:
+            return await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {self.config.body_timeout_s:g} s"
+            ) from None
+
     async def _json(self, request: web.Request) -> Any:
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
         if ctype != "application/json":
             raise UnsupportedMediaType()
         return loads_strict(
-            await request.read(), max_bytes=self.config.max_request_bytes,
+            await self._body(request), max_bytes=self.config.max_request_bytes,
             error=MalformedRequest, what="request body", too_large=TooLarge,
         )
 
@@ -180,7 +250,15 @@ class Relay:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.metrics.requests += 1
+        self._ip(request)
         try:
+            length = request.content_length
+            if length is not None and length > self.config.max_request_bytes:
+                # refused before reading a byte of it, and the connection is not kept
+                request["close"] = True
+                raise TooLarge(
+                    f"request body of {length} bytes exceeds {self.config.max_request_bytes}"
+                )
             if request.path.startswith("/v1/"):
                 if self.shutting_down:
                     raise ShuttingDown()
@@ -208,21 +286,30 @@ class Relay:
             return self._error(request, MalformedRequest(exc.reason or "bad request"))
         except (asyncio.CancelledError, ConnectionResetError):
             raise
-        except Exception:
-            log.exception("unexpected failure on %s %s", request.method, request.path)
+        except Exception as exc:
+            # a bug a client can trigger must not fill the disk: bounded like accept errors
+            if throttle_allows("bug:" + type(exc).__name__):
+                log.exception("unexpected failure on %s %s", request.method, request.path[:100])
             return self._error(request, RelayInternalError())
 
     def _error(self, request: web.Request, exc: RelayError) -> web.Response:
         status = exc.status if isinstance(exc, RelayRequestError) else 500
-        if isinstance(exc, RelayInternalError):
+        if not isinstance(exc, RelayRequestError):
+            # store and bus failures name internal addresses: log them, tell the client less
+            log_throttled("internal:" + type(exc).__name__, logging.ERROR,
+                          "internal failure", {"path": request.path[:100], "error": exc.message})
             status = 500
+            exc = RelayInternalError("the relay failed internally; retry later")
         self.metrics.reject(exc.code)
         request["error_code"] = exc.code
         headers = {"X-Didmesh-Error": exc.code}
         retry = getattr(exc, "retry_after", None)
         if isinstance(exc, RateLimited) and retry is not None:
             headers["Retry-After"] = str(max(1, int(retry + 0.999)))
-        return web.json_response(error_body(exc), status=status, headers=headers)
+        resp = web.json_response(error_body(exc), status=status, headers=headers)
+        if request.get("close") or isinstance(exc, RequestTimeout):
+            resp.force_close()
+        return resp
 
     # -- public endpoints ---------------------------------------------------------------------
     async def info(self, request: web.Request) -> web.Response:
@@ -244,13 +331,36 @@ class Relay:
         except Exception as exc:
             log.warning("health check failed: %s", exc)
             return web.json_response({"status": "unavailable"}, status=503)
-        status = "stopping" if self.shutting_down else "ok"
-        return web.json_response({"status": status}, status=503 if self.shutting_down else 200)
+        if self.shutting_down or self.draining:
+            status = "stopping" if self.shutting_down else "draining"
+            return web.json_response({"status": status}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def _flush_totals(self) -> dict[str, int] | None:
+        async with self._flush_lock:
+            now = self.metrics.counters()
+            deltas = {k: v - self._flushed.get(k, 0) for k, v in now.items()}
+            totals = await self.store.add_totals(deltas)
+            if totals is not None:
+                self._flushed = now
+            return totals
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         self.metrics.links_active = self.slots.active - self.metrics.links_waiting
+        try:
+            await asyncio.wait_for(self.store.ping(), 2)
+            up = True
+        except Exception:
+            up = False
+        cluster = await self._flush_totals() if up else None
+        g = self.guard
+        text = self.metrics.render(
+            process=process_stats(),
+            connections=(g.open, g.refused_address, g.refused_total) if g else None,
+            store_up=up, cluster=cluster,
+        )
         return web.Response(
-            text=self.metrics.render(), content_type="text/plain", charset="utf-8",
+            text=text, content_type="text/plain", charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},
         )
 
@@ -283,7 +393,7 @@ class Relay:
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
         if ctype != "application/json":
             raise UnsupportedMediaType()
-        raw = await request.read()
+        raw = await self._body(request)
         cfg = self.config
         env = Envelope.from_json(raw, max_bytes=cfg.max_envelope_bytes)
         env.verify_signature()
@@ -338,7 +448,7 @@ class Relay:
         limit = min(limit, self.config.fetch_max_envelopes)
         with self.store.notifier.listen(did) as ev:
             items = await self.store.fetch(did, limit=limit, now_ms=self.now_ms())
-            if not items and wait > 0 and not self.shutting_down:
+            if not items and wait > 0 and not (self.shutting_down or self.draining):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ev.wait(), wait)
                 items = await self.store.fetch(did, limit=limit, now_ms=self.now_ms())
@@ -356,9 +466,12 @@ class Relay:
 
     async def inbox_ws(self, request: web.Request) -> web.StreamResponse:
         did = await self._authed(request)
+        if self.draining:
+            raise ShuttingDown("this relay process is draining for a restart: reconnect")
         ws = web.WebSocketResponse(heartbeat=self.config.ws_heartbeat_s, max_msg_size=256 * 1024)
         await ws.prepare(request)
         self._sockets.add(ws)
+        self._push.add(ws)
         self.metrics.ws_push_active += 1
         sent: set[str] = set()
         limit = self.config.fetch_max_envelopes
@@ -380,7 +493,8 @@ class Relay:
         reader = asyncio.create_task(read_acks())
         try:
             with self.store.notifier.listen(did) as ev:
-                while not ws.closed and not reader.done() and not self.shutting_down:
+                while not ws.closed and not reader.done() and not self.shutting_down \
+                        and not self.draining:
                     ev.clear()
                     items = await self.store.fetch(did, limit=limit, now_ms=self.now_ms())
                     if len(items) < limit:
@@ -402,6 +516,7 @@ class Relay:
                 await reader
             self.metrics.ws_push_active -= 1
             self._sockets.discard(ws)
+            self._push.discard(ws)
             await settle(ws)
             await close_ws(ws, CloseCode.GOING_AWAY if self.shutting_down else CloseCode.NORMAL)
         return ws
@@ -409,6 +524,10 @@ class Relay:
     # -- links ---------------------------------------------------------------------------
     async def link(self, request: web.Request) -> web.StreamResponse:
         did = await self._authed(request)
+        if self.draining:
+            raise ShuttingDown(
+                "this relay process is draining for a restart: open the link again"
+            )
         await self.slots.acquire(did)
         try:
             return await self._link(request, did)
@@ -477,6 +596,12 @@ class Relay:
             except LinkPeerGone:
                 await close_ws(ws, CloseCode.PEER_GONE)
                 return ws
+            link_name = hashlib.sha256(
+                f"{req.session}|{min(did, req.peer)}|{max(did, req.peer)}|{req.link_id}".encode()
+            ).hexdigest()[:12]  # names the link in logs without DIDs or session ids
+            fast = isinstance(pairing, FastLink)
+            log.info("link end paired", extra={"fields": {
+                "link": link_name, "path": "local" if fast else "cross-process"}})
             if isinstance(pairing, FastLink):
                 if first is not None:  # read by aiohttp, so sent before "linked"
                     if first.type in (WSMsgType.BINARY, WSMsgType.TEXT):
@@ -485,11 +610,14 @@ class Relay:
                     else:  # closed or broken before the link was up
                         pairing.close(CloseCode.PEER_GONE)
                 await pairing.run(ws)
+                code = pairing.state.closed_code or CloseCode.GOING_AWAY
             else:
                 self.metrics.links_total += pairing.role == "b"
                 if not pairing.linked_sent:
                     await ws.send_str(self.hub.linked_json(end))
-                await pairing.run(self.metrics, first)
+                code = await pairing.run(self.metrics, first)
+            log.info("link end closed", extra={"fields": {
+                "link": link_name, "code": int(code), "reason": close_reason(int(code))}})
             return ws
         finally:
             self._sockets.discard(ws)
@@ -511,7 +639,8 @@ def build_app(
     r = app.router
     r.add_get("/info", relay.info)
     r.add_get("/healthz", relay.healthz)
-    r.add_get("/metrics", relay.metrics_text)
+    if not config.metrics_listen:  # else on its own address only (server.py)
+        r.add_get("/metrics", relay.metrics_text)
     r.add_post("/v1/auth/challenge", relay.challenge)
     r.add_post("/v1/auth/token", relay.token)
     r.add_post("/v1/envelopes", relay.post_envelope)

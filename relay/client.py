@@ -19,7 +19,9 @@ import asyncio
 import contextlib
 import enum
 import json
+import os
 import random
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -45,6 +47,7 @@ from .errors import (
     RelayInternalError,
     RelayProtocolError,
     RelayUnreachable,
+    RelayUntrusted,
     Replay,
     ShuttingDown,
     error_from_wire,
@@ -58,6 +61,40 @@ _AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
 #: seconds between WebSocket pings from the client (push socket and links), unless set
 DEFAULT_HEARTBEAT_S = 20.0
 
+
+#: a PEM file of CA certificates trusted for relays, on top of the system's (``--relay-ca``)
+CA_ENV = "DIDMESH_RELAY_CA"
+_TLS_HINT = (
+    "the relay's TLS certificate is not trusted here; if it comes from a private CA, "
+    f"pass --relay-ca FILE (or set {CA_ENV})"
+)
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify relays against the system CAs plus those in ``ca_file``."""
+    ctx = ssl.create_default_context()
+    if ca_file:
+        try:
+            ctx.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise RelayConfigError(
+                f"cannot use {ca_file} as the relay CA (--relay-ca / {CA_ENV}): "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            ) from None
+    return ctx
+
+
+def unreachable(url: str, exc: BaseException) -> RelayUnreachable:
+    """The error for a failed connection to ``url`` (TLS failures say what to do)."""
+    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
+        return RelayUntrusted(f"cannot reach the relay at {url}: {_TLS_HINT} ({exc})")
+    return RelayUnreachable(
+        f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
+    )
+
+
+#: seconds an idle connection to a relay is kept for reuse (below the relay's 10 s)
+KEEPALIVE_S = 5.0
 
 #: socket read size: big forwarded frames arrive in one read instead of several
 READ_BUFSIZE = 1 << 20
@@ -115,21 +152,58 @@ class Backoff:
         await asyncio.sleep(max(at_least, random.uniform(delay / 2, delay)))
 
 
-class Link:
-    """An established link: ordered binary frames to and from the peer."""
+#: the relay's link limits assumed when its /info does not state them (RelayConfig defaults)
+DEFAULT_LINK_LIMITS: dict[str, float] = {
+    "link_max_frame": 1024 * 1024,
+    "link_max_bytes": 1024 * 1024 * 1024,
+    "link_max_duration_s": 3600.0,
+}
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, linked: Linked) -> None:
+
+def _link_limits(info: Any) -> dict[str, float]:
+    """The link limits of a relay's ``/info`` (defaults for what is absent or unusable)."""
+    out = dict(DEFAULT_LINK_LIMITS)
+    limits = info.get("limits") if isinstance(info, dict) else None
+    if isinstance(limits, dict):
+        for key in out:
+            v = limits.get(key)
+            if isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1 << 62:
+                out[key] = int(v) if key != "link_max_duration_s" else float(v)
+    return out
+
+
+class Link:
+    """An established link: ordered binary frames to and from the peer.
+
+    ``max_frame`` and ``max_bytes`` are the relay's announced ``link_max_frame`` and
+    ``link_max_bytes`` (``/info``): :meth:`send` refuses a frame larger than ``max_frame``
+    (the relay would close the link); a caller with more to send splits it.
+    """
+
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, linked: Linked,
+        limits: dict[str, float] | None = None,
+    ) -> None:
         self._ws = ws
         self.linked = linked
         self.peer = linked.peer
         self.session = linked.session
         self.close_code: int | None = None
+        lim = limits or DEFAULT_LINK_LIMITS
+        self.max_frame = int(lim["link_max_frame"])
+        self.max_bytes = int(lim["link_max_bytes"])
+        self.max_duration_s = float(lim["link_max_duration_s"])
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | memoryview) -> None:
         if self._ws.closed or self.close_code is not None:
             raise await self._closed()
+        if len(data) > self.max_frame:
+            raise LinkClosed(
+                f"a frame of {len(data)} bytes exceeds the relay's link_max_frame "
+                f"({self.max_frame} bytes): split it", CloseCode.MESSAGE_TOO_BIG,
+            )
         try:
-            await self._ws.send_bytes(data)
+            await self._ws.send_bytes(data)  # type: ignore[arg-type]  # memoryview works
         except (ConnectionError, RuntimeError):
             raise await self._closed() from None
 
@@ -209,8 +283,12 @@ class RelayClient:
         local_addr: str | None = None,
         clock: Callable[[], float] = time.time,
         heartbeat: float | None = DEFAULT_HEARTBEAT_S,
+        ca_file: str | None = None,
     ) -> None:
-        """``heartbeat``: seconds between our WebSocket pings on the push socket and on
+        """``ca_file``: PEM CA certificates trusted for ``https://`` relays besides the
+        system's (default: ``$DIDMESH_RELAY_CA``).
+
+        ``heartbeat``: seconds between our WebSocket pings on the push socket and on
         links (a pong must follow within half of it, else aiohttp closes the socket);
         ``None`` turns our pings off. While our event loop is blocked the pong cannot be
         read in time, so a program that blocks for long should pass ``None`` (or more
@@ -222,12 +300,18 @@ class RelayClient:
         self.retries = retries
         self.clock = clock
         self._local_addr = local_addr
+        self._ssl = tls_context(ca_file if ca_file is not None else os.environ.get(CA_ENV))
         self._http: aiohttp.ClientSession | None = None
         self._token: str | None = None
         self._token_expires = 0
         self._auth_lock = asyncio.Lock()
+        #: :meth:`inbox` has reached the relay (push socket open, or one poll answered)
+        self.inbox_reached = False
+        #: the last error :meth:`inbox` retried after (the cause, if it never reached it)
+        self.inbox_error: RelayError | None = None
         self.relay_id: str | None = None
         self._push_ws: aiohttp.ClientWebSocketResponse | None = None
+        self._limits: asyncio.Future[dict[str, float]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> RelayClient:
@@ -238,6 +322,8 @@ class RelayClient:
         await self.close()
 
     async def close(self) -> None:
+        if self._limits is not None and not self._limits.done():
+            self._limits.cancel()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -245,7 +331,10 @@ class RelayClient:
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
             connector = aiohttp.TCPConnector(
-                limit=0, local_addr=(self._local_addr, 0) if self._local_addr else None
+                # drop idle connections before the relay does (its header_timeout_s,
+                # 10 s by default), so a request never races the relay's close
+                limit=0, ssl=self._ssl, keepalive_timeout=KEEPALIVE_S,
+                local_addr=(self._local_addr, 0) if self._local_addr else None,
             )
             self._http = aiohttp.ClientSession(
                 connector=connector,
@@ -284,9 +373,7 @@ class RelayClient:
                     status = resp.status
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
                     TimeoutError) as exc:
-                raise RelayUnreachable(
-                    f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
-                ) from exc
+                raise unreachable(url, exc) from exc
             try:
                 parsed = loads_strict(
                     payload, max_bytes=MAX_MESSAGE_BYTES, error=RelayProtocolError,
@@ -311,6 +398,18 @@ class RelayClient:
         if isinstance(data, dict):
             self.relay_id = data.get("relay_id")
         return data
+
+    async def link_limits(self) -> dict[str, float]:
+        """The relay's link limits from its ``/info`` (fetched once; defaults if it fails)."""
+        if self._limits is None:
+            self._limits = asyncio.ensure_future(self._fetch_limits())
+        return await asyncio.shield(self._limits)
+
+    async def _fetch_limits(self) -> dict[str, float]:
+        try:
+            return _link_limits(await self.info())
+        except RelayError:
+            return dict(DEFAULT_LINK_LIMITS)
 
     async def token(self) -> str:
         """A bearer token proving control of our DID (cached until shortly before expiry)."""
@@ -364,6 +463,8 @@ class RelayClient:
                     raise
                 # an earlier attempt of ours was stored and already delivered
                 return PostResult(envelope.id, 0, envelope.expires_ms, duplicate=True)
+            except RelayUntrusted:
+                raise
             except _RETRYABLE as exc:
                 if attempt == self.retries:
                     raise
@@ -465,14 +566,17 @@ class RelayClient:
                         continue
                 else:
                     batch = await self.fetch(wait=poll_wait)
+                    self.inbox_reached = True
                     backoff.reset()
                     for item in fresh(batch):
                         yield item
                     if auto_ack and batch:
                         await self.ack([i.id for i in batch])
                     continue
-            except (RelayUnreachable, ShuttingDown, RelayInternalError, RateLimited):
-                pass
+            except RelayUntrusted:
+                raise  # retrying cannot help: say so now
+            except (RelayUnreachable, ShuttingDown, RelayInternalError, RateLimited) as exc:
+                self.inbox_error = exc
             await backoff.sleep()
 
     async def _push_batches(self, backoff: Backoff) -> AsyncIterator[list[Received]]:
@@ -482,6 +586,7 @@ class RelayClient:
         async with ws:
             backoff.reset()
             self._push_ws = ws
+            self.inbox_reached = True  # the relay sends what waits right after the upgrade
             async for msg in ws:
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     break
@@ -513,7 +618,7 @@ class RelayClient:
                     continue
                 raise err from None
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                raise RelayUnreachable(f"cannot reach the relay at {url}: {exc}") from exc
+                raise unreachable(url, exc) from exc
         raise AuthInvalid("the relay keeps refusing our token")
 
     # -- links ---------------------------------------------------------------------------
@@ -529,37 +634,44 @@ class RelayClient:
         Raises :class:`LinkClosed` (close code: pairing timeout, duplicate...), :class:`LinkLimit`,
         :class:`RelayUnreachable`, or TimeoutError after ``timeout`` seconds.
         """
-        url = self.base_url + "/v1/link"
         req = LinkRequest(session, peer, link_id)
+        url = self.base_url + "/v1/link?route=" + req.route(self.identity.did)
         beat = self.heartbeat if heartbeat is _Default.CLIENT else _check_heartbeat(heartbeat)
         async with asyncio.timeout(timeout):
-            # autoclose off: we read the relay's close code ourselves (aiohttp reports 1006
-            # if the relay drops TCP right after its close frame)
-            ws = await self._ws_connect(
-                url,
-                lambda status: RelayProtocolError(
-                    f"{url} does not speak the relay link protocol ({status})"
-                ),
-                heartbeat=beat, compress=0, autoclose=False,
-            )
+            limits = asyncio.ensure_future(self.link_limits())  # alongside the upgrade
             try:
-                await ws.send_str(req.to_json())
-                msg = await ws.receive()
-            except BaseException:
-                await ws.close()
-                raise
-            if msg.type is aiohttp.WSMsgType.TEXT:
+                # autoclose off: we read the relay's close code ourselves (aiohttp reports 1006
+                # if the relay drops TCP right after its close frame)
+                ws = await self._ws_connect(
+                    url,
+                    lambda status: RelayProtocolError(
+                        f"{url} does not speak the relay link protocol ({status})"
+                    ),
+                    heartbeat=beat, compress=0, autoclose=False,
+                )
                 try:
-                    linked = Linked.parse(msg.data)
-                except RelayError:
-                    await ws.close(code=CloseCode.MALFORMED)
+                    await ws.send_str(req.to_json())
+                    msg = await ws.receive()
+                except BaseException:
+                    await ws.close()
                     raise
-                return Link(ws, linked)
-            code = int(msg.data) if msg.type is aiohttp.WSMsgType.CLOSE else (
-                ws.close_code or CloseCode.PEER_GONE)
-            with contextlib.suppress(Exception):
-                await ws.close()
-            raise LinkClosed(f"the relay refused the link: {close_reason(code)} ({code})", code)
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    try:
+                        linked = Linked.parse(msg.data)
+                    except RelayError:
+                        await ws.close(code=CloseCode.MALFORMED)
+                        raise
+                    return Link(ws, linked, await limits)
+                code = int(msg.data) if msg.type is aiohttp.WSMsgType.CLOSE else (
+                    ws.close_code or CloseCode.PEER_GONE)
+                with contextlib.suppress(Exception):
+                    await ws.close()
+                raise LinkClosed(
+                    f"the relay refused the link: {close_reason(code)} ({code})", code
+                )
+            finally:
+                if not limits.done():
+                    limits.cancel()
 
 
 class _PushUnavailable(Exception):

@@ -25,7 +25,9 @@ DEFAULT_PORT = 8470
 
 
 #: settings where 0 is allowed (0 switches the thing off)
-_ZERO_OK = frozenset({"port", "link_heartbeat_s"})
+_ZERO_OK = frozenset(
+    {"port", "link_heartbeat_s", "conns_per_address", "max_connections", "drain_timeout_s"}
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,11 @@ class RelayConfig:
     link_max_duration_s: float = 3600.0
     link_max_frame: int = 1024 * 1024
     link_pair_timeout_s: float = 30.0
-    # connections
+    # connections (slowloris: specs/relay.md, "Limits")
+    header_timeout_s: float = 10.0  # request headers complete within this (also keep-alive idle)
+    body_timeout_s: float = 30.0  # a whole request body within this
+    conns_per_address: int = 256  # open connections per socket address (0: no cap)
+    max_connections: int = 0  # open connections in total (0: from the descriptor limit)
     ws_idle_timeout_s: float = 300.0
     ws_heartbeat_s: float = 20.0
     link_heartbeat_s: float = 20.0  # pings on link ends (0: off; the idle timeout still applies)
@@ -66,7 +72,12 @@ class RelayConfig:
     token_ttl_s: int = 600
     # operations
     shutdown_timeout_s: float = 10.0
-    trust_forwarded_for: bool = False
+    drain_timeout_s: float = 30.0  # SIGTERM: running links may finish for this long (0: none)
+    metrics_listen: str = ""  # HOST:PORT serving /metrics instead of the API port
+    secret_file: str = ""  # token secret file ("" = next to the SQLite db / in Redis)
+    tls_cert: str = ""  # PEM certificate chain: serve https/wss (with tls_key)
+    tls_key: str = ""  # PEM private key of tls_cert (keep it 0600)
+    trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For is believed
     access_log: bool = True
 
     def __post_init__(self) -> None:
@@ -78,6 +89,11 @@ class RelayConfig:
                     raise RelayConfigError(f"{f.name} = {v} is out of range")
         if self.relay_id and not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.relay_id):
             raise RelayConfigError("relay_id must be 1..64 characters of [A-Za-z0-9._-]")
+        from .forwarded import TrustedProxies
+
+        TrustedProxies(self.trusted_proxies)  # raises on a bad entry
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise RelayConfigError("tls_cert and tls_key go together: give both or neither")
         if self.max_request_bytes < self.max_envelope_bytes:
             raise RelayConfigError(
                 "max_request_bytes must be at least max_envelope_bytes "
@@ -96,6 +112,7 @@ class RelayConfig:
             "rate_ip_burst", "links_per_did", "links_total", "link_max_bytes",
             "link_max_duration_s", "link_max_frame", "link_pair_timeout_s",
             "ws_idle_timeout_s", "link_heartbeat_s", "challenge_ttl_s", "token_ttl_s",
+            "header_timeout_s", "body_timeout_s", "conns_per_address",
         ]
         return {k: getattr(self, k) for k in keys}
 
@@ -108,6 +125,11 @@ FIELD_TYPES: dict[str, type] = {
 def coerce(name: str, value: Any, source: str) -> Any:
     """Convert ``value`` (a string from env/flags, or a parsed file value) to the field type."""
     if name not in FIELD_TYPES:
+        if name == "trust_forwarded_for":
+            raise RelayConfigError(
+                f"relay setting trust_forwarded_for (in {source}) is gone: it believed any "
+                "X-Forwarded-For; list your proxies in trusted_proxies instead"
+            )
         raise RelayConfigError(f"unknown relay setting {name!r} in {source}")
     typ = FIELD_TYPES[name]
     try:

@@ -155,6 +155,20 @@ class ShuttingDown(RelayRequestError):
     status = 503
 
 
+class RequestTimeout(RelayRequestError):
+    """The request body did not arrive within the relay's ``body_timeout_s``."""
+
+    code = "request_timeout"
+    status = 408
+
+
+class TooManyConnections(RelayRequestError):
+    """The relay refused the connection: too many open from this address or in total."""
+
+    code = "too_many_connections"
+    status = 503
+
+
 class RelayInternalError(RelayError, RemoteError):
     """The relay failed unexpectedly; the operator's log has the details."""
 
@@ -166,6 +180,13 @@ class RelayUnreachable(RelayError, RemoteError):
     """The relay cannot be reached (connection refused, reset or timed out)."""
 
     code = "relay_unreachable"
+    status = 503
+
+
+class RelayUntrusted(RelayUnreachable):
+    """The relay's TLS certificate did not verify (not retried: it will not get better)."""
+
+    code = "relay_untrusted"
     status = 503
 
 
@@ -227,6 +248,8 @@ WIRE_ERRORS: dict[str, type[RelayError]] = {
         UnsupportedMediaType,
         ShuttingDown,
         RelayInternalError,
+        RequestTimeout,
+        TooManyConnections,
     )
 }
 

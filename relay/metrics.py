@@ -1,8 +1,31 @@
-"""Prometheus text metrics (``GET /metrics``), per relay process."""
+"""Prometheus text metrics (``GET /metrics``): this process's figures, its memory and
+descriptors, and totals shared by every process on a Redis store."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+
+#: counters summed across processes (``didmesh_relay_cluster_<name>_total``)
+SHARED = (
+    "envelopes_stored", "envelopes_delivered", "envelopes_acked", "links_total",
+    "link_bytes_forwarded", "link_frames_forwarded", "requests",
+)
+
+
+def process_stats() -> dict[str, int]:
+    """Resident memory (bytes) and open descriptors of this process (Linux /proc)."""
+    out = {}
+    try:
+        with open("/proc/self/statm") as f:
+            out["rss_bytes"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        out["open_fds"] = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        pass
+    return out
 
 
 class Metrics:
@@ -19,12 +42,25 @@ class Metrics:
         self.link_frames_forwarded = 0
         self.ws_push_active = 0
         self.requests = 0
+        self.store_disagrees = 0
         self.rejections: Counter[str] = Counter()
 
     def reject(self, code: str) -> None:
         self.rejections[code] += 1
 
-    def render(self) -> str:
+    def counters(self) -> dict[str, int]:
+        return {k: int(getattr(self, k)) for k in SHARED}
+
+    def render(
+        self,
+        *,
+        process: dict[str, int] | None = None,
+        connections: tuple[int, int, int] | None = None,
+        store_up: bool | None = None,
+        cluster: dict[str, int] | None = None,
+    ) -> str:
+        """``connections``: (open, refused per address, refused in total);
+        ``cluster``: totals of every process on the store (None: this one only)."""
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str, value: float, labels: str = "") -> None:
@@ -50,6 +86,27 @@ class Metrics:
                self.link_frames_forwarded)
         metric("push_connections", "gauge", "Open inbox push WebSockets.", self.ws_push_active)
         metric("requests_total", "counter", "HTTP requests handled.", self.requests)
+        metric("store_disagrees", "gauge",
+               "1 if this process's secret or relay id differs from its peers' on the store.",
+               self.store_disagrees)
+        proc = process or {}
+        if "rss_bytes" in proc:
+            metric("process_resident_memory_bytes", "gauge", "Resident memory of this process.",
+                   proc["rss_bytes"])
+        if "open_fds" in proc:
+            metric("process_open_fds", "gauge", "Open file descriptors of this process.",
+                   proc["open_fds"])
+        if connections is not None:
+            metric("connections_open", "gauge", "Open client connections.", connections[0])
+            metric("connections_refused_address_total", "counter",
+                   "Connections refused: over conns_per_address.", connections[1])
+            metric("connections_refused_total_total", "counter",
+                   "Connections refused: over max_connections.", connections[2])
+        if store_up is not None:
+            metric("store_up", "gauge", "1 if the store (Redis, SQLite) answers.", int(store_up))
+        for name, value in sorted((cluster or {}).items()):
+            metric(f"cluster_{name}_total", "counter",
+                   f"{name.replace('_', ' ')}: sum over every process on the store.", value)
         out.append("# HELP didmesh_relay_rejections_total Requests refused, by error code.")
         out.append("# TYPE didmesh_relay_rejections_total counter")
         for code in sorted(self.rejections):

@@ -3,7 +3,7 @@ from (the source address and port the relay sees), as a STUN server does.
 
 ``GET /v1/observed`` (bearer token) answers ``{"address": "198.51.100.12", "port": 41000,
 "transport": "tcp"}``: behind a NAT, the public mapping of the client's socket. Behind a
-reverse proxy the relay trusts (``trust_forwarded_for``) it only knows the address from
+reverse proxy the relay trusts (``trusted_proxies``) it only knows the address from
 ``X-Forwarded-For``, so ``port`` is ``null``. Only the client's own address is ever
 returned, only to a client that proved control of its DID, and under the relay's usual
 rate limits (no reflection: the answer goes back on the same TCP connection).
@@ -92,7 +92,7 @@ def observed_handler(relay: Relay) -> Callable[[web.Request], Awaitable[web.Resp
     async def observed(request: web.Request) -> web.Response:
         await relay._authed(request)
         forwarded = None
-        if relay.config.trust_forwarded_for and request.headers.get("X-Forwarded-For"):
+        if relay.proxies.trusts(request.remote or ""):  # the socket peer is our proxy
             forwarded = relay._ip(request)
         peer = request.transport.get_extra_info("peername") if request.transport else None
         seen = observed_of(peer, forwarded)

@@ -16,6 +16,7 @@ text frames; the client may send ``{"type": "ack", "ids": [...]}``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -88,6 +89,15 @@ class LinkRequest:
 
     def mirror_key(self, me: str) -> tuple[str, str, str, str]:
         return (self.session, self.peer, me, self.link_id)
+
+    def route(self, me: str) -> str:
+        """The same 16 hex digits at both ends of a link: sent as ``/v1/link?route=`` so
+        a proxy in front of several relay processes can send both ends to one process
+        (``hash $arg_route`` in relay/deploy/nginx-relay.conf), which then forwards the
+        link in-process instead of through Redis. The relay itself ignores it."""
+        a, b = sorted((me, self.peer))
+        data = "\x00".join(("didmesh/relay/link-route/v1", self.session, a, b, self.link_id))
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
         msg: dict[str, Any] = {"type": "link", "session": self.session, "peer": self.peer}

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,12 +25,23 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from didmesh.identity.errors import DidmeshError
 
-from .app import build_app
+from .app import RELAY_KEY, build_app
 from .config import RelayConfig
+from .conns import (
+    ACCEPT_BACKLOG,
+    ConnectionGuard,
+    connection_budget,
+    deepen_listen_queue,
+    guard_server,
+    raise_nofile,
+    throttled_exception_handler,
+)
+from .errors import RelayConfigError
 from .options import add_serve_arguments, config_from_args
 from .store.url import open_store
 
 LISTENING = "didmesh relay listening on"
+log = logging.getLogger("didmesh.relay")
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,7 +63,7 @@ class JsonFormatter(logging.Formatter):
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         fields_: dict[str, Any] = {
-            "remote": request.remote,
+            "remote": request.get("client", request.remote),
             "method": request.method,
             "path": request.rel_url.path[:200],
             "status": response.status,
@@ -79,8 +91,44 @@ def setup_logging(level: int = logging.INFO) -> None:
     aio.propagate = False
 
 
-def url_for(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def url_for(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+class _Site(web.TCPSite):
+    """aiohttp's TCP site with a TLS handshake timeout (asyncio's default is 60 s, and a
+    connection in its handshake is not yet counted by the connection caps)."""
+
+    def __init__(self, *args: Any, handshake_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        if self._ssl_context is None:
+            await super().start()
+            return
+        await web.BaseSite.start(self)
+        assert self._runner.server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._runner.server, self._host, self._port, ssl=self._ssl_context,
+            backlog=self._backlog, ssl_handshake_timeout=self.handshake_timeout,
+        )
+
+
+def tls_context(config: RelayConfig) -> ssl.SSLContext | None:
+    """The server TLS context for ``tls_cert``/``tls_key`` (None: plain HTTP)."""
+    if not config.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise RelayConfigError(
+            f"cannot load the TLS certificate {config.tls_cert} with key {config.tls_key}: "
+            f"{getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    return ctx
 
 
 async def serve(
@@ -89,39 +137,122 @@ async def serve(
     on_ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set)."""
-    store = open_store(config.store)
+    """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain and stop."""
+    tls = tls_context(config)
+    nofile, _ = raise_nofile()
+    budget = connection_budget(nofile, config.max_connections)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(throttled_exception_handler)
+    store = open_store(config.store, config.secret_file)
     app = build_app(config, store)
+    relay = app[RELAY_KEY]
     runner = web.AppRunner(
         app,
         handle_signals=False,
         access_log_class=JsonAccessLogger,
         access_log=logging.getLogger("didmesh.relay.access") if config.access_log else None,
         shutdown_timeout=config.shutdown_timeout_s,
+        # aiohttp closes a connection whose request headers are not complete this long
+        # after it opened or after the previous response: our header timeout
+        keepalive_timeout=config.header_timeout_s,
+        lingering_time=2.0,
     )
     await runner.setup()
+    assert runner.server is not None
+    guard = ConnectionGuard(config.conns_per_address, budget, exempt=relay.proxies.trusts)
+    guard_server(runner.server, guard)
+    relay.guard = guard
+    metrics_runner: web.AppRunner | None = None
+    started = False
     try:
-        site = web.TCPSite(runner, config.host, config.port, backlog=1024)
-        await site.start()
+        try:
+            site = _Site(
+                runner, config.host, config.port, backlog=ACCEPT_BACKLOG, ssl_context=tls,
+                handshake_timeout=config.header_timeout_s,
+            )
+            await site.start()
+            if config.metrics_listen:
+                host, mport = parse_listen(config.metrics_listen)
+                metrics_runner = web.AppRunner(build_metrics_app(relay), access_log=None)
+                await metrics_runner.setup()
+                await web.TCPSite(metrics_runner, host, mport).start()
+        except OSError as exc:
+            why = exc.strerror or str(exc).rsplit(": ", 1)[-1]
+            where = f"{config.host}:{config.port}"
+            if config.metrics_listen:
+                where += f" or {config.metrics_listen}"
+            raise RelayConfigError(f"cannot listen on {where}: {why}") from None
+        started = True
+        for server in (getattr(s, "_server", None) for s in runner.sites):
+            deepen_listen_queue(getattr(server, "sockets", None))
         port = config.port
         for addr in runner.addresses:
             if isinstance(addr, tuple) and len(addr) >= 2:
                 port = int(addr[1])
                 break
-        url = url_for(config.host, port)
+        url = url_for(config.host, port, "https" if tls else "http")
         stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        log.info("started", extra={"fields": startup_fields(config, relay, url, nofile, budget)})
         (on_ready or _print_ready)(url)
         await stop.wait()
-        logging.getLogger("didmesh.relay").info("shutting down")
+        # drain: a second signal (or the bound) ends it early
+        hurry = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, hurry.set)
+        log.info("draining", extra={"fields": {
+            "links": relay.slots.active, "drain_timeout_s": config.drain_timeout_s}})
+        left = await relay.drain(config.drain_timeout_s, hurry)
+        log.info("shutting down", extra={"fields": {"links_cut": left}})
     finally:
         t0 = time.monotonic()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
-        logging.getLogger("didmesh.relay").info(
-            "stopped", extra={"fields": {"shutdown_ms": round((time.monotonic() - t0) * 1000)}}
-        )
+        if started:  # a failed start says one line (the caller's), nothing else
+            log.info("stopped", extra={"fields": {
+                "shutdown_ms": round((time.monotonic() - t0) * 1000)}})
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT``."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise RelayConfigError(f"metrics_listen must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def build_metrics_app(relay: Any) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/metrics", relay.metrics_text)
+    return app
+
+
+def startup_fields(
+    config: RelayConfig, relay: Any, url: str, nofile: int, budget: int
+) -> dict[str, Any]:
+    """What the "started" log line says: version, store, effective limits; no secrets."""
+    from .app import __version__
+    from .store.redis import redact_url
+
+    return {
+        "version": __version__,
+        "url": url,
+        "relay_id": relay.relay_id,
+        "store": redact_url(config.store) if config.store else "sqlite (default path)",
+        **relay.store.describe(),
+        "secret": "file " + config.secret_file if config.secret_file else "store",
+        "tls": bool(config.tls_cert),
+        "trusted_proxies": config.trusted_proxies,
+        "metrics_listen": config.metrics_listen or "api port",
+        "nofile": nofile,
+        "max_connections": budget,
+        "limits": config.public_limits(),
+        "drain_timeout_s": config.drain_timeout_s,
+        "shutdown_timeout_s": config.shutdown_timeout_s,
+    }
 
 
 def _print_ready(url: str) -> None:
@@ -129,11 +260,15 @@ def _print_ready(url: str) -> None:
 
 
 def run(config: RelayConfig) -> int:
+    """Serve until stopped; a bad setting, a taken port or an unusable store raises
+    :class:`RelayConfigError` (one line, exit 2, for both entry points)."""
     setup_logging()
     try:
         asyncio.run(serve(config))
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        raise RelayConfigError(f"cannot start the relay: {exc.strerror or exc}") from None
     return 0
 
 

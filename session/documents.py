@@ -100,7 +100,9 @@ def validate_endpoints(value: object, who: str, error: type[Exception]) -> tuple
 
 def _types(doc: dict[str, Any]) -> list[str]:
     t = doc.get("type")
-    return [x for x in t if isinstance(x, str)] if isinstance(t, list) else [str(t)]
+    if isinstance(t, list):
+        return [x for x in t if isinstance(x, str)]
+    return [t] if isinstance(t, str) else []  # (str() of a 5,000-digit int raises)
 
 
 def _subject(doc: dict[str, Any], who: str, error: type[Exception]) -> dict[str, Any]:

@@ -331,67 +331,90 @@ class Engine:
 
     # ----------------------------------------------------------------------- messages
     def deliver(self, items: Iterable[tuple[str, bytes]]) -> list[Note]:
-        """Apply received messages (one lock, each session loaded and saved once)."""
+        """Apply received messages (one lock, each session loaded and saved once).
+
+        One message never blocks the others (issue 13, inbox poisoning): a message that
+        fails a check is dropped with a warning naming its sender; one that fails in a way
+        no check foresaw is set aside in the store (``quarantine/``) with an error note.
+        Either way the caller acknowledges it, so it is reported once."""
         notes: list[Note] = []
         now = self.clock()
         with self.store.lock():
             states: dict[str, SessionState] = {}
             machines: dict[str, Any] = {}
-            for _sender, payload in items:
+            for sender, payload in items:
+                who = self.labels.get(sender, sender)
                 try:
-                    msg = open_message(payload, me=self.me)
-                except MessageInvalid as exc:
-                    notes.append(Note("warning", f"dropped a message: {exc.message}"))
-                    continue
-                sid = msg.session_id
-                state = states.get(sid)
-                if state is None and self.store.exists(sid):
-                    state = states[sid] = self.load(sid)
-                if state is None:
-                    if msg.kind != "invite":
-                        notes.append(
-                            Note("warning", f"dropped {msg.kind} for unknown session {sid[:8]}")
-                        )
-                        continue
-                    try:
-                        inv = verify_invite(msg.body.get("invite"), now=now, me=self.me)
-                    except DidmeshError as exc:
-                        notes.append(Note("warning", f"rejected an invite: {exc.message}", sid))
-                        continue
-                    if inv.manifest.session_id != sid:
-                        notes.append(Note("warning", "rejected an invite sent under another id"))
-                        continue
-                    state = states[sid] = SessionState(
-                        session_id=sid,
-                        role=Role.INVITEE,
-                        me=self.me,
-                        status=Status.INVITED,
-                        manifest=inv.manifest.to_json(),
-                        created=format_time(now),
-                        invite=inv.document,
-                    )
-                    org = self.labels.get(inv.organizer, inv.organizer)
-                    state.note(format_time(now), f"invited by {org}")
-                    notes.append(
-                        Note("info", f"new invite to {inv.manifest.name!r} from {org}", sid)
-                    )
-                    continue
-                before = state.status
-                if sid not in machines:
-                    machines[sid] = self.machine(state)
-                try:
-                    machines[sid].receive(msg, now=now)
+                    self._deliver_one(payload, now, states, machines, notes, who)
                 except DidmeshError as exc:
-                    notes.append(Note("warning", f"rejected {msg.kind}: {exc.message}", sid))
-                if state.status != before:
-                    level = "error" if state.status in ENDED else "info"
-                    text = f"session {sid[:8]}: {before} -> {state.status}"
-                    if state.error and state.status in ENDED:
-                        text += f": {state.error['message']}"
-                    notes.append(Note(level, text, sid))
+                    notes.append(Note("warning", f"dropped a message from {who}: {exc.message}"))
+                except Exception as exc:  # noqa: BLE001 (isolation: see the docstring)
+                    kept = self.store.set_aside(payload)
+                    notes.append(Note(
+                        "error",
+                        f"set aside a message from {who} that didmesh failed to process "
+                        f"({type(exc).__name__}); kept as {kept}; please report it",
+                    ))  # fmt: skip
             for state in states.values():
                 self.save(state)
         return notes
+
+    def _deliver_one(
+        self,
+        payload: bytes,
+        now: datetime,
+        states: dict[str, SessionState],
+        machines: dict[str, Any],
+        notes: list[Note],
+        who: str,
+    ) -> None:
+        try:
+            msg = open_message(payload, me=self.me)
+        except MessageInvalid as exc:
+            notes.append(Note("warning", f"dropped a message from {who}: {exc.message}"))
+            return
+        sid = msg.session_id
+        state = states.get(sid)
+        if state is None and self.store.exists(sid):
+            state = states[sid] = self.load(sid)
+        if state is None:
+            if msg.kind != "invite":
+                notes.append(Note("warning", f"dropped {msg.kind} for unknown session {sid[:8]}"))
+                return
+            try:
+                inv = verify_invite(msg.body.get("invite"), now=now, me=self.me)
+            except DidmeshError as exc:
+                notes.append(Note("warning", f"rejected an invite from {who}: {exc.message}", sid))
+                return
+            if inv.manifest.session_id != sid:
+                notes.append(Note("warning", "rejected an invite sent under another id"))
+                return
+            state = states[sid] = SessionState(
+                session_id=sid,
+                role=Role.INVITEE,
+                me=self.me,
+                status=Status.INVITED,
+                manifest=inv.manifest.to_json(),
+                created=format_time(now),
+                invite=inv.document,
+            )
+            org = self.labels.get(inv.organizer, inv.organizer)
+            state.note(format_time(now), f"invited by {org}")
+            notes.append(Note("info", f"new invite to {inv.manifest.name!r} from {org}", sid))
+            return
+        before = state.status
+        if sid not in machines:
+            machines[sid] = self.machine(state)
+        try:
+            machines[sid].receive(msg, now=now)
+        except DidmeshError as exc:
+            notes.append(Note("warning", f"rejected {msg.kind} from {who}: {exc.message}", sid))
+        if state.status != before:
+            level = "error" if state.status in ENDED else "info"
+            text = f"session {sid[:8]}: {before} -> {state.status}"
+            if state.error and state.status in ENDED:
+                text += f": {state.error['message']}"
+            notes.append(Note(level, text, sid))
 
     def tick(self) -> list[Note]:
         notes = []

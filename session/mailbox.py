@@ -166,6 +166,7 @@ class RelayMailbox:
         self._tasks: list[asyncio.Task[None]] = []
         self._to_ack: dict[int, list[str]] = defaultdict(list)
         self._failures: dict[int, BaseException] = {}
+        self._started = False
 
     @property
     def did(self) -> str:
@@ -202,6 +203,7 @@ class RelayMailbox:
     def _start(self) -> None:
         if self._tasks:
             return
+        self._started = True
         for i, client in enumerate(self.clients):
             self._tasks.append(asyncio.create_task(self._pull(i, client)))
 
@@ -219,6 +221,22 @@ class RelayMailbox:
 
     async def commit(self) -> None:
         await self._ack()
+
+    def problems(self) -> list[tuple[str, DidmeshError]]:
+        """``(url, error)`` for each relay whose inbox failed, or was never reached since
+        :meth:`receive` started (then the error it last retried after, if any). Someone
+        showing an inbox must not show an unreachable relay's as empty."""
+        from didmesh.relay.errors import RelayUnreachable
+
+        out: list[tuple[str, DidmeshError]] = []
+        for i, (url, client) in enumerate(zip(self.urls, self.clients, strict=True)):
+            failed = self._failures.get(i)
+            if isinstance(failed, DidmeshError):
+                out.append((url, failed))
+            elif self._started and not client.inbox_reached:
+                out.append((url, client.inbox_error or RelayUnreachable(
+                    f"no answer from the relay at {url} within the wait")))  # fmt: skip
+        return out
 
     async def _ack(self) -> None:
         pending, self._to_ack = self._to_ack, defaultdict(list)
@@ -250,7 +268,8 @@ class RelayMailbox:
             try:
                 plaintext = unframe(item.open(self.identity))
             except DidmeshError as exc:
-                self.on_warning(f"relay {self.urls[index]}: dropped an envelope: {exc.message}")
+                self.on_warning(f"relay {self.urls[index]}: dropped an envelope from "
+                                f"{item.envelope.sender}: {exc.message}")  # fmt: skip
                 continue
             except ValueError as exc:
                 self.on_warning(f"relay {self.urls[index]}: dropped an envelope from "

@@ -6,6 +6,7 @@ Layout under the didmesh home, every file mode 0600 and written atomically::
     sessions/<session-id>/session-key.json  the per-session X25519 private key
     sessions/<session-id>/codes.json        open invite codes (organizer; secret)
     sessions/.lock                          serializes writers (fcntl)
+    quarantine/<sha256>.msg                 received messages set aside (Engine.deliver)
     relays.json                             relay URLs this home has used
 
 :meth:`SessionStore.load` gives a :class:`StoredSession` with ``.state``,
@@ -113,6 +114,15 @@ class SessionStore:
         return sorted(
             p.name for p in self.root.iterdir() if p.is_dir() and SESSION_ID_RE.match(p.name)
         )
+
+    def set_aside(self, payload: bytes) -> Path:
+        """Keep a received message that could not be processed (for a bug report); its
+        name is its SHA-256, so the same message is kept once."""
+        import hashlib
+
+        path = self.home / "quarantine" / f"{hashlib.sha256(payload).hexdigest()[:32]}.msg"
+        write_private(path, payload[: 1 << 20])
+        return path
 
     def exists(self, session_id: str) -> bool:
         return SESSION_ID_RE.match(session_id) is not None and (

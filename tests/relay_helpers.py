@@ -33,7 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+try:
+    import pytest
+except ImportError:  # the benchmarks use these helpers with the base install (no pytest)
+    pytest = None  # type: ignore[assignment]
 
 LISTENING = "didmesh relay listening on "
 
@@ -92,8 +95,12 @@ def spawn_relay(
     timeout: float = 20.0,
     command: list[str] | None = None,
 ) -> RelayProcess:
-    """Start ``python -m didmesh.relay --port 0`` and wait for its "listening" line."""
-    args = list(args or [])
+    """Start ``python -m didmesh.relay --port 0`` and wait for its "listening" line.
+
+    Tests run every client from 127.0.0.1, so the per-address connection cap is off, and
+    SIGTERM stops at once (no drain of running links), unless ``args`` sets
+    ``--conns-per-address`` or ``--drain-timeout-s`` (later flags win)."""
+    args = ["--conns-per-address", "0", "--drain-timeout-s", "0", *(args or [])]
     cmd = command or [sys.executable, "-m", "didmesh.relay"]
     full = [*cmd, "--host", "127.0.0.1", "--port", "0", "--store", store, *args]
     penv = dict(os.environ)
@@ -164,6 +171,8 @@ def start_redis(timeout: float = 15.0) -> Iterator[RedisServer]:
     """A throw-away redis-server on a free loopback port (no persistence)."""
     exe = shutil.which("redis-server")
     if exe is None:
+        if pytest is None:
+            raise RuntimeError("redis-server is not installed")
         pytest.skip("redis-server is not installed (.ci/run installs it)")
     tmp = tempfile.mkdtemp(prefix="redis-")
     for _ in range(5):
@@ -205,27 +214,25 @@ def start_redis(timeout: float = 15.0) -> Iterator[RedisServer]:
 
 # -- pytest fixtures (import them into a test module to use them) ----------------------------
 
+if pytest is not None:
+    @pytest.fixture(scope="session")
+    def redis_server() -> Iterator[RedisServer]:
+        with start_redis() as server:
+            yield server
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    with start_redis() as server:
-        yield server
+    @pytest.fixture
+    def relay_url(tmp_path: Path) -> Iterator[str]:
+        """A fresh relay (memory store, no IP rate limit) for one test."""
+        with start_relay("memory", ["--rate-ip-per-s", "0"], home=tmp_path) as relay:
+            yield relay.url
 
-
-@pytest.fixture
-def relay_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh relay (memory store, no IP rate limit) for one test."""
-    with start_relay("memory", ["--rate-ip-per-s", "0"], home=tmp_path) as relay:
-        yield relay.url
-
-
-@pytest.fixture(scope="module")
-def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    """One relay (memory store) for a whole test module; tests use fresh identities."""
-    home = tmp_path_factory.mktemp("relay-home")
-    with start_relay(
-        "memory",
-        ["--rate-ip-per-s", "0", "--rate-did-per-s", "1000", "--rate-did-burst", "1000"],
-        home=home,
-    ) as relay:
-        yield relay
+    @pytest.fixture(scope="module")
+    def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+        """One relay (memory store) for a whole test module; tests use fresh identities."""
+        home = tmp_path_factory.mktemp("relay-home")
+        with start_relay(
+            "memory",
+            ["--rate-ip-per-s", "0", "--rate-did-per-s", "1000", "--rate-did-burst", "1000"],
+            home=home,
+        ) as relay:
+            yield relay

@@ -18,6 +18,7 @@ import pytest
 from adversary.fuzz import (
     budget,
     byte_mutations,
+    dumps,
     fuzz_settings,
     mutate,
     nested,
@@ -213,7 +214,7 @@ def test_fuzz_keystore_json_mutations(
     doc = mutate(json.loads(keystore_files[which]), data)
     if not _cheap_kdf(doc):
         return
-    _load_corrupted(tmp_path, json.dumps(doc).encode())
+    _load_corrupted(tmp_path, dumps(doc).encode())
 
 
 @settings(max_examples=budget(80), suppress_health_check=list(HealthCheck))

@@ -15,6 +15,7 @@ from typing import Any
 
 from adversary.fuzz import (
     byte_mutations,
+    dumps,
     fuzz_settings,
     mutate,
     nested,
@@ -178,7 +179,7 @@ def test_fuzz_authenticated_channel_messages(seed: int, msgs: list[bytes]) -> No
 @given(data=st.data())
 def test_fuzz_abort_notices(data: st.DataObject) -> None:
     if data.draw(st.booleans()):
-        raw = json.dumps(mutate(json.loads(NOTICE), data, rounds=3)).encode()
+        raw = dumps(mutate(json.loads(NOTICE), data, rounds=3)).encode()
     else:
         raw = byte_mutations(NOTICE, data)
     got = tree_errors_or_known("decode_abort", decode_abort, raw, PLANS[0])

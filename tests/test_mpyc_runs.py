@@ -124,6 +124,23 @@ def test_relayed_run_through_a_real_relay(relay_url: Any) -> None:
     assert [out for _, out, _ in res] == plain
 
 
+def test_multi_megabyte_messages_through_a_relay_on_default_settings(relay_url: Any) -> None:
+    """examples/cnn_layer.py sends one input message of over 5 MB to each party; the relay
+    (default settings: link_max_frame 1 MiB) carries it split into frames of at most its
+    announced limit, and the output equals plain MPyC's (didmesh issue 15, item 1)."""
+    url, _ = relay_url
+    args = ["--images", "24", "--seed", "5", "--no-log"]
+    plain = run_plain(EXAMPLES / "cnn_layer.py", args, 3)
+    procs, _ = start_mesh(EXAMPLES / "cnn_layer.py", args, 3, relays=[url], relay_only=True,
+                          result_path=None)
+    res = finish(procs, 120)
+    for code, _, err in res:
+        assert code == 0, err[-2000:]
+        assert " relay " in err
+    assert [out for _, out, _ in res] == plain
+    assert "patch matrix: 21600 x 27" in plain[0]
+
+
 LONG_PROGRAM = textwrap.dedent("""
     import sys
     from mpyc.runtime import mpc

@@ -157,7 +157,7 @@ async def test_an_unreachable_relay_is_named() -> None:
 
 async def test_behind_a_trusted_proxy_the_port_is_unknown(tmp_path: Path) -> None:
     with start_relay("memory", ["--rate-ip-per-s", "0"], home=tmp_path,
-                     env={"DIDMESH_RELAY_TRUST_FORWARDED_FOR": "true"}) as r:
+                     env={"DIDMESH_RELAY_TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/8"}) as r:
         async with RelayClient(r.url, IdentityKey.generate()) as client:
             token = await client.token()
         async with aiohttp.ClientSession() as s, s.get(

@@ -574,7 +574,9 @@ async def test_oversized_frame_and_idle_timeout(tmp_path: Path) -> None:
             assert la.linked.max_frame == 1000
             await la.send(b"x" * 1000)
             assert len(await lb.recv(timeout=5)) == 1000
-            await la.send(b"x" * 1001)
+            with pytest.raises(LinkClosed, match="exceeds the relay's link_max_frame"):
+                await la.send(b"x" * 1001)  # the client refuses it itself
+            await la._ws.send_bytes(b"x" * 1001)  # and the relay, if a client does not
             with pytest.raises(LinkClosed) as exc:
                 await lb.recv(timeout=5)
             assert exc.value.close_code == CloseCode.MESSAGE_TOO_BIG

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import InvalidProof, MalformedCredential
 from ..jsonld import canonize
+from ..strict_json import loads_strict
 from .base import SIGNATURE_BYTES, Json, Suite
 
 JWS_HEADER = {"alg": "EdDSA", "b64": False, "crit": ["b64"]}
@@ -83,10 +84,12 @@ class Ed25519Signature2018(_LinkedDataSuite):
         if len(parts) != 3 or parts[1] != "":
             raise InvalidProof("jws must be a detached JWS: '<header>..<signature>'")
         header_b64, _, sig_b64 = parts
-        try:
-            header = json.loads(_b64url_decode(header_b64, "header"))
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidProof("JWS header is not JSON") from None
+        header = loads_strict(
+            _b64url_decode(header_b64, "header"),
+            max_bytes=MAX_JWS_LENGTH,
+            error=InvalidProof,
+            what="JWS header",
+        )
         if header != JWS_HEADER:
             raise InvalidProof(
                 f"JWS header {header!r} is not the one accepted "

@@ -198,3 +198,17 @@ class Store(ABC):
     async def ping(self) -> None:  # noqa: B027 (optional hook)
         """Raise if the store is not usable (for /healthz)."""
 
+    async def agree(self, secret_fp: str, relay_id: str) -> str | None:
+        """For stores shared by processes: None if the others use this secret (by its
+        fingerprint) and relay id, else what differs. Called at start and periodically."""
+        return None
+
+    async def add_totals(self, deltas: dict[str, int]) -> dict[str, int] | None:
+        """Add this process's counter increments to totals shared by the processes on
+        the store; returns the totals (None: the store is not shared)."""
+        return None
+
+    def describe(self) -> dict[str, str]:
+        """What the startup log line says about the store (no secrets)."""
+        return {}
+

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import heapq
 import os
+from pathlib import Path
 
 from .base import PutPolicy, PutResult, Store, StoredEnvelope, check_inbox, seen_decision
 
 
 class MemoryStore(Store):
-    def __init__(self) -> None:
+    def __init__(self, *, secret_file: Path | None = None) -> None:
         super().__init__()
+        self._secret_file = secret_file
         self._secret = os.urandom(32)
         self._envs: dict[str, StoredEnvelope] = {}
         self._inbox: dict[str, dict[str, None]] = {}  # did -> ids in arrival order
@@ -19,6 +21,13 @@ class MemoryStore(Store):
         self._seen_heap: list[tuple[int, str]] = []
         self._exp_heap: list[tuple[int, str]] = []
         self._nonces: dict[str, int] = {}
+
+    async def start(self) -> None:
+        await super().start()
+        if self._secret_file is not None:
+            from ..secret import load_or_create
+
+            self._secret = load_or_create(self._secret_file)
 
     async def secret(self) -> bytes:
         return self._secret

@@ -19,6 +19,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,10 +27,19 @@ from redis.exceptions import RedisError
 
 from ..errors import RelayConfigError, RelayInternalError
 from ..limits import Limits, LimitSettings
+from ..secret import load_or_create
 from .base import Bus, PutPolicy, PutResult, Store, StoredEnvelope, seen_decision
 from .redis_limits import ProcessRegistry, redis_limits
 
 log = logging.getLogger("didmesh.relay.store")
+
+
+def redact_url(url: str) -> str:
+    """The Redis URL without a password (for logs)."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
 
 _PUT = """
 local p = ARGV[1]
@@ -102,9 +112,13 @@ return 0
 
 
 class RedisStore(Store):
-    def __init__(self, url: str, *, prefix: str = "didmesh:") -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "didmesh:", secret_file: Path | None = None
+    ) -> None:
         super().__init__()
         self.url = url
+        self.secret_file = secret_file
+        self.persistent: bool | None = None  # does the Redis server persist? (None: unknown)
         self.prefix = prefix
         try:
             self.r: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=False)
@@ -128,12 +142,23 @@ class RedisStore(Store):
     async def start(self) -> None:
         try:
             await self.r.ping()
-            await self.r.set(self.prefix + "secret", os.urandom(32), nx=True)
-            secret = await self.r.get(self.prefix + "secret")
+            if self.secret_file is not None:
+                secret: Any = load_or_create(self.secret_file)
+            else:
+                await self.r.set(self.prefix + "secret", os.urandom(32), nx=True)
+                secret = await self.r.get(self.prefix + "secret")
+            self.persistent = await self._persists()
         except (RedisError, OSError) as exc:
             raise RelayConfigError(f"cannot reach Redis at {self.url}: {exc}") from exc
         assert secret is not None
         self._secret = secret if isinstance(secret, bytes) else secret.encode()
+        if self.persistent is False and self.secret_file is None:
+            log.warning(
+                "Redis does not persist (save \"\" and appendonly no): a Redis restart loses "
+                "the relay secret, and processes started after it would use another one. "
+                "Enable persistence or give every process the same secret_file",
+                extra={"fields": {"store": redact_url(self.url)}},
+            )
         await self._bus.start()
         await self.registry.start()
 
@@ -144,6 +169,73 @@ class RedisStore(Store):
 
     async def ping(self) -> None:
         await self.r.ping()
+
+    async def _persists(self) -> bool | None:
+        try:
+            save = await self.r.config_get("save")
+            aof = await self.r.config_get("appendonly")
+        except RedisError:  # CONFIG disabled (managed Redis): cannot tell
+            return None
+
+        def val(d: Any, k: str) -> str:
+            v = d.get(k) if isinstance(d, dict) else None
+            v = v if v is not None else (d.get(k.encode()) if isinstance(d, dict) else None)
+            return v.decode() if isinstance(v, bytes) else str(v or "")
+
+        return bool(val(save, "save").strip()) or val(aof, "appendonly") == "yes"
+
+    async def agree(self, secret_fp: str, relay_id: str) -> str | None:
+        """Every process on this Redis must use one secret and one relay id. A process
+        also puts its secret back if Redis lost it (restarted without persistence), so
+        processes started later join it instead of making another one."""
+        p = self.prefix
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            if self.secret_file is None:
+                pipe.set(p + "secret", self._secret or b"", nx=True)
+            pipe.set(p + "secret_fp", secret_fp, nx=True)
+            pipe.set(p + "relay_id", relay_id, nx=True)
+            pipe.mget(p + "secret_fp", p + "relay_id")
+            res = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("cannot check the relay secret with Redis: %s", type(exc).__name__)
+            return None
+        fp, rid = (x.decode() if isinstance(x, bytes) else x for x in res[-1])
+        problems = []
+        if fp != secret_fp:
+            problems.append(
+                f"its token secret (fingerprint {secret_fp}) differs from the one other relay "
+                f"processes on this Redis use ({fp}): tokens of one are refused by the other"
+            )
+        if rid != relay_id:
+            problems.append(f"its relay id {relay_id} differs from the others' ({rid})")
+        if not problems:
+            return None
+        return (
+            "this relay process disagrees with its peers: " + "; ".join(problems) + ". Give "
+            "every process the same secret_file (and relay_id), or use a Redis that persists"
+        )
+
+    async def add_totals(self, deltas: dict[str, int]) -> dict[str, int] | None:
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            for k, v in deltas.items():
+                if v:
+                    pipe.hincrby(self.prefix + "totals", k, v)
+            pipe.hgetall(self.prefix + "totals")
+            res = await pipe.execute()
+        except (RedisError, OSError):
+            return None
+        raw = res[-1] or {}
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()
+        }
+
+    def describe(self) -> dict[str, str]:
+        out = {"redis": redact_url(self.url)}
+        if self.persistent is not None:
+            out["redis_persists"] = str(self.persistent).lower()
+        return out
 
     async def secret(self) -> bytes:
         assert self._secret is not None, "start() the store first"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import RelayConfigError, RelayError
+from ..secret import FILE_NAME, load_or_create
 from .base import PutPolicy, PutResult, Store, StoredEnvelope, check_inbox, seen_decision
 
 T = TypeVar("T")
@@ -50,9 +51,11 @@ MAX_BATCH = 256
 
 
 class SqliteStore(Store):
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, secret_file: Path | None = None) -> None:
         super().__init__()
         self.path = Path(path)
+        #: the token secret's file (specs/relay.md, "Secrets"); next to the database
+        self.secret_file = secret_file or self.path.parent / FILE_NAME
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-sqlite")
         self._db: sqlite3.Connection | None = None
         self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
@@ -66,21 +69,33 @@ class SqliteStore(Store):
     # -- lifecycle ----------------------------------------------------------------------
     def _open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            new = not self.path.exists()
+            if new:  # private from the start (WAL and shm files inherit the mode)
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA user_version").fetchone()  # a read-only file fails here
         except (OSError, sqlite3.Error) as exc:
             raise RelayConfigError(f"cannot open relay database {self.path}: {exc}") from exc
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(SCHEMA)
-        row = db.execute("SELECT value FROM meta WHERE key='secret'").fetchone()
-        if row is None:
-            secret = os.urandom(32)
-            db.execute("INSERT INTO meta(key, value) VALUES('secret', ?)", (secret,))
-        else:
-            secret = bytes(row[0])
-        self._secret = secret
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
+            # relays before the secret file kept it in the database: move it out (tokens
+            # issued before stay valid)
+            row = db.execute("SELECT value FROM meta WHERE key='secret'").fetchone()
+            self._secret = load_or_create(self.secret_file, bytes(row[0]) if row else None)
+            if row is not None:
+                db.execute("DELETE FROM meta WHERE key='secret'")
+        except sqlite3.Error as exc:
+            db.close()
+            raise RelayConfigError(
+                f"cannot use relay database {self.path} (is it writable?): {exc}"
+            ) from exc
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     async def start(self) -> None:

@@ -45,17 +45,19 @@ def parse_store_url(url: str | None) -> StoreSpec:
     raise RelayConfigError(f"unknown store {url!r}: expected {STORE_HELP}")
 
 
-def open_store(url: str | None) -> Store:
-    """Build (not start) the store named by ``url``."""
+def open_store(url: str | None, secret_file: str = "") -> Store:
+    """Build (not start) the store named by ``url``; ``secret_file``: where the token
+    secret lives (default: next to a SQLite database, in Redis, or in memory)."""
     spec = parse_store_url(url)
+    secret = Path(secret_file) if secret_file else None
     if spec.kind == "memory":
         from .memory import MemoryStore
 
-        return MemoryStore()
+        return MemoryStore(secret_file=secret)
     if spec.kind == "sqlite":
         from .sqlite import SqliteStore
 
-        return SqliteStore(spec.target)
+        return SqliteStore(spec.target, secret_file=secret)
     from .redis import RedisStore
 
-    return RedisStore(spec.target)
+    return RedisStore(spec.target, secret_file=secret)

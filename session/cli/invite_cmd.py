@@ -22,6 +22,7 @@ from .session_support import (
     engine_of,
     flush_now,
     pump,
+    relay_problems,
     relays_of,
     render_program,
     session_view,
@@ -175,11 +176,26 @@ def cmd_invites(args: argparse.Namespace, out: Output) -> int:
         doc = parse_untrusted(raw, max_bytes=MAX_INVITE_FILE)
         state = engine.import_invite(doc)
         imported.append(state.session_id)
+    problems: list[tuple[str, DidmeshError]] = []
     if not args.offline:
         urls = relays_of(args, engine, required=not args.file)
         if urls:
             out.progress(f"fetching from {', '.join(urls)} ...")
-            sync(engine, urls, out)
+            # a relay that is down, answers an error or pushes garbage is an error, never
+            # an empty inbox (issue 13); what other relays delivered is still listed
+            problems = sync(engine, urls, out, strict=True)
+            if problems and len({u for u, _ in problems}) >= len(urls) and not args.file:
+                raise relay_problems(problems, "fetch invites")
+    rc = _list_invites(args, out, engine)
+    if problems:  # after the listing: nothing fetched is hidden, and the exit is non-zero
+        raise relay_problems(problems, "fetch invites from every relay")
+    return rc
+
+
+def _list_invites(args: argparse.Namespace, out: Output, engine: object) -> int:
+    from ..engine import Engine
+
+    assert isinstance(engine, Engine)
     states = [s for s in engine.my_sessions() if s.role == Role.INVITEE]
     if not args.all:
         states = [s for s in states if s.status == Status.INVITED]

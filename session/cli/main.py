@@ -57,7 +57,25 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: commands whose start-up matters (``didmesh run`` is part of every party's run time): the
+#: parser for them loads only their module, not every command group's imports
+FAST_COMMANDS: dict[str, str] = {"run": "didmesh.session.cli.run_cmd"}
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (after the top-level ``--home X`` / ``--json``)."""
+    it = iter(argv)
+    for arg in it:
+        if arg == "--home":
+            next(it, None)
+        elif arg.startswith("--home=") or arg == "--json":
+            continue
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="didmesh",
         description="Decentralized-identity sessions for multiparty computation with MPyC.",
@@ -72,11 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
+    common.add_argument(
+        "--relay-ca", default=argparse.SUPPRESS, metavar="FILE",
+        help="PEM file of CA certificates to trust for https:// relays, besides the system's "
+        "(default: $DIDMESH_RELAY_CA)",
+    )
     parser.add_argument("--home", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--relay-ca", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    modules = [FAST_COMMANDS[command]] if command in FAST_COMMANDS else COMMAND_MODULES
+    for name in modules:
         importlib.import_module(name).register(sub, common)
     return parser
 
@@ -99,9 +124,12 @@ def _reader_gone() -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     out = Output(json_mode=bool(getattr(args, "json", False)))
+    if getattr(args, "relay_ca", None):  # every relay client (and child process) reads it
+        os.environ["DIDMESH_RELAY_CA"] = os.path.abspath(args.relay_ca)
     try:
         rc = args.func(args, out)
         return int(rc or 0)

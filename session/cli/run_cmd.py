@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from didmesh.identity.errors import DidmeshError
 from didmesh.session.errors import (
@@ -97,8 +97,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--receipt", default=None, metavar="FILE",
                    help="where to write this party's signed run receipt (default: "
                    "receipt-PARTY.json in the session's folder under the didmesh home)")
+    p.add_argument("-v", "--debug", action="store_true",
+                   help="on a failure, show tracebacks (also DIDMESH_DEBUG=1)")
     add_identity_args(p)
     p.set_defaults(func=cmd_run)
+
+
+def _end_failed_run(exc: DidmeshError, out: Output) -> NoReturn:
+    """A failed run: its one ``didmesh:`` line, then end the process at once (the
+    interpreter's teardown of a large MPyC program's objects would take seconds)."""
+    if os.environ.get("DIDMESH_DEBUG"):
+        raise exc
+    if out.json_mode:
+        out.result({"ok": False, "error": exc.code, "message": exc.message})
+    print(f"didmesh: {exc.message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(exc.exit_code)
 
 
 INPUT_PREFIX = "DIDMESH_INPUT_"
@@ -143,6 +157,8 @@ def _peer_reason(exc: DidmeshError) -> str:
 
 
 def cmd_run(args: argparse.Namespace, out: Output) -> int:
+    if getattr(args, "debug", False):
+        os.environ["DIDMESH_DEBUG"] = "1"
     try:  # relative to where the command runs, not to where the program runs
         receipt_arg = Path(os.path.abspath(args.receipt)) if args.receipt else None
     except OSError as exc:
@@ -212,13 +228,16 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         workdir=str(local.root) if manifest.program.is_bundle else None,
         digest="sha256:" + manifest.program.sha256,
     )
-    if wireguard:
-        result = run_over_wireguard(plan, str(local.entry), prog_args,
-                                    handshake_timeout=args.handshake_timeout, **common)
-    else:
-        result = run_program(plan, str(local.entry), prog_args,
-                             direct_only=args.direct_only, relay_only=args.relay_only,
-                             **common)
+    try:  # over WireGuard the tunnel is down again before the failure line
+        if wireguard:
+            result = run_over_wireguard(plan, str(local.entry), prog_args,
+                                        handshake_timeout=args.handshake_timeout, **common)
+        else:
+            result = run_program(plan, str(local.entry), prog_args,
+                                 direct_only=args.direct_only, relay_only=args.relay_only,
+                                 **common)
+    except DidmeshError as exc:
+        _end_failed_run(exc, out)
     default_path = stored.path / f"receipt-{plan.my_party_id}.json"
     receipt_path = receipt_arg or default_path
     if result.receipt is not None:

@@ -134,11 +134,19 @@ def pump(
     return True
 
 
-def sync(engine: Engine, urls: Sequence[str], out: Output, *, idle: float = 1.0) -> None:
-    """Flush queued messages and take in what is waiting (stops after ``idle`` s quiet)."""
+def sync(
+    engine: Engine, urls: Sequence[str], out: Output, *, idle: float = 1.0, strict: bool = False
+) -> list[tuple[str, DidmeshError]]:
+    """Flush queued messages and take in what is waiting (stops after ``idle`` s quiet).
+
+    Returns ``(url, error)`` for each relay whose inbox could not be read. Without
+    ``strict`` they are warnings and the local state is shown; with it (``didmesh
+    invites``) the caller must report them as an error (see :func:`relay_problems`)."""
+    boxes: list[Mailbox] = []
 
     async def go() -> None:
         box = factory(out)(engine.key, urls)
+        boxes.append(box)
         try:
             await engine.flush(box)
             batch: list[tuple[str, bytes]] = []
@@ -160,10 +168,33 @@ def sync(engine: Engine, urls: Sequence[str], out: Output, *, idle: float = 1.0)
             engine.persist_sent()
             await box.aclose()
 
+    def found() -> list[tuple[str, DidmeshError]]:
+        box = boxes[0] if boxes else None
+        return box.problems() if isinstance(box, RelayMailbox) else []
+
     try:
         asyncio.run(go())
     except DidmeshError as exc:
-        out.progress(f"warning: could not reach the relays ({exc.message}); showing local state")
+        if not strict:
+            out.progress(
+                f"warning: could not reach the relays ({exc.message}); showing local state"
+            )
+            return []
+        return found() or [(", ".join(urls), exc)]
+    return found() if strict else []
+
+
+def relay_problems(problems: Sequence[tuple[str, DidmeshError]], what: str) -> DidmeshError:
+    """One error naming every relay that failed and why (the first one's class)."""
+    text = f"cannot {what}: " + "; ".join(
+        f"relay {url}: {err.message}" for url, err in problems
+    )
+    try:
+        return type(problems[0][1])(text)
+    except TypeError:
+        from didmesh.relay.errors import RelayUnreachable
+
+        return RelayUnreachable(text)
 
 
 def flush_now(engine: Engine, session_id: str, out: Output) -> bool:

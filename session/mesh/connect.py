@@ -57,12 +57,24 @@ REJECT_AUTH: Final = b"A"  # handshake did not authenticate
 _REJECT_TEXT: Final = {
     REJECT_ROSTER: "its roster hash differs from ours (it agreed another roster)",
     REJECT_PARTY: "it does not accept our party ids (another roster or a stale endpoint)",
-    REJECT_AUTH: "our handshake did not authenticate at its end (its copy of our session "
-    "key or of the roster differs)",
+    REJECT_AUTH: "our handshake did not authenticate at its end: altered in transit, or it "
+    "holds another roster or key for us",
 }
 
 #: ``(relay_url, peer_did) -> link`` with ``send``/``recv``/``close`` coroutines.
 RelayOpener = Callable[[str, str], Awaitable[Any]]
+
+
+def reason_of(exc: BaseException) -> str:
+    """A failure's reason for a message, never empty (``str(TimeoutError())`` is ``""``)."""
+    text = getattr(exc, "message", None) or str(exc)
+    if text:
+        return str(text)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionError | EOFError):
+        return f"the connection closed ({type(exc).__name__})"
+    return type(exc).__name__
 
 
 def hello_tag(roster_hash: bytes) -> bytes:
@@ -362,7 +374,7 @@ class MeshConnector:
                     link = await open_tcp(host, port, min(self.options.tcp_timeout,
                                                           max(0.01, deadline - time.monotonic())))
                 except (OSError, TimeoutError) as exc:
-                    last = f"{host}:{port}: {exc or type(exc).__name__}"
+                    last = f"{host}:{port}: {reason_of(exc)}"
                     continue
                 try:
                     ch = await self._initiate(link, st.peer_id, deadline)
@@ -372,7 +384,7 @@ class MeshConnector:
                     return
                 except (OSError, ConnectionError, TimeoutError, DidmeshError) as exc:
                     link.abort()
-                    last = f"{link.description}: {exc or type(exc).__name__}"
+                    last = f"{link.description}: {reason_of(exc)}"
                     continue
                 self._won(st, link, ch, True)
                 return
@@ -380,7 +392,7 @@ class MeshConnector:
                 st.errors.append(f"direct: {last}")
                 del st.errors[:-4]
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, 0.1)  # as MPyC retries: a late peer costs <= 0.1 s
 
     async def _initiate(self, link: ByteLink, peer_id: int, deadline: float) -> SecureChannel:
         plan = self.plan
@@ -482,7 +494,7 @@ class MeshConnector:
                 why = (f"no complete handshake within {self.options.handshake_timeout:g} s "
                        "(or the deadline)")
             else:
-                why = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                why = reason_of(exc)
             self._inbound_failed(link, attempt.claimed, why)
             return
         finally:
@@ -541,7 +553,7 @@ class MeshConnector:
                 raw = await asyncio.wait_for(self.relay_opener(url, peer_did),
                                              max(0.01, deadline - time.monotonic()))
             except (OSError, TimeoutError, DidmeshError) as exc:
-                errors.append(f"{url}: {getattr(exc, 'message', None) or exc or 'timed out'}")
+                errors.append(f"{url}: {reason_of(exc)}")
                 continue
             link = RelayedLink(raw, f"relay {url}")
             try:
@@ -550,13 +562,16 @@ class MeshConnector:
                 else:
                     _, ch = await self._respond(link, deadline, st.peer_id)
             except (HandshakeFailed, _Rejected) as exc:
-                link.abort()
+                if isinstance(exc, _Rejected):
+                    link.close()  # after our diagnostic: the initiator learns why
+                else:
+                    link.abort()
                 err = exc.error if isinstance(exc, _Rejected) else exc
                 self._path_failed(st, "relay", f"{url}: {err.message}")
                 return
             except (OSError, ConnectionError, TimeoutError, DidmeshError) as exc:
                 link.abort()
-                errors.append(f"{url}: {exc or type(exc).__name__}")
+                errors.append(f"{url}: {reason_of(exc)}")
                 continue
             self._won(st, link, ch, initiator)
             return
@@ -596,9 +611,13 @@ class RelayLinks:
 def default_relay_opener(
     plan: MeshPlan, identity: IdentityKey, options: ConnectOptions
 ) -> RelayLinks | None:
-    """Links through the relay client, if this installation has it."""
+    """Links through the relay client, if this installation has it (not imported here:
+    it brings in aiohttp, which a run whose pairs all connect directly never needs)."""
+    import importlib.util
+
     try:
-        import didmesh.relay.client  # noqa: F401
-    except ImportError:
+        if importlib.util.find_spec("didmesh.relay.client") is None:
+            return None
+    except (ImportError, ValueError):
         return None
     return RelayLinks(plan, identity, options)

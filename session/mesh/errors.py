@@ -63,11 +63,12 @@ class HandshakeFailed(MeshError, RemoteError):
     code = "handshake_failed"
 
     #: Message used when a handshake message does not decrypt. With KK and the didmesh
-    #: prologue this is what a wrong static key or a different roster view looks like.
+    #: prologue this is what a wrong static key, a different roster view *or* a message
+    #: altered on the way (e.g. by a relay) looks like: the message says all three.
     MISMATCH = (
-        "peer's static key or roster view differs: its handshake message did not "
-        "authenticate (check that both parties use the same roster and that the "
-        "peer's key in it is current)"
+        "the handshake did not authenticate: altered in transit, or the peer holds "
+        "another roster or key (if no relay or network is at fault, check that both "
+        "parties use the same roster and that the peer's key in it is current)"
     )
 
     def __init__(self, message: str | None = None, *, reason: str = "failed") -> None:

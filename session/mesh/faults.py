@@ -53,6 +53,18 @@ class ProgramFailed(PartyError, LocalError):
     code = "program_failed"
 
 
+class RunInterrupted(ProgramFailed):
+    """The run was stopped on this machine (Ctrl-C or SIGTERM); the peers were told."""
+
+    code = "interrupted"
+    exit_code = 130
+
+    def __init__(self, message: str | None = None, *, party: int | None = None,
+                 exit_code: int = 130) -> None:
+        super().__init__(message, party=party)
+        self.exit_code = exit_code
+
+
 # --------------------------------------------------------------------------- remote
 
 

@@ -27,11 +27,16 @@ from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
 
 from .abort import AbortNotice, decode_abort, encode_abort, make_abort
-from .faults import InvalidAbort, PeerAborted, PeerMisbehaved, PeerUnresponsive
+from .faults import InvalidAbort, PeerAborted, PeerLost, PeerMisbehaved, PeerUnresponsive
 from .peer import ABORT, BYE, HEARTBEAT, READY, PeerChannel
 from .plan import MeshPlan
 
 MAX_READY_BYTES = 64 * 1024
+#: seconds a lost link waits for a signed abort notice before it is the verdict: when a
+#: party aborts (a tampered record, Ctrl-C) its links close at once, and its notice may
+#: reach a third party (directly or forwarded) just after that party saw a link close;
+#: the notice names the real cause, "disconnected" would not
+LOST_GRACE = 0.3
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ class Mesh:
                 for r in doc["row"]
                 if 0 <= int(r["peer"]) < self.plan.m
             ]
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
             peer._fail(PeerMisbehaved(f"{peer.name} sent a malformed READY ({exc})",
                                       party=peer.peer_id))
             return
@@ -226,6 +231,19 @@ class Mesh:
             return
         if isinstance(exc, PeerAborted | InvalidAbort):
             self._fatal(exc, None)
+            return
+        if type(exc) is PeerLost and self.fatal is None and not self._finishing:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:  # an abort notice arriving meanwhile is the verdict instead
+                loop.call_later(LOST_GRACE, self._peer_fault, peer, exc)
+                return
+        self._peer_fault(peer, exc)
+
+    def _peer_fault(self, peer: PeerChannel, exc: DidmeshError) -> None:
+        if self.fatal is not None:
             return
         if peer.name not in exc.message:  # name the peer, keep the specific class
             try:

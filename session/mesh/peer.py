@@ -196,7 +196,7 @@ class PeerChannel:
         if self.bye:
             self.closed = True
             return
-        why = f" ({exc})" if exc else ""
+        why = f" ({str(exc) or type(exc).__name__})" if exc is not None else ""
         self._fail(PeerLost(f"{self.name} disconnected{why}", party=self.peer_id))
 
     def _fail(self, exc: DidmeshError) -> None:

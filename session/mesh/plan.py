@@ -179,8 +179,8 @@ class MeshPlan:
                 relays=tuple(d.get("relays", ())),
                 petnames=dict(d.get("petnames", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PlanError(f"malformed mesh plan: {exc}") from exc
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise PlanError(f"malformed mesh plan: {exc!s:.200}") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_launch_dict())

@@ -11,9 +11,14 @@
 
 The first failure anywhere is fatal (:class:`~.mesh.Mesh`): the peers are told with a
 signed abort, the program is stopped (its event loop is stopped, so ``mpc.run`` raises)
-and :func:`run_program` raises an error of the tree naming the party at fault. With
-``hard_exit`` (command-line use) the process also exits by itself if the program does
-not give control back within ``timeout`` seconds of the failure.
+and :func:`run_program` raises an error of the tree naming the party at fault. Ctrl-C
+(SIGINT) and SIGTERM end the run the same way (:class:`~.faults.RunInterrupted`). From the
+failure on, what the program's pending MPyC work reports as it is torn down (thousands of
+``CancelledError`` tracebacks in a many-round program) is dropped unless ``DIDMESH_DEBUG``
+is set: the caller prints one line. With ``hard_exit`` (command-line use) the process
+also exits by itself :data:`EXIT_GRACE` seconds after the failure if it has not ended by
+then (a program in a long local step does not give control back), printing the one line
+itself if the caller has not.
 
 ``python -m didmesh.session.mesh.runner`` reads one JSON launch document on stdin (see
 :func:`launch_document`) and runs one party: used to run several parties on one machine
@@ -28,21 +33,23 @@ import hashlib
 import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
 
 from .connect import ConnectOptions, MeshConnector, RelayOpener
-from .faults import ProgramFailed
+from .faults import ProgramFailed, RunInterrupted
 from .mesh import Mesh, PairStatus
 from .mpyc_bridge import MpycBridge
 from .plan import MeshPlan
@@ -78,6 +85,47 @@ def format_table(plan: MeshPlan, table: Sequence[PairStatus]) -> str:
 
 def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+#: seconds from a fatal failure until a ``hard_exit`` run's process ends by itself
+EXIT_GRACE = 1.5
+#: the failure of a ``hard_exit`` run was raised to the caller, who prints its line
+_REPORTED = threading.Event()
+#: called (best effort, in order) just before a hard exit ends the process, which skips
+#: every ``finally``: e.g. the WireGuard run's tunnel teardown (session/wireguard/run.py)
+EXIT_HOOKS: list[Callable[[], None]] = []
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt (a subclass,
+    so that asyncio lets it out of tasks and callbacks as it does Ctrl-C)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _quiet_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """After a fatal failure: the program's torn-down work is no news to the user."""
+
+
+def _interrupted(exc: BaseException, plan: MeshPlan, *, told: bool | None = True
+                 ) -> RunInterrupted:
+    """Ctrl-C or SIGTERM here, as the local line (``told``: whether the peers were told)
+    or, with ``told=None``, as the reason of the abort notice."""
+    what, code = ("terminated (SIGTERM)", 143) if isinstance(exc, _Terminated) \
+        else ("interrupted (Ctrl-C)", 130)
+    if told is not None:
+        what = f"{plan.describe(plan.my_party_id)}: {what}" + (
+            "; the other parties were told" if told else "")
+    return RunInterrupted(what, party=plan.my_party_id, exit_code=code)
+
+
+def _quiet(loop: asyncio.AbstractEventLoop) -> None:
+    """From a fatal failure on: the program's torn-down work (cancelled MPyC coroutines,
+    coroutines never awaited) is no news to the user, who gets one line."""
+    loop.set_exception_handler(_quiet_handler)
+    warnings.simplefilter("ignore")
 
 
 def run_program(
@@ -123,13 +171,20 @@ def run_program(
         direct_only=direct_only, relay_only=relay_only, connect_timeout=connect_timeout,
         direct_grace=direct_grace,
     )
+    debug = bool(os.environ.get("DIDMESH_DEBUG"))
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     saved_argv, saved_path, saved_cwd = sys.argv[:], sys.path[:], _cwd()
+    saved_warnings = list(warnings.filters)  # _quiet() silences them after a failure
     mesh: Mesh | None = None
     connector: MeshConnector | None = None
     in_program = False
     killer: threading.Timer | None = None
+    failed = False
+    final: list[DidmeshError] = []  # what this party reports, once known (for the killer)
+    old_sigterm: Any = None
+    if threading.current_thread() is threading.main_thread():
+        old_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
 
     def restop() -> None:
         if in_program:
@@ -137,11 +192,14 @@ def run_program(
             loop.call_later(0.1, restop)
 
     def on_fatal(exc: DidmeshError) -> None:
-        nonlocal killer
+        nonlocal killer, failed
+        failed = True
+        if not debug:
+            _quiet(loop)
         if in_program:
             loop.call_soon(restop)
         if hard_exit and killer is None:
-            killer = threading.Timer(max(5.0, timeout), _hard_exit, (exc,))
+            killer = threading.Timer(EXIT_GRACE, _hard_exit, (exc, final))
             killer.daemon = True
             killer.start()
 
@@ -214,27 +272,44 @@ def run_program(
             result = _with_receipt(plan, identity, result)
         return result
     except BaseException as exc:
-        if mesh is not None and mesh.fatal is None:
-            err = exc if isinstance(exc, DidmeshError) else ProgramFailed(
-                "interrupted" if isinstance(exc, KeyboardInterrupt)
-                else f"{type(exc).__name__}: {exc}",
-                party=plan.my_party_id,
-            )
-            mesh.fail(err, culprit=getattr(err, "party", None))
-            with contextlib.suppress(BaseException):  # let the abort records go out
-                loop.run_until_complete(asyncio.sleep(0.05))
+        failed = True
+        if not debug:
+            _quiet(loop)
+        signalled = isinstance(exc, KeyboardInterrupt)
+        stop = _interrupted(exc, plan, told=mesh is not None) if signalled else None
+        if stop is not None:
+            final.append(stop)
+        elif isinstance(exc, DidmeshError):
+            final.append(exc)
+        if mesh is not None:
+            if mesh.fatal is None:
+                err = _interrupted(exc, plan, told=None) if signalled else (
+                    exc if isinstance(exc, DidmeshError) else ProgramFailed(
+                        f"{type(exc).__name__}: {exc}", party=plan.my_party_id))
+                mesh.fail(err, culprit=None if signalled else getattr(err, "party", None))
+            with contextlib.suppress(BaseException):  # a second Ctrl-C: go on
+                _drop_program_work(loop, mesh)
+                _flush(loop, mesh, 0.3)  # let the abort records go out
+        if hard_exit:
+            _REPORTED.set()
+        if stop is not None:
+            raise stop from None
         raise
     finally:
-        if killer is not None:
+        with contextlib.suppress(BaseException):  # a second Ctrl-C must not stop the cleanup
+            if mesh is not None:
+                mesh.close()
+            if connector is not None:
+                loop.run_until_complete(
+                    asyncio.wait_for(connector.aclose(), 0.5 if failed else 5.0))
+        _close_loop(loop, 0.5 if failed else 2.0, cancel=not (failed and hard_exit))
+        if old_sigterm is not None:
+            signal.signal(signal.SIGTERM, old_sigterm)
+        if killer is not None and not hard_exit:
             killer.cancel()
-        if mesh is not None:
-            mesh.close()
-        if connector is not None:
-            with contextlib.suppress(BaseException):
-                loop.run_until_complete(connector.aclose())
-        _close_loop(loop)
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path
+        warnings.filters[:] = saved_warnings  # type: ignore[index]  # a list at run time
         if saved_cwd is not None and workdir:
             with contextlib.suppress(OSError):
                 os.chdir(saved_cwd)
@@ -262,19 +337,61 @@ def _bridge_error(mesh: Mesh | None, exc: BaseException) -> None:
         mesh.fail(ProgramFailed(f"sending failed: {exc}"))
 
 
-def _hard_exit(exc: DidmeshError) -> None:
-    _stderr(f"didmesh: {exc.message}")
+def _drop_program_work(loop: asyncio.AbstractEventLoop, mesh: Mesh) -> None:
+    """After a fatal failure: cancel every task but the links' own (the program's pending
+    MPyC work is void; running it on would only delay the end)."""
+    keep = {t for p in mesh.peers.values() for t in p.link.tasks()}
+    for t in asyncio.all_tasks(loop):
+        if t not in keep and not t.done():
+            t.cancel()
+
+
+def _flush(loop: asyncio.AbstractEventLoop, mesh: Mesh, limit: float) -> None:
+    """Run the loop until every link has handed its data on, at most ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while any(p.link.unsent() for p in mesh.peers.values()) and time.monotonic() < deadline:
+        with contextlib.suppress(RuntimeError):  # MPyC stops the loop as its work fails
+            loop.run_until_complete(asyncio.sleep(0.01))
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End a failed run's process at once: its line is printed, and the interpreter's
+    teardown of the program's objects would take seconds for nothing."""
+    if os.environ.get("DIDMESH_DEBUG"):
+        sys.exit(code)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _hard_exit(exc: DidmeshError, final: list[DidmeshError]) -> None:
+    """The process did not end within :data:`EXIT_GRACE` s of the failure: end it now,
+    with the one ``didmesh:`` line unless the caller has it already."""
+    if _REPORTED.is_set():
+        time.sleep(0.5)  # the caller is printing its line (or the interpreter is exiting)
+    else:
+        exc = final[0] if final else exc
+        _stderr(f"didmesh: {exc.message}")
+    for hook in list(EXIT_HOOKS):
+        with contextlib.suppress(BaseException):
+            hook()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
     os._exit(exc.exit_code)
 
 
-def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+def _close_loop(loop: asyncio.AbstractEventLoop, wait: float = 2.0, *, cancel: bool = True
+                ) -> None:
+    """Cancel what is pending (at most ``wait`` s) and close; ``cancel=False``: close at once
+    (a failed command-line run: the process ends next, the tasks' unwinding is void)."""
     try:
-        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()] if cancel else []
         for t in pending:
             t.cancel()
         if pending:
             loop.run_until_complete(
-                asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 2.0)
+                asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), wait)
             )
         loop.run_until_complete(asyncio.sleep(0))
     except BaseException:  # noqa: S110 - best effort at shutdown
@@ -349,10 +466,10 @@ def main() -> int:
                              hard_exit=True, **opts)
     except DidmeshError as exc:
         _stderr(f"didmesh: {exc.message}")
-        return exc.exit_code
-    except KeyboardInterrupt:
+        _exit_now(exc.exit_code)
+    except KeyboardInterrupt:  # before the run started or after it ended
         _stderr("didmesh: interrupted")
-        return 130
+        _exit_now(130)
     if result_path:
         Path(result_path).write_text(json.dumps({
             "setup_seconds": result.setup_seconds,

@@ -23,6 +23,14 @@ from typing import Any, Protocol
 
 from .plan import format_endpoint
 
+#: a relay's ``link_max_frame`` when its link does not say (the relay's default, 1 MiB)
+DEFAULT_MAX_FRAME = 1024 * 1024
+
+
+def _positive(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        else default
+
 
 class LinkReceiver(Protocol):
     def link_data(self, data: bytes) -> None: ...
@@ -108,6 +116,14 @@ class ByteLink:
         """Close at once, dropping unsent data."""
         self.close()
 
+    def unsent(self) -> int:
+        """Bytes written but not yet handed to the operating system or the relay."""
+        return 0
+
+    def tasks(self) -> tuple[asyncio.Task[None], ...]:
+        """The tasks this link runs (kept when a failed run drops the program's work)."""
+        return ()
+
 
 # --------------------------------------------------------------------------- TCP
 
@@ -155,6 +171,10 @@ class TcpLink(ByteLink, asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def unsent(self) -> int:
+        t = self.transport
+        return 0 if t is None or t.is_closing() else t.get_write_buffer_size()
+
 
 async def open_tcp(host: str, port: int, timeout: float) -> TcpLink:
     """Connect to ``host:port`` within ``timeout`` seconds."""
@@ -193,13 +213,26 @@ async def serve_tcp(
 
 
 class RelayedLink(ByteLink):
-    """A relay client's link as a :class:`ByteLink` (reader and writer tasks)."""
+    """A relay client's link as a :class:`ByteLink` (reader and writer tasks).
+
+    The writer joins what queued up meanwhile into as few relay frames as it can, each at
+    most the relay's announced ``link_max_frame`` (the link's ``max_frame``): a large
+    message goes out as several frames (the byte stream above does not see frame
+    boundaries). The link's traffic in both directions is held to the relay's
+    ``link_max_bytes`` here, so that a run which outgrows it ends with a message that says
+    so instead of a link the relay cut.
+    """
 
     kind = "relay"
 
     def __init__(self, link: Any, description: str) -> None:
         super().__init__(description)
         self._link = link
+        self.max_frame = _positive(getattr(link, "max_frame", None), DEFAULT_MAX_FRAME)
+        self.max_bytes = _positive(getattr(link, "max_bytes", None), 0)
+        self.frames_sent = 0
+        self._wire_sent = 0
+        self._unsent = 0
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._closed = False
         loop = asyncio.get_running_loop()
@@ -220,21 +253,46 @@ class RelayedLink(ByteLink):
         except Exception as exc:
             self._deliver_eof(exc)
 
+    def _next_batch(self, first: bytes) -> tuple[bytes, bool]:
+        """``first`` joined with what queued up meanwhile, up to about one frame."""
+        parts, size, limit = [first], len(first), self.max_frame
+        end = False
+        while size < limit and not self._queue.empty():
+            nxt = self._queue.get_nowait()
+            if nxt is None:
+                end = True
+                break
+            parts.append(nxt)
+            size += len(nxt)
+        return (b"".join(parts) if len(parts) > 1 else first), end
+
     async def _write_loop(self) -> None:
         try:
-            while True:
+            end = False
+            while not end:
                 data = await self._queue.get()
                 if data is None:
                     break
-                # join what queued up meanwhile: fewer relay frames
-                parts = [data]
-                while not self._queue.empty():
-                    nxt = self._queue.get_nowait()
-                    if nxt is None:
-                        self._queue.put_nowait(None)
-                        break
-                    parts.append(nxt)
-                await self._link.send(b"".join(parts) if len(parts) > 1 else data)
+                data, end = self._next_batch(data)
+                if self.max_bytes and (
+                    self._wire_sent + self.bytes_received + len(data) > self.max_bytes
+                ):
+                    raise ConnectionError(
+                        f"this link's traffic would exceed the relay's link_max_bytes "
+                        f"({self.max_bytes} bytes in both directions); use a direct path "
+                        "or a relay with a larger budget"
+                    )
+                self._wire_sent += len(data)
+                limit = self.max_frame
+                if len(data) <= limit:
+                    await self._link.send(data)
+                    self.frames_sent += 1
+                else:
+                    view = memoryview(data)
+                    for off in range(0, len(view), limit):
+                        await self._link.send(view[off : off + limit])
+                        self.frames_sent += 1
+                self._unsent -= len(data)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -247,12 +305,19 @@ class RelayedLink(ByteLink):
         if self._closed:
             return
         self.bytes_sent += len(data)
+        self._unsent += len(data)
         self._queue.put_nowait(bytes(data))
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._queue.put_nowait(None)
+
+    def unsent(self) -> int:
+        return 0 if self._writer.done() else self._unsent
+
+    def tasks(self) -> tuple[asyncio.Task[None], ...]:
+        return (self._reader, self._writer)
 
     def abort(self) -> None:
         self._closed = True

@@ -16,7 +16,8 @@ didmesh brings up and removes itself (specs/wireguard.md, "Running over the tunn
    Ctrl-C and SIGTERM/SIGHUP (turned into Ctrl-C for the run). If the process is killed,
    ``wireguard-go`` gets SIGTERM from the kernel (parent-death signal) and removes the
    interface and its socket; the state file that remains lets the next run or
-   ``didmesh wg down`` finish the job.
+   ``didmesh wg down`` finish the job. The runner's own hard exit (a program that does
+   not give control back after a failure) runs the teardown first (``EXIT_HOOKS``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
 from didmesh.session.mesh.plan import MeshPlan, format_endpoint
-from didmesh.session.mesh.runner import RunResult, run_program
+from didmesh.session.mesh.runner import EXIT_HOOKS, RunResult, run_program
 
 from . import preflight
 from .addresses import tunnel_addresses
@@ -97,6 +98,7 @@ def run_over_wireguard(
     preflight.check()
     cfg = build_config(plan)
     tunnel = Tunnel(cfg, report=report)
+    EXIT_HOOKS.append(tunnel.down)  # the runner's hard exit skips the finally below
     with _signals_interrupt():
         try:
             t0 = time.perf_counter()
@@ -120,6 +122,10 @@ def run_over_wireguard(
             )
         finally:
             t0 = time.perf_counter()
-            tunnel.down()
+            try:
+                tunnel.down()
+            finally:
+                with contextlib.suppress(ValueError):
+                    EXIT_HOOKS.remove(tunnel.down)
             report(f"WireGuard interface {tunnel.name} removed "
                    f"({time.perf_counter() - t0:.2f} s)")

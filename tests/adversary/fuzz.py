@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -85,19 +87,130 @@ def _call(
 
 # --------------------------------------------------------------------------- JSON values
 
-scalars = (
+plain_scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False)
     | st.text(max_size=24)
 )
+
+# Pathological values (issue 13; the same kinds as tests/data/pathological_json.json).
+# Serialize documents holding them with :func:`dumps`, not json.dumps: it writes
+# integers of any length, and inf as ``1e400``, as an attacker's bytes would.
+huge_ints = st.one_of(
+    st.integers(4290, 4400).map(lambda d: 10**d - 1),  # around Python's 4,300-digit guard
+    st.integers(90, 20_000).map(lambda d: -(10**d) + 7),
+    st.sampled_from([2**53, 2**53 + 1, -(2**53) - 1, 2**63, 2**64, -(2**63) - 1, 10**100]),
+)
+non_finite = st.sampled_from([math.inf, -math.inf, math.nan])
+odd_floats = st.sampled_from([1.7976931348623157e308, 5e-324, -0.0, 1e-300, 2.0**-1074])
+surrogate_text = st.one_of(
+    st.sampled_from(["\ud800", "a\udfffb", "\udc00\ud800"]),
+    st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3),
+)
+nul_text = st.sampled_from(["\x00", "a\x00b", "\x00" * 40])
+odd_text = st.one_of(
+    surrogate_text,
+    nul_text,
+    st.sampled_from(["\ufeff", "\ufeffx", "\u202e\u200b", "\uffff", "\U0001f600"]),
+    st.integers(1000, 60_000).map(lambda n: "x" * n),
+)
+deep_values = st.builds(
+    lambda depth, inner, obj: _deep(depth, inner, obj),
+    st.integers(60, 400), st.sampled_from([[], {}, 1, "x"]), st.booleans(),
+)  # fmt: skip
+big_arrays = st.builds(
+    lambda n, item: [item] * n, st.integers(500, 20_000), st.sampled_from([0, [], {}, "a"])
+)
+pathological = st.one_of(
+    huge_ints, non_finite, odd_floats, surrogate_text, nul_text, odd_text, deep_values, big_arrays
+)
+scalars = st.one_of(plain_scalars, pathological)
+keys = st.one_of(st.text(max_size=12), odd_text.filter(lambda t: len(t) < 100))
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
     max_leaves=12,
 )
+
+
+def _deep(depth: int, inner: Any, obj: bool) -> Any:
+    value: Any = copy.deepcopy(inner)
+    for _ in range(depth):
+        value = {"a": value} if obj else [value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """JSON text of ``value`` as an attacker may write it: integers of any length, inf and
+    nan as ``1e400``, ``-1e400`` and ``NaN``, lone surrogates as ``\\udxxx`` escapes.
+    (json.dumps refuses the first and writes ``Infinity``.)"""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Text):
+            out.append(node)
+        elif node is None or isinstance(node, bool | str):
+            out.append(json.dumps(node))
+        elif isinstance(node, int):
+            limit = sys.get_int_max_str_digits()
+            sys.set_int_max_str_digits(0)
+            try:
+                out.append(str(node))
+            finally:
+                sys.set_int_max_str_digits(limit)
+        elif isinstance(node, float):
+            out.append("NaN" if node != node else "1e400" if node == math.inf
+                       else "-1e400" if node == -math.inf else repr(node))  # fmt: skip
+        elif isinstance(node, list):
+            parts: list[Any] = [_Text("[")]
+            for i, item in enumerate(node):
+                parts += [_Text(",")] if i else []
+                parts.append(item)
+            stack.extend(reversed([*parts, _Text("]")]))
+        elif isinstance(node, dict):
+            parts = [_Text("{")]
+            for i, (k, item) in enumerate(node.items()):
+                parts += [_Text(("," if i else "") + json.dumps(str(k)) + ":"), item]
+            stack.extend(reversed([*parts, _Text("}")]))
+        else:
+            raise TypeError(f"not a JSON value: {type(node).__name__}")
+    return "".join(out)
+
+
+class _Text(str):
+    """Literal JSON text inside :func:`dumps`."""
+
+
+def kinds_of(value: Any) -> set[str]:
+    """Which pathological kinds ``value`` holds (for the test that the strategies make them)."""
+    found: set[str] = set()
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > 64:
+            found.add("deep")
+        if isinstance(node, bool):
+            continue
+        if isinstance(node, int) and abs(node) >= 10**4300:
+            found.add("int-over-4300-digits")
+        elif isinstance(node, float) and (node != node or node in (math.inf, -math.inf)):
+            found.add("inf-or-nan")
+        elif isinstance(node, str) and any("\ud800" <= c <= "\udfff" for c in node):
+            found.add("lone-surrogate")
+        elif isinstance(node, str) and "\x00" in node:
+            found.add("nul")
+        elif isinstance(node, list):
+            if len(node) >= 500:
+                found.add("big-array")
+            stack.extend((v, depth + 1) for v in node)
+        elif isinstance(node, dict):
+            if any(any("\ud800" <= c <= "\udfff" for c in k) for k in node):
+                found.add("lone-surrogate")
+            stack.extend((v, depth + 1) for v in node.values())
+    return found
 
 
 def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -119,20 +232,23 @@ def _get(node: Any, path: tuple[Any, ...]) -> Any:
 
 def mutate(doc: Any, data: st.DataObject, rounds: int = 2) -> Any:
     """A copy of ``doc`` with 1..rounds structural mutations drawn from ``data``:
-    replace a value, delete a member, add a member, change one character, swap a type."""
+    replace a value, delete a member, add a member, change one character, swap a type,
+    poison (replace a value by a :data:`pathological` one)."""
     out = copy.deepcopy(doc)
     for _ in range(data.draw(st.integers(1, rounds), label="rounds")):
         paths = _paths(out)
         path = data.draw(st.sampled_from(paths), label="path")
         op = data.draw(
-            st.sampled_from(["replace", "delete", "add", "char", "wrap"]), label="op"
+            st.sampled_from(["replace", "delete", "add", "char", "wrap", "poison"]), label="op"
         )
         if not path:
-            if op == "replace":
-                out = data.draw(json_values, label="root")
+            if op in ("replace", "poison"):
+                out = data.draw(json_values if op == "replace" else pathological, label="root")
             continue
         parent, key = _get(out, path[:-1]), path[-1]
-        if op == "replace":
+        if op == "poison":
+            parent[key] = data.draw(pathological, label="poison")
+        elif op == "replace":
             parent[key] = data.draw(json_values, label="value")
         elif op == "delete":
             del parent[key]
@@ -151,7 +267,7 @@ def mutate(doc: Any, data: st.DataObject, rounds: int = 2) -> Any:
                 parent[key] = value + data.draw(st.integers(-3, 3).filter(bool))
         else:  # wrap: the same value in another JSON type
             value = parent[key]
-            parent[key] = data.draw(st.sampled_from([[value], {"id": value}, json.dumps(value)]))
+            parent[key] = data.draw(st.sampled_from([[value], {"id": value}, dumps(value)]))
     return out
 
 
