@@ -70,6 +70,9 @@ def test_unprivileged_run_fails_early_in_one_line(how: str, home: tuple[Path, st
     prefix = UNPRIVILEGED[how]
     if shutil.which(prefix[0]) is None:
         pytest.skip(f"{prefix[0]} is not installed")
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:  # e.g. user namespaces disabled in a container
+        pytest.skip(f"{' '.join(prefix)} does not work here: {probe.stderr.strip()[-200:]}")
     path, sid, program = home
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
     env["DIDMESH_HOME"] = str(path)
