@@ -54,13 +54,16 @@ class World:
         clock: Callable[[], datetime] = utcnow,
         valid_for: timedelta = timedelta(hours=1),
         names: Sequence[str] | None = None,
+        program: Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.hub = MemoryRelay()
         self.factory: MailboxFactory = factory or (lambda ident, _urls: self.hub.mailbox(ident))
         self.clock = clock
-        self.program = self.root / "program.py"
-        self.program.write_text("from mpyc.runtime import mpc\n")
+        if program is None:  # a trivial program, unless one is given
+            program = self.root / "program.py"
+            program.write_text("from mpyc.runtime import mpc\n")
+        self.program = program
         names = list(names or [f"p{i}" for i in range(parties)])
         self.parties: list[Party] = []
         for name in names[:parties]:

@@ -440,3 +440,36 @@ def test_mesh_ready_message(case: Case) -> None:
         raw = case.splice({"party": 1, "row": [row]}, room=MAX_READY_BYTES)
         mesh.ready_received(peer, raw)  # type: ignore[arg-type]
         assert peer.failed or 1 in mesh._rows
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"party": 1, "row": [{"peer": 2, "path": "direct", "via": "x", "rtt_ms": 1e400}]}',
+    b'{"party": 1, "row": [{"peer": 2, "path": "direct", "via": "x", "rtt_ms": -1}]}',
+    b'{"party": 1, "row": [{"peer": true, "path": "direct", "via": "x", "rtt_ms": 1}]}',
+    b'{"party": 1, "row": [{"peer": 2, "path": "direct", "via": "\\ud800", "rtt_ms": 1}]}',
+    b'{"party": 1, "row": [{"peer": 2, "path": {"a": 1}, "via": "x", "rtt_ms": 1}]}',
+    b'{"party": 1, "party": 1, "row": []}',
+], ids=["infinite-rtt", "negative-rtt", "bool-peer", "lone-surrogate", "object-path",
+        "duplicate-key"])
+def test_mesh_ready_refuses_impossible_rows(raw: bytes) -> None:
+    """A READY row with a number that is not a round-trip time, a bool for a party id, a
+    lone surrogate or a repeated key fails the peer as misbehaving; nothing is stored."""
+    from didmesh.session.mesh.loopback import loopback_plans
+    from didmesh.session.mesh.mesh import Mesh
+
+    plans, _ids = loopback_plans(3, endpoints=False, session_id="patho-ready-2")
+
+    class Peer:
+        peer_id, name = 1, "party 1"
+
+        def __init__(self) -> None:
+            self.failed: list[DidmeshError] = []
+
+        def _fail(self, exc: DidmeshError) -> None:
+            self.failed.append(exc)
+
+    mesh = Mesh(plans[0], {}, identity=None)
+    peer = Peer()
+    mesh.ready_received(peer, raw)  # type: ignore[arg-type]
+    assert len(peer.failed) == 1 and "malformed READY" in peer.failed[0].message
+    assert 1 not in mesh._rows

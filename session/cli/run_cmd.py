@@ -41,6 +41,8 @@ from didmesh.session.manifest import (
 from didmesh.session.mesh.faults import PlanError
 from didmesh.session.mesh.plan import from_roster
 from didmesh.session.mesh.runner import run_program
+from didmesh.session.wireguard import preflight as wg_preflight
+from didmesh.session.wireguard.run import run_over_wireguard
 
 from .common import add_identity_args, load_identity
 from .output import Output
@@ -80,6 +82,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        help="connect every pair directly over TCP, never through a relay")
     paths.add_argument("--relay-only", action="store_true",
                        help="connect every pair through a relay")
+    p.add_argument("--transport", choices=("noise", "wireguard"), default="noise",
+                   help="noise (default): the authenticated mesh, direct or relayed; "
+                   "wireguard: a WireGuard tunnel didmesh brings up for the run and removes "
+                   "afterwards (needs root or CAP_NET_ADMIN, /dev/net/tun and wireguard-go; "
+                   "specs/wireguard.md)")
+    p.add_argument("--handshake-timeout", type=float, default=30.0, metavar="S",
+                   help="--transport wireguard: seconds for a WireGuard handshake with every "
+                   "peer (default 30)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds of silence after which a party counts as gone (default 30)")
     p.add_argument("--connect-timeout", type=float, default=120.0, metavar="S",
@@ -156,6 +166,14 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
             f"--receipt {args.receipt}: the current directory is gone ({exc.strerror}); "
             "give an absolute path") from None
     inputs = parse_inputs(args.input, args.input_file)
+    wireguard = args.transport == "wireguard"
+    if wireguard:
+        if args.relay_only:
+            raise SessionUsageError("--relay-only and --transport wireguard exclude each "
+                                    "other: the tunnel is direct (UDP) between every pair")
+        if not 0 < args.handshake_timeout <= 3600:
+            raise BadSessionParameters("--handshake-timeout: give seconds in (0, 3600]")
+        wg_preflight.check()  # before anything is touched
     identity = load_identity(args)
     store = store_of(args)
     stored = store.load(store.resolve(args.session))
@@ -204,14 +222,20 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         if name not in given_inputs:
             out.progress(f"note: no --input {name}=... given; the program decides what that means")
     os.environ.update(inputs)
-    try:
-        result = run_program(
-            plan, str(local.entry), prog_args, direct_only=args.direct_only,
-            relay_only=args.relay_only, timeout=args.timeout, identity=identity,
-            connect_timeout=args.connect_timeout, report=out.progress, hard_exit=True,
-            workdir=str(local.root) if manifest.program.is_bundle else None,
-            digest="sha256:" + manifest.program.sha256,
-        )
+    common: dict[str, Any] = dict(
+        timeout=args.timeout, identity=identity, connect_timeout=args.connect_timeout,
+        report=out.progress, hard_exit=True,
+        workdir=str(local.root) if manifest.program.is_bundle else None,
+        digest="sha256:" + manifest.program.sha256,
+    )
+    try:  # over WireGuard the tunnel is down again before the failure line
+        if wireguard:
+            result = run_over_wireguard(plan, str(local.entry), prog_args,
+                                        handshake_timeout=args.handshake_timeout, **common)
+        else:
+            result = run_program(plan, str(local.entry), prog_args,
+                                 direct_only=args.direct_only, relay_only=args.relay_only,
+                                 **common)
     except DidmeshError as exc:
         _end_failed_run(exc, out)
     default_path = stored.path / f"receipt-{plan.my_party_id}.json"
@@ -220,6 +244,7 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         receipt_path = _write_receipt(result.receipt, receipt_path, default_path, manifest)
     out.progress(f"run complete; receipt: {receipt_path}")
     out.result({"ok": True, "session": manifest.session_id, "party": plan.my_party_id,
+                "transport": args.transport,
                 "receipt": str(receipt_path), "setup_seconds": result.setup_seconds})
     return result.exit_code
 
@@ -232,10 +257,15 @@ def _tell_peers(plan: Any, identity: Any, args: argparse.Namespace, refusal: Did
                  "Ctrl-C stops)")
     tell = type(refusal)(_peer_reason(refusal))
     try:
-        run_program(plan, program, [], direct_only=args.direct_only,
-                    relay_only=args.relay_only, timeout=args.timeout, identity=identity,
-                    connect_timeout=wait, report=lambda _: None, hard_exit=False,
-                    refuse=tell)
+        if args.transport == "wireguard":  # the peers listen inside the tunnel only
+            run_over_wireguard(plan, program, [], timeout=args.timeout, identity=identity,
+                               connect_timeout=wait, handshake_timeout=wait,
+                               report=lambda _: None, refuse=tell)
+        else:
+            run_program(plan, program, [], direct_only=args.direct_only,
+                        relay_only=args.relay_only, timeout=args.timeout, identity=identity,
+                        connect_timeout=wait, report=lambda _: None, hard_exit=False,
+                        refuse=tell)
     except (DidmeshError, OSError, KeyboardInterrupt):
         pass  # the local refusal is what this party reports (also after Ctrl-C)
 

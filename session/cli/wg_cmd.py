@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from didmesh.identity.paths import write_private
+from didmesh.session.wireguard import preflight as wg_preflight
 from didmesh.session.wireguard.config import DEFAULT_KEEPALIVE, WgConfig, build_config
 from didmesh.session.wireguard.errors import WgUsageError
 from didmesh.session.wireguard.load import load_plan
 from didmesh.session.wireguard.mpyc_args import DEFAULT_MPYC_PORT, mpyc_args
 from didmesh.session.wireguard.render import RENDERERS
+from didmesh.session.wireguard.tunnel import find_leftover, is_alive, remove, run_interface
 
 from .output import Output
 from .session_support import labels_of, store_of
@@ -71,6 +73,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help=f"MPyC's TCP port on every tunnel address (default {DEFAULT_MPYC_PORT})")
     m.add_argument("--ipv6", action="store_true", help="use the IPv6 tunnel addresses")
     m.set_defaults(func=cmd_mpyc_args)
+
+    d = wsub.add_parser(
+        "down", parents=[common],
+        help="remove what a stopped 'didmesh run --transport wireguard' left behind",
+        description="Remove this party's WireGuard interface of the session, its "
+        "wireguard-go process, UAPI socket and state file, if a run left them (a run "
+        "removes them itself unless it was killed; the next run also does).",
+    )
+    d.add_argument("session", metavar="SESSION")
+    d.set_defaults(func=cmd_down)
 
 
 def _next_steps(cfg: WgConfig, fmt: str, path: str) -> list[str]:
@@ -140,4 +152,25 @@ def cmd_mpyc_args(args: argparse.Namespace, out: Output) -> int:
     argv = mpyc_args(plan, port=args.port, ipv6=args.ipv6)
     out.result({"ok": True, "session": plan.session_id, "party": plan.my_party_id,
                 "args": argv}, " ".join(argv))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, out: Output) -> int:
+    plan = load_plan(store_of(args), args.session)
+    name = run_interface(plan.session_id, plan.my_party_id)
+    left = find_leftover(name)
+    if not left:
+        out.result({"ok": True, "interface": name, "removed": []},
+                   f"nothing of {name} to remove")
+        return 0
+    wg_preflight.check()
+    st = left.state or {}
+    if st.get("run_pid") and is_alive(st.get("run_pid"), st.get("run_start")):
+        raise WgUsageError(f"{name} belongs to a run still going (pid {st['run_pid']}); "
+                           "stop that run (Ctrl-C), it removes the tunnel itself")
+    removed = [w for w, there in (("interface", left.link), ("wireguard-go",
+               left.wireguard_go), ("state file", left.state is not None)) if there]
+    remove(name, state=left.state)
+    out.result({"ok": True, "interface": name, "removed": removed},
+               f"removed {name}: {', '.join(removed) or 'its socket'}")
     return 0

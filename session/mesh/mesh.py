@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ from typing import Any
 
 from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
+from didmesh.identity.strict_json import loads_strict
 
 from .abort import AbortNotice, decode_abort, encode_abort, make_abort
+from .errors import FrameError
 from .faults import InvalidAbort, PeerAborted, PeerLost, PeerMisbehaved, PeerUnresponsive
 from .peer import ABORT, BYE, HEARTBEAT, READY, PeerChannel
 from .plan import MeshPlan
@@ -202,18 +205,14 @@ class Mesh:
 
     def ready_received(self, peer: PeerChannel, payload: bytes) -> None:
         try:
-            if len(payload) > MAX_READY_BYTES:
-                raise ValueError("too large")
-            doc = json.loads(payload)
+            doc = loads_strict(payload, max_bytes=MAX_READY_BYTES, error=FrameError,
+                               what="READY")
             if doc["party"] != peer.peer_id or not isinstance(doc["row"], list):
                 raise ValueError("wrong party or row")
-            row = [
-                {"peer": int(r["peer"]), "path": str(r["path"])[:16],
-                 "via": str(r["via"])[:200], "rtt_ms": float(r["rtt_ms"])}
-                for r in doc["row"]
-                if 0 <= int(r["peer"]) < self.plan.m
-            ]
-        except (ValueError, TypeError, KeyError, ArithmeticError, RecursionError) as exc:
+            row = [_ready_entry(r) for r in doc["row"]]
+            row = [r for r in row if 0 <= r["peer"] < self.plan.m]
+        except (DidmeshError, ValueError, TypeError, KeyError, ArithmeticError,
+                RecursionError) as exc:
             peer._fail(PeerMisbehaved(f"{peer.name} sent a malformed READY ({exc})",
                                       party=peer.peer_id))
             return
@@ -347,3 +346,14 @@ class Mesh:
             }
             for i, p in self.peers.items()
         }
+
+
+def _ready_entry(r: Any) -> dict[str, Any]:
+    """One row entry of a peer's READY: its types and ranges checked (a number that is
+    not finite, a bool for an id or a non-text path is malformed)."""
+    peer, path, via, rtt = r["peer"], r["path"], r["via"], r["rtt_ms"]
+    if type(peer) is not int or not isinstance(path, str) or not isinstance(via, str):
+        raise ValueError("READY entry has the wrong types")
+    if type(rtt) not in (int, float) or not math.isfinite(rtt) or rtt < 0:
+        raise ValueError("READY entry has an impossible round-trip time")
+    return {"peer": peer, "path": path[:16], "via": via[:200], "rtt_ms": float(rtt)}

@@ -51,6 +51,7 @@ def receipt_credential(
     started: float,
     ended: float,
     bytes_per_peer: Mapping[int, Mapping[str, int]],
+    transport: str = "noise",
 ) -> dict[str, Any]:
     """The unsigned RunReceipt credential of this party."""
     return {
@@ -67,6 +68,7 @@ def receipt_credential(
             "claims": {
                 "started": _iso_ms(started),
                 "ended": _iso_ms(ended),
+                "transport": transport,
                 "bytesPerPeer": {
                     plan.party(pid).did: {"partyId": pid, **dict(counts)}
                     for pid, counts in sorted(bytes_per_peer.items())
@@ -81,6 +83,7 @@ def sign_receipt(plan: MeshPlan, identity: IdentityKey, result: Any) -> dict[str
     doc = receipt_credential(
         plan, identity, program_digest=result.program_digest, started=result.started,
         ended=result.ended, bytes_per_peer=result.bytes_per_peer,
+        transport=getattr(result, "transport", "noise"),
     )
     return issue_credential(doc, identity, suite=SUITE, check_terms=False,
                             created=datetime.fromtimestamp(result.ended, UTC))

@@ -65,6 +65,8 @@ class RunResult:
     setup_seconds: float
     bytes_per_peer: dict[int, dict[str, int]] = field(default_factory=dict)
     receipt: dict[str, Any] | None = None
+    #: how MPyC's bytes travelled: "noise" (the mesh) or "wireguard" (the tunnel)
+    transport: str = "noise"
 
 
 def program_digest(path: str | os.PathLike[str]) -> str:
@@ -89,6 +91,9 @@ def _stderr(text: str) -> None:
 EXIT_GRACE = 1.5
 #: the failure of a ``hard_exit`` run was raised to the caller, who prints its line
 _REPORTED = threading.Event()
+#: called (best effort, in order) just before a hard exit ends the process, which skips
+#: every ``finally``: e.g. the WireGuard run's tunnel teardown (session/wireguard/run.py)
+EXIT_HOOKS: list[Callable[[], None]] = []
 
 
 class _Terminated(KeyboardInterrupt):
@@ -141,6 +146,8 @@ def run_program(
     workdir: str | None = None,
     digest: str | None = None,
     refuse: DidmeshError | None = None,
+    bridge_factory: Callable[..., MpycBridge] = MpycBridge,
+    transport: str = "noise",
 ) -> RunResult:
     """Run ``program_path`` as party ``plan.my_party_id`` over the mesh (blocking).
 
@@ -150,6 +157,10 @@ def run_program(
     and its own on ``sys.path``; ``digest`` is the agreed program digest for the receipt
     (default: ``sha256:`` of the file). With ``refuse`` nothing runs: the party connects
     only to send every peer a signed abort with that error, then raises it.
+    ``bridge_factory`` makes the MPyC bridge (another one carries MPyC's bytes another
+    way, e.g. :class:`~didmesh.session.wireguard.bridge.WgBridge`; the mesh then carries
+    only the check, the start barrier, aborts and BYE); ``transport`` names it in the
+    receipt.
     """
     if refuse is None and not Path(program_path).is_file():
         from .faults import PlanError
@@ -195,7 +206,7 @@ def run_program(
     try:
         # MPyC is imported (and set up for this party) before the mesh comes up, so the
         # connectivity check is also the start line: no party is still importing then.
-        bridge = MpycBridge(
+        bridge = bridge_factory(
             {}, party_id=plan.my_party_id, m=plan.m,
             on_error=lambda e: _bridge_error(mesh, e),
         )
@@ -253,7 +264,9 @@ def run_program(
         ended = time.time()
         result = RunResult(
             exit_code=exit_code, table=table, program_digest=digest, started=started,
-            ended=ended, setup_seconds=setup_seconds, bytes_per_peer=mesh.bytes_per_peer(),
+            ended=ended, setup_seconds=setup_seconds,
+            bytes_per_peer=bridge.bytes_per_peer() or mesh.bytes_per_peer(),
+            transport=transport,
         )
         if receipt and identity is not None:
             result = _with_receipt(plan, identity, result)
@@ -360,6 +373,9 @@ def _hard_exit(exc: DidmeshError, final: list[DidmeshError]) -> None:
     else:
         exc = final[0] if final else exc
         _stderr(f"didmesh: {exc.message}")
+    for hook in list(EXIT_HOOKS):
+        with contextlib.suppress(BaseException):
+            hook()
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     os._exit(exc.exit_code)

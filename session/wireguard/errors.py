@@ -40,3 +40,15 @@ class WgPeerKeyInvalid(WireGuardError, RemoteError):
     """A party's session key in the roster is unusable for WireGuard (low-order point)."""
 
     code = "wireguard_peer_key_invalid"
+
+
+class WgUnavailable(WgUsageError):
+    """This machine or user cannot bring a WireGuard interface up (privileges, device, binary)."""
+
+    code = "wireguard_unavailable"
+
+
+class WgTunnelFailed(WireGuardError, LocalError):
+    """The session's WireGuard interface could not be brought up or taken down here."""
+
+    code = "wireguard_tunnel_failed"

@@ -1,0 +1,158 @@
+"""Benchmark: MPyC over a didmesh WireGuard tunnel vs the Noise mesh vs plain TCP, on one
+Internet-lab path (needs root, wireguard-go, nft, /dev/net/tun).
+
+    python bench/bench_wireguard.py [--repeats 3] [--delays 0 5] [--budget 900]
+
+Three public hosts of the Internet lab (specs/lab.md), every access link with the same
+one-way delay d (RTT between two parties = 4 d: 0 and 20 ms by default). For each d and
+each example (secret_santa: many small rounds; matrix_product: 200x200, large messages),
+the three modes run interleaved, ``--repeats`` times:
+
+* ``plain``: plain MPyC over TCP between the hosts' addresses (``-P``/``-I``);
+* ``noise``: ``didmesh run --direct-only`` (the Noise mesh, direct TCP);
+* ``wireguard``: ``didmesh run --transport wireguard`` (wireguard-go brought up, run, down).
+
+Figures: the median of MPyC's own "elapsed time" (end of ``mpc.start()`` to shutdown,
+slowest party) and of the wall time of the whole command (slowest party: start-up,
+connecting, the run, teardown); for WireGuard also the medians of the interface bring-up,
+the handshake wait and the teardown as the run reports them. Noisy on a shared machine:
+the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from didmesh.identity.keystore import Keystore
+from didmesh.session.lab import Lab, available
+from didmesh.session.lab.topology import Topology
+from didmesh.session.testing import World
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = {"secret_santa": ROOT / "examples" / "secret_santa.py",
+            "matrix_product": ROOT / "examples" / "matrix_product.py"}
+NODES = ["a", "b", "c"]
+PORTS = [51820, 51821, 51822]
+MPYC_PORT = 11400
+ELAPSED = re.compile(r"elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+UP = re.compile(r"WireGuard interface \S+ up in ([\d.]+) s")
+SHAKE = re.compile(r"WireGuard handshakes with all peers complete \(([\d.]+) s\)")
+DOWN = re.compile(r"WireGuard interface \S+ removed \(([\d.]+) s\)")
+RUN_TIMEOUT = 300.0
+
+
+async def _agree(root: Path, program: Path, topo: Topology) -> World:
+    world = World(root, 3, program=program)
+    world.invite_all()
+    await world.deliver_invites()
+    for i, p in enumerate(world.parties[1:], 1):
+        p.engine.accept(world.sid, endpoints=[
+            f"tcp://{topo.public_address(NODES[i])}:{PORTS[i]}"])
+    await world.settle()
+    await world.close()
+    for p in world.parties:
+        Keystore(world.root / p.name).create(passphrase=None, key=p.key)
+    return world
+
+
+def _elapsed(text: str) -> float | None:
+    found = [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s in ELAPSED.findall(text)]
+    return max(found) if found else None
+
+
+def _run(lab: Lab, cmds: list[list[str]], envs: list[dict[str, str]]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    procs = [lab.spawn(NODES[i], *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       stdin=subprocess.DEVNULL, text=True, env=envs[i])
+             for i, cmd in enumerate(cmds)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=RUN_TIMEOUT)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    wall = time.perf_counter() - t0
+    bad = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if bad:
+        raise SystemExit(f"didmesh: party {bad[0]} failed:\n{outs[bad[0]][-2000:]}")
+    return wall, "\n".join(outs)
+
+
+def _mode(lab: Lab, world: World, mode: str) -> dict[str, Any]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
+    envs = [{**base, "DIDMESH_HOME": str(world.root / p.name)} for p in world.parties]
+    if mode == "plain":
+        plist = [a for n in NODES for a in ("-P", f"{lab.public_address(n)}:{MPYC_PORT}")]
+        cmds = [[sys.executable, str(world.program), *plist, "-I", str(i)] for i in range(3)]
+    else:
+        extra = ["--transport", "wireguard"] if mode == "wireguard" else ["--direct-only"]
+        cmds = [[sys.executable, "-m", "didmesh.session.cli.main", "run", world.sid[:8],
+                 *extra, "--", str(world.program)] for _ in range(3)]
+    wall, out = _run(lab, cmds, envs)
+    row: dict[str, Any] = {"wall": wall, "elapsed": _elapsed(out)}
+    for key, pat in (("up", UP), ("handshake", SHAKE), ("down", DOWN)):
+        got = [float(x) for x in pat.findall(out)]
+        row[key] = max(got) if got else None
+    return row
+
+
+def _med(rows: list[dict[str, Any]], key: str) -> str:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return f"{statistics.median(vals):8.3f}" if vals else f"{'-':>8}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--delays", type=float, nargs="+", default=[0, 5],
+                   help="one-way access-link delays in ms (RTT = 4 x delay)")
+    p.add_argument("--budget", type=float, default=900, help="stop starting runs after S s")
+    args = p.parse_args()
+    why = available() or (None if shutil.which("wireguard-go") else "wireguard-go is missing")
+    if why is not None:
+        raise SystemExit(f"didmesh: cannot run this benchmark here: {why}")
+    started = time.monotonic()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'RTT ms':>6} {'example':<15} {'mode':<10} {'elapsed':>8} {'wall':>8} "
+          f"{'wg up':>8} {'wg hs':>8} {'wg down':>8}  (medians, s)")
+    with tempfile.TemporaryDirectory(prefix="bench-wg-") as tmp:
+        for delay in args.delays:
+            tokens = [f"public:{n}@{delay:g}" for n in NODES]
+            topo = Topology.parse(tokens)
+            with Lab(tokens) as lab:
+                for name, example in EXAMPLES.items():
+                    root = Path(tmp) / f"d{delay:g}-{name}"
+                    root.mkdir()
+                    program = root / example.name
+                    shutil.copy(example, program)
+                    world = asyncio.run(_agree(root, program, topo))
+                    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in
+                                                             ("plain", "noise", "wireguard")}
+                    for _ in range(args.repeats):
+                        for mode in rows:  # interleaved: the load hits every mode alike
+                            if time.monotonic() - started > args.budget:
+                                break
+                            rows[mode].append(_mode(lab, world, mode))
+                    for mode, got in rows.items():
+                        print(f"{4 * delay:6g} {name:<15} {mode:<10} {_med(got, 'elapsed')} "
+                              f"{_med(got, 'wall')} {_med(got, 'up')} {_med(got, 'handshake')} "
+                              f"{_med(got, 'down')}", flush=True)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

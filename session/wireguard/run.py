@@ -1,0 +1,131 @@
+"""``didmesh run SESSION --transport wireguard``: one run over a WireGuard tunnel that
+didmesh brings up and removes itself (specs/wireguard.md, "Running over the tunnel").
+
+1. :func:`.preflight.check`: CAP_NET_ADMIN, ``/dev/net/tun``, ``wireguard-go``, ``wg``;
+   nothing is touched before it passes.
+2. :class:`.tunnel.Tunnel`: the session's interface from the agreed roster (keys,
+   roster-bound PSKs, tunnel addresses, endpoints from the announced candidates), up;
+   a bounded wait for a handshake with every peer, naming those not reached.
+3. The mesh runner (:func:`~didmesh.session.mesh.runner.run_program`), unchanged in what
+   it checks and reports, with two differences: its control channels (the connectivity
+   check, the start barrier, signed aborts, BYE) connect directly between the tunnel
+   addresses (:func:`control_plan`), and MPyC's own bytes go over plain TCP in the tunnel
+   through :class:`.bridge.WgBridge`, which checks every inbound connection's party id
+   against its source address. The receipt names the transport ``wireguard``.
+4. The tunnel comes down in a ``finally``: on success, program failure, a peer's abort,
+   Ctrl-C and SIGTERM/SIGHUP (turned into Ctrl-C for the run). If the process is killed,
+   ``wireguard-go`` gets SIGTERM from the kernel (parent-death signal) and removes the
+   interface and its socket; the state file that remains lets the next run or
+   ``didmesh wg down`` finish the job. The runner's own hard exit (a program that does
+   not give control back after a failure) runs the teardown first (``EXIT_HOOKS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from didmesh.identity.errors import DidmeshError
+from didmesh.identity.keys import IdentityKey
+from didmesh.session.mesh.plan import MeshPlan, format_endpoint
+from didmesh.session.mesh.runner import EXIT_HOOKS, RunResult, run_program
+
+from . import preflight
+from .addresses import tunnel_addresses
+from .bridge import WgBridge
+from .config import build_config
+from .mpyc_args import DEFAULT_MPYC_PORT
+from .tunnel import Tunnel
+
+TRANSPORT = "wireguard"
+
+
+def control_plan(plan: MeshPlan, port: int) -> MeshPlan:
+    """The plan whose only endpoints are the parties' tunnel addresses (``port``), with
+    no relay: the mesh's control channels then run inside the tunnel only."""
+    parties = tuple(
+        dataclasses.replace(p, endpoints=(
+            format_endpoint(str(tunnel_addresses(plan.roster_hash, p.party_id).ipv4), port),))
+        for p in plan.parties)
+    return dataclasses.replace(plan, parties=parties, relays=())
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt (as Ctrl-C does) while the tunnel is
+    up, so that the same teardown runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    saved = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def run_over_wireguard(
+    plan: MeshPlan,
+    program_path: str,
+    args: Sequence[str] = (),
+    *,
+    identity: IdentityKey | None,
+    timeout: float = 30.0,
+    connect_timeout: float = 120.0,
+    handshake_timeout: float = 30.0,
+    port: int = DEFAULT_MPYC_PORT,
+    report: Callable[[str], None] = lambda _: None,
+    hard_exit: bool = False,
+    receipt: bool = True,
+    workdir: str | None = None,
+    digest: str | None = None,
+    refuse: DidmeshError | None = None,
+) -> RunResult:
+    """Run ``program_path`` as this party over a WireGuard tunnel (blocking); see the
+    module docstring. ``port`` is MPyC's TCP port on the tunnel addresses, ``port + 1``
+    the control channels'."""
+    preflight.check()
+    cfg = build_config(plan)
+    tunnel = Tunnel(cfg, report=report)
+    EXIT_HOOKS.append(tunnel.down)  # the runner's hard exit skips the finally below
+    with _signals_interrupt():
+        try:
+            t0 = time.perf_counter()
+            tunnel.up()
+            report(f"WireGuard interface {tunnel.name} up in {time.perf_counter() - t0:.2f} s, "
+                   f"{tunnel.address} "
+                   f"(session range {cfg.networks[0]}); waiting for handshakes with "
+                   f"{len(cfg.peers)} peers (up to {handshake_timeout:g} s)")
+            took = tunnel.wait_handshakes(handshake_timeout, plan.describe)
+            where = tunnel.endpoints()
+            peers = ", ".join(f"party {peer.party_id} at {where.get(peer.party_id, '?')}"
+                              for peer in cfg.peers)
+            report(f"WireGuard handshakes with all peers complete ({took:.2f} s): {peers}")
+            bridge = functools.partial(WgBridge, plan=plan, port=port,
+                                       connect_timeout=connect_timeout)
+            return run_program(
+                control_plan(plan, port + 1), program_path, args, direct_only=True,
+                timeout=timeout, identity=identity, connect_timeout=connect_timeout,
+                report=report, hard_exit=hard_exit, receipt=receipt, workdir=workdir,
+                digest=digest, refuse=refuse, bridge_factory=bridge, transport=TRANSPORT,
+            )
+        finally:
+            t0 = time.perf_counter()
+            try:
+                tunnel.down()
+            finally:
+                with contextlib.suppress(ValueError):
+                    EXIT_HOOKS.remove(tunnel.down)
+            report(f"WireGuard interface {tunnel.name} removed "
+                   f"({time.perf_counter() - t0:.2f} s)")

@@ -1,0 +1,365 @@
+"""Bring one session's WireGuard interface up for a run and take it down again
+(specs/wireguard.md, "Running over the tunnel").
+
+:class:`Tunnel` is the adapter that owns everything the run sets up on the machine:
+
+* the interface ``dm<session id[:8]>p<party id>`` (per session and party, so two sessions,
+  or two parties of one session in two network namespaces, never share a name or the
+  UAPI socket ``/var/run/wireguard/<name>.sock``), served by ``wireguard-go -f`` in user
+  space, started with a parent-death signal so that it ends if the run process dies;
+* its configuration, given to ``wg setconf <name> /dev/stdin`` (no config file is written);
+* its two addresses, the session's /22 and /64 (routes come with them and go with the
+  link);
+* a state file ``/run/didmesh/wg/<name>.json`` (pid and start time of the run process and
+  of ``wireguard-go``), by which the next run or ``didmesh wg down`` finds and removes a
+  leftover of a run that was killed.
+
+Before anything is created, an interface of another process with an address in the
+session's ranges is refused (naming it), and a leftover of this session is removed.
+Every command and wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import _IFACE_RE, WgConfig
+from .errors import WgTunnelFailed
+from .keys import encode_key
+from .render import render_setconf
+
+UAPI_DIR = Path("/var/run/wireguard")
+STATE_DIR = Path(os.environ.get("DIDMESH_WG_STATE_DIR", "/run/didmesh/wg"))
+#: a UDP port nothing listens on: datagrams to a peer's tunnel address there only make
+#: WireGuard start a handshake
+POKE_PORT = 9
+_PR_SET_PDEATHSIG = 1
+
+
+def run_interface(session_id: str, party_id: int) -> str:
+    """``dm`` + the session id's first 8 characters + ``p`` + the party id (<= 15)."""
+    name = f"dm{session_id[:8]}p{party_id}"
+    if not _IFACE_RE.match(name):
+        raise WgTunnelFailed(f"session {session_id[:12]!r}, party {party_id}: no interface name")
+    return name
+
+
+def _cmd(*cmd: str, timeout: float = 10, input: str | None = None, check: bool = True
+         ) -> subprocess.CompletedProcess[str]:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    except subprocess.TimeoutExpired:
+        raise WgTunnelFailed(f"{' '.join(cmd[:3])} did not finish within {timeout:g} s") from None
+    except OSError as exc:
+        raise WgTunnelFailed(f"cannot run {cmd[0]}: {exc.strerror}") from None
+    if check and res.returncode != 0:
+        raise WgTunnelFailed(f"{' '.join(cmd[:4])} failed: {res.stderr.strip()[-300:]}")
+    return res
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks (pid reuse check), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+def is_alive(pid: int | None, start: int | None) -> bool:
+    return pid is not None and start is not None and _start_time(pid) == start
+
+
+def _netns() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
+
+
+def wireguard_go_pids(name: str) -> list[int]:
+    """Pids of ``wireguard-go`` processes serving interface ``name`` (any namespace)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"wireguard-go") and name.encode() in argv[1:]:
+            found.append(int(entry.name))
+    return found
+
+
+def _owner_of_addresses(cfg: WgConfig, skip: str) -> str | None:
+    """The interface (not ``skip``) that holds an address in the session's ranges."""
+    out = _cmd("ip", "-j", "address", "show", check=False).stdout
+    try:
+        links = json.loads(out or "[]")
+    except ValueError:
+        return None
+    for link in links:
+        if link.get("ifname") == skip:
+            continue
+        for a in link.get("addr_info", []):
+            try:
+                addr = ipaddress.ip_address(a.get("local", ""))
+            except ValueError:
+                continue
+            if any(addr in net for net in cfg.networks if addr.version == net.version):
+                return f"{link.get('ifname')} ({addr})"
+    return None
+
+
+@dataclass
+class Leftover:
+    interface: str
+    state: dict[str, Any] | None
+    wireguard_go: list[int]
+    link: bool
+
+    def __bool__(self) -> bool:
+        return bool(self.state or self.wireguard_go or self.link
+                    or (UAPI_DIR / f"{self.interface}.sock").exists())
+
+
+def find_leftover(name: str) -> Leftover:
+    state = None
+    with contextlib.suppress(OSError, ValueError):
+        state = json.loads((STATE_DIR / f"{name}.json").read_text())
+    return Leftover(name, state, wireguard_go_pids(name), link_exists(name))
+
+
+def remove(name: str, *, state: dict[str, Any] | None = None, timeout: float = 5.0) -> None:
+    """Remove everything of interface ``name``: its ``wireguard-go``, the link (in this
+    network namespace), the UAPI socket and the state file. Safe to repeat."""
+    pids = set(wireguard_go_pids(name))
+    if state and is_alive(state.get("wg_pid"), state.get("wg_start")):
+        pids.add(int(state["wg_pid"]))
+    if link_exists(name):
+        _cmd("ip", "link", "del", name, check=False)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(Path(f"/proc/{p}").exists() and _start_time(p) is not None and
+              _zombie(p) is False for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in pids:
+        if _zombie(pid) is False:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        (UAPI_DIR / f"{name}.sock").unlink()
+    with contextlib.suppress(OSError):
+        (STATE_DIR / f"{name}.json").unlink()
+    if link_exists(name):
+        raise WgTunnelFailed(f"interface {name} is still there after removing it; "
+                             f"remove it by hand: sudo ip link del {name}")
+
+
+def _zombie(pid: int) -> bool | None:
+    """None: gone; True: a zombie (dead, not yet reaped); False: running."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl
+        os._exit(1)
+
+
+class Tunnel:
+    """One party's WireGuard interface for one run. ``up()``, ``wait_handshakes()``, and
+    ``down()`` in a ``finally`` (``down()`` is idempotent)."""
+
+    def __init__(self, cfg: WgConfig, *, report: Callable[[str], None] = lambda _: None
+                 ) -> None:
+        self.cfg = cfg
+        self.name = run_interface(cfg.session_id, cfg.party_id)
+        self.report = report
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._touched = False
+
+    @property
+    def address(self) -> str:
+        return str(self.cfg.addresses.ipv4)
+
+    # ------------------------------------------------------------------ bring-up
+
+    def clear_leftover(self) -> None:
+        """Remove a leftover of a killed run of this session and party; refuse if a live
+        run still holds the interface."""
+        left = find_leftover(self.name)
+        if not left:
+            return
+        st = left.state or {}
+        run_pid = st.get("run_pid")
+        if is_alive(run_pid, st.get("run_start")) and run_pid != os.getpid():
+            raise WgTunnelFailed(
+                f"interface {self.name} is in use by another didmesh run (pid "
+                f"{st['run_pid']}); wait for it, or stop it first")
+        if left.state is None and left.link:
+            raise WgTunnelFailed(
+                f"interface {self.name} exists and was not set up by didmesh run; remove it "
+                f"with: didmesh wg down {self.cfg.session_id[:8]}")
+        what = [w for w, there in (("interface", left.link), ("wireguard-go",
+                left.wireguard_go), ("state file", left.state)) if there]
+        self.report(f"removing what a stopped run left behind: {self.name} "
+                    f"({', '.join(what) or 'socket'})")
+        remove(self.name, state=left.state)
+
+    def up(self, timeout: float = 10.0) -> None:
+        self.clear_leftover()
+        other = _owner_of_addresses(self.cfg, self.name)
+        if other is not None:
+            raise WgTunnelFailed(
+                f"the session's tunnel range {self.cfg.networks[0]} is already used by "
+                f"interface {other} on this machine; take that down first")
+        self._touched = True
+        STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._write_state()
+        env = {**os.environ, "LOG_LEVEL": "error",
+               "WG_PROCESS_FOREGROUND": "1"}
+        try:
+            self._proc = subprocess.Popen(
+                ["wireguard-go", "-f", self.name], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                preexec_fn=_pdeathsig, start_new_session=True,
+            )
+        except OSError as exc:
+            raise WgTunnelFailed(f"cannot start wireguard-go: {exc.strerror}") from None
+        self._write_state()
+        sock = UAPI_DIR / f"{self.name}.sock"
+        deadline = time.monotonic() + timeout
+        while not sock.exists():
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr \
+                    else ""
+                raise WgTunnelFailed(f"wireguard-go {self.name} exited: {err.strip()[-300:]}")
+            if time.monotonic() > deadline:
+                raise WgTunnelFailed(f"wireguard-go did not open {self.name} within "
+                                     f"{timeout:g} s")
+            time.sleep(0.02)
+        res = _cmd("wg", "setconf", self.name, "/dev/stdin", input=render_setconf(self.cfg),
+                   check=False)
+        if res.returncode != 0:
+            if "Address already in use" in res.stderr:
+                raise WgTunnelFailed(
+                    f"UDP port {self.cfg.listen_port} (your announced endpoint's port) is in "
+                    "use on this machine, by another program or another session's tunnel")
+            raise WgTunnelFailed(f"wg setconf {self.name} failed: {res.stderr.strip()[-300:]}")
+        v4, v6 = self.cfg.interface_addresses()
+        _cmd("ip", "address", "add", v4, "dev", self.name)
+        _cmd("ip", "address", "add", v6, "dev", self.name, "nodad")
+        _cmd("ip", "link", "set", self.name, "up")
+
+    def _write_state(self) -> None:
+        pid = self._proc.pid if self._proc is not None else None
+        doc = {"session": self.cfg.session_id, "party": self.cfg.party_id,
+               "interface": self.name, "netns": _netns(),
+               "run_pid": os.getpid(), "run_start": _start_time(os.getpid()),
+               "wg_pid": pid, "wg_start": _start_time(pid) if pid else None}
+        path = STATE_DIR / f"{self.name}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)
+
+    def latest_handshakes(self) -> dict[int, int]:
+        """Party id -> time of its latest handshake (0: none yet)."""
+        out = _cmd("wg", "show", self.name, "latest-handshakes").stdout
+        by_key = {encode_key(p.public_key): p.party_id for p in self.cfg.peers}
+        shakes: dict[int, int] = {}
+        for line in out.splitlines():
+            key, _, when = line.partition("\t")
+            if key in by_key and when.strip().isdigit():
+                shakes[by_key[key]] = int(when)
+        return shakes
+
+    def endpoints(self) -> dict[int, str]:
+        """Party id -> the UDP endpoint WireGuard uses for it now (learned or configured)."""
+        out = _cmd("wg", "show", self.name, "endpoints").stdout
+        by_key = {encode_key(p.public_key): p.party_id for p in self.cfg.peers}
+        found: dict[int, str] = {}
+        for line in out.splitlines():
+            key, _, where = line.partition("\t")
+            if key in by_key and where.strip() not in ("", "(none)"):
+                found[by_key[key]] = where.strip()
+        return found
+
+    def wait_handshakes(self, timeout: float, describe: Callable[[int], str] = str
+                        ) -> float:
+        """Wait until a handshake with every peer has completed; the seconds it took.
+        Datagrams to the peers' tunnel addresses make WireGuard initiate (where it knows
+        the peer's endpoint). Raises naming the peers not reached."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        last_poke = 0.0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            while True:
+                shakes = self.latest_handshakes()
+                waiting = [p for p in self.cfg.peers if not shakes.get(p.party_id)]
+                if not waiting:
+                    return time.monotonic() - t0
+                now = time.monotonic()
+                if now > deadline:
+                    break
+                if now - last_poke >= 1.0:
+                    last_poke = now
+                    for p in waiting:
+                        with contextlib.suppress(OSError):
+                            s.sendto(b"didmesh", (str(p.addresses.ipv4), POKE_PORT))
+                time.sleep(0.05)
+        names = []
+        for p in waiting:
+            how = f"endpoint {p.endpoint}" if p.endpoint else "no endpoint announced; it " \
+                "must reach this party"
+            names.append(f"{describe(p.party_id)} ({how})")
+        raise WgTunnelFailed(
+            f"no WireGuard handshake within {timeout:g} s with: {'; '.join(names)}. Check "
+            "that UDP reaches them (firewall, NAT), or use the default transport, which can "
+            "relay")
+
+    # ------------------------------------------------------------------ teardown
+
+    def down(self) -> None:
+        """Take everything down (idempotent). Raises only if the link survives."""
+        if not self._touched:
+            return
+        proc, self._proc = self._proc, None
+        try:
+            if proc is not None:
+                if link_exists(self.name):
+                    _cmd("ip", "link", "del", self.name, check=False)
+                if proc.poll() is None:
+                    proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(5)
+                if proc.stderr is not None:
+                    proc.stderr.close()
+        finally:  # whatever failed above, the socket and state file go, the link is checked
+            remove(self.name)
+            self._touched = False
