@@ -289,12 +289,16 @@ class LinkClient:
         """``ca_file``: PEM CA certificates trusted for ``https://`` relays besides the
         system's (default: ``$DIDMESH_RELAY_CA``), as :class:`~.client.RelayClient`."""
         self.base_url = base_url.rstrip("/")
-        parts = urlsplit(self.base_url)
+        try:
+            parts = urlsplit(self.base_url)
+            port = parts.port  # raises ValueError for a port out of range
+        except ValueError:
+            port, parts = None, urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RelayProtocolError(f"not a relay URL: {base_url!r}")
+            raise RelayProtocolError(f"not a relay URL: {base_url[:200]!r}")
         self._tls = parts.scheme == "https"
         self._host = parts.hostname
-        self._port = parts.port or (443 if self._tls else 80)
+        self._port = port or (443 if self._tls else 80)
         self._netloc = parts.netloc.rsplit("@", 1)[-1]
         self._prefix = parts.path.rstrip("/")
         self.identity = identity
@@ -348,7 +352,8 @@ class LinkClient:
                             what="relay response")
 
     async def token(self) -> str:
-        """A bearer token for our DID (fetched once per client; see :meth:`_fresh_token`)."""
+        """A bearer token for our DID: fetched once per client (one challenge for all of a
+        run's links on this relay), again only after the relay refused it."""
         if self._token is None:
             self._token = asyncio.ensure_future(self._fetch_token())
         try:

@@ -148,8 +148,9 @@ def test_unreachable_and_not_a_relay() -> None:
         with pytest.raises(RelayUnreachable, match="cannot reach"):
             await LinkClient(f"http://127.0.0.1:{port}", IdentityKey.generate(),
                              timeout=2).open_link("s", "did:key:z", timeout=5)
-        with pytest.raises(RelayError):
-            LinkClient("ftp://example.org", IdentityKey.generate())
+        for bad in ("ftp://example.org", "http://127.0.0.1:99999", "http://[::1", "relay"):
+            with pytest.raises(RelayError, match="not a relay URL"):
+                LinkClient(bad, IdentityKey.generate())
 
     asyncio.run(main())
     assert OP_CLOSE == 0x8
