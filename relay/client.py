@@ -53,8 +53,9 @@ from .errors import (
 )
 
 # the relay CA setting and TLS context are shared with the aiohttp-free link client
-from .linkclient import CA_ENV, tls_context
+from .linkclient import CA_ENV, DEFAULT_LINK_LIMITS, tls_context
 from .linkclient import TLS_HINT as _TLS_HINT
+from .linkclient import link_limits as _link_limits
 from .observed import ObservedAddress, observe
 from .protocol import CloseCode, Linked, LinkRequest, close_reason
 
@@ -136,25 +137,6 @@ class Backoff:
 
 
 #: the relay's link limits assumed when its /info does not state them (RelayConfig defaults)
-DEFAULT_LINK_LIMITS: dict[str, float] = {
-    "link_max_frame": 1024 * 1024,
-    "link_max_bytes": 1024 * 1024 * 1024,
-    "link_max_duration_s": 3600.0,
-}
-
-
-def _link_limits(info: Any) -> dict[str, float]:
-    """The link limits of a relay's ``/info`` (defaults for what is absent or unusable)."""
-    out = dict(DEFAULT_LINK_LIMITS)
-    limits = info.get("limits") if isinstance(info, dict) else None
-    if isinstance(limits, dict):
-        for key in out:
-            v = limits.get(key)
-            if isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1 << 62:
-                out[key] = int(v) if key != "link_max_duration_s" else float(v)
-    return out
-
-
 class Link:
     """An established link: ordered binary frames to and from the peer.
 
