@@ -50,7 +50,7 @@ from .faults import ConnectFailed, PathUnavailable
 from .peer import SELECT, PeerChannel
 from .plan import MeshPlan, parse_endpoint
 from .punch import is_connect
-from .puncher import Puncher
+from .puncher import Puncher, next_message
 from .transport import ByteLink, RelayedLink, TcpLink, open_tcp, serve_tcp
 
 HELLO_MAGIC: Final = b"DMSH"
@@ -205,20 +205,6 @@ async def _run_handshake(
         if out:
             link.write(out)
     return hs.into_channel()
-
-
-async def _first_message(link: ByteLink, ch: SecureChannel, deadline: float) -> bytes:
-    while True:
-        msg = ch.next_message()
-        if msg is not None:
-            return msg
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        data = await link.read_some(remaining)
-        if not data:
-            raise ConnectionError("the connection closed before the path was selected")
-        ch.receive_data(data)
 
 
 class MeshConnector:
@@ -470,7 +456,8 @@ class MeshConnector:
             raise _Rejected(ini, HandshakeFailed(
                 f"{plan.describe(ini)}: {exc.message}", reason=exc.reason
             )) from None
-        msg = await _first_message(link, ch, hd)
+        msg = await next_message(
+            link, ch, hd, closed="the connection closed before the path was selected")
         if attempt is not None and attempt.punch and is_connect(msg):
             attempt.first = msg  # the initiator would punch a hole: the caller goes on
             return ini, ch

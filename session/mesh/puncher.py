@@ -63,7 +63,10 @@ class Connector(Protocol):
                        ) -> tuple[int, SecureChannel]: ...
 
 
-async def next_message(link: ByteLink, ch: SecureChannel, deadline: float) -> bytes:
+async def next_message(link: ByteLink, ch: SecureChannel, deadline: float, *,
+                       closed: str = "the relayed link closed during hole punching") -> bytes:
+    """The next whole message on ``ch`` read from ``link`` before ``deadline``
+    (``TimeoutError`` after it; ``ConnectionError(closed)`` if the link ends first)."""
     while True:
         msg = ch.next_message()
         if msg is not None:
@@ -73,7 +76,7 @@ async def next_message(link: ByteLink, ch: SecureChannel, deadline: float) -> by
             raise TimeoutError
         data = await link.read_some(remaining)
         if not data:
-            raise ConnectionError("the relayed link closed during hole punching")
+            raise ConnectionError(closed)
         ch.receive_data(data)
 
 
