@@ -291,6 +291,13 @@ def canonize(document: Mapping[str, Any], *, what: str = "document") -> str:
                 "of a term an earlier context protects; protected term redefinition)"
             ) from None
         raise MalformedCredential(f"{what} is not valid JSON-LD: {_jsonld_code(exc)}") from None
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        # PyLD fails this way on some contexts the JSON-LD algorithms define as errors or
+        # no-ops (e.g. "@vocab": null with no vocabulary set): still the document's fault
+        raise MalformedCredential(
+            f"{what} is not valid JSON-LD: its contexts could not be processed "
+            f"({type(exc).__name__} {exc!s:.80})"
+        ) from None
     if proc.dropped:
         term = proc.dropped[0]
         raise UndefinedTerm(

@@ -101,6 +101,26 @@ def test_inline_context_does_not_hide_an_undefined_term_from_the_verifier() -> N
         verify_credential(signed, now=NOW)
 
 
+@pytest.mark.parametrize("where", ["top", "subject"])
+def test_an_inline_context_pyld_cannot_process_is_malformed_not_a_crash(where: str) -> None:
+    """``"@vocab": null`` with no vocabulary set made PyLD raise KeyError('@vocab'), which
+    escaped issue and verify (a 500 from the VC API); it is a malformed document."""
+    doc = card()
+    if where == "top":
+        doc["@context"] = [CREDENTIALS_V2, INLINE, {"@vocab": None}]
+    else:
+        doc["credentialSubject"]["@context"] = {"@vocab": None}
+    with pytest.raises(MalformedCredential, match="not valid JSON-LD"):
+        issue(doc)
+    signed = issue(card())
+    if where == "top":
+        signed["@context"] = [CREDENTIALS_V2, INLINE, {"@vocab": None}]
+    else:
+        signed["credentialSubject"]["@context"] = {"@vocab": None}
+    with pytest.raises(MalformedCredential, match="not valid JSON-LD"):
+        verify_credential(signed, now=NOW)
+
+
 @pytest.mark.parametrize(
     "redefinition",
     [
