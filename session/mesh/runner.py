@@ -27,6 +27,7 @@ itself if the caller has not.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import hashlib
@@ -101,8 +102,43 @@ class _Terminated(KeyboardInterrupt):
     so that asyncio lets it out of tasks and callbacks as it does Ctrl-C)."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated
+class _SignalGate:
+    """Ctrl-C and SIGTERM as an exception raised between the event loop's callbacks, not
+    inside whichever task happens to run: a KeyboardInterrupt raised in a link's writer
+    task ends that task with the abort notices still queued, so a peer would hear only
+    "peer closed the link". While the loop runs, the signal is handed to the loop; if the
+    loop does not take it within :data:`SIGNAL_GRACE` s (a long synchronous step of the
+    program), it is raised where the program is, as a plain Ctrl-C would be."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: type[KeyboardInterrupt] | None = None
+        self.delivered = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        exc = _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        if self.pending is None and not self.delivered and self.loop.is_running():
+            self.pending = exc
+            self.loop.call_soon_threadsafe(self._deliver)
+            timer = threading.Timer(SIGNAL_GRACE, self._force)
+            timer.daemon = True
+            timer.start()
+            return
+        raise (self.pending or exc)
+
+    def _deliver(self) -> None:
+        if self.delivered or self.pending is None:
+            return
+        self.delivered = True
+        raise self.pending
+
+    def _force(self) -> None:
+        if not self.delivered:
+            self.delivered = True
+            _thread.interrupt_main(signal.SIGINT)  # runs __call__ in the main thread
+
+
+SIGNAL_GRACE = 1.0
 
 
 def _quiet_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -183,8 +219,11 @@ def run_program(
     failed = False
     final: list[DidmeshError] = []  # what this party reports, once known (for the killer)
     old_sigterm: Any = None
+    old_sigint: Any = None
     if threading.current_thread() is threading.main_thread():
-        old_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+        gate = _SignalGate(loop)
+        old_sigterm = signal.signal(signal.SIGTERM, gate)
+        old_sigint = signal.signal(signal.SIGINT, gate)
 
     def restop() -> None:
         if in_program:
@@ -305,6 +344,8 @@ def run_program(
         _close_loop(loop, 0.5 if failed else 2.0, cancel=not (failed and hard_exit))
         if old_sigterm is not None:
             signal.signal(signal.SIGTERM, old_sigterm)
+        if old_sigint is not None:
+            signal.signal(signal.SIGINT, old_sigint)
         if killer is not None and not hard_exit:
             killer.cancel()
         sys.argv[:] = saved_argv
