@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import socket
 import ssl
+import struct
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -116,8 +118,17 @@ async def observe(url: str, token: str, *, local_port: int | None = None,
         raise RelayUnreachable(f"not a relay URL: {url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        return await asyncio.wait_for(
-            _observe(parts, port, token, local_port, local_host), timeout)
+        try:
+            return await asyncio.wait_for(
+                _observe(parts, port, token, local_port, local_host), timeout)
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL or local_port is None:
+                raise
+            # the same (port, relay) pair is still in TIME_WAIT from an earlier probe whose
+            # close raced the relay's: once more, after a moment
+            await asyncio.sleep(0.2)
+            return await asyncio.wait_for(
+                _observe(parts, port, token, local_port, local_host), timeout)
     except TimeoutError:
         raise RelayUnreachable(f"the relay at {url} did not answer {PATH} within "
                                f"{timeout:g} s") from None
@@ -160,6 +171,10 @@ async def _observe(parts: urllib.parse.SplitResult, port: int, token: str,
             total += len(chunk)
         raw = b"".join(chunks)
     finally:
+        # closed with a reset (linger 0): no TIME_WAIT here keeps the pair (local_port,
+        # relay) free for the next probe and for the session's own connections
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.wait_closed()
