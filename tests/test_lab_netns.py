@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,10 @@ def test_close_ends_what_was_started_inside_the_lab_by_hand() -> None:
     with lab:
         stray = subprocess.Popen(lab.exec("p1", "sleep", "60"))  # not through lab.spawn
         try:
+            # `ip netns exec` enters the namespace a moment after it starts: wait (bounded)
+            deadline = time.monotonic() + 10
+            while f"pid {stray.pid}" not in lab.leftovers() and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert f"pid {stray.pid}" in lab.leftovers()
         except BaseException:
             stray.kill()
