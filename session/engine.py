@@ -260,6 +260,21 @@ class Engine:
         return replies
 
     # ----------------------------------------------------------------------- invitee
+
+    def _invited_state(self, sid: str, inv: Any, now: Any) -> tuple[SessionState, str]:
+        """A new invitee state for a verified invite, noted with the organizer's name."""
+        state = SessionState(
+            session_id=sid,
+            role=Role.INVITEE,
+            me=self.me,
+            status=Status.INVITED,
+            manifest=inv.manifest.to_json(),
+            created=format_time(now),
+            invite=inv.document,
+        )
+        org = self.labels.get(inv.organizer, inv.organizer)
+        state.note(format_time(now), f"invited by {org}")
+        return state, org
     def import_invite(self, doc: object, *, organizer: str | None = None) -> SessionState:
         """Verify an invite addressed to us and record the session (idempotent)."""
         now = self.clock()
@@ -287,17 +302,7 @@ class Engine:
                     state.invite = inv.document
                     self.save(state)
                 return state
-            state = SessionState(
-                session_id=sid,
-                role=Role.INVITEE,
-                me=self.me,
-                status=Status.INVITED,
-                manifest=inv.manifest.to_json(),
-                created=format_time(now),
-                invite=inv.document,
-            )
-            org = self.labels.get(inv.organizer, inv.organizer)
-            state.note(format_time(now), f"invited by {org}")
+            state, _org = self._invited_state(sid, inv, now)
             self.save(state)
             return state
 
@@ -389,17 +394,8 @@ class Engine:
             if inv.manifest.session_id != sid:
                 notes.append(Note("warning", "rejected an invite sent under another id"))
                 return
-            state = states[sid] = SessionState(
-                session_id=sid,
-                role=Role.INVITEE,
-                me=self.me,
-                status=Status.INVITED,
-                manifest=inv.manifest.to_json(),
-                created=format_time(now),
-                invite=inv.document,
-            )
-            org = self.labels.get(inv.organizer, inv.organizer)
-            state.note(format_time(now), f"invited by {org}")
+            state, org = self._invited_state(sid, inv, now)
+            states[sid] = state
             notes.append(Note("info", f"new invite to {inv.manifest.name!r} from {org}", sid))
             return
         before = state.status
