@@ -513,6 +513,8 @@ class WsLink:
         try:
             await self.send_raw(OP_BINARY, data)
         except (ConnectionError, RuntimeError):
+            if self.close_code is None:
+                self.close_code = CloseCode.ABNORMAL
             self._lost()
             raise self._closed_error() from None
 
@@ -546,6 +548,8 @@ class WsLink:
             except (OSError, asyncio.IncompleteReadError):
                 data = b""
             if not data:
+                if self.close_code is None:  # no close frame: the relay (process) is gone
+                    self.close_code = CloseCode.ABNORMAL
                 self._lost()
                 return OP_CLOSE, b""
             try:

@@ -46,11 +46,12 @@ from didmesh.identity.keys import IdentityKey
 
 from .channel import MeshHandshake, SecureChannel
 from .errors import HandshakeFailed
-from .faults import ConnectFailed, PathUnavailable
+from .faults import ConnectFailed, PathUnavailable, RelayLost
 from .peer import SELECT, PeerChannel
 from .plan import MeshPlan, parse_endpoint
 from .punch import is_connect
 from .puncher import Puncher, next_message
+from .resume import DEFAULT_MAX_UNACKED, ResumeStream, resume_link_id
 from .transport import ByteLink, RelayedLink, TcpLink, open_tcp, serve_tcp
 
 HELLO_MAGIC: Final = b"DMSH"
@@ -123,12 +124,21 @@ class ConnectOptions:
     #: decides when a peer is gone, and a ping whose pong is read late because a long
     #: local step blocked the event loop would cut a healthy link (specs/mesh.md, 7)
     link_heartbeat: float | None = None
+    #: seconds a relayed link the relay lost may take to be resumed (on any process of that
+    #: relay or another relay of the session) before the run fails naming the relay; 0: off
+    resume_timeout: float = 15.0
+    #: bound of each relayed link's resend buffer, bytes (specs/mesh.md, "Link resumption")
+    resume_buffer: int = DEFAULT_MAX_UNACKED
 
     def __post_init__(self) -> None:
         if self.direct_only and self.relay_only:
             raise PathUnavailable("--direct-only and --relay-only exclude each other")
         if self.inbound_limit < 1:
             raise PathUnavailable(f"inbound_limit must be at least 1, not {self.inbound_limit}")
+        if not self.resume_timeout >= 0 or self.resume_buffer < 1:
+            raise PathUnavailable(
+                f"resume_timeout must be >= 0 seconds and resume_buffer >= 1 byte, not "
+                f"{self.resume_timeout!r} and {self.resume_buffer!r}")
         if self.link_heartbeat is not None and not self.link_heartbeat > 0:
             raise PathUnavailable(
                 f"link_heartbeat must be positive seconds or None, not {self.link_heartbeat!r}"
@@ -569,7 +579,9 @@ class MeshConnector:
             except (OSError, TimeoutError, DidmeshError) as exc:
                 errors.append(f"{url}: {reason_of(exc)}")
                 continue
-            link: ByteLink = RelayedLink(raw, f"relay {url}")
+            relayed = RelayedLink(raw, f"relay {url}", stream=ResumeStream(
+                max_unacked=self.options.resume_buffer))
+            link: ByteLink = relayed
             punch = self.puncher
             if punch is not None:
                 punch.start_observing()
@@ -598,9 +610,54 @@ class MeshConnector:
                 link.abort()
                 errors.append(f"{url}: {reason_of(exc)}")
                 continue
+            if link is relayed:
+                self._arm_resume(relayed, st.peer_id, url, ch, initiator)
             self._won(st, link, ch, initiator)
             return
         self._path_failed(st, "relay", "; ".join(errors) or "no relay")
+
+    def _arm_resume(self, link: RelayedLink, peer_id: int, url: str, ch: SecureChannel,
+                    initiator: bool) -> None:
+        """Let ``link`` be resumed through the session's relays if the relay loses it."""
+        opener = self.relay_opener
+        timeout = self.options.resume_timeout
+        if not isinstance(opener, RelayLinks) or timeout <= 0 or not ch.exporter:
+            return
+        peer_did = self.plan.party(peer_id).did
+        link_id = resume_link_id(ch.exporter)
+        name = self.plan.describe(peer_id)
+        current = [url]
+
+        async def reopen(deadline: float) -> tuple[Any, str]:
+            loop = asyncio.get_running_loop()
+            # the same order at both ends: the relay the link was on, then the others
+            urls = [current[0], *(u for u in self.plan.relays if u != current[0])]
+            last: dict[str, str] = {}
+            delay = 0.05
+            while True:
+                for u in urls:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        tried = "; ".join(f"{k}: {v}" for k, v in last.items()) or "no attempt"
+                        raise RelayLost(
+                            f"relay {current[0]} lost the link to {name} and it could not be "
+                            f"resumed within {timeout:g} s on "
+                            f"{'it' if len(urls) == 1 else 'any relay of the session'} "
+                            f"({tried})", relay=current[0])
+                    # one relay at a time; long enough for the peer to come to the same one
+                    per = remaining if len(urls) == 1 else min(remaining, max(2.0, timeout / 3))
+                    try:
+                        raw = await asyncio.wait_for(
+                            opener.open(u, peer_did, link_id=link_id, timeout=per), per + 0.5)
+                    except (OSError, TimeoutError, DidmeshError) as exc:
+                        last[u] = reason_of(exc)
+                        continue
+                    current[0] = u
+                    return raw, u
+                await asyncio.sleep(delay)  # every relay refused at once: it may be restarting
+                delay = min(delay * 2, 0.25)
+
+        link.arm_resume(ch.exporter, initiator, reopen, timeout)
 
 
 class RelayLinks:
@@ -615,12 +672,19 @@ class RelayLinks:
         self._clients: dict[str, Any] = {}
 
     async def __call__(self, url: str, peer_did: str) -> Any:
+        return await self.open(url, peer_did)
+
+    async def open(self, url: str, peer_did: str, *, link_id: str = "",
+                   timeout: float | None = None) -> Any:
+        """A link to ``peer_did`` through the relay at ``url`` (``link_id``: a resumed
+        link's, see resume.py), waiting at most ``timeout`` s (default: connect_timeout)."""
         client = self._client(url)
+        timeout = self.options.connect_timeout if timeout is None else timeout
         if self.options.link_heartbeat is None:
             return await client.open_link(
-                self.plan.session_id, peer_did, timeout=self.options.connect_timeout)
+                self.plan.session_id, peer_did, link_id=link_id, timeout=timeout)
         return await client.open_link(
-            self.plan.session_id, peer_did, timeout=self.options.connect_timeout,
+            self.plan.session_id, peer_did, link_id=link_id, timeout=timeout,
             heartbeat=self.options.link_heartbeat,
         )
 
