@@ -2,6 +2,7 @@
 
     python bench/bench_mesh.py [--parties 3 5] [--repeats 3] [--matrix-n 200] [--budget 1500]
     python bench/bench_mesh.py --startup [--startup-m 10] [--repeats 3]
+    python bench/bench_mesh.py --resume [--resume-pings 2000] [--repeats 3]
 
 For each example and each m, every mode runs ``--repeats`` times on loopback (all
 parties as local processes); the figure is the median of MPyC's own "elapsed time"
@@ -20,7 +21,9 @@ over 5 MB to every party, through the relay on its default ``link_max_frame`` to
 relay of mode (d) is started with default settings unless ``--big-relay-frames``).
 ``--startup`` measures start-up instead: a trivial program (hello world) at m = 10 (``--
 startup-m``), whole processes from launch to exit, plain MPyC against didmesh direct and
-relayed, interleaved; wall time and the CPU of all parties.
+relayed, interleaved; wall time and the CPU of all parties. ``--resume`` measures what a
+relay restart mid-run adds (SIGKILL, started again at once on the same port and store):
+two parties' loop of channel round trips through the relay with and without the restart.
 
 Modes: (a) ``plain`` MPyC TCP (``-P``/``-I``); (b) ``ssl`` MPyC ``--ssl`` with throwaway
 certificates made here (``.config/party_<i>.crt``, ``party_<i>.key``, ``mpyc_ca.crt`` in
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -362,6 +366,124 @@ def format_mode(mode: str, s: dict[str, Any]) -> str:
                if "median_program_cpu_s" in s else "")
             + f"runs {s['runs']}" + (f", {s['failed']} failed" if s["failed"] else ""))
 
+# ------------------------------------------------------------------ link resumption
+
+
+def _resume_once(restart: bool, pings: int, workdir: Path) -> dict[str, Any]:
+    """Two parties (threads) on one relayed link: party 0 runs ``pings`` sequential channel
+    pings (each a round trip through the relay, as an MPyC run's rounds are); with
+    ``restart`` the relay is SIGKILLed after a third of them and started again at once on
+    the same port and store. Returns the loop's wall time and the link's resume figures."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from didmesh.session.mesh.mesh import Mesh
+    from didmesh.session.mesh.transport import RelayedLink
+    from relay_helpers import free_port, spawn_relay
+
+    port = free_port()
+    store = f"sqlite:{workdir / f'resume-{port}.sqlite3'}"
+    args = ["--rate-ip-per-s", "0", "--link-heartbeat-s", "0", "--no-access-log",
+            "--port", str(port)]
+    relays = [spawn_relay(store, args, home=workdir)]
+    done = threading.Event()
+    third = threading.Event()
+    out: dict[str, Any] = {}
+    try:
+        plans, ids = loopback_plans(2, relays=[relays[0].url], endpoints=False)
+        options = ConnectOptions(relay_only=True, connect_timeout=20, handshake_timeout=5)
+
+        async def party(i: int) -> dict[str, Any]:
+            connector = MeshConnector(plans[i], ids[i], options)
+            try:
+                peers = await connector.connect_all()
+                mesh = Mesh(plans[i], peers, identity=ids[i], timeout=30.0)
+                mesh.start()
+                peer = peers[1 - i]
+                res: dict[str, Any] = {}
+                try:
+                    await mesh.check(timeout=10)
+                    if i == 0:
+                        t0 = time.perf_counter()
+                        for n in range(pings):
+                            if n == pings // 3:
+                                third.set()
+                            await peer.ping(20)
+                        res["loop_s"] = time.perf_counter() - t0
+                        done.set()
+                    else:
+                        while not done.is_set():
+                            await asyncio.sleep(0.02)
+                    await mesh.finish(20)
+                finally:
+                    mesh.close()
+                link = peer.link
+                if isinstance(link, RelayedLink):
+                    res["resumes"] = link.stream.resumes
+                    res["resume_s"] = list(link.resume_seconds)
+                res["fatal"] = mesh.fatal
+                return res
+            finally:
+                await connector.aclose()
+
+        def chaos() -> None:
+            if not third.wait(60):
+                return
+            t0 = time.perf_counter()
+            relays[0].kill()
+            relays.append(spawn_relay(store, args, home=workdir))
+            out["relay_restart_s"] = time.perf_counter() - t0
+
+        killer = threading.Thread(target=chaos) if restart else None
+        if killer is not None:
+            killer.start()
+        with ThreadPoolExecutor(2) as pool:
+            futs = [pool.submit(lambda i=i: asyncio.run(asyncio.wait_for(party(i), 90)))
+                    for i in range(2)]
+            res = [f.result(timeout=100) for f in futs]
+        third.set()
+        if killer is not None:
+            killer.join(30)
+        if any(r["fatal"] is not None for r in res):
+            raise RuntimeError(f"the run failed: {[r['fatal'] for r in res]}")
+        out["loop_s"] = res[0]["loop_s"]
+        out["resumes"] = [r.get("resumes", 0) for r in res]
+        out["resume_s"] = [s for r in res for s in r.get("resume_s", [])]
+        return out
+    finally:
+        for r in relays:
+            if r.alive():
+                r.proc.kill()
+            r.proc.wait(10)
+            with contextlib.suppress(OSError):
+                r.log_path.unlink()
+
+
+def resume_benchmark(repeats: int, pings: int) -> dict[str, Any]:
+    """What a relay restart adds to a relayed run (issue 12's target: at most 1 s)."""
+    base: list[float] = []
+    hit: list[float] = []
+    restarts: list[float] = []
+    resumes: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):  # interleaved
+            base.append(_resume_once(False, pings, Path(tmp))["loop_s"])
+            r = _resume_once(True, pings, Path(tmp))
+            hit.append(r["loop_s"])
+            restarts.append(r["relay_restart_s"])
+            resumes.extend(r["resume_s"])
+    added = statistics.median(hit) - statistics.median(base)
+    return {
+        "pings": pings,
+        "run_without_restart_s": round(statistics.median(base), 3),
+        "run_with_restart_s": round(statistics.median(hit), 3),
+        "added_by_restart_s": round(added, 3),
+        "relay_restart_s": round(statistics.median(restarts), 3),
+        "added_beyond_relay_restart_s": round(added - statistics.median(restarts), 3),
+        "link_resume_s": [round(x, 3) for x in resumes],
+    }
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -392,7 +514,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--program-cpu", action="store_true",
                     help="run the examples under bench/program_cpu.py and also report the "
                          "CPU of the program itself (no start-up, imports or mesh set-up)")
+    ap.add_argument("--resume", action="store_true",
+                    help="only what a relay restart (SIGKILL, started again) adds to a "
+                         "relayed run of --resume-pings channel round trips")
+    ap.add_argument("--resume-pings", type=int, default=2000)
     a = ap.parse_args(argv)
+    if a.resume:
+        res = resume_benchmark(a.repeats, a.resume_pings)
+        print("relay restart mid-run (2 parties, one relayed link; medians of "
+              f"{a.repeats} interleaved):")
+        for k, v in res.items():
+            print(f"    {k:30} {v}")
+        if a.json:
+            Path(a.json).write_text(json.dumps({"resume": res}, indent=2))
+        return 0
     programs = {
         "secure_sum": (EXAMPLES / "secure_sum.py", []),
         "secret_santa": (EXAMPLES / "secret_santa.py", ["-n", str(a.santa_n), "--seed", "1"]),
