@@ -655,7 +655,7 @@ class MeshConnector:
                     current[0] = u
                     return raw, u
                 await asyncio.sleep(delay)  # every relay refused at once: it may be restarting
-                delay = min(delay * 2, 0.25)
+                delay = min(delay * 2, 0.1)  # as MPyC retries: a relay back costs <= 0.1 s
 
         link.arm_resume(ch.exporter, initiator, reopen, timeout)
 
