@@ -283,7 +283,8 @@ class MeshConnector:
     async def connect_all(self) -> dict[int, PeerChannel]:
         plan = self.plan
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self.options.connect_timeout
+        start = time.monotonic()
+        deadline = start + self.options.connect_timeout
         for p in plan.peers():
             kinds = self._kinds(p.party_id)
             fut: asyncio.Future[tuple[ByteLink, SecureChannel]] = loop.create_future()
@@ -294,6 +295,13 @@ class MeshConnector:
         lower = [p.party_id for p in plan.peers() if p.party_id < plan.my_party_id]
         if lower and not self.options.relay_only and plan.me.endpoints:
             await self._listen()
+        if self.puncher is not None:
+            self.puncher.started = start
+            if any(self.puncher.other_home(pid) for pid, st in self._pairs.items()
+                   if "relay" in st.kinds_left):
+                # ask the relay where the session port is seen from (and get its token)
+                # now, while the links come up: the punch needs the answer soonest
+                self.puncher.start_observing()
         tasks = []
         for st in self._pairs.values():
             if st.future.done():

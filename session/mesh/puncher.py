@@ -152,6 +152,9 @@ class Puncher:
         self._offer: asyncio.Task[Offer] | None = None
         self._claims: dict[tuple[str, int], asyncio.Future[TcpLink]] = {}
         self._port: int | None = None
+        #: when this party's mesh set-up started (``time.monotonic()``): a punch's time is
+        #: counted from it
+        self.started = time.monotonic()
         self.stats = PunchStats(seconds={})
 
     @property
@@ -199,17 +202,21 @@ class Puncher:
         if self._offer is not None and not self._offer.done():
             self._offer.cancel()
 
-    def relay_grace(self, peer: int, grace: float) -> float:
-        """How long the pair's direct attempts run alone before the relayed link (and the
-        punch) starts: ``grace`` when the two parties announced an address in common (one
-        home behind one NAT, or one machine), else at most :data:`PUNCH_GRACE`: in
-        different homes a direct connect only succeeds to a public peer, and that takes a
-        round trip, not seconds. Both parties compute the same from the signed roster."""
+    def other_home(self, peer: int) -> bool:
+        """Whether ``peer`` announced no address in common with us (another home: one
+        shared address means one home behind one NAT, or one machine) while both of us
+        announced some: the pairs a punch may serve. Both parties compute the same from
+        the signed roster."""
         mine = {host_of(e) for e in self.plan.me.endpoints}
         theirs = {host_of(e) for e in self.plan.party(peer).endpoints}
-        if mine & theirs or not mine or not theirs:
-            return grace
-        return min(grace, PUNCH_GRACE)
+        return bool(mine and theirs and not mine & theirs)
+
+    def relay_grace(self, peer: int, grace: float) -> float:
+        """How long the pair's direct attempts run alone before the relayed link (and the
+        punch) starts: ``grace`` in one home, else at most :data:`PUNCH_GRACE` (none): in
+        different homes a direct connect only succeeds to a public peer, so the relayed
+        link and the punch race the direct attempts from the start."""
+        return min(grace, PUNCH_GRACE) if self.other_home(peer) else grace
 
     def plain_reason(self, peer: int) -> str | None:
         """Why the pair with ``peer`` is relayed without any punch exchange (both sides
@@ -413,13 +420,15 @@ class Puncher:
         return True
 
     def _punched(self, peer: int, t0: float, link: ByteLink) -> None:
-        """Count a punched pair; its description says how long the punch took (from the
-        relayed handshake to the punched one)."""
-        took = time.monotonic() - t0
+        """Count a punched pair; its description says how long it took to get it (from the
+        start of this party's mesh set-up); ``stats.seconds`` holds the punch alone (from
+        the relayed handshake to the punched one)."""
+        now = time.monotonic()
         self.stats.punched += 1
         assert self.stats.seconds is not None
-        self.stats.seconds[peer] = took
-        link.description = link.description.replace("(punched)", f"(punched in {took:.2f} s)")
+        self.stats.seconds[peer] = now - t0
+        link.description = link.description.replace(
+            "(punched)", f"(punched in {now - self.started:.2f} s)")
 
     @staticmethod
     async def _bounded(aw: Awaitable[Offer], deadline: float) -> Offer:
