@@ -1,9 +1,10 @@
 """Hole punching's asyncio adapter (specs/mesh.md section 6.1; the protocol and its pure
 parts are in :mod:`.punch`).
 
-:class:`Puncher` serves one :class:`~.connect.MeshConnector`: it asks a relay once per run
-where the session port is seen from, runs the initiator's or responder's side of the
-coordination over a pair's relayed Noise channel, and dials from the session port
+:class:`Puncher` serves one :class:`~.connect.MeshConnector` (its relayed paths,
+:mod:`.relayed`): it asks a relay once per run where the session port is seen from, runs
+the initiator's or responder's side of the coordination over a pair's relayed Noise
+channel, and dials from the session port
 (:func:`dial_from`, TCP simultaneous open). A listener hands it an inbound connection that
 is the peer's half of a punch (:meth:`Puncher.claim`).
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .channel import SecureChannel
+from .handshake import next_message
 from .peer import SELECT
 from .plan import MeshPlan, format_endpoint
 from .punch import (
@@ -51,33 +53,16 @@ class PunchedLink(TcpLink):
     kind = "punched"
 
 
-class Connector(Protocol):
-    """What the puncher needs of :class:`~.connect.MeshConnector`."""
+class Handshakes(Protocol):
+    """What the puncher needs: the pair handshake of :class:`~.handshake.PairHandshake`."""
 
     plan: MeshPlan
 
-    async def _initiate(self, link: ByteLink, peer_id: int, deadline: float
-                        ) -> SecureChannel: ...
+    async def initiate(self, link: ByteLink, peer_id: int, deadline: float
+                       ) -> SecureChannel: ...
 
-    async def _respond(self, link: ByteLink, deadline: float, expect: int | None
-                       ) -> tuple[int, SecureChannel]: ...
-
-
-async def next_message(link: ByteLink, ch: SecureChannel, deadline: float, *,
-                       closed: str = "the relayed link closed during hole punching") -> bytes:
-    """The next whole message on ``ch`` read from ``link`` before ``deadline``
-    (``TimeoutError`` after it; ``ConnectionError(closed)`` if the link ends first)."""
-    while True:
-        msg = ch.next_message()
-        if msg is not None:
-            return msg
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        data = await link.read_some(remaining)
-        if not data:
-            raise ConnectionError(closed)
-        ch.receive_data(data)
+    async def respond(self, link: ByteLink, deadline: float, expect: int | None
+                      ) -> tuple[int, SecureChannel]: ...
 
 
 async def dial_from(port: int, dial: Sequence[tuple[str, int]], span: float) -> PunchedLink:
@@ -140,12 +125,13 @@ class PunchStats:
 
 
 class Puncher:
-    """Runs the punch coordination of one party's pairs (one per :class:`MeshConnector`)."""
+    """Runs the punch coordination of one party's pairs (one per
+    :class:`~.connect.MeshConnector`), running the pair handshake on a punched link."""
 
-    def __init__(self, connector: Connector, observe: Observe | None,
+    def __init__(self, handshake: Handshakes, observe: Observe | None,
                  relays: Sequence[str], local_addresses: Callable[[], Sequence[str]]) -> None:
-        self.connector = connector
-        self.plan = connector.plan
+        self.handshake = handshake
+        self.plan = handshake.plan
         self._observe = observe
         self._relays = list(relays)
         self._local_addresses = local_addresses
@@ -356,9 +342,9 @@ class Puncher:
             return None
         try:
             if initiator:
-                pch = await self.connector._initiate(plink, peer, deadline)
+                pch = await self.handshake.initiate(plink, peer, deadline)
             else:
-                _, pch = await self.connector._respond(plink, deadline, peer)
+                _, pch = await self.handshake.respond(plink, deadline, peer)
         except BaseException as exc:
             plink.abort()
             if isinstance(exc, Exception):
