@@ -104,15 +104,17 @@ def test_unknown_required_attribute_gets_420_and_others_are_dropped() -> None:
         assert stun.answer(dgram, ("192.0.2.1", 5)) is None
 
 
+_FP = stun.encode(1, bytes(12), fingerprint=True)
+_MI = stun.encode(1, bytes(12), integrity_key=b"k")
+
+
 @pytest.mark.parametrize(("raw", "why"), [
     (b"\x00\x01\x00\x04\x21\x12\xa4\x42" + bytes(12), "length"),
     (b"\x00\x01\x00\x00\x21\x12\xa4\x43" + bytes(12), "magic"),
     (b"\xc0\x01\x00\x00\x21\x12\xa4\x42" + bytes(12), "header"),
     (b"\x00\x01\x00\x08\x21\x12\xa4\x42" + bytes(12) + b"\x80\x22\x00\x08abcd", "past"),
-    (stun.encode(1, bytes(12), fingerprint=True) [:2] + b"\x00\x10"
-     + stun.encode(1, bytes(12), fingerprint=True)[4:] + b"\x00\x06\x00\x00" * 2, "after FINGERPRINT"),
-    (stun.encode(1, bytes(12), integrity_key=b"k") [:2] + b"\x00\x1c"
-     + stun.encode(1, bytes(12), integrity_key=b"k")[4:] + b"\x00\x06\x00\x00", "after MESSAGE-INTEGRITY"),
+    (_FP[:2] + b"\x00\x10" + _FP[4:] + b"\x00\x06\x00\x00" * 2, "after FINGERPRINT"),
+    (_MI[:2] + b"\x00\x1c" + _MI[4:] + b"\x00\x06\x00\x00", "after MESSAGE-INTEGRITY"),
     (stun.encode(1, bytes(12), [(stun.MESSAGE_INTEGRITY, bytes(8))]), "20 bytes"),
     (stun.encode(1, bytes(12)) + bytes(2000), "size"),
 ], ids=["length", "magic", "class-bits", "attr-past-end", "after-fingerprint",
