@@ -377,6 +377,10 @@ class LinkClient:
             raise RelayProtocolError("malformed token from the relay")
         return str(tok["token"])
 
+    async def info(self) -> Any:
+        """The relay's ``GET /info`` document (as it came; callers check what they use)."""
+        return await self._json("GET", "/info")
+
     async def link_limits(self) -> dict[str, float]:
         """The relay's link limits from its ``/info`` (fetched once; defaults if it fails)."""
         if self._limits is None:
