@@ -104,14 +104,14 @@ def run_over_wireguard(
     t0 = time.perf_counter()
     preflight.check()
     took_preflight = time.perf_counter() - t0
-    port = build_config(plan).listen_port or free_udp_port()
-    prep = prepare(plan, identity, port, timeout=handshake_timeout, report=report)
+    udp_port = build_config(plan).listen_port or free_udp_port()
+    prep = prepare(plan, identity, udp_port, timeout=handshake_timeout, report=report)
     for note in prep.notes:
         report(note)
     report(f"WireGuard preflight {took_preflight:.2f} s, STUN {prep.timings['stun']:.2f} s, "
-           f"endpoint exchange {prep.timings['exchange']:.2f} s; UDP port {port}, NAT "
+           f"endpoint exchange {prep.timings['exchange']:.2f} s; UDP port {udp_port}, NAT "
            f"{prep.nat}, endpoints from {len(prep.offers)} of {plan.m - 1} peers")
-    cfg = build_config(plan, listen_port=port, endpoints={
+    cfg = build_config(plan, listen_port=udp_port, endpoints={
         pid: c[0] for pid, c in prep.candidates.items() if c})
     tunnel = Tunnel(cfg, report=report)
     EXIT_HOOKS.append(tunnel.down)  # the runner's hard exit skips the finally below
