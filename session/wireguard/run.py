@@ -50,6 +50,7 @@ from .nat import free_udp_port, prepare
 from .tunnel import Tunnel
 
 TRANSPORT = "wireguard"
+MIN_HANDSHAKE_WAIT = 6.0
 
 
 def control_plan(plan: MeshPlan, port: int) -> MeshPlan:
@@ -105,7 +106,8 @@ def run_over_wireguard(
     preflight.check()
     took_preflight = time.perf_counter() - t0
     udp_port = build_config(plan).listen_port or free_udp_port()
-    prep = prepare(plan, identity, udp_port, timeout=handshake_timeout, report=report)
+    with _signals_interrupt():  # nothing is set up yet: SIGTERM ends it as Ctrl-C does
+        prep = prepare(plan, identity, udp_port, timeout=handshake_timeout, report=report)
     for note in prep.notes:
         report(note)
     report(f"WireGuard preflight {took_preflight:.2f} s, STUN {prep.timings['stun']:.2f} s, "
@@ -119,11 +121,13 @@ def run_over_wireguard(
         try:
             t0 = time.perf_counter()
             tunnel.up()
+            # one budget for the exchange and the handshakes (at least MIN_HANDSHAKE_WAIT)
+            wait = max(MIN_HANDSHAKE_WAIT, handshake_timeout - prep.timings["exchange"])
             report(f"WireGuard interface {tunnel.name} up in {time.perf_counter() - t0:.2f} s, "
                    f"{tunnel.address} "
                    f"(session range {cfg.networks[0]}); waiting for handshakes with "
-                   f"{len(cfg.peers)} peers (up to {handshake_timeout:g} s)")
-            took = tunnel.wait_handshakes(handshake_timeout, plan.describe, prep.candidates)
+                   f"{len(cfg.peers)} peers (up to {wait:.0f} s)")
+            took = tunnel.wait_handshakes(wait, plan.describe, prep.candidates)
             where = tunnel.endpoints()
             peers = ", ".join(f"party {peer.party_id} at {where.get(peer.party_id, '?')}"
                               for peer in cfg.peers)
