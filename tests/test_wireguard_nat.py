@@ -273,3 +273,27 @@ def test_a_symmetric_nat_pair_fails_early_and_named(tmp_path: Path) -> None:
             assert "(symmetric NAT at party 0)" in err and "--transport noise" in err, err
             assert "WireGuard interface" not in err and "sum" not in out, err
         _nothing_left(lab, nodes, plan)
+
+
+async def test_offers_are_exchanged_over_a_real_relay_and_a_dead_relay_is_a_note() -> None:
+    """Three parties exchange offers through a relay process (links ``wg-endpoints``);
+    a second, unreachable relay in the session is only noted."""
+    import asyncio
+
+    from didmesh.session.wireguard.rendezvous import exchange
+    from relay_helpers import spawn_relay
+
+    relay = spawn_relay("memory", [])
+    try:
+        plans, ids = loopback_plans(3, relays=[relay.url], endpoints=False)
+        offers = [Offer((f"198.51.100.{i}:5182{i}",), NAT_EIM) for i in range(3)]
+        results = await asyncio.wait_for(asyncio.gather(*(
+            exchange(plans[i], ids[i], offers[i], timeout=15) for i in range(3))), 30)
+        for i, (got, notes) in enumerate(results):
+            assert notes == []
+            assert got == {j: offers[j] for j in range(3) if j != i}
+        dead = [dataclasses.replace(p, relays=("http://127.0.0.1:1",)) for p in plans[:2]]
+        got, notes = await exchange(dead[0], ids[0], offers[0], timeout=5, peers=[1])
+        assert got == {} and "no UDP endpoints from party 1" in notes[0], notes
+    finally:
+        assert relay.terminate() == 0
