@@ -598,6 +598,9 @@ class Relay:
             except LinkPeerGone:
                 await close_ws(ws, CloseCode.PEER_GONE)
                 return ws
+            # an idle link lives long: keep nothing of its start-up (two finished tasks,
+            # the request message) referenced from this frame while it runs
+            join = early = end.early = request_msg = None  # type: ignore[assignment]
             link_name = hashlib.sha256(
                 f"{req.session}|{min(did, req.peer)}|{max(did, req.peer)}|{req.link_id}".encode()
             ).hexdigest()[:12]  # names the link in logs without DIDs or session ids
@@ -611,6 +614,7 @@ class Relay:
                         pairing.close(CloseCode.NOT_LINKED)
                     else:  # closed or broken before the link was up
                         pairing.close(CloseCode.PEER_GONE)
+                    first = None
                 await pairing.run(ws)
                 code = pairing.state.closed_code or CloseCode.GOING_AWAY
             else:
