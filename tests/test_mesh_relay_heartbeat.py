@@ -106,11 +106,11 @@ RELAY_PINGS = ["--link-heartbeat-s", "1", "--rate-ip-per-s", "0"]
     [
         (NO_SERVER_PINGS, None, 0.0, True),  # the mesh's default: client pings off
         (NO_SERVER_PINGS, 20.0, 0.0, False),  # control: client pings on (scaled to 1 s) cut it
-        (RELAY_PINGS, None, 0.0, False),  # relay pings cut it
-        # ... and link resumption (on by default) mends a link the relay cut
-        (RELAY_PINGS, None, 15.0, True),
+        # relay pings cut it (with resumption off: an end the relay cut is resumed, but
+        # its peer may have heard 4410 "peer gone" and ended: timing decides)
+        (RELAY_PINGS, None, 0.0, False),
     ],
-    ids=["mesh-default", "client-pings", "relay-pings", "relay-pings-resumed"],
+    ids=["mesh-default", "client-pings", "relay-pings"],
 )
 def test_relayed_link_survives_a_blocked_event_loop(
     small_client_heartbeat: None, relay_args: list[str], link_heartbeat: float | None,
