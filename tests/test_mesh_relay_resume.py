@@ -9,6 +9,7 @@ bound, both parties fail naming the relay, not each other.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import threading
 import time
@@ -179,6 +180,37 @@ def test_link_moves_to_the_other_process_when_one_is_killed(tmp_path: Path) -> N
                 killer.join(40)
             assert p2.alive()
     _check_survived(results)
+
+
+@pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+def test_link_across_two_processes_resumes_when_one_is_killed(tmp_path: Path) -> None:
+    """The link's ends on two processes (each party lists the other relay first, so the
+    link goes through Redis); the first process is SIGKILLed: its end sees the connection
+    drop, the other end hears 4411 from its process within the liveness bound, and both
+    resume on the survivor."""
+    with start_redis() as redis:
+        url = redis.url(8)
+        with start_relay(url, ARGS, home=tmp_path) as p1, \
+                start_relay(url, ARGS, home=tmp_path) as p2:
+            plans, ids = loopback_plans(2, relays=[p1.url, p2.url], endpoints=False)
+            plans[1] = dataclasses.replace(plans[1], relays=(p2.url, p1.url))
+            options = ConnectOptions(relay_only=True, connect_timeout=15, handshake_timeout=5)
+            streaming = threading.Event()
+
+            def chaos() -> None:
+                assert streaming.wait(30)
+                time.sleep(0.8)
+                p1.kill()
+
+            killer = threading.Thread(target=chaos)
+            killer.start()
+            try:
+                results = _run(plans, ids, options, streaming)
+            finally:
+                killer.join(40)
+            paths = [ln.get("path") for ln in p2.log_lines() if ln.get("msg") == "link end paired"]
+    _check_survived(results)
+    assert "cross-process" in paths and "local" in paths  # before, and after the kill
 
 
 def test_a_relay_that_does_not_come_back_is_named(tmp_path: Path) -> None:
