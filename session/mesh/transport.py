@@ -273,7 +273,9 @@ class RelayedLink(ByteLink):
         self._link = link
         self._set_limits(link)
         self.frames_sent = 0
-        self._wire_sent = 0
+        self._wire_sent = 0  # on the current relay link (its link_max_bytes budget)
+        self._recv_base = 0
+        self._bg: set[asyncio.Task[None]] = set()
         self.stream = stream or ResumeStream()
         self._data = asyncio.Event()  # the writer has something to do
         self._up = asyncio.Event()  # the current raw link is usable
@@ -304,6 +306,11 @@ class RelayedLink(ByteLink):
     def ack_due(self) -> int | None:
         return self.stream.ack_due()
 
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
     def peer_acked(self, offset: int) -> None:
         self.stream.on_ack(offset)
 
@@ -317,7 +324,7 @@ class RelayedLink(ByteLink):
         deadline = t0 + self._resume_timeout
         self.resuming = True
         self._up.clear()
-        await _quiet_close(self._link)
+        self._background(_quiet_close(self._link))
         try:
             while True:
                 raw, url = await self._reopen(deadline)  # raises RelayLost at the deadline
@@ -341,6 +348,7 @@ class RelayedLink(ByteLink):
             self.resuming = False
         self._link = raw
         self._set_limits(raw)
+        self._wire_sent, self._recv_base = 0, self.bytes_received  # a new link's budget
         self.description = f"relay {url}"
         self.resume_seconds.append(loop.time() - t0)
         self._up.set()
@@ -373,9 +381,10 @@ class RelayedLink(ByteLink):
         except asyncio.CancelledError:
             self._deliver_eof(None)
             raise
-        except Exception as exc:
+        except Exception as exc:  # RelayLost, ResumeFailed
             self._deliver_eof(exc)
-            self._data.set()
+            self._up.set()
+            self._data.set()  # the writer ends too
 
     async def _write_loop(self) -> None:
         stream = self.stream
@@ -393,7 +402,8 @@ class RelayedLink(ByteLink):
                     await self._data.wait()
                     continue
                 if self.max_bytes and (
-                    self._wire_sent + self.bytes_received + len(data) > self.max_bytes
+                    self._wire_sent + self.bytes_received - self._recv_base + len(data)
+                    > self.max_bytes
                 ):
                     raise ConnectionError(
                         f"this link's traffic would exceed the relay's link_max_bytes "
