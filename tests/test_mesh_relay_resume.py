@@ -123,9 +123,11 @@ def _check_survived(results: list[dict[str, Any]]) -> None:
     assert all(r["resumes"] >= 1 for r in results), results
 
 
-def test_link_resumes_after_a_full_relay_restart(tmp_path: Path) -> None:
-    """SIGKILL of the only relay mid-stream, restarted 0.5 s later on the same port and
-    store (same secret file: the parties' tokens stay valid)."""
+@pytest.mark.parametrize("stop", ["kill", "terminate"])
+def test_link_resumes_after_a_full_relay_restart(tmp_path: Path, stop: str) -> None:
+    """SIGKILL of the only relay mid-stream (or SIGTERM: its drain, 0 s here, ends the
+    links with 1001), restarted 0.5 s later on the same port and store (same secret file:
+    the parties' tokens stay valid)."""
     port = free_port()
     args = [*ARGS, "--port", str(port)]
     store = f"sqlite:{tmp_path / 'relay.sqlite3'}"
@@ -138,7 +140,7 @@ def test_link_resumes_after_a_full_relay_restart(tmp_path: Path) -> None:
         def chaos() -> None:
             assert streaming.wait(30)
             time.sleep(0.8)
-            relay.kill()
+            relay.kill() if stop == "kill" else relay.terminate()
             time.sleep(0.5)
             restarted.append(spawn_relay(store, args, home=tmp_path))
 
