@@ -26,7 +26,14 @@ from didmesh.session.mesh.loopback import free_ports, loopback_plans
 from didmesh.session.mesh.plan import MeshPlan, format_endpoint
 from didmesh.session.mesh.runner import launch_document
 from didmesh.session.wireguard.addresses import tunnel_addresses
-from didmesh.session.wireguard.paths import no_udp_path, order_candidates
+from didmesh.session.wireguard.paths import (
+    INITIATOR_DELAY,
+    RESPONDER_GRACE,
+    TRY_SPAN,
+    endpoint_choice,
+    no_udp_path,
+    order_candidates,
+)
 from didmesh.session.wireguard.rendezvous import (
     MAX_ENDPOINTS,
     Offer,
@@ -117,6 +124,23 @@ LAN = [ipaddress.ip_network("10.1.0.0/24")]
 def test_candidates_best_first(offer: Offer | None, signed: list[str],
                                expect: list[str]) -> None:
     assert order_candidates(offer, signed, LAN) == expect
+
+
+@pytest.mark.parametrize(("elapsed", "n", "deferred", "want"), [
+    (0.0, 2, False, None),  # nothing before the initiator's delay
+    (INITIATOR_DELAY, 2, False, 0),
+    (INITIATOR_DELAY + TRY_SPAN, 2, False, 1),  # no handshake: the next candidate
+    (INITIATOR_DELAY + 2 * TRY_SPAN, 2, False, 0),  # round after round
+    (INITIATOR_DELAY, 2, True, None),  # the peer initiates to us: we wait...
+    (RESPONDER_GRACE, 2, True, 0),  # ... then try too, between its first try and retry
+    (RESPONDER_GRACE + TRY_SPAN, 3, True, 1),
+    (100.0, 0, False, None),  # no candidate at all
+], ids=["early", "first", "next", "wrap", "deferred-early", "deferred", "deferred-next",
+        "none"])
+def test_which_candidate_when(elapsed: float, n: int, deferred: bool, want: int | None) -> None:
+    assert endpoint_choice(elapsed, n, deferred) == want
+    assert INITIATOR_DELAY < RESPONDER_GRACE < 5.0  # the answering side tries before the
+    # initiator's retry (WireGuard's REKEY_TIMEOUT) and well after its first try
 
 
 def _o(nat: str, public: str = "198.51.100.1") -> Offer:
