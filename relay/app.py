@@ -102,6 +102,7 @@ class Relay:
         self.rate_ip, self.rate_did, self.slots = limits.rate_ip, limits.rate_did, limits.slots
         self.auth: Authenticator | None = None
         self.relay_id = config.relay_id
+        self.stun_ports: list[int] = []  # the UDP ports relay/stun.py answers on (server.py)
         self.shutting_down = False
         self.draining = False
         self._sockets: set[web.WebSocketResponse] = set()
@@ -322,6 +323,7 @@ class Relay:
                 "store": parse_store_url(self.config.store).kind,
                 "time_ms": self.now_ms(),
                 "limits": self.config.public_limits(),
+                "stun": {"ports": list(self.stun_ports)},
             }
         )
 
@@ -596,6 +598,9 @@ class Relay:
             except LinkPeerGone:
                 await close_ws(ws, CloseCode.PEER_GONE)
                 return ws
+            # an idle link lives long: keep nothing of its start-up (two finished tasks,
+            # the request message) referenced from this frame while it runs
+            join = early = end.early = request_msg = None  # type: ignore[assignment]
             link_name = hashlib.sha256(
                 f"{req.session}|{min(did, req.peer)}|{max(did, req.peer)}|{req.link_id}".encode()
             ).hexdigest()[:12]  # names the link in logs without DIDs or session ids
@@ -609,6 +614,7 @@ class Relay:
                         pairing.close(CloseCode.NOT_LINKED)
                     else:  # closed or broken before the link was up
                         pairing.close(CloseCode.PEER_GONE)
+                    first = None
                 await pairing.run(ws)
                 code = pairing.state.closed_code or CloseCode.GOING_AWAY
             else:

@@ -65,7 +65,6 @@ class LinkState:
     bytes: int = 0
     frames: int = 0
     closed_code: int = 0
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(eq=False)
