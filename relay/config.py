@@ -74,6 +74,9 @@ class RelayConfig:
     shutdown_timeout_s: float = 10.0
     drain_timeout_s: float = 30.0  # SIGTERM: running links may finish for this long (0: none)
     metrics_listen: str = ""  # HOST:PORT serving /metrics instead of the API port
+    # HOST:PORT where this process takes cross-process links from the others on its Redis
+    # (port 0: any; "": off, such links go through Redis pub/sub)
+    link_splice_listen: str = "127.0.0.1:0"
     secret_file: str = ""  # token secret file ("" = next to the SQLite db / in Redis)
     tls_cert: str = ""  # PEM certificate chain: serve https/wss (with tls_key)
     tls_key: str = ""  # PEM private key of tls_cert (keep it 0600)
