@@ -103,6 +103,7 @@ class Relay:
         self.rate_ip, self.rate_did, self.slots = limits.rate_ip, limits.rate_did, limits.slots
         self.auth: Authenticator | None = None
         self.relay_id = config.relay_id
+        self.stun_ports: list[int] = []  # the UDP ports relay/stun.py answers on (server.py)
         self.shutting_down = False
         self.draining = False
         self._sockets: set[web.WebSocketResponse] = set()
@@ -324,6 +325,7 @@ class Relay:
                 "store": parse_store_url(self.config.store).kind,
                 "time_ms": self.now_ms(),
                 "limits": self.config.public_limits(),
+                "stun": {"ports": list(self.stun_ports)},
             }
         )
 

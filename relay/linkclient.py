@@ -356,11 +356,12 @@ class LinkClient:
         run's links on this relay), again only after the relay refused it."""
         if self._token is None:
             self._token = asyncio.ensure_future(self._fetch_token())
+        fut = self._token
         try:
-            return await asyncio.shield(self._token)
+            return await asyncio.shield(fut)
         except BaseException:
-            if self._token.done():
-                self._token = None  # the next caller tries again
+            if fut.done() and self._token is fut:
+                self._token = None  # the next caller tries again (once, for all waiters)
             raise
 
     async def _fetch_token(self) -> str:
@@ -376,6 +377,10 @@ class LinkClient:
         if not isinstance(tok, dict) or not isinstance(tok.get("token"), str):
             raise RelayProtocolError("malformed token from the relay")
         return str(tok["token"])
+
+    async def info(self) -> Any:
+        """The relay's ``GET /info`` document (as it came; callers check what they use)."""
+        return await self._json("GET", "/info")
 
     async def link_limits(self) -> dict[str, float]:
         """The relay's link limits from its ``/info`` (fetched once; defaults if it fails)."""

@@ -39,6 +39,7 @@ from .conns import (
 from .errors import RelayConfigError
 from .options import add_serve_arguments, config_from_args
 from .store.url import open_store
+from .stun import serve_stun
 from .tlsgate import tls_gate_factory
 
 LISTENING = "didmesh relay listening on"
@@ -170,6 +171,7 @@ async def serve(
     guard_server(runner.server, guard)
     relay.guard = guard
     metrics_runner: web.AppRunner | None = None
+    stun_transports: list[asyncio.DatagramTransport] = []
     started = False
     try:
         try:
@@ -183,9 +185,14 @@ async def serve(
                 metrics_runner = web.AppRunner(build_metrics_app(relay), access_log=None)
                 await metrics_runner.setup()
                 await web.TCPSite(metrics_runner, host, mport).start()
+            if config.stun_port:
+                stun_transports, relay.stun_ports = await serve_stun(
+                    config.host, [p for p in (config.stun_port, config.stun_alt_port) if p])
         except OSError as exc:
             why = exc.strerror or str(exc).rsplit(": ", 1)[-1]
             where = f"{config.host}:{config.port}"
+            if config.stun_port:
+                where += f" (or UDP {config.stun_port}/{config.stun_alt_port})"
             if config.metrics_listen:
                 where += f" or {config.metrics_listen}"
             raise RelayConfigError(f"cannot listen on {where}: {why}") from None
@@ -214,6 +221,8 @@ async def serve(
         log.info("shutting down", extra={"fields": {"links_cut": left}})
     finally:
         t0 = time.monotonic()
+        for transport in stun_transports:
+            transport.close()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         await runner.cleanup()
@@ -259,6 +268,7 @@ def startup_fields(
         "max_connections": budget,
         "limits": config.public_limits(),
         "drain_timeout_s": config.drain_timeout_s,
+        "stun_ports": list(relay.stun_ports),
         "shutdown_timeout_s": config.shutdown_timeout_s,
     }
 

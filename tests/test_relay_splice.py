@@ -215,3 +215,13 @@ async def test_with_splicing_off_links_cross_through_redis(
         assert _paths(r2) == ["cross-process"]
         started = next(ln for ln in r1.log_lines() if ln.get("msg") == "started")
         assert started["link_splice"] == "off"
+
+
+@pytest.mark.parametrize("bad", ["nope", "127.0.0.1", ":80", "127.0.0.1:99999", "h:-1"])
+def test_a_bad_splice_address_is_named(bad: str) -> None:
+    from didmesh.relay.config import RelayConfig
+    from didmesh.relay.errors import RelayConfigError
+
+    with pytest.raises(RelayConfigError, match="link_splice_listen must be HOST:PORT"):
+        RelayConfig(link_splice_listen=bad)
+    assert RelayConfig(link_splice_listen="").link_splice_listen == ""

@@ -40,7 +40,7 @@ from didmesh.session.manifest import (
 )
 from didmesh.session.mesh.faults import PlanError
 from didmesh.session.mesh.plan import from_roster
-from didmesh.session.mesh.runner import run_program
+from didmesh.session.mesh.runner import ending_process, run_program
 from didmesh.session.wireguard import preflight as wg_preflight
 from didmesh.session.wireguard.run import run_over_wireguard
 
@@ -246,6 +246,7 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     out.result({"ok": True, "session": manifest.session_id, "party": plan.my_party_id,
                 "transport": args.transport,
                 "receipt": str(receipt_path), "setup_seconds": result.setup_seconds})
+    ending_process()  # the command ends next (didmesh run is one process per run)
     return result.exit_code
 
 

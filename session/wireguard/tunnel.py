@@ -45,6 +45,8 @@ STATE_DIR = Path(os.environ.get("DIDMESH_WG_STATE_DIR", "/run/didmesh/wg"))
 #: a UDP port nothing listens on: datagrams to a peer's tunnel address there only make
 #: WireGuard start a handshake
 POKE_PORT = 9
+#: seconds on one candidate endpoint before the next (WireGuard re-initiates every 5 s)
+TRY_SPAN = 5.5
 _PR_SET_PDEATHSIG = 1
 
 
@@ -306,14 +308,22 @@ class Tunnel:
                 found[by_key[key]] = where.strip()
         return found
 
-    def wait_handshakes(self, timeout: float, describe: Callable[[int], str] = str
-                        ) -> float:
+    def set_endpoint(self, party_id: int, endpoint: str) -> None:
+        peer = next(p for p in self.cfg.peers if p.party_id == party_id)
+        _cmd("wg", "set", self.name, "peer", encode_key(peer.public_key), "endpoint", endpoint)
+
+    def wait_handshakes(self, timeout: float, describe: Callable[[int], str] = str,
+                        candidates: dict[int, list[str]] | None = None) -> float:
         """Wait until a handshake with every peer has completed; the seconds it took.
         Datagrams to the peers' tunnel addresses make WireGuard initiate (where it knows
-        the peer's endpoint). Raises naming the peers not reached."""
+        the peer's endpoint). A peer with several ``candidates`` (best first; the first is
+        configured) moves to the next one after :data:`TRY_SPAN` seconds without a
+        handshake, round after round. Raises naming the peers not reached."""
         t0 = time.monotonic()
         deadline = t0 + timeout
         last_poke = 0.0
+        candidates = candidates or {}
+        tried = {pid: 0 for pid in candidates}
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             while True:
                 shakes = self.latest_handshakes()
@@ -323,6 +333,13 @@ class Tunnel:
                 now = time.monotonic()
                 if now > deadline:
                     break
+                turn = int((now - t0) // TRY_SPAN)
+                for p in waiting:
+                    options = candidates.get(p.party_id) or []
+                    if len(options) > 1 and tried[p.party_id] < turn:
+                        tried[p.party_id] = turn
+                        with contextlib.suppress(WgTunnelFailed):
+                            self.set_endpoint(p.party_id, options[turn % len(options)])
                 if now - last_poke >= 1.0:
                     last_poke = now
                     for p in waiting:
@@ -331,7 +348,8 @@ class Tunnel:
                 time.sleep(0.05)
         names = []
         for p in waiting:
-            how = f"endpoint {p.endpoint}" if p.endpoint else "no endpoint announced; it " \
+            tried_here = candidates.get(p.party_id) or ([p.endpoint] if p.endpoint else [])
+            how = f"tried {', '.join(tried_here)}" if tried_here else "no endpoint known; it " \
                 "must reach this party"
             names.append(f"{describe(p.party_id)} ({how})")
         raise WgTunnelFailed(
