@@ -43,6 +43,8 @@ SPLICE_LABEL = b"didmesh relay splice v1"
 MAX_PREAMBLE = 1024
 MAX_SKEW_MS = 30_000
 CONNECT_TIMEOUT_S = 3.0
+#: splice connections still sending their preamble, at most (more are cut at once)
+MAX_PENDING = 64
 PREAMBLE_TIMEOUT_S = 5.0
 #: stop reading one side while the other side's socket holds this much unsent
 HIGH_WATER = 256 * 1024
@@ -95,8 +97,13 @@ class SpliceListener(asyncio.Protocol):
     transport)`` writes ``ok`` and pairs, or returns False if that end is not waiting here
     (answered ``no gone``)."""
 
-    def __init__(self, key: bytes, me: str, accept: Callable[[str, asyncio.Transport], bool]):
+    def __init__(
+        self, key: bytes, me: str, accept: Callable[[str, asyncio.Transport], bool],
+        pending: list[int],
+    ):
         self.key, self.me, self.accept = key, me, accept
+        self.pending = pending  # [connections of this listener still in their preamble]
+        self.counted = False
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -104,7 +111,19 @@ class SpliceListener(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.pending[0] >= MAX_PENDING:
+            transport.abort()
+            return
+        self.pending[0] += 1
+        self.counted = True
         self.timer = asyncio.get_running_loop().call_later(PREAMBLE_TIMEOUT_S, transport.abort)
+
+    def _done(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.pending[0] -= 1
+        if self.timer is not None:
+            self.timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -114,8 +133,7 @@ class SpliceListener(asyncio.Protocol):
             if len(self.buf) > MAX_PREAMBLE:
                 self._refuse("too long")
             return
-        if self.timer is not None:
-            self.timer.cancel()
+        self._done()
         if rest:  # B sends nothing after its preamble until it reads "ok"
             self._refuse("unexpected bytes")
             return
@@ -134,8 +152,7 @@ class SpliceListener(asyncio.Protocol):
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        self._done()
 
 
 # -- B: the process of the second end ---------------------------------------------------------
@@ -376,7 +393,10 @@ async def serve_splices(
     ``HOST:PORT`` to advertise (the real port when 0 was asked)."""
     host, port = parse_hostport(listen)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SpliceListener(key, me, accept), host, port)
+    pending = [0]
+    server = await loop.create_server(
+        lambda: SpliceListener(key, me, accept, pending), host, port
+    )
     sock = server.sockets[0].getsockname()
     h = sock[0]
     return server, (f"[{h}]" if ":" in h else h) + f":{sock[1]}"

@@ -18,6 +18,7 @@ from didmesh.relay.client import RelayClient
 from didmesh.relay.errors import LinkClosed
 from didmesh.relay.protocol import CloseCode
 from didmesh.relay.splice import (
+    MAX_PENDING,
     MAX_SKEW_MS,
     PreambleError,
     ServerFrameTracker,
@@ -194,6 +195,24 @@ async def test_a_forged_splice_is_refused_and_harms_no_waiting_end(
 
                 answer = await asyncio.to_thread(probe)
                 assert answer.startswith(b"no "), answer
+
+            def flood() -> bytes:  # silent connections fill the preamble slots; one more is cut
+                held = [socket.create_connection(("127.0.0.1", port), 5)
+                        for _ in range(MAX_PENDING)]
+                try:
+                    time.sleep(0.3)
+                    with socket.create_connection(("127.0.0.1", port), 5) as s:
+                        s.settimeout(3)
+                        try:
+                            return s.recv(10)
+                        except ConnectionResetError:
+                            return b""
+                finally:
+                    for h in held:
+                        h.close()
+
+            assert await asyncio.to_thread(flood) == b""
+            await asyncio.sleep(0.5)
             lb = await cb.open_link("f", a.did, timeout=15)  # the real second end still pairs
             la = await first
             await lb.send(b"ok")
