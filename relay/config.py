@@ -26,7 +26,8 @@ DEFAULT_PORT = 8470
 
 #: settings where 0 is allowed (0 switches the thing off)
 _ZERO_OK = frozenset(
-    {"port", "link_heartbeat_s", "conns_per_address", "max_connections", "drain_timeout_s"}
+    {"port", "link_heartbeat_s", "conns_per_address", "max_connections", "drain_timeout_s",
+     "stun_port", "stun_alt_port"}
 )
 
 
@@ -74,24 +75,44 @@ class RelayConfig:
     shutdown_timeout_s: float = 10.0
     drain_timeout_s: float = 30.0  # SIGTERM: running links may finish for this long (0: none)
     metrics_listen: str = ""  # HOST:PORT serving /metrics instead of the API port
+    # HOST:PORT where this process takes cross-process links from the others on its Redis
+    # (port 0: any; "": off, such links go through Redis pub/sub)
+    link_splice_listen: str = "127.0.0.1:0"
     secret_file: str = ""  # token secret file ("" = next to the SQLite db / in Redis)
     tls_cert: str = ""  # PEM certificate chain: serve https/wss (with tls_key)
     tls_key: str = ""  # PEM private key of tls_cert (keep it 0600)
     trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For is believed
     access_log: bool = True
+    # STUN (relay/stun.py): UDP Binding responder; 0 = off
+    stun_port: int = 0
+    stun_alt_port: int = 0  # a second port, so clients can tell their NAT's mapping kind
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 lo = 0 if f.name.startswith("rate_") or f.name in _ZERO_OK else 1e-9
-                if v < lo or (f.name == "port" and v > 65535):
+                if v < lo or (f.name in ("port", "stun_port", "stun_alt_port") and v > 65535):
                     raise RelayConfigError(f"{f.name} = {v} is out of range")
         if self.relay_id and not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.relay_id):
             raise RelayConfigError("relay_id must be 1..64 characters of [A-Za-z0-9._-]")
         from .forwarded import TrustedProxies
 
         TrustedProxies(self.trusted_proxies)  # raises on a bad entry
+        if self.stun_alt_port and not self.stun_port:
+            raise RelayConfigError("stun_alt_port needs stun_port (the main STUN port)")
+        if self.stun_port and self.stun_port == self.stun_alt_port:
+            raise RelayConfigError("stun_alt_port must differ from stun_port")
+        if self.link_splice_listen:
+            from .splice import parse_hostport
+
+            try:
+                parse_hostport(self.link_splice_listen)
+            except ValueError:
+                raise RelayConfigError(
+                    "link_splice_listen must be HOST:PORT (port 0: any) or empty, got "
+                    f"{self.link_splice_listen!r}"
+                ) from None
         if bool(self.tls_cert) != bool(self.tls_key):
             raise RelayConfigError("tls_cert and tls_key go together: give both or neither")
         if self.max_request_bytes < self.max_envelope_bytes:

@@ -39,6 +39,8 @@ from .conns import (
 from .errors import RelayConfigError
 from .options import add_serve_arguments, config_from_args
 from .store.url import open_store
+from .stun import serve_stun
+from .tlsgate import tls_gate_factory
 
 LISTENING = "didmesh relay listening on"
 log = logging.getLogger("didmesh.relay")
@@ -96,12 +98,16 @@ def url_for(host: str, port: int, scheme: str = "http") -> str:
 
 
 class _Site(web.TCPSite):
-    """aiohttp's TCP site with a TLS handshake timeout (asyncio's default is 60 s, and a
-    connection in its handshake is not yet counted by the connection caps)."""
+    """aiohttp's TCP site; with TLS, every accepted connection first passes the connection
+    guard by its address and only then gets a handshake (bounded by ``handshake_timeout``;
+    asyncio's default is 60 s), see :mod:`didmesh.relay.tlsgate`."""
 
-    def __init__(self, *args: Any, handshake_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, handshake_timeout: float, guard: ConnectionGuard, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.handshake_timeout = handshake_timeout
+        self.guard = guard
 
     async def start(self) -> None:
         if self._ssl_context is None:
@@ -110,8 +116,10 @@ class _Site(web.TCPSite):
         await web.BaseSite.start(self)
         assert self._runner.server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._runner.server, self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, ssl_handshake_timeout=self.handshake_timeout,
+            tls_gate_factory(
+                self._runner.server, self._ssl_context, self.guard, self.handshake_timeout
+            ),
+            self._host, self._port, backlog=self._backlog,
         )
 
 
@@ -163,12 +171,13 @@ async def serve(
     guard_server(runner.server, guard)
     relay.guard = guard
     metrics_runner: web.AppRunner | None = None
+    stun_transports: list[asyncio.DatagramTransport] = []
     started = False
     try:
         try:
             site = _Site(
                 runner, config.host, config.port, backlog=ACCEPT_BACKLOG, ssl_context=tls,
-                handshake_timeout=config.header_timeout_s,
+                handshake_timeout=config.header_timeout_s, guard=guard,
             )
             await site.start()
             if config.metrics_listen:
@@ -176,9 +185,14 @@ async def serve(
                 metrics_runner = web.AppRunner(build_metrics_app(relay), access_log=None)
                 await metrics_runner.setup()
                 await web.TCPSite(metrics_runner, host, mport).start()
+            if config.stun_port:
+                stun_transports, relay.stun_ports = await serve_stun(
+                    config.host, [p for p in (config.stun_port, config.stun_alt_port) if p])
         except OSError as exc:
             why = exc.strerror or str(exc).rsplit(": ", 1)[-1]
             where = f"{config.host}:{config.port}"
+            if config.stun_port:
+                where += f" (or UDP {config.stun_port}/{config.stun_alt_port})"
             if config.metrics_listen:
                 where += f" or {config.metrics_listen}"
             raise RelayConfigError(f"cannot listen on {where}: {why}") from None
@@ -207,6 +221,8 @@ async def serve(
         log.info("shutting down", extra={"fields": {"links_cut": left}})
     finally:
         t0 = time.monotonic()
+        for transport in stun_transports:
+            transport.close()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         await runner.cleanup()
@@ -247,10 +263,12 @@ def startup_fields(
         "tls": bool(config.tls_cert),
         "trusted_proxies": config.trusted_proxies,
         "metrics_listen": config.metrics_listen or "api port",
+        "link_splice": relay.hub.splice_address or "off",
         "nofile": nofile,
         "max_connections": budget,
         "limits": config.public_limits(),
         "drain_timeout_s": config.drain_timeout_s,
+        "stun_ports": list(relay.stun_ports),
         "shutdown_timeout_s": config.shutdown_timeout_s,
     }
 

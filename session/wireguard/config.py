@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +133,11 @@ def build_config(
     *,
     listen_port: int | None = None,
     keepalive: int | None = DEFAULT_KEEPALIVE,
+    endpoints: Mapping[int, str | None] | None = None,
 ) -> WgConfig:
-    """This party's WireGuard interface from its verified roster view."""
+    """This party's WireGuard interface from its verified roster view. ``endpoints``
+    (party id -> ``host:port``, or None: none for now) overrides the first announced
+    endpoint of those peers (the run's choice from its candidates, section 6.3)."""
     if listen_port is not None and not 0 < listen_port < 65536:
         raise WgUsageError(f"listen port {listen_port} is outside 1..65535")
     if keepalive is not None and not 0 < keepalive < 65536:
@@ -149,7 +153,9 @@ def build_config(
     peers = []
     for p in plan.peers():
         endpoint = udp_endpoint(p.endpoints[0]) if p.endpoints else None
-        if endpoint is None and not me.endpoints:
+        if endpoints is not None and p.party_id in endpoints:
+            endpoint = endpoints[p.party_id]
+        if endpoint is None and not me.endpoints and endpoints is None:
             warnings.append(
                 f"neither you nor {plan.describe(p.party_id)} announced an endpoint: "
                 "WireGuard cannot connect this pair"

@@ -3,16 +3,21 @@ didmesh brings up and removes itself (specs/wireguard.md, "Running over the tunn
 
 1. :func:`.preflight.check`: CAP_NET_ADMIN, ``/dev/net/tun``, ``wireguard-go``, ``wg``;
    nothing is touched before it passes.
-2. :class:`.tunnel.Tunnel`: the session's interface from the agreed roster (keys,
-   roster-bound PSKs, tunnel addresses, endpoints from the announced candidates), up;
-   a bounded wait for a handshake with every peer, naming those not reached.
-3. The mesh runner (:func:`~didmesh.session.mesh.runner.run_program`), unchanged in what
+2. :func:`.nat.prepare`: the public mapping of the tunnel's UDP port (STUN, from that
+   very port, to the relays' STUN ports), the authenticated exchange of UDP endpoints
+   with every peer through the relays, the best endpoint per peer; pairs that can have
+   no UDP path (a symmetric NAT) fail here, named, before anything is set up.
+3. :class:`.tunnel.Tunnel`: the session's interface from the agreed roster (keys,
+   roster-bound PSKs, tunnel addresses, the chosen endpoints), up; a bounded wait for a
+   handshake with every peer, trying its other candidates in turn, naming those not
+   reached.
+4. The mesh runner (:func:`~didmesh.session.mesh.runner.run_program`), unchanged in what
    it checks and reports, with two differences: its control channels (the connectivity
    check, the start barrier, signed aborts, BYE) connect directly between the tunnel
    addresses (:func:`control_plan`), and MPyC's own bytes go over plain TCP in the tunnel
    through :class:`.bridge.WgBridge`, which checks every inbound connection's party id
    against its source address. The receipt names the transport ``wireguard``.
-4. The tunnel comes down in a ``finally``: on success, program failure, a peer's abort,
+5. The tunnel comes down in a ``finally``: on success, program failure, a peer's abort,
    Ctrl-C and SIGTERM/SIGHUP (turned into Ctrl-C for the run). If the process is killed,
    ``wireguard-go`` gets SIGTERM from the kernel (parent-death signal) and removes the
    interface and its socket; the state file that remains lets the next run or
@@ -41,9 +46,11 @@ from .addresses import tunnel_addresses
 from .bridge import WgBridge
 from .config import build_config
 from .mpyc_args import DEFAULT_MPYC_PORT
+from .nat import free_udp_port, prepare
 from .tunnel import Tunnel
 
 TRANSPORT = "wireguard"
+MIN_HANDSHAKE_WAIT = 6.0
 
 
 def control_plan(plan: MeshPlan, port: int) -> MeshPlan:
@@ -95,31 +102,52 @@ def run_over_wireguard(
     """Run ``program_path`` as this party over a WireGuard tunnel (blocking); see the
     module docstring. ``port`` is MPyC's TCP port on the tunnel addresses, ``port + 1``
     the control channels'."""
+    t0 = time.perf_counter()
     preflight.check()
-    cfg = build_config(plan)
+    took_preflight = time.perf_counter() - t0
+    udp_port = build_config(plan).listen_port or free_udp_port()
+    with _signals_interrupt():  # nothing is set up yet: SIGTERM ends it as Ctrl-C does
+        prep = prepare(plan, identity, udp_port, timeout=handshake_timeout, report=report)
+    for note in prep.notes:
+        report(note)
+    report(f"WireGuard preflight {took_preflight:.2f} s, STUN {prep.timings['stun']:.2f} s, "
+           f"endpoint exchange {prep.timings['exchange']:.2f} s; UDP port {udp_port}, NAT "
+           f"{prep.nat}, endpoints from {len(prep.offers)} of {plan.m - 1} peers")
+    # the lower id of each pair initiates; we answer lower ids (deferred: their endpoint
+    # is given only after a grace period, so that two initiations do not cross)
+    deferred = frozenset(p for p in prep.candidates if p < plan.my_party_id)
+    # every peer starts with no endpoint and no keepalive: the handshake wait gives them
+    # (section 6.3: the initiator first, the candidates in turn)
+    cfg = build_config(plan, listen_port=udp_port, keepalive=None,
+                       endpoints=dict.fromkeys(prep.candidates))
     tunnel = Tunnel(cfg, report=report)
     EXIT_HOOKS.append(tunnel.down)  # the runner's hard exit skips the finally below
     with _signals_interrupt():
         try:
             t0 = time.perf_counter()
             tunnel.up()
+            # one budget for the exchange and the handshakes (at least MIN_HANDSHAKE_WAIT)
+            wait = max(MIN_HANDSHAKE_WAIT, handshake_timeout - prep.timings["exchange"])
             report(f"WireGuard interface {tunnel.name} up in {time.perf_counter() - t0:.2f} s, "
                    f"{tunnel.address} "
                    f"(session range {cfg.networks[0]}); waiting for handshakes with "
-                   f"{len(cfg.peers)} peers (up to {handshake_timeout:g} s)")
-            took = tunnel.wait_handshakes(handshake_timeout, plan.describe)
+                   f"{len(cfg.peers)} peers (up to {wait:.0f} s)")
+            took = tunnel.wait_handshakes(wait, plan.describe, prep.candidates, deferred)
             where = tunnel.endpoints()
             peers = ", ".join(f"party {peer.party_id} at {where.get(peer.party_id, '?')}"
                               for peer in cfg.peers)
             report(f"WireGuard handshakes with all peers complete ({took:.2f} s): {peers}")
             bridge = functools.partial(WgBridge, plan=plan, port=port,
                                        connect_timeout=connect_timeout)
-            return run_program(
+            t_prog = time.perf_counter()
+            result = run_program(
                 control_plan(plan, port + 1), program_path, args, direct_only=True,
                 timeout=timeout, identity=identity, connect_timeout=connect_timeout,
                 report=report, hard_exit=hard_exit, receipt=receipt, workdir=workdir,
                 digest=digest, refuse=refuse, bridge_factory=bridge, transport=TRANSPORT,
             )
+            report(f"WireGuard run: program {time.perf_counter() - t_prog:.2f} s")
+            return result
         finally:
             t0 = time.perf_counter()
             try:
