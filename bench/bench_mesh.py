@@ -203,6 +203,8 @@ def baseline_tree(rev: str, into: Path) -> dict[str, str]:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, folder],
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(pkg)], input=archive, check=True)
+    # compiled once here, as the working tree's modules are: no party pays for it
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(pkg)], check=True)
     return {**ENV, "PYTHONPATH": str(into)}
 
 
@@ -251,13 +253,18 @@ mpc.run(mpc.shutdown())
 
 
 def startup_benchmark(m: int, repeats: int, relay: str | None, relay_pid: int | None,
-                      workdir: Path, receipts: bool = True) -> dict[str, Any]:
+                      workdir: Path, receipts: bool = True,
+                      baseline: tuple[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """Whole processes of a trivial program at m parties: plain vs didmesh, interleaved
     (with each party's signed run receipt, as ``didmesh run`` makes one, unless not
-    ``receipts``)."""
+    ``receipts``); with ``baseline`` (revision, environment) also ``direct@REV``."""
     program = workdir / "hello.py"
     program.write_text(HELLO)
     modes = ["plain", "direct"] + (["relayed"] if relay else [])
+    envs = {mode: ENV for mode in modes}
+    if baseline:
+        modes.append(f"direct@{baseline[0]}")
+        envs[modes[-1]] = baseline[1]
     figures: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in modes}
     for _ in range(repeats):
         for mode in modes:
@@ -281,7 +288,8 @@ def startup_benchmark(m: int, repeats: int, relay: str | None, relay_pid: int | 
                 cpu0, t0 = children_cpu(), time.monotonic()
                 procs = [spawn_party(launch_document(plans[i], ids[i], str(program),
                                                      ["--no-log"], **opts),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=envs[mode])
                          for i in range(m)]
                 _wait_all(procs, t0)
                 wall, cpu = time.monotonic() - t0, children_cpu() - cpu0
@@ -387,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-setup", action="store_true", help="skip the m=10 set-up time")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every run")
     ap.add_argument("--baseline", metavar="REV", default=None,
-                    help="also run mode direct@REV: didmesh direct as of git revision REV "
+                    help="also run mode direct@REV (and relayed@REV if relayed is a mode): "
+                         "didmesh as of git revision REV "
                          "(A/B against the working tree)")
     ap.add_argument("--program-cpu", action="store_true",
                     help="run the examples under bench/program_cpu.py and also report the "
@@ -415,10 +424,13 @@ def main(argv: list[str] | None = None) -> int:
             if a.baseline:
                 alt_env = baseline_tree(a.baseline, workdir / "baseline")
                 modes.append(f"direct@{a.baseline}")
+                if "relayed" in a.modes and not a.startup:
+                    modes.append(f"relayed@{a.baseline}")
             if a.startup:
                 res = startup_benchmark(a.startup_m, a.repeats, relay,
                                         relay_proc.pid if relay_proc else None, workdir,
-                                        receipts=not a.no_receipts)
+                                        receipts=not a.no_receipts,
+                                        baseline=(a.baseline, alt_env) if a.baseline else None)
                 results[f"startup hello m={a.startup_m}"] = res
                 print(f"start-up, hello world, m={a.startup_m} (whole processes, medians of "
                       f"{a.repeats} interleaved):")
@@ -446,10 +458,10 @@ def main(argv: list[str] | None = None) -> int:
                                 else:
                                     run = run_didmesh(
                                         program, args, m,
-                                        relay=relay if mode == "relayed" else None,
-                                        env=alt_env if mode.startswith("direct@") else ENV,
+                                        relay=relay if mode.startswith("relayed") else None,
+                                        env=alt_env if "@" in mode else ENV,
                                         relay_pid=(relay_proc.pid if relay_proc is not None
-                                                   and mode == "relayed" else None))
+                                                   and mode.startswith("relayed") else None))
                             except RuntimeError as exc:  # report it, keep benchmarking
                                 row[mode]["failed"] += 1
                                 print(f"  {ex} m={m} {mode}: run failed: "

@@ -4,8 +4,9 @@ Run: ``python bench/bench_punch.py [--repeats 2] [--rtts 0,20,80]``. For each ho
 round trip (default 0, 20 and 80 ms) one lab: two homes behind endpoint-independent NATs
 (``p1``, ``p2``), two public hosts with the same links (``q0``, ``q1``) and the relay, 40 ms
 round trip from every site. In one interleaved loop, for the many-round example
-(``secret_santa.py -n 24``) and the large-message one (``cnn_layer.py --images 8``: an input
-message of megabytes):
+(``secret_santa.py -n 24``), the large-message one (``cnn_layer.py --images 8``: an input
+message of megabytes) and a latency-bound one (``bench/mpc_rounds.py -n 40``: 40
+dependent rounds of small messages, little CPU: the path's per-round cost):
 
 * ``mpyc-nat``: plain MPyC between ``p1`` and ``p2``, its port opened by hand through
   both NATs (a DNAT rule on each home router: the best a user can do today);
@@ -13,10 +14,13 @@ message of megabytes):
 * ``relayed``: didmesh between ``p1`` and ``p2`` with ``relay_only``;
 * ``direct``: didmesh between the public ``q0`` and ``q1`` (same path length).
 
-Printed per row: the program's own elapsed time (MPyC's ``elapsed time``), the whole
-process wall time, didmesh's setup time (mesh up and connectivity check) and, for
-``punched``, the time from the relayed handshake to the punched one (the table's
-``punched in``). The machine is shared: figures are noisy (the load average is printed).
+Printed per row: the program's own elapsed time (MPyC's ``elapsed time``; plain MPyC's
+includes its own connection set-up, didmesh's starts once the mesh is up), the whole
+process wall time (start-up, imports, set-up, program), didmesh's set-up time (mesh up
+and connectivity check, from the later party's start) and, for ``punched``, the time to
+the punched path from the later party's start (party 0's ``punched in``, counted from its
+own start, less how much earlier it started), each with its ratio to plain MPyC. The
+machine is shared: figures are noisy (the load average is printed).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = {
     "many-round": (ROOT / "examples" / "secret_santa.py", ["-n", "24", "--seed", "3"]),
     "large-msg": (ROOT / "examples" / "cnn_layer.py", ["--images", "8", "--seed", "3"]),
+    "rounds": (ROOT / "bench" / "mpc_rounds.py", ["-n", "40"]),
 }
 RELAY_PORT = 8470
 MPYC_PORT = 11365
@@ -130,11 +135,16 @@ def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[
         wall = time.perf_counter() - t0
         if any(code for code, _ in res):
             raise RuntimeError(f"didmesh failed: {res[0][1][-800:]} {res[1][1][-800:]}")
-        result = json.loads(Path(f"{tmp}/r0.json").read_text())
+        results = [json.loads(Path(f"{tmp}/r{i}.json").read_text())
+                   for i in range(len(nodes))]
+    setups = [r["setup_seconds"] for r in results]
     punched = PUNCHED_IN.search(res[0][1])
+    # party 0's "punched in" counts from its own mesh start; both parties end their
+    # connectivity check together, so party 0 started setup0 - min(setups) before the later
+    # party: the time to the punched path from the moment both were up is the difference
+    punch = float(punched[1]) - (setups[0] - min(setups)) if punched else None
     return {"elapsed": max(_elapsed(e) or 0 for _, e in res), "wall": wall,
-            "setup": result["setup_seconds"], "path": result["table"][0]["path"],
-            "punch": float(punched[1]) if punched else None}
+            "setup": min(setups), "path": results[0]["table"][0]["path"], "punch": punch}
 
 
 MODES = ("mpyc-nat", "punched", "relayed", "direct")
@@ -153,13 +163,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rtts", default="0,20,80", help="home-to-home round trips, ms")
+    p.add_argument("--programs", default=",".join(PROGRAMS),
+                   help=f"which of {', '.join(PROGRAMS)}")
     a = p.parse_args()
+    unknown = set(a.programs.split(",")) - set(PROGRAMS)
+    if unknown:
+        raise SystemExit(f"didmesh: no such program {', '.join(sorted(unknown))}; "
+                         f"choose among {', '.join(PROGRAMS)}")
     why = available()
     if why is not None:
         raise SystemExit(f"didmesh: cannot build a lab here: {why}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'RTT':>4} {'program':>10} {'mode':>9} {'path':>8} {'elapsed s':>10} "
-          f"{'wall s':>7} {'setup s':>8} {'punch s':>8} {'x mpyc':>7}")
+          f"{'wall s':>7} {'setup s':>8} {'punch s':>8} {'x mpyc':>7} {'wall x':>7}")
     for rtt in (float(x) for x in a.rtts.split(",")):
         d = rtt / 4  # one way on each home's access link: home to home is 2 * (d + d)
         r = RELAY_RTT_MS / 2 - d  # relay to each home: 2 * (d + r) = RELAY_RTT_MS
@@ -180,12 +196,14 @@ def main() -> None:
             nat_public = [lab.public_address("p1"), lab.public_address("p2")]
             rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for _ in range(a.repeats):
-                for name, (prog, args) in PROGRAMS.items():
+                for name in a.programs.split(","):
+                    prog, args = PROGRAMS[name]
                     for mode in MODES:
                         rows.setdefault((name, mode), []).append(
                             one(lab, mode, url, nat_public, prog, args))
-            for name in PROGRAMS:
+            for name in a.programs.split(","):
                 base = statistics.median(x["elapsed"] for x in rows[(name, "mpyc-nat")])
+                wbase = statistics.median(x["wall"] for x in rows[(name, "mpyc-nat")])
                 for mode in MODES:
                     xs = rows[(name, mode)]
                     el = statistics.median(x["elapsed"] for x in xs)
@@ -196,7 +214,8 @@ def main() -> None:
                     print(f"{rtt:>4g} {name:>10} {mode:>9} {paths:>8} {el:>10.3f} {wall:>7.2f} "
                           f"{statistics.median(setup) if setup else float('nan'):>8.2f} "
                           f"{statistics.median(punch) if punch else float('nan'):>8.3f} "
-                          f"{el / base if base else float('nan'):>7.3f}", flush=True)
+                          f"{el / base if base else float('nan'):>7.3f} "
+                          f"{wall / wbase:>7.3f}", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -10,7 +10,8 @@
 3. 1,000 idle authenticated links held by one relay process: its RSS (``--idle-links N``
    and ``--idle-procs P``: N links over P processes on one Redis, the RSS of them all).
 4. ``--only crossproc``: relay CPU per MB forwarded (64 KB frames) on a link whose ends
-   reach two processes on one Redis, against a link whose ends reach one of them.
+   reach two processes on one Redis (spliced), against a link whose ends reach one of
+   them, and with splicing off (frames through Redis pub/sub).
 
 Relays are real ``python -m didmesh.relay`` processes on loopback.
 """
@@ -226,16 +227,21 @@ async def forwarding(url: str, rtt_n: int, small_n: int, big_n: int) -> dict[str
 # -- 3. idle links ----------------------------------------------------------------------------
 
 
-async def idle_links(urls: list[str], pids: list[int], n: int) -> dict[str, float]:
-    """``n`` idle links spread over ``urls`` (both ends of a link on one process, as the
-    proxy's route key would place them), 500 links per pair of identities."""
-    rss0 = sum(rss_mb(p) for p in pids)
+#: links per client subprocess (two sockets each): the clients' descriptors stay under a
+#: hard limit of 20,000 per process, which a non-privileged container cannot raise
+LINKS_PER_CHILD = 2500
+
+
+async def idle_child(url: str, n: int) -> None:
+    """Client subprocess: open ``n`` idle links to ``url`` (both ends, 500 links per pair of
+    identities), check the first and last carry a frame, say ``ready N``, then hold them
+    until stdin closes (or 900 s) and exit at once (the kernel closes the sockets)."""
+    raise_nofile(2 * n + 512)
     links: list[Any] = []
     clients: list[RelayClient] = []
     try:
         async with asyncio.timeout(900):
             for start in range(0, n, 500):
-                url = urls[(start // 500) % len(urls)]
                 a, b = IdentityKey.generate(), IdentityKey.generate()
                 ca = RelayClient(url, a, timeout=60, heartbeat=None)
                 cb = RelayClient(url, b, timeout=60, heartbeat=None)
@@ -246,18 +252,58 @@ async def idle_links(urls: list[str], pids: list[int], n: int) -> dict[str, floa
                                        cb.open_link("idle", a.did, link_id=f"l{i}"))
                         for i in range(s0, min(n, start + 500, s0 + 100))
                     )))
-            await asyncio.sleep(2)
-            rss1 = sum(rss_mb(p) for p in pids)
             for la, lb in (links[0], links[-1]):
                 await la.send(b"alive")
-                assert await lb.recv(timeout=5) == b"alive"
+                assert await lb.recv(timeout=10) == b"alive"
+            print(f"ready {len(links)}", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    except BaseException as exc:  # noqa: BLE001 - said on stderr, then the exit code
+        print(f"idle-link client: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
+    # the kernel closes every socket at once; the relays see thousands of ends go
+    sys.stdout.flush()
+    os._exit(0)
+
+
+async def idle_links(urls: list[str], pids: list[int], n: int) -> dict[str, float]:
+    """``n`` idle links spread over ``urls`` (both ends of a link on one process, as the
+    proxy's route key would place them), opened by client subprocesses of at most
+    :data:`LINKS_PER_CHILD` links each; the relays' total RSS once all are up."""
+    rss0 = sum(rss_mb(p) for p in pids)
+    counts = [LINKS_PER_CHILD] * (n // LINKS_PER_CHILD)
+    if n % LINKS_PER_CHILD:
+        counts.append(n % LINKS_PER_CHILD)
+    children: list[asyncio.subprocess.Process] = []
+    opened = 0
+    t0 = time.monotonic()
+    try:
+        async with asyncio.timeout(900):
+            for i, m in enumerate(counts):  # one at a time: the machine has 2 cores
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable, __file__, "--idle-child", urls[i % len(urls)], str(m),
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                )
+                children.append(child)
+                assert child.stdout is not None
+                line = (await child.stdout.readline()).decode()
+                if not line.startswith("ready "):
+                    raise RuntimeError(f"an idle-link client failed (exit {await child.wait()})")
+                opened += int(line.split()[1])
+            open_s = time.monotonic() - t0
+            await asyncio.sleep(2)
+            rss1 = sum(rss_mb(p) for p in pids)
     finally:
-        for la, lb in links:
-            await la.close()
-            await lb.close()
-        for c in clients:
-            await c.close()
-    return {"links": len(links), "rss_before_mb": rss0, "rss_mb": rss1}
+        for child in children:
+            if child.stdin is not None:
+                child.stdin.close()
+        for child in children:
+            try:
+                await asyncio.wait_for(child.wait(), 30)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+    return {"links": opened, "rss_before_mb": rss0, "rss_mb": rss1, "open_s": open_s,
+            "per_link_kb": (rss1 - rss0) * 1024 / max(1, opened)}
 
 
 # -- 4. CPU per MB, one process or two ----------------------------------------------------------
@@ -360,19 +406,29 @@ async def main(quick: bool, only: str = "", runs: int = 1, idle_n: int = 0,
             lines.append(row(f"{idle['links']} idle links, {idle_procs} process(es): RSS (MB)",
                              f"{idle['rss_mb']:.0f} (idle {idle['rss_before_mb']:.0f})",
                              target))
+            lines.append(row("  per link (both ends), KB", f"{idle['per_link_kb']:.1f}"))
+            lines.append(row("  time to open them all, s", f"{idle['open_s']:.0f}"))
         if only == "crossproc":
             mb = 16 if quick else 64
+            off = [*NO_LIMITS, "--link-splice-listen", ""]
             with start_redis() as redis, start_relay(redis.url(2), NO_LIMITS, home=tmp) as p1, \
-                    start_relay(redis.url(2), NO_LIMITS, home=tmp) as p2:
+                    start_relay(redis.url(2), NO_LIMITS, home=tmp) as p2, \
+                    start_relay(redis.url(3), off, home=tmp) as q1, \
+                    start_relay(redis.url(3), off, home=tmp) as q2:
                 pids = [p1.proc.pid, p2.proc.pid]
-                local, cross = [], []
+                qids = [q1.proc.pid, q2.proc.pid]
+                local, cross, pubsub = [], [], []
                 for _ in range(max(1, runs)):  # interleaved
                     local.append(await link_cpu_ms_per_mb((p1.url, p1.url), pids, mb))
                     cross.append(await link_cpu_ms_per_mb((p1.url, p2.url), pids, mb))
-            lo, cr = statistics.median(local), statistics.median(cross)
+                    pubsub.append(await link_cpu_ms_per_mb((q1.url, q2.url), qids, mb))
+            lo, cr, ps = (statistics.median(x) for x in (local, cross, pubsub))
             lines.append(row("relay CPU ms/MB, both ends on one process", f"{lo:.2f}"))
             lines.append(row("relay CPU ms/MB, ends on two processes", f"{cr:.2f}"))
             lines.append(row("cross-process / local CPU per MB", f"{cr / lo:.1f}", "<= 2"))
+            lines.append(row("  runs: local", " ".join(f"{x:.2f}" for x in local)))
+            lines.append(row("  runs: two processes", " ".join(f"{x:.2f}" for x in cross)))
+            lines.append(row("relay CPU ms/MB, two processes, splicing off", f"{ps:.2f}"))
     print("\n".join(lines))
 
 
@@ -395,6 +451,9 @@ def forwarding_rows(f: dict[str, float]) -> list[str]:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--idle-child":
+        asyncio.run(idle_child(sys.argv[2], int(sys.argv[3])))
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--peer":
         asyncio.run(peer_main(sys.argv[2], sys.argv[3], sys.argv[4]))
         sys.exit(0)

@@ -191,6 +191,11 @@ def peer_address(transport: Any) -> str:
     return "unix" if peer is not None else "?"
 
 
+#: id(transport) -> the address a connection was already admitted under (before its TLS
+#: handshake, :mod:`didmesh.relay.tlsgate`), set while aiohttp's ``connection_made`` runs
+pre_admitted: dict[int, str] = {}
+
+
 def guard_server(server: Any, guard: ConnectionGuard) -> None:
     """Make aiohttp's ``web.Server`` admit connections through ``guard``."""
     made, lost = server.connection_made, server.connection_lost
@@ -198,6 +203,10 @@ def guard_server(server: Any, guard: ConnectionGuard) -> None:
 
     def connection_made(handler: Any, transport: Any) -> None:
         made(handler, transport)
+        admitted = pre_admitted.get(id(transport))
+        if admitted is not None:  # counted before its handshake; released when it ends
+            addresses[id(handler)] = admitted
+            return
         address = peer_address(transport)
         why = guard.admit(address)
         if why is None:

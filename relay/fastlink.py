@@ -214,7 +214,9 @@ class FastLink:
         self.state = state  # links.LinkState: bytes, frames, closed_code
         self.max_bytes = state.max_bytes
         self.ends: list[LinkEndProtocol] = []
-        self._watchdog: asyncio.Task[None] | None = None
+        self.spliced = False  # the second end is another relay process's splice
+        self._timer: asyncio.TimerHandle | None = None
+        self._budget: LinkBudget | None = None
 
     @staticmethod
     def supported(transport: Any, http_protocol: Any) -> bool:
@@ -236,8 +238,8 @@ class FastLink:
         self.ends[0].peer, self.ends[1].peer = self.ends[1], self.ends[0]
         for end, (_, _, _, linked) in zip(self.ends, (a, b), strict=True):
             end.transport.write(server_frame(0x1, linked.encode()))
-        self.state.ready.set()
-        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        self._budget = LinkBudget(self.config, self.ends[0].loop.time())
+        self._watch()
 
     async def run(self, ws: Any) -> None:
         """Wait until ``ws``'s connection is gone (every path there is bounded)."""
@@ -271,34 +273,38 @@ class FastLink:
         if not self.state.closed_code:
             self.state.closed_code = CloseCode.PEER_GONE
         end.peer.send_close(self.state.closed_code)
-        if all(e.lost.done() for e in self.ends) and self._watchdog is not None:
-            self._watchdog.cancel()
+        if all(e.lost.done() for e in self.ends) and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    async def _watch(self) -> None:
-        """Duration and idle budgets of the link, and heartbeats on each end."""
-        loop = asyncio.get_running_loop()
-        budget = LinkBudget(self.config, loop.time())
+    def _watch(self) -> None:
+        """Duration and idle budgets of the link, and heartbeats on each end: a timer
+        callback that re-arms itself (no task per link: an idle link costs a timer)."""
+        self._timer = None
+        if self.state.closed_code or all(e.lost.done() for e in self.ends):
+            return
+        loop = self.ends[0].loop
+        now = loop.time()
+        assert self._budget is not None
+        code, wait = self._budget.check(now, self.state.frames)
+        if code:
+            self.close(code)
+            return
         beat = self.config.link_heartbeat_s
-        while not self.state.closed_code:
-            now = loop.time()
-            code, wait = budget.check(now, self.state.frames)
-            if code:
-                self.close(code)
-                return
-            if beat > 0:
-                for end in self.ends:
-                    if end.ping_at and end.last_rx < end.ping_at:
-                        if now - end.ping_at >= beat / 2:  # no pong: the end is gone
-                            end.abort()
-                            continue
-                        wait = min(wait, end.ping_at + beat / 2 - now)
-                    elif now - end.last_rx >= beat:
-                        end.ping(now)
-                        wait = min(wait, beat / 2)
-                    else:
-                        end.ping_at = 0.0
-                        wait = min(wait, end.last_rx + beat - now)
-            await asyncio.sleep(max(wait, 0.0) + 0.001)
+        if beat > 0:
+            for end in self.ends:
+                if end.ping_at and end.last_rx < end.ping_at:
+                    if now - end.ping_at >= beat / 2:  # no pong: the end is gone
+                        end.abort()
+                        continue
+                    wait = min(wait, end.ping_at + beat / 2 - now)
+                elif now - end.last_rx >= beat:
+                    end.ping(now)
+                    wait = min(wait, beat / 2)
+                else:
+                    end.ping_at = 0.0
+                    wait = min(wait, end.last_rx + beat - now)
+        self._timer = loop.call_later(max(wait, 0.0) + 0.001, self._watch)
 
 
 def fast_end(ws: Any) -> LinkEndProtocol | None:

@@ -40,6 +40,7 @@ from .errors import RelayConfigError
 from .options import add_serve_arguments, config_from_args
 from .store.url import open_store
 from .stun import serve_stun
+from .tlsgate import tls_gate_factory
 
 LISTENING = "didmesh relay listening on"
 log = logging.getLogger("didmesh.relay")
@@ -97,12 +98,16 @@ def url_for(host: str, port: int, scheme: str = "http") -> str:
 
 
 class _Site(web.TCPSite):
-    """aiohttp's TCP site with a TLS handshake timeout (asyncio's default is 60 s, and a
-    connection in its handshake is not yet counted by the connection caps)."""
+    """aiohttp's TCP site; with TLS, every accepted connection first passes the connection
+    guard by its address and only then gets a handshake (bounded by ``handshake_timeout``;
+    asyncio's default is 60 s), see :mod:`didmesh.relay.tlsgate`."""
 
-    def __init__(self, *args: Any, handshake_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, handshake_timeout: float, guard: ConnectionGuard, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.handshake_timeout = handshake_timeout
+        self.guard = guard
 
     async def start(self) -> None:
         if self._ssl_context is None:
@@ -111,8 +116,10 @@ class _Site(web.TCPSite):
         await web.BaseSite.start(self)
         assert self._runner.server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._runner.server, self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, ssl_handshake_timeout=self.handshake_timeout,
+            tls_gate_factory(
+                self._runner.server, self._ssl_context, self.guard, self.handshake_timeout
+            ),
+            self._host, self._port, backlog=self._backlog,
         )
 
 
@@ -170,7 +177,7 @@ async def serve(
         try:
             site = _Site(
                 runner, config.host, config.port, backlog=ACCEPT_BACKLOG, ssl_context=tls,
-                handshake_timeout=config.header_timeout_s,
+                handshake_timeout=config.header_timeout_s, guard=guard,
             )
             await site.start()
             if config.metrics_listen:
@@ -256,6 +263,7 @@ def startup_fields(
         "tls": bool(config.tls_cert),
         "trusted_proxies": config.trusted_proxies,
         "metrics_listen": config.metrics_listen or "api port",
+        "link_splice": relay.hub.splice_address or "off",
         "nofile": nofile,
         "max_connections": budget,
         "limits": config.public_limits(),

@@ -142,12 +142,12 @@ async def test_a_punched_connection_to_an_impostor_fails_the_handshake() -> None
     fake = dataclasses.replace(plans[1], parties=parties,
                                my_static_private=impostor_key.private)
     impostor = MeshConnector(fake, ids[1], ConnectOptions(handshake_timeout=3))
-    impostor._pairs[0] = SimpleNamespace(peer_id=0)
+    impostor.pairs[0] = SimpleNamespace(peer_id=0)  # type: ignore[assignment]
     port = free_ports(1)[0]
-    server = await serve_tcp("127.0.0.1", port, impostor._on_direct)
+    server = await serve_tcp("127.0.0.1", port, impostor.listener.on_connection)
     try:
         me = MeshConnector(plans[0], ids[0], ConnectOptions(handshake_timeout=3))
-        puncher = Puncher(me, None, [], lambda: [])
+        puncher = Puncher(me.handshake, None, [], lambda: [])
         got = await puncher._attempt(1, free_ports(1)[0], [("127.0.0.1", port)], 2.0,
                                      time.monotonic() + 5, initiator=True)
         assert got is None

@@ -168,7 +168,8 @@ def _schemathesis(relay: RelayProcess, seconds: int, tmp: Path) -> None:
              str(tmp / ".hypothesis")},
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout and "Authentication failed" not in proc.stdout
+    assert " passed" in proc.stdout and "Authentication failed" not in proc.stdout, \
+        proc.stdout[-6000:]
     assert relay.alive()
 
 

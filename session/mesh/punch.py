@@ -58,8 +58,10 @@ MIN_SYNC_INTERVAL: Final = 0.2
 #: one attempt's window: the base (a SYN retransmission fits in it) plus two RTTs
 WINDOW_BASE: Final = 2.0
 WINDOW_MAX: Final = 6.0
-#: direct attempts alone before the relayed link starts, for a peer in another home
-PUNCH_GRACE: Final = 0.5
+#: direct attempts alone before the relayed link (and with it the punch) starts, for a peer
+#: in another home: none, the two race (a direct connect there only succeeds to a public
+#: peer, and whichever path completes its handshake first wins)
+PUNCH_GRACE: Final = 0.0
 
 NAT_OPEN: Final = "open"  # the relay sees one of our interface addresses
 NAT_EIM: Final = "eim"  # the same public port as announced: endpoint-independent mapping

@@ -1,9 +1,10 @@
 """Hole punching's asyncio adapter (specs/mesh.md section 6.1; the protocol and its pure
 parts are in :mod:`.punch`).
 
-:class:`Puncher` serves one :class:`~.connect.MeshConnector`: it asks a relay once per run
-where the session port is seen from, runs the initiator's or responder's side of the
-coordination over a pair's relayed Noise channel, and dials from the session port
+:class:`Puncher` serves one :class:`~.connect.MeshConnector` (its relayed paths,
+:mod:`.relayed`): it asks a relay once per run where the session port is seen from, runs
+the initiator's or responder's side of the coordination over a pair's relayed Noise
+channel, and dials from the session port
 (:func:`dial_from`, TCP simultaneous open). A listener hands it an inbound connection that
 is the peer's half of a punch (:meth:`Puncher.claim`).
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .channel import SecureChannel
+from .handshake import next_message
 from .peer import SELECT
 from .plan import MeshPlan, format_endpoint
 from .punch import (
@@ -51,33 +53,16 @@ class PunchedLink(TcpLink):
     kind = "punched"
 
 
-class Connector(Protocol):
-    """What the puncher needs of :class:`~.connect.MeshConnector`."""
+class Handshakes(Protocol):
+    """What the puncher needs: the pair handshake of :class:`~.handshake.PairHandshake`."""
 
     plan: MeshPlan
 
-    async def _initiate(self, link: ByteLink, peer_id: int, deadline: float
-                        ) -> SecureChannel: ...
+    async def initiate(self, link: ByteLink, peer_id: int, deadline: float
+                       ) -> SecureChannel: ...
 
-    async def _respond(self, link: ByteLink, deadline: float, expect: int | None
-                       ) -> tuple[int, SecureChannel]: ...
-
-
-async def next_message(link: ByteLink, ch: SecureChannel, deadline: float, *,
-                       closed: str = "the relayed link closed during hole punching") -> bytes:
-    """The next whole message on ``ch`` read from ``link`` before ``deadline``
-    (``TimeoutError`` after it; ``ConnectionError(closed)`` if the link ends first)."""
-    while True:
-        msg = ch.next_message()
-        if msg is not None:
-            return msg
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        data = await link.read_some(remaining)
-        if not data:
-            raise ConnectionError(closed)
-        ch.receive_data(data)
+    async def respond(self, link: ByteLink, deadline: float, expect: int | None
+                      ) -> tuple[int, SecureChannel]: ...
 
 
 async def dial_from(port: int, dial: Sequence[tuple[str, int]], span: float) -> PunchedLink:
@@ -140,18 +125,22 @@ class PunchStats:
 
 
 class Puncher:
-    """Runs the punch coordination of one party's pairs (one per :class:`MeshConnector`)."""
+    """Runs the punch coordination of one party's pairs (one per
+    :class:`~.connect.MeshConnector`), running the pair handshake on a punched link."""
 
-    def __init__(self, connector: Connector, observe: Observe | None,
+    def __init__(self, handshake: Handshakes, observe: Observe | None,
                  relays: Sequence[str], local_addresses: Callable[[], Sequence[str]]) -> None:
-        self.connector = connector
-        self.plan = connector.plan
+        self.handshake = handshake
+        self.plan = handshake.plan
         self._observe = observe
         self._relays = list(relays)
         self._local_addresses = local_addresses
         self._offer: asyncio.Task[Offer] | None = None
         self._claims: dict[tuple[str, int], asyncio.Future[TcpLink]] = {}
         self._port: int | None = None
+        #: when this party's mesh set-up started (``time.monotonic()``): a punch's time is
+        #: counted from it
+        self.started = time.monotonic()
         self.stats = PunchStats(seconds={})
 
     @property
@@ -199,17 +188,21 @@ class Puncher:
         if self._offer is not None and not self._offer.done():
             self._offer.cancel()
 
-    def relay_grace(self, peer: int, grace: float) -> float:
-        """How long the pair's direct attempts run alone before the relayed link (and the
-        punch) starts: ``grace`` when the two parties announced an address in common (one
-        home behind one NAT, or one machine), else at most :data:`PUNCH_GRACE`: in
-        different homes a direct connect only succeeds to a public peer, and that takes a
-        round trip, not seconds. Both parties compute the same from the signed roster."""
+    def other_home(self, peer: int) -> bool:
+        """Whether ``peer`` announced no address in common with us (another home: one
+        shared address means one home behind one NAT, or one machine) while both of us
+        announced some: the pairs a punch may serve. Both parties compute the same from
+        the signed roster."""
         mine = {host_of(e) for e in self.plan.me.endpoints}
         theirs = {host_of(e) for e in self.plan.party(peer).endpoints}
-        if mine & theirs or not mine or not theirs:
-            return grace
-        return min(grace, PUNCH_GRACE)
+        return bool(mine and theirs and not mine & theirs)
+
+    def relay_grace(self, peer: int, grace: float) -> float:
+        """How long the pair's direct attempts run alone before the relayed link (and the
+        punch) starts: ``grace`` in one home, else at most :data:`PUNCH_GRACE` (none): in
+        different homes a direct connect only succeeds to a public peer, so the relayed
+        link and the punch race the direct attempts from the start."""
+        return min(grace, PUNCH_GRACE) if self.other_home(peer) else grace
 
     def plain_reason(self, peer: int) -> str | None:
         """Why the pair with ``peer`` is relayed without any punch exchange (both sides
@@ -349,9 +342,9 @@ class Puncher:
             return None
         try:
             if initiator:
-                pch = await self.connector._initiate(plink, peer, deadline)
+                pch = await self.handshake.initiate(plink, peer, deadline)
             else:
-                _, pch = await self.connector._respond(plink, deadline, peer)
+                _, pch = await self.handshake.respond(plink, deadline, peer)
         except BaseException as exc:
             plink.abort()
             if isinstance(exc, Exception):
@@ -413,13 +406,15 @@ class Puncher:
         return True
 
     def _punched(self, peer: int, t0: float, link: ByteLink) -> None:
-        """Count a punched pair; its description says how long the punch took (from the
-        relayed handshake to the punched one)."""
-        took = time.monotonic() - t0
+        """Count a punched pair; its description says how long it took to get it (from the
+        start of this party's mesh set-up); ``stats.seconds`` holds the punch alone (from
+        the relayed handshake to the punched one)."""
+        now = time.monotonic()
         self.stats.punched += 1
         assert self.stats.seconds is not None
-        self.stats.seconds[peer] = took
-        link.description = link.description.replace("(punched)", f"(punched in {took:.2f} s)")
+        self.stats.seconds[peer] = now - t0
+        link.description = link.description.replace(
+            "(punched)", f"(punched in {now - self.started:.2f} s)")
 
     @staticmethod
     async def _bounded(aw: Awaitable[Offer], deadline: float) -> Offer:
