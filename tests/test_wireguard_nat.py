@@ -386,3 +386,21 @@ def test_didmesh_run_between_two_eim_homes_prints_what_plain_mpyc_prints(tmp_pat
         from didmesh.session.wireguard import load_plan
 
         _nothing_left(lab, nodes, load_plan(world.parties[0].engine.store, world.sid))
+
+
+@lab_only[0]
+@lab_only[1]
+@lab_only[2]
+def test_two_parties_of_one_home_use_their_lan(tmp_path: Path) -> None:
+    """Parties a and b share a home (one NAT, no hairpinning): each other's LAN address
+    is their best candidate; the public host reaches both through the NAT."""
+    nodes = ["a", "b", "q"]
+    with _lab(["relay@2", "eim:h1:a,b@2", "public:q@2"], tmp_path) as (lab, url):
+        res, plan = _run(lab, nodes, url)
+        for code, _, err in res:
+            assert code == 0, err[-3000:]
+        assert [o for _, o, _ in res] == [_plain()] * 3
+        assert f"party 1 at {lab.address('b')}:" in res[0][2], res[0][2]
+        assert f"party 0 at {lab.address('a')}:" in res[1][2], res[1][2]
+        assert f"party 0 at {lab.public_address('a')}:" in res[2][2], res[2][2]
+        _nothing_left(lab, nodes, plan)
