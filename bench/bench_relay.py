@@ -10,7 +10,8 @@
 3. 1,000 idle authenticated links held by one relay process: its RSS (``--idle-links N``
    and ``--idle-procs P``: N links over P processes on one Redis, the RSS of them all).
 4. ``--only crossproc``: relay CPU per MB forwarded (64 KB frames) on a link whose ends
-   reach two processes on one Redis, against a link whose ends reach one of them.
+   reach two processes on one Redis (spliced), against a link whose ends reach one of
+   them, and with splicing off (frames through Redis pub/sub).
 
 Relays are real ``python -m didmesh.relay`` processes on loopback.
 """
@@ -409,17 +410,25 @@ async def main(quick: bool, only: str = "", runs: int = 1, idle_n: int = 0,
             lines.append(row("  time to open them all, s", f"{idle['open_s']:.0f}"))
         if only == "crossproc":
             mb = 16 if quick else 64
+            off = [*NO_LIMITS, "--link-splice-listen", ""]
             with start_redis() as redis, start_relay(redis.url(2), NO_LIMITS, home=tmp) as p1, \
-                    start_relay(redis.url(2), NO_LIMITS, home=tmp) as p2:
+                    start_relay(redis.url(2), NO_LIMITS, home=tmp) as p2, \
+                    start_relay(redis.url(3), off, home=tmp) as q1, \
+                    start_relay(redis.url(3), off, home=tmp) as q2:
                 pids = [p1.proc.pid, p2.proc.pid]
-                local, cross = [], []
+                qids = [q1.proc.pid, q2.proc.pid]
+                local, cross, pubsub = [], [], []
                 for _ in range(max(1, runs)):  # interleaved
                     local.append(await link_cpu_ms_per_mb((p1.url, p1.url), pids, mb))
                     cross.append(await link_cpu_ms_per_mb((p1.url, p2.url), pids, mb))
-            lo, cr = statistics.median(local), statistics.median(cross)
+                    pubsub.append(await link_cpu_ms_per_mb((q1.url, q2.url), qids, mb))
+            lo, cr, ps = (statistics.median(x) for x in (local, cross, pubsub))
             lines.append(row("relay CPU ms/MB, both ends on one process", f"{lo:.2f}"))
             lines.append(row("relay CPU ms/MB, ends on two processes", f"{cr:.2f}"))
             lines.append(row("cross-process / local CPU per MB", f"{cr / lo:.1f}", "<= 2"))
+            lines.append(row("  runs: local", " ".join(f"{x:.2f}" for x in local)))
+            lines.append(row("  runs: two processes", " ".join(f"{x:.2f}" for x in cross)))
+            lines.append(row("relay CPU ms/MB, two processes, splicing off", f"{ps:.2f}"))
     print("\n".join(lines))
 
 

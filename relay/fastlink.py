@@ -214,6 +214,7 @@ class FastLink:
         self.state = state  # links.LinkState: bytes, frames, closed_code
         self.max_bytes = state.max_bytes
         self.ends: list[LinkEndProtocol] = []
+        self.spliced = False  # the second end is another relay process's splice
         self._timer: asyncio.TimerHandle | None = None
         self._budget: LinkBudget | None = None
 

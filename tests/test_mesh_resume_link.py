@@ -160,7 +160,7 @@ async def test_lost_links_are_resumed_and_nothing_is_lost(code: int) -> None:
     await asyncio.wait_for(asyncio.gather(*a.tasks(), *b.tasks()), 5)
 
 
-@pytest.mark.parametrize("code", [1000, 4000, 4410, 4451, 4452])
+@pytest.mark.parametrize("code", [1000, 4000, 4451, 4452])
 async def test_a_close_by_the_peer_or_a_limit_is_not_resumed(code: int) -> None:
     relay = FakeRelay()
     a, _b, sa, _sb = await _links(relay)
@@ -211,3 +211,33 @@ async def test_an_unarmed_link_is_not_resumed() -> None:
     relay.crash()
     await _until(lambda: bool(sa.eof))
     assert getattr(sa.eof[0], "close_code", None) == 1006 and relay.opens == 0
+
+
+async def test_peer_gone_is_resumed_if_the_peer_comes_back_within_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """4410 at one end (a spliced link's first end when the second end's relay process
+    died), 1006 at the other: both resume."""
+    relay = FakeRelay()
+    a, b, sa, sb = await _links(relay)
+    a_raw, b_raw = relay.live
+    relay.live.clear()
+    a_raw.crash(4410)
+    b_raw.crash(1006)
+    a.write(b"after")
+    await _until(lambda: bytes(sb.data) == b"after")
+    assert a.stream.resumes == b.stream.resumes == 1 and not sa.eof and not sb.eof
+
+
+async def test_peer_gone_that_does_not_come_back_is_a_lost_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import didmesh.session.mesh.transport as transport
+
+    monkeypatch.setattr(transport, "PEER_GONE_GRACE", 0.3)
+    relay = FakeRelay()
+    _a, _b, sa, _sb = await _links(relay, timeout=10.0)
+    relay.live[0].crash(4410)  # only a's end: b never resumes
+    await _until(lambda: bool(sa.eof), limit=3.0)
+    assert getattr(sa.eof[0], "close_code", None) == 4410  # reported as the peer's loss
+    assert relay.opens >= 1

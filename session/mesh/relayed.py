@@ -86,6 +86,9 @@ class RelayedPath:
                 link.abort()
                 errors.append(f"{url}: {reason_of(exc)}")
                 continue
+            except BaseException:  # cancelled: another path won (the relay frees the link)
+                link.abort()
+                raise
             if link is relayed:  # not punched: resumable if the relay loses it
                 self._arm_resume(relayed, pair, url, ch)
             pair.won(link, ch)

@@ -151,6 +151,16 @@ class ResumeStream:
         self._bound()
         return data
 
+    def requeue_last(self) -> None:
+        """Undo the last :meth:`next_batch` (nothing of it was handed to a link)."""
+        if not self._unacked:
+            raise ValueError("no batch to requeue")
+        data = self._unacked.pop()
+        self.unacked_bytes -= len(data)
+        self.wire -= len(data)
+        self._unsent.appendleft(data)
+        self.unsent_bytes += len(data)
+
     def _bound(self) -> None:
         """Drop the oldest sent bytes beyond ``max_unacked`` (a later resumption that needs
         them fails with a message saying so)."""

@@ -237,6 +237,13 @@ RESUMABLE_CLOSE_CODES: Final = frozenset({1001, 1006, 4411, 4500})
 Reopen = Callable[[float], Coroutine[Any, Any, tuple[Any, str]]]
 
 
+#: "peer gone" (4410): the peer's connection to the relay vanished — its party died, or
+#: the relay process holding its end did (a spliced link's first end cannot tell). The link
+#: is resumed if the peer comes back within this many seconds; else the peer is lost.
+PEER_GONE_CODE: Final = 4410
+PEER_GONE_GRACE = 3.0
+
+
 def resumable(exc: BaseException | None) -> bool:
     """Whether a relay link that ended with ``exc`` was lost by the relay (not the peer)."""
     if exc is None:
@@ -245,6 +252,10 @@ def resumable(exc: BaseException | None) -> bool:
     if isinstance(code, int):
         return code in RESUMABLE_CLOSE_CODES
     return isinstance(exc, ConnectionError | OSError)
+
+
+def _peer_gone(exc: BaseException | None) -> bool:
+    return getattr(exc, "close_code", None) == PEER_GONE_CODE
 
 
 class RelayedLink(ByteLink):
@@ -285,6 +296,7 @@ class RelayedLink(ByteLink):
         self._resume_timeout = 0.0
         self.resuming = False
         self.resume_seconds: list[float] = []
+        self._busy = False  # the writer task holds a batch not yet handed on
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read_loop())
         self._writer = loop.create_task(self._write_loop())
@@ -317,17 +329,24 @@ class RelayedLink(ByteLink):
     async def _resume(self, cause: BaseException | None) -> bool:
         """Reopen and resume after the raw link ended with ``cause``; False if this link
         is not to be resumed. Raises RelayLost or ResumeFailed when it cannot be."""
-        if self._reopen is None or self._closed or not resumable(cause):
+        peer_gone = _peer_gone(cause)
+        if self._reopen is None or self._closed or not (resumable(cause) or peer_gone):
             return False
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        deadline = t0 + self._resume_timeout
+        deadline = t0 + (min(self._resume_timeout, PEER_GONE_GRACE) if peer_gone
+                         else self._resume_timeout)
         self.resuming = True
         self._up.clear()
         self._background(_quiet_close(self._link))
         try:
             while True:
-                raw, url = await self._reopen(deadline)  # raises RelayLost at the deadline
+                try:
+                    raw, url = await self._reopen(deadline)  # RelayLost at the deadline
+                except RelayLost:
+                    if peer_gone:  # the peer did not come back: it is gone, as the relay said
+                        return False
+                    raise
                 try:
                     await raw.send(self.stream.resume_message())
                     msg = await asyncio.wait_for(raw.recv(), max(0.01, deadline - loop.time()))
@@ -338,6 +357,8 @@ class RelayedLink(ByteLink):
                 except (OSError, TimeoutError, DidmeshError, ConnectionError) as exc:
                     await _quiet_close(raw)
                     if loop.time() >= deadline:
+                        if peer_gone:
+                            return False
                         raise RelayLost(
                             f"relay {url} lost the link ({self.description}) and it could not "
                             f"be resumed within {self._resume_timeout:g} s: {exc}",
@@ -394,6 +415,7 @@ class RelayedLink(ByteLink):
                     await self._up.wait()
                 if self.at_eof:
                     return
+                self._busy = False
                 data = stream.next_batch(self.max_frame)
                 if data is None:
                     if self._closed:
@@ -401,6 +423,7 @@ class RelayedLink(ByteLink):
                     self._data.clear()
                     await self._data.wait()
                     continue
+                self._busy = True  # write() queues behind this batch, keeping the order
                 if self.max_bytes and (
                     self._wire_sent + self.bytes_received - self._recv_base + len(data)
                     > self.max_bytes
@@ -425,7 +448,7 @@ class RelayedLink(ByteLink):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if self._reopen is None or not resumable(exc):
+                    if self._reopen is None or not (resumable(exc) or _peer_gone(exc)):
                         raise
                     # kept in the resend buffer: the reader finds the end and resumes
                     while self._link is link and not self.at_eof:
@@ -443,9 +466,46 @@ class RelayedLink(ByteLink):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             return
-        self.bytes_sent += len(data)
-        self.stream.write(bytes(data))
-        self._data.set()
+        b = bytes(data)
+        self.bytes_sent += len(b)
+        self.stream.write(b)
+        if self._busy or self.stream.unsent_bytes != len(b) or not self._up.is_set() \
+                or not self._send_now():
+            self._data.set()  # the writer task sends it
+
+    def _send_now(self) -> bool:
+        """With nothing else queued or in flight: hand what was just written to the relay
+        client at once, in frames of at most ``max_frame``, if its link takes frames without
+        waiting (``send_nowait``: into the socket, the rest into the transport's buffer, as
+        :class:`TcpLink` writes). Not one more event-loop turn for the writer task (a round
+        of a many-round program waits for every message), and a large message leaves
+        even while the program computes. False: the writer task sends it (no such link,
+        over the link's budget, or the link refused the first frame). What went stays in
+        the resend buffer like what the writer sends."""
+        send_nowait = getattr(self._link, "send_nowait", None)
+        stream = self.stream
+        n = stream.unsent_bytes
+        if send_nowait is None or self._writer.done() or (
+                self.max_bytes and self._wire_sent + self.bytes_received - self._recv_base
+                + n > self.max_bytes):
+            return False
+        batch = stream.next_batch(n)
+        assert batch is not None and len(batch) == n
+        limit = self.max_frame
+        view = memoryview(batch) if n > limit else batch
+        for off in range(0, n, limit):
+            try:
+                sent = send_nowait(view[off : off + limit] if n > limit else batch)
+            except Exception:  # noqa: BLE001 - the link failed: its reader reports it
+                sent = False
+            if not sent:
+                if off == 0:
+                    stream.requeue_last()  # nothing went: the writer task sends it
+                    return False
+                break  # the link closed mid-way: resumed (and resent) or reported
+            self.frames_sent += 1
+        self._wire_sent += n
+        return True
 
     def close(self) -> None:
         if not self._closed:
