@@ -61,7 +61,7 @@ class LinkPeerGone(Exception):
     pass
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LinkState:
     """Shared by both ends of a local link: budget and liveness."""
 
@@ -71,7 +71,7 @@ class LinkState:
     closed_code: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LinkEnd:
     did: str
     req: LinkRequest
