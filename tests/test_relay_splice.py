@@ -244,3 +244,32 @@ def test_a_bad_splice_address_is_named(bad: str) -> None:
     with pytest.raises(RelayConfigError, match="link_splice_listen must be HOST:PORT"):
         RelayConfig(link_splice_listen=bad)
     assert RelayConfig(link_splice_listen="").link_splice_listen == ""
+
+
+async def test_a_spliced_link_between_two_tls_serving_processes(
+    redis_server: RedisServer, tmp_path: Path,  # noqa: F811
+) -> None:
+    """With ``--tls-cert`` the second end's process copies the decrypted bytes of its
+    client's TLS connection to the first end's process and back."""
+    from tls_helpers import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    url = redis_server.url(10)
+    args = [*ARGS, "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]
+    a, b = IdentityKey.generate(), IdentityKey.generate()
+    with start_relay(url, args, home=tmp_path) as r1, start_relay(url, args, home=tmp_path) as r2:
+        assert r1.url.startswith("https://")
+        async with RelayClient(r1.url, a, ca_file=str(pki.ca)) as ca, \
+                RelayClient(r2.url, b, ca_file=str(pki.ca)) as cb:
+            la, lb = await _first_on_second_on(r1, r2, a, b, ca, cb, "tls")
+            big = os.urandom(500_000)
+            for _ in range(3):
+                await la.send(big)  # type: ignore[attr-defined]
+                await lb.send(b"small")  # type: ignore[attr-defined]
+                assert await lb.recv(timeout=10) == big  # type: ignore[attr-defined]
+                assert await la.recv(timeout=10) == b"small"  # type: ignore[attr-defined]
+            await la.close()  # type: ignore[attr-defined]
+            with pytest.raises(LinkClosed) as exc:
+                await lb.recv(timeout=10)  # type: ignore[attr-defined]
+            assert exc.value.close_code == CloseCode.PEER_CLOSED
+        assert _paths(r1) == ["spliced"] and _paths(r2) == ["spliced"]
