@@ -244,6 +244,9 @@ def test_a_bad_splice_address_is_named(bad: str) -> None:
     with pytest.raises(RelayConfigError, match="link_splice_listen must be HOST:PORT"):
         RelayConfig(link_splice_listen=bad)
     assert RelayConfig(link_splice_listen="").link_splice_listen == ""
+    for wildcard in ("0.0.0.0:0", "[::]:7000"):
+        with pytest.raises(RelayConfigError, match="give an address they reach"):
+            RelayConfig(link_splice_listen=wildcard)
 
 
 async def test_a_spliced_link_between_two_tls_serving_processes(
