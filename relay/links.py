@@ -322,12 +322,14 @@ class LinkHub:
                 splice.abort()
                 raise LinkPeerGone()
             splice.take_over(end.transport, end.http_protocol)
+            self.metrics.links_spliced += 1
             _spliced[id(end.ws)] = splice
             ws_id = id(end.ws)
             splice.done.add_done_callback(lambda _f: _spliced.pop(ws_id, None))
             return splice
         if answer == "no gone":
             raise LinkPeerGone()
+        self.metrics.links_splice_failed += 1
         log.warning("cross-process link through Redis: splice refused or failed",
                     extra={"fields": {"answer": answer[:120]}})
         return None

@@ -116,6 +116,13 @@ async def _first_on_second_on(
     return await first, lb
 
 
+def _metrics(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:  # noqa: S310
+        return r.read().decode()
+
+
 def _splice_port(relay: RelayProcess) -> int:
     started = next(ln for ln in relay.log_lines() if ln.get("msg") == "started")
     return int(started["link_splice"].rsplit(":", 1)[1])
@@ -151,6 +158,9 @@ async def test_cross_process_link_is_spliced_carries_frames_and_codes(
             assert exc.value.close_code == CloseCode.PEER_CLOSED
             await asyncio.sleep(0.5)
         assert _paths(r1) == ["spliced"] and _paths(r2) == ["spliced"]
+        metrics = await asyncio.to_thread(_metrics, r2.url)
+        assert "didmesh_relay_links_spliced_total 1" in metrics
+        assert "didmesh_relay_links_splice_failed_total 0" in metrics
         closed = [ln for ln in r2.log_lines() if ln.get("msg") == "link end closed"]
         assert closed and closed[0]["code"] == CloseCode.NORMAL
 
