@@ -286,3 +286,32 @@ async def test_a_spliced_link_between_two_tls_serving_processes(
                 await lb.recv(timeout=10)  # type: ignore[attr-defined]
             assert exc.value.close_code == CloseCode.PEER_CLOSED
         assert _paths(r1) == ["spliced"] and _paths(r2) == ["spliced"]
+
+
+async def test_an_unreachable_splice_address_falls_back_to_redis(
+    redis_server: RedisServer, tmp_path: Path,  # noqa: F811
+) -> None:
+    """A process whose advertised address does not answer (another host's loopback, a
+    firewall) is reached through Redis pub/sub instead: the link works, the metric says so."""
+    import redis
+
+    url = redis_server.url(7)
+    a, b = IdentityKey.generate(), IdentityKey.generate()
+    with start_relay(url, ARGS, home=tmp_path) as r1, start_relay(url, ARGS, home=tmp_path) as r2:
+        r = redis.Redis.from_url(url)
+        try:
+            keys = [k for k in r.keys("*") if b"splice:" in k]
+            assert len(keys) == 2
+            for k in keys:  # a port nothing listens on (refused at once)
+                r.set(k, b"127.0.0.1:1", px=60_000)
+        finally:
+            r.close()
+        async with RelayClient(r1.url, a) as ca, RelayClient(r2.url, b) as cb:
+            la, lb = await _first_on_second_on(r1, r2, a, b, ca, cb, "fb")
+            await la.send(b"through redis")  # type: ignore[attr-defined]
+            assert await lb.recv(timeout=5) == b"through redis"  # type: ignore[attr-defined]
+        assert _paths(r2) == ["cross-process"]
+        metrics = await asyncio.to_thread(_metrics, r2.url)
+        assert "didmesh_relay_links_splice_failed_total 1" in metrics
+        warned = [ln for ln in r2.log_lines() if "splice refused or failed" in ln.get("msg", "")]
+        assert warned and "ConnectionRefusedError" in warned[0]["answer"]
