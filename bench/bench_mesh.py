@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-setup", action="store_true", help="skip the m=10 set-up time")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every run")
     ap.add_argument("--baseline", metavar="REV", default=None,
-                    help="also run mode direct@REV: didmesh direct as of git revision REV "
+                    help="also run mode direct@REV (and relayed@REV if relayed is a mode): "
+                         "didmesh as of git revision REV "
                          "(A/B against the working tree)")
     ap.add_argument("--program-cpu", action="store_true",
                     help="run the examples under bench/program_cpu.py and also report the "
@@ -423,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.baseline:
                 alt_env = baseline_tree(a.baseline, workdir / "baseline")
                 modes.append(f"direct@{a.baseline}")
+                if "relayed" in a.modes and not a.startup:
+                    modes.append(f"relayed@{a.baseline}")
             if a.startup:
                 res = startup_benchmark(a.startup_m, a.repeats, relay,
                                         relay_proc.pid if relay_proc else None, workdir,
@@ -455,10 +458,10 @@ def main(argv: list[str] | None = None) -> int:
                                 else:
                                     run = run_didmesh(
                                         program, args, m,
-                                        relay=relay if mode == "relayed" else None,
-                                        env=alt_env if mode.startswith("direct@") else ENV,
+                                        relay=relay if mode.startswith("relayed") else None,
+                                        env=alt_env if "@" in mode else ENV,
                                         relay_pid=(relay_proc.pid if relay_proc is not None
-                                                   and mode == "relayed" else None))
+                                                   and mode.startswith("relayed") else None))
                             except RuntimeError as exc:  # report it, keep benchmarking
                                 row[mode]["failed"] += 1
                                 print(f"  {ex} m={m} {mode}: run failed: "

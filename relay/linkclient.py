@@ -98,10 +98,17 @@ def mask(key: bytes, data: bytes | bytearray | memoryview) -> bytearray:
 
 
 def client_frame(opcode: int, payload: bytes | bytearray | memoryview,
-                 key: bytes | None = None) -> bytes:
-    """A final, masked client-to-relay frame (``key``: 4 random bytes unless given)."""
+                 key: bytes | None = None) -> bytearray:
+    """A final, masked client-to-relay frame (``key``: 4 random bytes unless given), built
+    in one buffer: the payload is copied once and masked in place."""
     key = os.urandom(4) if key is None else key
-    return _head(opcode, len(payload)) + key + mask(key, payload)
+    out = bytearray(_head(opcode, len(payload)))
+    out += key
+    start = len(out)
+    out += payload
+    for i in range(4):
+        out[start + i::4] = out[start + i::4].translate(_XOR[key[i]])
+    return out
 
 
 def _head(opcode: int, n: int) -> bytes:
@@ -502,10 +509,18 @@ class WsLink:
         return self.close_code is not None or self._conn.writer.is_closing()
 
     async def send_raw(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
-        key = os.urandom(4)
-        self._conn.writer.write(_head(opcode, len(payload)) + key)
-        self._conn.writer.write(mask(key, payload))
+        self._conn.writer.write(client_frame(opcode, payload))  # one write: one segment
         await self._conn.writer.drain()
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """Write ``data`` as one frame now, without waiting for the socket to drain: what
+        the socket cannot take at once waits in the transport's buffer (as with a direct
+        TCP link's write), so it leaves while the caller's event loop is busy elsewhere.
+        False: nothing was written (the link is closed or the frame over ``max_frame``)."""
+        if self.closed or len(data) > self.max_frame:
+            return False
+        self._conn.writer.write(client_frame(OP_BINARY, data))
+        return True
 
     async def send(self, data: bytes | memoryview) -> None:
         if self.closed:

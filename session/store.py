@@ -28,15 +28,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from didmesh.identity.paths import didmesh_home, write_private
 
-from .codes import CodeOffer
 from .errors import AmbiguousSession, SessionNotFound, StateCorrupted, StoreBusy
 from .manifest import SESSION_ID_RE, Manifest
 from .roster import AgreedRoster, verify_roster
 from .state import SessionState, Status
+
+if TYPE_CHECKING:  # .codes brings in spake2 (~25 ms): only the organizer's code paths need it
+    from .codes import CodeOffer
 
 MAX_STATE_BYTES = 8 * 1024 * 1024
 MIN_PREFIX = 4
@@ -190,6 +192,7 @@ class SessionStore:
         path = self.root / session_id / "codes.json"
         if not path.is_file():
             return []
+        from .codes import CodeOffer
         try:
             return [CodeOffer.from_json(c) for c in _read_json(path)]
         except (TypeError, AttributeError):

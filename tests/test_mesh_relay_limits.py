@@ -107,6 +107,98 @@ def test_writer_holds_the_link_byte_budget() -> None:
     assert "link_max_bytes (5000 bytes" in str(sink.eof[0])
 
 
+class NowaitLink(FakeLink):
+    """A link that also takes frames without waiting (``send_nowait``), as the asyncio
+    link client's does; ``refuse`` makes it decline (the writer task must send then)."""
+
+    def __init__(self, *args: Any, refuse: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refuse = refuse
+        self.nowait = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    def send_nowait(self, data: bytes | memoryview) -> bool:
+        if self.refuse:
+            return False
+        limit = getattr(self, "max_frame", DEFAULT_MAX_FRAME)
+        assert len(data) <= limit, f"frame of {len(data)} > {limit}"
+        self.frames.append(bytes(data))
+        self.nowait += 1
+        return True
+
+    async def send(self, data: bytes | memoryview) -> None:
+        await self.gate.wait()  # a writer task held up here keeps later writes queued
+        await super().send(data)
+
+
+@pytest.mark.parametrize("sizes", [[10], [1000], [1001], [3500, 1, 999]],
+                         ids=["small", "one-frame", "just-over", "several"])
+def test_an_idle_link_hands_a_write_on_at_once_in_frames(sizes: list[int]) -> None:
+    """No event-loop turn between a write and the relay client (a round of a many-round
+    program waits for it): split to the frame limit, in order, before write returns."""
+
+    async def main() -> tuple[NowaitLink, bytes, int]:
+        fake = NowaitLink(max_frame=1000)
+        link = RelayedLink(fake, "relay test")
+        sent = b"".join(os.urandom(n) for n in sizes)
+        pos = 0
+        for n in sizes:
+            link.write(sent[pos : pos + n])
+            pos += n
+        at_once = len(b"".join(fake.frames))  # before any await
+        link.close()
+        await asyncio.wait_for(link._writer, 10)
+        assert link.unsent() == 0
+        return fake, sent, at_once
+
+    fake, sent, at_once = asyncio.run(main())
+    assert at_once == len(sent)
+    assert b"".join(fake.frames) == sent
+    assert all(len(f) <= 1000 for f in fake.frames)
+    assert fake.nowait == len(fake.frames) == sum(-(-n // 1000) for n in sizes)
+
+
+def test_writes_queue_behind_a_busy_writer_and_keep_their_order() -> None:
+    async def main() -> tuple[NowaitLink, bytes]:
+        fake = NowaitLink(max_frame=1000, refuse=True)
+        fake.gate.clear()
+        link = RelayedLink(fake, "relay test")
+        parts = [os.urandom(n) for n in (500, 2500, 10, 700)]
+        link.write(parts[0])  # refused: queued for the writer task, which blocks in send
+        await asyncio.sleep(0.01)
+        fake.refuse = False
+        for part in parts[1:]:  # the writer holds a batch: these must queue behind it
+            link.write(part)
+        assert fake.frames == []
+        fake.gate.set()
+        link.close()
+        await asyncio.wait_for(link._writer, 10)
+        return fake, b"".join(parts)
+
+    fake, sent = asyncio.run(main())
+    assert b"".join(fake.frames) == sent
+    assert fake.nowait == 0
+
+
+def test_the_direct_hand_on_holds_the_link_byte_budget_too() -> None:
+    async def main() -> Sink:
+        fake = NowaitLink(max_frame=1000, max_bytes=5000)
+        link = RelayedLink(fake, "relay test")
+        sink = Sink()
+        link.set_receiver(sink)
+        link.write(b"x" * 3000)
+        assert fake.nowait == 3
+        link.write(b"y" * 3000)  # 6000 > 5000 in all: left to the writer, which says why
+        await asyncio.wait_for(link._writer, 10)
+        assert b"".join(fake.frames) == b"x" * 3000
+        return sink
+
+    sink = asyncio.run(main())
+    assert len(sink.eof) == 1 and isinstance(sink.eof[0], ConnectionError)
+    assert "link_max_bytes (5000 bytes" in str(sink.eof[0])
+
+
 @pytest.mark.parametrize(
     "info, frame",
     [

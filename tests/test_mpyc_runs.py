@@ -289,3 +289,39 @@ def test_start_is_a_barrier_as_in_plain_mpyc(tmp_path: Path) -> None:
         late_before = rows[2][0]
         assert all(after >= late_before for _, after in rows.values()), rows
         assert rows[0][0] < late_before - 1.0  # party 0 really did start earlier
+
+
+EXIT_PROGRAM = """
+import atexit, os, sys
+from mpyc.runtime import mpc
+here = os.environ["EXIT_TEST_DIR"]
+log = open(os.path.join(here, f"buffered-{mpc.pid}.txt"), "w")  # never closed
+log.write("x" * 5000)
+class Cycle:  # a reference cycle whose file the program never closes either
+    pass
+c = Cycle(); c.me = c; c.f = open(os.path.join(here, f"cycle-{mpc.pid}.txt"), "w")
+c.f.write("y" * 100); c.f.flush()
+atexit.register(lambda: open(os.path.join(here, f"atexit-{mpc.pid}.txt"), "w").write("z"))
+mpc.run(mpc.start())
+mpc.run(mpc.shutdown())
+"""
+
+
+def test_a_finished_party_ends_as_a_plain_program_would(tmp_path: Path) -> None:
+    """A finished party skips the interpreter's final garbage collections (runner's
+    ``ending_process``, gc.freeze) and loses nothing for it: the program's unclosed
+    files are flushed and its atexit handlers run, as in plain MPyC."""
+    program = tmp_path / "exit.py"
+    program.write_text(EXIT_PROGRAM)
+    env = {**ENV, "EXIT_TEST_DIR": str(tmp_path)}
+    plans, ids = loopback_plans(2)
+    procs = [spawn_party(launch_document(plans[i], ids[i], str(program), ["--no-log"],
+                                         timeout=10, connect_timeout=20),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+             for i in range(2)]
+    for code, _, err in finish(procs):
+        assert code == 0, err[-1500:]
+    for i in range(2):
+        assert (tmp_path / f"buffered-{i}.txt").read_text() == "x" * 5000
+        assert (tmp_path / f"cycle-{i}.txt").read_text() == "y" * 100
+        assert (tmp_path / f"atexit-{i}.txt").read_text() == "z"

@@ -1,4 +1,6 @@
-"""Helpers shared by command modules: the keystore, the passphrase source, timeouts."""
+"""Helpers shared by command modules: the keystore, the passphrase source, the session
+store and contact labels (light imports only: ``didmesh run`` loads this, not the
+session engine)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import argparse
 
 from didmesh.identity.keys import IdentityKey
 from didmesh.identity.keystore import Keystore, PassphraseSource
+from didmesh.session.contacts import Contacts
+from didmesh.session.store import SessionStore
 
 
 def add_identity_args(parser: argparse.ArgumentParser, *, as_option: bool = True) -> None:
@@ -38,3 +42,11 @@ def load_identity(args: argparse.Namespace, name: str | None = None) -> Identity
     return keystore(args).load(
         name or getattr(args, "identity", None), passphrase=passphrase_source(args)
     )
+
+
+def store_of(args: argparse.Namespace) -> SessionStore:
+    return SessionStore(getattr(args, "home", None))
+
+
+def labels_of(args: argparse.Namespace) -> dict[str, str]:
+    return Contacts(getattr(args, "home", None)).labels()

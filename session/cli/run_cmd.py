@@ -41,12 +41,9 @@ from didmesh.session.manifest import (
 from didmesh.session.mesh.faults import PlanError
 from didmesh.session.mesh.plan import from_roster
 from didmesh.session.mesh.runner import ending_process, run_program
-from didmesh.session.wireguard import preflight as wg_preflight
-from didmesh.session.wireguard.run import run_over_wireguard
 
-from .common import add_identity_args, load_identity
+from .common import add_identity_args, labels_of, load_identity, store_of
 from .output import Output
-from .session_support import labels_of, store_of
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -173,6 +170,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
                                     "other: the tunnel is direct (UDP) between every pair")
         if not 0 < args.handshake_timeout <= 3600:
             raise BadSessionParameters("--handshake-timeout: give seconds in (0, 3600]")
+        from didmesh.session.wireguard import preflight as wg_preflight
+
         wg_preflight.check()  # before anything is touched
     identity = load_identity(args)
     store = store_of(args)
@@ -230,6 +229,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     )
     try:  # over WireGuard the tunnel is down again before the failure line
         if wireguard:
+            from didmesh.session.wireguard.run import run_over_wireguard
+
             result = run_over_wireguard(plan, str(local.entry), prog_args,
                                         handshake_timeout=args.handshake_timeout, **common)
         else:
@@ -259,6 +260,8 @@ def _tell_peers(plan: Any, identity: Any, args: argparse.Namespace, refusal: Did
     tell = type(refusal)(_peer_reason(refusal))
     try:
         if args.transport == "wireguard":  # the peers listen inside the tunnel only
+            from didmesh.session.wireguard.run import run_over_wireguard
+
             run_over_wireguard(plan, program, [], timeout=args.timeout, identity=identity,
                                connect_timeout=wait, handshake_timeout=wait,
                                report=lambda _: None, refuse=tell)

@@ -14,15 +14,13 @@ from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
 
 from .. import errors as session_errors
-from ..contacts import Contacts
 from ..engine import Engine, Note, session_relays
 from ..errors import NoRelay, SessionError, SessionRemoteError, WaitTimeout
 from ..mailbox import Mailbox, RelayMailbox
 from ..manifest import Manifest, validate_relay_url
 from ..state import ENDED, Role, SessionState, Status
-from ..store import SessionStore
 from ..words import sas_digits, sas_words
-from .common import keystore, load_identity
+from .common import keystore, labels_of, load_identity, store_of
 from .output import Output
 
 RELAY_ENV = "DIDMESH_RELAY"
@@ -47,14 +45,6 @@ def add_relay(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help=f"relay to fetch from (repeatable; default: ${RELAY_ENV}, then relays used before)",
     )
-
-
-def store_of(args: argparse.Namespace) -> SessionStore:
-    return SessionStore(getattr(args, "home", None))
-
-
-def labels_of(args: argparse.Namespace) -> dict[str, str]:
-    return Contacts(getattr(args, "home", None)).labels()
 
 
 def engine_of(args: argparse.Namespace) -> Engine:

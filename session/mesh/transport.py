@@ -237,6 +237,7 @@ class RelayedLink(ByteLink):
         self._unsent = 0
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._closed = False
+        self._busy = False  # the writer task holds a batch not yet handed on
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read_loop())
         self._writer = loop.create_task(self._write_loop())
@@ -272,9 +273,11 @@ class RelayedLink(ByteLink):
         try:
             end = False
             while not end:
+                self._busy = False
                 data = await self._queue.get()
                 if data is None:
                     break
+                self._busy = True  # write() queues behind this batch, keeping the order
                 data, end = self._next_batch(data)
                 if self.max_bytes and (
                     self._wire_sent + self.bytes_received + len(data) > self.max_bytes
@@ -307,8 +310,38 @@ class RelayedLink(ByteLink):
         if self._closed:
             return
         self.bytes_sent += len(data)
+        if not self._busy and self._queue.empty() and self._send_now(data):
+            return
         self._unsent += len(data)
         self._queue.put_nowait(bytes(data))
+
+    def _send_now(self, data: bytes | bytearray) -> bool:
+        """With nothing queued or in flight: hand ``data`` to the relay client at once, in
+        frames of at most ``max_frame``, if its link takes frames without waiting
+        (``send_nowait``: into the socket, the rest into the transport's buffer, as
+        :class:`TcpLink` writes). Not one more event-loop turn for the writer task (a round
+        of a many-round program waits for every message), and a large message leaves
+        even while the program computes. False: the writer task sends it (no such link,
+        over the link's budget, or the link refused the first frame)."""
+        send_nowait = getattr(self._link, "send_nowait", None)
+        if send_nowait is None or self._writer.done() or (
+                self.max_bytes
+                and self._wire_sent + self.bytes_received + len(data) > self.max_bytes):
+            return False
+        limit = self.max_frame
+        view = memoryview(data) if len(data) > limit else data
+        for off in range(0, len(data), limit):
+            try:
+                sent = send_nowait(view[off : off + limit] if len(data) > limit else data)
+            except Exception:  # noqa: BLE001 - the link failed: its reader reports it
+                sent = False
+            if not sent:
+                if off == 0:
+                    return False  # nothing went: the writer task sends it, or says why
+                break  # the link closed mid-way: its end is reported as the link's EOF
+            self.frames_sent += 1
+        self._wire_sent += len(data)
+        return True
 
     def close(self) -> None:
         if not self._closed:
