@@ -4,8 +4,9 @@ Run: ``python bench/bench_punch.py [--repeats 2] [--rtts 0,20,80]``. For each ho
 round trip (default 0, 20 and 80 ms) one lab: two homes behind endpoint-independent NATs
 (``p1``, ``p2``), two public hosts with the same links (``q0``, ``q1``) and the relay, 40 ms
 round trip from every site. In one interleaved loop, for the many-round example
-(``secret_santa.py -n 24``) and the large-message one (``cnn_layer.py --images 8``: an input
-message of megabytes):
+(``secret_santa.py -n 24``), the large-message one (``cnn_layer.py --images 8``: an input
+message of megabytes) and a latency-bound one (``bench/mpc_rounds.py -n 40``: 40
+dependent rounds of small messages, little CPU: the path's per-round cost):
 
 * ``mpyc-nat``: plain MPyC between ``p1`` and ``p2``, its port opened by hand through
   both NATs (a DNAT rule on each home router: the best a user can do today);
@@ -47,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = {
     "many-round": (ROOT / "examples" / "secret_santa.py", ["-n", "24", "--seed", "3"]),
     "large-msg": (ROOT / "examples" / "cnn_layer.py", ["--images", "8", "--seed", "3"]),
+    "rounds": (ROOT / "bench" / "mpc_rounds.py", ["-n", "40"]),
 }
 RELAY_PORT = 8470
 MPYC_PORT = 11365
@@ -161,7 +163,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--rtts", default="0,20,80", help="home-to-home round trips, ms")
+    p.add_argument("--programs", default=",".join(PROGRAMS),
+                   help=f"which of {', '.join(PROGRAMS)}")
     a = p.parse_args()
+    unknown = set(a.programs.split(",")) - set(PROGRAMS)
+    if unknown:
+        raise SystemExit(f"didmesh: no such program {', '.join(sorted(unknown))}; "
+                         f"choose among {', '.join(PROGRAMS)}")
     why = available()
     if why is not None:
         raise SystemExit(f"didmesh: cannot build a lab here: {why}")
@@ -188,11 +196,12 @@ def main() -> None:
             nat_public = [lab.public_address("p1"), lab.public_address("p2")]
             rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for _ in range(a.repeats):
-                for name, (prog, args) in PROGRAMS.items():
+                for name in a.programs.split(","):
+                    prog, args = PROGRAMS[name]
                     for mode in MODES:
                         rows.setdefault((name, mode), []).append(
                             one(lab, mode, url, nat_public, prog, args))
-            for name in PROGRAMS:
+            for name in a.programs.split(","):
                 base = statistics.median(x["elapsed"] for x in rows[(name, "mpyc-nat")])
                 wbase = statistics.median(x["wall"] for x in rows[(name, "mpyc-nat")])
                 for mode in MODES:

@@ -8,9 +8,12 @@
 2. Forwarding: RTT and throughput of 64 B and 64 KB frames through a link versus direct
    loopback TCP between the same two processes (this one and a peer subprocess).
 3. 1,000 idle authenticated links held by one relay process: its RSS (``--idle-links N``
-   and ``--idle-procs P``: N links over P processes on one Redis, the RSS of them all).
+   and ``--idle-procs P``: N links over P processes on one Redis, the RSS of them all;
+   the links are opened by client subprocesses of at most 2,500 links each, e.g.
+   ``--only links --idle-links 10000 --idle-procs 2``, about 2 minutes here).
 4. ``--only crossproc``: relay CPU per MB forwarded (64 KB frames) on a link whose ends
-   reach two processes on one Redis, against a link whose ends reach one of them.
+   reach two processes on one Redis (spliced), against a link whose ends reach one of
+   them, and with splicing off (frames through Redis pub/sub).
 
 Relays are real ``python -m didmesh.relay`` processes on loopback.
 """
@@ -349,6 +352,19 @@ def raise_nofile(want: int) -> int:
 # -- main ---------------------------------------------------------------------------------------
 
 
+async def _with_relay_errors(relays: list[Any], coro: Any) -> Any:
+    """Run ``coro``; if it fails, show the relays' warnings and errors first (their log
+    files go with them)."""
+    try:
+        return await coro
+    except Exception:
+        for r in relays:
+            for ln in r.log_lines():
+                if ln.get("level") in ("warning", "error") and "persist" not in ln.get("msg", ""):
+                    print("relay log:", ln, file=sys.stderr)
+        raise
+
+
 def row(name: str, value: str, target: str = "") -> str:
     return f"| {name:<46} | {value:>16} | {target:<22} |"
 
@@ -396,11 +412,12 @@ async def main(quick: bool, only: str = "", runs: int = 1, idle_n: int = 0,
                 with start_redis() as redis, contextlib.ExitStack() as stack:
                     relays = [stack.enter_context(start_relay(redis.url(1), more, home=tmp))
                               for _ in range(idle_procs)]
-                    idle = await idle_links([r.url for r in relays],
-                                            [r.proc.pid for r in relays], n)
+                    idle = await _with_relay_errors(relays, idle_links(
+                        [r.url for r in relays], [r.proc.pid for r in relays], n))
             else:
                 with start_relay("memory", more, home=tmp) as relay:
-                    idle = await idle_links([relay.url], [relay.proc.pid], n)
+                    idle = await _with_relay_errors(
+                        [relay], idle_links([relay.url], [relay.proc.pid], n))
             target = "<= 150" if n <= 1000 else "<= 500 at 10,000 links"
             lines.append(row(f"{idle['links']} idle links, {idle_procs} process(es): RSS (MB)",
                              f"{idle['rss_mb']:.0f} (idle {idle['rss_before_mb']:.0f})",
@@ -409,17 +426,25 @@ async def main(quick: bool, only: str = "", runs: int = 1, idle_n: int = 0,
             lines.append(row("  time to open them all, s", f"{idle['open_s']:.0f}"))
         if only == "crossproc":
             mb = 16 if quick else 64
+            off = [*NO_LIMITS, "--link-splice-listen", ""]
             with start_redis() as redis, start_relay(redis.url(2), NO_LIMITS, home=tmp) as p1, \
-                    start_relay(redis.url(2), NO_LIMITS, home=tmp) as p2:
+                    start_relay(redis.url(2), NO_LIMITS, home=tmp) as p2, \
+                    start_relay(redis.url(3), off, home=tmp) as q1, \
+                    start_relay(redis.url(3), off, home=tmp) as q2:
                 pids = [p1.proc.pid, p2.proc.pid]
-                local, cross = [], []
+                qids = [q1.proc.pid, q2.proc.pid]
+                local, cross, pubsub = [], [], []
                 for _ in range(max(1, runs)):  # interleaved
                     local.append(await link_cpu_ms_per_mb((p1.url, p1.url), pids, mb))
                     cross.append(await link_cpu_ms_per_mb((p1.url, p2.url), pids, mb))
-            lo, cr = statistics.median(local), statistics.median(cross)
+                    pubsub.append(await link_cpu_ms_per_mb((q1.url, q2.url), qids, mb))
+            lo, cr, ps = (statistics.median(x) for x in (local, cross, pubsub))
             lines.append(row("relay CPU ms/MB, both ends on one process", f"{lo:.2f}"))
             lines.append(row("relay CPU ms/MB, ends on two processes", f"{cr:.2f}"))
             lines.append(row("cross-process / local CPU per MB", f"{cr / lo:.1f}", "<= 2"))
+            lines.append(row("  runs: local", " ".join(f"{x:.2f}" for x in local)))
+            lines.append(row("  runs: two processes", " ".join(f"{x:.2f}" for x in cross)))
+            lines.append(row("relay CPU ms/MB, two processes, splicing off", f"{ps:.2f}"))
     print("\n".join(lines))
 
 

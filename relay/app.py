@@ -66,6 +66,7 @@ from .protocol import (
     parse_push_client_message,
 )
 from .secret import fingerprint
+from .splice import Splice
 from .store.base import PutPolicy, Store, StoredEnvelope
 from .store.url import parse_store_url
 
@@ -135,7 +136,7 @@ class Relay:
         if problem:
             await self.store.close()
             raise RelayConfigError(problem)
-        await self.hub.start()
+        await self.hub.start(secret)
         self._prune_task = asyncio.create_task(self._prune_loop(), name="relay-prune")
         self._agree_task = asyncio.create_task(self._agree_loop(), name="relay-agree")
 
@@ -173,6 +174,7 @@ class Relay:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.hub.stop()
         await self.store.close()
 
     async def _agree_loop(self) -> None:
@@ -598,15 +600,35 @@ class Relay:
             except LinkPeerGone:
                 await close_ws(ws, CloseCode.PEER_GONE)
                 return ws
+            except RelayError as exc:  # the store failed while pairing (Redis trouble)
+                log_throttled("link-pairing-failed", logging.WARNING, "link pairing failed",
+                              {"error": exc.message[:300]})
+                await close_ws(ws, CloseCode.INTERNAL)
+                return ws
             # an idle link lives long: keep nothing of its start-up (two finished tasks,
             # the request message) referenced from this frame while it runs
             join = early = end.early = request_msg = None  # type: ignore[assignment]
             link_name = hashlib.sha256(
                 f"{req.session}|{min(did, req.peer)}|{max(did, req.peer)}|{req.link_id}".encode()
             ).hexdigest()[:12]  # names the link in logs without DIDs or session ids
-            fast = isinstance(pairing, FastLink)
-            log.info("link end paired", extra={"fields": {
-                "link": link_name, "path": "local" if fast else "cross-process"}})
+            path = (
+                "spliced" if isinstance(pairing, Splice)
+                or (isinstance(pairing, FastLink) and pairing.spliced)
+                else "local" if isinstance(pairing, FastLink) else "cross-process"
+            )
+            log.info("link end paired", extra={"fields": {"link": link_name, "path": path}})
+            if isinstance(pairing, Splice):
+                # the first end's process runs the link and closes it with a code
+                if first is not None:  # a frame before "linked": cut the link
+                    self.metrics.reject("not_linked")
+                    pairing.abort()
+                    first = None
+                await pairing.run()
+                code = pairing.close_code or CloseCode.PEER_GONE
+                log.info("link end closed", extra={"fields": {
+                    "link": link_name, "path": path, "code": int(code),
+                    "reason": close_reason(int(code))}})
+                return ws
             if isinstance(pairing, FastLink):
                 if first is not None:  # read by aiohttp, so sent before "linked"
                     if first.type in (WSMsgType.BINARY, WSMsgType.TEXT):

@@ -8,6 +8,7 @@ as the fields; an unknown key is rejected by name. Environment variables are
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -75,6 +76,9 @@ class RelayConfig:
     shutdown_timeout_s: float = 10.0
     drain_timeout_s: float = 30.0  # SIGTERM: running links may finish for this long (0: none)
     metrics_listen: str = ""  # HOST:PORT serving /metrics instead of the API port
+    # HOST:PORT where this process takes cross-process links from the others on its Redis
+    # (port 0: any; "": off, such links go through Redis pub/sub)
+    link_splice_listen: str = "127.0.0.1:0"
     secret_file: str = ""  # token secret file ("" = next to the SQLite db / in Redis)
     tls_cert: str = ""  # PEM certificate chain: serve https/wss (with tls_key)
     tls_key: str = ""  # PEM private key of tls_cert (keep it 0600)
@@ -100,6 +104,25 @@ class RelayConfig:
             raise RelayConfigError("stun_alt_port needs stun_port (the main STUN port)")
         if self.stun_port and self.stun_port == self.stun_alt_port:
             raise RelayConfigError("stun_alt_port must differ from stun_port")
+        if self.link_splice_listen:
+            from .splice import parse_hostport
+
+            try:
+                host, _ = parse_hostport(self.link_splice_listen)
+            except ValueError:
+                raise RelayConfigError(
+                    "link_splice_listen must be HOST:PORT (port 0: any) or empty, got "
+                    f"{self.link_splice_listen!r}"
+                ) from None
+            import ipaddress
+
+            with contextlib.suppress(ValueError):
+                host = "*" if ipaddress.ip_address(host).is_unspecified else host
+            if host == "*":
+                raise RelayConfigError(
+                    "link_splice_listen is advertised to the other relay processes as it is: "
+                    "give an address they reach, not a wildcard"
+                )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise RelayConfigError("tls_cert and tls_key go together: give both or neither")
         if self.max_request_bytes < self.max_envelope_bytes:

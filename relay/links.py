@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from .protocol import (
     xp_credit,
     xp_data,
 )
+from .splice import Splice, make_preamble, serve_splices, splice_key
 from .store.base import Bus
 
 log = logging.getLogger("didmesh.relay.links")
@@ -47,6 +49,8 @@ log = logging.getLogger("didmesh.relay.links")
 #: bytes a process may publish to a remote end before that end's process confirms delivery
 REMOTE_WINDOW = 1024 * 1024
 READY_TIMEOUT_S = 10.0
+#: a process's advertised splice address lives this long in the store; refreshed at a third
+SPLICE_TTL_MS = 60_000
 
 
 class LinkDuplicate(Exception):
@@ -57,7 +61,7 @@ class LinkPeerGone(Exception):
     pass
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LinkState:
     """Shared by both ends of a local link: budget and liveness."""
 
@@ -67,7 +71,7 @@ class LinkState:
     closed_code: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LinkEnd:
     did: str
     req: LinkRequest
@@ -89,8 +93,18 @@ def key_str(key: tuple[str, str, str, str]) -> str:
     return json.dumps(key, separators=(",", ":"))
 
 
+#: id(aiohttp WebSocketResponse) -> the splice now carrying its connection (this process
+#: holds the link's second end; the first end's process closes it with a code)
+_spliced: dict[int, Splice] = {}
+
+
 async def close_ws(ws: web.WebSocketResponse, code: int) -> None:
     """Close from the task that owns ``ws`` (its handler)."""
+    splice = _spliced.get(id(ws))
+    if splice is not None:
+        splice.close(code)
+        await asyncio.wait({splice.done}, timeout=10)
+        return
     end = fast_end(ws)
     if end is not None:
         end.link.close(code)
@@ -108,6 +122,10 @@ def close_peer(ws: web.WebSocketResponse, code: int) -> None:
     :func:`settle` before returning, so the close handshake completes before aiohttp drops
     the connection (else the client sees 1006 instead of ``code``)."""
     key = id(ws)
+    splice = _spliced.get(key)
+    if splice is not None:
+        splice.close(code)
+        return
     end = fast_end(ws)
     if end is not None:
         end.link.close(code)
@@ -120,6 +138,10 @@ def close_peer(ws: web.WebSocketResponse, code: int) -> None:
 
 
 async def settle(ws: web.WebSocketResponse) -> None:
+    splice = _spliced.get(id(ws))
+    if splice is not None:
+        await asyncio.wait({splice.done}, timeout=10)
+        return
     end = fast_end(ws)
     if end is not None:
         await asyncio.wait({end.lost}, timeout=10)
@@ -137,13 +159,44 @@ class LinkHub:
         self._waiting: dict[tuple[str, str, str, str], LinkEnd] = {}
         self._by_id: dict[str, LinkEnd] = {}
         self._remote: set[RemotePipe] = set()
+        self.splice_key = b""
+        self.splice_address = ""  # advertised HOST:PORT ("": no splicing)
+        self._splice_server: asyncio.Server | None = None
+        self._advertise: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        if self.bus is not None:
-            await self.bus.subscribe(self.bus.proc_channel(self.bus.proc_id), self._on_proc_msg)
+    async def start(self, secret: bytes = b"") -> None:
+        if self.bus is None:
+            return
+        await self.bus.subscribe(self.bus.proc_channel(self.bus.proc_id), self._on_proc_msg)
+        if secret and self.config.link_splice_listen:
+            self.splice_key = splice_key(secret)
+            self._splice_server, address = await serve_splices(
+                self.config.link_splice_listen, self.splice_key, self.bus.proc_id,
+                self._accept_splice,
+            )
+            await self.bus.advertise(address, SPLICE_TTL_MS)
+            self.splice_address = address
+            self._advertise = asyncio.get_running_loop().create_task(
+                self._advertise_loop(self.bus, address), name="relay-splice-advertise")
+
+    async def _advertise_loop(self, bus: Bus, address: str) -> None:
+        while True:
+            await asyncio.sleep(SPLICE_TTL_MS / 3000)
+            try:
+                await bus.advertise(address, SPLICE_TTL_MS)
+            except Exception as exc:  # Redis trouble: the others fall back to pub/sub
+                log.warning("could not refresh the splice address: %s", exc)
+
+    async def stop(self) -> None:
+        if self._advertise is not None:
+            self._advertise.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._advertise
+        if self._splice_server is not None:
+            self._splice_server.close()
 
     # -- pairing ----------------------------------------------------------------------
-    async def join(self, end: LinkEnd) -> RemotePipe | FastLink:
+    async def join(self, end: LinkEnd) -> RemotePipe | FastLink | Splice:
         """Wait (up to the pairing timeout) for the peer; raises TimeoutError, LinkDuplicate
         or LinkPeerGone."""
         timeout = self.config.link_pair_timeout_s
@@ -168,7 +221,7 @@ class LinkHub:
 
     async def _join_bus(
         self, end: LinkEnd, bus: Bus, timeout: float
-    ) -> RemotePipe | FastLink:
+    ) -> RemotePipe | FastLink | Splice:
         my_key, mirror = key_str(end.req.key(end.did)), key_str(end.req.mirror_key(end.did))
         token = f"{bus.proc_id}:{end.local_id}"
         self._by_id[end.local_id] = end
@@ -191,7 +244,11 @@ class LinkHub:
                 if peer is None or peer.paired.done() or not _alive(peer) or not _alive(end):
                     raise LinkPeerGone()
                 return self._pair_local(end, peer)
-            # the peer waits on another process: claim it
+            # the peer waits on another process: splice to it, else frames through the bus
+            if self.splice_key:
+                spliced = await self._splice(end, bus, proc, lid)
+                if spliced is not None:
+                    return spliced
             link = uuid.uuid4().hex
             pipe = RemotePipe(self, bus, end, link, "b")
             await pipe.subscribe()
@@ -222,14 +279,60 @@ class LinkHub:
     def _pair_local(self, end: LinkEnd, other: LinkEnd) -> FastLink:
         """Both ends are in this process: hand both connections to a :class:`FastLink`
         (which tells each end "linked" once it owns the connection), wake the waiting one."""
+        return self._pair_with(
+            other, (end.ws, end.transport, end.http_protocol, self.linked_json(end))
+        )
+
+    def _pair_with(self, waiting: LinkEnd, second: tuple[Any, Any, Any, str]) -> FastLink:
         fast = FastLink(self.config, self.metrics, LinkState(self.config.link_max_bytes))
         fast.start(
-            (other.ws, other.transport, other.http_protocol, self.linked_json(other)),
-            (end.ws, end.transport, end.http_protocol, self.linked_json(end)),
+            (waiting.ws, waiting.transport, waiting.http_protocol, self.linked_json(waiting)),
+            second,
         )
         self.metrics.links_total += 1
-        other.paired.set_result(fast)
+        waiting.paired.set_result(fast)
         return fast
+
+    # -- splices (relay/splice.py) ----------------------------------------------------
+    def _accept_splice(self, waiter: str, transport: asyncio.Transport) -> bool:
+        """Another process brings the second end of our waiting end ``waiter`` on
+        ``transport``: pair them here (False: that end is not waiting any more)."""
+        end = self._by_id.get(waiter)
+        if end is None or end.paired.done() or not _alive(end):
+            return False
+        transport.write(b"ok\n")
+        c = self.config
+        linked = Linked(end.req.session, end.did, end.req.link_id, c.link_max_bytes,
+                        c.link_max_duration_s, c.link_max_frame).to_json()
+        fast = self._pair_with(end, (_SplicedEnd(), transport, _SplicedEnd(), linked))
+        fast.spliced = True
+        return True
+
+    async def _splice(self, end: LinkEnd, bus: Bus, proc: str, lid: str) -> Splice | None:
+        """Join ``end`` to waiter ``lid`` on process ``proc`` over one TCP connection;
+        None: that process cannot be spliced to (use the bus)."""
+        address = await bus.splice_address(proc)
+        if not address:
+            return None
+        splice = Splice()
+        preamble = make_preamble(self.splice_key, proc, bus.proc_id, lid, int(time.time() * 1000))
+        answer = await splice.connect(address, preamble)
+        if answer == "ok":
+            if end.transport is None or not _alive(end):
+                splice.abort()
+                raise LinkPeerGone()
+            splice.take_over(end.transport, end.http_protocol)
+            self.metrics.links_spliced += 1
+            _spliced[id(end.ws)] = splice
+            ws_id = id(end.ws)
+            splice.done.add_done_callback(lambda _f: _spliced.pop(ws_id, None))
+            return splice
+        if answer == "no gone":
+            raise LinkPeerGone()
+        self.metrics.links_splice_failed += 1
+        log.warning("cross-process link through Redis: splice refused or failed",
+                    extra={"fields": {"answer": answer[:120]}})
+        return None
 
     def _on_proc_msg(self, data: bytes) -> None:
         try:
@@ -267,6 +370,13 @@ class LinkHub:
 
 
 # -- forwarding ------------------------------------------------------------------------------
+
+
+class _SplicedEnd:
+    """Stands for aiohttp's objects on a spliced end (no request handler here)."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
 
 
 async def watchdog(

@@ -263,6 +263,7 @@ def startup_fields(
         "tls": bool(config.tls_cert),
         "trusted_proxies": config.trusted_proxies,
         "metrics_listen": config.metrics_listen or "api port",
+        "link_splice": relay.hub.splice_address or "off",
         "nofile": nofile,
         "max_connections": budget,
         "limits": config.public_limits(),

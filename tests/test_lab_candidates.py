@@ -1,11 +1,13 @@
 """Candidates gathered without flags, across the Internet lab (needs root; ``netns``).
 
-Three people use the README's commands only (no ``--endpoint``): alice and bob share one
-home LAN behind an endpoint-independent NAT, carol sits behind another. Each party's signed
-acceptance (the organizer's session) announces its LAN address and its address as the
-public relay observes it, on one port picked for the session; the LAN pair goes direct
-over the LAN, the others through the relay (hole punching is not built yet), and the run's
-output is right. ``--no-direct`` announces nothing.
+Five people use the README's commands only (no ``--endpoint``, no path flag): alice and
+bob share one home LAN behind an endpoint-independent NAT, pat is public, carol sits
+behind another endpoint-independent NAT and dave behind a symmetric one. Each party's
+signed acceptance (the organizer's session) announces its LAN address and its address as
+the public relay observes it, on one port picked for the session; the run's table is what
+the topology predicts — the LAN pair direct over the LAN, every initiator direct to the
+public party, NATed homes punched, pairs that must dial into the symmetric NAT relayed
+with the reason — and the run's output is right. ``--no-direct`` announces nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,12 +96,30 @@ def _finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[tup
     return out
 
 
+PEOPLE = ("alice", "bob", "pat", "carol", "dave")
+
+
+def _expected_path(lab: Lab, pid: dict[str, int], a: str, b: str) -> tuple[str, str]:
+    """What the topology predicts for the pair ``a``-``b``: the path and a text its row shows."""
+    lo, hi = sorted((a, b), key=pid.__getitem__)
+    if {a, b} == {"alice", "bob"}:  # one home: direct over the LAN
+        return "direct", f"{lab.address('bob' if hi == 'bob' else 'alice')}:"
+    if hi == "pat":  # a public responder: every initiator dials it
+        return "direct", f"{lab.address('pat')}:"
+    if "dave" in (a, b):  # a symmetric NAT that must be dialled into: relayed, and why
+        return "relay", f"relayed: symmetric NAT at party {pid['dave']}"
+    return "punched", f"{lab.public_address(hi)}:"  # another home's NAT: a hole punched
+
+
 @pytest.mark.slow
 @netns[0]
 @netns[1]
-def test_readme_commands_announce_gathered_candidates_and_lan_pairs_go_direct(
-        tmp_path: Path) -> None:
-    with Lab(["relay@2", "eim:h1:alice,bob@2", "eim:h2:carol@3"]) as lab:
+def test_readme_commands_give_each_pair_the_path_its_topology_predicts(tmp_path: Path) -> None:
+    # alice, bob: one home LAN (endpoint-independent NAT); pat: public; carol: another EIM
+    # home; dave: behind a symmetric NAT. Nothing but the README's commands, no path flag.
+    topology = ["relay@2", "eim:h1:alice,bob@2", "public:pat@2", "eim:h2:carol@3",
+                "sym:h3:dave@2"]
+    with Lab(topology) as lab:
         relay = lab.spawn("relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
                           "--port", "8470", "--store", "memory", "--rate-ip-per-s", "0",
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -106,57 +127,55 @@ def test_readme_commands_announce_gathered_candidates_and_lan_pairs_go_direct(
         assert relay.stdout is not None and "listening" in relay.stdout.readline()
         url = f"http://{lab.public_address('relay')}:8470"
         people = People(lab, tmp_path)
-        dids = {w: people.cli(w, w, "id", "new", "--no-passphrase")[0]["did"]
-                for w in ("alice", "bob", "carol")}
+        dids = {w: people.cli(w, w, "id", "new", "--no-passphrase")[0]["did"] for w in PEOPLE}
         new, note = people.cli("alice", "alice", "session", "new", "--program", str(EXAMPLE),
-                               "--parties", "3", "--relay", url, "--name", "lab")
+                               "--parties", str(len(PEOPLE)), "--relay", url, "--name", "lab")
         sid = new["sessionId"]
         assert "announcing to the roster's parties" in note
-        for w in ("bob", "carol"):
+        for w in PEOPLE[1:]:
             people.cli("alice", "alice", "contacts", "add", w, dids[w])
             people.cli("alice", "alice", "invite", sid, "--to", w)
-        organizer = people.spawn("alice", "alice", "session", "wait", sid, "--timeout", "60")
+        organizer = people.spawn("alice", "alice", "session", "wait", sid, "--timeout", "90")
         waits = []
-        for w in ("bob", "carol"):
+        for w in PEOPLE[1:]:
             people.cli(w, w, "invites", "--relay", url)
             accepted, _ = people.cli(w, w, "accept", sid, "--yes")
             assert accepted["endpoints"] and accepted["endpoints"][0].startswith(
                 f"tcp://{lab.address(w)}:")
-            waits.append(people.spawn(w, w, "status", sid, "--wait", "--timeout", "60"))
+            waits.append(people.spawn(w, w, "status", sid, "--wait", "--timeout", "90"))
         for code, _, err in _finish([organizer, *waits]):
             assert code == 0, err[-1500:]
         view, _ = people.cli("carol", "carol", "session", "show", sid)
         announced = {p["did"]: p["endpoints"] for p in view["roster"]["parties"]}
         pid = {w: next(p["partyId"] for p in view["roster"]["parties"] if p["did"] == dids[w])
                for w in dids}
-
-        def port_of(endpoints: list[str]) -> int:
-            ports = {int(e.rpartition(":")[2]) for e in endpoints}
-            assert len(ports) == 1, endpoints  # one port per party for the session
-            return ports.pop()
-
-        for w in ("alice", "bob", "carol"):
+        for w in PEOPLE:
             eps = announced[dids[w]]
-            port = port_of(eps)
-            # its LAN address first, then the relay's view: the home's public address and,
-            # behind an endpoint-independent NAT, the same port
-            assert eps == [f"tcp://{lab.address(w)}:{port}",
-                           f"tcp://{lab.public_address(w)}:{port}"], (w, eps)
-        runs = [people.spawn(w, w, "run", sid, "--timeout", "15", "--connect-timeout", "40",
-                             "--", str(EXAMPLE), "--no-log") for w in ("alice", "bob", "carol")]
-        results = _finish(runs)
+            ports = {int(e.rpartition(":")[2]) for e in eps}
+            port = int(eps[0].rpartition(":")[2])  # the session port: its LAN address first
+            if w == "pat":  # public: the relay sees the interface's own address and port
+                assert eps == [f"tcp://{lab.address(w)}:{port}"], (w, eps)
+            elif w == "dave":  # a symmetric NAT gives the relay's connection another port
+                assert eps[0] == f"tcp://{lab.address(w)}:{port}" and len(ports) == 2, eps
+                assert eps[1].startswith(f"tcp://{lab.public_address(w)}:"), eps
+            else:  # its LAN address, then the home's public address with the same port
+                assert eps == [f"tcp://{lab.address(w)}:{port}",
+                               f"tcp://{lab.public_address(w)}:{port}"], (w, eps)
+        runs = [people.spawn(w, w, "run", sid, "--timeout", "30", "--connect-timeout", "60",
+                             "--", str(EXAMPLE), "--no-log") for w in PEOPLE]
+        results = _finish(runs, timeout=150)
     for code, out, err in results:
         assert code == 0, err[-2500:]
-        assert out.splitlines() == ["parties: 3", "sum: 51", "average: 17.0000"]
-        table = [line for line in err.splitlines() if " <-> " in line]
-        assert len(table) == 3, err
-        for line in table:
-            lan_pair = f"party {pid['alice']} " in line and f"party {pid['bob']} " in line
-            if lan_pair:  # same home: direct, over the LAN (not through the NAT)
-                assert "  direct " in line, line
-                assert any(f"{lab.address(w)}:" in line for w in ("alice", "bob")), line
-            else:  # different homes: a hole punched through both NATs
-                assert "  punched " in line, line
+        assert out.splitlines() == ["parties: 5", "sum: 135", "average: 27.0000"]
+    err = results[0][2]
+    table = [line for line in err.splitlines() if " <-> " in line]
+    assert len(table) == 10, err
+    name = {v: k for k, v in pid.items()}
+    for line in table:
+        ids = [int(x) for x in re.findall(r"party (\d+)\b", line)]
+        a, b = name[ids[0]], name[ids[1]]
+        path, shows = _expected_path(lab, pid, a, b)
+        assert f"  {path} " in line and shows in line, (a, b, path, shows, line)
 
 
 @netns[0]

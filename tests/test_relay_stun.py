@@ -198,6 +198,25 @@ async def test_responder_answers_on_a_real_socket_within_its_rate() -> None:
             t.close()
 
 
+async def test_an_independent_stun_client_gets_its_mapping() -> None:
+    """Interop: aiostun (another implementation, RFC 5389) asks our responder."""
+    import aiostun
+
+    transports, ports = await stun.serve_stun("127.0.0.1", [0])
+    try:
+        local = _free_udp_ports(1)[0]
+        async with aiostun.Client(host="127.0.0.1", port=ports[0], local_addr="127.0.0.1",
+                                  local_port=local, timeout=5) as client:
+            resp = await client.bind_request()
+        assert resp is not None and resp.get_class() == "Success Response"
+        mapped = resp.get_attribute(aiostun.attribute.AttrXorMappedAddr)
+        assert mapped.params == {"family": "IPv4", "port": local, "ip": "127.0.0.1"}
+        assert resp.get_attribute(aiostun.attribute.AttrFingerPrint) is not None
+    finally:
+        for t in transports:
+            t.close()
+
+
 def _free_udp_ports(n: int) -> list[int]:
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
     try:

@@ -26,7 +26,14 @@ from didmesh.session.mesh.loopback import free_ports, loopback_plans
 from didmesh.session.mesh.plan import MeshPlan, format_endpoint
 from didmesh.session.mesh.runner import launch_document
 from didmesh.session.wireguard.addresses import tunnel_addresses
-from didmesh.session.wireguard.paths import no_udp_path, order_candidates
+from didmesh.session.wireguard.paths import (
+    INITIATOR_DELAY,
+    RESPONDER_GRACE,
+    TRY_SPAN,
+    endpoint_choice,
+    no_udp_path,
+    order_candidates,
+)
 from didmesh.session.wireguard.rendezvous import (
     MAX_ENDPOINTS,
     Offer,
@@ -117,6 +124,23 @@ LAN = [ipaddress.ip_network("10.1.0.0/24")]
 def test_candidates_best_first(offer: Offer | None, signed: list[str],
                                expect: list[str]) -> None:
     assert order_candidates(offer, signed, LAN) == expect
+
+
+@pytest.mark.parametrize(("elapsed", "n", "deferred", "want"), [
+    (0.0, 2, False, None),  # nothing before the initiator's delay
+    (INITIATOR_DELAY, 2, False, 0),
+    (INITIATOR_DELAY + TRY_SPAN, 2, False, 1),  # no handshake: the next candidate
+    (INITIATOR_DELAY + 2 * TRY_SPAN, 2, False, 0),  # round after round
+    (INITIATOR_DELAY, 2, True, None),  # the peer initiates to us: we wait...
+    (RESPONDER_GRACE, 2, True, 0),  # ... then try too, between its first try and retry
+    (RESPONDER_GRACE + TRY_SPAN, 3, True, 1),
+    (100.0, 0, False, None),  # no candidate at all
+], ids=["early", "first", "next", "wrap", "deferred-early", "deferred", "deferred-next",
+        "none"])
+def test_which_candidate_when(elapsed: float, n: int, deferred: bool, want: int | None) -> None:
+    assert endpoint_choice(elapsed, n, deferred) == want
+    assert INITIATOR_DELAY < RESPONDER_GRACE < 5.0  # the answering side tries before the
+    # initiator's retry (WireGuard's REKEY_TIMEOUT) and well after its first try
 
 
 def _o(nat: str, public: str = "198.51.100.1") -> Offer:
@@ -297,3 +321,86 @@ async def test_offers_are_exchanged_over_a_real_relay_and_a_dead_relay_is_a_note
         assert got == {} and "no UDP endpoints from party 1" in notes[0], notes
     finally:
         assert relay.terminate() == 0
+
+
+@lab_only[0]
+@lab_only[1]
+@lab_only[2]
+def test_didmesh_run_between_two_eim_homes_prints_what_plain_mpyc_prints(tmp_path: Path
+                                                                          ) -> None:
+    """The CLI, as a user runs it: a session agreed with the lab relay in its roster,
+    parties behind two different endpoint-independent NATs and one public host, each
+    announcing (as the invitees do) its LAN or public address; ``didmesh run --transport
+    wireguard`` in every node."""
+    import asyncio
+    import shutil
+
+    from didmesh.identity.keystore import Keystore
+    from didmesh.session.lab.topology import Topology
+    from didmesh.session.testing import World
+
+    tokens = ["relay@2", "eim:h1:a@2", "eim:h2:b@3", "public:q@2"]
+    nodes = ["a", "b", "q"]
+    topo = Topology.parse(tokens)
+    url = f"http://{topo.public_address('relay')}:{RELAY_PORT}"
+    program = tmp_path / "secure_sum.py"
+    shutil.copy(EXAMPLE, program)
+
+    async def agree() -> World:
+        w = World(tmp_path / "w", 3, program=program, relays=[url])
+        w.invite_all()
+        await w.deliver_invites()
+        for i, p in enumerate(w.parties[1:], 1):
+            p.engine.accept(w.sid, endpoints=[format_endpoint(topo.address(nodes[i]),
+                                                              51840 + i)])
+        await w.settle()
+        await w.close()
+        return w
+
+    world = asyncio.run(agree())
+    for p in world.parties:
+        Keystore(world.root / p.name).create(passphrase=None, key=p.key)
+    with _lab(tokens, tmp_path) as (lab, _):
+        procs = []
+        for i, node in enumerate(nodes):
+            env = {k: v for k, v in ENV.items() if not k.startswith("DIDMESH_")}
+            env["DIDMESH_HOME"] = str(world.root / world.parties[i].name)
+            procs.append(lab.spawn(
+                node, sys.executable, "-m", "didmesh.session.cli.main", "run",
+                world.sid[:8], "--transport", "wireguard", "--handshake-timeout", "25",
+                "--connect-timeout", "30", "--timeout", "10", "--", str(program), "--no-log",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                text=True, env=env))
+        res = []
+        for p in procs:
+            try:
+                out, err = p.communicate(timeout=150)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate(timeout=10)
+            res.append((p.returncode, out, err))
+        for code, _, err in res:
+            assert code == 0, err[-3000:]
+        assert [o for _, o, _ in res] == [_plain()] * 3
+        assert f"party 1 at {lab.public_address('b')}:51841" in res[0][2], res[0][2]
+        from didmesh.session.wireguard import load_plan
+
+        _nothing_left(lab, nodes, load_plan(world.parties[0].engine.store, world.sid))
+
+
+@lab_only[0]
+@lab_only[1]
+@lab_only[2]
+def test_two_parties_of_one_home_use_their_lan(tmp_path: Path) -> None:
+    """Parties a and b share a home (one NAT, no hairpinning): each other's LAN address
+    is their best candidate; the public host reaches both through the NAT."""
+    nodes = ["a", "b", "q"]
+    with _lab(["relay@2", "eim:h1:a,b@2", "public:q@2"], tmp_path) as (lab, url):
+        res, plan = _run(lab, nodes, url)
+        for code, _, err in res:
+            assert code == 0, err[-3000:]
+        assert [o for _, o, _ in res] == [_plain()] * 3
+        assert f"party 1 at {lab.address('b')}:" in res[0][2], res[0][2]
+        assert f"party 0 at {lab.address('a')}:" in res[1][2], res[1][2]
+        assert f"party 0 at {lab.public_address('a')}:" in res[2][2], res[2][2]
+        _nothing_left(lab, nodes, plan)

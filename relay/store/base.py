@@ -145,6 +145,14 @@ class Bus(ABC):
     def proc_channel(self, proc_id: str) -> str:
         return f"proc:{proc_id}"
 
+    async def advertise(self, address: str, ttl_ms: int) -> None:  # noqa: B027 (optional)
+        """Tell the other processes where to splice links to this one (``HOST:PORT``), for
+        ``ttl_ms`` (the caller refreshes it)."""
+
+    async def splice_address(self, proc_id: str) -> str | None:
+        """Where process ``proc_id`` takes spliced links, if it said (specs/relay.md, 4)."""
+        return None
+
 
 class Store(ABC):
     """Mailbox storage. One instance per relay process."""

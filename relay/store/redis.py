@@ -332,6 +332,7 @@ class RedisBus(Bus):
         self._confirm: dict[bytes, asyncio.Future[None]] = {}
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
+        self._advertised = False
 
     def _ch(self, name: str) -> bytes:
         return (self.store.prefix + name).encode()
@@ -351,7 +352,28 @@ class RedisBus(Bus):
         finally:
             self._confirm.pop(ch, None)
 
+    async def advertise(self, address: str, ttl_ms: int) -> None:
+        self._advertised = True
+        try:
+            await self.store.r.set(
+                self.store.prefix + "splice:" + self.proc_id, address.encode(), px=ttl_ms
+            )
+        except (RedisError, OSError) as exc:
+            raise RelayInternalError(f"the relay's Redis bus failed: {exc}") from exc
+
+    async def splice_address(self, proc_id: str) -> str | None:
+        try:
+            raw = await self.store.r.get(self.store.prefix + "splice:" + proc_id)
+        except (RedisError, OSError):
+            return None
+        if isinstance(raw, bytes):
+            return raw.decode("utf-8", "replace") or None
+        return str(raw) if raw else None
+
     async def close(self) -> None:
+        if self._advertised:
+            with contextlib.suppress(Exception):
+                await self.store.r.delete(self.store.prefix + "splice:" + self.proc_id)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

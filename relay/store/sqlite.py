@@ -82,6 +82,13 @@ class SqliteStore(Store):
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(SCHEMA)
+            # a read-only file system (or an immutable file) may still open and read, e.g.
+            # with WAL files left by a killed relay: fail at start, not at the first write
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('write_probe', x'00')")
+            finally:
+                db.execute("ROLLBACK")
             # relays before the secret file kept it in the database: move it out (tokens
             # issued before stay valid)
             row = db.execute("SELECT value FROM meta WHERE key='secret'").fetchone()

@@ -10,11 +10,12 @@ direction. :func:`serve` waits in one ``select`` until the earliest due time or 
 readable device, reads what is there in a burst, and releases everything due — one timer
 for the whole queue, never a sleep per packet, so a long delay does not cut throughput
 (the queue just holds a bandwidth-delay product of packets). The timer wakes a little
-early, by its own measured lateness (at most 0.5 ms), and spins to the due time; and a
-packet that woke the forwarder is stamped that same latency earlier (never before the
-forwarder went to sleep). So the scheduler's wake-up latency, 0.1 to 0.2 ms on a busy
-virtual machine, does not lengthen every delay. Jitter never reorders:
-a packet is never due before the one ahead of it. A full queue drops at the tail, like a
+early, by its own measured lateness tracked high (the largest recent one, decaying
+slowly; at most 0.5 ms), and spins to the due time; and a packet that woke the forwarder
+is stamped the average lateness earlier (never before the forwarder went to sleep). So
+the scheduler's wake-up latency, 0.1 to 0.2 ms on a busy virtual machine, does not
+lengthen every delay. Jitter never reorders: a packet is never due before the one ahead
+of it. A full queue drops at the tail, like a
 router's buffer.
 
 Run as ``python -m didmesh.session.lab.delay NS_A DEV_A NS_B DEV_B [--delay-ms ...]``
@@ -159,12 +160,15 @@ def serve(
     outs = ((fd_b, a_to_b), (fd_a, b_to_a))
     fds = [fd_a, fd_b]
     read, write = os.read, os.write
-    lead = 0.0  # how late select's timer fires here (moving average); we wake that early
+    lead = 0.0  # how late select's timer fires here (moving average)
+    # how early we wake for a due packet and spin: the timer's lateness tracked high (it
+    # rises at once and decays slowly), so a wake-up later than average is still on time
+    early = 0.0
     while running():
         now = clock()
         due = [d for d in (a_to_b.next_due(), b_to_a.next_due()) if d is not None]
         first = min(due) if due else None
-        timeout = max(0.0, first - now - lead) if first is not None else 1.0
+        timeout = max(0.0, first - now - early) if first is not None else 1.0
         ready, _, _ = select.select(fds, [], [], timeout)
         woke = clock()
         # a packet that woke us arrived about one wake-up latency ago (not before we slept)
@@ -172,6 +176,7 @@ def serve(
         if not ready and first is not None and timeout > 0:
             late = min(max(woke - now - timeout, 0.0), MAX_LEAD)
             lead += (late - lead) / 8
+            early = late if late > early else early + (late - early) / 32
             while woke < first:  # the last few tens of microseconds: spin, bounded by lead
                 woke = clock()
         for fd in ready:

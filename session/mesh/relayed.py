@@ -78,6 +78,9 @@ class RelayedPath:
                 link.abort()
                 errors.append(f"{url}: {reason_of(exc)}")
                 continue
+            except BaseException:  # cancelled: another path won (the relay frees the link)
+                link.abort()
+                raise
             pair.won(link, ch)
             return
         pair.failed(self.kind, "; ".join(errors) or "no relay")

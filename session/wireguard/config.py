@@ -136,8 +136,8 @@ def build_config(
     endpoints: Mapping[int, str | None] | None = None,
 ) -> WgConfig:
     """This party's WireGuard interface from its verified roster view. ``endpoints``
-    (party id -> ``host:port``) overrides the first announced endpoint of those peers
-    (the run's choice from its candidates, section 6.3)."""
+    (party id -> ``host:port``, or None: none for now) overrides the first announced
+    endpoint of those peers (the run's choice from its candidates, section 6.3)."""
     if listen_port is not None and not 0 < listen_port < 65536:
         raise WgUsageError(f"listen port {listen_port} is outside 1..65535")
     if keepalive is not None and not 0 < keepalive < 65536:
@@ -153,7 +153,7 @@ def build_config(
     peers = []
     for p in plan.peers():
         endpoint = udp_endpoint(p.endpoints[0]) if p.endpoints else None
-        if endpoints is not None and endpoints.get(p.party_id):
+        if endpoints is not None and p.party_id in endpoints:
             endpoint = endpoints[p.party_id]
         if endpoint is None and not me.endpoints and endpoints is None:
             warnings.append(

@@ -23,8 +23,8 @@ from didmesh.session.mesh.plan import MeshPlan
 
 from .errors import WgTunnelFailed
 from .paths import Network, no_udp_path, order_candidates
-from .rendezvous import Offer, exchange, format_udp_endpoint
-from .udpmap import NAT_UNKNOWN, judge, learn_mapping
+from .rendezvous import Offer, exchange, format_udp_endpoint, parse_udp_endpoint
+from .udpmap import NAT_UNKNOWN, judge, learn_mapping, punch
 
 
 @dataclass
@@ -131,6 +131,15 @@ def prepare(plan: MeshPlan, identity: IdentityKey | None, port: int, *, timeout:
             "(the default), which can relay")
     candidates = {p.party_id: order_candidates(offers.get(p.party_id), p.endpoints, networks)
                   for p in plan.peers()}
+    if offers:  # open our NAT towards the peers' candidates before wireguard-go starts
+        targets = []
+        for pid, cands in candidates.items():
+            if pid in offers:
+                for c in cands:
+                    host, p = parse_udp_endpoint(c)
+                    if ":" not in host:
+                        targets.append((host, p))
+        punch(port, targets)
     return Prepared(port, nat, mine, offers, candidates, notes, timings)
 
 

@@ -8,7 +8,10 @@ machine's networks in, decisions out.
   signed at accept time (as UDP), then the rest; each once, at most
   :data:`MAX_CANDIDATES`. The tunnel tries them in this order and WireGuard's handshake
   tells which one works (a handshake from the peer at another address also wins:
-  roaming).
+  roaming). In each pair the lower id initiates (:data:`INITIATOR_DELAY` into the wait);
+  the higher one gives WireGuard the peer's endpoint only after :data:`RESPONDER_GRACE`
+  (:func:`endpoint_choice`), so that two initiations do not cross (WireGuard then loses
+  both until its 5 s retry).
 * :func:`no_udp_path`: pairs that cannot have a UDP path: one side behind a symmetric NAT
   (another public port per destination) and the other behind any NAT, unless both sit
   behind the same public address (one home: the LAN connects them). Both kinds come from
@@ -28,6 +31,17 @@ from .rendezvous import Offer, parse_udp_endpoint
 from .udpmap import NAT_EIM, NAT_SYM
 
 MAX_CANDIDATES = 4
+#: seconds on one candidate endpoint before the next (WireGuard re-initiates every 5 s)
+TRY_SPAN = 5.5
+#: seconds into the handshake wait at which we give WireGuard the first endpoint of a
+#: peer we initiate to (the lower id of each pair initiates): the peer, out of the
+#: endpoint exchange at about the same time, has its interface up by then
+INITIATOR_DELAY = 0.3
+#: ... and of a peer that initiates to us, should its handshake not have come by then:
+#: two initiations that cross make both handshakes fail until WireGuard's 5 s retry
+#: (each side answers the other's and drops the answer to its own), so the answering
+#: side waits, between the initiator's first try and its retry
+RESPONDER_GRACE = 2.5
 #: address blocks behind NATs (RFC 1918, RFC 6598, RFC 4193, link-local, loopback); any
 #: other address counts as public (documentation ranges too: the lab uses them)
 INTERNAL = tuple(ipaddress.ip_network(n) for n in (
@@ -73,6 +87,17 @@ def order_candidates(offer: Offer | None, signed: Sequence[str],
             if e not in out and h is not None and not h.is_loopback:
                 out.append(e)
     return out[:MAX_CANDIDATES]
+
+
+def endpoint_choice(elapsed: float, n: int, deferred: bool) -> int | None:
+    """Which of ``n`` candidates WireGuard should use ``elapsed`` seconds into the
+    handshake wait (None: none yet): from :data:`INITIATOR_DELAY` (for a ``deferred``
+    peer, one that initiates to us: :data:`RESPONDER_GRACE`) the first, then the next
+    every :data:`TRY_SPAN` seconds, round after round."""
+    start = RESPONDER_GRACE if deferred else INITIATOR_DELAY
+    if n == 0 or elapsed < start:
+        return None
+    return int((elapsed - start) // TRY_SPAN) % n
 
 
 def _publics(offer: Offer) -> set[str]:

@@ -113,8 +113,13 @@ def run_over_wireguard(
     report(f"WireGuard preflight {took_preflight:.2f} s, STUN {prep.timings['stun']:.2f} s, "
            f"endpoint exchange {prep.timings['exchange']:.2f} s; UDP port {udp_port}, NAT "
            f"{prep.nat}, endpoints from {len(prep.offers)} of {plan.m - 1} peers")
-    cfg = build_config(plan, listen_port=udp_port, endpoints={
-        pid: c[0] for pid, c in prep.candidates.items() if c})
+    # the lower id of each pair initiates; we answer lower ids (deferred: their endpoint
+    # is given only after a grace period, so that two initiations do not cross)
+    deferred = frozenset(p for p in prep.candidates if p < plan.my_party_id)
+    # every peer starts with no endpoint and no keepalive: the handshake wait gives them
+    # (section 6.3: the initiator first, the candidates in turn)
+    cfg = build_config(plan, listen_port=udp_port, keepalive=None,
+                       endpoints=dict.fromkeys(prep.candidates))
     tunnel = Tunnel(cfg, report=report)
     EXIT_HOOKS.append(tunnel.down)  # the runner's hard exit skips the finally below
     with _signals_interrupt():
@@ -127,7 +132,7 @@ def run_over_wireguard(
                    f"{tunnel.address} "
                    f"(session range {cfg.networks[0]}); waiting for handshakes with "
                    f"{len(cfg.peers)} peers (up to {wait:.0f} s)")
-            took = tunnel.wait_handshakes(wait, plan.describe, prep.candidates)
+            took = tunnel.wait_handshakes(wait, plan.describe, prep.candidates, deferred)
             where = tunnel.endpoints()
             peers = ", ".join(f"party {peer.party_id} at {where.get(peer.party_id, '?')}"
                               for peer in cfg.peers)

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import _IFACE_RE, WgConfig
+from .config import _IFACE_RE, DEFAULT_KEEPALIVE, WgConfig
 from .errors import WgTunnelFailed
 from .keys import encode_key
+from .paths import endpoint_choice
 from .render import render_setconf
 
 UAPI_DIR = Path("/var/run/wireguard")
@@ -45,8 +46,6 @@ STATE_DIR = Path(os.environ.get("DIDMESH_WG_STATE_DIR", "/run/didmesh/wg"))
 #: a UDP port nothing listens on: datagrams to a peer's tunnel address there only make
 #: WireGuard start a handshake
 POKE_PORT = 9
-#: seconds on one candidate endpoint before the next (WireGuard re-initiates every 5 s)
-TRY_SPAN = 5.5
 _PR_SET_PDEATHSIG = 1
 
 
@@ -308,41 +307,63 @@ class Tunnel:
                 found[by_key[key]] = where.strip()
         return found
 
-    def set_endpoint(self, party_id: int, endpoint: str) -> None:
+    def set_peer(self, party_id: int, endpoint: str | None = None,
+                 keepalive: int | None = DEFAULT_KEEPALIVE) -> None:
+        """``wg set``: the peer's endpoint and persistent keepalive. Turning the keepalive
+        on sends one at once (a handshake initiation if there is no session yet)."""
         peer = next(p for p in self.cfg.peers if p.party_id == party_id)
-        _cmd("wg", "set", self.name, "peer", encode_key(peer.public_key), "endpoint", endpoint)
+        args = ["endpoint", endpoint] if endpoint else []
+        if keepalive:
+            args += ["persistent-keepalive", str(keepalive)]
+        _cmd("wg", "set", self.name, "peer", encode_key(peer.public_key), *args)
 
     def wait_handshakes(self, timeout: float, describe: Callable[[int], str] = str,
-                        candidates: dict[int, list[str]] | None = None) -> float:
+                        candidates: dict[int, list[str]] | None = None,
+                        deferred: frozenset[int] = frozenset()) -> float:
         """Wait until a handshake with every peer has completed; the seconds it took.
         Datagrams to the peers' tunnel addresses make WireGuard initiate (where it knows
-        the peer's endpoint). A peer with several ``candidates`` (best first; the first is
-        configured) moves to the next one after :data:`TRY_SPAN` seconds without a
-        handshake, round after round. Raises naming the peers not reached."""
+        the peer's endpoint).
+
+        A peer in ``candidates`` (best first; configured with no endpoint and no
+        keepalive) gets them in turn (:func:`.paths.endpoint_choice`), each with the
+        keepalive, which makes WireGuard initiate at once; a ``deferred`` peer (it
+        initiates to us) only after a grace period. Such a peer is not poked before it
+        has an endpoint (WireGuard would count a failed initiation and hold the next one
+        back 5 s). Once a peer's handshake is in, it gets the keepalive if it has none.
+        Raises naming the peers not reached."""
         t0 = time.monotonic()
         deadline = t0 + timeout
         last_poke = 0.0
         candidates = candidates or {}
-        tried = {pid: 0 for pid in candidates}
+        current: dict[int, int | None] = dict.fromkeys(candidates)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             while True:
                 shakes = self.latest_handshakes()
                 waiting = [p for p in self.cfg.peers if not shakes.get(p.party_id)]
                 if not waiting:
+                    for pid, chosen in current.items():  # answered only: keepalive too
+                        if chosen is None:
+                            with contextlib.suppress(WgTunnelFailed, StopIteration):
+                                self.set_peer(pid)
                     return time.monotonic() - t0
                 now = time.monotonic()
                 if now > deadline:
                     break
-                turn = int((now - t0) // TRY_SPAN)
+                poke_now = now - last_poke >= 1.0
                 for p in waiting:
-                    options = candidates.get(p.party_id) or []
-                    if len(options) > 1 and tried[p.party_id] < turn:
-                        tried[p.party_id] = turn
+                    if p.party_id not in candidates:
+                        continue
+                    options = candidates[p.party_id]
+                    want = endpoint_choice(now - t0, len(options), p.party_id in deferred)
+                    if want is not None and want != current[p.party_id]:
+                        current[p.party_id] = want
                         with contextlib.suppress(WgTunnelFailed):
-                            self.set_endpoint(p.party_id, options[turn % len(options)])
-                if now - last_poke >= 1.0:
+                            self.set_peer(p.party_id, options[want])
+                if poke_now:
                     last_poke = now
                     for p in waiting:
+                        if p.party_id in candidates and current[p.party_id] is None:
+                            continue
                         with contextlib.suppress(OSError):
                             s.sendto(b"didmesh", (str(p.addresses.ipv4), POKE_PORT))
                 time.sleep(0.05)

@@ -10,6 +10,8 @@ mapping for tens of seconds at least; the run's keepalive holds it from then on)
 own addresses and the same port), ``eim`` (one mapping for every destination: hole
 punching can work), ``sym`` (another mapping per destination: it cannot), ``unknown``
 (fewer than two answers tell nothing about the mapping kind, or none at all).
+:func:`punch` sends a few datagrams from the port to the peers' candidates after the
+endpoint exchange, so that our NAT already lets their handshake in.
 """
 
 from __future__ import annotations
@@ -102,3 +104,28 @@ def learn_mapping(port: int, servers: Sequence[tuple[str, int]], *, timeout: flo
         else:
             out.notes.append(f"no STUN answer from {server[0]}:{server[1]} within {timeout:g} s")
     return out
+
+
+#: what a punch datagram carries (WireGuard drops it: no message type 1-4)
+PUNCH = b"didmesh-punch"
+
+
+def punch(port: int, targets: Sequence[tuple[str, int]], *, count: int = 2,
+          host: str = "") -> int:
+    """Send ``count`` small datagrams from UDP ``port`` to each of ``targets`` (IPv4),
+    then close: our NAT then lets the targets' packets to that port in (the peer's
+    WireGuard handshake), before ``wireguard-go`` takes the port over. Returns how many
+    were sent."""
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return 0
+        for _ in range(count):
+            for target in targets:
+                with contextlib.suppress(OSError):
+                    s.sendto(PUNCH, target)
+                    sent += 1
+    return sent
