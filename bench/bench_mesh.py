@@ -221,7 +221,11 @@ def start_relay(big_frames: bool = False) -> tuple[str, subprocess.Popen[bytes]]
          # MPyC blocks its event loop for many seconds in large numpy steps; the relay's
          # link pings (20 s, pong within 10 s) would drop such a party's links. The mesh
          # has its own liveness with stall grace (specs/mesh.md section 7).
-         "--link-heartbeat-s", "0", "--ws-idle-timeout-s", "3600"],
+         "--link-heartbeat-s", "0", "--ws-idle-timeout-s", "3600",
+         # every party connects from 127.0.0.1 here (on the Internet each has its own
+         # address): at m = 10 one run makes ~120 requests within a second, over the
+         # relay's per-address rate (50/s, burst 100), and a refused party fails the run
+         "--rate-ip-per-s", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
@@ -76,6 +77,12 @@ MAX_HEAD_BYTES = 64 * 1024
 #: to 1 MiB is read without pausing the socket
 READ_BUFSIZE = 1 << 20
 _AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
+#: a request the relay refused as too many (429) is tried again this often, after the wait
+#: it names (or 50 ms doubling), at most ``RATE_MAX_WAIT`` s each: parties behind one
+#: address (one NAT, one test machine) that all start at once exceed a relay's
+#: per-address burst for a moment, and a refused link would fail the whole run
+RATE_RETRIES = 5
+RATE_MAX_WAIT = 1.0
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DEFAULT_LINK_LIMITS: dict[str, float] = {
@@ -336,6 +343,16 @@ class LinkClient:
         return "\r\n".join(lines).encode("latin-1")
 
     async def _json(self, method: str, path: str, body: Any = None) -> Any:
+        for attempt in range(RATE_RETRIES + 1):
+            try:
+                return await self._json_once(method, path, body)
+            except RateLimited as exc:
+                if attempt == RATE_RETRIES:
+                    raise
+                await _rate_wait(exc, attempt)
+        raise AssertionError("unreachable")
+
+    async def _json_once(self, method: str, path: str, body: Any = None) -> Any:
         url = self.base_url + path
         data = b"" if body is None else json.dumps(body).encode()
         conn = await self._connect()
@@ -402,6 +419,16 @@ class LinkClient:
             return dict(DEFAULT_LINK_LIMITS)
 
     async def _upgrade(self, path: str) -> _Conn:
+        for attempt in range(RATE_RETRIES + 1):
+            try:
+                return await self._upgrade_once(path)
+            except RateLimited as exc:
+                if attempt == RATE_RETRIES:
+                    raise
+                await _rate_wait(exc, attempt)
+        raise AssertionError("unreachable")
+
+    async def _upgrade_once(self, path: str) -> _Conn:
         url = self.base_url + path
         for attempt in range(2):
             token = await self.token()
@@ -481,6 +508,15 @@ class LinkClient:
         for fut in (self._token, self._limits):
             if fut is not None and not fut.done():
                 fut.cancel()
+
+
+async def _rate_wait(exc: RateLimited, attempt: int) -> None:
+    """Wait before trying a refused request again: the relay's ``retry_after`` if it gave
+    one, else 50 ms doubling; at most :data:`RATE_MAX_WAIT` s."""
+    wait = getattr(exc, "retry_after", None)
+    if not isinstance(wait, int | float) or not 0 < wait < 3600:
+        wait = 0.05 * 2 ** attempt
+    await asyncio.sleep(min(RATE_MAX_WAIT, float(wait)) * (1 + 0.25 * random.random()))
 
 
 class WsLink:
