@@ -170,12 +170,19 @@ class ResumeStream:
             self.base += len(old)
 
     def on_ack(self, offset: int) -> None:
-        """The peer says (inside the Noise channel) it received ``offset`` stream bytes."""
-        if not self.peer_acked <= offset <= self.wire:
+        """The peer says (inside the Noise channel) it received ``offset`` stream bytes.
+
+        An ACK below what is known acknowledged already is stale, not wrong: the peer sent
+        it before the link was lost, it was not received then, and the peer resent it
+        after the resumption, whose RESUME said more was received (ignored). One above
+        what was sent is a violation."""
+        if offset > self.wire:
             raise ResumeFailed(
                 f"the peer acknowledged {offset} bytes of this link's stream, but "
-                f"{self.peer_acked} were acknowledged already and {self.wire} sent"
+                f"only {self.wire} were sent"
             )
+        if offset <= self.peer_acked:
+            return
         self.peer_acked = offset
         self._trim(offset)
 
