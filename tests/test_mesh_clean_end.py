@@ -72,9 +72,10 @@ class Party:
                 if ln.startswith("didmesh:")]
 
 
-def _start(tmp_path: Path, relays: list[str] | None = None, **options: Any) -> list[Party]:
+def _start(tmp_path: Path, relays: list[str] | None = None, *, program: str = PROGRAM,
+           **options: Any) -> list[Party]:
     prog = tmp_path / "rounds.py"
-    prog.write_text(PROGRAM)
+    prog.write_text(program)
     relays = relays or []
     plans, ids = loopback_plans(3, relays=relays)
     opts = {"timeout": 10, "connect_timeout": 30, "receipt": False, **options}
@@ -110,7 +111,8 @@ def _reap(parties: list[Party], limit: float = 60.0) -> None:
             p._thread.join(10)
 
 
-def _check_clean(parties: list[Party], t0: float, bound: float) -> None:
+def _check_clean(parties: list[Party], t0: float, bound: float,
+                 stdout: frozenset[str] = frozenset()) -> None:
     for i, p in enumerate(parties):
         assert p.ended is not None, f"party {i} did not end"
         took = p.ended - t0
@@ -120,7 +122,8 @@ def _check_clean(parties: list[Party], t0: float, bound: float) -> None:
         assert "Traceback" not in err and "Unhandled exception" not in err, err[-3000:]
         assert "Warning" not in err, err[-3000:]
         # stdout: the program's own lines only (MPyC prints nothing else with --no-log)
-        assert set(p.out.decode().splitlines()) <= {"started", "round 50"}, p.out[-1500:]
+        assert set(p.out.decode().splitlines()) <= {"started", "round 50", *stdout}, \
+            p.out[-1500:]
 
 
 @pytest.fixture
@@ -191,6 +194,45 @@ def test_unresponsive_peer_ends_everyone_within_the_liveness_timeout(tmp_path: P
     _check_clean(others, t0, max(BOUND, timeout))
     for p in others:
         assert NAMES[1] in p.lines[0], p.lines
+
+
+DIVERGING = textwrap.dedent("""
+    from mpyc.runtime import mpc
+    secint = mpc.SecInt(32)
+    mpc.run(mpc.start())
+    print("started", flush=True)
+    x = secint(1)
+    for i in range(60 if mpc.pid == 0 else 1000000):  # party 0 leaves the loop early
+        x = mpc.run(mpc.gather(x * secint(1)))
+        x = secint(int(x))
+        if i == 50:
+            print("round 50", flush=True)
+    print("left the loop", flush=True)
+    print("result", mpc.run(mpc.output(x * x)))
+    mpc.run(mpc.shutdown())
+""")
+
+
+@pytest.mark.parametrize("path", ["direct", "relay"])
+def test_deadlocked_program_ends_everyone_within_the_timeout(
+        tmp_path: Path, relay: str, path: str) -> None:
+    """The lead's hang (a relay restart was blamed, wrongly): the parties' programs took
+    different branches (there: a loop ending on each party's own clock), so each waits for
+    a message no one will send. Plain MPyC waits forever; heartbeats kept every peer
+    "alive", so the liveness watchdog never fired either. The stall watchdog ends every
+    party within the timeout with one line saying what happened."""
+    timeout = 3.0
+    parties = _start(tmp_path, [relay] if path == "relay" else [], program=DIVERGING,
+                     timeout=timeout)
+    try:
+        t0 = time.monotonic()
+        _reap(parties, timeout + 20)
+    finally:
+        _reap(parties, 5)
+    _check_clean(parties, t0, timeout + BOUND, stdout=frozenset({"left the loop"}))
+    for p in parties:
+        assert p.proc.returncode == 1
+        assert "made no progress" in p.lines[0] and "different branches" in p.lines[0], p.lines
 
 
 class _Tamper:

@@ -86,6 +86,13 @@ class PeerUnresponsive(PeerLost):
     code = "peer_unresponsive"
 
 
+class ProgramStalled(PartyError, RemoteError):
+    """The program made no progress: no MPyC message moved on any channel for the timeout
+    while every peer was alive (the parties' programs wait for each other)."""
+
+    code = "program_stalled"
+
+
 class PeerAborted(PartyError, RemoteError):
     """A party aborted the run and said so in a signed abort message."""
 

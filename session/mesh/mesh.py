@@ -6,7 +6,11 @@
 * liveness — a watchdog sends HEARTBEAT on idle channels and declares a peer
   unresponsive after ``timeout`` seconds without a record from it. If this process
   itself did not run its event loop for a while (a long local computation), the silence
-  is not held against the peers.
+  is not held against the peers. While the program runs (:meth:`Mesh.watch_progress`),
+  the watchdog also fails the run (:class:`~.faults.ProgramStalled`) when no MPyC byte
+  moved on any channel for ``timeout`` seconds although every peer is alive: the
+  programs wait for each other (a deadlock, e.g. parties that branched on a local
+  clock), which heartbeats alone would let last forever.
 * abort — the first failure (a lost or unresponsive peer, a bad record, a local error)
   is *fatal*: a signed abort notice goes to every peer, received notices are verified
   and forwarded once, and ``on_fatal`` is called (the runner stops the program).
@@ -36,6 +40,7 @@ from .faults import (
     PeerLost,
     PeerMisbehaved,
     PeerUnresponsive,
+    ProgramStalled,
     RelayLost,
 )
 from .peer import ABORT, BYE, HEARTBEAT, READY, PeerChannel
@@ -90,6 +95,10 @@ class Mesh:
         self._seen_aborts: set[tuple[int, str, float]] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self._finishing = False
+        self._resume_start: dict[int, float] = {}
+        self._progress: Callable[[], int] | None = None
+        self._progress_value = 0
+        self._progress_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -99,6 +108,42 @@ class Mesh:
             p.start(self)
         if self.timeout > 0 and self.peers:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    def watch_progress(self, counter: Callable[[], int] | None) -> None:
+        """While the program runs: ``counter()`` is the number of MPyC bytes moved so far
+        (sent and received, all peers); the watchdog fails the run with
+        :class:`~.faults.ProgramStalled` when it stays the same for ``timeout`` seconds.
+        ``None`` stops watching (the program ended)."""
+        self._progress = counter
+        if counter is not None:
+            self._progress_value = counter()
+            self._progress_at = self._clock()
+
+    def _check_progress(self, now: float) -> None:
+        counter = self._progress
+        if counter is None or self.fatal is not None:
+            return
+        value = counter()
+        if value != self._progress_value or any(
+                self._resuming(p, now) for p in self.peers.values()):
+            self._progress_value, self._progress_at = value, now
+            return
+        if now - self._progress_at > self.timeout:
+            self.fail(ProgramStalled(
+                f"the program made no progress: no MPyC message was sent or received for "
+                f"{self.timeout:g} s although every peer is connected and alive, so the "
+                "parties' programs wait for each other (a deadlock: do they take different "
+                "branches, e.g. on a local clock?); raise --timeout if a step of the program "
+                "waits that long without communicating"))
+
+    def _resuming(self, p: PeerChannel, now: float) -> bool:
+        """Whether ``p``'s link is being resumed, for no longer than the link's own bound
+        (a resumption stuck past it no longer holds the watchdog off)."""
+        if not p.link.resuming:
+            self._resume_start.pop(p.peer_id, None)
+            return False
+        start = self._resume_start.setdefault(p.peer_id, now)
+        return now - start <= p.link.resume_grace + self.interval
 
     @property
     def interval(self) -> float:
@@ -113,11 +158,12 @@ class Mesh:
             if now - last > 2 * interval + 0.5:  # we were stalled: grant the peers grace
                 for p in self.peers.values():
                     p.last_rx = max(p.last_rx, now)
+                self._progress_at = max(self._progress_at, now)
             last = now
             for p in list(self.peers.values()):
                 if p.failed or p.closed:
                     continue
-                if p.link.resuming:  # bounded by its own resume timeout
+                if self._resuming(p, now):  # bounded by its own resume timeout
                     p.last_rx = now
                 if now - p.last_tx >= interval:
                     try:
@@ -133,6 +179,7 @@ class Mesh:
                             party=p.peer_id,
                         )
                     )
+            self._check_progress(now)
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
         """Wait for ``event`` or a fatal error (raised), at most ``timeout`` seconds."""

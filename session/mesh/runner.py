@@ -165,6 +165,14 @@ def _quiet(loop: asyncio.AbstractEventLoop) -> None:
     warnings.simplefilter("ignore")
 
 
+def _app_bytes(bridge: MpycBridge, mesh: Mesh) -> int:
+    """MPyC's bytes moved so far, both ways, all peers (the stall watchdog's counter)."""
+    counts = bridge.bytes_per_peer()
+    if counts:
+        return sum(c.get("sent", 0) + c.get("received", 0) for c in counts.values())
+    return sum(p.app_bytes_sent + p.app_bytes_received for p in mesh.peers.values())
+
+
 def run_program(
     plan: MeshPlan,
     program_path: str,
@@ -278,6 +286,7 @@ def run_program(
         started = time.time()
         exit_code = 0
         in_program = True
+        mesh.watch_progress(lambda: _app_bytes(bridge, mesh))
         try:
             runpy.run_path(program_path, run_name="__main__")
         except SystemExit as exc:
@@ -295,6 +304,7 @@ def run_program(
             ) from exc
         finally:
             in_program = False
+            mesh.watch_progress(None)
         if mesh.fatal is not None:
             raise mesh.fatal
         if exit_code:

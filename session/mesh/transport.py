@@ -130,6 +130,8 @@ class ByteLink:
 
     #: True while a lost relayed link is being resumed (the mesh's liveness waits)
     resuming = False
+    #: the longest a resumption may take, in seconds (the mesh's liveness waits no longer)
+    resume_grace = 0.0
 
     def ack_due(self) -> int | None:
         """A resumable link: the stream offset to acknowledge to the peer now, if any."""
@@ -314,6 +316,7 @@ class RelayedLink(ByteLink):
             self.stream.arm(exporter, initiator)
             self._reopen = reopen
             self._resume_timeout = timeout
+            self.resume_grace = timeout
 
     def ack_due(self) -> int | None:
         return self.stream.ack_due()
