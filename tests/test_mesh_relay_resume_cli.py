@@ -50,6 +50,33 @@ mpc.run(main())
 '''
 
 
+#: the lead's hang report: MANY SMALL rounds (a product and an output each, no pause), the
+#: relay SIGKILLed and restarted twice mid-run. The loop's length is the same at every
+#: party (the reported program ended its loop on each party's own clock: the parties took
+#: different branches and deadlocked, in plain MPyC too; tests/test_mesh_clean_end.py)
+SMALL_ROUNDS = '''\
+"""Many small rounds, a secure product and an output each."""
+from mpyc.runtime import mpc
+
+
+async def main():
+    await mpc.start()
+    secint = mpc.SecInt(64)
+    x = mpc.input(secint(mpc.pid + 2))
+    acc, total = secint(1), 0
+    for _ in range(ROUNDS):
+        acc = acc * x[0] + x[1]
+        r = await mpc.output(acc)
+        total += r
+        acc = secint(r % 997)
+    print("total", total, "sum", await mpc.output(mpc.sum(x)))
+    await mpc.shutdown()
+
+
+mpc.run(main())
+'''
+
+
 def _agreed(tmp_path: Path, relays: list[str], program: Path) -> tuple[str, list[Path]]:
     """tests/test_mesh_cli_e2e.py's session flow, with every relay of ``relays`` named."""
     ok, spawn, finish_all = e2e.ok, e2e.spawn, e2e.finish_all
@@ -175,3 +202,42 @@ def test_a_relay_gone_for_good_is_named_not_a_party(tmp_path: Path) -> None:
     assert elapsed < 60
 
 
+
+
+def test_many_small_rounds_survive_two_restarts_of_the_relay(tmp_path: Path) -> None:
+    program = tmp_path / "small_rounds.py"
+    program.write_text(SMALL_ROUNDS.replace("ROUNDS", "3000"))
+    expected = e2e.plain_output(program)
+    port = free_port()
+    store = f"sqlite:{tmp_path / 'relay' / 'relay.sqlite3'}"
+    args = [*ARGS, "--port", str(port)]
+    (tmp_path / "relay").mkdir(mode=0o700)
+    later: list[RelayProcess] = []
+    with start_relay(store, args, home=tmp_path / "r") as relay:
+        sid, homes = _agreed(tmp_path, [relay.url], program)
+
+        def restart_twice() -> None:
+            relay.kill()
+            time.sleep(0.3)
+            later.append(spawn_relay(store, args, home=tmp_path / "r"))
+            deadline = time.monotonic() + 30
+            while _paired(later[0]) < 6:  # every link end is back: the rounds go on
+                assert time.monotonic() < deadline, "the links did not come back"
+                time.sleep(0.05)
+            time.sleep(0.7)
+            later[0].proc.kill()
+            later[0].proc.wait(10)
+            time.sleep(0.3)
+            later.append(spawn_relay(store, args, home=tmp_path / "r"))
+
+        try:
+            results = _run_with_chaos(sid, homes, program, relay, restart_twice)
+            resumed = _paired(later[-1])
+        finally:
+            for r in later:
+                r.proc.kill()
+                r.proc.wait(10)
+    for rc, out, err in results:
+        assert rc == 0, err[-2500:]
+        assert out == expected
+    assert resumed >= 6
