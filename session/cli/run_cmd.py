@@ -88,7 +88,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="--transport wireguard: seconds for a WireGuard handshake with every "
                    "peer (default 30)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                   help="seconds of silence after which a party counts as gone (default 30)")
+                   help="seconds of silence after which a party counts as gone, and without "
+                   "any MPyC message after which the run counts as deadlocked (default 30)")
     p.add_argument("--connect-timeout", type=float, default=120.0, metavar="S",
                    help="seconds for every pair to connect (default 120)")
     p.add_argument("--receipt", default=None, metavar="FILE",
