@@ -1,0 +1,90 @@
+"""Issue 12's done-when for running computations behind the deployed relay: three
+``didmesh run --relay-only`` processes relayed through the shipped nginx config
+(relay/deploy/nginx-relay.conf) over https, with a private CA, to two relay processes on one
+real Redis — and mid-run (a) the relay process carrying most link ends is SIGKILLed,
+(b) Redis (persisting, as specs/relay.md section 13 requires) is restarted. Each run completes
+with plain MPyC's output. The session flow and chaos timing are
+tests/test_mesh_relay_resume_cli.py's, the nginx and CA set-up tests/test_relay_deploy.py's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_mesh_cli_e2e as e2e
+import test_mesh_relay_resume_cli as resume_cli
+from relay_helpers import RelayProcess, redis_available, start_relay
+from tls_helpers import Pki, make_pki, start_nginx
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")]
+
+ARGS = [*resume_cli.ARGS, "--trusted-proxies", "127.0.0.1"]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def trust_ca(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every CLI command of the session flow trusts the private CA (DIDMESH_RELAY_CA)."""
+    ca = {"DIDMESH_RELAY_CA": str(pki.ca)}
+    real_run_cli, real_env_for = e2e.run_cli, e2e.env_for
+    monkeypatch.setattr(e2e, "run_cli", lambda home, *a, env=None, **kw: real_run_cli(
+        home, *a, env={**(env or {}), **ca}, **kw))
+    monkeypatch.setattr(e2e, "env_for", lambda home: {**real_env_for(home), **ca})
+
+
+class _Both:
+    """The log lines of both relay processes (what _run_with_chaos counts pairings in)."""
+
+    def __init__(self, *relays: RelayProcess) -> None:
+        self.relays = relays
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [ln for r in self.relays for ln in r.log_lines()]
+
+
+def _check(results: list[tuple[int, str, str]], expected: str) -> None:
+    for rc, out, err in results:
+        assert rc == 0, err[-2500:]
+        assert out == expected
+
+
+@pytest.mark.usefixtures("trust_ca")
+def test_run_through_nginx_survives_sigkill_of_a_relay_process(pki: Pki, tmp_path: Path
+                                                               ) -> None:
+    program = resume_cli._program(tmp_path)
+    expected = e2e.plain_output(program)
+    with resume_cli.start_redis() as redis:
+        url = redis.url(12)
+        with start_relay(url, ARGS, home=tmp_path / "r") as p1, \
+                start_relay(url, ARGS, home=tmp_path / "r") as p2, \
+                start_nginx(tmp_path / "nginx", pki, [p1.port, p2.port]) as https:
+            sid, homes = resume_cli._agreed(tmp_path, [https], program)
+            procs = [p1, p2]
+            before = [resume_cli._paired(p) for p in procs]
+            killed: list[int] = []
+
+            def new_ends(i: int) -> int:
+                return resume_cli._paired(procs[i]) - before[i]
+
+            def kill_the_busier() -> None:
+                # nginx spreads links over both processes by their route: kill the one
+                # holding more of this run's link ends (at least one of the six)
+                killed.append(max((0, 1), key=new_ends))
+                procs[killed[0]].kill()
+
+            results = resume_cli._run_with_chaos(sid, homes, program, _Both(p1, p2),
+                                                 kill_the_busier)
+            survivor = 1 - killed[0]
+            assert procs[survivor].alive()
+            resumed, lost = new_ends(survivor), new_ends(killed[0])
+    _check(results, expected)
+    assert lost >= 1
+    # the survivor's own ends, plus the killed process's ends back on it
+    assert resumed >= 6
