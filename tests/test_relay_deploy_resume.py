@@ -9,13 +9,14 @@ tests/test_mesh_relay_resume_cli.py's, the nginx and CA set-up tests/test_relay_
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import test_mesh_cli_e2e as e2e
 import test_mesh_relay_resume_cli as resume_cli
-from relay_helpers import RelayProcess, redis_available, start_relay
+from relay_helpers import RelayProcess, redis_available, start_redis, start_relay
 from tls_helpers import Pki, make_pki, start_nginx
 
 pytestmark = [pytest.mark.slow,
@@ -60,7 +61,7 @@ def test_run_through_nginx_survives_sigkill_of_a_relay_process(pki: Pki, tmp_pat
                                                                ) -> None:
     program = resume_cli._program(tmp_path)
     expected = e2e.plain_output(program)
-    with resume_cli.start_redis() as redis:
+    with start_redis() as redis:
         url = redis.url(12)
         with start_relay(url, ARGS, home=tmp_path / "r") as p1, \
                 start_relay(url, ARGS, home=tmp_path / "r") as p2, \
@@ -88,3 +89,34 @@ def test_run_through_nginx_survives_sigkill_of_a_relay_process(pki: Pki, tmp_pat
     assert lost >= 1
     # the survivor's own ends, plus the killed process's ends back on it
     assert resumed >= 6
+
+
+@pytest.mark.usefixtures("trust_ca")
+def test_run_through_nginx_survives_a_redis_restart(pki: Pki, tmp_path: Path) -> None:
+    """Redis (append-only file, as the operator guide requires) is stopped and started again
+    mid-run, down for 0.5 s: the run completes and both relay processes stay up."""
+    program = resume_cli._program(tmp_path)
+    expected = e2e.plain_output(program)
+    with start_redis(persist=True) as redis:
+        url = redis.url(12)
+        with start_relay(url, ARGS, home=tmp_path / "r") as p1, \
+                start_relay(url, ARGS, home=tmp_path / "r") as p2, \
+                start_nginx(tmp_path / "nginx", pki, [p1.port, p2.port]) as https:
+            sid, homes = resume_cli._agreed(tmp_path, [https], program)
+            restarted: list[float] = []
+
+            def restart() -> None:
+                redis.restart(down_s=0.5)
+                restarted.append(time.monotonic())
+
+            results = resume_cli._run_with_chaos(sid, homes, program, _Both(p1, p2), restart)
+            # let each process run its 5 s agreement check against the restarted Redis
+            time.sleep(max(0.0, restarted[0] + 6 - time.monotonic()))
+            assert p1.alive() and p2.alive()
+            logs = _Both(p1, p2).log_lines()
+    _check(results, expected)
+    # Redis was really gone while the relays ran, and came back with the same secret and
+    # relay id: no process found its peers disagreeing
+    assert any("Error 111 connecting" in str(ln.get("msg")) for ln in logs)
+    assert len({ln["relay_id"] for ln in logs if ln.get("msg") == "started"}) == 1
+    assert not [ln for ln in logs if ln.get("level") in ("error", "critical")], logs
