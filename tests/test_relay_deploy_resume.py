@@ -9,6 +9,8 @@ tests/test_mesh_relay_resume_cli.py's, the nginx and CA set-up tests/test_relay_
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,12 @@ from typing import Any
 import pytest
 import test_mesh_cli_e2e as e2e
 import test_mesh_relay_resume_cli as resume_cli
+from didmesh.identity.keys import IdentityKey
+from didmesh.relay.client import RelayClient
 from relay_helpers import RelayProcess, redis_available, start_redis, start_relay
 from tls_helpers import Pki, make_pki, start_nginx
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")]
+pytestmark = pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
 
 ARGS = [*resume_cli.ARGS, "--trusted-proxies", "127.0.0.1"]
 
@@ -56,6 +59,7 @@ def _check(results: list[tuple[int, str, str]], expected: str) -> None:
         assert out == expected
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("trust_ca")
 def test_run_through_nginx_survives_sigkill_of_a_relay_process(pki: Pki, tmp_path: Path
                                                                ) -> None:
@@ -91,6 +95,7 @@ def test_run_through_nginx_survives_sigkill_of_a_relay_process(pki: Pki, tmp_pat
     assert resumed >= 6
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("trust_ca")
 def test_run_through_nginx_survives_a_redis_restart(pki: Pki, tmp_path: Path) -> None:
     """Redis (append-only file, as the operator guide requires) is stopped and started again
@@ -120,3 +125,49 @@ def test_run_through_nginx_survives_a_redis_restart(pki: Pki, tmp_path: Path) ->
     assert any("Error 111 connecting" in str(ln.get("msg")) for ln in logs)
     assert len({ln["relay_id"] for ln in logs if ln.get("msg") == "started"}) == 1
     assert not [ln for ln in logs if ln.get("level") in ("error", "critical")], logs
+
+
+def test_nginx_sends_links_around_a_draining_process(pki: Pki, tmp_path: Path) -> None:
+    """A rolling restart: one of two processes got SIGTERM and drains (its running link goes
+    on; new links get 503 ``shutting_down``). nginx (``proxy_next_upstream ... http_503``)
+    sends every new or resumed link whose route hashes to it to the other process, so
+    none fails while it drains."""
+    a, b = IdentityKey.from_seed(b"d" * 32), IdentityKey.from_seed(b"e" * 32)
+    with start_redis() as redis:
+        url = redis.url(13)
+        with start_relay(url, [*ARGS, "--drain-timeout-s", "30"]) as p1, \
+                start_relay(url, ARGS) as p2, \
+                start_nginx(tmp_path / "nginx", pki, [p1.port, p2.port]) as https:
+
+            async def link(ca: RelayClient, cb: RelayClient, link_id: str) -> Any:
+                la, lb = await asyncio.gather(
+                    ca.open_link("drain", b.did, link_id=link_id, timeout=10),
+                    cb.open_link("drain", a.did, link_id=link_id, timeout=10))
+                await la.send(link_id.encode())
+                assert await lb.recv(timeout=10) == link_id.encode()
+                await lb.close()
+                return la
+
+            async def go() -> None:
+                async with RelayClient(https, a, ca_file=str(pki.ca)) as ca, \
+                        RelayClient(https, b, ca_file=str(pki.ca)) as cb:
+                    held = None
+                    for i in range(32):  # a link that nginx puts on p1, held open
+                        la = await link(ca, cb, f"hold{i}")
+                        if resume_cli._paired(p1):
+                            held = la
+                            break
+                        await la.close()
+                    assert held is not None, "nginx put no link on p1"
+                    p1.proc.send_signal(signal.SIGTERM)
+                    deadline = time.monotonic() + 10
+                    while not any(ln.get("msg") == "draining" for ln in p1.log_lines()):
+                        assert time.monotonic() < deadline, "p1 did not start draining"
+                        await asyncio.sleep(0.05)
+                    for i in range(8):  # about half of these routes hash to p1
+                        await (await link(ca, cb, f"new{i}")).close()
+                    await held.close()
+
+            asyncio.run(go())
+            assert resume_cli._paired(p1) == 2  # the held link only: no new one while draining
+            assert p1.terminate() == 0
