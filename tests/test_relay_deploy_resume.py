@@ -20,7 +20,13 @@ import test_mesh_cli_e2e as e2e
 import test_mesh_relay_resume_cli as resume_cli
 from didmesh.identity.keys import IdentityKey
 from didmesh.relay.client import RelayClient
-from relay_helpers import RelayProcess, redis_available, start_redis, start_relay
+from relay_helpers import (
+    RelayProcess,
+    redis_available,
+    spawn_relay,
+    start_redis,
+    start_relay,
+)
 from tls_helpers import Pki, make_pki, start_nginx
 
 pytestmark = pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
@@ -126,6 +132,49 @@ def test_run_through_nginx_survives_a_redis_restart(pki: Pki, tmp_path: Path) ->
     assert len({ln["relay_id"] for ln in logs if ln.get("msg") == "started"}) == 1
     assert not [ln for ln in logs if ln.get("level") in ("error", "critical")], logs
 
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("trust_ca")
+def test_run_through_nginx_survives_a_rolling_restart(pki: Pki, tmp_path: Path) -> None:
+    """The process carrying most of the run's link ends gets SIGTERM (drain 0.5 s, so its
+    links are cut mid-run with 1001) and is started again on its port: the links resume
+    on the other process (nginx goes around the stopping one) and the run completes."""
+    program = resume_cli._program(tmp_path)
+    expected = e2e.plain_output(program)
+    args = [*ARGS, "--drain-timeout-s", "0.5"]
+    later: list[RelayProcess] = []
+    with start_redis() as redis:
+        url = redis.url(14)
+        with start_relay(url, args, home=tmp_path / "r") as p1, \
+                start_relay(url, args, home=tmp_path / "r") as p2, \
+                start_nginx(tmp_path / "nginx", pki, [p1.port, p2.port]) as https:
+            sid, homes = resume_cli._agreed(tmp_path, [https], program)
+            procs = [p1, p2]
+            before = [resume_cli._paired(p) for p in procs]
+            stopped: list[int] = []
+
+            def restart_the_busier() -> None:
+                i = max((0, 1), key=lambda i: resume_cli._paired(procs[i]) - before[i])
+                stopped.append(i)
+                assert procs[i].terminate() == 0
+                later.append(spawn_relay(url, [*args, "--port", str(procs[i].port)],
+                                         home=tmp_path / "r"))
+
+            try:
+                results = resume_cli._run_with_chaos(sid, homes, program, _Both(p1, p2),
+                                                     restart_the_busier)
+                other = procs[1 - stopped[0]]
+                cut = [ln for ln in procs[stopped[0]].log_lines()
+                       if ln.get("msg") == "link end closed" and ln.get("code") == 1001]
+                back = resume_cli._paired(other) - before[1 - stopped[0]] + \
+                    resume_cli._paired(later[0])
+            finally:
+                for r in later:
+                    r.proc.kill()
+                    r.proc.wait(10)
+    _check(results, expected)
+    assert cut  # the drain's end cut running links
+    assert back >= 6  # the other process's own ends plus the cut ones, resumed
 
 def test_nginx_sends_links_around_a_draining_process(pki: Pki, tmp_path: Path) -> None:
     """A rolling restart: one of two processes got SIGTERM and drains (its running link goes
