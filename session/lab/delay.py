@@ -16,7 +16,7 @@ is stamped the average lateness earlier (never before the forwarder went to slee
 the scheduler's wake-up latency, 0.1 to 0.2 ms on a busy virtual machine, does not
 lengthen every delay. Last, the forwarder measures its own release cost (from a packet's
 due time until its ``write`` returned: :class:`ReleaseCost`, a moving average, at most
-0.2 ms) and schedules each delayed packet that much earlier, so it *leaves* at its arrival
+0.1 ms) and schedules each delayed packet that much earlier, so it *leaves* at its arrival
 plus the configured delay. The guarantee: no packet is released before its arrival stamp
 plus the configured delay minus the measured release cost (and never before its arrival
 stamp, which is not earlier than the moment the forwarder went to sleep before reading it).
@@ -56,7 +56,7 @@ BURST = 128  # packets read from one device before the queue is serviced again
 MAX_PACKET = 65535
 NICE = -10  # the forwarder's scheduling priority (it sleeps whenever no packet is due)
 MAX_LEAD = 0.0005  # never wake (and spin) more than 0.5 ms early
-MAX_COST = 0.0002  # the forwarder's own release latency credited to a packet: at most 0.2 ms
+MAX_COST = 0.0001  # the forwarder's own release latency credited to a packet: at most 0.1 ms
 
 
 @dataclass(frozen=True)
