@@ -8,7 +8,9 @@
 2. Forwarding: RTT and throughput of 64 B and 64 KB frames through a link versus direct
    loopback TCP between the same two processes (this one and a peer subprocess).
 3. 1,000 idle authenticated links held by one relay process: its RSS (``--idle-links N``
-   and ``--idle-procs P``: N links over P processes on one Redis, the RSS of them all).
+   and ``--idle-procs P``: N links over P processes on one Redis, the RSS of them all;
+   the links are opened by client subprocesses of at most 2,500 links each, e.g.
+   ``--only links --idle-links 10000 --idle-procs 2``, about 2 minutes here).
 4. ``--only crossproc``: relay CPU per MB forwarded (64 KB frames) on a link whose ends
    reach two processes on one Redis (spliced), against a link whose ends reach one of
    them, and with splicing off (frames through Redis pub/sub).
@@ -350,6 +352,19 @@ def raise_nofile(want: int) -> int:
 # -- main ---------------------------------------------------------------------------------------
 
 
+async def _with_relay_errors(relays: list[Any], coro: Any) -> Any:
+    """Run ``coro``; if it fails, show the relays' warnings and errors first (their log
+    files go with them)."""
+    try:
+        return await coro
+    except Exception:
+        for r in relays:
+            for ln in r.log_lines():
+                if ln.get("level") in ("warning", "error") and "persist" not in ln.get("msg", ""):
+                    print("relay log:", ln, file=sys.stderr)
+        raise
+
+
 def row(name: str, value: str, target: str = "") -> str:
     return f"| {name:<46} | {value:>16} | {target:<22} |"
 
@@ -397,11 +412,12 @@ async def main(quick: bool, only: str = "", runs: int = 1, idle_n: int = 0,
                 with start_redis() as redis, contextlib.ExitStack() as stack:
                     relays = [stack.enter_context(start_relay(redis.url(1), more, home=tmp))
                               for _ in range(idle_procs)]
-                    idle = await idle_links([r.url for r in relays],
-                                            [r.proc.pid for r in relays], n)
+                    idle = await _with_relay_errors(relays, idle_links(
+                        [r.url for r in relays], [r.proc.pid for r in relays], n))
             else:
                 with start_relay("memory", more, home=tmp) as relay:
-                    idle = await idle_links([relay.url], [relay.proc.pid], n)
+                    idle = await _with_relay_errors(
+                        [relay], idle_links([relay.url], [relay.proc.pid], n))
             target = "<= 150" if n <= 1000 else "<= 500 at 10,000 links"
             lines.append(row(f"{idle['links']} idle links, {idle_procs} process(es): RSS (MB)",
                              f"{idle['rss_mb']:.0f} (idle {idle['rss_before_mb']:.0f})",

@@ -600,6 +600,11 @@ class Relay:
             except LinkPeerGone:
                 await close_ws(ws, CloseCode.PEER_GONE)
                 return ws
+            except RelayError as exc:  # the store failed while pairing (Redis trouble)
+                log_throttled("link-pairing-failed", logging.WARNING, "link pairing failed",
+                              {"error": exc.message[:300]})
+                await close_ws(ws, CloseCode.INTERNAL)
+                return ws
             # an idle link lives long: keep nothing of its start-up (two finished tasks,
             # the request message) referenced from this frame while it runs
             join = early = end.early = request_msg = None  # type: ignore[assignment]

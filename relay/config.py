@@ -8,6 +8,7 @@ as the fields; an unknown key is rejected by name. Environment variables are
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -107,12 +108,21 @@ class RelayConfig:
             from .splice import parse_hostport
 
             try:
-                parse_hostport(self.link_splice_listen)
+                host, _ = parse_hostport(self.link_splice_listen)
             except ValueError:
                 raise RelayConfigError(
                     "link_splice_listen must be HOST:PORT (port 0: any) or empty, got "
                     f"{self.link_splice_listen!r}"
                 ) from None
+            import ipaddress
+
+            with contextlib.suppress(ValueError):
+                host = "*" if ipaddress.ip_address(host).is_unspecified else host
+            if host == "*":
+                raise RelayConfigError(
+                    "link_splice_listen is advertised to the other relay processes as it is: "
+                    "give an address they reach, not a wildcard"
+                )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise RelayConfigError("tls_cert and tls_key go together: give both or neither")
         if self.max_request_bytes < self.max_envelope_bytes:

@@ -77,6 +77,12 @@ class LinkBudget:
 class LinkEndProtocol(asyncio.BufferedProtocol):
     """One end of a forwarded link: reads its client's frames, writes to the other end."""
 
+    __slots__ = (  # thousands of idle links: no instance dict
+        "link", "ws", "transport", "http_protocol", "reader", "peer", "loop", "last_rx",
+        "ping_at", "close_sent", "close_received", "client_close_code", "lost", "_timer",
+        "_pending", "_flush_scheduled",
+    )
+
     def __init__(
         self, link: FastLink, ws: Any, transport: asyncio.Transport, http_protocol: Any,
         max_frame: int,
@@ -207,6 +213,10 @@ class LinkEndProtocol(asyncio.BufferedProtocol):
 
 class FastLink:
     """Two paired ends in this process, forwarded by :class:`LinkEndProtocol`."""
+
+    __slots__ = (
+        "config", "metrics", "state", "max_bytes", "ends", "spliced", "_timer", "_budget",
+    )
 
     def __init__(self, config: RelayConfig, metrics: Metrics, state: Any) -> None:
         self.config = config

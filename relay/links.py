@@ -61,7 +61,7 @@ class LinkPeerGone(Exception):
     pass
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LinkState:
     """Shared by both ends of a local link: budget and liveness."""
 
@@ -71,7 +71,7 @@ class LinkState:
     closed_code: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LinkEnd:
     did: str
     req: LinkRequest
@@ -322,12 +322,14 @@ class LinkHub:
                 splice.abort()
                 raise LinkPeerGone()
             splice.take_over(end.transport, end.http_protocol)
+            self.metrics.links_spliced += 1
             _spliced[id(end.ws)] = splice
             ws_id = id(end.ws)
             splice.done.add_done_callback(lambda _f: _spliced.pop(ws_id, None))
             return splice
         if answer == "no gone":
             raise LinkPeerGone()
+        self.metrics.links_splice_failed += 1
         log.warning("cross-process link through Redis: splice refused or failed",
                     extra={"fields": {"answer": answer[:120]}})
         return None

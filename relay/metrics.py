@@ -38,6 +38,8 @@ class Metrics:
         self.links_active = 0
         self.links_waiting = 0
         self.links_total = 0
+        self.links_spliced = 0  # second ends this process spliced to another process
+        self.links_splice_failed = 0  # ... that went through Redis pub/sub instead
         self.link_bytes_forwarded = 0
         self.link_frames_forwarded = 0
         self.ws_push_active = 0
@@ -80,6 +82,11 @@ class Metrics:
         metric("links_active", "gauge", "Links with both ends joined.", self.links_active)
         metric("links_waiting", "gauge", "Link ends waiting for their peer.", self.links_waiting)
         metric("links_opened_total", "counter", "Links established.", self.links_total)
+        metric("links_spliced_total", "counter",
+               "Second link ends spliced to the process holding the first.", self.links_spliced)
+        metric("links_splice_failed_total", "counter",
+               "Second link ends whose splice failed (they went through Redis pub/sub).",
+               self.links_splice_failed)
         metric("link_bytes_forwarded_total", "counter", "Bytes forwarded on links.",
                self.link_bytes_forwarded)
         metric("link_frames_forwarded_total", "counter", "Frames forwarded on links.",

@@ -116,6 +116,13 @@ async def _first_on_second_on(
     return await first, lb
 
 
+def _metrics(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:  # noqa: S310
+        return r.read().decode()
+
+
 def _splice_port(relay: RelayProcess) -> int:
     started = next(ln for ln in relay.log_lines() if ln.get("msg") == "started")
     return int(started["link_splice"].rsplit(":", 1)[1])
@@ -151,6 +158,9 @@ async def test_cross_process_link_is_spliced_carries_frames_and_codes(
             assert exc.value.close_code == CloseCode.PEER_CLOSED
             await asyncio.sleep(0.5)
         assert _paths(r1) == ["spliced"] and _paths(r2) == ["spliced"]
+        metrics = await asyncio.to_thread(_metrics, r2.url)
+        assert "didmesh_relay_links_spliced_total 1" in metrics
+        assert "didmesh_relay_links_splice_failed_total 0" in metrics
         closed = [ln for ln in r2.log_lines() if ln.get("msg") == "link end closed"]
         assert closed and closed[0]["code"] == CloseCode.NORMAL
 
@@ -244,3 +254,64 @@ def test_a_bad_splice_address_is_named(bad: str) -> None:
     with pytest.raises(RelayConfigError, match="link_splice_listen must be HOST:PORT"):
         RelayConfig(link_splice_listen=bad)
     assert RelayConfig(link_splice_listen="").link_splice_listen == ""
+    for wildcard in ("0.0.0.0:0", "[::]:7000"):
+        with pytest.raises(RelayConfigError, match="give an address they reach"):
+            RelayConfig(link_splice_listen=wildcard)
+
+
+async def test_a_spliced_link_between_two_tls_serving_processes(
+    redis_server: RedisServer, tmp_path: Path,  # noqa: F811
+) -> None:
+    """With ``--tls-cert`` the second end's process copies the decrypted bytes of its
+    client's TLS connection to the first end's process and back."""
+    from tls_helpers import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    url = redis_server.url(10)
+    args = [*ARGS, "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]
+    a, b = IdentityKey.generate(), IdentityKey.generate()
+    with start_relay(url, args, home=tmp_path) as r1, start_relay(url, args, home=tmp_path) as r2:
+        assert r1.url.startswith("https://")
+        async with RelayClient(r1.url, a, ca_file=str(pki.ca)) as ca, \
+                RelayClient(r2.url, b, ca_file=str(pki.ca)) as cb:
+            la, lb = await _first_on_second_on(r1, r2, a, b, ca, cb, "tls")
+            big = os.urandom(500_000)
+            for _ in range(3):
+                await la.send(big)  # type: ignore[attr-defined]
+                await lb.send(b"small")  # type: ignore[attr-defined]
+                assert await lb.recv(timeout=10) == big  # type: ignore[attr-defined]
+                assert await la.recv(timeout=10) == b"small"  # type: ignore[attr-defined]
+            await la.close()  # type: ignore[attr-defined]
+            with pytest.raises(LinkClosed) as exc:
+                await lb.recv(timeout=10)  # type: ignore[attr-defined]
+            assert exc.value.close_code == CloseCode.PEER_CLOSED
+        assert _paths(r1) == ["spliced"] and _paths(r2) == ["spliced"]
+
+
+async def test_an_unreachable_splice_address_falls_back_to_redis(
+    redis_server: RedisServer, tmp_path: Path,  # noqa: F811
+) -> None:
+    """A process whose advertised address does not answer (another host's loopback, a
+    firewall) is reached through Redis pub/sub instead: the link works, the metric says so."""
+    import redis
+
+    url = redis_server.url(7)
+    a, b = IdentityKey.generate(), IdentityKey.generate()
+    with start_relay(url, ARGS, home=tmp_path) as r1, start_relay(url, ARGS, home=tmp_path) as r2:
+        r = redis.Redis.from_url(url)
+        try:
+            keys = [k for k in r.keys("*") if b"splice:" in k]
+            assert len(keys) == 2
+            for k in keys:  # a port nothing listens on (refused at once)
+                r.set(k, b"127.0.0.1:1", px=60_000)
+        finally:
+            r.close()
+        async with RelayClient(r1.url, a) as ca, RelayClient(r2.url, b) as cb:
+            la, lb = await _first_on_second_on(r1, r2, a, b, ca, cb, "fb")
+            await la.send(b"through redis")  # type: ignore[attr-defined]
+            assert await lb.recv(timeout=5) == b"through redis"  # type: ignore[attr-defined]
+        assert _paths(r2) == ["cross-process"]
+        metrics = await asyncio.to_thread(_metrics, r2.url)
+        assert "didmesh_relay_links_splice_failed_total 1" in metrics
+        warned = [ln for ln in r2.log_lines() if "splice refused or failed" in ln.get("msg", "")]
+        assert warned and "ConnectionRefusedError" in warned[0]["answer"]
