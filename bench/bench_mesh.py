@@ -2,6 +2,7 @@
 
     python bench/bench_mesh.py [--parties 3 5] [--repeats 3] [--matrix-n 200] [--budget 1500]
     python bench/bench_mesh.py --startup [--startup-m 10] [--repeats 3]
+    python bench/bench_mesh.py --resume [--resume-pings 2000] [--repeats 3]
 
 For each example and each m, every mode runs ``--repeats`` times on loopback (all
 parties as local processes); the figure is the median of MPyC's own "elapsed time"
@@ -20,7 +21,9 @@ over 5 MB to every party, through the relay on its default ``link_max_frame`` to
 relay of mode (d) is started with default settings unless ``--big-relay-frames``).
 ``--startup`` measures start-up instead: a trivial program (hello world) at m = 10 (``--
 startup-m``), whole processes from launch to exit, plain MPyC against didmesh direct and
-relayed, interleaved; wall time and the CPU of all parties.
+relayed, interleaved; wall time and the CPU of all parties. ``--resume`` measures what a
+relay restart mid-run adds (SIGKILL, started again at once on the same port and store):
+two parties' loop of channel round trips through the relay with and without the restart.
 
 Modes: (a) ``plain`` MPyC TCP (``-P``/``-I``); (b) ``ssl`` MPyC ``--ssl`` with throwaway
 certificates made here (``.config/party_<i>.crt``, ``party_<i>.key``, ``mpyc_ca.crt`` in
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -217,7 +221,11 @@ def start_relay(big_frames: bool = False) -> tuple[str, subprocess.Popen[bytes]]
          # MPyC blocks its event loop for many seconds in large numpy steps; the relay's
          # link pings (20 s, pong within 10 s) would drop such a party's links. The mesh
          # has its own liveness with stall grace (specs/mesh.md section 7).
-         "--link-heartbeat-s", "0", "--ws-idle-timeout-s", "3600"],
+         "--link-heartbeat-s", "0", "--ws-idle-timeout-s", "3600",
+         # every party connects from 127.0.0.1 here (on the Internet each has its own
+         # address): at m = 10 one run makes ~120 requests within a second, over the
+         # relay's per-address rate (50/s, burst 100), and a refused party fails the run
+         "--rate-ip-per-s", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -370,6 +378,158 @@ def format_mode(mode: str, s: dict[str, Any]) -> str:
                if "median_program_cpu_s" in s else "")
             + f"runs {s['runs']}" + (f", {s['failed']} failed" if s["failed"] else ""))
 
+# ------------------------------------------------------------------ link resumption
+
+
+def _resume_once(chaos: str, pings: int, workdir: Path, redis_url: str = ""
+                 ) -> dict[str, Any]:
+    """Two parties (threads) on one relayed link: party 0 runs ``pings`` sequential channel
+    pings (each a round trip through the relay, as an MPyC run's rounds are). ``chaos``:
+    ``"none"``; ``"restart"``: the relay is SIGKILLed after a third of them and started
+    again at once on the same port and store; ``"failover"``: two relay processes on the
+    Redis at ``redis_url``, both in the session, and the one carrying the link is SIGKILLed.
+    Returns the loop's wall time and the link's resume figures."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from didmesh.session.mesh.mesh import Mesh
+    from didmesh.session.mesh.transport import RelayedLink
+    from relay_helpers import free_port, spawn_relay
+
+    port = free_port()
+    store = redis_url or f"sqlite:{workdir / f'resume-{port}.sqlite3'}"
+    args = ["--rate-ip-per-s", "0", "--link-heartbeat-s", "0", "--no-access-log",
+            "--port", str(port)]
+    relays = [spawn_relay(store, args, home=workdir)]
+    if chaos == "failover":
+        relays.append(spawn_relay(store, args[:-2], home=workdir))
+    done = threading.Event()
+    third = threading.Event()
+    out: dict[str, Any] = {}
+    restart = chaos != "none"
+    try:
+        plans, ids = loopback_plans(2, relays=[r.url for r in relays], endpoints=False)
+        options = ConnectOptions(relay_only=True, connect_timeout=20, handshake_timeout=5)
+
+        async def party(i: int) -> dict[str, Any]:
+            connector = MeshConnector(plans[i], ids[i], options)
+            try:
+                peers = await connector.connect_all()
+                mesh = Mesh(plans[i], peers, identity=ids[i], timeout=30.0)
+                mesh.start()
+                peer = peers[1 - i]
+                res: dict[str, Any] = {}
+                try:
+                    await mesh.check(timeout=10)
+                    if i == 0:
+                        t0 = time.perf_counter()
+                        for n in range(pings):
+                            if n == pings // 3:
+                                third.set()
+                            try:
+                                await peer.ping(20)
+                            except TimeoutError:
+                                raise RuntimeError(
+                                    f"ping {n} unanswered: {mesh.fatal!r}") from None
+                        res["loop_s"] = time.perf_counter() - t0
+                        done.set()
+                    else:
+                        while not done.is_set():
+                            await asyncio.sleep(0.02)
+                    await mesh.finish(20)
+                finally:
+                    mesh.close()
+                link = peer.link
+                if isinstance(link, RelayedLink):
+                    res["resumes"] = link.stream.resumes
+                    res["resume_s"] = list(link.resume_seconds)
+                res["fatal"] = mesh.fatal
+                return res
+            finally:
+                await connector.aclose()
+
+        def disrupt() -> None:
+            if not third.wait(60):
+                return
+            t0 = time.perf_counter()
+            relays[0].kill()
+            if chaos == "restart":
+                relays.append(spawn_relay(store, args, home=workdir))
+            out["relay_restart_s"] = time.perf_counter() - t0
+
+        killer = threading.Thread(target=disrupt) if restart else None
+        if killer is not None:
+            killer.start()
+        with ThreadPoolExecutor(2) as pool:
+            futs = [pool.submit(lambda i=i: asyncio.run(asyncio.wait_for(party(i), 90)))
+                    for i in range(2)]
+            res = [f.result(timeout=100) for f in futs]
+        third.set()
+        if killer is not None:
+            killer.join(30)
+        if any(r["fatal"] is not None for r in res):
+            raise RuntimeError(f"the run failed: {[r['fatal'] for r in res]}")
+        out["loop_s"] = res[0]["loop_s"]
+        out["resumes"] = [r.get("resumes", 0) for r in res]
+        out["resume_s"] = [s for r in res for s in r.get("resume_s", [])]
+        return out
+    finally:
+        for r in relays:
+            if r.alive():
+                r.proc.kill()
+            r.proc.wait(10)
+            with contextlib.suppress(OSError):
+                r.log_path.unlink()
+
+
+def resume_benchmark(repeats: int, pings: int) -> dict[str, Any]:
+    """What a relay restart adds to a relayed run (issue 12's target: at most 1 s), and
+    what the SIGKILL of one of two relay processes on one Redis adds (if redis-server is
+    installed). ``link_outage_s``: from the link's loss to its resumption (the later end);
+    ``resumed_after_relay_up_s``: that minus the relay's own restart (kill to listening);
+    ``added_to_run_s``: the difference of the runs' medians (noisier)."""
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from relay_helpers import start_redis
+
+    base: list[float] = []
+    hit: list[float] = []
+    restarts: list[float] = []
+    outages: list[float] = []
+    fail: list[float] = []
+    fail_outages: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        redis = stack.enter_context(start_redis()) if shutil.which("redis-server") else None
+        for n in range(repeats):  # interleaved
+            base.append(_resume_once("none", pings, Path(tmp))["loop_s"])
+            r = _resume_once("restart", pings, Path(tmp))
+            hit.append(r["loop_s"])
+            restarts.append(r["relay_restart_s"])
+            outages.append(max(r["resume_s"]))
+            if redis is not None:
+                f = _resume_once("failover", pings, Path(tmp), redis.url(n % 16))
+                fail.append(f["loop_s"])
+                fail_outages.append(max(f["resume_s"]))
+    med = statistics.median
+    failover = {} if not fail else {
+        "failover_link_outage_s": round(med(fail_outages), 3),
+        "failover_added_to_run_s": round(med(fail) - med(base), 3),
+    }
+    return {
+        "pings": pings,
+        "run_without_restart_s": round(med(base), 3),
+        "run_with_restart_s": round(med(hit), 3),
+        "added_to_run_s": round(med(hit) - med(base), 3),
+        "relay_restart_s": round(med(restarts), 3),
+        "link_outage_s": round(med(outages), 3),
+        "resumed_after_relay_up_s": round(
+            med([o - r for o, r in zip(outages, restarts, strict=True)]), 3),
+        "link_outages_s": [round(x, 3) for x in outages],
+        **failover,
+    }
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -401,7 +561,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--program-cpu", action="store_true",
                     help="run the examples under bench/program_cpu.py and also report the "
                          "CPU of the program itself (no start-up, imports or mesh set-up)")
+    ap.add_argument("--resume", action="store_true",
+                    help="only what a relay restart (SIGKILL, started again) adds to a "
+                         "relayed run of --resume-pings channel round trips")
+    ap.add_argument("--resume-pings", type=int, default=2000)
     a = ap.parse_args(argv)
+    if a.resume:
+        res = resume_benchmark(a.repeats, a.resume_pings)
+        print("relay restart mid-run (2 parties, one relayed link; medians of "
+              f"{a.repeats} interleaved):")
+        for k, v in res.items():
+            print(f"    {k:30} {v}")
+        if a.json:
+            Path(a.json).write_text(json.dumps({"resume": res}, indent=2))
+        return 0
     programs = {
         "secure_sum": (EXAMPLES / "secure_sum.py", []),
         "secret_santa": (EXAMPLES / "secret_santa.py", ["-n", str(a.santa_n), "--seed", "1"]),

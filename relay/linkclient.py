@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import ssl
 import time
 from typing import Any
@@ -87,6 +88,12 @@ _STALE = (OSError, asyncio.IncompleteReadError)
 #: link limits per relay URL, fetched once per process (a relay's ``/info`` limits are its
 #: configuration: they change only with a restart, and a link's own limits still apply)
 _LIMITS: dict[str, dict[str, float]] = {}
+#: a request the relay refused as too many (429) is tried again this often, after the wait
+#: it names (or 50 ms doubling), at most ``RATE_MAX_WAIT`` s each: parties behind one
+#: address (one NAT, one test machine) that all start at once exceed a relay's
+#: per-address burst for a moment, and a refused link would fail the whole run
+RATE_RETRIES = 5
+RATE_MAX_WAIT = 1.0
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DEFAULT_LINK_LIMITS: dict[str, float] = {
@@ -374,6 +381,16 @@ class LinkClient:
         return "\r\n".join(lines).encode("latin-1")
 
     async def _json(self, method: str, path: str, body: Any = None) -> Any:
+        for attempt in range(RATE_RETRIES + 1):
+            try:
+                return await self._json_once(method, path, body)
+            except RateLimited as exc:
+                if attempt == RATE_RETRIES:
+                    raise
+                await _rate_wait(exc, attempt)
+        raise AssertionError("unreachable")
+
+    async def _json_once(self, method: str, path: str, body: Any = None) -> Any:
         url = self.base_url + path
         data = b"" if body is None else json.dumps(body).encode()
         request = self._request_head(method, path, {
@@ -460,6 +477,16 @@ class LinkClient:
         return dict(limits)
 
     async def _upgrade(self, path: str) -> _Conn:
+        for attempt in range(RATE_RETRIES + 1):
+            try:
+                return await self._upgrade_once(path)
+            except RateLimited as exc:
+                if attempt == RATE_RETRIES:
+                    raise
+                await _rate_wait(exc, attempt)
+        raise AssertionError("unreachable")
+
+    async def _upgrade_once(self, path: str) -> _Conn:
         url = self.base_url + path
         attempt = 0
         while True:
@@ -550,6 +577,15 @@ class LinkClient:
             idle[0].close()
 
 
+async def _rate_wait(exc: RateLimited, attempt: int) -> None:
+    """Wait before trying a refused request again: the relay's ``retry_after`` if it gave
+    one, else 50 ms doubling; at most :data:`RATE_MAX_WAIT` s."""
+    wait = getattr(exc, "retry_after", None)
+    if not isinstance(wait, int | float) or not 0 < wait < 3600:
+        wait = 0.05 * 2 ** attempt
+    await asyncio.sleep(min(RATE_MAX_WAIT, float(wait)) * (1 + 0.25 * random.random()))
+
+
 class WsLink:
     """An established link (the interface of :class:`didmesh.relay.client.Link`)."""
 
@@ -600,6 +636,8 @@ class WsLink:
         try:
             await self.send_raw(OP_BINARY, data)
         except (ConnectionError, RuntimeError):
+            if self.close_code is None:
+                self.close_code = CloseCode.ABNORMAL
             self._lost()
             raise self._closed_error() from None
 
@@ -633,6 +671,8 @@ class WsLink:
             except (OSError, asyncio.IncompleteReadError):
                 data = b""
             if not data:
+                if self.close_code is None:  # no close frame: the relay (process) is gone
+                    self.close_code = CloseCode.ABNORMAL
                 self._lost()
                 return OP_CLOSE, b""
             try:

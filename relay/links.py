@@ -439,9 +439,10 @@ class RemotePipe:
         await self.bus.subscribe(self.rx, self._on_msg)
 
     def watch(self, proc: str) -> None:
-        """If the other end's relay process dies, end this link as if it said "gone"
-        (within the store's liveness bound, instead of at the idle timeout)."""
-        self.bus.watch_process(proc, self.rx, lambda: self._on_msg(xp_close(CloseCode.PEER_GONE)))
+        """If the other end's relay process dies, end this link with 4411 (within the
+        store's liveness bound, instead of at the idle timeout): the mesh resumes it."""
+        self.bus.watch_process(
+            proc, self.rx, lambda: self._on_msg(xp_close(CloseCode.PEER_RELAY_GONE)))
 
     async def unsubscribe(self) -> None:
         await self.bus.unsubscribe(self.rx)

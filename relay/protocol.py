@@ -39,6 +39,7 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # relay shutting down
+    ABNORMAL = 1006  # local only, never sent: the connection ended without a close frame
     MESSAGE_TOO_BIG = 1009  # frame larger than max_frame
     PEER_CLOSED = 4000  # the other end closed its side cleanly
     MALFORMED = 4400  # control message not understood
@@ -46,7 +47,8 @@ class CloseCode(IntEnum):
     NOT_LINKED = 4403  # binary frame before the link was established
     PAIR_TIMEOUT = 4408  # the peer never asked for this link
     DUPLICATE = 4409  # an identical link request is already waiting
-    PEER_GONE = 4410  # the other end vanished (reset, crash, relay process gone)
+    PEER_GONE = 4410  # the other end vanished (reset, crash)
+    PEER_RELAY_GONE = 4411  # the relay process holding the other end died (link resumable)
     LINK_LIMIT = 4429  # concurrent link limit reached
     BYTES_EXCEEDED = 4451  # link byte budget used up
     DURATION_EXCEEDED = 4452  # link lifetime used up
@@ -64,13 +66,23 @@ CLOSE_REASONS: dict[int, str] = {
     CloseCode.NOT_LINKED: "frame on a link that is not established",
     CloseCode.PAIR_TIMEOUT: "peer did not join in time",
     CloseCode.DUPLICATE: "an identical link request is already waiting",
+    CloseCode.ABNORMAL: "connection to the relay lost",
     CloseCode.PEER_GONE: "peer disconnected",
+    CloseCode.PEER_RELAY_GONE: "the relay process holding the peer's end is gone",
     CloseCode.LINK_LIMIT: "too many concurrent links",
     CloseCode.BYTES_EXCEEDED: "link byte budget exhausted",
     CloseCode.DURATION_EXCEEDED: "link duration limit reached",
     CloseCode.IDLE_TIMEOUT: "link idle for too long",
     CloseCode.INTERNAL: "relay internal error",
 }
+
+
+#: codes after which a mesh link may be resumed on a new link (the relay lost it, not the
+#: peer): a connection cut without a close frame, a relay shutting down, the other end's
+#: relay process gone, a relay failure (specs/mesh.md, "Link resumption")
+RESUMABLE_CLOSE_CODES: frozenset[int] = frozenset({
+    CloseCode.GOING_AWAY, CloseCode.ABNORMAL, CloseCode.PEER_RELAY_GONE, CloseCode.INTERNAL,
+})
 
 
 def close_reason(code: int) -> str:

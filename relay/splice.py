@@ -337,8 +337,9 @@ class Splice:
         other = half.other or (self.down if half is self.up else self.up)
         if half is self.up:
             # A ended the link (its close frame went through first: let the client's
-            # socket flush it), or A's process went (close the client with "peer gone")
-            self.close(CloseCode.PEER_GONE)
+            # socket flush it), or A's process went: 4411, the relay lost the link (the
+            # mesh resumes it), not the peer
+            self.close(CloseCode.PEER_RELAY_GONE)
         elif other.transport is not None and not other.transport.is_closing():
             other.transport.abort()  # the client went: cut A's side at once
         if half is self.down and self.http_protocol is not None:

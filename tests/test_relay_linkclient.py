@@ -349,3 +349,42 @@ def test_a_hostile_relay_gives_one_relay_error(case: str) -> None:
             server.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_requests_refused_as_too_many_are_tried_again_then_given_up() -> None:
+    """Parties behind one address that start at once exceed a relay's per-address burst
+    for a moment: the link client waits and tries again (bounded) instead of failing the
+    run; a relay that keeps refusing still ends in RateLimited, within seconds."""
+    from didmesh.relay.errors import RateLimited
+
+    a, b = IdentityKey.generate(), IdentityKey.generate()
+
+    async def pair(url: str) -> None:
+        mine, theirs = LinkClient(url, a, timeout=10), LinkClient(url, b, timeout=10)
+        try:  # 8 requests (challenge, token, /info, upgrade each) against a burst of 4
+            la, lb = await asyncio.gather(mine.open_link("s1", b.did, timeout=20),
+                                          theirs.open_link("s1", a.did, timeout=20))
+            await la.send(b"ping")
+            assert await lb.recv(timeout=10) == b"ping"
+            await la.close()
+            await lb.close()
+        finally:
+            await mine.close()
+            await theirs.close()
+
+    async def refused(url: str) -> float:
+        client = LinkClient(url, a, timeout=10)
+        t0 = asyncio.get_running_loop().time()
+        try:
+            with pytest.raises(RateLimited):
+                for _ in range(3):  # the first request passes, then the bucket is empty
+                    await client._json("POST", "/v1/auth/challenge", {"did": a.did})
+        finally:
+            await client.close()
+        return asyncio.get_running_loop().time() - t0
+
+    with start_relay(args=["--rate-ip-per-s", "20", "--rate-ip-burst", "4"]) as relay:
+        asyncio.run(asyncio.wait_for(pair(relay.url), 60))
+    with start_relay(args=["--rate-ip-per-s", "0.01", "--rate-ip-burst", "1"]) as relay:
+        took = asyncio.run(asyncio.wait_for(refused(relay.url), 60))
+    assert 1.0 < took < 10

@@ -87,6 +87,8 @@ class SecureChannel:
         self.decoder = FrameDecoder(transport.recv, max_message_size=max_message_size)
         #: Channel binding: equal on both sides, unique to this handshake.
         self.handshake_hash = transport.handshake_hash
+        #: A secret bound to this handshake (never sent): keys link resumption (resume.py).
+        self.exporter = transport.exporter
         self.remote_static = transport.remote_static
         self.initiator = transport.initiator
 

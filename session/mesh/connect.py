@@ -49,6 +49,7 @@ from .peer import PeerChannel
 from .plan import MeshPlan
 from .puncher import Puncher
 from .relayed import RelayedPath, RelayLinks, RelayOpener, default_relay_opener
+from .resume import DEFAULT_MAX_UNACKED
 from .transport import ByteLink
 
 
@@ -72,12 +73,21 @@ class ConnectOptions:
     #: decides when a peer is gone, and a ping whose pong is read late because a long
     #: local step blocked the event loop would cut a healthy link (specs/mesh.md, 7)
     link_heartbeat: float | None = None
+    #: seconds a relayed link the relay lost may take to be resumed (on any process of that
+    #: relay or another relay of the session) before the run fails naming the relay; 0: off
+    resume_timeout: float = 15.0
+    #: bound of each relayed link's resend buffer, bytes (specs/mesh.md, 6.2)
+    resume_buffer: int = DEFAULT_MAX_UNACKED
 
     def __post_init__(self) -> None:
         if self.direct_only and self.relay_only:
             raise PathUnavailable("--direct-only and --relay-only exclude each other")
         if self.inbound_limit < 1:
             raise PathUnavailable(f"inbound_limit must be at least 1, not {self.inbound_limit}")
+        if not self.resume_timeout >= 0 or self.resume_buffer < 1:
+            raise PathUnavailable(
+                f"resume_timeout must be >= 0 seconds and resume_buffer >= 1 byte, not "
+                f"{self.resume_timeout!r} and {self.resume_buffer!r}")
         if self.link_heartbeat is not None and not self.link_heartbeat > 0:
             raise PathUnavailable(
                 f"link_heartbeat must be positive seconds or None, not {self.link_heartbeat!r}"
@@ -146,7 +156,7 @@ class MeshConnector:
             if grace and self.puncher is not None:  # another home: punch at once
                 grace = self.puncher.relay_grace(pair.peer_id, grace)
             paths.append(RelayedPath(self.plan, self.handshake, self.relay_opener,
-                                     self.puncher, grace))
+                                     self.puncher, grace, options=self.options))
         return paths
 
     # ------------------------------------------------------------------ main

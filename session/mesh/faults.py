@@ -102,3 +102,14 @@ class PeerMisbehaved(PartyError, RemoteError):
     """A party sent something the mesh protocol does not allow."""
 
     code = "peer_misbehaved"
+
+
+class RelayLost(MeshError, RemoteError):
+    """A relay lost a relayed link and it could not be resumed in time (on that relay or
+    another of the session): the relay is at fault, not the party at the link's other end."""
+
+    code = "relay_lost"
+
+    def __init__(self, message: str | None = None, *, relay: str = "") -> None:
+        super().__init__(message)
+        self.relay = relay

@@ -30,9 +30,17 @@ from didmesh.identity.strict_json import loads_strict
 
 from .abort import AbortNotice, decode_abort, encode_abort, make_abort
 from .errors import FrameError
-from .faults import InvalidAbort, PeerAborted, PeerLost, PeerMisbehaved, PeerUnresponsive
+from .faults import (
+    InvalidAbort,
+    PeerAborted,
+    PeerLost,
+    PeerMisbehaved,
+    PeerUnresponsive,
+    RelayLost,
+)
 from .peer import ABORT, BYE, HEARTBEAT, READY, PeerChannel
 from .plan import MeshPlan
+from .resume import ResumeFailed
 
 MAX_READY_BYTES = 64 * 1024
 #: seconds a lost link waits for a signed abort notice before it is the verdict: when a
@@ -109,6 +117,8 @@ class Mesh:
             for p in list(self.peers.values()):
                 if p.failed or p.closed:
                     continue
+                if p.link.resuming:  # bounded by its own resume timeout
+                    p.last_rx = now
                 if now - p.last_tx >= interval:
                     try:
                         p.send_control(HEARTBEAT)
@@ -230,6 +240,9 @@ class Mesh:
             return
         if isinstance(exc, PeerAborted | InvalidAbort):
             self._fatal(exc, None)
+            return
+        if isinstance(exc, RelayLost | ResumeFailed):  # names the relay; no party to blame
+            self.fail(exc)
             return
         if type(exc) is PeerLost and self.fatal is None and not self._finishing:
             try:

@@ -40,6 +40,8 @@ from .primitives import (
 )
 
 PSK_LEN: Final = 32
+#: HKDF input of :attr:`NoiseTransport.exporter` (domain separation from the split keys)
+EXPORTER_LABEL: Final = b"didmesh/noise/exporter/v1"
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,14 @@ class SymmetricState:
         self.mix_hash(ciphertext)
         return pt
 
+    def export(self, label: bytes) -> bytes:
+        """A secret for ``label``, derived from the chaining key (not from ``h``, which is
+        public): ``HKDF(ck, label)``'s first output. Independent of :meth:`split`'s keys
+        (their HKDF input is empty)."""
+        if not label:
+            raise NoiseUsageError("an exporter label must not be empty")
+        return self._hash.hkdf(self.ck, label, 2)[0]
+
     def split(self) -> tuple[CipherState, CipherState]:
         k1, k2 = self._hash.hkdf(self.ck, b"", 2)
         return (
@@ -231,6 +241,7 @@ class NoiseTransport:
         handshake_hash: bytes,
         remote_static: bytes | None,
         initiator: bool,
+        exporter: bytes = b"",
     ) -> None:
         self.send = send
         self.recv = recv
@@ -239,6 +250,9 @@ class NoiseTransport:
         #: The peer's static public key, if the pattern transmitted or pre-shared one.
         self.remote_static = remote_static
         self.initiator = initiator
+        #: A secret both sides share, bound to this handshake (``HKDF(ck, EXPORTER_LABEL)``):
+        #: keys for messages outside the transport ciphers (link resumption, specs/mesh.md).
+        self.exporter = exporter
 
     def encrypt(self, plaintext: bytes, ad: bytes = b"") -> bytes:
         if self.send is None:
@@ -490,6 +504,7 @@ class HandshakeState:
                 }[self._state]
             )
         c1, c2 = self.symmetric.split()
+        exporter = self.symmetric.export(EXPORTER_LABEL)
         self._state = "split"
         h = self.symmetric.get_handshake_hash()
         # Drop key material this object no longer needs.
@@ -499,4 +514,4 @@ class HandshakeState:
             send, recv = (c1, None) if self.initiator else (None, c1)
         else:
             send, recv = (c1, c2) if self.initiator else (c2, c1)
-        return NoiseTransport(send, recv, h, self.rs, self.initiator)
+        return NoiseTransport(send, recv, h, self.rs, self.initiator, exporter)

@@ -15,6 +15,7 @@ one kind byte:
 0x07  SELECT      initiator: this path is the pair's channel
 0x08  HEARTBEAT   keep-alive, no payload
 0x09  START       the program here reached ``mpc.start()`` (the start barrier)
+0x0A  ACK         u64 BE: stream bytes received on this relayed link (:mod:`.resume`)
 ====  ==========  =======================================================
 
 Events go to a :class:`PeerEvents` (the mesh). The receive path is synchronous: bytes
@@ -33,8 +34,9 @@ from didmesh.identity.errors import DidmeshError
 
 from .channel import SecureChannel
 from .errors import FrameTruncated
-from .faults import PeerLost, PeerMisbehaved
+from .faults import PeerLost, PeerMisbehaved, RelayLost
 from .mpyc_bridge import AppReceiver
+from .resume import ResumeFailed
 from .transport import ByteLink
 
 DATA: Final = 0
@@ -47,6 +49,7 @@ BYE: Final = 6
 SELECT: Final = 7
 HEARTBEAT: Final = 8
 START: Final = 9
+ACK: Final = 10
 
 _DATA_BYTE: Final = b"\x00"
 _CLOSE_MARK: Final = object()
@@ -171,6 +174,9 @@ class PeerChannel:
                 if not msg:
                     raise PeerMisbehaved(f"{self.name} sent an empty message", party=self.peer_id)
                 self._dispatch(msg[0], memoryview(msg)[1:])  # no copy of the payload
+            ack = self.link.ack_due()
+            if ack is not None:  # a resumable link: the peer may drop what we got
+                self.send_control(ACK, ack.to_bytes(8, "big"))
         except DidmeshError as exc:
             self._fail(exc)
 
@@ -196,6 +202,9 @@ class PeerChannel:
         if self.bye:
             self.closed = True
             return
+        if isinstance(exc, RelayLost | ResumeFailed):  # the relay's fault, not the peer's
+            self._fail(exc)
+            return
         why = f" ({str(exc) or type(exc).__name__})" if exc is not None else ""
         self._fail(PeerLost(f"{self.name} disconnected{why}", party=self.peer_id))
 
@@ -212,7 +221,7 @@ class PeerChannel:
         if kind == START:
             self.peer_started.set()
             return
-        if ev is None and kind not in (PING, PONG, HEARTBEAT, SELECT):
+        if ev is None and kind not in (PING, PONG, HEARTBEAT, SELECT, ACK):
             self._early.append((kind, bytes(payload)))
             return
         if kind == DATA:
@@ -237,6 +246,10 @@ class PeerChannel:
                 fut.set_result(self._clock())
         elif kind == HEARTBEAT or kind == SELECT:
             pass
+        elif kind == ACK:
+            if len(payload) != 8:
+                raise PeerMisbehaved(f"{self.name} sent a malformed ACK", party=self.peer_id)
+            self.link.peer_acked(int.from_bytes(payload, "big"))
         elif ev is None:
             pass
         elif kind == ABORT:

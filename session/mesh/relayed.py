@@ -22,9 +22,11 @@ from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
 
 from .errors import HandshakeFailed
+from .faults import RelayLost
 from .handshake import Attempt, PairHandshake, Rejected, reason_of
 from .paths import Pair
 from .plan import MeshPlan
+from .resume import DEFAULT_MAX_UNACKED, ResumeStream, resume_link_id
 from .transport import ByteLink, RelayedLink
 
 if TYPE_CHECKING:
@@ -42,12 +44,16 @@ class RelayedPath:
     kind = "relay"
 
     def __init__(self, plan: MeshPlan, handshake: PairHandshake, opener: RelayOpener,
-                 puncher: Puncher | None, grace: float) -> None:
+                 puncher: Puncher | None, grace: float, *,
+                 options: ConnectOptions | None = None) -> None:
         self.plan = plan
         self.handshake = handshake
         self.opener = opener
         self.puncher = puncher
         self.grace = grace
+        self.resume_timeout = options.resume_timeout if options is not None else 0.0
+        self.resume_buffer = options.resume_buffer if options is not None \
+            else DEFAULT_MAX_UNACKED
 
     async def run(self, pair: Pair, deadline: float) -> None:
         if self.grace:
@@ -63,7 +69,9 @@ class RelayedPath:
             except (OSError, TimeoutError, DidmeshError) as exc:
                 errors.append(f"{url}: {reason_of(exc)}")
                 continue
-            link: ByteLink = RelayedLink(raw, f"relay {url}")
+            relayed = RelayedLink(raw, f"relay {url}",
+                                  stream=ResumeStream(max_unacked=self.resume_buffer))
+            link: ByteLink = relayed
             try:
                 link, ch = await self._handshake(pair, link, deadline)
             except (HandshakeFailed, Rejected) as exc:
@@ -81,9 +89,56 @@ class RelayedPath:
             except BaseException:  # cancelled: another path won (the relay frees the link)
                 link.abort()
                 raise
+            if link is relayed:  # not punched: resumable if the relay loses it
+                self._arm_resume(relayed, pair, url, ch)
             pair.won(link, ch)
             return
         pair.failed(self.kind, "; ".join(errors) or "no relay")
+
+    def _arm_resume(self, link: RelayedLink, pair: Pair, url: str, ch: Any) -> None:
+        """Let ``link`` be resumed through the session's relays if the relay loses it
+        (specs/mesh.md 6.2): ``reopen`` tries the relay the link was on, then the others,
+        in the same order at both ends, until the resume deadline."""
+        opener = self.opener
+        timeout = self.resume_timeout
+        exporter = getattr(ch, "exporter", b"")
+        if not isinstance(opener, RelayLinks) or timeout <= 0 or not exporter:
+            return
+        peer_did = self.plan.party(pair.peer_id).did
+        link_id = resume_link_id(exporter)
+        name = self.plan.describe(pair.peer_id)
+        relays = list(self.plan.relays)
+        current = [url]
+
+        async def reopen(deadline: float) -> tuple[Any, str]:
+            loop = asyncio.get_running_loop()
+            urls = [current[0], *(u for u in relays if u != current[0])]
+            last: dict[str, str] = {}
+            delay = 0.05
+            while True:
+                for u in urls:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        tried = "; ".join(f"{k}: {v}" for k, v in last.items()) or "no attempt"
+                        where = "it" if len(urls) == 1 else "any relay of the session"
+                        raise RelayLost(
+                            f"relay {current[0]} lost the link to {name} and it could not be "
+                            f"resumed within {timeout:g} s on {where} ({tried})",
+                            relay=current[0])
+                    # one relay at a time; long enough for the peer to come to the same one
+                    per = remaining if len(urls) == 1 else min(remaining, max(2.0, timeout / 3))
+                    try:
+                        raw = await asyncio.wait_for(
+                            opener.open(u, peer_did, link_id=link_id, timeout=per), per + 0.5)
+                    except (OSError, TimeoutError, DidmeshError) as exc:
+                        last[u] = reason_of(exc)
+                        continue
+                    current[0] = u
+                    return raw, u
+                await asyncio.sleep(delay)  # every relay refused at once: it may be restarting
+                delay = min(delay * 2, 0.1)  # as MPyC retries: a relay back costs <= 0.1 s
+
+        link.arm_resume(exporter, pair.initiator, reopen, timeout)
 
     async def _handshake(self, pair: Pair, link: ByteLink, deadline: float
                          ) -> tuple[ByteLink, Any]:
@@ -118,12 +173,19 @@ class RelayLinks:
         self._clients: dict[str, Any] = {}
 
     async def __call__(self, url: str, peer_did: str) -> Any:
+        return await self.open(url, peer_did)
+
+    async def open(self, url: str, peer_did: str, *, link_id: str = "",
+                   timeout: float | None = None) -> Any:
+        """A link to ``peer_did`` through the relay at ``url`` (``link_id``: a resumed
+        link's, see resume.py), waiting at most ``timeout`` s (default: connect_timeout)."""
         client = self._client(url)
+        timeout = self.options.connect_timeout if timeout is None else timeout
         if self.options.link_heartbeat is None:
             return await client.open_link(
-                self.plan.session_id, peer_did, timeout=self.options.connect_timeout)
+                self.plan.session_id, peer_did, link_id=link_id, timeout=timeout)
         return await client.open_link(
-            self.plan.session_id, peer_did, timeout=self.options.connect_timeout,
+            self.plan.session_id, peer_did, link_id=link_id, timeout=timeout,
             heartbeat=self.options.link_heartbeat,
         )
 

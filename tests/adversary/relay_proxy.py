@@ -12,7 +12,8 @@ request to the real relay and lets a test rewrite what passes:
   replay between parties and between sessions; every envelope ever posted is kept in
   :attr:`captured`);
 * :attr:`on_frame` sees each binary frame of a forwarding link, with the link's session,
-  the sending DID and a per-link counter, and returns the frames to forward.
+  the sending DID and a per-link counter, and returns the frames to forward;
+  :attr:`LinkView.cut` drops an end's connection at once, as a relay crash would.
 
 Only loopback: the proxy listens on 127.0.0.1 and forwards to the relay's URL.
 """
@@ -45,6 +46,9 @@ class LinkView:
     frames: int = 0  # binary frames seen from this end so far
     partner: LinkView | None = None
     sent: list[bytes] = field(default_factory=list)
+    link_id: str = ""
+    #: cut this end's client connection at once, without a close frame (a relay crash)
+    cut: Callable[[], None] | None = None
 
 
 def token_did(headers: Any) -> str:
@@ -179,6 +183,8 @@ class MaliciousRelay:
         view = LinkView(did) if request.path == "/v1/link" else None
         if view is not None:
             self.links.append(view)
+            transport = request.transport
+            view.cut = transport.abort if transport is not None else None
 
         async def client_to_relay() -> None:
             async for msg in down:
@@ -187,6 +193,7 @@ class MaliciousRelay:
                         with contextlib.suppress(ValueError, AttributeError):
                             req = json.loads(msg.data)
                             view.session, view.peer = req.get("session", ""), req.get("peer", "")
+                            view.link_id = str(req.get("link_id", ""))
                             self._pair(view)
                     await upstream.send_str(msg.data)
                 elif msg.type is aiohttp.WSMsgType.BINARY:
@@ -244,6 +251,7 @@ class MaliciousRelay:
                 other is not view
                 and other.partner is None
                 and other.session == view.session
+                and other.link_id == view.link_id
                 and other.did == view.peer
                 and other.peer == view.did
             ):

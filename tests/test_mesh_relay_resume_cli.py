@@ -1,0 +1,177 @@
+"""Done-when test of issue 12's "restarts that do not abort sessions" for running
+computations: three ``didmesh run --relay-only`` processes run an MPyC program of many
+rounds; mid-run the relay process carrying their links is SIGKILLed — (a) one of two
+processes on one Redis, both named by the session, (b) the only relay, restarted on the
+same port and store. Each run completes with plain MPyC's output (tests/test_mesh_cli_e2e.py
+gives the session flow).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_mesh_cli_e2e as e2e
+from didmesh.session.mesh.loopback import free_ports
+from relay_helpers import (
+    RelayProcess,
+    free_port,
+    redis_available,
+    spawn_relay,
+    start_redis,
+    start_relay,
+)
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--rate-ip-per-s", "0", "--rate-did-per-s", "1000", "--rate-did-burst", "1000"]
+PROGRAM = '''\
+"""Many short rounds (a few seconds in all): a relay lost mid-run must not end it."""
+import asyncio
+
+from mpyc.runtime import mpc
+
+
+async def main():
+    await mpc.start()
+    secint = mpc.SecInt(32)
+    total = 0
+    for i in range(250):
+        xs = mpc.input(secint(mpc.pid + i))
+        total += await mpc.output(mpc.sum(xs))
+        await asyncio.sleep(0.01)
+    print("total", total)
+    await mpc.shutdown()
+
+
+mpc.run(main())
+'''
+
+
+def _agreed(tmp_path: Path, relays: list[str], program: Path) -> tuple[str, list[Path]]:
+    """tests/test_mesh_cli_e2e.py's session flow, with every relay of ``relays`` named."""
+    ok, spawn, finish_all = e2e.ok, e2e.spawn, e2e.finish_all
+    homes = [tmp_path / n for n in ("alice", "bob", "carol")]
+    dids = [ok(h, "id", "new", "--no-passphrase")["did"] for h in homes]
+    extra = [a for r in relays for a in ("--relay", r)]
+    sid = ok(homes[0], "session", "new", "--program", str(program), "--parties", "3",
+             *extra, "--name", "resume e2e", "--no-direct")["sessionId"]
+    ok(homes[0], "contacts", "add", "bob", dids[1])
+    ok(homes[0], "invite", sid[:8], "--to", "bob")
+    code = ok(homes[0], "invite", sid, "--code", "--no-wait")["code"]
+    organizer = spawn(homes[0], "session", "wait", sid, "--timeout", "60", "--json")
+    ports = free_ports(2)
+    ok(homes[1], "contacts", "add", "alice", dids[0])
+    ok(homes[1], "invites", "--relay", relays[0])
+    ok(homes[2], "claim", code, "--relay", relays[0], timeout=60)
+    ok(homes[1], "accept", sid[:8], "--yes", "--program", str(program),
+       "--endpoint", f"tcp://127.0.0.1:{ports[0]}")
+    ok(homes[2], "accept", sid, "--yes", "--endpoint", f"tcp://127.0.0.1:{ports[1]}")
+    waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in homes[1:]]
+    for rc, _, err in finish_all([organizer, *waits]):
+        assert rc == 0, err[-2000:]
+    return sid, homes
+
+
+def _paired(relay: RelayProcess) -> int:
+    return sum(1 for ln in relay.log_lines() if ln.get("msg") == "link end paired")
+
+
+def _run_with_chaos(sid: str, homes: list[Path], program: Path, relay: RelayProcess,
+                    chaos: Any) -> list[tuple[int, str, str]]:
+    """Start the three runs; once the relay paired all six link ends, wait 1 s (the
+    program is running) and call ``chaos()``; return the runs' results."""
+    before = _paired(relay)
+    procs = [e2e.spawn(h, "run", sid[:8], "--relay-only", "--timeout", "10",
+                       "--connect-timeout", "30", "--", str(program), "--no-log")
+             for h in homes]
+    try:
+        deadline = time.monotonic() + 60
+        while _paired(relay) < before + 6:
+            assert time.monotonic() < deadline, "the runs did not link up"
+            assert all(p.poll() is None for p in procs), "a run ended before its links were up"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert all(p.poll() is None for p in procs), "the program ended too early to test"
+        chaos()
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    return e2e.finish_all(procs, timeout=120)
+
+
+def _program(tmp_path: Path) -> Path:
+    program = tmp_path / "rounds.py"
+    program.write_text(PROGRAM)
+    return program
+
+
+@pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+def test_run_survives_sigkill_of_one_of_two_relay_processes(tmp_path: Path) -> None:
+    program = _program(tmp_path)
+    expected = e2e.plain_output(program)
+    with start_redis() as redis:
+        url = redis.url(11)
+        with start_relay(url, ARGS, home=tmp_path / "r") as p1, \
+                start_relay(url, ARGS, home=tmp_path / "r") as p2:
+            sid, homes = _agreed(tmp_path, [p1.url, p2.url], program)
+            results = _run_with_chaos(sid, homes, program, p1, p1.kill)
+            assert p2.alive()
+            resumed = _paired(p2)
+    for rc, out, err in results:
+        assert rc == 0, err[-2500:]
+        assert out == expected
+    assert resumed >= 6  # every link end came back on the other process
+
+
+def test_run_survives_a_restart_of_its_only_relay(tmp_path: Path) -> None:
+    program = _program(tmp_path)
+    expected = e2e.plain_output(program)
+    port = free_port()
+    store = f"sqlite:{tmp_path / 'relay' / 'relay.sqlite3'}"
+    args = [*ARGS, "--port", str(port)]
+    (tmp_path / "relay").mkdir(mode=0o700)
+    later: list[RelayProcess] = []
+    with start_relay(store, args, home=tmp_path / "r") as relay:
+        sid, homes = _agreed(tmp_path, [relay.url], program)
+
+        def restart() -> None:
+            relay.kill()
+            time.sleep(0.5)
+            later.append(spawn_relay(store, args, home=tmp_path / "r"))
+
+        try:
+            results = _run_with_chaos(sid, homes, program, relay, restart)
+            resumed = _paired(later[0])
+        finally:
+            for r in later:
+                r.proc.kill()
+                r.proc.wait(10)
+    for rc, out, err in results:
+        assert rc == 0, err[-2500:]
+        assert out == expected
+    assert resumed >= 6
+
+
+def test_a_relay_gone_for_good_is_named_not_a_party(tmp_path: Path) -> None:
+    """The issue's symptom: a SIGKILL gave ``party 2 (...) disconnected (link ... closed:
+    peer disconnected)``. Now every run waits for the relay (the resume bound) and fails
+    with one line naming it."""
+    program = _program(tmp_path)
+    with start_relay("memory", ARGS, home=tmp_path / "r") as relay:
+        sid, homes = _agreed(tmp_path, [relay.url], program)
+        t0 = time.monotonic()
+        results = _run_with_chaos(sid, homes, program, relay, relay.kill)
+        elapsed = time.monotonic() - t0
+    for rc, _out, err in results:
+        last = err.strip().splitlines()[-1]
+        assert rc != 0
+        assert last.startswith("didmesh: ") and relay.url in last, err[-2000:]
+        assert "disconnected" not in last and "Traceback" not in err, err[-2000:]
+    assert any("could not be resumed within 15 s" in err for _, _, err in results)
+    assert elapsed < 60
+
+
