@@ -2,9 +2,11 @@
 ``didmesh run --relay-only`` processes relayed through the shipped nginx config
 (relay/deploy/nginx-relay.conf) over https, with a private CA, to two relay processes on one
 real Redis — and mid-run (a) the relay process carrying most link ends is SIGKILLed,
-(b) Redis (persisting, as specs/relay.md section 13 requires) is restarted. Each run completes
-with plain MPyC's output. The session flow and chaos timing are
-tests/test_mesh_relay_resume_cli.py's, the nginx and CA set-up tests/test_relay_deploy.py's.
+(b) Redis (persisting, as specs/relay.md section 13 requires) is restarted, (c) that process
+is restarted (SIGTERM with a short drain, then started again). Each run completes with plain
+MPyC's output. And (fast) new links go around a process draining for a restart. The
+session flow and chaos timing are tests/test_mesh_relay_resume_cli.py's, the nginx and CA
+set-up tests/test_relay_deploy.py's.
 """
 
 from __future__ import annotations
