@@ -2,10 +2,13 @@
 
 :class:`LinkClient` speaks the same protocol as :meth:`didmesh.relay.client.RelayClient.open_link`
 (challenge, token, ``GET /info`` for the link limits, one ``/v1/link`` WebSocket per peer)
-over plain asyncio streams. It exists for start-up time: importing aiohttp costs a party
-about 0.25 s of CPU, more than everything else a relayed party adds. It sends no pings of
-its own (the mesh watches liveness itself: ``ConnectOptions.link_heartbeat`` is off by
-default; with a heartbeat the mesh uses the aiohttp client) and answers the relay's.
+over plain asyncio streams. The challenge and token requests share one kept-alive
+connection, and the first link's upgrade reuses it: a link costs the relay round trips of
+its requests, not a TCP (and TLS) handshake for each; ``/info`` is asked once per relay
+and process. It exists for start-up time: importing aiohttp costs a party about 0.25 s
+of CPU, more than everything else a relayed party adds. It sends no pings of its own
+(the mesh watches liveness itself: ``ConnectOptions.link_heartbeat`` is off by default;
+with a heartbeat the mesh uses the aiohttp client) and answers the relay's.
 
 The byte-level parts are sans-IO and tested on their own: :func:`client_frame` (a masked
 frame, RFC 6455 5.3), :class:`ServerFrameReader` (unmasked frames from the relay) and
@@ -24,6 +27,7 @@ import json
 import os
 import random
 import ssl
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -77,6 +81,13 @@ MAX_HEAD_BYTES = 64 * 1024
 #: to 1 MiB is read without pausing the socket
 READ_BUFSIZE = 1 << 20
 _AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
+#: an idle kept-alive connection is reused for this long at most (the relay drops idle
+#: connections after its ``header_timeout_s``, 10 s by default)
+IDLE_REUSE_S = 4.0
+_STALE = (OSError, asyncio.IncompleteReadError)
+#: link limits per relay URL, fetched once per process (a relay's ``/info`` limits are its
+#: configuration: they change only with a restart, and a link's own limits still apply)
+_LIMITS: dict[str, dict[str, float]] = {}
 #: a request the relay refused as too many (429) is tried again this often, after the wait
 #: it names (or 50 ms doubling), at most ``RATE_MAX_WAIT`` s each: parties behind one
 #: address (one NAT, one test machine) that all start at once exceed a relay's
@@ -290,6 +301,14 @@ class _Conn:
             return await self.reader.readexactly(n)
         return await self.reader.read(MAX_MESSAGE_BYTES)
 
+    @staticmethod
+    def reusable(headers: dict[str, str]) -> bool:
+        """Whether the connection may carry another request after this response (its body
+        was delimited, and the relay did not say it closes)."""
+        delimited = ("content-length" in headers
+                     or "chunked" in headers.get("transfer-encoding", "").lower())
+        return delimited and headers.get("connection", "").lower() != "close"
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
@@ -322,6 +341,25 @@ class LinkClient:
         self._token: asyncio.Future[str] | None = None
         self._limits: asyncio.Future[dict[str, float]] | None = None
         self.relay_id: str | None = None
+        # one kept-alive connection (the token's): the upgrade that follows reuses it, so
+        # a link costs no TCP (and TLS) handshake of its own
+        self._idle: tuple[_Conn, float] | None = None
+
+    def _take_idle(self) -> _Conn | None:
+        idle, self._idle = self._idle, None
+        if idle is None:
+            return None
+        conn, since = idle
+        if (time.monotonic() - since > IDLE_REUSE_S or conn.writer.is_closing()
+                or conn.reader.at_eof()):
+            conn.close()
+            return None
+        return conn
+
+    def _keep(self, conn: _Conn) -> None:
+        if self._idle is not None:
+            self._idle[0].close()
+        self._idle = (conn, time.monotonic())
 
     async def _connect(self) -> _Conn:
         url = self.base_url
@@ -355,25 +393,40 @@ class LinkClient:
     async def _json_once(self, method: str, path: str, body: Any = None) -> Any:
         url = self.base_url + path
         data = b"" if body is None else json.dumps(body).encode()
-        conn = await self._connect()
-        try:
-            async with asyncio.timeout(self.timeout):
-                conn.writer.write(self._request_head(method, path, {
-                    "Content-Type": "application/json", "Content-Length": str(len(data)),
-                    "Connection": "close"}) + data)
-                status, headers = await conn.head()
-                payload = await conn.body(headers)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
-                ValueError) as exc:
-            raise RelayUnreachable(
-                f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
-            ) from exc
-        finally:
-            conn.close()
-        if status >= 400:
-            raise _refusal(status, headers, payload, url)
-        return loads_strict(payload, max_bytes=MAX_MESSAGE_BYTES, error=RelayProtocolError,
-                            what="relay response")
+        request = self._request_head(method, path, {
+            "Content-Type": "application/json", "Content-Length": str(len(data))}) + data
+        for attempt in range(2):
+            conn = self._take_idle() if attempt == 0 else None
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect()
+            keep = False
+            try:
+                async with asyncio.timeout(self.timeout):
+                    conn.writer.write(request)
+                    status, headers = await conn.head()
+                    payload = await conn.body(headers)
+                keep = _Conn.reusable(headers)
+            except _STALE as exc:
+                if reused:  # the relay closed the idle connection: once more on a new one
+                    continue
+                raise RelayUnreachable(
+                    f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
+                ) from exc
+            except (asyncio.LimitOverrunError, TimeoutError, ValueError) as exc:
+                raise RelayUnreachable(
+                    f"cannot reach the relay at {url}: {exc.__class__.__name__} {exc}".strip()
+                ) from exc
+            finally:
+                if keep:
+                    self._keep(conn)
+                else:
+                    conn.close()
+            if status >= 400:
+                raise _refusal(status, headers, payload, url)
+            return loads_strict(payload, max_bytes=MAX_MESSAGE_BYTES,
+                                error=RelayProtocolError, what="relay response")
+        raise RelayUnreachable(f"cannot reach the relay at {url}: it closed the connection")
 
     async def token(self) -> str:
         """A bearer token for our DID: fetched once per client (one challenge for all of a
@@ -413,10 +466,15 @@ class LinkClient:
         return await asyncio.shield(self._limits)
 
     async def _fetch_limits(self) -> dict[str, float]:
+        cached = _LIMITS.get(self.base_url)
+        if cached is not None:  # this process asked this relay already
+            return dict(cached)
         try:
-            return link_limits(await self._json("GET", "/info"))
+            limits = link_limits(await self._json("GET", "/info"))
         except RelayError:
             return dict(DEFAULT_LINK_LIMITS)
+        _LIMITS[self.base_url] = limits
+        return dict(limits)
 
     async def _upgrade(self, path: str) -> _Conn:
         for attempt in range(RATE_RETRIES + 1):
@@ -430,10 +488,14 @@ class LinkClient:
 
     async def _upgrade_once(self, path: str) -> _Conn:
         url = self.base_url + path
-        for attempt in range(2):
+        attempt = 0
+        while True:
             token = await self.token()
             key = base64.b64encode(os.urandom(16)).decode()
-            conn = await self._connect()
+            conn = self._take_idle()  # the token's connection, if still open
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect()
             try:
                 conn.writer.write(self._request_head("GET", path, {
                     "Upgrade": "websocket", "Connection": "Upgrade",
@@ -450,18 +512,20 @@ class LinkClient:
                     async with asyncio.timeout(1.0):
                         body = await conn.body(headers)
                 err = _refusal(status, headers, body, url)
-            except (OSError, asyncio.IncompleteReadError) as exc:
+            except _STALE as exc:
                 conn.close()
+                if reused:  # the relay closed the idle connection: again on a new one
+                    continue
                 raise RelayUnreachable(f"cannot reach the relay at {url}: {exc}") from exc
             except BaseException:
                 conn.close()
                 raise
             conn.close()
             if isinstance(err, _AUTH_ERRORS) and attempt == 0:
+                attempt += 1
                 self._token = None  # expired, or the relay restarted with a new secret
                 continue
             raise err
-        raise AuthInvalid("the relay keeps refusing our token")
 
     async def open_link(self, session: str, peer: str, *, link_id: str = "",
                         timeout: float = 40.0) -> WsLink:
@@ -508,6 +572,9 @@ class LinkClient:
         for fut in (self._token, self._limits):
             if fut is not None and not fut.done():
                 fut.cancel()
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            idle[0].close()
 
 
 async def _rate_wait(exc: RateLimited, attempt: int) -> None:

@@ -157,9 +157,49 @@ class RedisServer:
     proc: subprocess.Popen[bytes]
     port: int
     dir: str
+    argv: list[str] = field(default_factory=list)
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def restart(self, down_s: float = 0.0, timeout: float = 15.0) -> None:
+        """SIGTERM (a persisting server writes its data), ``down_s`` s down, then the same
+        server again on the same port and directory, answering PING."""
+        _stop(self.proc)
+        time.sleep(down_s)
+        self.proc = _popen_redis(self.argv)
+        if not _redis_up(self.proc, self.port, timeout):
+            _stop(self.proc)
+            raise RuntimeError("redis-server did not come back after its restart")
+
+
+def _popen_redis(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+
+
+def _redis_up(proc: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+    """Wait until redis-server answers PING with PONG (not -LOADING)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return True
+                time.sleep(0.05)
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def redis_available() -> bool:
@@ -167,48 +207,34 @@ def redis_available() -> bool:
 
 
 @contextlib.contextmanager
-def start_redis(timeout: float = 15.0) -> Iterator[RedisServer]:
-    """A throw-away redis-server on a free loopback port (no persistence)."""
+def start_redis(timeout: float = 15.0, *, persist: bool = False) -> Iterator[RedisServer]:
+    """A throw-away redis-server on a free loopback port: no persistence, or with
+    ``persist`` an append-only file (what specs/relay.md section 13 requires of a relay's
+    Redis), so that :meth:`RedisServer.restart` keeps the data."""
     exe = shutil.which("redis-server")
     if exe is None:
         if pytest is None:
             raise RuntimeError("redis-server is not installed")
         pytest.skip("redis-server is not installed (.ci/run installs it)")
     tmp = tempfile.mkdtemp(prefix="redis-")
+    keep = ["--appendonly", "yes", "--appendfsync", "everysec"] if persist \
+        else ["--appendonly", "no"]
     for _ in range(5):
         port = free_port()
-        proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", tmp, "--protected-mode", "yes", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        ok = False
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        ok = True
-                        break
-            except OSError:
-                time.sleep(0.05)
-        if ok:
+        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *keep,
+                "--dir", tmp, "--protected-mode", "yes", "--daemonize", "no"]
+        proc = _popen_redis(argv)
+        if _redis_up(proc, port, timeout):
             break
         proc.kill()
         proc.wait(5)
     else:
         raise RuntimeError("could not start redis-server")
-    server = RedisServer(proc, port, tmp)
+    server = RedisServer(proc, port, tmp, argv)
     try:
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _stop(server.proc)  # the current one (restart() replaces it)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 from didmesh.session.lab import LabError, Topology
-from didmesh.session.lab.delay import DelayLine, LinkShape
+from didmesh.session.lab.delay import DelayLine, LinkShape, ReleaseCost
 from didmesh.session.lab.nat import ruleset
 
 # ---------------------------------------------------------------------- sans-IO timing core
@@ -30,6 +30,37 @@ def test_zero_delay_releases_at_once() -> None:
     line = DelayLine(LinkShape())
     line.push(5.0, b"x")
     assert line.pop_due(5.0) == [b"x"]
+
+
+def test_the_forwarders_release_cost_is_credited_but_never_before_arrival() -> None:
+    """A packet is due at arrival + delay - credit (the forwarder's measured release cost),
+    so it *leaves* after the configured delay; the credit never exceeds the delay."""
+    line = DelayLine(LinkShape(delay_ms=1))
+    line.push(0.0, b"a", credit=0.0001)
+    line.push(0.0015, b"b", credit=0.5)  # an absurd credit: still not due before arrival
+    assert line.next_due() == pytest.approx(0.0009)
+    assert line.pop_due(0.00089) == [] and line.pop_due(0.0009) == [b"a"]
+    assert line.last_popped == pytest.approx(0.0009)
+    assert line.pop_due(0.00149) == [] and line.pop_due(0.0015) == [b"b"]
+    assert line.last_popped == 0.0015  # released at its arrival at the earliest
+    zero = DelayLine(LinkShape())
+    zero.push(2.0, b"z", credit=0.0002)
+    assert zero.next_due() == 2.0  # no delay, nothing to credit
+
+
+def test_release_cost_is_a_bounded_moving_average_of_lateness() -> None:
+    cost = ReleaseCost(limit=0.0002, weight=0.5)
+    cost.observe(due=1.0, left=1.0001)
+    assert cost.value == pytest.approx(0.00005)
+    for _ in range(40):
+        cost.observe(due=1.0, left=1.0001)
+    assert cost.value == pytest.approx(0.0001)
+    for _ in range(40):  # a preempted write (10 ms late) counts as the limit at most
+        cost.observe(due=1.0, left=1.01)
+    assert cost.value == pytest.approx(0.0002)
+    for _ in range(40):  # early (clock granularity) counts as zero, never negative
+        cost.observe(due=1.0, left=0.999)
+    assert 0 <= cost.value < 1e-9
 
 
 def test_jitter_spreads_due_times_but_never_reorders() -> None:

@@ -218,3 +218,107 @@ async def test_the_relayed_link_closing_before_select_on_the_punched_one_is_not_
     my_link._deliver_eof(None)  # the relay passes on the initiator's close
     assert await asyncio.wait_for(task, 5) is punched
     assert my_link.aborted
+
+
+async def _next(ch: Any, link: MemLink) -> bytes:
+    got = ch.next_message()
+    while got is None:
+        ch.receive_data(await link.read_some(2.0))
+        got = ch.next_message()
+    return bytes(got)
+
+
+async def test_the_responder_dials_when_connect_arrives_and_retries_only_on_sync(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attempt 1 needs no SYNC: the responder dials as soon as it has answered CONNECT
+    (half a relay round trip before the initiator dials); later attempts wait for SYNC."""
+    dials: list[float] = []
+
+    async def record(port: int, dial: Any, span: float) -> Any:
+        dials.append(time.monotonic())
+        raise TimeoutError
+
+    monkeypatch.setattr(puncher_module, "dial_from", record)
+    peer_ch, my_ch = channel_pair(random.Random(8))
+    peer_link, my_link = MemLink.pair()
+    puncher = _responder(_plans()[1])
+    task = asyncio.create_task(puncher.as_responder(
+        0, my_link, my_ch, Offer((PEER_SIGNED,), NAT_EIM).encode(), time.monotonic() + 10))
+    assert Offer.decode(await _next(peer_ch, peer_link)) == Offer((MY_SIGNED,), NAT_EIM)
+    await asyncio.sleep(0.05)
+    assert len(dials) == 1  # no SYNC was sent
+    await asyncio.sleep(punch.MIN_SYNC_INTERVAL)
+    peer_link.write(peer_ch.send(encode_sync(2)))
+    await asyncio.sleep(0.05)
+    assert len(dials) == 2
+    peer_link.write(peer_ch.send(bytes((7,))))  # SELECT on the relayed link
+    link, _ = await asyncio.wait_for(task, 5)
+    assert link is my_link
+
+
+async def test_the_initiator_dials_when_the_answer_arrives_and_syncs_only_retries(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    dials: list[tuple[int, list[tuple[str, int]]]] = []
+
+    async def record(port: int, dial: Any, span: float) -> Any:
+        dials.append((port, list(dial)))
+        raise TimeoutError
+
+    monkeypatch.setattr(puncher_module, "dial_from", record)
+    monkeypatch.setattr(puncher_module, "window", lambda rtt: 0.05)
+    peer_ch, my_ch = channel_pair(random.Random(9))
+    my_link, peer_link = MemLink.pair()
+
+    async def observe(url: str, port: int) -> tuple[str, int | None]:
+        return "198.51.100.12", port
+
+    puncher = Puncher(SimpleNamespace(plan=_plans()[0]), observe, ["http://relay.invalid"],
+                      lambda: ["10.1.0.2"])
+    task = asyncio.create_task(puncher.as_initiator(1, my_link, peer_ch,
+                                                    time.monotonic() + 10))
+    assert Offer.decode(await _next(my_ch, peer_link)) == Offer((PEER_SIGNED,), NAT_EIM)
+    assert set(puncher._claims) == {("198.51.100.13", 41000)}  # expected from CONNECT on
+    peer_link.write(my_ch.send(Offer((MY_SIGNED,), NAT_EIM).encode()))
+    seen = [await _next(my_ch, peer_link) for _ in range(MAX_ATTEMPTS)]
+    assert seen[:-1] == [encode_sync(n) for n in range(2, MAX_ATTEMPTS + 1)]
+    assert seen[-1] == punch.encode_done(f"relayed: hole punching failed {MAX_ATTEMPTS} times")
+    link, _ = await asyncio.wait_for(task, 5)
+    assert link is my_link and len(dials) == MAX_ATTEMPTS
+    assert all(d == (40000, [("198.51.100.13", 41000)]) for d in dials)
+    assert puncher._claims == {}
+
+
+async def test_the_responders_early_syn_at_an_open_initiators_listener_is_handed_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no NAT in front of the initiator, the responder's SYN (sent when CONNECT
+    arrived) may reach the initiator's listener before the answer does: the listener
+    hands that connection to the punch, which runs its handshake on it."""
+    async def never(port: int, dial: Any, span: float) -> Any:
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(puncher_module, "dial_from", never)
+    peer_ch, my_ch = channel_pair(random.Random(10))
+    my_link, peer_link = MemLink.pair()
+
+    async def observe(url: str, port: int) -> tuple[str, int | None]:
+        return "198.51.100.12", port
+
+    early = puncher_module.PunchedLink("tcp 198.51.100.13:41000")
+    early.transport = SimpleNamespace(  # type: ignore[assignment]
+        get_extra_info=lambda name: ("198.51.100.13", 41000), is_closing=lambda: False)
+    secured = object()
+
+    async def initiate(link: Any, peer: int, deadline: float) -> Any:
+        assert link is early and peer == 1
+        return secured
+
+    puncher = Puncher(SimpleNamespace(plan=_plans()[0], initiate=initiate), observe,
+                      ["http://relay.invalid"], lambda: ["198.51.100.12"])
+    task = asyncio.create_task(puncher.as_initiator(1, my_link, peer_ch,
+                                                    time.monotonic() + 10))
+    await _next(my_ch, peer_link)  # our CONNECT left
+    assert puncher.claim(early)  # the responder's SYN, before its CONNECT
+    peer_link.write(my_ch.send(Offer((MY_SIGNED,), NAT_EIM).encode()))
+    link, ch = await asyncio.wait_for(task, 5)
+    assert link is early and ch is secured and my_link.aborted
+    assert puncher.stats.punched == 1 and puncher._claims == {}

@@ -140,6 +140,53 @@ def test_links_through_a_relay_with_the_aiohttp_client_at_the_other_end() -> Non
         asyncio.run(asyncio.wait_for(main(relay.url), 60))
 
 
+def test_the_token_connection_is_kept_alive_and_the_first_link_upgrades_on_it() -> None:
+    """Challenge, token and the first link's upgrade travel on one TCP connection (two
+    relay round trips fewer than a connection each); /info is fetched once per relay."""
+    a, b = IdentityKey.generate(), IdentityKey.generate()
+
+    class Counting(LinkClient):
+        conns: list[object]
+
+        async def _connect(self):  # type: ignore[no-untyped-def]
+            conn = await super()._connect()
+            self.conns.append(conn)
+            return conn
+
+    async def main(url: str) -> None:
+        mine, theirs = Counting(url, a, timeout=10), LinkClient(url, b, timeout=10)
+        mine.conns = []
+        try:
+            await mine.token()
+            assert len(mine.conns) == 1  # the challenge and the token on one connection
+            la, lb = await asyncio.gather(mine.open_link("s1", b.did, timeout=20),
+                                          theirs.open_link("s1", a.did, timeout=20))
+            assert la._conn is mine.conns[0]  # the upgrade reused it
+            assert len(mine.conns) == 2  # and /info went on a connection of its own
+            await la.send(b"over the reused connection")
+            assert await lb.recv(timeout=10) == b"over the reused connection"
+            # a second client of this process for this relay: /info is not asked again
+            again = Counting(url, a, timeout=10)
+            again.conns = []
+            assert (await again.link_limits())["link_max_frame"] == 1 << 20
+            assert again.conns == []
+            await again.close()
+            # an idle connection the relay has closed is not reused: a new one is opened
+            await mine.info()  # on the /info connection, kept alive
+            assert len(mine.conns) == 2 and mine._idle is not None
+            mine._idle[0].writer.transport.abort()
+            await mine.info()
+            assert len(mine.conns) == 3
+            await la.close()
+            await lb.close()
+        finally:
+            await mine.close()
+            await theirs.close()
+
+    with start_relay(args=["--link-pair-timeout-s", "3"]) as relay:
+        asyncio.run(asyncio.wait_for(main(relay.url), 60))
+
+
 def test_unreachable_and_not_a_relay() -> None:
     from didmesh.session.mesh.loopback import free_ports
 

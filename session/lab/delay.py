@@ -14,7 +14,13 @@ early, by its own measured lateness tracked high (the largest recent one, decayi
 slowly; at most 0.5 ms), and spins to the due time; and a packet that woke the forwarder
 is stamped the average lateness earlier (never before the forwarder went to sleep). So
 the scheduler's wake-up latency, 0.1 to 0.2 ms on a busy virtual machine, does not
-lengthen every delay. Jitter never reorders: a packet is never due before the one ahead
+lengthen every delay. Last, the forwarder measures its own release cost (from a packet's
+due time until its ``write`` returned: :class:`ReleaseCost`, a moving average, at most
+0.1 ms) and schedules each delayed packet that much earlier, so it *leaves* at its arrival
+plus the configured delay. The guarantee: no packet is released before its arrival stamp
+plus the configured delay minus the measured release cost (and never before its arrival
+stamp, which is not earlier than the moment the forwarder went to sleep before reading it).
+Jitter never reorders: a packet is never due before the one ahead
 of it. A full queue drops at the tail, like a
 router's buffer.
 
@@ -50,6 +56,7 @@ BURST = 128  # packets read from one device before the queue is serviced again
 MAX_PACKET = 65535
 NICE = -10  # the forwarder's scheduling priority (it sleeps whenever no packet is due)
 MAX_LEAD = 0.0005  # never wake (and spin) more than 0.5 ms early
+MAX_COST = 0.0001  # the forwarder's own release latency credited to a packet: at most 0.1 ms
 
 
 @dataclass(frozen=True)
@@ -82,21 +89,26 @@ class DelayLine:
         self._rng = rng or random.Random()  # noqa: S311 - emulated loss, not secrecy
         self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self._last_due = 0.0
+        self.last_popped = 0.0  # the due time of the last packet released
         self.passed = 0
         self.lost = 0
         self.overflowed = 0
 
-    def push(self, now: float, packet: bytes) -> bool:
-        """Queue ``packet`` arriving at ``now``; False if lost or the queue is full."""
+    def push(self, now: float, packet: bytes, credit: float = 0.0) -> bool:
+        """Queue ``packet`` arriving at ``now``; False if lost or the queue is full.
+
+        ``credit``: the forwarder's own measured latency past a due time (its release
+        cost, :class:`ReleaseCost`), taken off the delay so the packet *leaves* on time;
+        never more than the delay, so no packet is due before it arrived."""
         if self.shape.loss and self._rng.random() < self.shape.loss:
             self.lost += 1
             return False
         if len(self._queue) >= self.shape.limit:
             self.overflowed += 1
             return False
-        due = now + self._delay
+        due = now + self._delay - min(max(credit, 0.0), self._delay)
         if self._jitter:
-            due += self._rng.uniform(-self._jitter, self._jitter)
+            due = max(now, due + self._rng.uniform(-self._jitter, self._jitter))
         due = max(due, self._last_due)  # in order: never before the packet ahead
         self._last_due = due
         self._queue.append((due, packet))
@@ -107,7 +119,8 @@ class DelayLine:
         out = []
         q = self._queue
         while q and q[0][0] <= now:
-            out.append(q.popleft()[1])
+            self.last_popped, packet = q.popleft()
+            out.append(packet)
         self.passed += len(out)
         return out
 
@@ -116,6 +129,26 @@ class DelayLine:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+
+class ReleaseCost:
+    """The forwarder's own latency in releasing a packet: from its due time until the write
+    into the other device returned (the timer's remaining error, the queue's bookkeeping, the
+    ``write`` system call that hands the packet to the kernel). A moving average of what was
+    measured, at most :data:`MAX_COST`; :meth:`DelayLine.push` schedules each packet that
+    much earlier, so it leaves at (about) its arrival plus the configured delay instead of
+    one release cost later. Only packets that waited (delay > 0) are measured: a zero-delay
+    packet is written at once and credited nothing."""
+
+    def __init__(self, limit: float = MAX_COST, weight: float = 1 / 16) -> None:
+        self.limit = limit
+        self.weight = weight
+        self.value = 0.0
+
+    def observe(self, due: float, left: float) -> None:
+        """A packet due at ``due`` had been written by ``left``."""
+        sample = min(max(left - due, 0.0), self.limit)
+        self.value += (sample - self.value) * self.weight
 
 
 def _libc() -> ctypes.CDLL:
@@ -161,6 +194,7 @@ def serve(
     fds = [fd_a, fd_b]
     read, write = os.read, os.write
     lead = 0.0  # how late select's timer fires here (moving average)
+    costs = {id(a_to_b): ReleaseCost(), id(b_to_a): ReleaseCost()}
     # how early we wake for a due packet and spin: the timer's lateness tracked high (it
     # rises at once and decays slowly), so a wake-up later than average is still on time
     early = 0.0
@@ -186,14 +220,17 @@ def serve(
                     packet = read(fd, MAX_PACKET)
                 except BlockingIOError:
                     break
-                line.push(arrived, packet)
+                line.push(arrived, packet, costs[id(line)].value)
             arrived = woke  # what more a burst reads came in while we were awake
         for dst, line in outs:
-            for packet in line.pop_due(clock()):
+            released = line.pop_due(clock())
+            for packet in released:
                 try:
                     write(dst, packet)
                 except OSError:  # device down or kernel queue full: the packet is lost
                     line.overflowed += 1
+            if released and line.shape.delay_ms:
+                costs[id(line)].observe(line.last_popped, clock())
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

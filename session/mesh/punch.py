@@ -11,10 +11,14 @@ relay). Before the initiator (lower id) commits with SELECT, the two parties use
    peer cannot be predicted;
 2. initiator -> responder CONNECT ``{"addrs": [...], "nat": ...}``; the responder answers
    with its own CONNECT; the initiator takes the exchange's time as the relay RTT;
-3. the initiator sends SYNC and dials ``RTT/2`` later, the responder dials when SYNC
-   arrives: both connect *from their session port* (``SO_REUSEADDR``/``SO_REUSEPORT``)
-   to the other's observed address, so both NATs see an outgoing SYN and let the other's
-   in (TCP simultaneous open);
+3. attempt 1 needs no SYNC: the responder dials as soon as it has answered CONNECT, the
+   initiator as soon as that answer arrives (half a relay round trip later); both
+   connect *from their session port* (``SO_REUSEADDR``/``SO_REUSEPORT``) to the other's
+   observed address. The responder's early SYN opens its own NAT's mapping (the
+   initiator's NAT drops it silently; with no NAT, the initiator's listener hands it to
+   the punch, expected from the moment CONNECT left), and the initiator's SYN then finds
+   that mapping open: TCP simultaneous open. A retry (attempts 2 and 3): the initiator
+   sends SYNC and dials ``RTT/2`` later, the responder dials when SYNC arrives;
 4. on the punched connection the lower id runs the same hello and Noise KK handshake as
    on any direct path; the initiator sends SELECT there and drops the relayed link. After
    :data:`MAX_ATTEMPTS` failed attempts (or when punching cannot work: a symmetric NAT,
@@ -48,7 +52,7 @@ from .errors import HandshakeFailed
 from .plan import format_endpoint, parse_endpoint
 
 CONNECT: Final = 0x30  # {"addrs": [endpoint...], "nat": NAT_*}
-SYNC: Final = 0x31  # u8 attempt number: dial now
+SYNC: Final = 0x31  # u8 attempt number: dial now (attempts 2 and 3; attempt 1 needs none)
 DONE: Final = 0x32  # utf-8 reason: punching is over, SELECT on the relayed link follows
 MAX_ATTEMPTS: Final = 3
 MAX_TARGETS: Final = 4
@@ -194,9 +198,9 @@ def why_not(me: int, mine: Offer, peer: int, theirs: Offer, dial: Sequence[tuple
 
 @dataclass
 class SyncGate:
-    """The responder's bound on dials a peer can trigger: at most ``max_attempts`` SYNCs
-    are honoured, none sooner than ``min_interval`` seconds after the previous honoured
-    one (time injected: ``admit(now)``)."""
+    """The responder's bound on dials a peer can trigger: at most ``max_attempts`` dials
+    (attempt 1, on CONNECT, then SYNCs), none sooner than ``min_interval`` seconds after
+    the previous one (time injected: ``admit(now)``)."""
 
     max_attempts: int = MAX_ATTEMPTS
     min_interval: float = MIN_SYNC_INTERVAL

@@ -19,10 +19,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from didmesh.identity.errors import DidmeshError
+
 from .channel import SecureChannel
 from .handshake import next_message
 from .peer import SELECT
-from .plan import MeshPlan, format_endpoint
+from .plan import MeshPlan, format_endpoint, parse_endpoint
 from .punch import (
     DONE,
     MAX_ATTEMPTS,
@@ -227,27 +229,36 @@ class Puncher:
             _describe(link, plain)
             return link, ch
         mine = await self._bounded(self.offer(), deadline)
-        sent = time.monotonic()
-        link.write(ch.send(mine.encode()))
-        theirs = Offer.decode(await next_message(link, ch, min(deadline, sent + 10.0)))
-        rtt = time.monotonic() - sent
-        dial = targets(theirs, self.plan.party(peer).endpoints)
-        reason = why_not(self.plan.my_party_id, mine, peer, theirs, dial)
         port = self.port
-        attempt = 0
-        while reason is None and port is not None:
-            attempt += 1
-            self.stats.attempts += 1
-            span = window(rtt)
-            link.write(ch.send(encode_sync(attempt)))
-            await asyncio.sleep(rtt / 2)
-            got = await self._attempt(peer, port, dial, span, deadline, initiator=True)
-            if got is not None:
-                link.abort()
-                self._punched(peer, t0, got[0])
-                return got
-            if attempt >= MAX_ATTEMPTS or time.monotonic() >= deadline:
-                reason = f"relayed: hole punching failed {attempt} times"
+        # the responder dials as soon as our CONNECT reaches it (attempt 1 needs no SYNC):
+        # if nothing is in front of us, its SYN may reach our listener before its CONNECT
+        # reaches us, so the listener hands such a connection over from now on
+        expect = self._expect(peer) if port is not None and mine.addrs else {}
+        try:
+            sent = time.monotonic()
+            link.write(ch.send(mine.encode()))
+            theirs = Offer.decode(await next_message(link, ch, min(deadline, sent + 10.0)))
+            rtt = time.monotonic() - sent
+            dial = targets(theirs, self.plan.party(peer).endpoints)
+            reason = why_not(self.plan.my_party_id, mine, peer, theirs, dial)
+            attempt = 0
+            while reason is None and port is not None:
+                attempt += 1
+                self.stats.attempts += 1
+                span = window(rtt)
+                if attempt > 1:  # a retry: SYNC, and dial when it reaches the responder
+                    link.write(ch.send(encode_sync(attempt)))
+                    await asyncio.sleep(rtt / 2)
+                got = await self._attempt(peer, port, dial, span, deadline, initiator=True,
+                                          claims=expect if attempt == 1 else None)
+                if got is not None:
+                    link.abort()
+                    self._punched(peer, t0, got[0])
+                    return got
+                if attempt >= MAX_ATTEMPTS or time.monotonic() >= deadline:
+                    reason = f"relayed: hole punching failed {attempt} times"
+        finally:
+            self._release(expect)
         reason = reason or "relayed: no session port to punch from"
         link.write(ch.send(encode_done(reason)))
         _describe(link, reason)
@@ -265,12 +276,20 @@ class Puncher:
         link.write(ch.send(mine.encode()))
         dial = targets(theirs, self.plan.party(peer).endpoints)
         port = self.port
-        reason = why_not(self.plan.my_party_id, mine, peer, theirs, dial) or \
-            "relayed: hole punching failed"
+        decided = why_not(self.plan.my_party_id, mine, peer, theirs, dial)
+        reason = decided or "relayed: hole punching failed"
         gate = SyncGate()
         loop = asyncio.get_running_loop()
-        reader = loop.create_task(next_message(link, ch, deadline))
         trying: asyncio.Task[tuple[ByteLink, SecureChannel] | None] | None = None
+        if decided is None and port is not None and gate.admit(time.monotonic()):
+            # attempt 1 at once: the initiator dials when our CONNECT reaches it, half a
+            # relay round trip from now; our early SYN opens our NAT's mapping (the peer's
+            # NAT drops it silently), and the initiator's SYN then completes the
+            # simultaneous open. Retries wait for a SYNC.
+            self.stats.attempts += 1
+            trying = loop.create_task(self._attempt(
+                peer, port, dial, window(0.0) + 1.0, deadline, initiator=False))
+        reader = loop.create_task(next_message(link, ch, deadline))
         try:
             while True:
                 waiting: set[asyncio.Future[object]] = {reader}  # type: ignore[arg-type]
@@ -331,12 +350,13 @@ class Puncher:
     # -------------------------------------------------------------- common
 
     async def _attempt(self, peer: int, port: int, dial: Sequence[tuple[str, int]],
-                       span: float, deadline: float, *, initiator: bool
+                       span: float, deadline: float, *, initiator: bool,
+                       claims: dict[tuple[str, int], asyncio.Future[TcpLink]] | None = None
                        ) -> tuple[ByteLink, SecureChannel] | None:
         """One simultaneous open and handshake; None if it failed."""
         span = max(0.05, min(span, deadline - time.monotonic()))
         try:
-            plink = await self._dial_or_claim(port, dial, span) if initiator \
+            plink = await self._dial_or_claim(port, dial, span, claims) if initiator \
                 else await dial_from(port, dial, span)
         except (OSError, TimeoutError):
             return None
@@ -352,14 +372,41 @@ class Puncher:
             raise
         return plink, pch
 
-    async def _dial_or_claim(self, port: int, dial: Sequence[tuple[str, int]], span: float
+    def _expect(self, peer: int) -> dict[tuple[str, int], asyncio.Future[TcpLink]]:
+        """Let the listener hand over an inbound connection from any endpoint ``peer``
+        signed (loopback left out) until :meth:`_release`: the peer's half of a punch."""
+        loop = asyncio.get_running_loop()
+        out: dict[tuple[str, int], asyncio.Future[TcpLink]] = {}
+        for e in self.plan.party(peer).endpoints:
+            with contextlib.suppress(DidmeshError):
+                host, rport = parse_endpoint(e)
+                if not host.startswith("127.") and host != "::1":
+                    out[(host, rport)] = loop.create_future()
+        self._claims.update(out)
+        return out
+
+    def _release(self, claims: dict[tuple[str, int], asyncio.Future[TcpLink]],
+                 keep: TcpLink | None = None) -> None:
+        """Stop expecting ``claims``; a connection handed over but not used is dropped."""
+        for t, fut in claims.items():
+            if self._claims.get(t) is fut:
+                del self._claims[t]
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled() and fut.result() is not keep:
+                fut.result().abort()
+        claims.clear()  # released once: a later release of the same claims does nothing
+
+    async def _dial_or_claim(self, port: int, dial: Sequence[tuple[str, int]], span: float,
+                             claims: dict[tuple[str, int], asyncio.Future[TcpLink]] | None = None
                              ) -> TcpLink:
         """Dial; but if the peer's SYN reached our listener on ``port`` before our own
-        connect (no NAT in front of us), the listener hands that connection over here."""
+        connect (no NAT in front of us), the listener hands that connection over here
+        (``claims``: registered earlier by :meth:`_expect`, else now for ``dial``)."""
         loop = asyncio.get_running_loop()
-        claims: dict[tuple[str, int], asyncio.Future[TcpLink]] = {
-            t: loop.create_future() for t in dial}
-        self._claims.update(claims)
+        if claims is None:
+            claims = {t: loop.create_future() for t in dial}
+            self._claims.update(claims)
         dialing = loop.create_task(dial_from(port, dial, span))
         result: TcpLink | None = None
         try:
@@ -367,7 +414,7 @@ class Puncher:
             done, _ = await asyncio.wait(waits, timeout=span + 0.5,
                                          return_when=asyncio.FIRST_COMPLETED)
             for fut in done:
-                if fut is not dialing:
+                if fut is not dialing and not fut.cancelled():
                     result = fut.result()
                     return result
             if dialing in done:
@@ -375,8 +422,7 @@ class Puncher:
                 return result
             raise TimeoutError
         finally:
-            for t in dial:
-                self._claims.pop(t, None)
+            self._release(claims, keep=result)
             dialing.cancel()
             try:
                 other: TcpLink | None = await dialing
@@ -384,11 +430,6 @@ class Puncher:
                 other = None
             if other is not None and other is not result:
                 other.abort()
-            for fut in claims.values():
-                if not fut.done():
-                    fut.cancel()
-                elif not fut.cancelled() and fut.result() is not result:
-                    fut.result().abort()
 
     def claim(self, link: TcpLink) -> bool:
         """From the listener: take an inbound connection from an address we are punching
