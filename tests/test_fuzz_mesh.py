@@ -137,6 +137,16 @@ class _Link:
     def set_receiver(self, receiver: object) -> None:
         pass
 
+    # a direct link: not resumable (ByteLink's defaults)
+    resuming = False
+    resume_grace = 0.0
+
+    def ack_due(self) -> int | None:
+        return None
+
+    def peer_acked(self, offset: int) -> None:
+        pass
+
 
 class _Events:
     def __init__(self) -> None:
