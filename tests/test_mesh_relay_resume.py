@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,27 @@ def _run(plans: list[MeshPlan], ids: list[IdentityKey], options: ConnectOptions,
         return [f.result(timeout=limit + 10) for f in futures]
 
 
+def _run_during(plans: list[MeshPlan], ids: list[IdentityKey], chaos: Callable[[], None],
+                *, after: float = 0.8, options: ConnectOptions | None = None,
+                ) -> list[dict[str, Any]]:
+    """``_run``, with ``chaos`` called in a thread ``after`` seconds into the stream."""
+    if options is None:
+        options = ConnectOptions(relay_only=True, connect_timeout=15, handshake_timeout=5)
+    streaming = threading.Event()
+
+    def act() -> None:
+        assert streaming.wait(30)
+        time.sleep(after)
+        chaos()
+
+    killer = threading.Thread(target=act)
+    killer.start()
+    try:
+        return _run(plans, ids, options, streaming)
+    finally:
+        killer.join(40)
+
+
 EXPECTED = b"".join(_message(n) for n in range(MESSAGES))
 
 
@@ -133,23 +155,16 @@ def test_link_resumes_after_a_full_relay_restart(tmp_path: Path, stop: str) -> N
     store = f"sqlite:{tmp_path / 'relay.sqlite3'}"
     with start_relay(store, args, home=tmp_path) as relay:
         plans, ids = loopback_plans(2, relays=[relay.url], endpoints=False)
-        options = ConnectOptions(relay_only=True, connect_timeout=15, handshake_timeout=5)
-        streaming = threading.Event()
         restarted: list[Any] = []
 
         def chaos() -> None:
-            assert streaming.wait(30)
-            time.sleep(0.8)
             relay.kill() if stop == "kill" else relay.terminate()
             time.sleep(0.5)
             restarted.append(spawn_relay(store, args, home=tmp_path))
 
-        killer = threading.Thread(target=chaos)
-        killer.start()
         try:
-            results = _run(plans, ids, options, streaming)
+            results = _run_during(plans, ids, chaos)
         finally:
-            killer.join(40)
             for r in restarted:
                 r.proc.kill()
                 r.proc.wait(10)
@@ -166,20 +181,7 @@ def test_link_moves_to_the_other_process_when_one_is_killed(tmp_path: Path) -> N
         with start_relay(url, ARGS, home=tmp_path) as p1, \
                 start_relay(url, ARGS, home=tmp_path) as p2:
             plans, ids = loopback_plans(2, relays=[p1.url, p2.url], endpoints=False)
-            options = ConnectOptions(relay_only=True, connect_timeout=15, handshake_timeout=5)
-            streaming = threading.Event()
-
-            def chaos() -> None:
-                assert streaming.wait(30)
-                time.sleep(0.8)
-                p1.kill()
-
-            killer = threading.Thread(target=chaos)
-            killer.start()
-            try:
-                results = _run(plans, ids, options, streaming)
-            finally:
-                killer.join(40)
+            results = _run_during(plans, ids, p1.kill)
             assert p2.alive()
     _check_survived(results)
 
@@ -196,20 +198,7 @@ def test_link_across_two_processes_resumes_when_one_is_killed(tmp_path: Path) ->
                 start_relay(url, ARGS, home=tmp_path) as p2:
             plans, ids = loopback_plans(2, relays=[p1.url, p2.url], endpoints=False)
             plans[1] = dataclasses.replace(plans[1], relays=(p2.url, p1.url))
-            options = ConnectOptions(relay_only=True, connect_timeout=15, handshake_timeout=5)
-            streaming = threading.Event()
-
-            def chaos() -> None:
-                assert streaming.wait(30)
-                time.sleep(0.8)
-                p1.kill()
-
-            killer = threading.Thread(target=chaos)
-            killer.start()
-            try:
-                results = _run(plans, ids, options, streaming)
-            finally:
-                killer.join(40)
+            results = _run_during(plans, ids, p1.kill)
             paths = [ln.get("path") for ln in p2.log_lines() if ln.get("msg") == "link end paired"]
     _check_survived(results)
     # before the kill the link spans both processes (spliced, or through Redis); after it
@@ -224,20 +213,8 @@ def test_a_relay_that_does_not_come_back_is_named(tmp_path: Path) -> None:
         plans, ids = loopback_plans(2, relays=[relay.url], endpoints=False)
         options = ConnectOptions(relay_only=True, connect_timeout=15, handshake_timeout=5,
                                  resume_timeout=2.0)
-        streaming = threading.Event()
-
-        def chaos() -> None:
-            assert streaming.wait(30)
-            time.sleep(0.5)
-            relay.kill()
-
-        killer = threading.Thread(target=chaos)
-        killer.start()
         t0 = time.monotonic()
-        try:
-            results = _run(plans, ids, options, streaming)
-        finally:
-            killer.join(40)
+        results = _run_during(plans, ids, relay.kill, after=0.5, options=options)
         elapsed = time.monotonic() - t0
     for r in results:
         f = r["fatal"]
