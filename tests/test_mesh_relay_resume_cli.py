@@ -8,7 +8,9 @@ gives the session flow).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,37 @@ def _program(tmp_path: Path) -> Path:
     return program
 
 
+@contextlib.contextmanager
+def _relay_on_a_fixed_port(
+    tmp_path: Path,
+) -> Iterator[tuple[RelayProcess, Callable[[], RelayProcess]]]:
+    """The session's only relay, on a fixed port and SQLite store, and a function that
+    starts it again there (same secret file: tokens stay valid). Every process started
+    again is killed at the end."""
+    store = f"sqlite:{tmp_path / 'relay' / 'relay.sqlite3'}"
+    args = [*ARGS, "--port", str(free_port())]
+    (tmp_path / "relay").mkdir(mode=0o700)
+    later: list[RelayProcess] = []
+
+    def start_again() -> RelayProcess:
+        later.append(spawn_relay(store, args, home=tmp_path / "r"))
+        return later[-1]
+
+    with start_relay(store, args, home=tmp_path / "r") as relay:
+        try:
+            yield relay, start_again
+        finally:
+            for r in later:
+                r.proc.kill()
+                r.proc.wait(10)
+
+
+def _assert_outputs(results: list[tuple[int, str, str]], expected: str) -> None:
+    for rc, out, err in results:
+        assert rc == 0, err[-2500:]
+        assert out == expected
+
+
 @pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
 def test_run_survives_sigkill_of_one_of_two_relay_processes(tmp_path: Path) -> None:
     program = _program(tmp_path)
@@ -148,38 +181,25 @@ def test_run_survives_sigkill_of_one_of_two_relay_processes(tmp_path: Path) -> N
             results = _run_with_chaos(sid, homes, program, p1, p1.kill)
             assert p2.alive()
             resumed = _paired(p2)
-    for rc, out, err in results:
-        assert rc == 0, err[-2500:]
-        assert out == expected
+    _assert_outputs(results, expected)
     assert resumed >= 6  # every link end came back on the other process
 
 
 def test_run_survives_a_restart_of_its_only_relay(tmp_path: Path) -> None:
     program = _program(tmp_path)
     expected = e2e.plain_output(program)
-    port = free_port()
-    store = f"sqlite:{tmp_path / 'relay' / 'relay.sqlite3'}"
-    args = [*ARGS, "--port", str(port)]
-    (tmp_path / "relay").mkdir(mode=0o700)
     later: list[RelayProcess] = []
-    with start_relay(store, args, home=tmp_path / "r") as relay:
+    with _relay_on_a_fixed_port(tmp_path) as (relay, start_again):
         sid, homes = _agreed(tmp_path, [relay.url], program)
 
         def restart() -> None:
             relay.kill()
             time.sleep(0.5)
-            later.append(spawn_relay(store, args, home=tmp_path / "r"))
+            later.append(start_again())
 
-        try:
-            results = _run_with_chaos(sid, homes, program, relay, restart)
-            resumed = _paired(later[0])
-        finally:
-            for r in later:
-                r.proc.kill()
-                r.proc.wait(10)
-    for rc, out, err in results:
-        assert rc == 0, err[-2500:]
-        assert out == expected
+        results = _run_with_chaos(sid, homes, program, relay, restart)
+        resumed = _paired(later[0])
+    _assert_outputs(results, expected)
     assert resumed >= 6
 
 
@@ -202,24 +222,18 @@ def test_a_relay_gone_for_good_is_named_not_a_party(tmp_path: Path) -> None:
     assert elapsed < 60
 
 
-
-
 def test_many_small_rounds_survive_two_restarts_of_the_relay(tmp_path: Path) -> None:
     program = tmp_path / "small_rounds.py"
     program.write_text(SMALL_ROUNDS.replace("ROUNDS", "3000"))
     expected = e2e.plain_output(program)
-    port = free_port()
-    store = f"sqlite:{tmp_path / 'relay' / 'relay.sqlite3'}"
-    args = [*ARGS, "--port", str(port)]
-    (tmp_path / "relay").mkdir(mode=0o700)
     later: list[RelayProcess] = []
-    with start_relay(store, args, home=tmp_path / "r") as relay:
+    with _relay_on_a_fixed_port(tmp_path) as (relay, start_again):
         sid, homes = _agreed(tmp_path, [relay.url], program)
 
         def restart_twice() -> None:
             relay.kill()
             time.sleep(0.3)
-            later.append(spawn_relay(store, args, home=tmp_path / "r"))
+            later.append(start_again())
             deadline = time.monotonic() + 30
             while _paired(later[0]) < 6:  # every link end is back: the rounds go on
                 assert time.monotonic() < deadline, "the links did not come back"
@@ -228,16 +242,9 @@ def test_many_small_rounds_survive_two_restarts_of_the_relay(tmp_path: Path) -> 
             later[0].proc.kill()
             later[0].proc.wait(10)
             time.sleep(0.3)
-            later.append(spawn_relay(store, args, home=tmp_path / "r"))
+            later.append(start_again())
 
-        try:
-            results = _run_with_chaos(sid, homes, program, relay, restart_twice)
-            resumed = _paired(later[-1])
-        finally:
-            for r in later:
-                r.proc.kill()
-                r.proc.wait(10)
-    for rc, out, err in results:
-        assert rc == 0, err[-2500:]
-        assert out == expected
+        results = _run_with_chaos(sid, homes, program, relay, restart_twice)
+        resumed = _paired(later[-1])
+    _assert_outputs(results, expected)
     assert resumed >= 6
