@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,15 @@ def finish_all(procs: list[subprocess.Popen[str]], timeout: float = 90
     return out
 
 
-def agreed_session(tmp_path: Path, relay: str, program: Path) -> tuple[str, list[Path]]:
+def agreed_session(tmp_path: Path, relay: str, program: Path,
+                   more_relays: Sequence[str] = ()) -> tuple[str, list[Path]]:
+    """Three parties agree a session on ``relay`` (and ``more_relays``, also named in
+    the session): an invite by DID, one by code."""
     homes = [tmp_path / n for n in ("alice", "bob", "carol")]
     dids = [ok(h, "id", "new", "--no-passphrase")["did"] for h in homes]
+    relays = [a for r in (relay, *more_relays) for a in ("--relay", r)]
     sid = ok(homes[0], "session", "new", "--program", str(program), "--parties", "3",
-             "--relay", relay, "--name", "mesh e2e", "--no-direct")["sessionId"]
+             *relays, "--name", "mesh e2e", "--no-direct")["sessionId"]
     ok(homes[0], "contacts", "add", "bob", dids[1])
     ok(homes[0], "invite", sid[:8], "--to", "bob")
     code = ok(homes[0], "invite", sid, "--code", "--no-wait")["code"]

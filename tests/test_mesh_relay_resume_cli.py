@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import test_mesh_cli_e2e as e2e
-from didmesh.session.mesh.loopback import free_ports
 from relay_helpers import (
     RelayProcess,
     free_port,
@@ -81,27 +80,7 @@ mpc.run(main())
 
 def _agreed(tmp_path: Path, relays: list[str], program: Path) -> tuple[str, list[Path]]:
     """tests/test_mesh_cli_e2e.py's session flow, with every relay of ``relays`` named."""
-    ok, spawn, finish_all = e2e.ok, e2e.spawn, e2e.finish_all
-    homes = [tmp_path / n for n in ("alice", "bob", "carol")]
-    dids = [ok(h, "id", "new", "--no-passphrase")["did"] for h in homes]
-    extra = [a for r in relays for a in ("--relay", r)]
-    sid = ok(homes[0], "session", "new", "--program", str(program), "--parties", "3",
-             *extra, "--name", "resume e2e", "--no-direct")["sessionId"]
-    ok(homes[0], "contacts", "add", "bob", dids[1])
-    ok(homes[0], "invite", sid[:8], "--to", "bob")
-    code = ok(homes[0], "invite", sid, "--code", "--no-wait")["code"]
-    organizer = spawn(homes[0], "session", "wait", sid, "--timeout", "60", "--json")
-    ports = free_ports(2)
-    ok(homes[1], "contacts", "add", "alice", dids[0])
-    ok(homes[1], "invites", "--relay", relays[0])
-    ok(homes[2], "claim", code, "--relay", relays[0], timeout=60)
-    ok(homes[1], "accept", sid[:8], "--yes", "--program", str(program),
-       "--endpoint", f"tcp://127.0.0.1:{ports[0]}")
-    ok(homes[2], "accept", sid, "--yes", "--endpoint", f"tcp://127.0.0.1:{ports[1]}")
-    waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in homes[1:]]
-    for rc, _, err in finish_all([organizer, *waits]):
-        assert rc == 0, err[-2000:]
-    return sid, homes
+    return e2e.agreed_session(tmp_path, relays[0], program, more_relays=relays[1:])
 
 
 def _paired(relay: RelayProcess) -> int:
