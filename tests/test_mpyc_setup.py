@@ -1,5 +1,5 @@
 """MPyC's import and set-up in a worker thread while the mesh connects (session/mesh/mpyc_setup.py;
-specs/mesh.md, 5).
+specs/mesh.md, 8).
 
 In-process: the worker adopts the mesh's event loop as its thread's own, its errors are
 raised in the runner's thread as errors of the tree, a failure while connecting leaves the

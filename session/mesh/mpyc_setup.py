@@ -1,4 +1,4 @@
-"""MPyC's import and set-up in a worker thread while the mesh connects (specs/mesh.md, 5).
+"""MPyC's import and set-up in a worker thread while the mesh connects (specs/mesh.md, 8).
 
 ``import mpyc.runtime`` and the runtime's set-up (:meth:`~.mpyc_bridge.MpycBridge.install`)
 cost a party about 150 ms of CPU; connecting to the peers mostly waits (for their
