@@ -61,7 +61,7 @@ def reader_gone_guard() -> Iterator[ReaderGoneStdout]:
     """``sys.stdout`` is a :class:`ReaderGoneStdout` inside the block."""
     saved = sys.stdout
     guard = ReaderGoneStdout(saved)
-    sys.stdout = guard  # type: ignore[assignment]  # a TextIO in all that matters
+    sys.stdout = guard  # a TextIO in all that matters
     try:
         yield guard
     finally:
