@@ -5,13 +5,13 @@ the usual lines appears on stderr (no logging-error flood, no traceback)."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from cli_helpers import finish_all, spawn
 from didmesh.session.cli.stdout_guard import ReaderGoneStdout
 from relay_helpers import relay_url  # noqa: F401  (fixture)
-from test_mesh_cli_e2e import agreed_session, finish_all, spawn
+from test_mesh_cli_e2e import agreed_session
 
 CHATTY = """from mpyc.runtime import mpc
 mpc.run(mpc.start())
