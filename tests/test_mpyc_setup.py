@@ -157,6 +157,25 @@ def test_a_connect_failure_before_the_setup_ended_is_raised(
     assert setup.done
 
 
+def test_waiting_for_the_setup_ends_when_the_mesh_fails(
+        loop: asyncio.AbstractEventLoop) -> None:
+    gate = threading.Event()
+    setup = _setup(FakeBridge(lambda: gate.wait(10)), loop)
+
+    async def fail_soon() -> bool:
+        failed = asyncio.Event()
+        loop.call_later(0.1, failed.set)
+        return await setup.wait(30, unless=failed)
+
+    try:
+        t0 = time.monotonic()
+        assert loop.run_until_complete(fail_soon()) is False
+        assert time.monotonic() - t0 < 3 and not setup.done
+    finally:
+        gate.set()
+        setup.join(5)
+
+
 def test_a_setup_past_its_bound_is_a_clear_error_and_join_is_bounded(
         loop: asyncio.AbstractEventLoop) -> None:
     before = sys.getswitchinterval()
@@ -290,6 +309,25 @@ def test_an_mpyc_that_cannot_be_imported_ends_everyone_with_one_line_each(
         line = _one_line(err)
         assert f"aborted by {NAMES[1]}" in line and "MPyC could not be imported" in line, err
         assert took < 15, err
+
+
+def test_a_peer_aborting_while_the_import_runs_here_ends_this_party_too(
+        tmp_path: Path) -> None:
+    procs, mark = _spawn(tmp_path, [0, 1, 2], special=0, mode="slow")
+    _wait_for(mark)
+    time.sleep(2.0)  # the peers' imports, the mesh coming up: they wait in the check
+    procs[1].send_signal(signal.SIGINT)
+    res = _ends(procs, 20)
+    assert res[1][0] == 130
+    assert "interrupted (Ctrl-C)" in _one_line(res[1][2])
+    for i in (0, 2):
+        rc, out, err, took = res[i]
+        assert rc != 0 and "started" not in out
+        line = _one_line(err)
+        assert f"aborted by {NAMES[1]}" in line and "interrupted (Ctrl-C)" in line, err
+        # party 0 stops waiting for its import at once (not EXIT_GRACE later, by the
+        # hard exit that ends a process which does not end by itself)
+        assert took < (1.4 if i == 0 else 3.0), err
 
 
 @pytest.mark.parametrize("peers_up", [False, True], ids=["connecting", "connected"])

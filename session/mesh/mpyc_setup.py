@@ -122,18 +122,30 @@ class BackgroundSetup:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def wait(self, timeout: float = SETUP_TIMEOUT) -> None:
-        """Until the set-up has ended (at most ``timeout`` s); its error is raised here."""
+    async def wait(self, timeout: float = SETUP_TIMEOUT, *,
+                   unless: asyncio.Event | None = None) -> bool:
+        """Until the set-up has ended (at most ``timeout`` s); its error is raised here.
+        Returns False, the set-up still running, if ``unless`` is set first (the mesh
+        failed meanwhile: the caller raises that)."""
         if not self.done:
+            waits: list[asyncio.Future[Any]] = [self._ended]
+            if unless is not None:
+                waits.append(asyncio.ensure_future(unless.wait()))
             try:
-                await asyncio.wait_for(asyncio.shield(self._ended), timeout)
-            except TimeoutError:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits[1:]:
+                    w.cancel()
+            if not self.done:
+                if unless is not None and unless.is_set():
+                    return False
                 raise ProgramFailed(
                     f"MPyC's import and set-up did not finish within {timeout:g} s of the "
                     "mesh coming up (is this machine overloaded?)",
-                    party=self.bridge.party_id) from None
+                    party=self.bridge.party_id)
         self._restore()
         self._raise()
+        return True
 
     def join(self, timeout: float) -> None:
         """After a failure: let the worker end (at most ``timeout`` s; 0: not at all)."""

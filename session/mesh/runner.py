@@ -284,7 +284,9 @@ def run_program(
         async def _check() -> list[PairStatus]:
             assert mesh is not None and setup is not None
             mesh.start()  # liveness from now on: the peers hear heartbeats while we wait
-            await setup.wait()
+            if not await setup.wait(unless=mesh.failed):  # e.g. a peer's abort came
+                raise mesh.fatal or ProgramFailed("the run failed during MPyC's set-up",
+                                                  party=plan.my_party_id)
             return await mesh.check(timeout=max(10.0, timeout))
 
         table = loop.run_until_complete(_check())
