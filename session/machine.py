@@ -65,7 +65,9 @@ from .roster import (
     build_roster,
     commit,
     commitment_valid,
+    pack_roster,
     roster_hash,
+    unpack_roster,
     verify_roster,
 )
 from .state import (
@@ -331,8 +333,10 @@ class SessionMachine:
         self.state.commitment = commit(self.key, self.state.session_id, digest)
         self.state.status = Status.CONFIRMING
         self.state.note(format_time(now), f"published the roster {digest.hex()[:16]}")
+        packed = pack_roster(doc)
         for did in self._others():
-            self._send(did, "roster", {"roster": doc, "commitment": self.state.commitment}, now)
+            body = {"roster": packed, "commitment": self.state.commitment}
+            self._send(did, "roster", body, now)
         self._confirm(digest, now)
 
     def _on_decline(self, msg: Message, now: datetime, withdraw: bool) -> None:
@@ -445,6 +449,7 @@ class SessionMachine:
         doc = msg.body.get("roster")
         if not isinstance(doc, dict):
             raise RosterInvalid(f"roster message from organizer {self.label(org)} has no roster")
+        doc = unpack_roster(doc)
         digest = roster_hash(doc)
         if self.state.roster_hash is not None:
             if digest.hex() == self.state.roster_hash:

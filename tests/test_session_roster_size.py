@@ -1,0 +1,128 @@
+"""Large sessions: a roster of many parties is issued, carried by a relay on its default
+limits and verified (specs/session-protocol.md, 3.3 and 4)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from didmesh.identity.credentials import verify_credential
+from didmesh.identity.errors import UndefinedTerm
+from didmesh.identity.keys import IdentityKey
+from didmesh.relay.errors import TooLarge
+from didmesh.session.documents import (
+    SUITE,
+    build_acceptance,
+    build_invite,
+    new_invite_id,
+    verify_invite,
+)
+from didmesh.session.mailbox import RelayMailbox, frame
+from didmesh.session.manifest import MAX_PARTIES, Manifest, new_manifest
+from didmesh.session.roster import Seat, build_roster, check_roster_terms
+from didmesh.session.testing import World
+from relay_helpers import RelayProcess, shared_relay, start_relay  # noqa: F401  (fixture)
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+ORG = IdentityKey.from_seed(b"\x01" * 32)
+
+
+def bundle(root: Path, files: int) -> Path:
+    root.mkdir()
+    (root / "main.py").write_text("from mpyc.runtime import mpc\n")
+    for i in range(files):
+        (root / f"module_{i:03}.py").write_bytes(os.urandom(16).hex().encode())
+    return root
+
+
+def manifest_for(program: Path, parties: int) -> Manifest:
+    return new_manifest(organizer=ORG.did, program=program, parties=parties,
+                        relays=["http://127.0.0.1:9"], now=NOW, valid_for=timedelta(hours=2))
+
+
+def seats_for(manifest: Manifest) -> list[Seat]:
+    """m seats; the invitees share one real acceptance (the roster's issuance does not
+    verify them, and building m-1 of them costs seconds)."""
+    bob = IdentityKey.from_seed(b"\x02" * 32)
+    inv = verify_invite(build_invite(manifest, bob.did, ORG, now=NOW, invite_id=new_invite_id()),
+                        now=NOW, me=bob.did)
+    endpoints = [f"tcp://192.0.2.{i}:4{i:04}" for i in range(8)]
+    acc = build_acceptance(inv, bob, session_public=os.urandom(32), endpoints=endpoints, now=NOW)
+    return [Seat(ORG.did, os.urandom(32), tuple(endpoints), None)] + [
+        Seat(IdentityKey.from_seed(bytes([i % 250 + 3]) * 32).did, os.urandom(32),
+             tuple(endpoints), acc)
+        for i in range(1, manifest.parties)
+    ]
+
+
+@pytest.mark.parametrize("parties", [30, MAX_PARTIES])
+def test_a_roster_of_many_parties_is_issued(tmp_path: Path, parties: int) -> None:
+    """The roster held ~10 JSON objects per party, more than JSON-LD's cap from m ~ 50 (and
+    m ~ 25 with a bundle: one more per file and party), and was then never issued."""
+    program = tmp_path / "p.py"
+    program.write_text("print(1)\n")
+    manifest = manifest_for(program, parties)
+    roster = build_roster(manifest, ORG, seats_for(manifest), now=NOW)
+    assert len(roster["credentialSubject"]["parties"]) == parties
+    verify_credential(roster, now=NOW, expected_issuer=ORG.did, suites=(SUITE,))
+
+
+def test_an_undefined_term_in_a_roster_is_still_refused(tmp_path: Path) -> None:
+    program = tmp_path / "p.py"
+    program.write_text("print(1)\n")
+    manifest = manifest_for(program, 3)
+    roster = build_roster(manifest, ORG, seats_for(manifest), now=NOW)
+    roster.pop("proof")
+    check_roster_terms(roster)  # the parties list is a JSON literal: not looked into
+    roster["credentialSubject"]["partiesCount"] = 3
+    with pytest.raises(UndefinedTerm, match="partiesCount"):
+        check_roster_terms(roster)
+
+
+@pytest.mark.slow
+async def test_thirty_parties_with_a_bundle_agree_through_a_default_relay(
+    tmp_path: Path, shared_relay: RelayProcess  # noqa: F811
+) -> None:
+    """m = 30, a 20-file bundle, 8 endpoints per party, one relay process on its default
+    envelope limits (64 KiB; only the per-address rate limit is off: all 30 parties share
+    127.0.0.1): every party holds the same agreed roster. Before, the organizer could not
+    issue the roster (JSON-LD object cap) and the bundle was refused above m = 10."""
+    m = 30
+    world = World(tmp_path, m, relays=[shared_relay.url], program=bundle(tmp_path / "b", 20),
+                  factory=lambda ident, urls: RelayMailbox(urls, ident))
+    sizes: list[int] = []
+    try:
+        world.invite_all()
+        await world.deliver_invites(timeout=60)
+        for i, party in enumerate(world.parties[1:]):
+            party.engine.accept(world.sid, endpoints=[
+                f"tcp://[2001:db8:{i:x}::{k}]:4{k:04}" for k in range(8)])
+        real = RelayMailbox.send
+
+        async def send(self: RelayMailbox, to: str, sid: str, payload: bytes,
+                       **kw: Any) -> None:
+            sizes.append(len(frame(payload)))
+            await real(self, to, sid, payload, **kw)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(RelayMailbox, "send", send)
+            await world.settle(timeout=120)
+        rosters = [p.engine.store.load(world.sid).agreed_roster for p in world.parties]
+        assert all(r is not None for r in rosters)
+        assert len({r.roster_hash for r in rosters if r}) == 1
+        assert max(sizes) < 64 * 1024 // 2, max(sizes)  # room left on a default relay
+    finally:
+        await world.close()
+
+
+async def test_a_message_over_a_relays_limit_is_one_line_naming_limit_and_relay() -> None:
+    with start_relay(args=["--max-envelope-bytes", "4096"]) as relay:
+        async with RelayMailbox([relay.url], ORG) as box:
+            with pytest.raises(TooLarge) as info:
+                await box.send(IdentityKey.generate().did, "a" * 32, os.urandom(6000))
+    text = str(info.value)
+    assert "\n" not in text and relay.url in text, text
+    assert "max_envelope_bytes (4096)" in text, text
