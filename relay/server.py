@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -229,6 +230,18 @@ async def serve(
         if started:  # a failed start says one line (the caller's), nothing else
             log.info("stopped", extra={"fields": {
                 "shutdown_ms": round((time.monotonic() - t0) * 1000)}})
+            _ignore_stop_signals(loop)
+
+
+def _ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Stopping is done: a repeated SIGTERM/SIGINT from now on has nothing left to do.
+    Closing the loop would otherwise put back the default actions, and a signal landing
+    while the interpreter exits would kill the stopped relay (-15) or raise
+    KeyboardInterrupt (130) instead of its exit 0."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, RuntimeError):  # not the main thread
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
