@@ -50,6 +50,7 @@ from .errors import (
     PartyWithdrew,
     RosterEquivocation,
     RosterInvalid,
+    RosterNotIssued,
     SeatsFull,
     SessionCancelled,
     SessionRemoteError,
@@ -327,7 +328,11 @@ class SessionMachine:
                     acc,
                 )
             )
-        doc = build_roster(self.manifest, self.key, seats, now=now)
+        try:
+            doc = build_roster(self.manifest, self.key, seats, now=now)
+        except DidmeshError as exc:  # e.g. over a credential's size: no acceptance's fault
+            self._roster_not_issued(exc, now)
+            return
         digest = roster_hash(doc)
         self.state.roster, self.state.roster_hash = doc, digest.hex()
         self.state.commitment = commit(self.key, self.state.session_id, digest)
@@ -338,6 +343,19 @@ class SessionMachine:
             body = {"roster": packed, "commitment": self.state.commitment}
             self._send(did, "roster", body, now)
         self._confirm(digest, now)
+
+    def _roster_not_issued(self, exc: DidmeshError, now: datetime) -> None:
+        """Every seat accepted but the roster cannot be issued: the session cannot start.
+        The organizer says why and cancels, rather than rejecting the last acceptance
+        (which blamed its sender) and waiting for ever."""
+        reason = (f"the organizer could not issue the roster of {self.manifest.parties} "
+                  f"parties: {exc.message}")
+        for did in self._others():
+            self._send(did, "cancel", {"reason": reason[:300]}, now)
+        self.state.error = {"code": RosterNotIssued.code,
+                            "message": f"{reason}; nothing starts", "party": self.me}
+        self.state.status = Status.FAILED
+        self.state.note(format_time(now), f"failed: {reason}")
 
     def _on_decline(self, msg: Message, now: datetime, withdraw: bool) -> None:
         seat = self._seat_for(msg.sender)

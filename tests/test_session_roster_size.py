@@ -24,7 +24,7 @@ from didmesh.session.mailbox import RelayMailbox, frame
 from didmesh.session.manifest import MAX_PARTIES, Manifest, new_manifest
 from didmesh.session.roster import Seat, build_roster, check_roster_terms
 from didmesh.session.testing import World
-from relay_helpers import RelayProcess, shared_relay, start_relay  # noqa: F401  (fixture)
+from relay_helpers import start_relay
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ORG = IdentityKey.from_seed(b"\x01" * 32)
@@ -84,14 +84,20 @@ def test_an_undefined_term_in_a_roster_is_still_refused(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 async def test_thirty_parties_with_a_bundle_agree_through_a_default_relay(
-    tmp_path: Path, shared_relay: RelayProcess  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """m = 30, a 20-file bundle, 8 endpoints per party, one relay process on its default
-    envelope limits (64 KiB; only the per-address rate limit is off: all 30 parties share
-    127.0.0.1): every party holds the same agreed roster. Before, the organizer could not
-    issue the roster (JSON-LD object cap) and the bundle was refused above m = 10."""
+    settings (64 KiB envelopes, 20/s per DID; only the per-address rate limit is off: all
+    30 parties share 127.0.0.1): every party holds the same agreed roster. Before, the
+    bundle was refused above m = 10 and the organizer could not issue the roster (JSON-LD
+    object cap) from m ~ 25 with it."""
     m = 30
-    world = World(tmp_path, m, relays=[shared_relay.url], program=bundle(tmp_path / "b", 20),
+    with start_relay(args=["--rate-ip-per-s", "0"]) as relay:
+        await _agree_thirty(tmp_path, relay.url, m)
+
+
+async def _agree_thirty(tmp_path: Path, url: str, m: int) -> None:
+    world = World(tmp_path, m, relays=[url], program=bundle(tmp_path / "b", 20),
                   factory=lambda ident, urls: RelayMailbox(urls, ident))
     sizes: list[int] = []
     try:
@@ -126,3 +132,33 @@ async def test_a_message_over_a_relays_limit_is_one_line_naming_limit_and_relay(
     text = str(info.value)
     assert "\n" not in text and relay.url in text, text
     assert "max_envelope_bytes (4096)" in text, text
+
+
+async def test_a_roster_that_cannot_be_issued_fails_the_session_naming_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the roster cannot be issued once every seat accepted (here: over a credential's
+    size), the organizer fails the session saying why and cancels it for the invitees;
+    before, the last acceptance was rejected (blaming its sender) and the organizer
+    waited for ever."""
+    from didmesh.identity.errors import DocumentTooLarge
+    from didmesh.session import machine
+    from didmesh.session.state import Status
+
+    def too_large(*_a: Any, **_k: Any) -> Any:
+        raise DocumentTooLarge("roster is 300000 bytes; the limit is 262144")
+
+    monkeypatch.setattr(machine, "build_roster", too_large)
+    world = World(tmp_path, 3)
+    world.invite_all()
+    await world.deliver_invites()
+    world.accept_all()
+    await world.settle(timeout=20)
+    org = world.organizer.engine.load(world.sid)
+    assert org.status == Status.FAILED and org.error is not None
+    assert org.error["code"] == "roster_not_issued"
+    assert "could not issue the roster of 3 parties: roster is 300000" in org.error["message"]
+    for party in world.parties[1:]:
+        state = party.engine.load(world.sid)
+        assert state.status == Status.CANCELLED
+        assert state.error and "could not issue the roster" in state.error["message"]
