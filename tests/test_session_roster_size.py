@@ -162,3 +162,27 @@ async def test_a_roster_that_cannot_be_issued_fails_the_session_naming_why(
         state = party.engine.load(world.sid)
         assert state.status == Status.CANCELLED
         assert state.error and "could not issue the roster" in state.error["message"]
+
+
+def test_the_cli_names_the_relay_and_its_limit_in_one_line(tmp_path: Path) -> None:
+    """A relay whose envelope limit is below an invite's size: ``session wait`` ends with
+    one ``didmesh:`` line naming the relay's URL and its ``max_envelope_bytes``."""
+    import json
+
+    from cli_helpers import run_cli
+
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    program = tmp_path / "p.py"
+    program.write_text("print(1)\n")
+    with start_relay(args=["--max-envelope-bytes", "1024"]) as relay:
+        assert run_cli(alice, "id", "new", "--no-passphrase").rc == 0
+        did = json.loads(run_cli(bob, "id", "new", "--no-passphrase", "--json").out)["did"]
+        sid = json.loads(run_cli(alice, "session", "new", "--program", str(program),
+                                 "--parties", "2", "--relay", relay.url, "--no-direct",
+                                 "--json").out)["sessionId"]
+        assert run_cli(alice, "invite", sid[:8], "--to", did).rc == 0  # queued, warned
+        res = run_cli(alice, "session", "wait", sid[:8], "--timeout", "10")
+    assert res.rc != 0 and "Traceback" not in res.err
+    last = res.err.strip().splitlines()[-1]
+    assert last.startswith("didmesh: ") and relay.url in last, res.err
+    assert "max_envelope_bytes (1024)" in last, res.err
