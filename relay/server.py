@@ -185,21 +185,25 @@ async def serve(
                 metrics_runner = web.AppRunner(build_metrics_app(relay), access_log=None)
                 await metrics_runner.setup()
                 await web.TCPSite(metrics_runner, host, mport).start()
-            if config.stun:
-                stun_ports = stun_ports_for(config, _bound_port(runner, config.port))
-                stun_transports, relay.stun_ports = await serve_stun(
-                    config.stun_host or config.host, stun_ports,
-                    explicit=[bool(config.stun_port), bool(config.stun_alt_port)])
         except OSError as exc:
             why = exc.strerror or str(exc).rsplit(": ", 1)[-1]
             where = f"{config.host}:{config.port}"
-            if config.stun:
-                where += (f" (or UDP {config.stun_host or config.host} "
-                          f"{config.stun_port or 'HTTP port'}/{config.stun_alt_port or 'any'} "
-                          "for STUN: choose --stun-port/--stun-alt-port, or --no-stun)")
             if config.metrics_listen:
                 where += f" or {config.metrics_listen}"
             raise RelayConfigError(f"cannot listen on {where}: {why}") from None
+        if config.stun:
+            stun_host = config.stun_host or config.host
+            stun_ports = stun_ports_for(config, _bound_port(runner, config.port))
+            try:
+                stun_transports, relay.stun_ports = await serve_stun(
+                    stun_host, stun_ports,
+                    explicit=[bool(config.stun_port), bool(config.stun_alt_port)])
+            except OSError as exc:
+                why = exc.strerror or str(exc).rsplit(": ", 1)[-1]
+                raise RelayConfigError(
+                    f"cannot listen on UDP {stun_host} {stun_ports[0]}/"
+                    f"{stun_ports[1] or 'any'} for STUN: {why}; choose other ports "
+                    "(--stun-port, --stun-alt-port) or turn STUN off (--no-stun)") from None
         started = True
         for server in (getattr(s, "_server", None) for s in runner.sites):
             deepen_listen_queue(getattr(server, "sockets", None))
