@@ -44,6 +44,7 @@ from didmesh.session.mesh.runner import ending_process, run_program
 
 from .common import add_identity_args, labels_of, load_identity, store_of
 from .output import Output
+from .stdout_guard import reader_gone_guard
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -236,27 +237,30 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         workdir=str(local.root) if manifest.program.is_bundle else None,
         digest="sha256:" + manifest.program.sha256,
     )
-    try:  # over WireGuard the tunnel is down again before the failure line
-        if wireguard:
-            from didmesh.session.wireguard.run import run_over_wireguard
+    with reader_gone_guard() as stdout:  # `| head` must not fail the joint run
+        try:  # over WireGuard the tunnel is down again before the failure line
+            if wireguard:
+                from didmesh.session.wireguard.run import run_over_wireguard
 
-            result = run_over_wireguard(plan, str(local.entry), prog_args,
-                                        handshake_timeout=args.handshake_timeout,
-                                        impl=args.wg_impl, **common)
-        else:
-            result = run_program(plan, str(local.entry), prog_args,
-                                 direct_only=args.direct_only, relay_only=args.relay_only,
-                                 **common)
-    except DidmeshError as exc:
-        _end_failed_run(exc, out)
-    default_path = stored.path / f"receipt-{plan.my_party_id}.json"
-    receipt_path = receipt_arg or default_path
-    if result.receipt is not None:
-        receipt_path = _write_receipt(result.receipt, receipt_path, default_path, manifest)
-    out.progress(f"run complete; receipt: {receipt_path}")
-    out.result({"ok": True, "session": manifest.session_id, "party": plan.my_party_id,
-                "transport": args.transport,
-                "receipt": str(receipt_path), "setup_seconds": result.setup_seconds})
+                result = run_over_wireguard(plan, str(local.entry), prog_args,
+                                            handshake_timeout=args.handshake_timeout,
+                                            impl=args.wg_impl, **common)
+            else:
+                result = run_program(plan, str(local.entry), prog_args,
+                                     direct_only=args.direct_only, relay_only=args.relay_only,
+                                     **common)
+        except DidmeshError as exc:
+            _end_failed_run(exc, out)
+        default_path = stored.path / f"receipt-{plan.my_party_id}.json"
+        receipt_path = receipt_arg or default_path
+        if result.receipt is not None:
+            receipt_path = _write_receipt(result.receipt, receipt_path, default_path, manifest)
+        out.progress(f"run complete; receipt: {receipt_path}" + (
+                "  (stdout's reader went away: the rest of the program's output was "
+                "discarded)" if stdout.reader_gone else ""))
+        out.result({"ok": True, "session": manifest.session_id, "party": plan.my_party_id,
+                    "transport": args.transport,
+                    "receipt": str(receipt_path), "setup_seconds": result.setup_seconds})
     ending_process()  # the command ends next (didmesh run is one process per run)
     return result.exit_code
 
