@@ -3,6 +3,7 @@ limits and verified (specs/session-protocol.md, 3.3 and 4)."""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,16 @@ from didmesh.session.documents import (
 )
 from didmesh.session.mailbox import RelayMailbox, frame
 from didmesh.session.manifest import MAX_PARTIES, Manifest, new_manifest
-from didmesh.session.roster import Seat, build_roster, check_roster_terms
+from didmesh.session.roster import (
+    MANIFEST_REF,
+    MAX_MANIFEST_BYTES,
+    Seat,
+    build_roster,
+    check_roster_terms,
+    pack_roster,
+    roster_hash,
+    unpack_roster,
+)
 from didmesh.session.testing import World
 from relay_helpers import start_relay
 
@@ -186,3 +196,30 @@ def test_the_cli_names_the_relay_and_its_limit_in_one_line(tmp_path: Path) -> No
     last = res.err.strip().splitlines()[-1]
     assert last.startswith("didmesh: ") and relay.url in last, res.err
     assert "max_envelope_bytes (1024)" in last, res.err
+
+
+def test_pack_and_unpack_give_the_signed_roster_back(tmp_path: Path) -> None:
+    program = tmp_path / "p.py"
+    program.write_text("print(1)\n")
+    manifest = manifest_for(program, 5)
+    roster = build_roster(manifest, ORG, seats_for(manifest), now=NOW)
+    packed = pack_roster(roster)
+    saved = len(json.dumps(manifest.to_json())) - len(json.dumps(MANIFEST_REF))
+    assert len(json.dumps(packed)) == len(json.dumps(roster)) - 4 * saved  # 4 invitees
+    assert unpack_roster(packed) == roster and unpack_roster(roster) == roster
+    assert roster_hash(unpack_roster(packed)) == roster_hash(roster)
+
+
+@pytest.mark.parametrize("doc", [
+    {}, {"credentialSubject": []}, {"credentialSubject": {"manifest": MANIFEST_REF}},
+    {"credentialSubject": {"manifest": {"a": 1}, "parties": "x"}},
+    {"credentialSubject": {"manifest": {"a": 1}, "parties": [1, None, {"acceptance": []},
+        {"acceptance": {"verifiableCredential": [1, {"credentialSubject": {
+            "manifest": MANIFEST_REF}}]}}]}},
+    {"credentialSubject": {"manifest": {"a": "x" * (MAX_MANIFEST_BYTES + 1)}, "parties": [
+        {"acceptance": {"verifiableCredential": [{"credentialSubject": {
+            "manifest": MANIFEST_REF}}]}}]}},
+], ids=["empty", "subject-list", "ref-as-manifest", "parties-str", "odd-entries", "huge"])
+def test_unpack_of_a_hostile_roster_raises_nothing(doc: dict[str, Any]) -> None:
+    out = unpack_roster(doc)  # what is not restored fails verification later, named
+    assert isinstance(out, dict)
