@@ -56,6 +56,7 @@ from didmesh.session.mesh.mesh import Mesh
 from didmesh.session.mesh.runner import launch_document, spawn_party
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cli_session  # noqa: E402
 from proc_stats import process_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +151,8 @@ def _collect(procs: list[subprocess.Popen[bytes]], t0: float, cpu0: float) -> Ru
     wall = time.monotonic() - t0
     cpu = children_cpu() - cpu0
     result_lines = [ln for ln in outs[0].splitlines() if ":" in ln and "MPyC" not in ln
-                    and not ln.startswith(("20", "  ", "connectivity", "program cpu"))]
+                    and not ln.startswith(("20", "  ", "connectivity", "program cpu",
+                                           "running ", "run complete", "note: "))]
     run = Run(max(parse_elapsed(o) for o in outs), wall, cpu, "\n".join(result_lines))
     pcpu = [PROGRAM_CPU.search(o) for o in outs]
     if all(pcpu):
@@ -189,6 +191,45 @@ def run_didmesh(program: Path, args: list[str], m: int, *, relay: str | None,
         for i in range(m)
     ]
     run = _collect(procs, t0, cpu0)
+    if relay_pid:
+        run.cpu += process_cpu(relay_pid) - relay_cpu0
+    return run
+
+
+class CliSessions:
+    """Sessions agreed once through the real CLI (:mod:`cli_session`), one per program and
+    m, for the modes ``cli-direct`` and ``cli-relayed``: every party runs as
+    ``didmesh run SESSION [--direct-only | --relay-only] -- PROGRAM`` in its own home."""
+
+    def __init__(self, relay: str, workdir: Path) -> None:
+        self.relay, self.workdir = relay, workdir
+        self.agreed: dict[tuple[str, int], tuple[str, list[Path]]] = {}
+
+    def session(self, program: Path, args: list[str], m: int) -> tuple[str, list[Path]]:
+        key = (str(program), m)
+        if key not in self.agreed:
+            folder = self.workdir / f"cli-{program.stem}-m{m}"
+            folder.mkdir()
+            self.agreed[key] = cli_session.agree(m, self.relay, program, args, folder, ENV)
+        return self.agreed[key]
+
+    def spawn(self, program: Path, args: list[str], m: int, *, relay_only: bool
+              ) -> list[subprocess.Popen[bytes]]:
+        sid, homes = self.session(program, args, m)
+        return [subprocess.Popen(cli_session.run_command(sid, program, relay_only=relay_only),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env=cli_session.env_of(h, ENV))
+                for h in homes]
+
+
+def run_cli(sessions: CliSessions, program: Path, args: list[str], m: int, *,
+            relay_only: bool, relay_pid: int | None = None) -> Run:
+    """One run of every party through ``didmesh run`` (whole processes)."""
+    sessions.session(program, args, m)  # agreed before the clock starts
+    relay_cpu0 = process_cpu(relay_pid) if relay_pid else 0.0
+    cpu0 = children_cpu()
+    t0 = time.monotonic()
+    run = _collect(sessions.spawn(program, args, m, relay_only=relay_only), t0, cpu0)
     if relay_pid:
         run.cpu += process_cpu(relay_pid) - relay_cpu0
     return run
@@ -262,13 +303,17 @@ mpc.run(mpc.shutdown())
 
 def startup_benchmark(m: int, repeats: int, relay: str | None, relay_pid: int | None,
                       workdir: Path, receipts: bool = True,
-                      baseline: tuple[str, dict[str, str]] | None = None) -> dict[str, Any]:
+                      baseline: tuple[str, dict[str, str]] | None = None,
+                      cli: CliSessions | None = None) -> dict[str, Any]:
     """Whole processes of a trivial program at m parties: plain vs didmesh, interleaved
     (with each party's signed run receipt, as ``didmesh run`` makes one, unless not
     ``receipts``); with ``baseline`` (revision, environment) also ``direct@REV``."""
     program = workdir / "hello.py"
     program.write_text(HELLO)
     modes = ["plain", "direct"] + (["relayed"] if relay else [])
+    if cli is not None:
+        modes += ["cli-direct", "cli-relayed"]
+        cli.session(program, ["--no-log"], m)  # agreed before the clock starts
     envs = {mode: ENV for mode in modes}
     if baseline:
         modes.append(f"direct@{baseline[0]}")
@@ -286,6 +331,15 @@ def startup_benchmark(m: int, repeats: int, relay: str | None, relay_pid: int | 
                          for i in range(m)]
                 _wait_all(procs, t0)
                 wall, cpu = time.monotonic() - t0, children_cpu() - cpu0
+            elif mode.startswith("cli-"):
+                assert cli is not None
+                relay_cpu0 = process_cpu(relay_pid) if mode == "cli-relayed" and relay_pid else 0.0
+                cpu0, t0 = children_cpu(), time.monotonic()
+                _wait_all(cli.spawn(program, ["--no-log"], m,
+                                    relay_only=mode == "cli-relayed"), t0)
+                wall, cpu = time.monotonic() - t0, children_cpu() - cpu0
+                if mode == "cli-relayed" and relay_pid:
+                    cpu += process_cpu(relay_pid) - relay_cpu0
             else:
                 plans, ids = loopback_plans(m, relays=[relay] if mode == "relayed" and relay
                                             else [])
@@ -369,8 +423,8 @@ def summarize(row: dict[str, Any]) -> dict[str, Any]:
 
 def format_mode(mode: str, s: dict[str, Any]) -> str:
     if "median_elapsed_s" not in s:
-        return f"{mode:8} failed ({s['failed']} runs)"
-    return (f"{mode:8} elapsed {s['median_elapsed_s']:8.3f} s (x{s['ratio_to_plain']})  "
+        return f"{mode:11} failed ({s['failed']} runs)"
+    return (f"{mode:11} elapsed {s['median_elapsed_s']:8.3f} s (x{s['ratio_to_plain']})  "
             f"wall {s['median_wall_s']:8.3f} s (x{s['wall_ratio_to_plain']})  "
             f"cpu {s['median_cpu_s']:8.3f} s (x{s['cpu_ratio_to_plain']})  "
             + (f"program cpu {s['median_program_cpu_s']:8.3f} s "
@@ -549,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup-m", type=int, default=10)
     ap.add_argument("--no-receipts", action="store_true",
                     help="start-up benchmark: the parties sign no run receipt")
+    ap.add_argument("--via-cli", action="store_true",
+                    help="add modes cli-direct and cli-relayed: each party a whole "
+                    "`didmesh run SESSION -- PROGRAM` process, in a session agreed once "
+                    "through the CLI (not timed); --modes may name them too")
     ap.add_argument("--budget", type=float, default=1500.0, help="stop starting runs after (s)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument("--setup-only", action="store_true", help="only the m=10 set-up time")
@@ -585,13 +643,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.program_cpu:
         programs = {k: (WRAPPER, [str(p), *args]) for k, (p, args) in programs.items()}
     started = time.monotonic()
-    relay, relay_proc = (start_relay(a.big_relay_frames) if "relayed" in a.modes
+    if a.via_cli:
+        a.modes += [m for m in ("cli-direct", "cli-relayed") if m not in a.modes]
+    relay, relay_proc = (start_relay(a.big_relay_frames)
+                         if "relayed" in a.modes or any(m.startswith("cli-") for m in a.modes)
                          else (None, None))
     results: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             make_ssl_config(workdir, max(a.parties))
+            cli = CliSessions(relay, workdir) if relay else None
             modes = list(a.modes)
             alt_env = ENV
             if a.baseline:
@@ -603,12 +665,13 @@ def main(argv: list[str] | None = None) -> int:
                 res = startup_benchmark(a.startup_m, a.repeats, relay,
                                         relay_proc.pid if relay_proc else None, workdir,
                                         receipts=not a.no_receipts,
-                                        baseline=(a.baseline, alt_env) if a.baseline else None)
+                                        baseline=(a.baseline, alt_env) if a.baseline else None,
+                                        cli=cli if a.via_cli else None)
                 results[f"startup hello m={a.startup_m}"] = res
                 print(f"start-up, hello world, m={a.startup_m} (whole processes, medians of "
                       f"{a.repeats} interleaved):")
                 for mode, s in res.items():
-                    print(f"    {mode:8} wall {s['median_wall_s']:7.3f} s "
+                    print(f"    {mode:11} wall {s['median_wall_s']:7.3f} s "
                           f"(x{s['wall_ratio_to_plain']})  cpu {s['median_cpu_s']:7.3f} s "
                           f"({s['cpu_per_party_s']:.3f} s per party)  walls {s['walls']}",
                           flush=True)
@@ -628,6 +691,13 @@ def main(argv: list[str] | None = None) -> int:
                                 if mode in ("plain", "ssl"):
                                     run = run_mpyc(program, args, m, ssl=mode == "ssl",
                                                    workdir=workdir)
+                                elif mode.startswith("cli-"):
+                                    assert cli is not None
+                                    run = run_cli(cli, program, args, m,
+                                                  relay_only=mode == "cli-relayed",
+                                                  relay_pid=(relay_proc.pid if relay_proc
+                                                             and mode == "cli-relayed"
+                                                             else None))
                                 else:
                                     run = run_didmesh(
                                         program, args, m,
