@@ -213,23 +213,23 @@ class CliSessions:
             self.agreed[key] = cli_session.agree(m, self.relay, program, args, folder, ENV)
         return self.agreed[key]
 
-    def spawn(self, program: Path, args: list[str], m: int, *, relay_only: bool
-              ) -> list[subprocess.Popen[bytes]]:
+    def spawn(self, program: Path, args: list[str], m: int, *, relay_only: bool,
+              env: dict[str, str] = ENV) -> list[subprocess.Popen[bytes]]:
         sid, homes = self.session(program, args, m)
         return [subprocess.Popen(cli_session.run_command(sid, program, relay_only=relay_only),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, env=cli_session.env_of(h, ENV))
+                                 stderr=subprocess.PIPE, env=cli_session.env_of(h, env))
                 for h in homes]
 
 
 def run_cli(sessions: CliSessions, program: Path, args: list[str], m: int, *,
-            relay_only: bool, relay_pid: int | None = None) -> Run:
+            relay_only: bool, relay_pid: int | None = None, env: dict[str, str] = ENV) -> Run:
     """One run of every party through ``didmesh run`` (whole processes)."""
     sessions.session(program, args, m)  # agreed before the clock starts
     relay_cpu0 = process_cpu(relay_pid) if relay_pid else 0.0
     cpu0 = children_cpu()
     t0 = time.monotonic()
-    run = _collect(sessions.spawn(program, args, m, relay_only=relay_only), t0, cpu0)
+    run = _collect(sessions.spawn(program, args, m, relay_only=relay_only, env=env), t0, cpu0)
     if relay_pid:
         run.cpu += process_cpu(relay_pid) - relay_cpu0
     return run
@@ -318,6 +318,9 @@ def startup_benchmark(m: int, repeats: int, relay: str | None, relay_pid: int | 
     if baseline:
         modes.append(f"direct@{baseline[0]}")
         envs[modes[-1]] = baseline[1]
+        if cli is not None:
+            modes.append(f"cli-direct@{baseline[0]}")
+            envs[modes[-1]] = baseline[1]
     figures: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in modes}
     for _ in range(repeats):
         for mode in modes:
@@ -336,7 +339,7 @@ def startup_benchmark(m: int, repeats: int, relay: str | None, relay_pid: int | 
                 relay_cpu0 = process_cpu(relay_pid) if mode == "cli-relayed" and relay_pid else 0.0
                 cpu0, t0 = children_cpu(), time.monotonic()
                 _wait_all(cli.spawn(program, ["--no-log"], m,
-                                    relay_only=mode == "cli-relayed"), t0)
+                                    relay_only=mode == "cli-relayed", env=envs[mode]), t0)
                 wall, cpu = time.monotonic() - t0, children_cpu() - cpu0
                 if mode == "cli-relayed" and relay_pid:
                     cpu += process_cpu(relay_pid) - relay_cpu0
@@ -661,6 +664,9 @@ def main(argv: list[str] | None = None) -> int:
                 modes.append(f"direct@{a.baseline}")
                 if "relayed" in a.modes and not a.startup:
                     modes.append(f"relayed@{a.baseline}")
+                for mode in ("cli-direct", "cli-relayed"):
+                    if mode in a.modes and not a.startup:
+                        modes.append(f"{mode}@{a.baseline}")
             if a.startup:
                 res = startup_benchmark(a.startup_m, a.repeats, relay,
                                         relay_proc.pid if relay_proc else None, workdir,
@@ -693,11 +699,11 @@ def main(argv: list[str] | None = None) -> int:
                                                    workdir=workdir)
                                 elif mode.startswith("cli-"):
                                     assert cli is not None
-                                    run = run_cli(cli, program, args, m,
-                                                  relay_only=mode == "cli-relayed",
+                                    relayed = mode.startswith("cli-relayed")
+                                    run = run_cli(cli, program, args, m, relay_only=relayed,
+                                                  env=alt_env if "@" in mode else ENV,
                                                   relay_pid=(relay_proc.pid if relay_proc
-                                                             and mode == "cli-relayed"
-                                                             else None))
+                                                             and relayed else None))
                                 else:
                                     run = run_didmesh(
                                         program, args, m,

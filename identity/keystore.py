@@ -16,7 +16,6 @@ silently used.
 from __future__ import annotations
 
 import base64
-import getpass
 import json
 import os
 import re
@@ -112,7 +111,12 @@ class PassphraseSource:
                 f"a passphrase is needed to {what}; set {PASSPHRASE_ENV} or "
                 f"{PASSPHRASE_FILE_ENV}, pass --passphrase-file, or run on a terminal"
             )
-        ask = self.prompt or getpass.getpass
+        if self.prompt is None:
+            import getpass  # only to prompt (with termios: ~6 ms of every `didmesh run`)
+
+            ask = getpass.getpass
+        else:
+            ask = self.prompt
         first = ask(f"Passphrase to {what}: ")
         if confirm and ask("Repeat passphrase: ") != first:
             raise KeystoreError("the two passphrases differ; nothing was written")

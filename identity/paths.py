@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import platformdirs
-
 HOME_ENV = "DIDMESH_HOME"
 
 
@@ -21,6 +19,8 @@ def didmesh_home(explicit: str | os.PathLike[str] | None = None, *, create: bool
     elif os.environ.get(HOME_ENV):
         home = Path(os.environ[HOME_ENV])
     else:
+        import platformdirs  # only when no home is given (~4 ms)
+
         home = Path(platformdirs.user_config_dir("didmesh"))
     home = home.expanduser()
     if create:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import os
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -152,6 +151,8 @@ class VerifiedInvite:
 
 
 def new_invite_id(rng: Callable[[int], bytes] = os.urandom) -> str:
+    import uuid  # here: with platform it costs ~8 ms of every `didmesh run`, which needs none
+
     return uuid.UUID(bytes=rng(16), version=4).urn
 
 

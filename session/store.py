@@ -23,6 +23,7 @@ import binascii
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import stat
@@ -66,9 +67,9 @@ class StoredSession:
     session_private_key: bytes | None
     path: Path
 
-    @property
+    @functools.cached_property
     def manifest(self) -> Manifest:
-        return Manifest.from_json(self.state.manifest)
+        return Manifest.from_json(self.state.manifest)  # parsed once (run and roster use it)
 
     @property
     def agreed_roster(self) -> AgreedRoster | None:
