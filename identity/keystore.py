@@ -111,6 +111,7 @@ class PassphraseSource:
                 f"a passphrase is needed to {what}; set {PASSPHRASE_ENV} or "
                 f"{PASSPHRASE_FILE_ENV}, pass --passphrase-file, or run on a terminal"
             )
+        ask: Callable[[str], str]
         if self.prompt is None:
             import getpass  # only to prompt (with termios: ~6 ms of every `didmesh run`)
 
