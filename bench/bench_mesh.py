@@ -3,6 +3,7 @@
     python bench/bench_mesh.py [--parties 3 5] [--repeats 3] [--matrix-n 200] [--budget 1500]
     python bench/bench_mesh.py --startup [--startup-m 10] [--repeats 3]
     python bench/bench_mesh.py --resume [--resume-pings 2000] [--repeats 3]
+    python bench/bench_mesh.py --via-cli [--startup] [--examples ...] [--parties ...]
 
 For each example and each m, every mode runs ``--repeats`` times on loopback (all
 parties as local processes); the figure is the median of MPyC's own "elapsed time"
@@ -24,6 +25,16 @@ startup-m``), whole processes from launch to exit, plain MPyC against didmesh di
 relayed, interleaved; wall time and the CPU of all parties. ``--resume`` measures what a
 relay restart mid-run adds (SIGKILL, started again at once on the same port and store):
 two parties' loop of channel round trips through the relay with and without the restart.
+
+``--via-cli`` measures what a user waits for: it adds the modes ``cli-direct`` and
+``cli-relayed``, in which every party is a whole ``didmesh run SESSION --direct-only``
+(``--relay-only``) ``-- PROGRAM`` process, from launch to exit, with the command line's
+own work (identity, session state, the agreed roster verified again, the program's
+digest, the receipt), where the modes (c) and (d) start the runner with a launch document.
+The session is agreed once per program and m, before any clock starts, through the real
+CLI (``bench/cli_session.py``: m homes, ``--no-passphrase`` identities, invites by DID on
+the benchmark's relay, a loopback endpoint per party). With ``--startup`` too, and with
+``--baseline REV`` as ``cli-direct@REV`` (and ``cli-relayed@REV`` for the examples).
 
 Modes: (a) ``plain`` MPyC TCP (``-P``/``-I``); (b) ``ssl`` MPyC ``--ssl`` with throwaway
 certificates made here (``.config/party_<i>.crt``, ``party_<i>.key``, ``mpyc_ca.crt`` in

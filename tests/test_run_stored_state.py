@@ -1,7 +1,7 @@
 """``didmesh run`` trusts nothing it stored: the agreed roster is verified again (every
 signature, against the manifest) each time a run starts, and a session file changed on
 disk is refused before anything connects. The run path's lighter imports
-(specs/mesh.md, 12) must not skip any of it."""
+(specs/mesh.md, 11) must not skip any of it."""
 
 from __future__ import annotations
 
