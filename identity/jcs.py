@@ -42,7 +42,8 @@ def _simple(value: Any) -> bool:
             continue
         if isinstance(item, dict):
             for key, sub in item.items():
-                if not isinstance(key, str) or (key and max(key) >= "\ud800"):
+                # sorted by code point only below U+D800 (ASCII keys: O(1) to tell)
+                if not isinstance(key, str) or (not key.isascii() and max(key) >= "\ud800"):
                     return False
                 stack.append(sub)
         elif isinstance(item, list):
