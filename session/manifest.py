@@ -89,8 +89,11 @@ def format_time(moment: datetime) -> str:
 def parse_time(value: object, field: str) -> datetime:
     if not isinstance(value, str) or not _DATETIME_RE.match(value):
         raise ManifestInvalid(f"manifest: {field} must be a UTC time like 2025-01-01T00:00:00Z")
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    try:  # the fields by position (strptime's first call costs ~4 ms of every `didmesh run`)
+        if len(value) != 20:  # "$" also matches before a final newline
+            raise ValueError(value)
+        return datetime(int(value[0:4]), int(value[5:7]), int(value[8:10]), int(value[11:13]),
+                        int(value[14:16]), int(value[17:19]), tzinfo=UTC)
     except ValueError:
         raise ManifestInvalid(f"manifest: {field} {value!r} is not a real date and time") from None
 

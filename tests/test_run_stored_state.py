@@ -80,3 +80,30 @@ def test_run_imports_no_prompt_uuid_or_platformdirs(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("value", ["2025-01-01T00:00:00Z", "2024-02-29T23:59:59Z",
+                                   "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"])
+def test_manifest_times_parse_as_strptime_did(value: str) -> None:
+    """The manifest's times are read by position (no strptime on the run path): the same
+    datetime as ``strptime`` with the format, in UTC."""
+    from datetime import UTC, datetime
+
+    from didmesh.session.manifest import parse_time
+
+    assert parse_time(value, "t") == datetime.strptime(
+        value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("value", [
+    "2025-02-30T00:00:00Z", "2023-02-29T00:00:00Z", "2025-13-01T00:00:00Z",
+    "2025-01-01T24:00:00Z", "2025-01-01T00:60:00Z", "2025-01-01T00:00:61Z",
+    "0000-01-01T00:00:00Z", "2025-01-01T00:00:00Z\n", "2025-01-01 00:00:00Z",
+    "2025-01-01T00:00:00+00:00", "+025-01-01T00:00:00Z", 20250101, None,
+])
+def test_manifest_times_that_are_not_real_are_refused(value: object) -> None:
+    from didmesh.session.errors import ManifestInvalid
+    from didmesh.session.manifest import parse_time
+
+    with pytest.raises(ManifestInvalid):
+        parse_time(value, "t")
