@@ -322,3 +322,87 @@ async def test_the_responders_early_syn_at_an_open_initiators_listener_is_handed
     link, ch = await asyncio.wait_for(task, 5)
     assert link is early and ch is secured and my_link.aborted
     assert puncher.stats.punched == 1 and puncher._claims == {}
+
+
+async def test_with_the_responders_early_connect_the_initiator_dials_half_a_rtt_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The responder's CONNECT came with handshake message 2 (already in the channel): the
+    initiator answers and, with no SYNC, dials half the handshake's round trip later, as
+    its CONNECT reaches the responder (which dials then)."""
+    dials: list[float] = []
+
+    async def record(port: int, dial: Any, span: float) -> Any:
+        dials.append(time.monotonic())
+        raise TimeoutError
+
+    monkeypatch.setattr(puncher_module, "dial_from", record)
+    monkeypatch.setattr(puncher_module, "MAX_ATTEMPTS", 1)
+    peer_ch, my_ch = channel_pair(random.Random(11))
+    my_link, peer_link = MemLink.pair()
+    my_link.handshake_rtt = 0.3
+    peer_link.write(my_ch.send(Offer((MY_SIGNED,), NAT_EIM).encode()))  # with message 2
+
+    async def observe(url: str, port: int) -> tuple[str, int | None]:
+        return "198.51.100.12", port
+
+    puncher = Puncher(SimpleNamespace(plan=_plans()[0]), observe, ["http://relay.invalid"],
+                      lambda: ["10.1.0.2"])
+    await puncher.offer()
+    start = time.monotonic()
+    task = asyncio.create_task(puncher.as_initiator(1, my_link, peer_ch, start + 10))
+    assert Offer.decode(await _next(my_ch, peer_link)) == Offer((PEER_SIGNED,), NAT_EIM)
+    link, _ = await asyncio.wait_for(task, 5)
+    assert link is my_link and len(dials) == 1
+    assert 0.12 <= dials[0] - start <= 0.3  # RTT/2 after our CONNECT, not a round trip
+
+
+async def test_an_early_connect_opens_claims_that_the_responder_then_punches_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The responder sends its CONNECT with message 2 (once its offer is ready, for a pair
+    that may punch) and from then on its listener hands over a connection from the
+    initiator's signed endpoint (the initiator's SYN may come first); on the initiator's
+    CONNECT it answers nothing more and runs its handshake on that connection."""
+    async def never(port: int, dial: Any, span: float) -> Any:
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(puncher_module, "dial_from", never)
+    plan = _plans()[1]
+    secured = object()
+    early_link = puncher_module.PunchedLink("tcp 198.51.100.12:40000")
+    early_link.transport = SimpleNamespace(  # type: ignore[assignment]
+        get_extra_info=lambda name: ("198.51.100.12", 40000), is_closing=lambda: False)
+
+    async def respond(link: Any, deadline: float, expect: Any) -> Any:
+        assert link is early_link and expect == 0
+        return 0, secured
+
+    async def observe(url: str, port: int) -> tuple[str, int | None]:
+        return "198.51.100.13", port
+
+    puncher = Puncher(SimpleNamespace(plan=plan, respond=respond), observe,
+                      list(plan.relays), lambda: ["10.2.0.2"])
+    assert puncher.early_offer(0) is None  # the offer is not ready yet: nothing early
+    await puncher.offer()
+    msg = puncher.early_offer(0)
+    assert msg is not None and Offer.decode(msg) == Offer((MY_SIGNED,), NAT_EIM)
+    assert set(puncher._claims) == {("198.51.100.12", 40000)}
+    assert puncher.claim(early_link)  # the initiator's SYN reached our listener
+    peer_ch, my_ch = channel_pair(random.Random(12))
+    peer_link, my_link = MemLink.pair()
+    link, ch = await asyncio.wait_for(puncher.as_responder(
+        0, my_link, my_ch, Offer((PEER_SIGNED,), NAT_EIM).encode(), time.monotonic() + 10), 5)
+    assert link is early_link and ch is secured and my_link.aborted
+    assert not peer_link._pending  # no second CONNECT
+    assert puncher._claims == {} and puncher._early == {}
+
+
+async def test_an_early_connect_whose_pair_ends_otherwise_releases_its_claims() -> None:
+    plan = _plans()[1]
+    puncher = _responder(plan)
+    await puncher.offer()
+    assert puncher.early_offer(0) is not None and puncher._claims
+    puncher.drop_early(0)
+    assert puncher._claims == {} and puncher._early == {}
+    assert puncher.early_offer(0) is not None
+    puncher.close()
+    assert puncher._claims == {} and puncher._early == {}

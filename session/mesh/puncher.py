@@ -139,6 +139,9 @@ class Puncher:
         self._local_addresses = local_addresses
         self._offer: asyncio.Task[Offer] | None = None
         self._claims: dict[tuple[str, int], asyncio.Future[TcpLink]] = {}
+        #: responder: the CONNECT sent early (with handshake message 2) per peer, and the
+        #: claims it opened (the initiator now dials first: its SYN may reach our listener)
+        self._early: dict[int, tuple[Offer, dict[tuple[str, int], asyncio.Future[TcpLink]]]] = {}
         self._port: int | None = None
         #: when this party's mesh set-up started (``time.monotonic()``): a punch's time is
         #: counted from it
@@ -189,6 +192,31 @@ class Puncher:
     def close(self) -> None:
         if self._offer is not None and not self._offer.done():
             self._offer.cancel()
+        for peer in list(self._early):
+            self.drop_early(peer)
+
+    def early_offer(self, peer: int) -> bytes | None:
+        """Responder, as its relayed handshake with ``peer`` completes: our CONNECT to send
+        with handshake message 2, if our offer is ready and the pair may punch (else None:
+        we answer the initiator's CONNECT, as before). The initiator then has our offer
+        when the handshake completes and dials at once; we dial when its CONNECT (which
+        proves it live) arrives, half a relay round trip later. From now on our listener
+        hands over a connection from the peer's signed endpoints: its SYN comes first."""
+        if self.plain_reason(peer) is not None or self._offer is None or \
+                not self._offer.done() or self._offer.cancelled() or \
+                self._offer.exception() is not None:
+            return None
+        mine = self._offer.result()
+        self.drop_early(peer)
+        claims = self._expect(peer) if self.port is not None and mine.addrs else {}
+        self._early[peer] = (mine, claims)
+        return mine.encode()
+
+    def drop_early(self, peer: int) -> None:
+        """Forget the early CONNECT to ``peer`` (the pair ended otherwise): its claims go."""
+        early = self._early.pop(peer, None)
+        if early is not None:
+            self._release(early[1])
 
     def other_home(self, peer: int) -> bool:
         """Whether ``peer`` announced no address in common with us (another home: one
@@ -238,7 +266,11 @@ class Puncher:
             sent = time.monotonic()
             link.write(ch.send(mine.encode()))
             theirs = Offer.decode(await next_message(link, ch, min(deadline, sent + 10.0)))
-            rtt = time.monotonic() - sent
+            # the relay round trip: the handshake's if the answer came early (with message
+            # 2: no exchange to time), else the exchange's
+            exchange = time.monotonic() - sent
+            rtt = max(exchange, link.handshake_rtt or 0.0)
+            early = exchange < rtt / 2  # the responder dials when our CONNECT arrives
             dial = targets(theirs, self.plan.party(peer).endpoints)
             reason = why_not(self.plan.my_party_id, mine, peer, theirs, dial)
             attempt = 0
@@ -249,6 +281,8 @@ class Puncher:
                 if attempt > 1:  # a retry: SYNC, and dial when it reaches the responder
                     link.write(ch.send(encode_sync(attempt)))
                     await asyncio.sleep(rtt / 2)
+                elif early:  # our CONNECT is the responder's SYNC: dial as it arrives
+                    await asyncio.sleep(rtt / 2 - exchange)
                 got = await self._attempt(peer, port, dial, span, deadline, initiator=True,
                                           claims=expect if attempt == 1 else None)
                 if got is not None:
@@ -272,8 +306,21 @@ class Puncher:
         with the punched link (its SELECT arrived there) or the relayed one (SELECT)."""
         t0 = time.monotonic()
         theirs = Offer.decode(first)
-        mine = await self._bounded(self.offer(), deadline)
-        link.write(ch.send(mine.encode()))
+        early = self._early.pop(peer, None)
+        expect: dict[tuple[str, int], asyncio.Future[TcpLink]] = {}
+        if early is not None:  # our CONNECT went with handshake message 2
+            mine, expect = early
+        else:
+            mine = await self._bounded(self.offer(), deadline)
+            link.write(ch.send(mine.encode()))
+        try:
+            return await self._respond(peer, link, ch, theirs, mine, expect, t0, deadline)
+        finally:
+            self._release(expect)
+
+    async def _respond(self, peer: int, link: ByteLink, ch: SecureChannel, theirs: Offer,
+                       mine: Offer, expect: dict[tuple[str, int], asyncio.Future[TcpLink]],
+                       t0: float, deadline: float) -> tuple[ByteLink, SecureChannel]:
         dial = targets(theirs, self.plan.party(peer).endpoints)
         port = self.port
         decided = why_not(self.plan.my_party_id, mine, peer, theirs, dial)
@@ -282,13 +329,16 @@ class Puncher:
         loop = asyncio.get_running_loop()
         trying: asyncio.Task[tuple[ByteLink, SecureChannel] | None] | None = None
         if decided is None and port is not None and gate.admit(time.monotonic()):
-            # attempt 1 at once: the initiator dials when our CONNECT reaches it, half a
-            # relay round trip from now; our early SYN opens our NAT's mapping (the peer's
-            # NAT drops it silently), and the initiator's SYN then completes the
-            # simultaneous open. Retries wait for a SYNC.
+            # attempt 1 at once. If our CONNECT went with handshake message 2, the
+            # initiator dialed when it got it, half a relay round trip ago: its SYN opened
+            # its NAT's mapping (ours drops it silently; with no NAT in front of us our
+            # listener hands it over: ``expect``), and ours now completes the simultaneous
+            # open. Else the initiator dials when our CONNECT reaches it, half a relay
+            # round trip from now, and the roles swap. Retries wait for a SYNC.
             self.stats.attempts += 1
             trying = loop.create_task(self._attempt(
-                peer, port, dial, window(0.0) + 1.0, deadline, initiator=False))
+                peer, port, dial, window(0.0) + 1.0, deadline, initiator=False,
+                claims=expect or None))
         reader = loop.create_task(next_message(link, ch, deadline))
         try:
             while True:
@@ -356,8 +406,8 @@ class Puncher:
         """One simultaneous open and handshake; None if it failed."""
         span = max(0.05, min(span, deadline - time.monotonic()))
         try:
-            plink = await self._dial_or_claim(port, dial, span, claims) if initiator \
-                else await dial_from(port, dial, span)
+            plink = await self._dial_or_claim(port, dial, span, claims) \
+                if initiator or claims else await dial_from(port, dial, span)
         except (OSError, TimeoutError):
             return None
         try:
