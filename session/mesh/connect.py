@@ -47,7 +47,7 @@ from .handshake import (
 from .paths import Pair, Path
 from .peer import PeerChannel
 from .plan import MeshPlan
-from .puncher import Puncher
+from .puncher import EarlyPunch, Puncher
 from .relayed import RelayedPath, RelayLinks, RelayOpener, default_relay_opener
 from .resume import DEFAULT_MAX_UNACKED
 from .transport import ByteLink
@@ -157,6 +157,8 @@ class MeshConnector:
                 grace = self.puncher.relay_grace(pair.peer_id, grace)
             paths.append(RelayedPath(self.plan, self.handshake, self.relay_opener,
                                      self.puncher, grace, options=self.options))
+            if self.puncher is not None and self.puncher.early_punch_ok(pair.peer_id):
+                paths.append(EarlyPunch(self.puncher))
         return paths
 
     # ------------------------------------------------------------------ main

@@ -23,10 +23,12 @@ from didmesh.identity.errors import DidmeshError
 
 from .channel import SecureChannel
 from .handshake import next_message
+from .paths import Pair
 from .peer import SELECT
 from .plan import MeshPlan, format_endpoint, parse_endpoint
 from .punch import (
     DONE,
+    EARLY_WINDOW,
     MAX_ATTEMPTS,
     NAT_UNKNOWN,
     PUNCH_GRACE,
@@ -41,7 +43,9 @@ from .punch import (
     encode_sync,
     host_of,
     judge_nat,
+    looks_nated,
     session_port,
+    signed_targets,
     targets,
     why_not,
     window,
@@ -123,6 +127,8 @@ class PunchStats:
 
     attempts: int = 0
     punched: int = 0
+    #: of ``punched``, the pairs an early punch served (no coordination)
+    early: int = 0
     seconds: dict[int, float] | None = None
 
 
@@ -233,6 +239,42 @@ class Puncher:
         different homes a direct connect only succeeds to a public peer, so the relayed
         link and the punch race the direct attempts from the start."""
         return min(grace, PUNCH_GRACE) if self.other_home(peer) else grace
+
+    def early_punch_ok(self, peer: int) -> bool:
+        """Whether the pair with ``peer`` punches early: at once, from the signed endpoints
+        alone, before (and beside) the coordination over the relayed link. Both parties
+        compute the same from the signed roster: parties in different homes, the
+        responder (higher id) behind a NAT (a public responder is dialed directly), and
+        this party with a session port to punch from."""
+        hi = max(peer, self.plan.my_party_id)
+        return (self.port is not None and self.other_home(peer)
+                and looks_nated(self.plan.party(hi).endpoints)
+                and bool(signed_targets(self.plan.party(peer).endpoints)))
+
+    async def early_punch(self, pair: Pair, deadline: float) -> None:
+        """The early punch (specs/mesh.md 6.1, "Early punch"): both parties connect from
+        their session port to the peer's signed endpoints as their mesh set-up starts,
+        for at most :data:`EARLY_WINDOW` s. Behind endpoint-independent NATs the second
+        party's SYN finds the first one's mapping open (its SYN_SENT socket waits for it):
+        a simultaneous open with no message exchanged, on which the pair runs its Noise
+        KK handshake like any punched path. A failure costs nothing: the coordinated punch
+        and the relayed link run beside it, and whichever completes first wins."""
+        peer, port = pair.peer_id, self.port
+        if port is None:
+            return
+        t0 = time.monotonic()
+        dial = signed_targets(self.plan.party(peer).endpoints)
+        span = min(EARLY_WINDOW, deadline - t0)
+        got = await self._attempt(peer, port, dial, span, deadline, initiator=pair.initiator,
+                                  claims=self._expect(peer))
+        if got is None:
+            return
+        if pair.done:
+            got[0].abort()
+            return
+        self.stats.early += 1
+        self._punched(peer, t0, got[0])
+        pair.won(*got)
 
     def plain_reason(self, peer: int) -> str | None:
         """Why the pair with ``peer`` is relayed without any punch exchange (both sides
@@ -407,7 +449,7 @@ class Puncher:
         span = max(0.05, min(span, deadline - time.monotonic()))
         try:
             plink = await self._dial_or_claim(port, dial, span, claims) \
-                if initiator or claims else await dial_from(port, dial, span)
+                if initiator or claims is not None else await dial_from(port, dial, span)
         except (OSError, TimeoutError):
             return None
         try:
@@ -430,6 +472,9 @@ class Puncher:
         for e in self.plan.party(peer).endpoints:
             with contextlib.suppress(DidmeshError):
                 host, rport = parse_endpoint(e)
+                held = self._claims.get((host, rport))
+                if held is not None and not held.done():
+                    continue  # an early punch expects it already (the same handshake role)
                 if not host.startswith("127.") and host != "::1":
                     out[(host, rport)] = loop.create_future()
         self._claims.update(out)
@@ -520,4 +565,16 @@ def _describe(link: ByteLink, reason: str) -> None:
         link.description = f"{link.description} ({reason})"
 
 
-__all__ = ["PunchStats", "PunchedLink", "Puncher", "dial_from", "next_message"]
+class EarlyPunch:
+    """The early punch as one of a pair's paths (:meth:`Puncher.early_punch`)."""
+
+    kind = "punched"
+
+    def __init__(self, puncher: Puncher) -> None:
+        self.puncher = puncher
+
+    async def run(self, pair: Pair, deadline: float) -> None:
+        await self.puncher.early_punch(pair, deadline)
+
+
+__all__ = ["EarlyPunch", "PunchStats", "PunchedLink", "Puncher", "dial_from", "next_message"]
