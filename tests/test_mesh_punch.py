@@ -406,3 +406,100 @@ async def test_an_early_connect_whose_pair_ends_otherwise_releases_its_claims() 
     assert puncher.early_offer(0) is not None
     puncher.close()
     assert puncher._claims == {} and puncher._early == {}
+
+
+PEER_LAN = "tcp://10.1.0.2:40000"
+MY_LAN = "tcp://10.2.0.2:41000"
+
+
+@pytest.mark.parametrize(("mine", "theirs", "me", "ok"), [
+    ((MY_LAN, MY_SIGNED), (PEER_LAN, PEER_SIGNED), 0, True),  # two homes behind NATs
+    ((MY_LAN, MY_SIGNED), (PEER_LAN, PEER_SIGNED), 1, True),  # both sides decide alike
+    ((MY_LAN, MY_SIGNED), (PEER_SIGNED,), 1, True),  # a public initiator, a NATed responder
+    ((MY_LAN, MY_SIGNED), (PEER_SIGNED,), 0, False),  # a public responder: dialed directly
+    ((MY_SIGNED,), (PEER_SIGNED,), 0, False),  # two public parties
+    ((MY_LAN, MY_SIGNED), (MY_LAN.replace("41000", "40000"),), 0, False),  # one home
+    ((), (PEER_LAN, PEER_SIGNED), 1, False),  # we announce nothing: no session port
+    ((MY_LAN, MY_SIGNED), ("tcp://127.0.0.1:4000", "tcp://127.0.0.2:4000"), 1, False),
+], ids=["nated-0", "nated-1", "public-initiator", "public-responder", "both-public",
+        "one-home", "no-port", "loopback-only"])
+def test_which_pairs_punch_early(mine: tuple[str, ...], theirs: tuple[str, ...], me: int,
+                                 ok: bool) -> None:
+    plans, _ = loopback_plans(2, endpoints=False, relays=["http://relay.invalid"])
+    eps = {me: mine, 1 - me: theirs}
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id])
+                    for p in plans[0].parties)
+    plan = dataclasses.replace(plans[me], parties=parties)
+    puncher = Puncher(SimpleNamespace(plan=plan), None, [], lambda: [])
+    assert puncher.early_punch_ok(1 - me) is ok
+
+
+def _pair(plan: MeshPlan, peer: int) -> Any:
+    from didmesh.session.mesh.paths import Pair
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    return Pair(plan, peer, fut, {"relay"})
+
+
+@pytest.mark.parametrize("me", [0, 1], ids=["initiator", "responder"])
+async def test_an_early_punch_dials_only_signed_endpoints_and_wins_the_pair(
+        me: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no message exchanged, each side dials the peer's signed (non-loopback)
+    endpoints from its session port and runs its handshake role on the connection; the
+    pair's path is then `punched`. The lower id sends SELECT on it."""
+    dials: list[tuple[int, list[tuple[str, int]]]] = []
+    opened = puncher_module.PunchedLink("tcp 198.51.100.12:40000 (punched)")
+    sent: list[bytes] = []
+    opened.write = sent.append  # type: ignore[method-assign]
+
+    async def dial(port: int, targets: Any, span: float) -> Any:
+        dials.append((port, list(targets)))
+        assert span <= punch.EARLY_WINDOW
+        return opened
+
+    monkeypatch.setattr(puncher_module, "dial_from", dial)
+    peer_ch, my_ch = channel_pair(random.Random(13))
+
+    async def initiate(link: Any, peer: int, deadline: float) -> Any:
+        assert link is opened and peer == 1
+        return my_ch
+
+    async def respond(link: Any, deadline: float, expect: Any) -> Any:
+        assert link is opened and expect == 0
+        return 0, my_ch
+
+    plans, _ = loopback_plans(2, endpoints=False, relays=["http://relay.invalid"])
+    eps = {0: (PEER_LAN, "tcp://127.0.0.1:40000", PEER_SIGNED),
+           1: (MY_LAN, MY_SIGNED)}
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id])
+                    for p in plans[0].parties)
+    plan = dataclasses.replace(plans[me], parties=parties)
+    puncher = Puncher(SimpleNamespace(plan=plan, initiate=initiate, respond=respond), None,
+                      [], lambda: ["10.1.0.2" if me == 0 else "10.2.0.2"])
+    pair = _pair(plan, 1 - me)
+    await asyncio.wait_for(puncher.early_punch(pair, time.monotonic() + 10), 5)
+    link, ch = pair.future.result()
+    assert link is opened and ch is my_ch and "punched in" in link.description
+    signed = {0: [("10.1.0.2", 40000), ("198.51.100.12", 40000)],
+              1: [("10.2.0.2", 41000), ("198.51.100.13", 41000)]}
+    assert dials == [(40000 if me == 0 else 41000, signed[1 - me])]
+    assert puncher.stats.early == puncher.stats.punched == 1 and puncher._claims == {}
+    assert bool(sent) is (me == 0)  # SELECT from the initiator only
+
+
+async def test_a_failed_early_punch_leaves_the_pair_to_its_other_paths(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def nothing(port: int, targets: Any, span: float) -> Any:
+        raise TimeoutError
+
+    monkeypatch.setattr(puncher_module, "dial_from", nothing)
+    monkeypatch.setattr(puncher_module, "EARLY_WINDOW", 0.05)
+    plans, _ = loopback_plans(2, endpoints=False, relays=["http://relay.invalid"])
+    eps = {0: (PEER_LAN, PEER_SIGNED), 1: (MY_LAN, MY_SIGNED)}
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id])
+                    for p in plans[0].parties)
+    plan = dataclasses.replace(plans[1], parties=parties)
+    puncher = Puncher(SimpleNamespace(plan=plan), None, [], lambda: ["10.2.0.2"])
+    pair = _pair(plan, 0)
+    await asyncio.wait_for(puncher.early_punch(pair, time.monotonic() + 10), 5)
+    assert not pair.done and pair.kinds_left == {"relay"} and pair.errors == []
+    assert puncher.stats.early == 0 and puncher._claims == {}
