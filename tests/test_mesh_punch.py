@@ -503,3 +503,42 @@ async def test_a_failed_early_punch_leaves_the_pair_to_its_other_paths(
     await asyncio.wait_for(puncher.early_punch(pair, time.monotonic() + 10), 5)
     assert not pair.done and pair.kinds_left == {"relay"} and pair.errors == []
     assert puncher.stats.early == 0 and puncher._claims == {}
+
+
+async def test_the_peers_syn_before_our_early_punch_runs_is_handed_to_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The early punch's claims are registered before the listener opens: a connection
+    from the peer's signed endpoint arriving first (a public initiator, its peer's SYN
+    before its own dial) goes to the early punch, which runs its handshake role on it,
+    never to the listener (where both ends would wait for a hello)."""
+    async def never(port: int, targets: Any, span: float) -> Any:
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(puncher_module, "dial_from", never)
+    secured, _ = channel_pair(random.Random(14))
+    early_link = puncher_module.PunchedLink("tcp 198.51.100.13:41000")
+    early_link.transport = SimpleNamespace(  # type: ignore[assignment]
+        get_extra_info=lambda name: ("198.51.100.13", 41000), is_closing=lambda: False)
+    early_link.write = lambda data: None  # type: ignore[method-assign]
+
+    async def initiate(link: Any, peer: int, deadline: float) -> Any:
+        assert link is early_link and peer == 1
+        return secured
+
+    plans, _ = loopback_plans(2, endpoints=False, relays=["http://relay.invalid"])
+    eps = {0: (PEER_SIGNED,), 1: (MY_LAN, MY_SIGNED)}  # a public initiator
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id])
+                    for p in plans[0].parties)
+    plan = dataclasses.replace(plans[0], parties=parties)
+    puncher = Puncher(SimpleNamespace(plan=plan, initiate=initiate), None, [],
+                      lambda: ["198.51.100.12"])
+    assert puncher.early_punch_ok(1)
+    puncher.expect_early(1)
+    assert puncher.claim(early_link)  # before the early punch runs
+    pair = _pair(plan, 1)
+    await asyncio.wait_for(puncher.early_punch(pair, time.monotonic() + 10), 5)
+    assert pair.future.result() == (early_link, secured)
+    assert puncher.stats.early == 1 and puncher._claims == {}
+    puncher.expect_early(1)
+    puncher.close()  # claims of an early punch that never ran are released
+    assert puncher._claims == {}

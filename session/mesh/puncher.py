@@ -148,6 +148,8 @@ class Puncher:
         #: responder: the CONNECT sent early (with handshake message 2) per peer, and the
         #: claims it opened (the initiator now dials first: its SYN may reach our listener)
         self._early: dict[int, tuple[Offer, dict[tuple[str, int], asyncio.Future[TcpLink]]]] = {}
+        #: the early punch's claims per peer, registered before the listener opens
+        self._early_claims: dict[int, dict[tuple[str, int], asyncio.Future[TcpLink]]] = {}
         self._port: int | None = None
         #: when this party's mesh set-up started (``time.monotonic()``): a punch's time is
         #: counted from it
@@ -200,6 +202,9 @@ class Puncher:
             self._offer.cancel()
         for peer in list(self._early):
             self.drop_early(peer)
+        for claims in self._early_claims.values():
+            self._release(claims)
+        self._early_claims.clear()
 
     def early_offer(self, peer: int) -> bytes | None:
         """Responder, as its relayed handshake with ``peer`` completes: our CONNECT to send
@@ -251,6 +256,14 @@ class Puncher:
                 and looks_nated(self.plan.party(hi).endpoints)
                 and bool(signed_targets(self.plan.party(peer).endpoints)))
 
+    def expect_early(self, peer: int) -> None:
+        """Before our listener opens: from now on it hands a connection from the peer's
+        signed endpoints to the early punch (the peer's SYN may come before our own dial,
+        and a connection the listener took as an inbound direct one would wait for a hello
+        that never comes: both ends would be responders)."""
+        if peer not in self._early_claims:
+            self._early_claims[peer] = self._expect(peer)
+
     async def early_punch(self, pair: Pair, deadline: float) -> None:
         """The early punch (specs/mesh.md 6.1, "Early punch"): both parties connect from
         their session port to the peer's signed endpoints as their mesh set-up starts,
@@ -260,13 +273,18 @@ class Puncher:
         KK handshake like any punched path. A failure costs nothing: the coordinated punch
         and the relayed link run beside it, and whichever completes first wins."""
         peer, port = pair.peer_id, self.port
+        claims = self._early_claims.pop(peer, None)
         if port is None:
+            if claims is not None:
+                self._release(claims)
             return
+        if claims is None:
+            claims = self._expect(peer)
         t0 = time.monotonic()
         dial = signed_targets(self.plan.party(peer).endpoints)
         span = min(EARLY_WINDOW, deadline - t0)
         got = await self._attempt(peer, port, dial, span, deadline, initiator=pair.initiator,
-                                  claims=self._expect(peer))
+                                  claims=claims)
         if got is None:
             return
         if pair.done:
