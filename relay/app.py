@@ -260,7 +260,8 @@ class Relay:
                 # refused before reading a byte of it, and the connection is not kept
                 request["close"] = True
                 raise TooLarge(
-                    f"request body of {length} bytes exceeds {self.config.max_request_bytes}"
+                    f"request body of {length} bytes exceeds this relay's max_request_bytes "
+                    f"({self.config.max_request_bytes})"
                 )
             if request.path.startswith("/v1/"):
                 if self.shutting_down:
@@ -282,7 +283,8 @@ class Relay:
             if exc.status == 413:
                 return self._error(
                     request,
-                    TooLarge(f"request body exceeds {self.config.max_request_bytes} bytes"),
+                    TooLarge("request body exceeds this relay's max_request_bytes "
+                             f"({self.config.max_request_bytes})"),
                 )
             if exc.status < 400:
                 raise
@@ -399,6 +401,9 @@ class Relay:
             raise UnsupportedMediaType()
         raw = await self._body(request)
         cfg = self.config
+        if len(raw) > cfg.max_envelope_bytes:
+            raise TooLarge(f"envelope of {len(raw)} bytes exceeds this relay's "
+                           f"max_envelope_bytes ({cfg.max_envelope_bytes})")
         env = Envelope.from_json(raw, max_bytes=cfg.max_envelope_bytes)
         env.verify_signature()
         await self.rate_did.check(env.sender)

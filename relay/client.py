@@ -53,9 +53,8 @@ from .errors import (
 )
 
 # the relay CA setting and TLS context are shared with the aiohttp-free link client
-from .linkclient import CA_ENV, DEFAULT_LINK_LIMITS, tls_context
+from .linkclient import CA_ENV, DEFAULT_LINK_LIMITS, LinkLimitsCache, tls_context
 from .linkclient import TLS_HINT as _TLS_HINT
-from .linkclient import link_limits as _link_limits
 from .observed import ObservedAddress, observe
 from .protocol import CloseCode, Linked, LinkRequest, close_reason
 
@@ -276,7 +275,7 @@ class RelayClient:
         self.inbox_error: RelayError | None = None
         self.relay_id: str | None = None
         self._push_ws: aiohttp.ClientWebSocketResponse | None = None
-        self._limits: asyncio.Future[dict[str, float]] | None = None
+        self._limits = LinkLimitsCache(self.base_url, self.info)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> RelayClient:
@@ -287,8 +286,7 @@ class RelayClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._limits is not None and not self._limits.done():
-            self._limits.cancel()
+        self._limits.close()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -364,17 +362,10 @@ class RelayClient:
             self.relay_id = data.get("relay_id")
         return data
 
-    async def link_limits(self) -> dict[str, float]:
-        """The relay's link limits from its ``/info`` (fetched once; defaults if it fails)."""
-        if self._limits is None:
-            self._limits = asyncio.ensure_future(self._fetch_limits())
-        return await asyncio.shield(self._limits)
-
-    async def _fetch_limits(self) -> dict[str, float]:
-        try:
-            return _link_limits(await self.info())
-        except RelayError:
-            return dict(DEFAULT_LINK_LIMITS)
+    async def link_limits(self, *, fresh: bool = False) -> dict[str, float]:
+        """The relay's link limits from its ``/info`` (:class:`LinkLimitsCache`; defaults
+        if it fails); ``fresh``: for a resumed link, asked again unless just asked."""
+        return await self._limits.get(fresh=fresh)
 
     async def token(self) -> str:
         """A bearer token proving control of our DID (cached until shortly before expiry)."""
@@ -603,7 +594,8 @@ class RelayClient:
         url = self.base_url + "/v1/link?route=" + req.route(self.identity.did)
         beat = self.heartbeat if heartbeat is _Default.CLIENT else _check_heartbeat(heartbeat)
         async with asyncio.timeout(timeout):
-            limits = asyncio.ensure_future(self.link_limits())  # alongside the upgrade
+            # alongside the upgrade; a resumed link's relay may have restarted with others
+            limits = asyncio.ensure_future(self.link_limits(fresh=bool(link_id)))
             try:
                 # autoclose off: we read the relay's close code ourselves (aiohttp reports 1006
                 # if the relay drops TCP right after its close frame)

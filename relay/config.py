@@ -84,9 +84,11 @@ class RelayConfig:
     tls_key: str = ""  # PEM private key of tls_cert (keep it 0600)
     trusted_proxies: str = ""  # addresses/networks whose X-Forwarded-For is believed
     access_log: bool = True
-    # STUN (relay/stun.py): UDP Binding responder; 0 = off
-    stun_port: int = 0
-    stun_alt_port: int = 0  # a second port, so clients can tell their NAT's mapping kind
+    # STUN (relay/stun.py): UDP Binding responder on two ports (--no-stun: off)
+    stun: bool = True
+    stun_host: str = ""  # "" = host
+    stun_port: int = 0  # 0 = the number of the HTTP port (after binding it; a free one if taken)
+    stun_alt_port: int = 0  # a second port, so clients can tell their NAT's mapping kind (0: free)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -100,10 +102,17 @@ class RelayConfig:
         from .forwarded import TrustedProxies
 
         TrustedProxies(self.trusted_proxies)  # raises on a bad entry
-        if self.stun_alt_port and not self.stun_port:
-            raise RelayConfigError("stun_alt_port needs stun_port (the main STUN port)")
         if self.stun_port and self.stun_port == self.stun_alt_port:
             raise RelayConfigError("stun_alt_port must differ from stun_port")
+        if self.stun_host:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(self.stun_host)
+            except ValueError:
+                raise RelayConfigError(
+                    f"stun_host must be an IP address (or empty: host), got {self.stun_host!r}"
+                ) from None
         if self.link_splice_listen:
             from .splice import parse_hostport
 

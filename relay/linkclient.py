@@ -28,6 +28,7 @@ import os
 import random
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -86,8 +87,13 @@ _AUTH_ERRORS = (AuthExpired, AuthInvalid, AuthRequired)
 IDLE_REUSE_S = 4.0
 _STALE = (OSError, asyncio.IncompleteReadError)
 #: link limits per relay URL, fetched once per process (a relay's ``/info`` limits are its
-#: configuration: they change only with a restart, and a link's own limits still apply)
+#: configuration: they change only with a restart, and a link's own limits still apply;
+#: a resumed link asks again, see :class:`LinkLimitsCache`)
 _LIMITS: dict[str, dict[str, float]] = {}
+#: a resumed link (re-opened after the relay lost it: most often a relay restart, which
+#: may come with other limits) asks ``/info`` again if the limits held are older than this;
+#: the links of one restart share that one request
+LIMITS_REFRESH_S = 1.0
 #: a request the relay refused as too many (429) is tried again this often, after the wait
 #: it names (or 50 ms doubling), at most ``RATE_MAX_WAIT`` s each: parties behind one
 #: address (one NAT, one test machine) that all start at once exceed a relay's
@@ -234,6 +240,53 @@ def accept_key(key: str) -> str:
     return base64.b64encode(digest).decode()
 
 
+class LinkLimitsCache:
+    """One client's view of a relay's link limits (``GET /info``): asked once, again after
+    an ask that failed (defaults meanwhile), and again for a resumed link (``fresh``) when
+    older than :data:`LIMITS_REFRESH_S`. ``shared``: also through the per-process cache."""
+
+    def __init__(self, base_url: str, fetch: Callable[[], Awaitable[Any]], *,
+                 shared: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        self.base_url = base_url
+        self._fetch = fetch
+        self._shared = shared
+        self._clock = clock
+        self._future: asyncio.Future[dict[str, float]] | None = None
+        self._asked_at = 0.0
+        self._failed = False
+
+    async def get(self, *, fresh: bool = False) -> dict[str, float]:
+        fut = self._future
+        if fut is not None and fut.done() and (
+            self._failed or (fresh and self._clock() - self._asked_at > LIMITS_REFRESH_S)
+        ):
+            if self._shared and _LIMITS.get(self.base_url) == fut.result():
+                _LIMITS.pop(self.base_url, None)
+            fut = None
+        if fut is None:
+            self._asked_at = self._clock()
+            self._failed = False
+            fut = self._future = asyncio.ensure_future(self._ask(fresh))
+        return dict(await asyncio.shield(fut))
+
+    async def _ask(self, fresh: bool) -> dict[str, float]:
+        cached = _LIMITS.get(self.base_url) if self._shared and not fresh else None
+        if cached is not None:  # this process asked this relay already
+            return dict(cached)
+        try:
+            limits = link_limits(await self._fetch())
+        except RelayError:
+            self._failed = True
+            return dict(DEFAULT_LINK_LIMITS)
+        if self._shared:
+            _LIMITS[self.base_url] = limits
+        return dict(limits)
+
+    def close(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.cancel()
+
+
 def link_limits(info: Any) -> dict[str, float]:
     """The link limits of a relay's ``/info`` (defaults for what is absent or unusable)."""
     out = dict(DEFAULT_LINK_LIMITS)
@@ -339,7 +392,8 @@ class LinkClient:
         self._ssl = tls_context(ca_file if ca_file is not None else os.environ.get(CA_ENV)) \
             if self._tls else None
         self._token: asyncio.Future[str] | None = None
-        self._limits: asyncio.Future[dict[str, float]] | None = None
+        self._limits = LinkLimitsCache(self.base_url, lambda: self._json("GET", "/info"),
+                                       shared=True)
         self.relay_id: str | None = None
         # one kept-alive connection (the token's): the upgrade that follows reuses it, so
         # a link costs no TCP (and TLS) handshake of its own
@@ -459,22 +513,10 @@ class LinkClient:
         """The relay's ``GET /info`` document (as it came; callers check what they use)."""
         return await self._json("GET", "/info")
 
-    async def link_limits(self) -> dict[str, float]:
-        """The relay's link limits from its ``/info`` (fetched once; defaults if it fails)."""
-        if self._limits is None:
-            self._limits = asyncio.ensure_future(self._fetch_limits())
-        return await asyncio.shield(self._limits)
-
-    async def _fetch_limits(self) -> dict[str, float]:
-        cached = _LIMITS.get(self.base_url)
-        if cached is not None:  # this process asked this relay already
-            return dict(cached)
-        try:
-            limits = link_limits(await self._json("GET", "/info"))
-        except RelayError:
-            return dict(DEFAULT_LINK_LIMITS)
-        _LIMITS[self.base_url] = limits
-        return dict(limits)
+    async def link_limits(self, *, fresh: bool = False) -> dict[str, float]:
+        """The relay's link limits from its ``/info`` (:class:`LinkLimitsCache`; defaults
+        if it fails); ``fresh``: for a resumed link, asked again unless just asked."""
+        return await self._limits.get(fresh=fresh)
 
     async def _upgrade(self, path: str) -> _Conn:
         for attempt in range(RATE_RETRIES + 1):
@@ -533,7 +575,8 @@ class LinkClient:
         joined. Raises :class:`LinkClosed` (with the relay's close code), a
         :class:`RelayError`, or TimeoutError after ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
-            limits = asyncio.ensure_future(self.link_limits())  # alongside the upgrade
+            # alongside the upgrade; a resumed link's relay may have restarted with others
+            limits = asyncio.ensure_future(self.link_limits(fresh=bool(link_id)))
             req = LinkRequest(session, peer, link_id)
             try:
                 # the route lets a proxy send both ends to one relay process (relay.md)
@@ -569,9 +612,9 @@ class LinkClient:
                              timeout=self.timeout)
 
     async def close(self) -> None:
-        for fut in (self._token, self._limits):
-            if fut is not None and not fut.done():
-                fut.cancel()
+        if self._token is not None and not self._token.done():
+            self._token.cancel()
+        self._limits.close()
         idle, self._idle = self._idle, None
         if idle is not None:
             idle[0].close()

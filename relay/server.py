@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -185,25 +186,29 @@ async def serve(
                 metrics_runner = web.AppRunner(build_metrics_app(relay), access_log=None)
                 await metrics_runner.setup()
                 await web.TCPSite(metrics_runner, host, mport).start()
-            if config.stun_port:
-                stun_transports, relay.stun_ports = await serve_stun(
-                    config.host, [p for p in (config.stun_port, config.stun_alt_port) if p])
         except OSError as exc:
             why = exc.strerror or str(exc).rsplit(": ", 1)[-1]
             where = f"{config.host}:{config.port}"
-            if config.stun_port:
-                where += f" (or UDP {config.stun_port}/{config.stun_alt_port})"
             if config.metrics_listen:
                 where += f" or {config.metrics_listen}"
             raise RelayConfigError(f"cannot listen on {where}: {why}") from None
+        if config.stun:
+            stun_host = config.stun_host or config.host
+            stun_ports = stun_ports_for(config, _bound_port(runner, config.port))
+            try:
+                stun_transports, relay.stun_ports = await serve_stun(
+                    stun_host, stun_ports,
+                    explicit=[bool(config.stun_port), bool(config.stun_alt_port)])
+            except OSError as exc:
+                why = exc.strerror or str(exc).rsplit(": ", 1)[-1]
+                raise RelayConfigError(
+                    f"cannot listen on UDP {stun_host} {stun_ports[0]}/"
+                    f"{stun_ports[1] or 'any'} for STUN: {why}; choose other ports "
+                    "(--stun-port, --stun-alt-port) or turn STUN off (--no-stun)") from None
         started = True
         for server in (getattr(s, "_server", None) for s in runner.sites):
             deepen_listen_queue(getattr(server, "sockets", None))
-        port = config.port
-        for addr in runner.addresses:
-            if isinstance(addr, tuple) and len(addr) >= 2:
-                port = int(addr[1])
-                break
+        port = _bound_port(runner, config.port)
         url = url_for(config.host, port, "https" if tls else "http")
         stop = stop or asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -229,6 +234,32 @@ async def serve(
         if started:  # a failed start says one line (the caller's), nothing else
             log.info("stopped", extra={"fields": {
                 "shutdown_ms": round((time.monotonic() - t0) * 1000)}})
+            _ignore_stop_signals(loop)
+
+
+def _ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Stopping is done: a repeated SIGTERM/SIGINT from now on has nothing left to do.
+    Closing the loop would otherwise put back the default actions, and a signal landing
+    while the interpreter exits would kill the stopped relay (-15) or raise
+    KeyboardInterrupt (130) instead of its exit 0."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, RuntimeError):  # not the main thread
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _bound_port(runner: web.AppRunner, default: int) -> int:
+    """The TCP port the API listens on (the one bound, if ``port`` was 0)."""
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            return int(addr[1])
+    return default
+
+
+def stun_ports_for(config: RelayConfig, http_port: int) -> list[int]:
+    """The two UDP ports to answer STUN on (0: a free one): ``stun_port``, or the HTTP
+    port's number; ``stun_alt_port``, or a free one (specs/relay.md 12.1)."""
+    return [config.stun_port or http_port, config.stun_alt_port]
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -2,11 +2,11 @@
 responder (specs/relay.md, "STUN").
 
 A party that runs WireGuard behind a NAT must learn the public mapping of the UDP port
-``wireguard-go`` will use; ``GET /v1/observed`` tells TCP mappings only. With
-``stun_port`` set, the relay answers STUN Binding requests on that UDP port (and on
-``stun_alt_port``, so that a client can see whether its NAT maps one local port to one
-public port whatever the destination: endpoint-independent mapping, RFC 4787) and
-announces the ports in ``GET /info`` as ``stun.ports``.
+``wireguard-go`` will use; ``GET /v1/observed`` tells TCP mappings only. Unless turned off
+(``--no-stun``), the relay answers STUN Binding requests on two UDP ports (by default the
+HTTP port's number and a free one), so that a client can see whether its NAT maps one
+local port to one public port whatever the destination (endpoint-independent mapping,
+RFC 4787), and announces the ports in ``GET /info`` as ``stun.ports``.
 
 Codec (no I/O): :func:`parse` (strict: header, magic cookie, lengths, attribute padding,
 nothing after FINGERPRINT, only FINGERPRINT after MESSAGE-INTEGRITY; every failure one
@@ -17,14 +17,17 @@ request datagram and its source in, the response datagram out, or None). Checked
 against the RFC 5769 test vectors (tests/data/stun_rfc5769.json).
 
 :class:`StunResponder` is the asyncio adapter: one datagram in, at most one out, to the
-datagram's own source only, no larger than the request plus 32 bytes (no amplification
-worth the name), and under a per-address token bucket.
+datagram's own source only, no larger than the request plus :data:`MAX_GROWTH` bytes (no
+amplification worth the name), under a per-address token bucket and one bucket for all
+sources together (a flood of spoofed sources gets no more than :data:`GLOBAL_RATE`
+answers a second out of the relay).
 """
 
 from __future__ import annotations
 
 import asyncio
 import binascii
+import errno
 import hashlib
 import hmac
 import ipaddress
@@ -241,11 +244,31 @@ def _unmap(host: str) -> str:
     return str(ip)
 
 
+#: the most a response may exceed its request by (reflection bound, specs/relay.md 12.1)
+MAX_GROWTH: Final = 32
+
+
+def _fitting(mtype: int, txid: bytes, required: Sequence[tuple[int, bytes]],
+             software: bytes, limit: int) -> bytes | None:
+    """The response with ``required`` and as many of FINGERPRINT, then SOFTWARE, as keep
+    it within ``limit`` bytes; None if even ``required`` alone does not fit."""
+    for fp, soft in ((True, True), (True, False), (False, False)):
+        attrs = [*required, (SOFTWARE, software)] if soft else list(required)
+        out = encode(mtype, txid, attrs, fingerprint=fp)
+        if len(out) <= limit:
+            return out
+    return None
+
+
 def answer(data: bytes, source: tuple[str, int], software: str = "didmesh-relay"
            ) -> bytes | None:
     """The response to one datagram from ``source`` (None: not a Binding request, or not
     STUN at all: dropped silently, RFC 8489 section 6.3). A request with a
-    comprehension-required attribute we do not know gets 420 with UNKNOWN-ATTRIBUTES."""
+    comprehension-required attribute we do not know gets 420 with UNKNOWN-ATTRIBUTES.
+
+    A response is never more than :data:`MAX_GROWTH` bytes longer than its request:
+    FINGERPRINT, then SOFTWARE, are left out where they would not fit (a 20-byte request
+    gets XOR-MAPPED-ADDRESS and FINGERPRINT: 40 bytes over IPv4, 52 over IPv6)."""
     try:
         msg = parse(data)
     except StunError:
@@ -255,33 +278,41 @@ def answer(data: bytes, source: tuple[str, int], software: str = "didmesh-relay"
     if msg.fingerprint_at is not None and not check_fingerprint(msg):
         return None
     unknown = [k for k, _ in msg.attrs if k < 0x8000 and k not in KNOWN_REQUIRED]
-    soft = (SOFTWARE, software.encode()[:128])
+    soft = software.encode()[:128]
+    limit = len(msg.raw) + MAX_GROWTH
     if unknown:
-        err = struct.pack("!HBB", 0, 4, 20) + b"Unknown Attribute"
+        err = struct.pack("!HBB", 0, 4, 20)  # 420, no reason phrase (size bound)
         listed = b"".join(struct.pack("!H", k) for k in unknown[:16])
-        return encode(BINDING_ERROR, msg.txid, [(ERROR_CODE, err), (UNKNOWN_ATTRIBUTES, listed),
-                                                soft], fingerprint=True)
+        return _fitting(BINDING_ERROR, msg.txid, [(ERROR_CODE, err),
+                                                  (UNKNOWN_ATTRIBUTES, listed)], soft, limit)
     try:
         host = _unmap(source[0])
         port = int(source[1])
     except (ValueError, TypeError, IndexError):
         return None
-    return encode(BINDING_SUCCESS, msg.txid,
-                  [(XOR_MAPPED_ADDRESS, encode_address(host, port, msg.txid)), soft],
-                  fingerprint=True)
+    return _fitting(BINDING_SUCCESS, msg.txid,
+                    [(XOR_MAPPED_ADDRESS, encode_address(host, port, msg.txid))], soft, limit)
+
+
+#: answers per second (and burst) for all sources of one relay process together: what a
+#: flood of spoofed source addresses can make the relay send, whatever their number
+GLOBAL_RATE: Final = 500.0
+GLOBAL_BURST: Final = 1000
 
 
 class StunResponder(asyncio.DatagramProtocol):
     """Answers Binding requests on one UDP socket, ``rate`` per second per source address
-    (burst ``burst``); everything else is dropped without an answer."""
+    (burst ``burst``) and at most what the shared ``overall`` bucket allows for all
+    sources together; everything else is dropped without an answer."""
 
     def __init__(self, *, rate: float = 20.0, burst: int = 40,
-                 clock: Callable[[], float] = time.monotonic, max_sources: int = 100_000
-                 ) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_sources: int = 100_000,
+                 overall: Any = None) -> None:
         from .limits import TokenBucket
 
         self._bucket = TokenBucket
         self.rate, self.burst, self.clock, self.max_sources = rate, burst, clock, max_sources
+        self.overall = overall
         self.buckets: dict[str, Any] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.answered = 0
@@ -291,12 +322,14 @@ class StunResponder(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def _allowed(self, host: str) -> bool:
-        if self.rate <= 0:
-            return True
-        if len(self.buckets) >= self.max_sources and host not in self.buckets:
-            self.buckets.clear()  # bounded memory: a flood of sources resets the table
-        bucket = self.buckets.setdefault(host, self._bucket(self.rate, float(self.burst)))
-        return bool(bucket.take(self.clock()) == 0.0)
+        now = self.clock()
+        if self.rate > 0:
+            if len(self.buckets) >= self.max_sources and host not in self.buckets:
+                self.buckets.clear()  # bounded memory; the overall bucket still bounds output
+            bucket = self.buckets.setdefault(host, self._bucket(self.rate, float(self.burst)))
+            if bucket.take(now) != 0.0:
+                return False
+        return self.overall is None or bool(self.overall.take(now) == 0.0)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if self.transport is None or not is_stun(data) or not self._allowed(str(addr[0])):
@@ -313,17 +346,39 @@ class StunResponder(asyncio.DatagramProtocol):
         log.debug("stun socket error: %s", exc)
 
 
-async def serve_stun(host: str, ports: Sequence[int], *, rate: float = 20.0, burst: int = 40
+async def serve_stun(host: str, ports: Sequence[int], *, rate: float = 20.0, burst: int = 40,
+                     overall_rate: float = GLOBAL_RATE, overall_burst: int = GLOBAL_BURST,
+                     explicit: Sequence[bool] = ()
                      ) -> tuple[list[asyncio.DatagramTransport], list[int]]:
-    """Open a responder on each of ``ports`` (0: a free one) on ``host``; returns the
-    transports and the ports actually bound."""
+    """Open a responder on each of ``ports`` (0: a free one) on ``host``, all under one
+    overall bucket; returns the transports and the ports actually bound.
+
+    A port the operator chose (``explicit``) is bound with ``SO_REUSEPORT``, so that the
+    processes of one relay on one machine (several on one Redis) all answer on it (the
+    responder keeps no state); a port chosen by default (not ``explicit``: the HTTP
+    port's number) falls back to a free port if it is in use."""
+    from .limits import TokenBucket
+
     loop = asyncio.get_running_loop()
+    overall = TokenBucket(overall_rate, float(overall_burst)) if overall_rate > 0 else None
     transports: list[asyncio.DatagramTransport] = []
     bound: list[int] = []
+
+    def factory() -> StunResponder:
+        return StunResponder(rate=rate, burst=burst, overall=overall)
+
     try:
-        for port in ports:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: StunResponder(rate=rate, burst=burst), local_addr=(host, port))
+        for i, port in enumerate(ports):
+            chosen = i < len(explicit) and explicit[i] and port != 0
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    factory, local_addr=(host, port), reuse_port=chosen or None)
+            except OSError as exc:
+                if chosen or not port or exc.errno != errno.EADDRINUSE:
+                    raise
+                log.info("stun port %d is in use; using a free port instead", port)
+                transport, _ = await loop.create_datagram_endpoint(
+                    factory, local_addr=(host, 0))
             transports.append(transport)
             bound.append(int(transport.get_extra_info("sockname")[1]))
     except BaseException:

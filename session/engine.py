@@ -354,7 +354,7 @@ class Engine:
                 except DidmeshError as exc:
                     notes.append(Note("warning", f"dropped a message from {who}: {exc.message}"))
                 except Exception as exc:  # noqa: BLE001 (isolation: see the docstring)
-                    kept = self.store.set_aside(payload)
+                    kept = self.store.set_aside(payload, now=now.timestamp())
                     notes.append(Note(
                         "error",
                         f"set aside a message from {who} that didmesh failed to process "

@@ -69,6 +69,13 @@ class UnexpectedEvent(SessionUsageError):
         super().__init__(f"cannot handle {event!r} in state {state!r}{extra}")
 
 
+class RosterNotIssued(SessionUsageError):
+    """Every seat accepted, but the organizer cannot issue the roster (e.g. it would be over
+    the size a credential may have): the session fails and is cancelled for the invitees."""
+
+    code = "roster_not_issued"
+
+
 class SeatsFull(SessionUsageError):
     """Every seat of the session is already taken by a pending or accepted invite."""
 

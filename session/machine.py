@@ -50,6 +50,7 @@ from .errors import (
     PartyWithdrew,
     RosterEquivocation,
     RosterInvalid,
+    RosterNotIssued,
     SeatsFull,
     SessionCancelled,
     SessionRemoteError,
@@ -65,7 +66,9 @@ from .roster import (
     build_roster,
     commit,
     commitment_valid,
+    pack_roster,
     roster_hash,
+    unpack_roster,
     verify_roster,
 )
 from .state import (
@@ -325,15 +328,34 @@ class SessionMachine:
                     acc,
                 )
             )
-        doc = build_roster(self.manifest, self.key, seats, now=now)
+        try:
+            doc = build_roster(self.manifest, self.key, seats, now=now)
+        except DidmeshError as exc:  # e.g. over a credential's size: no acceptance's fault
+            self._roster_not_issued(exc, now)
+            return
         digest = roster_hash(doc)
         self.state.roster, self.state.roster_hash = doc, digest.hex()
         self.state.commitment = commit(self.key, self.state.session_id, digest)
         self.state.status = Status.CONFIRMING
         self.state.note(format_time(now), f"published the roster {digest.hex()[:16]}")
+        packed = pack_roster(doc)
         for did in self._others():
-            self._send(did, "roster", {"roster": doc, "commitment": self.state.commitment}, now)
+            body = {"roster": packed, "commitment": self.state.commitment}
+            self._send(did, "roster", body, now)
         self._confirm(digest, now)
+
+    def _roster_not_issued(self, exc: DidmeshError, now: datetime) -> None:
+        """Every seat accepted but the roster cannot be issued: the session cannot start.
+        The organizer says why and cancels, rather than rejecting the last acceptance
+        (which blamed its sender) and waiting for ever."""
+        reason = (f"the organizer could not issue the roster of {self.manifest.parties} "
+                  f"parties: {exc.message}")
+        for did in self._others():
+            self._send(did, "cancel", {"reason": reason[:300]}, now)
+        self.state.error = {"code": RosterNotIssued.code,
+                            "message": f"{reason}; nothing starts", "party": self.me}
+        self.state.status = Status.FAILED
+        self.state.note(format_time(now), f"failed: {reason}")
 
     def _on_decline(self, msg: Message, now: datetime, withdraw: bool) -> None:
         seat = self._seat_for(msg.sender)
@@ -445,6 +467,7 @@ class SessionMachine:
         doc = msg.body.get("roster")
         if not isinstance(doc, dict):
             raise RosterInvalid(f"roster message from organizer {self.label(org)} has no roster")
+        doc = unpack_roster(doc)
         digest = roster_hash(doc)
         if self.state.roster_hash is not None:
             if digest.hex() == self.state.roster_hash:

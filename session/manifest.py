@@ -579,7 +579,6 @@ def new_manifest(
         raise BadSessionParameters(f"--mpyc: {exc}") from None
     if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_CHARS for a in args):
         raise BadSessionParameters(f"at most {MAX_ARGS} program arguments of <= 256 chars")
-    _check_roster_budget(ref, parties)
     label = name or (path.resolve().name if ref.is_bundle else Path(ref.name).stem)
     if not 0 < len(label) <= MAX_NAME_CHARS or not label.isprintable():
         raise BadSessionParameters(f"--name must be 1..{MAX_NAME_CHARS} printable characters")
@@ -596,6 +595,7 @@ def new_manifest(
         valid_from=start,
         valid_until=start + valid_for,
     )
+    _check_roster_budget(manifest)
     return Manifest.from_json(manifest.to_json())  # one validation path
 
 
@@ -628,22 +628,32 @@ def check_inputs(manifest: Manifest, names: Sequence[str]) -> None:
             )
 
 
-#: a bundle's file list travels in every invite, so m times in the roster message: at most
-#: this many bytes of listings per roster keep it within what relays take by default
-#: (64 KiB per envelope) up to m = 10 (specs/session-protocol.md, 2.1)
-MAX_BUNDLE_ROSTER_BYTES = 24 * 1024
+#: what one party adds to the roster credential besides the manifest its invite repeats:
+#: its entry, session key, 8 endpoints and acceptance with proofs (measured ~2.5 KB; this
+#: leaves a margin for long IPv6 endpoints)
+ROSTER_BYTES_PER_PARTY = 2816
 
 
-def _check_roster_budget(ref: ProgramRef, parties: int) -> None:
-    if not ref.is_bundle:
-        return
-    listing = len(json.dumps(ref.to_json().get("bundle"), separators=(",", ":")))
-    if listing * parties > MAX_BUNDLE_ROSTER_BYTES:
+def _check_roster_budget(manifest: Manifest) -> None:
+    """The roster credential embeds every acceptance, each with its invite and so with the
+    manifest: about (m+1) manifests and m acceptances, which must stay within what a
+    credential may weigh (MAX_DOCUMENT_BYTES of the identity layer), or the organizer
+    could not issue it nor the parties verify it (specs/session-protocol.md, 2.1). The
+    roster *message* carries the manifest only once (section 4)."""
+    from didmesh.identity.credentials import MAX_DOCUMENT_BYTES
+
+    m = manifest.parties
+    size = len(canonicalize(manifest.to_json()))
+    need = (m + 1) * size + m * ROSTER_BYTES_PER_PARTY
+    if need > MAX_DOCUMENT_BYTES:
+        what = f"the list of {len(manifest.program.files)} bundle files and " if (
+            manifest.program.is_bundle) else ""
         raise BadSessionParameters(
-            f"the list of {len(ref.files)} bundle files takes {listing} bytes, carried once "
-            f"per party: {listing * parties} bytes for {parties} parties, above the "
-            f"{MAX_BUNDLE_ROSTER_BYTES} that keep the roster within a relay's default message "
-            "size; bundle fewer files (--include/--exclude) or pack data files into one"
+            f"the session terms ({what}{len(manifest.program.args)} program arguments) take "
+            f"{size} bytes, repeated in each party's acceptance inside the roster: about "
+            f"{need} bytes for {m} parties, above the {MAX_DOCUMENT_BYTES} bytes a credential "
+            "may have; bundle fewer files (--include/--exclude, or pack data files into "
+            "one), shorten the arguments or invite fewer parties"
         )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from didmesh.identity.credentials import issue_credential, verify_credential
 from didmesh.identity.didkey import DidKey
 from didmesh.identity.errors import CredentialError, IdentityError, InvalidProof
 from didmesh.identity.jcs import canonicalize
+from didmesh.identity.jsonld import canonize
 from didmesh.identity.keys import IdentityKey, verify_ed25519
 
 from .documents import (
@@ -84,6 +86,65 @@ class AgreedRoster:
 def roster_hash(doc: dict[str, Any]) -> bytes:
     unsecured = {k: v for k, v in doc.items() if k != "proof"}
     return hashlib.sha256(HASH_LABEL + canonicalize(unsecured, what="roster")).digest()
+
+
+# --------------------------------------------------------------------------- on the wire
+
+#: stands, in a ``roster`` message, for the roster's own manifest inside each embedded
+#: invite (specs/session-protocol.md, 4): a manifest is always an object, never this
+MANIFEST_REF = "#roster-manifest"
+#: a manifest restored by :func:`unpack_roster` is at most this large (a valid one is far
+#: smaller), which bounds what a hostile roster message can inflate to
+MAX_MANIFEST_BYTES = 64 * 1024
+
+
+def _invites(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The credentialSubject of every credential embedded in the roster's acceptances."""
+    subject = doc.get("credentialSubject")
+    entries = subject.get("parties") if isinstance(subject, dict) else None
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        acc = entry.get("acceptance") if isinstance(entry, dict) else None
+        creds = acc.get("verifiableCredential") if isinstance(acc, dict) else None
+        for cred in creds if isinstance(creds, list) else []:
+            sub = cred.get("credentialSubject") if isinstance(cred, dict) else None
+            if isinstance(sub, dict) and "manifest" in sub:
+                out.append(sub)
+    return out
+
+
+def pack_roster(doc: dict[str, Any]) -> dict[str, Any]:
+    """The roster as the ``roster`` message carries it: every embedded invite whose
+    manifest is the roster's own (every honest one) refers to it by :data:`MANIFEST_REF`
+    instead of repeating it, so the manifest travels once and not m times.
+    :func:`unpack_roster` restores the signed document byte for byte."""
+    out = copy.deepcopy(doc)
+    own = canonicalize(out["credentialSubject"]["manifest"], what="manifest")
+    for sub in _invites(out):
+        if isinstance(sub["manifest"], dict) and canonicalize(sub["manifest"]) == own:
+            sub["manifest"] = MANIFEST_REF
+    return out
+
+
+def unpack_roster(doc: dict[str, Any]) -> dict[str, Any]:
+    """Undo :func:`pack_roster` (a roster without references is returned as it is). A
+    reference to a missing or oversized manifest is left in place; verifying the roster
+    then fails on it, blaming the organizer."""
+    subject = doc.get("credentialSubject")
+    manifest = subject.get("manifest") if isinstance(subject, dict) else None
+    subs = [s for s in _invites(doc) if s["manifest"] == MANIFEST_REF]
+    if not subs or not isinstance(manifest, dict):
+        return doc
+    try:
+        if len(canonicalize(manifest, what="manifest")) > MAX_MANIFEST_BYTES:
+            return doc
+    except Exception:  # noqa: BLE001 (not canonicalizable: verification names it)
+        return doc
+    out = copy.deepcopy(doc)
+    for sub in _invites(out):
+        if sub["manifest"] == MANIFEST_REF:
+            sub["manifest"] = copy.deepcopy(manifest)
+    return out
 
 
 def _commit_input(session_id: str, digest: bytes) -> bytes:
@@ -154,7 +215,19 @@ def build_roster(
             "relays": list(manifest.relays),
         },
     }
-    return issue_credential(cred, key, suite=SUITE, created=now)
+    check_roster_terms(cred)
+    return issue_credential(cred, key, suite=SUITE, created=now, check_terms=False)
+
+
+def check_roster_terms(cred: dict[str, Any]) -> None:
+    """The term check of issuance (every term defined by the contexts), on the roster
+    with an empty ``parties`` list: ``parties`` is a JSON literal (``@type: @json`` in
+    the didmesh context), so JSON-LD never looks inside it and the result is the same,
+    but the whole roster holds ~20-30 JSON objects per party and from m ~ 20 (bundles:
+    each file is one more object per party) it went over the identity layer's cap on
+    documents given to JSON-LD (MAX_JSONLD_OBJECTS), so a roster could not be issued."""
+    subject = dict(cred["credentialSubject"], parties=[])
+    canonize(dict(cred, credentialSubject=subject), what="roster")
 
 
 # --------------------------------------------------------------------------- verifying

@@ -6,7 +6,10 @@ Layout under the didmesh home, every file mode 0600 and written atomically::
     sessions/<session-id>/session-key.json  the per-session X25519 private key
     sessions/<session-id>/codes.json        open invite codes (organizer; secret)
     sessions/.lock                          serializes writers (fcntl)
-    quarantine/<sha256>.msg                 received messages set aside (Engine.deliver)
+    quarantine/<sha256>.msg                 received messages set aside (Engine.deliver):
+                                            at most QUARANTINE_MAX_FILES of at most
+                                            QUARANTINE_MAX_BYTES, none older than
+                                            QUARANTINE_MAX_AGE_S (pruned at each set-aside)
     relays.json                             relay URLs this home has used
 
 :meth:`SessionStore.load` gives a :class:`StoredSession` with ``.state``,
@@ -42,6 +45,19 @@ if TYPE_CHECKING:  # .codes brings in spake2 (~25 ms): only the organizer's code
 
 MAX_STATE_BYTES = 8 * 1024 * 1024
 MIN_PREFIX = 4
+#: bounds of quarantine/ (messages set aside by Engine.deliver): count, age, and size of one
+#: message (the rest of a longer one is not kept): at most 64 MiB in all
+QUARANTINE_MAX_FILES = 64
+QUARANTINE_MAX_AGE_S = 30 * 24 * 3600
+QUARANTINE_MAX_BYTES = 1 << 20
+
+
+def _unlink(path: Path) -> int:
+    try:
+        path.unlink()
+    except OSError:
+        return 0
+    return 1
 
 
 @dataclass(frozen=True)
@@ -117,14 +133,46 @@ class SessionStore:
             p.name for p in self.root.iterdir() if p.is_dir() and SESSION_ID_RE.match(p.name)
         )
 
-    def set_aside(self, payload: bytes) -> Path:
+    def set_aside(self, payload: bytes, *, now: float | None = None) -> Path:
         """Keep a received message that could not be processed (for a bug report); its
-        name is its SHA-256, so the same message is kept once."""
+        name is its SHA-256, so the same message is kept once. Then prunes the folder
+        (:meth:`prune_quarantine`): anyone can post such messages, so what they take on
+        disk is bounded."""
         import hashlib
 
+        now = time.time() if now is None else now
         path = self.home / "quarantine" / f"{hashlib.sha256(payload).hexdigest()[:32]}.msg"
-        write_private(path, payload[: 1 << 20])
+        write_private(path, payload[:QUARANTINE_MAX_BYTES])
+        os.utime(path, (now, now))
+        self.prune_quarantine(now=now)
         return path
+
+    def prune_quarantine(self, *, now: float | None = None) -> int:
+        """Delete set-aside messages older than :data:`QUARANTINE_MAX_AGE_S` and, beyond
+        the newest :data:`QUARANTINE_MAX_FILES`, the oldest; returns how many went."""
+        now = time.time() if now is None else now
+        folder = self.home / "quarantine"
+        kept: list[tuple[float, str, Path]] = []
+        removed = 0
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            return 0
+        for entry in entries:
+            if entry.suffix != ".msg":
+                continue  # not ours: left alone
+            try:
+                mtime = entry.lstat().st_mtime
+            except OSError:
+                continue
+            if now - mtime > QUARANTINE_MAX_AGE_S:
+                removed += _unlink(entry)
+            else:
+                kept.append((mtime, entry.name, entry))
+        kept.sort(reverse=True)  # newest first
+        for _mtime, _name, entry in kept[QUARANTINE_MAX_FILES:]:
+            removed += _unlink(entry)
+        return removed
 
     def exists(self, session_id: str) -> bool:
         return SESSION_ID_RE.match(session_id) is not None and (

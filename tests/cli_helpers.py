@@ -40,3 +40,41 @@ def run_cli(
         input=stdin if stdin is not None else "",
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def env_for(home: Path) -> dict[str, str]:
+    """The environment of a CLI process of ``home``: no DIDMESH_* setting leaks in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
+    env["DIDMESH_HOME"] = str(home)
+    return env
+
+
+def ok(home: Path, *args: str, timeout: float = 60) -> Any:
+    """Run ``didmesh ARGS --json`` in ``home``; it must succeed; its JSON answer."""
+    res = run_cli(home, *args, "--json", timeout=timeout)
+    assert res.rc == 0, f"{args}: rc={res.rc} {res.err[-2000:]}"
+    return res.json()
+
+
+def spawn(home: Path, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start ``didmesh ARGS`` in ``home`` (stdout and stderr piped, no stdin)."""
+    return subprocess.Popen([sys.executable, "-m", "didmesh.session.cli.main", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=env_for(home), cwd=cwd)
+
+
+def finish_all(procs: list[subprocess.Popen[str]], timeout: float = 90
+               ) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of each process; any still running at the end is
+    killed."""
+    out = []
+    try:
+        for p in procs:
+            o, e = p.communicate(timeout=timeout)
+            out.append((p.returncode, o, e))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return out

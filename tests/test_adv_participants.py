@@ -59,7 +59,7 @@ from didmesh.session.errors import (
 from didmesh.session.machine import x25519_public
 from didmesh.session.manifest import Manifest
 from didmesh.session.messages import open_message, seal_message
-from didmesh.session.roster import Seat, build_roster, commit, roster_hash
+from didmesh.session.roster import Seat, build_roster, commit, roster_hash, unpack_roster
 from didmesh.session.state import Status
 from vc_support import sign_raw
 
@@ -214,7 +214,7 @@ def _swap_roster_tap(make: Any) -> Any:
         msg = open_message(payload, me=to)
         if msg.kind != "roster":
             return [payload]
-        doc = make(msg.body["roster"])
+        doc = make(unpack_roster(msg.body["roster"]))  # the organizer holds it unpacked
         body = {"roster": doc, "commitment": commit(ORG, msg.session_id, roster_hash(doc))}
         return [seal_message(ORG, "roster", msg.session_id, to, body, now_ms=2,
                              rng=counter_rng(b"swap" + to.encode()))]  # fmt: skip

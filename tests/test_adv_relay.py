@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from adversary.fakes import Events, Sink
 from adversary.relay_proxy import LinkView, MaliciousRelay, deliver_items, tamper_body
 from didmesh.identity.keys import IdentityKey
 from didmesh.session.errors import WaitTimeout
@@ -263,28 +264,6 @@ async def test_envelopes_replayed_across_sessions_change_nothing(
 # --------------------------------------------------------------------------- link frames
 
 
-class _Events:
-    def __init__(self) -> None:
-        self.failed: list[Exception] = []
-
-    def peer_failed(self, peer: Any, exc: Exception) -> None:
-        self.failed.append(exc)
-
-    def abort_received(self, peer: Any, payload: bytes) -> None: ...
-    def ready_received(self, peer: Any, payload: bytes) -> None: ...
-    def bye_received(self, peer: Any) -> None: ...
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def app_data(self, data: bytes) -> None:
-        self.data += data
-
-    def app_closed(self) -> None: ...
-
-
 async def _relayed_pair(url: str, timeout: float = 8.0) -> tuple[list[Any], list[Any]]:
     from didmesh.session.mesh.connect import ConnectOptions, MeshConnector, RelayLinks
     from didmesh.session.mesh.loopback import loopback_plans
@@ -318,9 +297,9 @@ async def _close_openers() -> AsyncIterator[None]:
         await _OPENERS.pop().aclose()
 
 
-async def _send_through(results: list[Any], payloads: list[bytes]) -> tuple[_Events, _Sink]:
+async def _send_through(results: list[Any], payloads: list[bytes]) -> tuple[Events, Sink]:
     p01, p10 = results[0][1], results[1][0]
-    ev0, ev1, sink = _Events(), _Events(), _Sink()
+    ev0, ev1, sink = Events(), Events(), Sink()
     p01.start(ev0)
     p10.start(ev1)
     p10.attach(sink)

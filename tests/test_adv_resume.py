@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from adversary.fakes import Events, Sink
 from adversary.relay_proxy import LinkView, MaliciousRelay
 from didmesh.identity.errors import DidmeshError
 from didmesh.session.mesh.resume import RESUME_LEN, RESUME_MAGIC, ResumeFailed
@@ -47,28 +48,6 @@ async def proxy(real_relay: RelayProcess) -> AsyncIterator[MaliciousRelay]:
         yield mal
 
 
-class _Events:
-    def __init__(self) -> None:
-        self.failed: list[DidmeshError] = []
-
-    def peer_failed(self, peer: Any, exc: DidmeshError) -> None:
-        self.failed.append(exc)
-
-    def abort_received(self, peer: Any, payload: bytes) -> None: ...
-    def ready_received(self, peer: Any, payload: bytes) -> None: ...
-    def bye_received(self, peer: Any) -> None: ...
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def app_data(self, data: bytes | memoryview) -> None:
-        self.data += data
-
-    def app_closed(self) -> None: ...
-
-
 class Pair:
     """Two parties in this event loop, linked through the proxy, their channels started."""
 
@@ -76,8 +55,8 @@ class Pair:
         self.proxy = proxy
         self.openers: list[Any] = []
         self.peers: list[Any] = []
-        self.events = [_Events(), _Events()]
-        self.sink = _Sink()
+        self.events = [Events(), Events()]
+        self.sink = Sink()
 
     async def connect(self, resume_timeout: float = 8.0) -> None:
         from didmesh.session.mesh.connect import ConnectOptions, MeshConnector, RelayLinks

@@ -153,11 +153,16 @@ def test_caps_on_file_count_and_sizes(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_file_list_must_fit_the_roster(tmp_path: Path) -> None:
+    """The roster credential repeats the manifest in every acceptance: the bound is the
+    credential's size (the roster message carries the list once)."""
     root = make_tree(tmp_path / "b", {f"pkg/module_{i:03}.py": b"x" for i in range(60)})
     (root / "main.py").write_text("m")
-    assert manifest_for(root).program.is_bundle  # 3 parties: fits
-    with pytest.raises(BadSessionParameters, match="bytes for 10 parties, above the 24576"):
-        new_manifest(organizer=ORG.did, program=root, parties=10,
+    for parties in (3, 10, 20):
+        assert new_manifest(organizer=ORG.did, program=root, parties=parties,
+                            relays=["http://127.0.0.1:8470"], now=NOW).program.is_bundle
+    with pytest.raises(BadSessionParameters,
+                       match="61 bundle files .* for 30 parties, above the 262144"):
+        new_manifest(organizer=ORG.did, program=root, parties=30,
                      relays=["http://127.0.0.1:8470"], now=NOW)
 
 

@@ -14,10 +14,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import finish_all, ok, run_cli, spawn
 from didmesh.session.mesh.loopback import free_ports
 from relay_helpers import relay_url  # noqa: F401  (fixture)
 
@@ -25,39 +24,6 @@ BUNDLE = Path(__file__).resolve().parent.parent / "examples" / "weighted_score"
 NAMES = ("alice", "bob", "carol")
 SCORES = ("40", "7", "19")
 ARGS = ("--scale", "10")
-
-
-def env_for(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
-    env["DIDMESH_HOME"] = str(home)
-    return env
-
-
-def ok(home: Path, *args: str, timeout: float = 60) -> Any:
-    res = run_cli(home, *args, "--json", timeout=timeout)
-    assert res.rc == 0, f"{args}: rc={res.rc} {res.err[-2000:]}"
-    return res.json()
-
-
-def spawn(home: Path, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "didmesh.session.cli.main", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, env=env_for(home), cwd=cwd)
-
-
-def finish_all(procs: list[subprocess.Popen[str]], timeout: float = 90
-               ) -> list[tuple[int, str, str]]:
-    out = []
-    try:
-        for p in procs:
-            o, e = p.communicate(timeout=timeout)
-            out.append((p.returncode, o, e))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    return out
 
 
 def copy_bundle(dest: Path) -> Path:

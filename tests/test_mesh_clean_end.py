@@ -322,7 +322,8 @@ def _start_tampered(tmp_path: Path, url: str, tamper: dict[str, Any]) -> list[Pa
 @pytest.mark.slow
 def test_ctrl_c_of_didmesh_run_ends_all_three_with_one_line_each(tmp_path: Path) -> None:
     """The same through the command line (``didmesh run``), three homes, a real relay."""
-    from test_mesh_cli_e2e import agreed_session, spawn
+    from cli_helpers import spawn
+    from test_mesh_cli_e2e import agreed_session
 
     program = tmp_path / "rounds.py"
     program.write_text(PROGRAM)

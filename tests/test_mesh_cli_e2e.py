@@ -6,53 +6,18 @@ with the output of plain MPyC; a changed program file is refused before anything
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import finish_all, ok, run_cli, spawn
 from didmesh.session.mesh.loopback import free_ports
 from relay_helpers import relay_url  # noqa: F401  (fixture)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def env_for(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
-    env["DIDMESH_HOME"] = str(home)
-    return env
-
-
-def ok(home: Path, *args: str, timeout: float = 60) -> Any:
-    res = run_cli(home, *args, "--json", timeout=timeout)
-    assert res.rc == 0, f"{args}: rc={res.rc} {res.err[-2000:]}"
-    return res.json()
-
-
-def spawn(home: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "didmesh.session.cli.main", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, env=env_for(home))
-
-
-def finish_all(procs: list[subprocess.Popen[str]], timeout: float = 90
-               ) -> list[tuple[int, str, str]]:
-    out = []
-    try:
-        for p in procs:
-            o, e = p.communicate(timeout=timeout)
-            out.append((p.returncode, o, e))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    return out
 
 
 def agreed_session(tmp_path: Path, relay: str, program: Path,

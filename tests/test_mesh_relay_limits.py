@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from didmesh.identity.keys import IdentityKey
-from didmesh.relay.client import DEFAULT_LINK_LIMITS, RelayClient, _link_limits
+from didmesh.relay.client import DEFAULT_LINK_LIMITS, RelayClient
+from didmesh.relay.linkclient import link_limits as _link_limits
 from didmesh.session.mesh.transport import DEFAULT_MAX_FRAME, RelayedLink
 from relay_helpers import start_relay
 

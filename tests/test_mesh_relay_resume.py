@@ -171,6 +171,38 @@ def test_link_resumes_after_a_full_relay_restart(tmp_path: Path, stop: str) -> N
     _check_survived(results)
 
 
+@pytest.mark.parametrize("client", ["linkclient", "aiohttp"])
+def test_a_resumed_link_takes_the_restarted_relays_smaller_frame_limit(
+    tmp_path: Path, client: str
+) -> None:
+    """The relay comes back with ``link_max_frame`` 4096 instead of 1 MiB: the resumed links
+    ask ``/info`` again and split what they resend (half a second of stream, ~40 KB) into
+    frames the new relay takes; with the limits cached from before the restart the writer
+    sent one large frame, the relay closed the link with 1009 and the run failed."""
+    port = free_port()
+    args = [*ARGS, "--port", str(port)]
+    store = f"sqlite:{tmp_path / 'relay.sqlite3'}"
+    options = ConnectOptions(relay_only=True, connect_timeout=15, handshake_timeout=5,
+                             link_heartbeat=None if client == "linkclient" else 30.0)
+    with start_relay(store, args, home=tmp_path) as relay:
+        plans, ids = loopback_plans(2, relays=[relay.url], endpoints=False)
+        restarted: list[Any] = []
+
+        def chaos() -> None:
+            relay.kill()
+            time.sleep(0.5)
+            restarted.append(spawn_relay(store, [*args, "--link-max-frame", "4096"],
+                                         home=tmp_path))
+
+        try:
+            results = _run_during(plans, ids, chaos, options=options)
+        finally:
+            for r in restarted:
+                r.proc.kill()
+                r.proc.wait(10)
+    _check_survived(results)
+
+
 @pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
 def test_link_moves_to_the_other_process_when_one_is_killed(tmp_path: Path) -> None:
     """Two relay processes on one Redis, both in the session's relays: the links run on

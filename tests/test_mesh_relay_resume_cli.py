@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cli_helpers
 import pytest
 import test_mesh_cli_e2e as e2e
 from relay_helpers import (
@@ -92,7 +93,7 @@ def _run_with_chaos(sid: str, homes: list[Path], program: Path, relay: RelayProc
     """Start the three runs; once the relay paired all six link ends, wait 1 s (the
     program is running) and call ``chaos()``; return the runs' results."""
     before = _paired(relay)
-    procs = [e2e.spawn(h, "run", sid[:8], "--relay-only", "--timeout", "10",
+    procs = [cli_helpers.spawn(h, "run", sid[:8], "--relay-only", "--timeout", "10",
                        "--connect-timeout", "30", "--", str(program), "--no-log")
              for h in homes]
     try:
@@ -108,7 +109,7 @@ def _run_with_chaos(sid: str, homes: list[Path], program: Path, relay: RelayProc
         for p in procs:
             p.kill()
         raise
-    return e2e.finish_all(procs, timeout=120)
+    return cli_helpers.finish_all(procs, timeout=120)
 
 
 def _program(tmp_path: Path) -> Path:

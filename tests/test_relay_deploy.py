@@ -274,23 +274,24 @@ def test_a_session_runs_through_nginx_over_https(pki: Pki, tmp_path: Path,
     is plain MPyC's."""
     import shutil
 
+    import cli_helpers
     import test_mesh_cli_e2e as e2e
 
     ca = {"DIDMESH_RELAY_CA": str(pki.ca)}
-    real_run_cli, real_env_for = e2e.run_cli, e2e.env_for
-    monkeypatch.setattr(e2e, "run_cli", lambda home, *a, env=None, **kw: real_run_cli(
+    real_run_cli, real_env_for = cli_helpers.run_cli, cli_helpers.env_for
+    monkeypatch.setattr(cli_helpers, "run_cli", lambda home, *a, env=None, **kw: real_run_cli(
         home, *a, env={**(env or {}), **ca}, **kw))
-    monkeypatch.setattr(e2e, "env_for", lambda home: {**real_env_for(home), **ca})
+    monkeypatch.setattr(cli_helpers, "env_for", lambda home: {**real_env_for(home), **ca})
     program = tmp_path / "secure_sum.py"
     shutil.copy(e2e.EXAMPLES / "secure_sum.py", program)
     with start_relay("memory", ["--rate-ip-per-s", "0", "--trusted-proxies", "127.0.0.1"]
                      ) as relay, start_nginx(tmp_path / "nginx", pki, relay.port) as url:
         sid, homes = e2e.agreed_session(tmp_path, url, program)
         expected = e2e.plain_output(program)
-        procs = [e2e.spawn(h, "run", sid[:8], "--relay-only", "--timeout", "10",
+        procs = [cli_helpers.spawn(h, "run", sid[:8], "--relay-only", "--timeout", "10",
                            "--connect-timeout", "30", "--", str(program), "--no-log")
                  for h in homes]
-        for rc, out, err in e2e.finish_all(procs):
+        for rc, out, err in cli_helpers.finish_all(procs):
             assert rc == 0, err[-2500:]
             assert out == expected
         access = [ln for ln in relay.log_lines() if ln.get("msg") == "access"]

@@ -22,6 +22,9 @@ from relay_helpers import free_port, spawn_relay
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "relay" / "deploy"
 SETTINGS = [f.name for f in fields(RelayConfig)]
+#: the deployment's STUN (every address, UDP 3478/3479) moved to loopback and free ports
+LOOPBACK_STUN = {"DIDMESH_RELAY_STUN_HOST": "127.0.0.1", "DIDMESH_RELAY_STUN_PORT": "0",
+                 "DIDMESH_RELAY_STUN_ALT_PORT": "0"}
 
 
 def test_sample_config_has_every_setting_and_loads() -> None:
@@ -34,7 +37,8 @@ def test_sample_config_has_every_setting_and_loads() -> None:
         assert "#" in line or name in ("rate_did_burst", "rate_ip_burst", "challenge_ttl_s"), line
     cfg = load_config(config_file=sample, env={})
     defaults = RelayConfig()
-    deployment = {"store", "trusted_proxies", "metrics_listen"}
+    deployment = {"store", "trusted_proxies", "metrics_listen", "stun_host", "stun_port",
+                  "stun_alt_port"}
     for name in SETTINGS:  # everything else is the default, as the header says
         if name not in deployment:
             assert getattr(cfg, name) == getattr(defaults, name), name
@@ -99,7 +103,7 @@ def test_systemd_unit_verifies_and_its_command_serves(tmp_path: Path) -> None:
     assert r.returncode == 0 and not problems, r.stderr
     # its command, with the sample config; only where it listens and stores changes here
     env = {"DIDMESH_RELAY_PORT": "0", "DIDMESH_RELAY_STORE": "memory",
-           "DIDMESH_RELAY_METRICS_LISTEN": f"127.0.0.1:{free_port()}"}
+           "DIDMESH_RELAY_METRICS_LISTEN": f"127.0.0.1:{free_port()}", **LOOPBACK_STUN}
     cfg = tmp_path / "relay.toml"
     shutil.copy(DEPLOY / "relay.toml", cfg)
     _serve([*_didmesh(), *argv[1:-1], str(cfg)], env, tmp_path / "state")
@@ -124,7 +128,7 @@ def test_container_file_command_config_and_environment_serve(tmp_path: Path) -> 
     env.update({"DIDMESH_RELAY_HOST": "127.0.0.1", "DIDMESH_RELAY_PORT": "0",
                 "DIDMESH_RELAY_STORE": f"sqlite:{tmp_path / 'state' / 'relay.sqlite3'}",
                 "DIDMESH_RELAY_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-                "DIDMESH_HOME": str(tmp_path / "state")})
+                "DIDMESH_HOME": str(tmp_path / "state"), **LOOPBACK_STUN})
     cfg = tmp_path / "relay.toml"
     shutil.copy(DEPLOY / "relay.toml", cfg)
     _serve([*_didmesh(), *argv[1:-1], str(cfg)], env, tmp_path / "state",

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cli_helpers
 import pytest
 import test_mesh_cli_e2e as e2e
 import test_mesh_relay_resume_cli as resume_cli
@@ -45,10 +46,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def trust_ca(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every CLI command of the session flow trusts the private CA (DIDMESH_RELAY_CA)."""
     ca = {"DIDMESH_RELAY_CA": str(pki.ca)}
-    real_run_cli, real_env_for = e2e.run_cli, e2e.env_for
-    monkeypatch.setattr(e2e, "run_cli", lambda home, *a, env=None, **kw: real_run_cli(
+    real_run_cli, real_env_for = cli_helpers.run_cli, cli_helpers.env_for
+    monkeypatch.setattr(cli_helpers, "run_cli", lambda home, *a, env=None, **kw: real_run_cli(
         home, *a, env={**(env or {}), **ca}, **kw))
-    monkeypatch.setattr(e2e, "env_for", lambda home: {**real_env_for(home), **ca})
+    monkeypatch.setattr(cli_helpers, "env_for", lambda home: {**real_env_for(home), **ca})
 
 
 class _Both:

@@ -7,18 +7,22 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from didmesh.identity.keys import IdentityKey
 from didmesh.relay.client import RelayClient
 from didmesh.relay.errors import LinkClosed, RelayError, RelayProtocolError, RelayUnreachable
 from didmesh.relay.linkclient import (
+    DEFAULT_LINK_LIMITS,
+    LIMITS_REFRESH_S,
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_TEXT,
     FrameError,
     LinkClient,
+    LinkLimitsCache,
     ServerFrameReader,
     accept_key,
     client_frame,
@@ -388,3 +392,30 @@ def test_requests_refused_as_too_many_are_tried_again_then_given_up() -> None:
     with start_relay(args=["--rate-ip-per-s", "0.01", "--rate-ip-burst", "1"]) as relay:
         took = asyncio.run(asyncio.wait_for(refused(relay.url), 60))
     assert 1.0 < took < 10
+
+
+async def test_link_limits_cache_asks_again_after_a_failure_and_for_a_resumed_link() -> None:
+    """Asked once; a failed ask gives the defaults and is asked again next time; a resumed
+    link (``fresh``) asks again unless the limits are under LIMITS_REFRESH_S old, so the
+    links of one relay restart share one request."""
+    now = [100.0]
+    answers: list[Any] = [RelayUnreachable("down"), {"limits": {"link_max_frame": 4096}},
+                          {"limits": {"link_max_frame": 2048}}]
+    asked: list[int] = []
+
+    async def fetch() -> Any:
+        asked.append(1)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    cache = LinkLimitsCache("http://relay.invalid", fetch, clock=lambda: now[0])
+    assert (await cache.get())["link_max_frame"] == DEFAULT_LINK_LIMITS["link_max_frame"]
+    assert (await cache.get())["link_max_frame"] == 4096  # the failure was not kept
+    assert (await cache.get(fresh=True))["link_max_frame"] == 4096  # just asked
+    assert len(asked) == 2
+    now[0] += LIMITS_REFRESH_S + 0.1
+    assert (await cache.get())["link_max_frame"] == 4096  # a new link: no need to ask
+    frames = await asyncio.gather(*(cache.get(fresh=True) for _ in range(5)))
+    assert [f["link_max_frame"] for f in frames] == [2048] * 5 and len(asked) == 3

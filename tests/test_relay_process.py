@@ -4,6 +4,8 @@ the CLI entry point and config files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -130,3 +132,20 @@ def test_default_store_is_sqlite_under_didmesh_home(tmp_path: Path) -> None:
         assert (tmp_path / "relay" / "relay.sqlite3").exists()
     finally:
         relay.terminate()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signals_while_it_finishes_stopping_still_exit_0(sig: signal.Signals) -> None:
+    """A process manager that repeats its signal (systemd, docker stop, an impatient
+    operator) while the relay ends: a finished shutdown is not turned into a death by
+    signal (-15) or a KeyboardInterrupt, it stays exit 0 and one "stopped" line."""
+    with start_relay("memory") as relay:
+        relay.proc.send_signal(sig)
+        deadline = time.monotonic() + 20
+        while relay.proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError):
+                relay.proc.send_signal(sig)
+            time.sleep(0.0005)
+        code = relay.proc.wait(5)
+        assert code == 0, (code, relay.log_path.read_text()[-1500:])
+        assert [x.get("msg") for x in relay.log_lines()].count("stopped") == 1

@@ -4,7 +4,10 @@ Known answers: the RFC 5769 vectors (tests/data/stun_rfc5769.json) parse, verify
 (MESSAGE-INTEGRITY short- and long-term, FINGERPRINT), give the RFC's mapped addresses,
 and re-encode byte for byte; one flipped bit fails them. Fuzzed: random and mutated
 datagrams only ever raise ``StunError`` from the parser, and ``answer`` never raises.
-The responder answers on a real loopback socket, only Binding requests, under its rate.
+The responder answers on a real loopback socket, only Binding requests, under its rate
+per source and its overall rate, never more than 32 bytes more than it was sent. A relay
+process answers STUN by default (the HTTP port's number and a free port, announced in
+/info; many relays on port 0 never collide), not with ``--no-stun``.
 """
 
 from __future__ import annotations
@@ -149,7 +152,10 @@ def _fuzz_one(data: bytes) -> None:
             stun.mapped_address(msg)
         except StunError:
             pass
-    assert stun.answer(data, ("192.0.2.1", 9)) is None or stun.is_stun(data)
+    for source in (("192.0.2.1", 9), ("2001:db8::1", 9)):
+        out = stun.answer(data, source)
+        assert out is None or (stun.is_stun(data)
+                               and len(out) <= len(data) + stun.MAX_GROWTH)
 
 
 def test_mutated_vectors_only_raise_stun_errors() -> None:
@@ -248,3 +254,191 @@ def test_a_relay_process_with_stun_ports_answers_and_announces_them() -> None:
         assert seen.mapped == [("127.0.0.1", local), ("127.0.0.1", local)]
     finally:
         assert relay.terminate() == 0
+
+
+_REQUESTS = {
+    "bare": stun.encode(stun.BINDING_REQUEST, bytes(12)),
+    "fingerprint": stun.binding_request(bytes(12))[1],
+    "software": stun.encode(stun.BINDING_REQUEST, bytes(12), [(stun.SOFTWARE, b"x" * 40)],
+                            fingerprint=True),
+    "unknown-1": stun.encode(stun.BINDING_REQUEST, bytes(12), [(0x7FFF, b"")]),
+    "unknown-16": stun.encode(stun.BINDING_REQUEST, bytes(12),
+                              [(0x7000 + i, b"") for i in range(20)]),
+}
+
+
+@pytest.mark.parametrize("source", [("198.51.100.7", 40000), ("2001:db8::7", 1)],
+                         ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("name", sorted(_REQUESTS))
+def test_an_answer_is_at_most_32_bytes_longer_than_its_request(name: str,
+                                                               source: tuple[str, int]) -> None:
+    """The reflection bound (specs/relay.md 12.1): FINGERPRINT, then SOFTWARE, are left
+    out where they would not fit; the address (or the error) is always there."""
+    req = _REQUESTS[name]
+    out = stun.answer(req, source)
+    assert out is not None
+    assert len(out) <= len(req) + stun.MAX_GROWTH
+    resp = stun.parse(out)
+    if name.startswith("unknown"):
+        assert resp.type == stun.BINDING_ERROR and resp.get(stun.UNKNOWN_ATTRIBUTES)
+    else:
+        assert stun.mapped_address(resp) == source
+        assert resp.fingerprint_at is not None and stun.check_fingerprint(resp)
+    if name == "software":  # a large enough request gets SOFTWARE too
+        assert resp.get(stun.SOFTWARE) == b"didmesh-relay"
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.sent.append((data, addr))
+
+
+def test_spoofed_sources_get_no_more_than_the_overall_rate() -> None:
+    """A flood from many (spoofed) source addresses, each under its own rate, is capped
+    by the bucket all sources share: what the relay sends to third parties is bounded."""
+    from didmesh.relay.limits import TokenBucket
+
+    now = [0.0]
+    overall = TokenBucket(100.0, 50.0)
+    responders = [stun.StunResponder(rate=20, burst=40, clock=lambda: now[0],
+                                     overall=overall) for _ in range(2)]
+    sinks = [_Sent() for _ in responders]
+    for r, sink in zip(responders, sinks, strict=True):
+        r.connection_made(sink)  # type: ignore[arg-type]
+    req = stun.binding_request()[1]
+    for i in range(2000):  # 2000 sources in one instant: the burst only
+        responders[i % 2].datagram_received(req, (f"10.{i // 250}.{i % 250}.1", 9))
+    assert sum(len(s.sent) for s in sinks) == 50
+    now[0] = 1.0  # one second later: the rate's worth more
+    for i in range(2000):
+        responders[i % 2].datagram_received(req, (f"10.9.{i % 250}.{i // 250}", 9))
+    assert sum(len(s.sent) for s in sinks) == 100
+    assert all(len(d) <= len(req) + stun.MAX_GROWTH for s in sinks for d, _ in s.sent)
+
+
+def _info(url: str) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/info", timeout=5) as r:  # noqa: S310
+        doc: dict[str, Any] = json.loads(r.read())
+    return doc
+
+
+def _udp_port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_relays_answer_stun_by_default_on_their_http_port_number_and_a_free_port() -> None:
+    """README's relay (no STUN flag), four at once on port 0: each answers STUN on UDP with
+    its HTTP port's number and on a free alt port, announced in /info, no two colliding;
+    the mapping client sees one mapping from both ports."""
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.parse import urlsplit
+
+    from didmesh.session.wireguard.udpmap import judge, learn_mapping
+    from relay_helpers import spawn_relay
+
+    with ThreadPoolExecutor(4) as pool:
+        relays = list(pool.map(lambda _: spawn_relay("memory"), range(4)))
+    try:
+        seen: list[int] = []
+        for relay in relays:
+            ports = _info(relay.url)["stun"]["ports"]
+            http_port = urlsplit(relay.url).port
+            assert len(ports) == 2 and ports[0] != ports[1], ports
+            if ports[0] != http_port:  # only when that UDP number was someone else's
+                assert _udp_port_taken(http_port), (ports, http_port)
+            seen += ports
+            local = _free_udp_ports(1)[0]
+            got = learn_mapping(local, [("127.0.0.1", p) for p in ports], timeout=3.0)
+            assert got.mapped == [("127.0.0.1", local)] * 2, got.notes
+            assert judge(got.mapped, local, ["127.0.0.1"]) == "open"
+        assert len(set(seen)) == 8
+    finally:
+        for relay in relays:
+            assert relay.terminate() == 0
+
+
+def test_no_stun_turns_it_off() -> None:
+    from urllib.parse import urlsplit
+
+    from didmesh.session.wireguard.udpmap import learn_mapping
+    from relay_helpers import spawn_relay
+
+    relay = spawn_relay("memory", ["--no-stun"])
+    try:
+        assert _info(relay.url)["stun"] == {"ports": []}
+        port = urlsplit(relay.url).port
+        assert port is not None
+        got = learn_mapping(_free_udp_ports(1)[0], [("127.0.0.1", port)], timeout=0.6)
+        assert got.mapped == [] and "no STUN answer" in got.notes[0]
+    finally:
+        assert relay.terminate() == 0
+
+
+def test_a_default_stun_port_in_use_moves_an_operators_port_fails_in_one_line(
+        tmp_path: Path) -> None:
+    """The HTTP port's number taken in UDP: a relay with the default STUN port answers on
+    a free one instead (and says which in /info); with ``--stun-port`` set to a taken
+    port it does not start, in one line naming the UDP port and the options."""
+    import subprocess
+    import sys
+
+    from didmesh.session.mesh.loopback import free_ports
+    from relay_helpers import spawn_relay
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        http = free_ports(1)[0]
+        # a TCP port free whose UDP number we hold: bind our UDP socket to it instead
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
+            try:
+                held.bind(("127.0.0.1", http))
+            except OSError:
+                pytest.skip("the chosen port's UDP number is in use already")
+            relay = spawn_relay("memory", ["--port", str(http)])
+            try:
+                ports = _info(relay.url)["stun"]["ports"]
+                assert len(ports) == 2 and http not in ports, ports
+            finally:
+                assert relay.terminate() == 0
+        env = {k: v for k, v in __import__("os").environ.items()
+               if not k.startswith("DIDMESH_")}
+        env["DIDMESH_HOME"] = str(tmp_path)
+        res = subprocess.run(
+            [sys.executable, "-m", "didmesh.relay", "--port", "0", "--store", "memory",
+             "--stun-port", str(busy)], capture_output=True, text=True, timeout=30, env=env,
+            stdin=subprocess.DEVNULL)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("didmesh relay:")]
+    assert len(lines) == 1, res.stderr
+    assert f"UDP 127.0.0.1 {busy}/any" in lines[0] and "--no-stun" in lines[0], lines
+
+
+def test_processes_of_one_relay_share_the_operators_stun_ports() -> None:
+    """Several processes of one relay (one Redis, behind one proxy) given the same
+    ``--stun-port``/``--stun-alt-port`` all start and announce them (SO_REUSEPORT: the
+    responder keeps no state, so any process may answer)."""
+    from didmesh.session.wireguard.udpmap import learn_mapping
+    from relay_helpers import spawn_relay
+
+    ports = _free_udp_ports(2)
+    flags = ["--stun-port", str(ports[0]), "--stun-alt-port", str(ports[1])]
+    relays = [spawn_relay("memory", flags) for _ in range(2)]
+    try:
+        assert [_info(r.url)["stun"]["ports"] for r in relays] == [ports, ports]
+        local = _free_udp_ports(1)[0]
+        got = learn_mapping(local, [("127.0.0.1", p) for p in ports], timeout=3.0)
+        assert got.mapped == [("127.0.0.1", local)] * 2, got.notes
+    finally:
+        for relay in relays:
+            assert relay.terminate() == 0

@@ -140,6 +140,35 @@ def test_a_message_no_check_foresaw_is_set_aside(tmp_path: Path) -> None:
     assert len(list((tmp_path / "quarantine").iterdir())) == 1
 
 
+def test_quarantine_is_pruned_by_age_and_count(tmp_path: Path) -> None:
+    """Anyone can post messages that end in quarantine/: it keeps at most
+    QUARANTINE_MAX_FILES, the newest, none older than QUARANTINE_MAX_AGE_S; files that are
+    not set-aside messages are left alone."""
+    from didmesh.session.store import (
+        QUARANTINE_MAX_AGE_S,
+        QUARANTINE_MAX_BYTES,
+        QUARANTINE_MAX_FILES,
+        SessionStore,
+    )
+
+    store = SessionStore(tmp_path)
+    t0 = 1_800_000_000.0
+    old = store.set_aside(b"old", now=t0)
+    (tmp_path / "quarantine" / "NOTES.txt").write_text("mine")
+    later = t0 + QUARANTINE_MAX_AGE_S - 10
+    paths = [store.set_aside(f"m{i}".encode(), now=later + i)
+             for i in range(QUARANTINE_MAX_FILES + 5)]
+    assert not old.exists()  # past the age bound
+    kept = sorted(p.name for p in (tmp_path / "quarantine").glob("*.msg"))
+    assert kept == sorted(p.name for p in paths[5:])  # the newest QUARANTINE_MAX_FILES
+    assert (tmp_path / "quarantine" / "NOTES.txt").read_text() == "mine"
+    big = store.set_aside(os.urandom(QUARANTINE_MAX_BYTES + 10), now=later + 100)
+    assert big.stat().st_size == QUARANTINE_MAX_BYTES
+    assert store.prune_quarantine(now=later + 100 + QUARANTINE_MAX_AGE_S + 1) == \
+        QUARANTINE_MAX_FILES
+    assert not list((tmp_path / "quarantine").glob("*.msg"))
+
+
 # --------------------------------------------------------------------------- hostile relays
 
 

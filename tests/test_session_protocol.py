@@ -16,7 +16,7 @@ from didmesh.identity.keys import IdentityKey
 from didmesh.session.documents import CONTEXT, Gate
 from didmesh.session.errors import UnexpectedEvent, WaitTimeout
 from didmesh.session.messages import open_message, seal_message
-from didmesh.session.roster import Seat, build_roster, commit, roster_hash
+from didmesh.session.roster import Seat, build_roster, commit, roster_hash, unpack_roster
 from didmesh.session.state import Status
 from didmesh.session.testing import World
 from didmesh.session.words import sas_words
@@ -92,7 +92,7 @@ async def test_organizer_equivocation_stops_every_honest_party(tmp_path: Path) -
         if msg.kind != "roster" or to != carol.did:
             return payload
         # the organizer shows carol a roster with another order (a second, validly signed one)
-        parties = msg.body["roster"]["credentialSubject"]["parties"]
+        parties = unpack_roster(msg.body["roster"])["credentialSubject"]["parties"]
         seats = [Seat(org.did, bytes(32), (), None)]
         for entry in reversed(parties[1:]):
             acc = entry["acceptance"]

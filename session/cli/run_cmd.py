@@ -44,6 +44,7 @@ from didmesh.session.mesh.runner import ending_process, run_program
 
 from .common import add_identity_args, labels_of, load_identity, store_of
 from .output import Output
+from .stdout_guard import reader_gone_guard
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -84,6 +85,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    "wireguard: a WireGuard tunnel didmesh brings up for the run and removes "
                    "afterwards (needs root or CAP_NET_ADMIN, /dev/net/tun and wireguard-go; "
                    "specs/wireguard.md)")
+    p.add_argument("--wg-impl", choices=("auto", "kernel", "userspace"), default=None,
+                   help="--transport wireguard: auto (default, or DIDMESH_WG_IMPL): the "
+                   "kernel's WireGuard where the kernel has it, else wireguard-go; kernel or "
+                   "userspace (wireguard-go) to insist on one")
     p.add_argument("--handshake-timeout", type=float, default=30.0, metavar="S",
                    help="--transport wireguard: seconds for a WireGuard handshake with every "
                    "peer (default 30)")
@@ -165,6 +170,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
             "give an absolute path") from None
     inputs = parse_inputs(args.input, args.input_file)
     wireguard = args.transport == "wireguard"
+    if args.wg_impl is not None and not wireguard:
+        raise SessionUsageError("--wg-impl goes with --transport wireguard")
     if wireguard:
         if args.relay_only:
             raise SessionUsageError("--relay-only and --transport wireguard exclude each "
@@ -172,8 +179,10 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         if not 0 < args.handshake_timeout <= 3600:
             raise BadSessionParameters("--handshake-timeout: give seconds in (0, 3600]")
         from didmesh.session.wireguard import preflight as wg_preflight
+        from didmesh.session.wireguard.impl import choose as wg_choose
 
-        wg_preflight.check()  # before anything is touched
+        args.wg_impl = wg_choose(args.wg_impl)
+        wg_preflight.check(args.wg_impl)  # before anything is touched
     identity = load_identity(args)
     store = store_of(args)
     stored = store.load(store.resolve(args.session))
@@ -228,26 +237,30 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         workdir=str(local.root) if manifest.program.is_bundle else None,
         digest="sha256:" + manifest.program.sha256,
     )
-    try:  # over WireGuard the tunnel is down again before the failure line
-        if wireguard:
-            from didmesh.session.wireguard.run import run_over_wireguard
+    with reader_gone_guard() as stdout:  # `| head` must not fail the joint run
+        try:  # over WireGuard the tunnel is down again before the failure line
+            if wireguard:
+                from didmesh.session.wireguard.run import run_over_wireguard
 
-            result = run_over_wireguard(plan, str(local.entry), prog_args,
-                                        handshake_timeout=args.handshake_timeout, **common)
-        else:
-            result = run_program(plan, str(local.entry), prog_args,
-                                 direct_only=args.direct_only, relay_only=args.relay_only,
-                                 **common)
-    except DidmeshError as exc:
-        _end_failed_run(exc, out)
-    default_path = stored.path / f"receipt-{plan.my_party_id}.json"
-    receipt_path = receipt_arg or default_path
-    if result.receipt is not None:
-        receipt_path = _write_receipt(result.receipt, receipt_path, default_path, manifest)
-    out.progress(f"run complete; receipt: {receipt_path}")
-    out.result({"ok": True, "session": manifest.session_id, "party": plan.my_party_id,
-                "transport": args.transport,
-                "receipt": str(receipt_path), "setup_seconds": result.setup_seconds})
+                result = run_over_wireguard(plan, str(local.entry), prog_args,
+                                            handshake_timeout=args.handshake_timeout,
+                                            impl=args.wg_impl, **common)
+            else:
+                result = run_program(plan, str(local.entry), prog_args,
+                                     direct_only=args.direct_only, relay_only=args.relay_only,
+                                     **common)
+        except DidmeshError as exc:
+            _end_failed_run(exc, out)
+        default_path = stored.path / f"receipt-{plan.my_party_id}.json"
+        receipt_path = receipt_arg or default_path
+        if result.receipt is not None:
+            receipt_path = _write_receipt(result.receipt, receipt_path, default_path, manifest)
+        out.progress(f"run complete; receipt: {receipt_path}" + (
+                "  (stdout's reader went away: the rest of the program's output was "
+                "discarded)" if stdout.reader_gone else ""))
+        out.result({"ok": True, "session": manifest.session_id, "party": plan.my_party_id,
+                    "transport": args.transport,
+                    "receipt": str(receipt_path), "setup_seconds": result.setup_seconds})
     ending_process()  # the command ends next (didmesh run is one process per run)
     return result.exit_code
 
@@ -265,7 +278,7 @@ def _tell_peers(plan: Any, identity: Any, args: argparse.Namespace, refusal: Did
 
             run_over_wireguard(plan, program, [], timeout=args.timeout, identity=identity,
                                connect_timeout=wait, handshake_timeout=wait,
-                               report=lambda _: None, refuse=tell)
+                               report=lambda _: None, refuse=tell, impl=args.wg_impl)
         else:
             run_program(plan, program, [], direct_only=args.direct_only,
                         relay_only=args.relay_only, timeout=args.timeout, identity=identity,

@@ -204,6 +204,13 @@ def flush_now(engine: Engine, session_id: str, out: Output) -> bool:
         asyncio.run(go())
         return True
     except DidmeshError as exc:
+        if getattr(exc, "code", "") == "too_large":  # every relay refused it for its size
+            out.progress(
+                f"warning: not delivered ({exc.message}); retrying cannot help: it stays "
+                "queued, but only a relay with a higher limit (or a smaller session) "
+                "can carry it"
+            )
+            return False
         out.progress(
             f"warning: not delivered yet ({exc.message}); it stays queued and is retried by "
             "'didmesh session wait' or 'didmesh status'"

@@ -77,9 +77,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     d = wsub.add_parser(
         "down", parents=[common],
         help="remove what a stopped 'didmesh run --transport wireguard' left behind",
-        description="Remove this party's WireGuard interface of the session, its "
-        "wireguard-go process, UAPI socket and state file, if a run left them (a run "
-        "removes them itself unless it was killed; the next run also does).",
+        description="Remove this party's WireGuard interface of the session (a kernel "
+        "WireGuard link, or wireguard-go's with its process and UAPI socket) and its state "
+        "file, if a run left them (a run removes them itself unless it was killed; the "
+        "next run also does).",
     )
     d.add_argument("session", metavar="SESSION")
     d.set_defaults(func=cmd_down)
@@ -163,14 +164,15 @@ def cmd_down(args: argparse.Namespace, out: Output) -> int:
         out.result({"ok": True, "interface": name, "removed": []},
                    f"nothing of {name} to remove")
         return 0
-    wg_preflight.check()
+    wg_preflight.check_admin()
     st = left.state or {}
     if st.get("run_pid") and is_alive(st.get("run_pid"), st.get("run_start")):
         raise WgUsageError(f"{name} belongs to a run still going (pid {st['run_pid']}); "
                            "stop that run (Ctrl-C), it removes the tunnel itself")
-    removed = [w for w, there in (("interface", left.link), ("wireguard-go",
+    iface = f"{left.kind} interface" if left.kind else "interface"
+    removed = [w for w, there in ((iface, left.link), ("wireguard-go",
                left.wireguard_go), ("state file", left.state is not None)) if there]
     remove(name, state=left.state)
-    out.result({"ok": True, "interface": name, "removed": removed},
+    out.result({"ok": True, "interface": name, "kind": left.kind, "removed": removed},
                f"removed {name}: {', '.join(removed) or 'its socket'}")
     return 0

@@ -1,13 +1,15 @@
 """``didmesh run SESSION --transport wireguard``: one run over a WireGuard tunnel that
 didmesh brings up and removes itself (specs/wireguard.md, "Running over the tunnel").
 
-1. :func:`.preflight.check`: CAP_NET_ADMIN, ``/dev/net/tun``, ``wireguard-go``, ``wg``;
-   nothing is touched before it passes.
+1. :func:`.preflight.check`: CAP_NET_ADMIN, ``wg``, ``ip``, and a WireGuard (the kernel's,
+   or ``/dev/net/tun`` and ``wireguard-go``: ``impl``, :mod:`.impl`); nothing is touched
+   before it passes.
 2. :func:`.nat.prepare`: the public mapping of the tunnel's UDP port (STUN, from that
    very port, to the relays' STUN ports), the authenticated exchange of UDP endpoints
    with every peer through the relays, the best endpoint per peer; pairs that can have
    no UDP path (a symmetric NAT) fail here, named, before anything is set up.
-3. :class:`.tunnel.Tunnel`: the session's interface from the agreed roster (keys,
+3. :class:`.tunnel.Tunnel`: the session's interface (kernel WireGuard where the kernel
+   has it, else ``wireguard-go``) from the agreed roster (keys,
    roster-bound PSKs, tunnel addresses, the chosen endpoints), up; a bounded wait for a
    handshake with every peer, trying its other candidates in turn, naming those not
    reached.
@@ -20,9 +22,10 @@ didmesh brings up and removes itself (specs/wireguard.md, "Running over the tunn
 5. The tunnel comes down in a ``finally``: on success, program failure, a peer's abort,
    Ctrl-C and SIGTERM/SIGHUP (turned into Ctrl-C for the run). If the process is killed,
    ``wireguard-go`` gets SIGTERM from the kernel (parent-death signal) and removes the
-   interface and its socket; the state file that remains lets the next run or
-   ``didmesh wg down`` finish the job. The runner's own hard exit (a program that does
-   not give control back after a failure) runs the teardown first (``EXIT_HOOKS``).
+   interface and its socket (a kernel interface stays); the state file that remains lets
+   the next run or ``didmesh wg down`` finish the job. The runner's own hard exit (a
+   program that does not give control back after a failure) runs the teardown first
+   (``EXIT_HOOKS``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from . import preflight
 from .addresses import tunnel_addresses
 from .bridge import WgBridge
 from .config import build_config
+from .impl import choose
 from .mpyc_args import DEFAULT_MPYC_PORT
 from .nat import free_udp_port, prepare
 from .tunnel import Tunnel
@@ -98,12 +102,15 @@ def run_over_wireguard(
     workdir: str | None = None,
     digest: str | None = None,
     refuse: DidmeshError | None = None,
+    impl: str | None = None,
 ) -> RunResult:
     """Run ``program_path`` as this party over a WireGuard tunnel (blocking); see the
     module docstring. ``port`` is MPyC's TCP port on the tunnel addresses, ``port + 1``
-    the control channels'."""
+    the control channels'. ``impl``: ``auto``, ``kernel`` or ``userspace`` (None:
+    ``DIDMESH_WG_IMPL``, else ``auto``)."""
+    impl = choose(impl)
     t0 = time.perf_counter()
-    preflight.check()
+    preflight.check(impl)
     took_preflight = time.perf_counter() - t0
     udp_port = build_config(plan).listen_port or free_udp_port()
     with _signals_interrupt():  # nothing is set up yet: SIGTERM ends it as Ctrl-C does
@@ -120,7 +127,7 @@ def run_over_wireguard(
     # (section 6.3: the initiator first, the candidates in turn)
     cfg = build_config(plan, listen_port=udp_port, keepalive=None,
                        endpoints=dict.fromkeys(prep.candidates))
-    tunnel = Tunnel(cfg, report=report)
+    tunnel = Tunnel(cfg, report=report, impl=impl)
     EXIT_HOOKS.append(tunnel.down)  # the runner's hard exit skips the finally below
     with _signals_interrupt():
         try:
@@ -128,8 +135,8 @@ def run_over_wireguard(
             tunnel.up()
             # one budget for the exchange and the handshakes (at least MIN_HANDSHAKE_WAIT)
             wait = max(MIN_HANDSHAKE_WAIT, handshake_timeout - prep.timings["exchange"])
-            report(f"WireGuard interface {tunnel.name} up in {time.perf_counter() - t0:.2f} s, "
-                   f"{tunnel.address} "
+            report(f"WireGuard interface {tunnel.name} up in {time.perf_counter() - t0:.2f} s "
+                   f"({tunnel.note}), {tunnel.address} "
                    f"(session range {cfg.networks[0]}); waiting for handshakes with "
                    f"{len(cfg.peers)} peers (up to {wait:.0f} s)")
             took = tunnel.wait_handshakes(wait, plan.describe, prep.candidates, deferred)

@@ -5,14 +5,18 @@
 
 * the interface ``dm<session id[:8]>p<party id>`` (per session and party, so two sessions,
   or two parties of one session in two network namespaces, never share a name or the
-  UAPI socket ``/var/run/wireguard/<name>.sock``), served by ``wireguard-go -f`` in user
-  space, started with a parent-death signal so that it ends if the run process dies;
-* its configuration, given to ``wg setconf <name> /dev/stdin`` (no config file is written);
+  UAPI socket ``/var/run/wireguard/<name>.sock``): a kernel WireGuard link where the
+  kernel has it, else (or with ``--wg-impl userspace``) served by ``wireguard-go -f`` in
+  user space, started with a parent-death signal so that it ends if the run process dies;
+  the commands and the choice are :class:`.impl.BringUp`'s (sans-IO), run here;
+* its configuration, given to ``wg setconf <name> /dev/stdin`` (no config file is written;
+  ``wg`` speaks netlink to a kernel link and UAPI to ``wireguard-go``);
 * its two addresses, the session's /22 and /64 (routes come with them and go with the
   link);
 * a state file ``/run/didmesh/wg/<name>.json`` (pid and start time of the run process and
-  of ``wireguard-go``), by which the next run or ``didmesh wg down`` finds and removes a
-  leftover of a run that was killed.
+  of ``wireguard-go``, and which implementation serves the link), by which the next run or
+  ``didmesh wg down`` finds and removes a leftover of a run that was killed: a kernel link
+  outlives a killed run (nothing ends it), a ``wireguard-go`` one normally not.
 
 Before anything is created, an interface of another process with an address in the
 session's ranges is refused (naming it), and a leftover of this session is removed.
@@ -37,6 +41,7 @@ from typing import Any
 
 from .config import _IFACE_RE, DEFAULT_KEEPALIVE, WgConfig
 from .errors import WgTunnelFailed
+from .impl import AUTO, BringUp, Run, StartUserspace, Up, link_kind, tear_down
 from .keys import encode_key
 from .paths import endpoint_choice
 from .render import render_setconf
@@ -126,12 +131,21 @@ def _owner_of_addresses(cfg: WgConfig, skip: str) -> str | None:
     return None
 
 
+def interface_kind(name: str) -> str | None:
+    """``kernel`` (a WireGuard link) or ``userspace`` (``wireguard-go``'s tun device)."""
+    res = _cmd("ip", "-details", "-json", "link", "show", "dev", name, check=False)
+    return link_kind(res.stdout) if res.returncode == 0 else None
+
+
 @dataclass
 class Leftover:
     interface: str
     state: dict[str, Any] | None
     wireguard_go: list[int]
     link: bool
+    #: ``kernel`` or ``userspace``: what serves the link (the link's own kind first, else
+    #: what the state file says), None if unknown
+    kind: str | None = None
 
     def __bool__(self) -> bool:
         return bool(self.state or self.wireguard_go or self.link
@@ -142,7 +156,11 @@ def find_leftover(name: str) -> Leftover:
     state = None
     with contextlib.suppress(OSError, ValueError):
         state = json.loads((STATE_DIR / f"{name}.json").read_text())
-    return Leftover(name, state, wireguard_go_pids(name), link_exists(name))
+    link = link_exists(name)
+    kind = interface_kind(name) if link else None
+    if kind is None and state:
+        kind = state.get("using")
+    return Leftover(name, state, wireguard_go_pids(name), link, kind)
 
 
 def remove(name: str, *, state: dict[str, Any] | None = None, timeout: float = 5.0) -> None:
@@ -151,8 +169,7 @@ def remove(name: str, *, state: dict[str, Any] | None = None, timeout: float = 5
     pids = set(wireguard_go_pids(name))
     if state and is_alive(state.get("wg_pid"), state.get("wg_start")):
         pids.add(int(state["wg_pid"]))
-    if link_exists(name):
-        _cmd("ip", "link", "del", name, check=False)
+    _delete_link(name)
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
@@ -171,6 +188,13 @@ def remove(name: str, *, state: dict[str, Any] | None = None, timeout: float = 5
     if link_exists(name):
         raise WgTunnelFailed(f"interface {name} is still there after removing it; "
                              f"remove it by hand: sudo ip link del {name}")
+
+
+def _delete_link(name: str) -> None:
+    """Delete the interface, of either kind, if it is there."""
+    if link_exists(name):
+        for step in tear_down(name):
+            _cmd(*step.argv, check=False)
 
 
 def _zombie(pid: int) -> bool | None:
@@ -193,11 +217,15 @@ class Tunnel:
     """One party's WireGuard interface for one run. ``up()``, ``wait_handshakes()``, and
     ``down()`` in a ``finally`` (``down()`` is idempotent)."""
 
-    def __init__(self, cfg: WgConfig, *, report: Callable[[str], None] = lambda _: None
-                 ) -> None:
+    def __init__(self, cfg: WgConfig, *, report: Callable[[str], None] = lambda _: None,
+                 impl: str = AUTO) -> None:
         self.cfg = cfg
         self.name = run_interface(cfg.session_id, cfg.party_id)
         self.report = report
+        self.impl = impl
+        #: what serves the interface once up (``kernel`` or ``userspace``), and why
+        self.using: str | None = None
+        self.note = ""
         self._proc: subprocess.Popen[bytes] | None = None
         self._touched = False
 
@@ -223,7 +251,8 @@ class Tunnel:
             raise WgTunnelFailed(
                 f"interface {self.name} exists and was not set up by didmesh run; remove it "
                 f"with: didmesh wg down {self.cfg.session_id[:8]}")
-        what = [w for w, there in (("interface", left.link), ("wireguard-go",
+        what = [w for w, there in ((f"{left.kind or ''} interface".strip(), left.link),
+                                   ("wireguard-go",
                 left.wireguard_go), ("state file", left.state)) if there]
         self.report(f"removing what a stopped run left behind: {self.name} "
                     f"({', '.join(what) or 'socket'})")
@@ -238,7 +267,28 @@ class Tunnel:
                 f"interface {other} on this machine; take that down first")
         self._touched = True
         STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._write_state()
+        self._write_state()  # before anything exists: a crash from here on is found
+        plan = BringUp(self.name, self.impl, render_setconf(self.cfg),
+                       self.cfg.interface_addresses(), self.cfg.listen_port)
+        while True:
+            action = plan.next()
+            if isinstance(action, Up):
+                self.using, self.note = action.impl, action.note
+                return
+            if isinstance(action, StartUserspace):
+                err = self._start_wireguard_go(timeout)
+                plan.result(1 if err else 0, err)
+            else:
+                assert isinstance(action, Run)
+                res = _cmd(*action.argv, input=action.stdin, check=False)
+                plan.result(res.returncode, res.stderr)
+            if plan.using != self.using:
+                self.using = plan.using
+                self._write_state()
+
+    def _start_wireguard_go(self, timeout: float) -> str:
+        """Start ``wireguard-go`` for the interface; "" once its UAPI socket is there,
+        else what went wrong."""
         env = {**os.environ, "LOG_LEVEL": "error",
                "WG_PROCESS_FOREGROUND": "1"}
         try:
@@ -248,7 +298,7 @@ class Tunnel:
                 preexec_fn=_pdeathsig, start_new_session=True,
             )
         except OSError as exc:
-            raise WgTunnelFailed(f"cannot start wireguard-go: {exc.strerror}") from None
+            return f"cannot start wireguard-go: {exc.strerror}"
         self._write_state()
         sock = UAPI_DIR / f"{self.name}.sock"
         deadline = time.monotonic() + timeout
@@ -256,28 +306,17 @@ class Tunnel:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr \
                     else ""
-                raise WgTunnelFailed(f"wireguard-go {self.name} exited: {err.strip()[-300:]}")
+                return f"exited: {err.strip()[-300:]}"
             if time.monotonic() > deadline:
-                raise WgTunnelFailed(f"wireguard-go did not open {self.name} within "
-                                     f"{timeout:g} s")
+                return f"did not open its socket within {timeout:g} s"
             time.sleep(0.02)
-        res = _cmd("wg", "setconf", self.name, "/dev/stdin", input=render_setconf(self.cfg),
-                   check=False)
-        if res.returncode != 0:
-            if "Address already in use" in res.stderr:
-                raise WgTunnelFailed(
-                    f"UDP port {self.cfg.listen_port} (your announced endpoint's port) is in "
-                    "use on this machine, by another program or another session's tunnel")
-            raise WgTunnelFailed(f"wg setconf {self.name} failed: {res.stderr.strip()[-300:]}")
-        v4, v6 = self.cfg.interface_addresses()
-        _cmd("ip", "address", "add", v4, "dev", self.name)
-        _cmd("ip", "address", "add", v6, "dev", self.name, "nodad")
-        _cmd("ip", "link", "set", self.name, "up")
+        return ""
 
     def _write_state(self) -> None:
         pid = self._proc.pid if self._proc is not None else None
         doc = {"session": self.cfg.session_id, "party": self.cfg.party_id,
-               "interface": self.name, "netns": _netns(),
+               "interface": self.name, "netns": _netns(), "impl": self.impl,
+               "using": self.using,
                "run_pid": os.getpid(), "run_start": _start_time(os.getpid()),
                "wg_pid": pid, "wg_start": _start_time(pid) if pid else None}
         path = STATE_DIR / f"{self.name}.json"
@@ -386,9 +425,8 @@ class Tunnel:
             return
         proc, self._proc = self._proc, None
         try:
+            _delete_link(self.name)  # a kernel link, or wireguard-go's (it then ends)
             if proc is not None:
-                if link_exists(self.name):
-                    _cmd("ip", "link", "del", self.name, check=False)
                 if proc.poll() is None:
                     proc.terminate()
                 try:

@@ -1,0 +1,36 @@
+"""Recording fakes for a mesh peer's callbacks, shared by the scenarios that drive real
+peer channels (tests/test_adv_relay.py, tests/test_adv_resume.py).
+
+* :class:`Events` -- the peer-events interface (``PeerChannel.start(events)``): records
+  each failure in ``failed``, ignores the rest;
+* :class:`Sink` -- the application side (``PeerChannel.attach(sink)``): collects the
+  bytes delivered in ``data``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from didmesh.identity.errors import DidmeshError
+
+
+class Events:
+    def __init__(self) -> None:
+        self.failed: list[DidmeshError] = []
+
+    def peer_failed(self, peer: Any, exc: DidmeshError) -> None:
+        self.failed.append(exc)
+
+    def abort_received(self, peer: Any, payload: bytes) -> None: ...
+    def ready_received(self, peer: Any, payload: bytes) -> None: ...
+    def bye_received(self, peer: Any) -> None: ...
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def app_data(self, data: bytes | memoryview) -> None:
+        self.data += data
+
+    def app_closed(self) -> None: ...
