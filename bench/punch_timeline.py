@@ -7,8 +7,9 @@ relay 40 ms round trip from each) and runs ``bench/mpc_rounds.py -n 4`` as two d
 parties, each under a small wrapper (this file with ``--child``) that wraps the set-up's
 steps (imports, MPyC's set-up, the relay's challenge, token and WebSocket link, the
 observation, the punch exchange and dial, each Noise handshake, the connectivity check,
-the start barrier, and the goodbye, the relay clients' closing, the loop's) and notes each one's start and end in wall time from the moment the
-parent spawned the process. Prints both parties' timelines, in ms. Nothing of the wrapper
+the start barrier; then the goodbye, the receipt, the relay clients' and the loop's
+closing) and notes each one's start and end in wall time from the moment the parent
+spawned the process. Prints both parties' timelines, in ms. Nothing of the wrapper
 changes what a step does. Bounded: every run is killed after 60 s.
 """
 
