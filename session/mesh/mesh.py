@@ -182,6 +182,11 @@ class Mesh:
                     )
             self._check_progress(now)
 
+    @property
+    def failed(self) -> asyncio.Event:
+        """Set at the first fatal failure (:attr:`fatal`)."""
+        return self._fatal_event
+
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
         """Wait for ``event`` or a fatal error (raised), at most ``timeout`` seconds."""
         if self.fatal is not None:

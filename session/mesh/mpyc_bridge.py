@@ -318,16 +318,21 @@ class MpycBridge:
         self, program: str, args: Sequence[str], loop: asyncio.AbstractEventLoop
     ) -> Any:
         """Set ``sys.argv``, set up (or re-set up) ``mpyc.runtime.mpc``, hook its start()."""
-        sys.argv = mpyc_argv(program, args, party_id=self.party_id, m=self.m)
-        asyncio.set_event_loop(loop)
+        argv = mpyc_argv(program, args, party_id=self.party_id, m=self.m)
+        sys.argv = list(argv)
+        asyncio.set_event_loop(loop)  # this thread's: MPyC's runtime adopts it
         fresh = "mpyc.runtime" not in sys.modules
         import mpyc
         import mpyc.asyncoro
         import mpyc.runtime
 
         check_compat(mpyc.runtime, mpyc.asyncoro, mpyc.__version__)
-        rt = mpyc.runtime.mpc if fresh else mpyc.runtime.setup()
-        if not fresh:
+        rt = getattr(mpyc.runtime, "mpc", None) if fresh else None
+        if rt is None:
+            # not the first run in this process; or MPyC's set-up on import failed (it
+            # prints the error and goes on): once more, to raise that error here
+            sys.argv = list(argv)
+            rt = mpyc.runtime.setup()
             mpyc.runtime.mpc = rt
         if rt.pid != self.party_id or len(rt.parties) != self.m:
             raise MpycIncompatible(
