@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import uuid
@@ -21,6 +22,7 @@ from didmesh.identity.credentials import (
     verify_presentation,
 )
 from didmesh.identity.errors import CredentialError, DidmeshError, LocalError
+from didmesh.identity.jsonld import load_context
 from didmesh.identity.resolver import did_method
 
 from .common import add_identity_args, load_identity
@@ -131,7 +133,10 @@ def cmd_issue(args: argparse.Namespace, out: Output) -> int:
     types = ["VerifiableCredential", *[t for t in args.types if t != "VerifiableCredential"]]
     cred: dict[str, Any] = {"id": f"urn:uuid:{uuid.uuid4()}", "type": types, "issuer": key.did}
     if args.suite == "Ed25519Signature2020":
-        cred["@context"] = ["https://www.w3.org/2018/credentials/v1", DIDMESH_CONTEXT]
+        # The interop suite: VC 1.1 verifiers (didkit) load only the contexts they ship,
+        # so didmesh's terms travel inline (the same definitions as DIDMESH_CONTEXT).
+        inline = copy.deepcopy(load_context(DIDMESH_CONTEXT)["@context"])
+        cred["@context"] = ["https://www.w3.org/2018/credentials/v1", inline]
         cred["issuanceDate"] = format_datetime(valid_from)
         if valid_until:
             cred["expirationDate"] = format_datetime(valid_until)
