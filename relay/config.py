@@ -162,8 +162,13 @@ FIELD_TYPES: dict[str, type] = {
 }
 
 
-def coerce(name: str, value: Any, source: str) -> Any:
-    """Convert ``value`` (a string from env/flags, or a parsed file value) to the field type."""
+def coerce(name: str, value: Any, source: str, *, typed: bool = False) -> Any:
+    """Convert ``value`` (a string from env/flags, or a parsed file value) to the field type.
+
+    ``typed``: the value comes from a file with typed values (TOML, YAML), so it must
+    already be of the field's type (an int where a float belongs is fine): ``port = "80"``
+    or ``stun = "yes"`` is refused instead of read as if it came from the environment.
+    """
     if name not in FIELD_TYPES:
         if name == "trust_forwarded_for":
             raise RelayConfigError(
@@ -173,6 +178,13 @@ def coerce(name: str, value: Any, source: str) -> Any:
         raise RelayConfigError(f"unknown relay setting {name!r} in {source}")
     typ = FIELD_TYPES[name]
     try:
+        if typed and (
+            isinstance(value, bool) != (typ is bool)
+            or (typ is str and not isinstance(value, str))
+            or (typ is int and not isinstance(value, int))
+            or (typ is float and not isinstance(value, (int, float)))
+        ):
+            raise ValueError(value)
         if typ is bool:
             if isinstance(value, bool):
                 return value
@@ -225,7 +237,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise RelayConfigError(f"relay config file {path} must be a table/mapping of settings")
     if isinstance(data.get("relay"), dict) and len(data) == 1:  # allow a [relay] table
         data = data["relay"]
-    return {str(k): coerce(str(k), v, str(path)) for k, v in data.items()}
+    return {str(k): coerce(str(k), v, str(path), typed=True) for k, v in data.items()}
 
 
 def load_config(

@@ -39,6 +39,12 @@ def test_yaml_and_relay_table(tmp_path: Path) -> None:
         ("links_total = -1\n", "out of range"),
         ("max_request_bytes = 10\n", "at least max_envelope_bytes"),
         ("= broken", "malformed"),
+        # a file has typed values: a string where a number or a switch belongs is refused,
+        # not parsed as if it came from the environment
+        ("port = '80'\n", "port .* must be int, got '80'"),
+        ("link_max_duration_s = '1.5'\n", "must be float, got '1.5'"),
+        ("stun = 'yes'\n", "stun .* must be bool, got 'yes'"),
+        ("access_log = 'no'\n", "must be bool"),
     ],
 )
 def test_bad_config_file(tmp_path: Path, text: str, match: str) -> None:
