@@ -25,6 +25,10 @@ ENV_PREFIX = "DIDMESH_RELAY_"
 DEFAULT_PORT = 8470
 
 
+#: the largest number any setting takes: 2**53, the largest integer every JSON reader of
+#: GET /info holds exactly (2**53 bytes or seconds is far beyond any real limit)
+MAX_SETTING = 2**53
+
 #: settings where 0 is allowed (0 switches the thing off)
 _ZERO_OK = frozenset(
     {"port", "link_heartbeat_s", "conns_per_address", "max_connections", "drain_timeout_s",
@@ -95,8 +99,9 @@ class RelayConfig:
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 lo = 0 if f.name.startswith("rate_") or f.name in _ZERO_OK else 1e-9
-                if v < lo or (f.name in ("port", "stun_port", "stun_alt_port") and v > 65535):
-                    raise RelayConfigError(f"{f.name} = {v} is out of range")
+                hi = 65535 if f.name in ("port", "stun_port", "stun_alt_port") else MAX_SETTING
+                if v < lo or v > hi:
+                    raise RelayConfigError(f"{f.name} = {v} is out of range ({lo:g}..{hi})")
         if self.relay_id and not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.relay_id):
             raise RelayConfigError("relay_id must be 1..64 characters of [A-Za-z0-9._-]")
         from .forwarded import TrustedProxies

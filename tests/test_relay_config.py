@@ -45,6 +45,9 @@ def test_yaml_and_relay_table(tmp_path: Path) -> None:
         ("link_max_duration_s = '1.5'\n", "must be float, got '1.5'"),
         ("stun = 'yes'\n", "stun .* must be bool, got 'yes'"),
         ("access_log = 'no'\n", "must be bool"),
+        # huge but finite numbers: beyond 2**53 (what /info's JSON readers hold exactly)
+        ("token_ttl_s = 99999999999999999999999\n", "token_ttl_s = .* is out of range"),
+        ("header_timeout_s = 1e308\n", "header_timeout_s = .* is out of range"),
     ],
 )
 def test_bad_config_file(tmp_path: Path, text: str, match: str) -> None:
