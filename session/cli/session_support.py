@@ -112,6 +112,13 @@ def pump(
                 factory=factory(out),
                 what=what,
             )
+        except WaitTimeout as exc:
+            # the others may never have had a chance: say which relay was not reached
+            down = box.problems() if isinstance(box, RelayMailbox) else []
+            if not down:
+                raise
+            raise type(exc)(exc.message + " (" + "; ".join(
+                f"relay {url}: {err.message}" for url, err in down) + ")") from None
         finally:
             await box.aclose()
 
