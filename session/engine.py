@@ -53,6 +53,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: what the organizer's wait shows of the seats' events (the status changes are shown anyway):
+#: a seat that became free needs someone else invited
+_SEAT_EVENTS = ("; the seat is free",)
+
+
 @dataclass(frozen=True)
 class Note:
     """Something to tell the user while pumping (``level``: info, warning, error)."""
@@ -399,12 +404,18 @@ class Engine:
             notes.append(Note("info", f"new invite to {inv.manifest.name!r} from {org}", sid))
             return
         before = state.status
+        seen = len(state.events)
         if sid not in machines:
             machines[sid] = self.machine(state)
         try:
             machines[sid].receive(msg, now=now)
         except DidmeshError as exc:
             notes.append(Note("warning", f"rejected {msg.kind} from {who}: {exc.message}", sid))
+        notes.extend(
+            Note("info", f"session {sid[:8]}: {e['what']}", sid)
+            for e in state.events[seen:]
+            if e["what"].endswith(_SEAT_EVENTS)
+        )
         if state.status != before:
             level = "error" if state.status in ENDED else "info"
             text = f"session {sid[:8]}: {before} -> {state.status}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import run_cli
+from relay_helpers import relay_url  # noqa: F401  (fixture)
 
 RELAY = "http://127.0.0.1:9"  # nothing listens there: the relay is down
 
@@ -36,3 +37,32 @@ def test_a_wait_that_times_out_with_the_relay_down_names_the_relay(
     last = res.err.strip().splitlines()[-1]
     assert last.startswith("didmesh: timed out after 3 s"), res.err
     assert RELAY in last and "Traceback" not in res.err, res.err
+
+
+@pytest.mark.parametrize("verb", ["decline", "withdraw"])
+def test_the_organizers_wait_shows_a_decline_or_withdrawal(
+    tmp_path: Path, relay_url: str, verb: str  # noqa: F811
+) -> None:
+    """The organizer waiting for a session learns that an invitee declined (or withdrew
+    its acceptance) and that the seat is free, instead of waiting out the timeout with
+    no word of it."""
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    prog = tmp_path / "p.py"
+    prog.write_text("print(1)\n")
+    run_cli(alice, "id", "new", "--no-passphrase")
+    bob_did = run_cli(bob, "id", "new", "--no-passphrase", "--json").json()["did"]
+    assert run_cli(alice, "contacts", "add", "bob", bob_did).rc == 0
+    res = run_cli(alice, "session", "new", "--program", str(prog), "--parties", "3",
+                  "--relay", relay_url, "--no-direct", "--json")
+    assert res.rc == 0, res.err
+    sid = res.json()["sessionId"]
+    assert run_cli(alice, "invite", sid, "--to", "bob").rc == 0
+    assert run_cli(bob, "invites", "--relay", relay_url).rc == 0
+    if verb == "withdraw":
+        assert run_cli(bob, "accept", sid, "--yes", "--no-direct").rc == 0
+    res = run_cli(bob, verb, sid)
+    assert res.rc == 0, res.err
+    res = run_cli(alice, "session", "wait", sid, "--timeout", "4", timeout=60)
+    assert res.rc == 3, res.err
+    said = "withdrew its acceptance" if verb == "withdraw" else "declined"
+    assert f"session {sid[:8]}: bob ({bob_did}) {said}; the seat is free" in res.err, res.err
