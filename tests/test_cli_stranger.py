@@ -66,3 +66,16 @@ def test_the_organizers_wait_shows_a_decline_or_withdrawal(
     assert res.rc == 3, res.err
     said = "withdrew its acceptance" if verb == "withdraw" else "declined"
     assert f"session {sid[:8]}: bob ({bob_did}) {said}; the seat is free" in res.err, res.err
+
+
+def test_running_a_cancelled_session_says_it_was_cancelled(
+    home_with_session: tuple[Path, str], tmp_path: Path
+) -> None:
+    """`run` of a session that ended (here: cancelled) says so; it does not advise
+    waiting for a roster that can never come."""
+    home, sid = home_with_session
+    assert run_cli(home, "session", "cancel", sid).rc == 0
+    res = run_cli(home, "run", sid, "--", str(tmp_path / "prog.py"))
+    assert res.rc == 1, res.err
+    assert res.err.count("\n") == 1 and res.err.startswith("didmesh: "), res.err
+    assert f"session {sid[:8]} was cancelled" in res.err and "--wait" not in res.err, res.err
