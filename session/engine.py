@@ -181,6 +181,19 @@ class Engine:
     def withdraw_invite(self, session_id: str, invitee: str) -> None:
         self._mutate(session_id, lambda m: m.withdraw_invite(invitee, now=self.clock()))
 
+    def withdraw_code(self, session_id: str, nameplate: int) -> None:
+        """Withdraw an open code seat; a later claim of the code is told it was used."""
+        with self.store.lock():
+            state = self.load(session_id)
+            self.machine(state).withdraw_code_seat(nameplate, now=self.clock())
+            offers = self.store.load_codes(session_id)
+            for offer in offers:
+                if offer.nameplate == nameplate and offer.active:
+                    offer.status, offer.key = "burned", None
+                    offer.log.append("withdrawn by the organizer")
+            self.store.save_codes(session_id, offers)
+            self.save(state)
+
     def cancel(self, session_id: str) -> None:
         self._mutate(session_id, lambda m: m.cancel(now=self.clock()))
 

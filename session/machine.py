@@ -262,6 +262,23 @@ class SessionMachine:
             seat.status = SeatStatus.LAPSED
             self.state.note(format_time(now), f"code seat {nameplate} lapsed: {why}")
 
+    def withdraw_code_seat(self, nameplate: int, *, now: datetime) -> None:
+        """The organizer takes back an open code (read to the wrong person, or lost)."""
+        self._allow(
+            "withdraw-invite",
+            "the roster is published already; cancel the session instead"
+            if self.status == Status.CONFIRMING
+            else "",
+        )
+        seat = self._code_seat(nameplate)
+        if seat is None:
+            raise SessionUsageError(
+                f"no open code {nameplate}-... in session {self.state.session_id[:8]} "
+                "(see: didmesh status SESSION)"
+            )
+        seat.status = SeatStatus.LAPSED
+        self.state.note(format_time(now), f"withdrew the open code {nameplate}-...")
+
     def withdraw_invite(self, invitee: str, *, now: datetime) -> None:
         self._allow(
             "withdraw-invite",

@@ -79,3 +79,25 @@ def test_running_a_cancelled_session_says_it_was_cancelled(
     assert res.rc == 1, res.err
     assert res.err.count("\n") == 1 and res.err.startswith("didmesh: "), res.err
     assert f"session {sid[:8]} was cancelled" in res.err and "--wait" not in res.err, res.err
+
+
+def test_the_organizer_withdraws_an_open_code(home_with_session: tuple[Path, str]) -> None:
+    """A code read to the wrong person (or printed by an `invite --code` that was then
+    stopped) can be withdrawn by the organizer, by the code or its number: the seat is
+    free again, and nobody can claim it."""
+    home, sid = home_with_session  # two parties: one seat
+    res = run_cli(home, "invite", sid, "--code", "--no-wait", "--json")
+    assert res.rc == 0, res.err
+    code = res.json()["code"]
+    full = run_cli(home, "invite", sid, "--code", "--no-wait")
+    assert full.rc == 2 and "are taken" in full.err, full.err
+    for given in (code, code.split("-")[0]):
+        res = run_cli(home, "withdraw", sid, "--invite", given)
+        if given == code:
+            assert res.rc == 0, res.err
+            assert f"withdrew the open code {code.split('-')[0]}-..." in res.err + res.out
+        else:  # withdrawn already
+            assert res.rc == 2 and "no open code" in res.err, res.err
+    shown = run_cli(home, "status", sid, "--offline", "--json").json()
+    assert not [s for s in shown["seats"] if s.get("status") == "code"], shown
+    assert run_cli(home, "invite", sid, "--code", "--no-wait").rc == 0  # the seat is free

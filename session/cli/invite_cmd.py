@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from didmesh.identity.credentials import parse_untrusted
@@ -233,9 +234,14 @@ def cmd_withdraw(args: argparse.Namespace, out: Output) -> int:
                 "you organize this session: name the invite to withdraw with --invite "
                 "(or cancel the session: didmesh session cancel)"
             )
-        did = Contacts(getattr(args, "home", None)).resolve(args.invite)
-        engine.withdraw_invite(sid, did)
-        text = f"withdrew the invite of {who(did, engine.labels, engine.key.did)}"
+        code = re.fullmatch(r"(\d{1,9})(-[a-z]+)*", args.invite.strip())
+        if code:  # an open code, or its number (the nameplate)
+            engine.withdraw_code(sid, int(code.group(1)))
+            text = f"withdrew the open code {int(code.group(1))}-..."
+        else:
+            did = Contacts(getattr(args, "home", None)).resolve(args.invite)
+            engine.withdraw_invite(sid, did)
+            text = f"withdrew the invite of {who(did, engine.labels, engine.key.did)}"
     else:
         if args.invite:
             raise SessionUsageError("only the organizer withdraws invites")
