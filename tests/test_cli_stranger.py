@@ -101,3 +101,33 @@ def test_the_organizer_withdraws_an_open_code(home_with_session: tuple[Path, str
     shown = run_cli(home, "status", sid, "--offline", "--json").json()
     assert not [s for s in shown["seats"] if s.get("status") == "code"], shown
     assert run_cli(home, "invite", sid, "--code", "--no-wait").rc == 0  # the seat is free
+
+
+def test_claiming_a_used_code_does_not_blame_someone_else_only(
+    tmp_path: Path, relay_url: str  # noqa: F811
+) -> None:
+    """A code is refused as used also when an earlier claim of the same person was
+    interrupted, or when the organizer withdrew it: the one line says all three, not
+    only "used by someone else"."""
+    from cli_helpers import finish_all, spawn
+
+    alice, carol = tmp_path / "alice", tmp_path / "carol"
+    prog = tmp_path / "p.py"
+    prog.write_text("print(1)\n")
+    run_cli(alice, "id", "new", "--no-passphrase")
+    run_cli(carol, "id", "new", "--no-passphrase")
+    res = run_cli(alice, "session", "new", "--program", str(prog), "--parties", "2",
+                  "--relay", relay_url, "--no-direct", "--json")
+    sid = res.json()["sessionId"]
+    code = run_cli(alice, "invite", sid, "--code", "--no-wait", "--json").json()["code"]
+    assert run_cli(alice, "withdraw", sid, "--invite", code).rc == 0
+    waiting = spawn(alice, "session", "wait", sid, "--timeout", "20")
+    try:
+        res = run_cli(carol, "claim", code, "--relay", relay_url, "--timeout", "15", timeout=60)
+    finally:
+        waiting.terminate()
+        finish_all([waiting], timeout=20)
+    assert res.rc == 1, res.err
+    last = res.err.strip().splitlines()[-1]
+    assert last.startswith("didmesh: code ") and "withdrawn by the organizer" in last, res.err
+    assert "interrupted" in last, res.err
