@@ -131,3 +131,28 @@ def test_claiming_a_used_code_does_not_blame_someone_else_only(
     last = res.err.strip().splitlines()[-1]
     assert last.startswith("didmesh: code ") and "withdrawn by the organizer" in last, res.err
     assert "interrupted" in last, res.err
+
+
+@pytest.mark.parametrize("args", [
+    ["relay", "serve", "--port", "abc"], ["bogus"], ["run"], ["session", "new"],
+    ["credential", "issue", "--suite", "nope"], ["status", "x", "--unknown-flag"],
+], ids=lambda a: "-".join(a))
+def test_a_command_line_mistake_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    """A wrong or missing argument is one `didmesh:` line naming the command and the
+    mistake, pointing at --help, exit 2 (argparse printed the whole usage first: 30 lines
+    for `relay serve`)."""
+    res = run_cli(tmp_path / "home", *args)
+    assert res.rc == 2 and res.out == "", res
+    lines = res.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("didmesh: "), res.err
+    assert "--help" in lines[0] and "usage:" not in res.err, res.err
+
+
+def test_a_relay_command_line_mistake_is_one_line() -> None:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "didmesh.relay", "--port", "abc"],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("didmesh relay: argument --port: invalid int value"), res.stderr
