@@ -156,3 +156,21 @@ def test_a_relay_command_line_mistake_is_one_line() -> None:
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert res.stderr.startswith("didmesh relay: argument --port: invalid int value"), res.stderr
+
+
+@pytest.mark.parametrize(("status", "error", "said"), [
+    ("expired", "session 0123abcd expired at 2026-01-01T00:00:00Z before every party agreed",
+     "didmesh: session 0123abcd expired at 2026-01-01T00:00:00Z before every party agreed; "
+     "there is nothing to run"),
+    ("revoked", None, "session 0123abcd had its invite withdrawn by the organizer; there is"),
+    ("withdrawn", None, "you withdrew from session 0123abcd; there is nothing to run"),
+    ("declined", None, "you declined session 0123abcd; there is nothing to run"),
+])
+def test_why_an_ended_session_has_nothing_to_run(
+    status: str, error: str | None, said: str
+) -> None:
+    from didmesh.session.cli.run_cmd import _ended
+
+    exc = _ended(status, "0123abcd", {"message": error} if error else None)
+    assert said.removeprefix("didmesh: ") in exc.message
+    assert exc.message.count("0123abcd") == 1

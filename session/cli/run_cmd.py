@@ -56,7 +56,10 @@ def _ended(status: str, sid: str, error: dict[str, Any] | None) -> DidmeshError:
     if status == Status.CANCELLED:
         return SessionCancelled(f"session {sid} was cancelled{why}; there is nothing to run")
     if status in (Status.DECLINED, Status.WITHDRAWN):
-        return SessionUsageError(f"you {status} session {sid}; there is nothing to run")
+        did = "declined" if status == Status.DECLINED else "withdrew from"
+        return SessionUsageError(f"you {did} session {sid}; there is nothing to run")
+    if why.startswith(f": session {sid}"):  # the error names the session already
+        return SessionRemoteError(f"{why[2:]}; there is nothing to run")
     did = {Status.REVOKED: "had its invite withdrawn by the organizer"}.get(status, status)
     return SessionRemoteError(f"session {sid} {did}{why}; there is nothing to run")
 
