@@ -101,7 +101,8 @@ class RelayConfig:
                 lo = 0 if f.name.startswith("rate_") or f.name in _ZERO_OK else 1e-9
                 hi = 65535 if f.name in ("port", "stun_port", "stun_alt_port") else MAX_SETTING
                 if v < lo or v > hi:
-                    raise RelayConfigError(f"{f.name} = {v} is out of range ({lo:g}..{hi})")
+                    least = "0" if lo == 0 else "1" if isinstance(v, int) else "above 0"
+                    raise RelayConfigError(f"{f.name} = {v} is out of range ({least}..{hi})")
         if self.relay_id and not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.relay_id):
             raise RelayConfigError("relay_id must be 1..64 characters of [A-Za-z0-9._-]")
         from .forwarded import TrustedProxies
