@@ -174,3 +174,20 @@ def test_why_an_ended_session_has_nothing_to_run(
     exc = _ended(status, "0123abcd", {"message": error} if error else None)
     assert said.removeprefix("didmesh: ") in exc.message
     assert exc.message.count("0123abcd") == 1
+
+
+@pytest.mark.parametrize("bad", ["", " did:key:z6MkhJq9NMdGZ93AdmtJ7H4ZP4DBPgCPSMqdKAouFNLSV54A",
+                                 "did:key:\x1b[2Jz6Mk", "\x1b]0;owned\x07"])
+def test_a_bad_did_is_shown_quoted_and_escaped(tmp_path: Path, bad: str) -> None:
+    """A DID that is not one is shown quoted (an empty one, a leading space are visible)
+    and escaped (a terminal control sequence in it is not sent to the terminal)."""
+    home = tmp_path / "home"
+    res = run_cli(home, "contacts", "add", "x", bad)
+    assert res.rc == 2 and "\x1b" not in res.err and res.err.count("\n") == 1, res.err
+    assert repr(bad)[:60].rstrip("'") in res.err, res.err
+    assert run_cli(home, "id", "new", "--no-passphrase").rc == 0
+    res = run_cli(home, "session", "new", "--program", __file__, "--parties", "2",
+                  "--relay", RELAY, "--no-direct", "--json")
+    sid = res.json()["sessionId"]
+    res = run_cli(home, "invite", sid, "--to", bad, "--no-wait")
+    assert res.rc == 2 and "\x1b" not in res.err and res.err.count("\n") == 1, res.err
