@@ -195,7 +195,9 @@ class SessionMachine:
         """Issue an invite to ``invitee`` (queues it for delivery); returns the VC."""
         self._allow("invite")
         if not did_ok(invitee):
-            raise BadSessionParameters(f"{invitee[:100]!r} is not an Ed25519 did:key (one looks like did:key:z6Mk...)")
+            raise BadSessionParameters(
+                f"{invitee[:100]!r} is not an Ed25519 did:key (one looks like did:key:z6Mk...)"
+            )
         if invitee == self.me:
             raise BadSessionParameters("the organizer holds seat 0 already")
         if self._seat_for(invitee) is not None:
