@@ -191,3 +191,25 @@ def test_a_bad_did_is_shown_quoted_and_escaped(tmp_path: Path, bad: str) -> None
     sid = res.json()["sessionId"]
     res = run_cli(home, "invite", sid, "--to", bad, "--no-wait")
     assert res.rc == 2 and "\x1b" not in res.err and res.err.count("\n") == 1, res.err
+
+
+@pytest.mark.parametrize("where", ["dir", "missing-parent-of-a-file", "proc"])
+def test_out_to_a_place_that_cannot_be_written_is_one_line(
+    home_with_session: tuple[Path, str], tmp_path: Path, where: str
+) -> None:
+    """`--out` somewhere that cannot take a file (a folder, below a file, /proc) is one
+    line naming the path, not an OSError traceback."""
+    home, sid = home_with_session
+    (tmp_path / "afile").write_text("x")
+    target = {"dir": str(tmp_path), "missing-parent-of-a-file": str(tmp_path / "afile" / "x"),
+              "proc": "/proc/didmesh-test.json"}[where]
+    claims = tmp_path / "claims.json"
+    claims.write_text('{"role": "member"}')
+    me = run_cli(home, "id", "show", "--json").json()["did"]
+    bob = "did:key:z6Mkw7oDPqYPbeLsGMVmbm3vJJBGwNxNuu5wfC8FzvaNDESH"
+    for args in (["credential", "issue", "--subject", me, "--claims", str(claims)],
+                 ["invite", sid, "--to", bob, "--no-wait"]):
+        res = run_cli(home, *args, "--out", target)
+        assert res.rc == 2, res
+        last = res.err.strip().splitlines()[-1]
+        assert "Traceback" not in res.err and last.startswith(f"didmesh: cannot write {target}")

@@ -8,7 +8,6 @@ import json
 import sys
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from didmesh.identity.credentials import (
@@ -25,7 +24,7 @@ from didmesh.identity.errors import CredentialError, DidmeshError, LocalError
 from didmesh.identity.jsonld import load_context
 from didmesh.identity.resolver import did_method
 
-from .common import add_identity_args, load_identity
+from .common import add_identity_args, load_identity, write_out
 from .output import Output
 
 if TYPE_CHECKING:
@@ -149,7 +148,7 @@ def cmd_issue(args: argparse.Namespace, out: Output) -> int:
     signed = issue_credential(cred, key, suite=args.suite)
     text = json.dumps(signed, indent=2) + "\n"
     if args.out:
-        Path(args.out).write_text(text)
+        write_out(args.out, text.encode())
         out.progress(f"wrote credential {signed['id']} to {args.out}")
     else:
         sys.stdout.write(text)

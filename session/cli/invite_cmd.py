@@ -15,7 +15,7 @@ from ..documents import Gate
 from ..errors import BadSessionParameters, SessionUsageError
 from ..manifest import parse_duration
 from ..state import Role, Status
-from .common import add_identity_args
+from .common import add_identity_args, write_out
 from .output import Output
 from .session_support import (
     add_relay,
@@ -100,7 +100,7 @@ def cmd_invite(args: argparse.Namespace, out: Output) -> int:
         doc = engine.invite(sid, did, requires)
         issued.append({"to": did, "name": engine.labels.get(did), "inviteId": doc["id"]})
         if args.out:
-            Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+            write_out(args.out, (json.dumps(doc, indent=2) + "\n").encode())
         out.progress(f"invited {who(did, engine.labels, engine.key.did)}")
     delivered = flush_now(engine, sid, out)
     out.result(
