@@ -213,3 +213,26 @@ def test_out_to_a_place_that_cannot_be_written_is_one_line(
         assert res.rc == 2, res
         last = res.err.strip().splitlines()[-1]
         assert "Traceback" not in res.err and last.startswith(f"didmesh: cannot write {target}")
+
+
+@pytest.mark.parametrize("url", ["http://a b", "http://relay .example:8470", "http://a\tb",
+                                 "http://x_y!:80", "http://127.0.0.1:1 /v1"])
+def test_a_relay_url_with_a_bad_host_is_refused_and_not_remembered(
+    tmp_path: Path, url: str
+) -> None:
+    """A relay URL whose host cannot be one (a space, a tab, a '!') is refused at once,
+    and is not added to the relays remembered for the next `didmesh invites` (which then
+    failed for ever, naming it)."""
+    home = tmp_path / "home"
+    assert run_cli(home, "id", "new", "--no-passphrase").rc == 0
+    res = run_cli(home, "invites", "--relay", url)
+    assert res.rc == 2 and res.err.startswith("didmesh: relay URL "), res.err
+    assert not (home / "relays.json").exists() or url not in (home / "relays.json").read_text()
+
+
+def test_a_relay_url_with_a_good_host_is_taken() -> None:
+    from didmesh.session.manifest import validate_relay_url
+
+    for url in ("http://127.0.0.1:8470", "https://relay.example.org/base", "http://[::1]:80",
+                "http://xn--bcher-kva.example", "http://relay-1.internal"):
+        assert validate_relay_url(url) == url
