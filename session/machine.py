@@ -148,7 +148,8 @@ class SessionMachine:
 
     def _allow(self, event: str, detail: str = "") -> None:
         if event not in TABLE.get((self.role, self.status), frozenset()):
-            raise UnexpectedEvent(self.status.value, event, detail)
+            raise UnexpectedEvent(self.status.value, event, detail,
+                                  session=self.state.session_id[:8])
 
     def _send(self, to: str, kind: str, body: dict[str, Any], now: datetime) -> None:
         payload = seal_message(

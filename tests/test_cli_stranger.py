@@ -236,3 +236,17 @@ def test_a_relay_url_with_a_good_host_is_taken() -> None:
     for url in ("http://127.0.0.1:8470", "https://relay.example.org/base", "http://[::1]:80",
                 "http://xn--bcher-kva.example", "http://relay-1.internal"):
         assert validate_relay_url(url) == url
+
+
+def test_a_command_the_session_state_refuses_says_which_session_and_state(
+    home_with_session: tuple[Path, str]
+) -> None:
+    """Cancelling twice (declining twice, inviting into an expired session...) names the
+    session and its state in words, not "cannot handle 'cancel' in state 'cancelled'"."""
+    home, sid = home_with_session
+    assert run_cli(home, "session", "cancel", sid).rc == 0
+    res = run_cli(home, "session", "cancel", sid)
+    assert res.rc == 2 and res.err.count("\n") == 1, res.err
+    assert res.err.startswith(f"didmesh: session {sid[:8]} is 'cancelled' now: 'cancel' is "
+                              "not possible"), res.err
+    assert f"didmesh status {sid[:8]}" in res.err
