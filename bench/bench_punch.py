@@ -21,6 +21,11 @@ and connectivity check, from the later party's start) and, for ``punched``, the 
 the punched path from the later party's start (party 0's ``punched in``, counted from its
 own start, less how much earlier it started), each with its ratio to plain MPyC. The
 machine is shared: figures are noisy (the load average is printed).
+
+``--modes`` picks modes (``mpyc-nat`` always); ``--ab DIR`` adds ``punched-base``: the
+punched run with another revision's didmesh, e.g. before a change (``git archive REV
+identity session relay`` unpacked into SRC, and DIR/didmesh/{identity,session,relay}
+linked to SRC's), interleaved with the others in the same run.
 """
 
 from __future__ import annotations
@@ -105,7 +110,7 @@ def run_mpyc(lab: Lab, nodes: list[str], public: list[str], program: Path,
 
 
 def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[str],
-                **options: Any) -> dict[str, Any]:
+                env: dict[str, str] | None = None, **options: Any) -> dict[str, Any]:
     plans, ids = loopback_plans(len(nodes), relays=[url], endpoints=False)
     ports = random.SystemRandom().sample(range(20000, 60999), len(nodes))
     parties = []
@@ -125,7 +130,7 @@ def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[
                                   **options)
             proc = lab.spawn(node, sys.executable, "-m", "didmesh.session.mesh.runner",
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=ENV)
+                             stderr=subprocess.PIPE, env=env or ENV)
             assert proc.stdin is not None
             proc.stdin.write(json.dumps(doc).encode())
             proc.stdin.close()
@@ -148,12 +153,20 @@ def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[
 
 
 MODES = ("mpyc-nat", "punched", "relayed", "direct")
+#: ``--ab DIR``: also "punched" with the didmesh found in DIR (a folder holding a
+#: ``didmesh`` directory whose identity/session/relay are another revision's, e.g. from
+#: ``git archive``): before and after a change, interleaved in one run
+BASE = "punched-base"
+AB_PATH: list[str] = []
 
 
 def one(lab: Lab, mode: str, url: str, nat_public: list[str], prog: Path, args: list[str]
         ) -> dict[str, Any]:
     if mode == "mpyc-nat":
         return run_mpyc(lab, ["p1", "p2"], nat_public, prog, args)
+    if mode == BASE:
+        return run_didmesh(lab, ["p1", "p2"], url, prog, args,
+                           env={**ENV, "PYTHONPATH": AB_PATH[0]})
     if mode == "direct":
         return run_didmesh(lab, ["q0", "q1"], url, prog, args)
     return run_didmesh(lab, ["p1", "p2"], url, prog, args, relay_only=mode == "relayed")
@@ -165,7 +178,16 @@ def main() -> None:
     p.add_argument("--rtts", default="0,20,80", help="home-to-home round trips, ms")
     p.add_argument("--programs", default=",".join(PROGRAMS),
                    help=f"which of {', '.join(PROGRAMS)}")
+    p.add_argument("--ab", metavar="DIR",
+                   help=f"also run mode {BASE!r}: punched with the didmesh in DIR")
+    p.add_argument("--modes", default=",".join(MODES), help=f"which of {', '.join(MODES)}")
     a = p.parse_args()
+    modes = tuple(a.modes.split(","))
+    if set(modes) - set(MODES) or "mpyc-nat" not in modes:
+        raise SystemExit(f"didmesh: --modes is a list of {', '.join(MODES)} with mpyc-nat")
+    if a.ab:
+        AB_PATH.append(str(Path(a.ab).resolve()))
+        modes += (BASE,)
     unknown = set(a.programs.split(",")) - set(PROGRAMS)
     if unknown:
         raise SystemExit(f"didmesh: no such program {', '.join(sorted(unknown))}; "
@@ -174,7 +196,7 @@ def main() -> None:
     if why is not None:
         raise SystemExit(f"didmesh: cannot build a lab here: {why}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'RTT':>4} {'program':>10} {'mode':>9} {'path':>8} {'elapsed s':>10} "
+    print(f"{'RTT':>4} {'program':>10} {'mode':>12} {'path':>8} {'elapsed s':>10} "
           f"{'wall s':>7} {'setup s':>8} {'punch s':>8} {'x mpyc':>7} {'wall x':>7}")
     for rtt in (float(x) for x in a.rtts.split(",")):
         d = rtt / 4  # one way on each home's access link: home to home is 2 * (d + d)
@@ -198,20 +220,20 @@ def main() -> None:
             for _ in range(a.repeats):
                 for name in a.programs.split(","):
                     prog, args = PROGRAMS[name]
-                    for mode in MODES:
+                    for mode in modes:
                         rows.setdefault((name, mode), []).append(
                             one(lab, mode, url, nat_public, prog, args))
             for name in a.programs.split(","):
                 base = statistics.median(x["elapsed"] for x in rows[(name, "mpyc-nat")])
                 wbase = statistics.median(x["wall"] for x in rows[(name, "mpyc-nat")])
-                for mode in MODES:
+                for mode in modes:
                     xs = rows[(name, mode)]
                     el = statistics.median(x["elapsed"] for x in xs)
                     wall = statistics.median(x["wall"] for x in xs)
                     setup = [x["setup"] for x in xs if "setup" in x]
                     punch = [x["punch"] for x in xs if x.get("punch") is not None]
                     paths = ",".join(sorted({x.get("path", "mpyc") for x in xs}))
-                    print(f"{rtt:>4g} {name:>10} {mode:>9} {paths:>8} {el:>10.3f} {wall:>7.2f} "
+                    print(f"{rtt:>4g} {name:>10} {mode:>12} {paths:>8} {el:>10.3f} {wall:>7.2f} "
                           f"{statistics.median(setup) if setup else float('nan'):>8.2f} "
                           f"{statistics.median(punch) if punch else float('nan'):>8.3f} "
                           f"{el / base if base else float('nan'):>7.3f} "

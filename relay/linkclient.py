@@ -518,17 +518,20 @@ class LinkClient:
         if it fails); ``fresh``: for a resumed link, asked again unless just asked."""
         return await self._limits.get(fresh=fresh)
 
-    async def _upgrade(self, path: str) -> _Conn:
+    async def _upgrade(self, path: str, first: bytes = b"") -> _Conn:
         for attempt in range(RATE_RETRIES + 1):
             try:
-                return await self._upgrade_once(path)
+                return await self._upgrade_once(path, first)
             except RateLimited as exc:
                 if attempt == RATE_RETRIES:
                     raise
                 await _rate_wait(exc, attempt)
         raise AssertionError("unreachable")
 
-    async def _upgrade_once(self, path: str) -> _Conn:
+    async def _upgrade_once(self, path: str, first: bytes = b"") -> _Conn:
+        """One upgrade request; ``first`` (a client frame) goes in the same write, right
+        after it, without waiting for the 101: the relay reads it as the WebSocket's first
+        message once the upgrade is done (a refused upgrade's connection is closed)."""
         url = self.base_url + path
         attempt = 0
         while True:
@@ -542,7 +545,7 @@ class LinkClient:
                 conn.writer.write(self._request_head("GET", path, {
                     "Upgrade": "websocket", "Connection": "Upgrade",
                     "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13",
-                    "Authorization": "Bearer " + token}))
+                    "Authorization": "Bearer " + token}) + first)
                 status, headers = await conn.head()
                 if status == 101:
                     if not hmac.compare_digest(headers.get("sec-websocket-accept", ""),
@@ -579,11 +582,13 @@ class LinkClient:
             limits = asyncio.ensure_future(self.link_limits(fresh=bool(link_id)))
             req = LinkRequest(session, peer, link_id)
             try:
-                # the route lets a proxy send both ends to one relay process (relay.md)
-                conn = await self._upgrade("/v1/link?route=" + req.route(self.identity.did))
+                # the route lets a proxy send both ends to one relay process (relay.md);
+                # the link request rides with the upgrade: no round trip of its own
+                conn = await self._upgrade(
+                    "/v1/link?route=" + req.route(self.identity.did),
+                    bytes(client_frame(OP_TEXT, req.to_json().encode())))
                 link = WsLink(conn, peer)
                 try:
-                    await link.send_raw(OP_TEXT, req.to_json().encode())
                     op, data = await link.next_message()
                 except BaseException:
                     conn.close()

@@ -58,6 +58,40 @@ async def test_three_parties_direct_check_table() -> None:
         close_all(results)
 
 
+@pytest.mark.parametrize("relayed", [False, True], ids=["direct", "relayed"])
+async def test_the_check_takes_the_handshakes_rtt_and_sends_no_ping(
+        relayed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handshake timed each link (initiator: message 1 out to message 2 in; responder:
+    message 2 out to the first message in), so the connectivity check costs no round trip
+    of its own: READY alone (it proves each path both ways); pings only on request."""
+    plans, ids = loopback_plans(2, relays=[RELAY] if relayed else (), endpoints=not relayed)
+    results = await connect(plans, ids, FakeRelay() if relayed else None,
+                            relay_only=relayed)
+    pinged: list[int] = []
+    real_ping = PeerChannel.ping
+
+    async def ping(self: PeerChannel, timeout: float) -> float:
+        pinged.append(self.peer_id)
+        return await real_ping(self, timeout)
+
+    monkeypatch.setattr(PeerChannel, "ping", ping)
+    try:
+        assert all(isinstance(r, dict) for r in results), results
+        links = [results[0][1].link, results[1][0].link]
+        assert all(lk.handshake_rtt is not None and 0 < lk.handshake_rtt < 3 for lk in links)
+        meshes = [Mesh(plans[i], results[i], identity=ids[i], timeout=5) for i in range(2)]
+        for m in meshes:
+            m.start()
+        tables = await asyncio.gather(*(m.check(timeout=5) for m in meshes))
+        assert pinged == []
+        assert tables[0][0].rtt_ms == round(links[0].handshake_rtt * 1000, 3)
+        again = await asyncio.gather(*(m.check(timeout=5, measured=False) for m in meshes))
+        assert sorted(pinged) == [0] * 3 + [1] * 3 and again[0][0].rtt_ms > 0
+        await asyncio.gather(*(m.finish(5) for m in meshes))
+    finally:
+        close_all(results)
+
+
 async def test_relay_only_uses_relay() -> None:
     plans, ids = loopback_plans(3, relays=[RELAY])
     relay = FakeRelay()

@@ -322,3 +322,223 @@ async def test_the_responders_early_syn_at_an_open_initiators_listener_is_handed
     link, ch = await asyncio.wait_for(task, 5)
     assert link is early and ch is secured and my_link.aborted
     assert puncher.stats.punched == 1 and puncher._claims == {}
+
+
+async def test_with_the_responders_early_connect_the_initiator_dials_half_a_rtt_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The responder's CONNECT came with handshake message 2 (already in the channel): the
+    initiator answers and, with no SYNC, dials half the handshake's round trip later, as
+    its CONNECT reaches the responder (which dials then)."""
+    dials: list[float] = []
+
+    async def record(port: int, dial: Any, span: float) -> Any:
+        dials.append(time.monotonic())
+        raise TimeoutError
+
+    monkeypatch.setattr(puncher_module, "dial_from", record)
+    monkeypatch.setattr(puncher_module, "MAX_ATTEMPTS", 1)
+    peer_ch, my_ch = channel_pair(random.Random(11))
+    my_link, peer_link = MemLink.pair()
+    my_link.handshake_rtt = 0.3
+    peer_link.write(my_ch.send(Offer((MY_SIGNED,), NAT_EIM).encode()))  # with message 2
+
+    async def observe(url: str, port: int) -> tuple[str, int | None]:
+        return "198.51.100.12", port
+
+    puncher = Puncher(SimpleNamespace(plan=_plans()[0]), observe, ["http://relay.invalid"],
+                      lambda: ["10.1.0.2"])
+    await puncher.offer()
+    start = time.monotonic()
+    task = asyncio.create_task(puncher.as_initiator(1, my_link, peer_ch, start + 10))
+    assert Offer.decode(await _next(my_ch, peer_link)) == Offer((PEER_SIGNED,), NAT_EIM)
+    link, _ = await asyncio.wait_for(task, 5)
+    assert link is my_link and len(dials) == 1
+    assert 0.12 <= dials[0] - start <= 0.3  # RTT/2 after our CONNECT, not a round trip
+
+
+async def test_an_early_connect_opens_claims_that_the_responder_then_punches_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The responder sends its CONNECT with message 2 (once its offer is ready, for a pair
+    that may punch) and from then on its listener hands over a connection from the
+    initiator's signed endpoint (the initiator's SYN may come first); on the initiator's
+    CONNECT it answers nothing more and runs its handshake on that connection."""
+    async def never(port: int, dial: Any, span: float) -> Any:
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(puncher_module, "dial_from", never)
+    plan = _plans()[1]
+    secured = object()
+    early_link = puncher_module.PunchedLink("tcp 198.51.100.12:40000")
+    early_link.transport = SimpleNamespace(  # type: ignore[assignment]
+        get_extra_info=lambda name: ("198.51.100.12", 40000), is_closing=lambda: False)
+
+    async def respond(link: Any, deadline: float, expect: Any) -> Any:
+        assert link is early_link and expect == 0
+        return 0, secured
+
+    async def observe(url: str, port: int) -> tuple[str, int | None]:
+        return "198.51.100.13", port
+
+    puncher = Puncher(SimpleNamespace(plan=plan, respond=respond), observe,
+                      list(plan.relays), lambda: ["10.2.0.2"])
+    assert puncher.early_offer(0) is None  # the offer is not ready yet: nothing early
+    await puncher.offer()
+    msg = puncher.early_offer(0)
+    assert msg is not None and Offer.decode(msg) == Offer((MY_SIGNED,), NAT_EIM)
+    assert set(puncher._claims) == {("198.51.100.12", 40000)}
+    assert puncher.claim(early_link)  # the initiator's SYN reached our listener
+    peer_ch, my_ch = channel_pair(random.Random(12))
+    peer_link, my_link = MemLink.pair()
+    link, ch = await asyncio.wait_for(puncher.as_responder(
+        0, my_link, my_ch, Offer((PEER_SIGNED,), NAT_EIM).encode(), time.monotonic() + 10), 5)
+    assert link is early_link and ch is secured and my_link.aborted
+    assert not peer_link._pending  # no second CONNECT
+    assert puncher._claims == {} and puncher._early == {}
+
+
+async def test_an_early_connect_whose_pair_ends_otherwise_releases_its_claims() -> None:
+    plan = _plans()[1]
+    puncher = _responder(plan)
+    await puncher.offer()
+    assert puncher.early_offer(0) is not None and puncher._claims
+    puncher.drop_early(0)
+    assert puncher._claims == {} and puncher._early == {}
+    assert puncher.early_offer(0) is not None
+    puncher.close()
+    assert puncher._claims == {} and puncher._early == {}
+
+
+PEER_LAN = "tcp://10.1.0.2:40000"
+MY_LAN = "tcp://10.2.0.2:41000"
+
+
+@pytest.mark.parametrize(("mine", "theirs", "me", "ok"), [
+    ((MY_LAN, MY_SIGNED), (PEER_LAN, PEER_SIGNED), 0, True),  # two homes behind NATs
+    ((MY_LAN, MY_SIGNED), (PEER_LAN, PEER_SIGNED), 1, True),  # both sides decide alike
+    ((MY_LAN, MY_SIGNED), (PEER_SIGNED,), 1, True),  # a public initiator, a NATed responder
+    ((MY_LAN, MY_SIGNED), (PEER_SIGNED,), 0, False),  # a public responder: dialed directly
+    ((MY_SIGNED,), (PEER_SIGNED,), 0, False),  # two public parties
+    ((MY_LAN, MY_SIGNED), (MY_LAN.replace("41000", "40000"),), 0, False),  # one home
+    ((), (PEER_LAN, PEER_SIGNED), 1, False),  # we announce nothing: no session port
+    ((MY_LAN, MY_SIGNED), ("tcp://127.0.0.1:4000", "tcp://127.0.0.2:4000"), 1, False),
+], ids=["nated-0", "nated-1", "public-initiator", "public-responder", "both-public",
+        "one-home", "no-port", "loopback-only"])
+def test_which_pairs_punch_early(mine: tuple[str, ...], theirs: tuple[str, ...], me: int,
+                                 ok: bool) -> None:
+    plans, _ = loopback_plans(2, endpoints=False, relays=["http://relay.invalid"])
+    eps = {me: mine, 1 - me: theirs}
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id])
+                    for p in plans[0].parties)
+    plan = dataclasses.replace(plans[me], parties=parties)
+    puncher = Puncher(SimpleNamespace(plan=plan), None, [], lambda: [])
+    assert puncher.early_punch_ok(1 - me) is ok
+
+
+def _pair(plan: MeshPlan, peer: int) -> Any:
+    from didmesh.session.mesh.paths import Pair
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    return Pair(plan, peer, fut, {"relay"})
+
+
+@pytest.mark.parametrize("me", [0, 1], ids=["initiator", "responder"])
+async def test_an_early_punch_dials_only_signed_endpoints_and_wins_the_pair(
+        me: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no message exchanged, each side dials the peer's signed (non-loopback)
+    endpoints from its session port and runs its handshake role on the connection; the
+    pair's path is then `punched`. The lower id sends SELECT on it."""
+    dials: list[tuple[int, list[tuple[str, int]]]] = []
+    opened = puncher_module.PunchedLink("tcp 198.51.100.12:40000 (punched)")
+    sent: list[bytes] = []
+    opened.write = sent.append  # type: ignore[method-assign]
+
+    async def dial(port: int, targets: Any, span: float) -> Any:
+        dials.append((port, list(targets)))
+        assert span <= punch.EARLY_WINDOW
+        return opened
+
+    monkeypatch.setattr(puncher_module, "dial_from", dial)
+    peer_ch, my_ch = channel_pair(random.Random(13))
+
+    async def initiate(link: Any, peer: int, deadline: float) -> Any:
+        assert link is opened and peer == 1
+        return my_ch
+
+    async def respond(link: Any, deadline: float, expect: Any) -> Any:
+        assert link is opened and expect == 0
+        return 0, my_ch
+
+    plans, _ = loopback_plans(2, endpoints=False, relays=["http://relay.invalid"])
+    eps = {0: (PEER_LAN, "tcp://127.0.0.1:40000", PEER_SIGNED),
+           1: (MY_LAN, MY_SIGNED)}
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id])
+                    for p in plans[0].parties)
+    plan = dataclasses.replace(plans[me], parties=parties)
+    puncher = Puncher(SimpleNamespace(plan=plan, initiate=initiate, respond=respond), None,
+                      [], lambda: ["10.1.0.2" if me == 0 else "10.2.0.2"])
+    pair = _pair(plan, 1 - me)
+    await asyncio.wait_for(puncher.early_punch(pair, time.monotonic() + 10), 5)
+    link, ch = pair.future.result()
+    assert link is opened and ch is my_ch and "punched in" in link.description
+    signed = {0: [("10.1.0.2", 40000), ("198.51.100.12", 40000)],
+              1: [("10.2.0.2", 41000), ("198.51.100.13", 41000)]}
+    assert dials == [(40000 if me == 0 else 41000, signed[1 - me])]
+    assert puncher.stats.early == puncher.stats.punched == 1 and puncher._claims == {}
+    assert bool(sent) is (me == 0)  # SELECT from the initiator only
+
+
+async def test_a_failed_early_punch_leaves_the_pair_to_its_other_paths(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def nothing(port: int, targets: Any, span: float) -> Any:
+        raise TimeoutError
+
+    monkeypatch.setattr(puncher_module, "dial_from", nothing)
+    monkeypatch.setattr(puncher_module, "EARLY_WINDOW", 0.05)
+    plans, _ = loopback_plans(2, endpoints=False, relays=["http://relay.invalid"])
+    eps = {0: (PEER_LAN, PEER_SIGNED), 1: (MY_LAN, MY_SIGNED)}
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id])
+                    for p in plans[0].parties)
+    plan = dataclasses.replace(plans[1], parties=parties)
+    puncher = Puncher(SimpleNamespace(plan=plan), None, [], lambda: ["10.2.0.2"])
+    pair = _pair(plan, 0)
+    await asyncio.wait_for(puncher.early_punch(pair, time.monotonic() + 10), 5)
+    assert not pair.done and pair.kinds_left == {"relay"} and pair.errors == []
+    assert puncher.stats.early == 0 and puncher._claims == {}
+
+
+async def test_the_peers_syn_before_our_early_punch_runs_is_handed_to_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The early punch's claims are registered before the listener opens: a connection
+    from the peer's signed endpoint arriving first (a public initiator, its peer's SYN
+    before its own dial) goes to the early punch, which runs its handshake role on it,
+    never to the listener (where both ends would wait for a hello)."""
+    async def never(port: int, targets: Any, span: float) -> Any:
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(puncher_module, "dial_from", never)
+    secured, _ = channel_pair(random.Random(14))
+    early_link = puncher_module.PunchedLink("tcp 198.51.100.13:41000")
+    early_link.transport = SimpleNamespace(  # type: ignore[assignment]
+        get_extra_info=lambda name: ("198.51.100.13", 41000), is_closing=lambda: False)
+    early_link.write = lambda data: None  # type: ignore[method-assign]
+
+    async def initiate(link: Any, peer: int, deadline: float) -> Any:
+        assert link is early_link and peer == 1
+        return secured
+
+    plans, _ = loopback_plans(2, endpoints=False, relays=["http://relay.invalid"])
+    eps = {0: (PEER_SIGNED,), 1: (MY_LAN, MY_SIGNED)}  # a public initiator
+    parties = tuple(dataclasses.replace(p, endpoints=eps[p.party_id])
+                    for p in plans[0].parties)
+    plan = dataclasses.replace(plans[0], parties=parties)
+    puncher = Puncher(SimpleNamespace(plan=plan, initiate=initiate), None, [],
+                      lambda: ["198.51.100.12"])
+    assert puncher.early_punch_ok(1)
+    puncher.expect_early(1)
+    assert puncher.claim(early_link)  # before the early punch runs
+    pair = _pair(plan, 1)
+    await asyncio.wait_for(puncher.early_punch(pair, time.monotonic() + 10), 5)
+    assert pair.future.result() == (early_link, secured)
+    assert puncher.stats.early == 1 and puncher._claims == {}
+    puncher.expect_early(1)
+    puncher.close()  # claims of an early punch that never ran are released
+    assert puncher._claims == {}

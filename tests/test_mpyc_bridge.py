@@ -157,10 +157,12 @@ class FakeProtocol(asyncio.Protocol):
 
 
 async def test_writes_of_one_loop_turn_become_one_message() -> None:
+    """After a turn of several writes, a turn's writes are gathered into one message."""
     port, errors = FakePort(), []
     tr = MeshTransport(port, asyncio.get_running_loop(), 1, expect_hello=False,
                        on_error=errors.append)
     tr.set_protocol(FakeProtocol())
+    tr._alone = False  # as after a turn of several writes
     tr.write(b"a")
     tr.writelines([b"b", b"c"])
     tr.write(b"d")
@@ -168,11 +170,43 @@ async def test_writes_of_one_loop_turn_become_one_message() -> None:
     await asyncio.sleep(0)
     assert port.sent == [b"abcd"]
     tr.write(b"e")
+    tr.write(b"f")
     tr.close()  # flushes first, then the close
-    assert port.sent == [b"abcd", b"e"] and port.closed == 1
+    assert port.sent == [b"abcd", b"ef"] and port.closed == 1
     tr.write(b"ignored")
     await asyncio.sleep(0)
-    assert port.sent == [b"abcd", b"e"] and errors == []
+    assert port.sent == [b"abcd", b"ef"] and errors == []
+
+
+async def test_after_a_turn_of_one_write_the_next_first_write_goes_at_once() -> None:
+    """A latency-bound program writes one message a turn and waits for the answer: that
+    message leaves at once, as a socket transport's write would, not after what MPyC does
+    next in the turn; once a turn writes several, the next one is gathered again."""
+    port, errors = FakePort(), []
+    tr = MeshTransport(port, asyncio.get_running_loop(), 1, expect_hello=False,
+                       on_error=errors.append)
+    tr.set_protocol(FakeProtocol())
+    tr.write(b"a")  # the first turn: nothing was gathered before
+    assert port.sent == [b"a"]
+    await asyncio.sleep(0)
+    tr.write(b"b")
+    assert port.sent == [b"a", b"b"]
+    tr.write(b"c")
+    tr.write(b"d")  # this turn writes three: gathered after the first
+    assert port.sent == [b"a", b"b"]
+    await asyncio.sleep(0)
+    assert port.sent == [b"a", b"b", b"cd"]
+    tr.write(b"e")
+    tr.write(b"f")  # the turn after a busy one: all gathered
+    assert port.sent == [b"a", b"b", b"cd"]
+    await asyncio.sleep(0)
+    assert port.sent == [b"a", b"b", b"cd", b"ef"] and errors == []
+    await asyncio.sleep(0)
+    tr.write(b"g")  # still after a busy turn
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    tr.write(b"h")  # after a turn of one write: at once
+    assert port.sent == [b"a", b"b", b"cd", b"ef", b"g", b"h"]
 
 
 async def test_a_record_worth_of_writes_goes_at_once_in_order() -> None:
@@ -180,15 +214,16 @@ async def test_a_record_worth_of_writes_goes_at_once_in_order() -> None:
     tr = MeshTransport(port, asyncio.get_running_loop(), 1, expect_hello=False,
                        on_error=errors.append)
     tr.set_protocol(FakeProtocol())
+    tr.write(b"first")  # the first turn's first write goes at once
     tr.write(b"small")
-    assert port.sent == [] and tr.get_write_buffer_size() == 5
+    assert port.sent == [b"first"] and tr.get_write_buffer_size() == 5
     big = bytes(FLUSH_AT)
     tr.write(big)  # no waiting for the end of the loop turn
-    assert port.sent == [b"small" + big] and tr.get_write_buffer_size() == 0
+    assert port.sent == [b"first", b"small" + big] and tr.get_write_buffer_size() == 0
     tr.write(bytearray(b"tail"))
     await asyncio.sleep(0)
-    assert port.sent == [b"small" + big, b"tail"] and errors == []
-    assert tr.bytes_sent == 5 + FLUSH_AT + 4
+    assert port.sent == [b"first", b"small" + big, b"tail"] and errors == []
+    assert tr.bytes_sent == 5 + 5 + FLUSH_AT + 4
 
 
 async def test_server_side_checks_the_claimed_pid() -> None:

@@ -419,3 +419,56 @@ async def test_link_limits_cache_asks_again_after_a_failure_and_for_a_resumed_li
     assert (await cache.get())["link_max_frame"] == 4096  # a new link: no need to ask
     frames = await asyncio.gather(*(cache.get(fresh=True) for _ in range(5)))
     assert [f["link_max_frame"] for f in frames] == [2048] * 5 and len(asked) == 3
+
+
+def test_the_link_request_rides_with_the_upgrade() -> None:
+    """The link request frame goes in the same write as the upgrade request, without
+    waiting for the 101: this relay reads it before it answers the upgrade (a client
+    that waited for the 101 would time out here), then links."""
+    seen: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                req = await reader.readuntil(b"\r\n\r\n")
+                n = next((int(ln.split(b":")[1]) for ln in req.split(b"\r\n")
+                          if ln.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(n)
+                path = req.split(b" ")[1]
+                if not path.startswith(b"/v1/link"):
+                    writer.write(_http(_CHALLENGE if path.endswith(b"challenge") else
+                                       _TOKEN if path.endswith(b"token") else b"{}"))
+                    continue
+                head = await asyncio.wait_for(reader.readexactly(2), 2)  # before the 101
+                size = head[1] & 0x7F
+                if size == 126:
+                    size = int.from_bytes(await reader.readexactly(2), "big")
+                key = await reader.readexactly(4)
+                body = mask(key, await reader.readexactly(size))
+                seen.append(body.decode())
+                linked = (b'{"type": "linked", "session": "s", "peer": "did:key:z6Mkpeer", '
+                          b'"link_id": "l", "max_bytes": 1000, "max_duration_s": 60, '
+                          b'"max_frame": 1000}')
+                frame = bytes((0x81, 126)) + len(linked).to_bytes(2, "big") + linked
+                writer.write(_ws_ok(req, frame))
+                await writer.drain()
+                await asyncio.sleep(0.5)
+                return
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = LinkClient(f"http://127.0.0.1:{port}", IdentityKey.generate(), timeout=3)
+        try:
+            link = await client.open_link("s", "did:key:z6Mkpeer", timeout=5)
+            assert link.linked is not None and link.linked.link_id == "l"
+            assert len(seen) == 1 and '"session": "s"' in seen[0].replace('":"', '": "')
+        finally:
+            await client.close()
+            server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

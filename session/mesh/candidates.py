@@ -31,8 +31,6 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from didmesh.session.documents import MAX_ENDPOINTS
-
 from .plan import format_endpoint
 
 HOST = "host"
@@ -81,8 +79,15 @@ def host_candidates(addresses: Sequence[tuple[str, str]], port: int) -> list[Can
     return [Candidate(HOST, addr, port, name) for name, addr in addresses if usable(addr)]
 
 
-def order(candidates: Sequence[Candidate], limit: int = MAX_ENDPOINTS) -> list[Candidate]:
-    """Host candidates first, then observed ones; each endpoint once; at most ``limit``."""
+def order(candidates: Sequence[Candidate], limit: int | None = None) -> list[Candidate]:
+    """Host candidates first, then observed ones; each endpoint once; at most ``limit``
+    (default: the acceptance's bound, :data:`~didmesh.session.documents.MAX_ENDPOINTS`)."""
+    if limit is None:
+        # imported here: a run's puncher needs interface_addresses() alone, and the
+        # documents module brings in the credential stack (~45 ms at a party's start)
+        from didmesh.session.documents import MAX_ENDPOINTS
+
+        limit = MAX_ENDPOINTS
     out: list[Candidate] = []
     seen: set[str] = set()
     for kind in (HOST, OBSERVED):

@@ -47,7 +47,7 @@ from .handshake import (
 from .paths import Pair, Path
 from .peer import PeerChannel
 from .plan import MeshPlan
-from .puncher import Puncher
+from .puncher import EarlyPunch, Puncher
 from .relayed import RelayedPath, RelayLinks, RelayOpener, default_relay_opener
 from .resume import DEFAULT_MAX_UNACKED
 from .transport import ByteLink
@@ -157,7 +157,16 @@ class MeshConnector:
                 grace = self.puncher.relay_grace(pair.peer_id, grace)
             paths.append(RelayedPath(self.plan, self.handshake, self.relay_opener,
                                      self.puncher, grace, options=self.options))
+            if self._punches_early(pair):
+                assert self.puncher is not None
+                paths.append(EarlyPunch(self.puncher))
         return paths
+
+    def _punches_early(self, pair: Pair) -> bool:
+        """Whether ``pair`` races an early punch (specs/mesh.md 6.1) beside its others."""
+        return (self.puncher is not None and self.relay_opener is not None
+                and "relay" in pair.kinds_left and not pair.done
+                and self.puncher.early_punch_ok(pair.peer_id))
 
     # ------------------------------------------------------------------ main
 
@@ -179,6 +188,9 @@ class MeshConnector:
             self.pairs[p.party_id] = pair
             if not kinds:
                 fut.set_exception(pair.error())
+        for pid, pair in self.pairs.items():  # before the listener opens (expect_early)
+            if self.puncher is not None and self._punches_early(pair):
+                self.puncher.expect_early(pid)
         lower = [p.party_id for p in plan.peers() if p.party_id < plan.my_party_id]
         if lower and not self.options.relay_only and plan.me.endpoints:
             await self.listener.listen()

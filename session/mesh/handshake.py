@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -88,6 +89,12 @@ class Attempt:
     punch: bool = False
     #: on a relayed link: the initiator's first channel message, if it is a punch CONNECT
     first: bytes = b""
+    #: on a relayed link: our punch CONNECT to send right after handshake message 2, in
+    #: the channel it opens (the initiator then has it as the handshake completes: no
+    #: round trip of its own, specs/mesh.md 6.1); called once, None: send nothing early
+    early: Callable[[], bytes | None] | None = None
+    #: whether ``early`` gave a message that was sent
+    sent_early: bool = False
 
 
 async def read_exact(link: ByteLink, n: int, buf: bytearray, deadline: float) -> bytes:
@@ -171,7 +178,10 @@ class PairHandshake:
         hs = self._noise(peer_id)
         hd = min(deadline, time.monotonic() + self.handshake_timeout)
         first = encode_hello(plan.roster_hash, plan.my_party_id, peer_id) + hs.step()
-        return await run_handshake(link, hs, first, hd, bytearray())
+        sent = time.monotonic()
+        ch = await run_handshake(link, hs, first, hd, bytearray())
+        link.handshake_rtt = time.monotonic() - sent  # message 1 out, message 2 in
+        return ch
 
     async def respond(self, link: ByteLink, deadline: float, expect: int | None,
                       attempt: Attempt | None = None) -> tuple[int, SecureChannel]:
@@ -210,8 +220,15 @@ class PairHandshake:
             raise Rejected(ini, HandshakeFailed(
                 f"{plan.describe(ini)}: {exc.message}", reason=exc.reason
             )) from None
+        sent = time.monotonic()  # message 2 went out as the handshake completed
+        if attempt is not None and attempt.early is not None:
+            early = attempt.early()
+            if early:
+                link.write(ch.send(early))
+                attempt.sent_early = True
         msg = await next_message(
             link, ch, hd, closed="the connection closed before the path was selected")
+        link.handshake_rtt = time.monotonic() - sent  # message 2 out, the first message in
         if attempt is not None and attempt.punch and is_connect(msg):
             attempt.first = msg  # the initiator would punch a hole: the caller goes on
             return ini, ch

@@ -1,8 +1,9 @@
 """The connected mesh at run time: check, liveness, abort, goodbye (specs/mesh.md).
 
-* :meth:`Mesh.check` — pings every peer through its channel, sends this party's row
-  (peer, path, RTT) as READY and waits for every peer's row: the connectivity table of
-  all pairs, and a barrier (nobody starts the program before every pair is up).
+* :meth:`Mesh.check` — takes each pair's RTT as its handshake measured it (pings only
+  for a link without one), sends this party's row (peer, path, RTT) as READY and waits
+  for every peer's row: the connectivity table of all pairs, and a barrier (nobody
+  starts the program before every pair is up).
 * liveness — a watchdog sends HEARTBEAT on idle channels and declares a peer
   unresponsive after ``timeout`` seconds without a record from it. If this process
   itself did not run its event loop for a while (a long local computation), the silence
@@ -181,6 +182,11 @@ class Mesh:
                     )
             self._check_progress(now)
 
+    @property
+    def failed(self) -> asyncio.Event:
+        """Set at the first fatal failure (:attr:`fatal`)."""
+        return self._fatal_event
+
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
         """Wait for ``event`` or a fatal error (raised), at most ``timeout`` seconds."""
         if self.fatal is not None:
@@ -201,11 +207,19 @@ class Mesh:
 
     # ------------------------------------------------------------------ check
 
-    async def check(self, *, pings: int = 3, timeout: float = 30.0) -> list[PairStatus]:
-        """Measure RTTs, exchange rows, return the table of all pairs (a barrier)."""
+    async def check(self, *, pings: int = 3, timeout: float = 30.0,
+                    measured: bool = True) -> list[PairStatus]:
+        """Take each pair's RTT, exchange rows, return the table of all pairs (a barrier).
+
+        The RTT is the one the pair handshake measured on the link (``measured``), which
+        costs no round trip; else (or if the link has none) the best of ``pings``
+        PING/PONGs. The READY exchange proves every path in both directions either way."""
         me = self.plan.my_party_id
 
         async def rtt(p: PeerChannel) -> float:
+            known = getattr(p.link, "handshake_rtt", None)
+            if measured and known is not None:
+                return float(known)
             best = float("inf")
             for _ in range(pings):
                 best = min(best, await p.ping(timeout))

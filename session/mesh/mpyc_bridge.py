@@ -134,10 +134,14 @@ class MeshTransport(asyncio.Transport):
     """The transport MPyC's ``MessageExchanger`` writes into, for one peer.
 
     Writes of one event-loop turn are handed to the peer's channel as one application
-    message (gathered into records, not joined first); once a record's worth
-    (:data:`FLUSH_AT` bytes) is buffered it goes at once. On the server side (peer id
-    below ours) the first two bytes MPyC receives are the peer's claimed pid: they must
-    equal the roster-authenticated id, else :class:`PeerMisbehaved`.
+    message (gathered into records, not joined first) at the end of the turn, or at once
+    when a record's worth (:data:`FLUSH_AT` bytes) is buffered. After a turn that wrote
+    only once (a round of a latency-bound program: the peer waits for that message), the
+    next turn's first write goes at once instead, as a socket transport's would.
+
+    On the server side (peer id below ours) the first two bytes MPyC receives are the
+    peer's claimed pid: they must equal the roster-authenticated id, else
+    :class:`PeerMisbehaved`.
     """
 
     def __init__(
@@ -156,6 +160,10 @@ class MeshTransport(asyncio.Transport):
         self._buf: list[bytes] = []
         self._buffered = 0
         self._scheduled = False
+        #: whether the last loop turn with writes wrote only once (then the next turn's
+        #: first write goes at once), and how many writes this turn made
+        self._alone = True
+        self._turn_writes = 0
         self._closing = False
         self._lost = False
         self._protocol: asyncio.Protocol | None = None
@@ -172,11 +180,18 @@ class MeshTransport(asyncio.Transport):
         data = bytes(data)  # MPyC writes bytes: then this is no copy
         self._buf.append(data)
         self._buffered += len(data)
-        if self._buffered >= FLUSH_AT:
-            self._flush()
-        elif not self._scheduled:
+        self._turn_writes += 1
+        if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush_soon)
+            if self._alone:
+                # the last turn wrote one message (a round: the peer waits for it): the
+                # first write of this turn goes at once, as a socket transport's would,
+                # not after whatever else MPyC does in the turn
+                self._flush()
+                return
+        if self._buffered >= FLUSH_AT:
+            self._flush()
 
     def writelines(self, list_of_data: Any) -> None:
         for d in list_of_data:
@@ -184,6 +199,10 @@ class MeshTransport(asyncio.Transport):
 
     def _flush_soon(self) -> None:
         self._scheduled = False
+        # a turn of several writes (a program sending many messages at once) makes the
+        # next turn gather all of its writes into one message: one record, one send
+        self._alone = self._turn_writes <= 1
+        self._turn_writes = 0
         self._flush()
 
     def _flush(self) -> None:
@@ -299,16 +318,21 @@ class MpycBridge:
         self, program: str, args: Sequence[str], loop: asyncio.AbstractEventLoop
     ) -> Any:
         """Set ``sys.argv``, set up (or re-set up) ``mpyc.runtime.mpc``, hook its start()."""
-        sys.argv = mpyc_argv(program, args, party_id=self.party_id, m=self.m)
-        asyncio.set_event_loop(loop)
+        argv = mpyc_argv(program, args, party_id=self.party_id, m=self.m)
+        sys.argv = list(argv)
+        asyncio.set_event_loop(loop)  # this thread's: MPyC's runtime adopts it
         fresh = "mpyc.runtime" not in sys.modules
         import mpyc
         import mpyc.asyncoro
         import mpyc.runtime
 
         check_compat(mpyc.runtime, mpyc.asyncoro, mpyc.__version__)
-        rt = mpyc.runtime.mpc if fresh else mpyc.runtime.setup()
-        if not fresh:
+        rt = getattr(mpyc.runtime, "mpc", None) if fresh else None
+        if rt is None:
+            # not the first run in this process; or MPyC's set-up on import failed (it
+            # prints the error and goes on): once more, to raise that error here
+            sys.argv = list(argv)
+            rt = mpyc.runtime.setup()
             mpyc.runtime.mpc = rt
         if rt.pid != self.party_id or len(rt.parties) != self.m:
             raise MpycIncompatible(

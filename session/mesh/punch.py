@@ -62,6 +62,10 @@ MIN_SYNC_INTERVAL: Final = 0.2
 #: one attempt's window: the base (a SYN retransmission fits in it) plus two RTTs
 WINDOW_BASE: Final = 2.0
 WINDOW_MAX: Final = 6.0
+#: an early punch (before any coordination, from the signed endpoints alone) dials for at
+#: most this long; its SYN_SENT socket waits for the peer's SYN (the kernel retransmits its
+#: own), a refused connect is re-sent at most every RESYN_INTERVAL
+EARLY_WINDOW: Final = 6.0
 #: direct attempts alone before the relayed link (and with it the punch) starts, for a peer
 #: in another home: none, the two race (a direct connect there only succeeds to a public
 #: peer, and whichever path completes its handshake first wins)
@@ -182,6 +186,18 @@ def targets(offer: Offer, signed: Sequence[str]) -> list[tuple[str, int]]:
     return out[:MAX_TARGETS]
 
 
+def looks_nated(endpoints: Sequence[str]) -> bool:
+    """Whether a party's signed endpoints name more than one address: interface addresses
+    and another one the relay observed (a NAT in front of it). A public party announces
+    its one address (interface and observation agree), as does ``--endpoint``."""
+    return len({host_of(e) for e in endpoints} - {None}) > 1
+
+
+def signed_targets(signed: Sequence[str]) -> list[tuple[str, int]]:
+    """Where an early punch dials the peer: the endpoints it signed, loopback left out."""
+    return targets(Offer(tuple(signed), NAT_UNKNOWN), signed)
+
+
 def why_not(me: int, mine: Offer, peer: int, theirs: Offer, dial: Sequence[tuple[str, int]]
             ) -> str | None:
     """Why this pair should not try to punch (None: try). Symmetric NATs first."""
@@ -226,7 +242,9 @@ def is_connect(msg: bytes) -> bool:
 
 
 __all__ = [
-    "CONNECT", "DONE", "MAX_ATTEMPTS", "NAT_EIM", "NAT_OPEN", "NAT_SYM", "NAT_UNKNOWN",
-    "PUNCH_GRACE", "SYNC", "Offer", "PunchError", "SyncGate", "host_of", "is_connect",
-    "judge_nat", "session_port", "targets", "why_not", "window",
+    "CONNECT", "DONE", "EARLY_WINDOW", "MAX_ATTEMPTS", "NAT_EIM", "NAT_OPEN", "NAT_SYM",
+    "NAT_UNKNOWN", "PUNCH_GRACE", "SYNC", "Offer", "PunchError", "SyncGate", "host_of",
+    "is_connect",
+    "judge_nat", "looks_nated", "session_port", "signed_targets", "targets", "why_not",
+    "window",
 ]

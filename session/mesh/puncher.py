@@ -23,10 +23,12 @@ from didmesh.identity.errors import DidmeshError
 
 from .channel import SecureChannel
 from .handshake import next_message
+from .paths import Pair
 from .peer import SELECT
 from .plan import MeshPlan, format_endpoint, parse_endpoint
 from .punch import (
     DONE,
+    EARLY_WINDOW,
     MAX_ATTEMPTS,
     NAT_UNKNOWN,
     PUNCH_GRACE,
@@ -41,7 +43,9 @@ from .punch import (
     encode_sync,
     host_of,
     judge_nat,
+    looks_nated,
     session_port,
+    signed_targets,
     targets,
     why_not,
     window,
@@ -123,6 +127,8 @@ class PunchStats:
 
     attempts: int = 0
     punched: int = 0
+    #: of ``punched``, the pairs an early punch served (no coordination)
+    early: int = 0
     seconds: dict[int, float] | None = None
 
 
@@ -139,6 +145,11 @@ class Puncher:
         self._local_addresses = local_addresses
         self._offer: asyncio.Task[Offer] | None = None
         self._claims: dict[tuple[str, int], asyncio.Future[TcpLink]] = {}
+        #: responder: the CONNECT sent early (with handshake message 2) per peer, and the
+        #: claims it opened (the initiator now dials first: its SYN may reach our listener)
+        self._early: dict[int, tuple[Offer, dict[tuple[str, int], asyncio.Future[TcpLink]]]] = {}
+        #: the early punch's claims per peer, registered before the listener opens
+        self._early_claims: dict[int, dict[tuple[str, int], asyncio.Future[TcpLink]]] = {}
         self._port: int | None = None
         #: when this party's mesh set-up started (``time.monotonic()``): a punch's time is
         #: counted from it
@@ -189,6 +200,34 @@ class Puncher:
     def close(self) -> None:
         if self._offer is not None and not self._offer.done():
             self._offer.cancel()
+        for peer in list(self._early):
+            self.drop_early(peer)
+        for claims in self._early_claims.values():
+            self._release(claims)
+        self._early_claims.clear()
+
+    def early_offer(self, peer: int) -> bytes | None:
+        """Responder, as its relayed handshake with ``peer`` completes: our CONNECT to send
+        with handshake message 2, if our offer is ready and the pair may punch (else None:
+        we answer the initiator's CONNECT, as before). The initiator then has our offer
+        when the handshake completes and dials at once; we dial when its CONNECT (which
+        proves it live) arrives, half a relay round trip later. From now on our listener
+        hands over a connection from the peer's signed endpoints: its SYN comes first."""
+        if self.plain_reason(peer) is not None or self._offer is None or \
+                not self._offer.done() or self._offer.cancelled() or \
+                self._offer.exception() is not None:
+            return None
+        mine = self._offer.result()
+        self.drop_early(peer)
+        claims = self._expect(peer) if self.port is not None and mine.addrs else {}
+        self._early[peer] = (mine, claims)
+        return mine.encode()
+
+    def drop_early(self, peer: int) -> None:
+        """Forget the early CONNECT to ``peer`` (the pair ended otherwise): its claims go."""
+        early = self._early.pop(peer, None)
+        if early is not None:
+            self._release(early[1])
 
     def other_home(self, peer: int) -> bool:
         """Whether ``peer`` announced no address in common with us (another home: one
@@ -205,6 +244,55 @@ class Puncher:
         different homes a direct connect only succeeds to a public peer, so the relayed
         link and the punch race the direct attempts from the start."""
         return min(grace, PUNCH_GRACE) if self.other_home(peer) else grace
+
+    def early_punch_ok(self, peer: int) -> bool:
+        """Whether the pair with ``peer`` punches early: at once, from the signed endpoints
+        alone, before (and beside) the coordination over the relayed link. Both parties
+        compute the same from the signed roster: parties in different homes, the
+        responder (higher id) behind a NAT (a public responder is dialed directly), and
+        this party with a session port to punch from."""
+        hi = max(peer, self.plan.my_party_id)
+        return (self.port is not None and self.other_home(peer)
+                and looks_nated(self.plan.party(hi).endpoints)
+                and bool(signed_targets(self.plan.party(peer).endpoints)))
+
+    def expect_early(self, peer: int) -> None:
+        """Before our listener opens: from now on it hands a connection from the peer's
+        signed endpoints to the early punch (the peer's SYN may come before our own dial,
+        and a connection the listener took as an inbound direct one would wait for a hello
+        that never comes: both ends would be responders)."""
+        if peer not in self._early_claims:
+            self._early_claims[peer] = self._expect(peer)
+
+    async def early_punch(self, pair: Pair, deadline: float) -> None:
+        """The early punch (specs/mesh.md 6.1, "Early punch"): both parties connect from
+        their session port to the peer's signed endpoints as their mesh set-up starts,
+        for at most :data:`EARLY_WINDOW` s. Behind endpoint-independent NATs the second
+        party's SYN finds the first one's mapping open (its SYN_SENT socket waits for it):
+        a simultaneous open with no message exchanged, on which the pair runs its Noise
+        KK handshake like any punched path. A failure costs nothing: the coordinated punch
+        and the relayed link run beside it, and whichever completes first wins."""
+        peer, port = pair.peer_id, self.port
+        claims = self._early_claims.pop(peer, None)
+        if port is None:
+            if claims is not None:
+                self._release(claims)
+            return
+        if claims is None:
+            claims = self._expect(peer)
+        t0 = time.monotonic()
+        dial = signed_targets(self.plan.party(peer).endpoints)
+        span = min(EARLY_WINDOW, deadline - t0)
+        got = await self._attempt(peer, port, dial, span, deadline, initiator=pair.initiator,
+                                  claims=claims)
+        if got is None:
+            return
+        if pair.done:
+            got[0].abort()
+            return
+        self.stats.early += 1
+        self._punched(peer, t0, got[0])
+        pair.won(*got)
 
     def plain_reason(self, peer: int) -> str | None:
         """Why the pair with ``peer`` is relayed without any punch exchange (both sides
@@ -238,7 +326,11 @@ class Puncher:
             sent = time.monotonic()
             link.write(ch.send(mine.encode()))
             theirs = Offer.decode(await next_message(link, ch, min(deadline, sent + 10.0)))
-            rtt = time.monotonic() - sent
+            # the relay round trip: the handshake's if the answer came early (with message
+            # 2: no exchange to time), else the exchange's
+            exchange = time.monotonic() - sent
+            rtt = max(exchange, link.handshake_rtt or 0.0)
+            early = exchange < rtt / 2  # the responder dials when our CONNECT arrives
             dial = targets(theirs, self.plan.party(peer).endpoints)
             reason = why_not(self.plan.my_party_id, mine, peer, theirs, dial)
             attempt = 0
@@ -249,6 +341,8 @@ class Puncher:
                 if attempt > 1:  # a retry: SYNC, and dial when it reaches the responder
                     link.write(ch.send(encode_sync(attempt)))
                     await asyncio.sleep(rtt / 2)
+                elif early:  # our CONNECT is the responder's SYNC: dial as it arrives
+                    await asyncio.sleep(rtt / 2 - exchange)
                 got = await self._attempt(peer, port, dial, span, deadline, initiator=True,
                                           claims=expect if attempt == 1 else None)
                 if got is not None:
@@ -272,8 +366,21 @@ class Puncher:
         with the punched link (its SELECT arrived there) or the relayed one (SELECT)."""
         t0 = time.monotonic()
         theirs = Offer.decode(first)
-        mine = await self._bounded(self.offer(), deadline)
-        link.write(ch.send(mine.encode()))
+        early = self._early.pop(peer, None)
+        expect: dict[tuple[str, int], asyncio.Future[TcpLink]] = {}
+        if early is not None:  # our CONNECT went with handshake message 2
+            mine, expect = early
+        else:
+            mine = await self._bounded(self.offer(), deadline)
+            link.write(ch.send(mine.encode()))
+        try:
+            return await self._respond(peer, link, ch, theirs, mine, expect, t0, deadline)
+        finally:
+            self._release(expect)
+
+    async def _respond(self, peer: int, link: ByteLink, ch: SecureChannel, theirs: Offer,
+                       mine: Offer, expect: dict[tuple[str, int], asyncio.Future[TcpLink]],
+                       t0: float, deadline: float) -> tuple[ByteLink, SecureChannel]:
         dial = targets(theirs, self.plan.party(peer).endpoints)
         port = self.port
         decided = why_not(self.plan.my_party_id, mine, peer, theirs, dial)
@@ -282,13 +389,16 @@ class Puncher:
         loop = asyncio.get_running_loop()
         trying: asyncio.Task[tuple[ByteLink, SecureChannel] | None] | None = None
         if decided is None and port is not None and gate.admit(time.monotonic()):
-            # attempt 1 at once: the initiator dials when our CONNECT reaches it, half a
-            # relay round trip from now; our early SYN opens our NAT's mapping (the peer's
-            # NAT drops it silently), and the initiator's SYN then completes the
-            # simultaneous open. Retries wait for a SYNC.
+            # attempt 1 at once. If our CONNECT went with handshake message 2, the
+            # initiator dialed when it got it, half a relay round trip ago: its SYN opened
+            # its NAT's mapping (ours drops it silently; with no NAT in front of us our
+            # listener hands it over: ``expect``), and ours now completes the simultaneous
+            # open. Else the initiator dials when our CONNECT reaches it, half a relay
+            # round trip from now, and the roles swap. Retries wait for a SYNC.
             self.stats.attempts += 1
             trying = loop.create_task(self._attempt(
-                peer, port, dial, window(0.0) + 1.0, deadline, initiator=False))
+                peer, port, dial, window(0.0) + 1.0, deadline, initiator=False,
+                claims=expect or None))
         reader = loop.create_task(next_message(link, ch, deadline))
         try:
             while True:
@@ -356,8 +466,8 @@ class Puncher:
         """One simultaneous open and handshake; None if it failed."""
         span = max(0.05, min(span, deadline - time.monotonic()))
         try:
-            plink = await self._dial_or_claim(port, dial, span, claims) if initiator \
-                else await dial_from(port, dial, span)
+            plink = await self._dial_or_claim(port, dial, span, claims) \
+                if initiator or claims is not None else await dial_from(port, dial, span)
         except (OSError, TimeoutError):
             return None
         try:
@@ -380,6 +490,9 @@ class Puncher:
         for e in self.plan.party(peer).endpoints:
             with contextlib.suppress(DidmeshError):
                 host, rport = parse_endpoint(e)
+                held = self._claims.get((host, rport))
+                if held is not None and not held.done():
+                    continue  # an early punch expects it already (the same handshake role)
                 if not host.startswith("127.") and host != "::1":
                     out[(host, rport)] = loop.create_future()
         self._claims.update(out)
@@ -470,4 +583,16 @@ def _describe(link: ByteLink, reason: str) -> None:
         link.description = f"{link.description} ({reason})"
 
 
-__all__ = ["PunchStats", "PunchedLink", "Puncher", "dial_from", "next_message"]
+class EarlyPunch:
+    """The early punch as one of a pair's paths (:meth:`Puncher.early_punch`)."""
+
+    kind = "punched"
+
+    def __init__(self, puncher: Puncher) -> None:
+        self.puncher = puncher
+
+    async def run(self, pair: Pair, deadline: float) -> None:
+        await self.puncher.early_punch(pair, deadline)
+
+
+__all__ = ["EarlyPunch", "PunchStats", "PunchedLink", "Puncher", "dial_from", "next_message"]

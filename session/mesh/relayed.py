@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -153,10 +154,18 @@ class RelayedPath:
                 return await punch.as_initiator(pair.peer_id, link, ch, deadline)
             return link, ch
         attempt = Attempt(punch=punch is not None)
-        _, ch = await self.handshake.respond(link, deadline, pair.peer_id, attempt)
+        if punch is not None:  # our CONNECT goes with handshake message 2 if it is ready
+            attempt.early = functools.partial(punch.early_offer, pair.peer_id)
+        try:
+            _, ch = await self.handshake.respond(link, deadline, pair.peer_id, attempt)
+        except BaseException:
+            if punch is not None:
+                punch.drop_early(pair.peer_id)
+            raise
         if attempt.first and punch is not None:
             return await punch.as_responder(pair.peer_id, link, ch, attempt.first, deadline)
         if punch is not None:
+            punch.drop_early(pair.peer_id)
             punch.describe_plain(pair.peer_id, link)
         return link, ch
 

@@ -2,11 +2,12 @@
 
 :func:`run_program` is what ``didmesh run`` calls, in the party's own process:
 
-1. connect to every peer (:class:`~.connect.MeshConnector`), direct or relayed;
+1. connect to every peer (:class:`~.connect.MeshConnector`), direct or relayed, while a
+   worker thread imports MPyC and installs the MPyC bridge (:mod:`.mpyc_setup`,
+   :mod:`.mpyc_bridge`); the worker is joined once connected;
 2. the connectivity check (:meth:`~.mesh.Mesh.check`): a table of all pairs with path
    and RTT, and a barrier;
-3. install the MPyC bridge (:mod:`.mpyc_bridge`) and run the program with
-   :func:`runpy.run_path` as ``__main__``, on the mesh's event loop;
+3. run the program with :func:`runpy.run_path` as ``__main__``, on the mesh's event loop;
 4. BYE to all peers, wait for theirs, close; return a :class:`RunResult`.
 
 The first failure anywhere is fatal (:class:`~.mesh.Mesh`): the peers are told with a
@@ -54,6 +55,7 @@ from .connect import ConnectOptions, MeshConnector, RelayOpener
 from .faults import ProgramFailed, RunInterrupted
 from .mesh import Mesh, PairStatus
 from .mpyc_bridge import MpycBridge
+from .mpyc_setup import BackgroundSetup
 from .plan import MeshPlan
 
 
@@ -140,6 +142,8 @@ class _SignalGate:
 
 
 SIGNAL_GRACE = 1.0
+#: seconds a failed run (not ending the process) waits for MPyC's import to end
+SETUP_JOIN = 10.0
 
 
 def _quiet_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -251,18 +255,26 @@ def run_program(
             killer.daemon = True
             killer.start()
 
+    setup: BackgroundSetup | None = None
     try:
-        # MPyC is imported (and set up for this party) before the mesh comes up, so the
-        # connectivity check is also the start line: no party is still importing then.
         bridge = bridge_factory(
             {}, party_id=plan.my_party_id, m=plan.m,
             on_error=lambda e: _bridge_error(mesh, e),
         )
-        if refuse is None:
-            bridge.install(program_path, list(args), loop)
         t0 = time.perf_counter()
         connector = MeshConnector(plan, identity, options, relay_opener=relay_opener)
-        peers = loop.run_until_complete(connector.connect_all())
+        if refuse is None:
+            # MPyC is imported (and set up for this party) in a worker thread while the
+            # mesh comes up (connecting mostly waits for the peers), and joined before
+            # the connectivity check: the check stays the start line, no party is still
+            # importing once it completes.
+            setup = BackgroundSetup(
+                bridge, program_path, args, loop,
+                prefetch=(f"{__package__}.receipt",) if receipt and identity else ())
+            setup.start()
+            peers = loop.run_until_complete(setup.alongside(connector.connect_all()))
+        else:
+            peers = loop.run_until_complete(connector.connect_all())
         bridge.ports = dict(peers)
         mesh = Mesh(plan, peers, identity=identity, timeout=timeout, on_fatal=on_fatal)
         if refuse is not None:  # this party's program differs: tell the peers, start nothing
@@ -270,8 +282,11 @@ def run_program(
             raise refuse
 
         async def _check() -> list[PairStatus]:
-            assert mesh is not None
-            mesh.start()
+            assert mesh is not None and setup is not None
+            mesh.start()  # liveness from now on: the peers hear heartbeats while we wait
+            if not await setup.wait(unless=mesh.failed):  # e.g. a peer's abort came
+                raise mesh.fatal or ProgramFailed("the run failed during MPyC's set-up",
+                                                  party=plan.my_party_id)
             return await mesh.check(timeout=max(10.0, timeout))
 
         table = loop.run_until_complete(_check())
@@ -346,6 +361,14 @@ def run_program(
             raise stop from None
         raise
     finally:
+        with contextlib.suppress(BaseException):  # a second Ctrl-C must not stop the cleanup
+            if setup is not None:
+                # after a failure the worker may still import: let it end before sys.argv
+                # is restored (not when the process ends next); it may have set MPyC's
+                # exception handler on the loop meanwhile
+                setup.join(0.0 if (failed and hard_exit) else SETUP_JOIN)
+                if failed and not debug:
+                    _quiet(loop)
         with contextlib.suppress(BaseException):  # a second Ctrl-C must not stop the cleanup
             if mesh is not None:
                 mesh.close()

@@ -48,6 +48,9 @@ class ByteLink:
 
     def __init__(self, description: str) -> None:
         self.description = description
+        #: the round trip the pair handshake measured on this link, seconds (None: not
+        #: measured): the connectivity check's figure, so that it needs no pings
+        self.handshake_rtt: float | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
         self._receiver: LinkReceiver | None = None
