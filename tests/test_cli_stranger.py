@@ -250,3 +250,27 @@ def test_a_command_the_session_state_refuses_says_which_session_and_state(
     assert res.err.startswith(f"didmesh: session {sid[:8]} is 'cancelled' now: 'cancel' is "
                               "not possible"), res.err
     assert f"didmesh status {sid[:8]}" in res.err
+
+
+def test_accepting_an_invite_cancelled_meanwhile_says_so(
+    tmp_path: Path, relay_url: str  # noqa: F811
+) -> None:
+    """`invites`, then the organizer cancels, then `accept`: accept looks at the relay
+    first and says the session was cancelled (it said "accepted session ...; the roster
+    follows" and exit 0)."""
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    prog = tmp_path / "p.py"
+    prog.write_text("print(1)\n")
+    run_cli(alice, "id", "new", "--no-passphrase")
+    bob_did = run_cli(bob, "id", "new", "--no-passphrase", "--json").json()["did"]
+    res = run_cli(alice, "session", "new", "--program", str(prog), "--parties", "2",
+                  "--relay", relay_url, "--no-direct", "--json")
+    sid = res.json()["sessionId"]
+    assert run_cli(alice, "invite", sid, "--to", bob_did).rc == 0
+    assert run_cli(bob, "invites", "--relay", relay_url).rc == 0
+    assert run_cli(alice, "session", "cancel", sid).rc == 0
+    res = run_cli(bob, "accept", sid, "--yes", "--no-direct")
+    assert res.rc == 1, res
+    assert "accepted session" not in res.out + res.err, res
+    assert res.err.strip().splitlines()[-1].startswith(f"didmesh: session {sid[:8]}"), res.err
+    assert "cancelled" in res.err.strip().splitlines()[-1], res.err
