@@ -25,6 +25,10 @@ ENV_PREFIX = "DIDMESH_RELAY_"
 DEFAULT_PORT = 8470
 
 
+#: the largest number any setting takes: 2**53, the largest integer every JSON reader of
+#: GET /info holds exactly (2**53 bytes or seconds is far beyond any real limit)
+MAX_SETTING = 2**53
+
 #: settings where 0 is allowed (0 switches the thing off)
 _ZERO_OK = frozenset(
     {"port", "link_heartbeat_s", "conns_per_address", "max_connections", "drain_timeout_s",
@@ -95,8 +99,10 @@ class RelayConfig:
             v = getattr(self, f.name)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 lo = 0 if f.name.startswith("rate_") or f.name in _ZERO_OK else 1e-9
-                if v < lo or (f.name in ("port", "stun_port", "stun_alt_port") and v > 65535):
-                    raise RelayConfigError(f"{f.name} = {v} is out of range")
+                hi = 65535 if f.name in ("port", "stun_port", "stun_alt_port") else MAX_SETTING
+                if v < lo or v > hi:
+                    least = "0" if lo == 0 else "1" if isinstance(v, int) else "above 0"
+                    raise RelayConfigError(f"{f.name} = {v} is out of range ({least}..{hi})")
         if self.relay_id and not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.relay_id):
             raise RelayConfigError("relay_id must be 1..64 characters of [A-Za-z0-9._-]")
         from .forwarded import TrustedProxies
@@ -162,8 +168,13 @@ FIELD_TYPES: dict[str, type] = {
 }
 
 
-def coerce(name: str, value: Any, source: str) -> Any:
-    """Convert ``value`` (a string from env/flags, or a parsed file value) to the field type."""
+def coerce(name: str, value: Any, source: str, *, typed: bool = False) -> Any:
+    """Convert ``value`` (a string from env/flags, or a parsed file value) to the field type.
+
+    ``typed``: the value comes from a file with typed values (TOML, YAML), so it must
+    already be of the field's type (an int where a float belongs is fine): ``port = "80"``
+    or ``stun = "yes"`` is refused instead of read as if it came from the environment.
+    """
     if name not in FIELD_TYPES:
         if name == "trust_forwarded_for":
             raise RelayConfigError(
@@ -173,6 +184,13 @@ def coerce(name: str, value: Any, source: str) -> Any:
         raise RelayConfigError(f"unknown relay setting {name!r} in {source}")
     typ = FIELD_TYPES[name]
     try:
+        if typed and (
+            isinstance(value, bool) != (typ is bool)
+            or (typ is str and not isinstance(value, str))
+            or (typ is int and not isinstance(value, int))
+            or (typ is float and not isinstance(value, (int, float)))
+        ):
+            raise ValueError(value)
         if typ is bool:
             if isinstance(value, bool):
                 return value
@@ -225,7 +243,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise RelayConfigError(f"relay config file {path} must be a table/mapping of settings")
     if isinstance(data.get("relay"), dict) and len(data) == 1:  # allow a [relay] table
         data = data["relay"]
-    return {str(k): coerce(str(k), v, str(path)) for k, v in data.items()}
+    return {str(k): coerce(str(k), v, str(path), typed=True) for k, v in data.items()}
 
 
 def load_config(

@@ -20,7 +20,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -321,8 +321,15 @@ def run(config: RelayConfig) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes are one ``didmesh relay:`` line, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"didmesh relay: {message} (see: {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m didmesh.relay", description="Run a didmesh community relay."
     )
     add_serve_arguments(parser)

@@ -308,7 +308,8 @@ class CodeClaim:
             if reason == "expired":
                 raise CodeExpired(f"code {self.code} has expired; ask the organizer for a new one")
             raise CodeAlreadyClaimed(
-                f"code {self.code} was already used by someone else (codes are single use); "
+                f"code {self.code} was already used by someone else, by an earlier claim "
+                "that was interrupted, or withdrawn by the organizer (codes are single use); "
                 "ask the organizer for a new one"
             )
         if kind == "pake" and self._key is None:

@@ -49,7 +49,9 @@ class Contacts:
                 "(and not starting with 'did')"
             )
         if not did_ok(did):
-            raise BadSessionParameters(f"{did[:100]} is not an Ed25519 did:key")
+            raise BadSessionParameters(
+                f"{did[:100]!r} is not an Ed25519 did:key (one looks like did:key:z6Mk...)"
+            )
         data = self.all()
         if name in data and not force and data[name] != did:
             raise ContactExists(f"contact {name!r} exists already ({data[name]}); use --force")
@@ -68,13 +70,15 @@ class Contacts:
         """A DID from a DID or a petname."""
         if text.startswith("did:"):
             if not did_ok(text):
-                raise BadSessionParameters(f"{text[:100]} is not an Ed25519 did:key")
+                raise BadSessionParameters(
+                    f"{text[:100]!r} is not an Ed25519 did:key (one looks like did:key:z6Mk...)"
+                )
             return text
         data = self.all()
         if text not in data:
             raise UnknownContact(
-                f"{text!r} is neither a DID nor a contact (add it: didmesh contacts add "
-                f"{text} DID)"
+                f"{text[:100]!r} is neither a DID nor a contact (add it: didmesh contacts "
+                f"add {text if NAME_RE.match(text) else 'NAME'} DID)"
             )
         return data[text]
 

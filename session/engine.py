@@ -53,6 +53,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: what the organizer's wait shows of the seats' events (the status changes are shown anyway):
+#: a seat that became free needs someone else invited
+_SEAT_EVENTS = ("; the seat is free",)
+
+
 @dataclass(frozen=True)
 class Note:
     """Something to tell the user while pumping (``level``: info, warning, error)."""
@@ -175,6 +180,19 @@ class Engine:
 
     def withdraw_invite(self, session_id: str, invitee: str) -> None:
         self._mutate(session_id, lambda m: m.withdraw_invite(invitee, now=self.clock()))
+
+    def withdraw_code(self, session_id: str, nameplate: int) -> None:
+        """Withdraw an open code seat; a later claim of the code is told it was used."""
+        with self.store.lock():
+            state = self.load(session_id)
+            self.machine(state).withdraw_code_seat(nameplate, now=self.clock())
+            offers = self.store.load_codes(session_id)
+            for offer in offers:
+                if offer.nameplate == nameplate and offer.active:
+                    offer.status, offer.key = "burned", None
+                    offer.log.append("withdrawn by the organizer")
+            self.store.save_codes(session_id, offers)
+            self.save(state)
 
     def cancel(self, session_id: str) -> None:
         self._mutate(session_id, lambda m: m.cancel(now=self.clock()))
@@ -399,12 +417,18 @@ class Engine:
             notes.append(Note("info", f"new invite to {inv.manifest.name!r} from {org}", sid))
             return
         before = state.status
+        seen = len(state.events)
         if sid not in machines:
             machines[sid] = self.machine(state)
         try:
             machines[sid].receive(msg, now=now)
         except DidmeshError as exc:
             notes.append(Note("warning", f"rejected {msg.kind} from {who}: {exc.message}", sid))
+        notes.extend(
+            Note("info", f"session {sid[:8]}: {e['what']}", sid)
+            for e in state.events[seen:]
+            if e["what"].endswith(_SEAT_EVENTS)
+        )
         if state.status != before:
             level = "error" if state.status in ENDED else "info"
             text = f"session {sid[:8]}: {before} -> {state.status}"

@@ -62,11 +62,15 @@ class UnexpectedEvent(SessionUsageError):
 
     code = "unexpected_event"
 
-    def __init__(self, state: str, event: str, detail: str = "") -> None:
+    def __init__(self, state: str, event: str, detail: str = "", session: str = "") -> None:
         self.state = state
         self.event = event
         extra = f": {detail}" if detail else ""
-        super().__init__(f"cannot handle {event!r} in state {state!r}{extra}")
+        if session:  # a person's command: say which session, and that it is the state
+            super().__init__(f"session {session} is {state!r} now: {event!r} is not possible "
+                             f"in that state (see: didmesh status {session}){extra}")  # fmt: skip
+        else:
+            super().__init__(f"cannot handle {event!r} in state {state!r}{extra}")
 
 
 class RosterNotIssued(SessionUsageError):

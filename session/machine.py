@@ -148,7 +148,8 @@ class SessionMachine:
 
     def _allow(self, event: str, detail: str = "") -> None:
         if event not in TABLE.get((self.role, self.status), frozenset()):
-            raise UnexpectedEvent(self.status.value, event, detail)
+            raise UnexpectedEvent(self.status.value, event, detail,
+                                  session=self.state.session_id[:8])
 
     def _send(self, to: str, kind: str, body: dict[str, Any], now: datetime) -> None:
         payload = seal_message(
@@ -195,7 +196,9 @@ class SessionMachine:
         """Issue an invite to ``invitee`` (queues it for delivery); returns the VC."""
         self._allow("invite")
         if not did_ok(invitee):
-            raise BadSessionParameters(f"{invitee[:100]} is not an Ed25519 did:key")
+            raise BadSessionParameters(
+                f"{invitee[:100]!r} is not an Ed25519 did:key (one looks like did:key:z6Mk...)"
+            )
         if invitee == self.me:
             raise BadSessionParameters("the organizer holds seat 0 already")
         if self._seat_for(invitee) is not None:
@@ -261,6 +264,23 @@ class SessionMachine:
         if seat is not None:
             seat.status = SeatStatus.LAPSED
             self.state.note(format_time(now), f"code seat {nameplate} lapsed: {why}")
+
+    def withdraw_code_seat(self, nameplate: int, *, now: datetime) -> None:
+        """The organizer takes back an open code (read to the wrong person, or lost)."""
+        self._allow(
+            "withdraw-invite",
+            "the roster is published already; cancel the session instead"
+            if self.status == Status.CONFIRMING
+            else "",
+        )
+        seat = self._code_seat(nameplate)
+        if seat is None:
+            raise SessionUsageError(
+                f"no open code {nameplate}-... in session {self.state.session_id[:8]} "
+                "(see: didmesh status SESSION)"
+            )
+        seat.status = SeatStatus.LAPSED
+        self.state.note(format_time(now), f"withdrew the open code {nameplate}-...")
 
     def withdraw_invite(self, invitee: str, *, now: datetime) -> None:
         self._allow(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -159,7 +160,28 @@ def validate_relay_url(url: str, error: type[Exception] = BadSessionParameters) 
         parts.port  # noqa: B018 (raises on a bad port)
     except ValueError:
         raise error(f"relay URL {url[:80]!r} has an invalid port") from None
+    if not _URL_CHARS.fullmatch(url):
+        raise error(f"relay URL {url[:80]!r} has a space or a control character")
+    if not (_HOSTNAME.fullmatch(parts.hostname) or _is_ip(parts.hostname)):
+        raise error(
+            f"relay URL {url[:80]!r}: {parts.hostname[:80]!r} is not a host name or address"
+        )
     return url.rstrip("/")
+
+
+#: a relay URL is printable ASCII without spaces (RFC 3986 characters)
+_URL_CHARS = re.compile(r"[!-~]+")
+#: DNS labels (underscores too, as some internal names have them), dot-separated
+_HOSTNAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                       r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -323,3 +323,37 @@ def test_tampered_didkit_credential_with_inline_context_fails(
     change(doc)
     with pytest.raises(InvalidProof):
         verify_credential(doc, now=_now())
+
+
+# --------------------------------------------------------------------------- the CLI -> didkit
+
+
+@pytest.mark.parametrize("types", [[], ["--type", "Membership"]], ids=["plain", "Membership"])
+def test_cli_v1_credential_verifies_in_didkit(tmp_path: Path, types: list[str]) -> None:
+    """`didmesh credential issue --suite Ed25519Signature2020` (README: "for peers that
+    only speak v1") verifies in didkit, which loads no context it does not ship: the
+    didmesh terms travel inline, not as the URL https://didmesh.dev/ns/v1."""
+    from cli_helpers import run_cli
+
+    home = tmp_path / "home"
+    assert run_cli(home, "id", "new", "--name", "me", "--no-passphrase").rc == 0
+    claims = tmp_path / "claims.json"
+    claims.write_text(json.dumps({"role": "member", "groups": ["a", {"b": None}]}))
+    out = tmp_path / "vc.json"
+    res = run_cli(home, "credential", "issue", "--subject", HOLDER.did, "--claims", str(claims),
+                  "--suite", "Ed25519Signature2020", *types, "--out", str(out))
+    assert res.rc == 0, res.err
+    signed = json.loads(out.read_text())
+    assert DIDMESH_V1 not in signed["@context"]
+    assert run_cli(home, "verify", str(out)).rc == 0
+    tampered = copy.deepcopy(signed)
+    tampered["credentialSubject"]["claims"]["role"] = "admin"
+    opts = {"proofPurpose": "assertionMethod"}
+    good, bad = run_didkit(
+        [
+            {"op": "verify_credential", "credential": signed, "options": opts},
+            {"op": "verify_credential", "credential": tampered, "options": opts},
+        ]
+    )
+    assert good["errors"] == [], good
+    assert bad["errors"], bad

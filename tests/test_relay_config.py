@@ -39,6 +39,18 @@ def test_yaml_and_relay_table(tmp_path: Path) -> None:
         ("links_total = -1\n", "out of range"),
         ("max_request_bytes = 10\n", "at least max_envelope_bytes"),
         ("= broken", "malformed"),
+        # a file has typed values: a string where a number or a switch belongs is refused,
+        # not parsed as if it came from the environment
+        ("port = '80'\n", "port .* must be int, got '80'"),
+        ("link_max_duration_s = '1.5'\n", "must be float, got '1.5'"),
+        ("stun = 'yes'\n", "stun .* must be bool, got 'yes'"),
+        ("access_log = 'no'\n", "must be bool"),
+        # huge but finite numbers: beyond 2**53 (what /info's JSON readers hold exactly)
+        ("token_ttl_s = 99999999999999999999999\n", "token_ttl_s = .* is out of range"),
+        ("header_timeout_s = 1e308\n", "header_timeout_s = .* is out of range"),
+        ("links_total = 0\n", r"links_total = 0 is out of range \(1\.\.9007199254740992\)"),
+        ("body_timeout_s = 0\n", r"body_timeout_s = 0.0 is out of range \(above 0\.\."),
+        ("stun_port = 70000\n", r"stun_port = 70000 is out of range \(0\.\.65535\)"),
     ],
 )
 def test_bad_config_file(tmp_path: Path, text: str, match: str) -> None:

@@ -12,7 +12,7 @@ from didmesh.identity.credentials import parse_untrusted
 
 from ..errors import BadSessionParameters, ConfirmationRequired, SessionUsageError
 from ..manifest import Manifest, check_mpyc, verify_program
-from ..state import Role, Status
+from ..state import ENDED, Role, Status
 from .common import add_identity_args
 from .endpoints import add_endpoint_args, announced_endpoints
 from .output import Output
@@ -22,6 +22,7 @@ from .session_support import (
     engine_of,
     factory,
     flush_now,
+    raise_state_error,
     relays_of,
     render_session,
     report_session,
@@ -98,7 +99,13 @@ def cmd_accept(args: argparse.Namespace, out: Output) -> int:
             raise
         sync(engine, urls, out)  # the invite may still be on a relay
         sid = engine.store.resolve(args.session)
+    else:  # a cancel or a withdrawn invite may be waiting on the relays since `invites`
+        state = engine.load(sid)
+        if state.role == Role.INVITEE and state.status == Status.INVITED:
+            sync(engine, Manifest.from_json(state.manifest).relays, out, idle=0.3)
     state = engine.load(sid)
+    if state.role == Role.INVITEE and state.status in ENDED and state.error:
+        raise_state_error(state, prefix=f"session {sid[:8]} is {state.status}: ")
     if state.role != Role.INVITEE:
         raise SessionUsageError("you organize this session; invitees accept")
     if state.status != Status.INVITED:

@@ -5,6 +5,7 @@ session engine)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from didmesh.identity.keys import IdentityKey
 from didmesh.identity.keystore import Keystore, PassphraseSource
@@ -50,3 +51,18 @@ def store_of(args: argparse.Namespace) -> SessionStore:
 
 def labels_of(args: argparse.Namespace) -> dict[str, str]:
     return Contacts(getattr(args, "home", None)).labels()
+
+
+def write_out(path: str | Path, data: bytes, *, private: bool = False) -> None:
+    """Write what ``--out`` asked for; a path that cannot take it is one line naming it."""
+    from didmesh.identity.paths import write_private
+
+    from ..errors import SessionUsageError
+
+    try:
+        if private:
+            write_private(Path(path), data)
+        else:
+            Path(path).write_bytes(data)
+    except OSError as exc:
+        raise SessionUsageError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from didmesh.identity.credentials import (
@@ -21,9 +21,10 @@ from didmesh.identity.credentials import (
     verify_presentation,
 )
 from didmesh.identity.errors import CredentialError, DidmeshError, LocalError
+from didmesh.identity.jsonld import load_context
 from didmesh.identity.resolver import did_method
 
-from .common import add_identity_args, load_identity
+from .common import add_identity_args, load_identity, write_out
 from .output import Output
 
 if TYPE_CHECKING:
@@ -131,7 +132,10 @@ def cmd_issue(args: argparse.Namespace, out: Output) -> int:
     types = ["VerifiableCredential", *[t for t in args.types if t != "VerifiableCredential"]]
     cred: dict[str, Any] = {"id": f"urn:uuid:{uuid.uuid4()}", "type": types, "issuer": key.did}
     if args.suite == "Ed25519Signature2020":
-        cred["@context"] = ["https://www.w3.org/2018/credentials/v1", DIDMESH_CONTEXT]
+        # The interop suite: VC 1.1 verifiers (didkit) load only the contexts they ship,
+        # so didmesh's terms travel inline (the same definitions as DIDMESH_CONTEXT).
+        inline = copy.deepcopy(load_context(DIDMESH_CONTEXT)["@context"])
+        cred["@context"] = ["https://www.w3.org/2018/credentials/v1", inline]
         cred["issuanceDate"] = format_datetime(valid_from)
         if valid_until:
             cred["expirationDate"] = format_datetime(valid_until)
@@ -144,7 +148,7 @@ def cmd_issue(args: argparse.Namespace, out: Output) -> int:
     signed = issue_credential(cred, key, suite=args.suite)
     text = json.dumps(signed, indent=2) + "\n"
     if args.out:
-        Path(args.out).write_text(text)
+        write_out(args.out, text.encode())
         out.progress(f"wrote credential {signed['id']} to {args.out}")
     else:
         sys.stdout.write(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from didmesh.identity.credentials import parse_untrusted
@@ -14,7 +15,7 @@ from ..documents import Gate
 from ..errors import BadSessionParameters, SessionUsageError
 from ..manifest import parse_duration
 from ..state import Role, Status
-from .common import add_identity_args
+from .common import add_identity_args, write_out
 from .output import Output
 from .session_support import (
     add_relay,
@@ -99,7 +100,7 @@ def cmd_invite(args: argparse.Namespace, out: Output) -> int:
         doc = engine.invite(sid, did, requires)
         issued.append({"to": did, "name": engine.labels.get(did), "inviteId": doc["id"]})
         if args.out:
-            Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+            write_out(args.out, (json.dumps(doc, indent=2) + "\n").encode())
         out.progress(f"invited {who(did, engine.labels, engine.key.did)}")
     delivered = flush_now(engine, sid, out)
     out.result(
@@ -233,9 +234,14 @@ def cmd_withdraw(args: argparse.Namespace, out: Output) -> int:
                 "you organize this session: name the invite to withdraw with --invite "
                 "(or cancel the session: didmesh session cancel)"
             )
-        did = Contacts(getattr(args, "home", None)).resolve(args.invite)
-        engine.withdraw_invite(sid, did)
-        text = f"withdrew the invite of {who(did, engine.labels, engine.key.did)}"
+        code = re.fullmatch(r"(\d{1,9})(-[a-z]+)*", args.invite.strip())
+        if code:  # an open code, or its number (the nameplate)
+            engine.withdraw_code(sid, int(code.group(1)))
+            text = f"withdrew the open code {int(code.group(1))}-..."
+        else:
+            did = Contacts(getattr(args, "home", None)).resolve(args.invite)
+            engine.withdraw_invite(sid, did)
+            text = f"withdrew the invite of {who(did, engine.labels, engine.key.did)}"
     else:
         if args.invite:
             raise SessionUsageError("only the organizer withdraws invites")

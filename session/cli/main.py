@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from didmesh.identity.errors import DidmeshError
 
@@ -75,8 +76,17 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose mistakes are one ``didmesh:`` line (not the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("didmesh").strip()
+        self.exit(2, f"didmesh: {where + ': ' if where else ''}{message} "
+                     f"(see: {self.prog} --help)\n")  # fmt: skip
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="didmesh",
         description="Decentralized-identity sessions for multiparty computation with MPyC.",
     )

@@ -29,6 +29,8 @@ from didmesh.session.errors import (
     BadSessionParameters,
     ProgramArgsMismatch,
     ProgramDigestMismatch,
+    SessionCancelled,
+    SessionRemoteError,
     SessionUsageError,
 )
 from didmesh.session.manifest import (
@@ -41,10 +43,25 @@ from didmesh.session.manifest import (
 from didmesh.session.mesh.faults import PlanError
 from didmesh.session.mesh.plan import from_roster
 from didmesh.session.mesh.runner import ending_process, run_program
+from didmesh.session.state import ENDED, Status
 
 from .common import add_identity_args, labels_of, load_identity, store_of
 from .output import Output
 from .stdout_guard import reader_gone_guard
+
+
+def _ended(status: str, sid: str, error: dict[str, Any] | None) -> DidmeshError:
+    """Why a session that ended has nothing to run (not "wait for the roster")."""
+    why = f": {error['message']}" if error and error.get("message") else ""
+    if status == Status.CANCELLED:
+        return SessionCancelled(f"session {sid} was cancelled{why}; there is nothing to run")
+    if status in (Status.DECLINED, Status.WITHDRAWN):
+        did = "declined" if status == Status.DECLINED else "withdrew from"
+        return SessionUsageError(f"you {did} session {sid}; there is nothing to run")
+    if why.startswith(f": session {sid}"):  # the error names the session already
+        return SessionRemoteError(f"{why[2:]}; there is nothing to run")
+    did = {Status.REVOKED: "had its invite withdrawn by the organizer"}.get(status, status)
+    return SessionRemoteError(f"session {sid} {did}{why}; there is nothing to run")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -208,6 +225,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         prog_args = check_args(manifest, given)
     except (ProgramDigestMismatch, ProgramArgsMismatch) as exc:
         refusal = exc
+    if stored.state.status in ENDED:
+        raise _ended(stored.state.status, sid, stored.state.error)
     roster = stored.agreed_roster
     if roster is None:
         if refusal is not None:

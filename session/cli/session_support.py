@@ -112,6 +112,13 @@ def pump(
                 factory=factory(out),
                 what=what,
             )
+        except WaitTimeout as exc:
+            # the others may never have had a chance: say which relay was not reached
+            down = box.problems() if isinstance(box, RelayMailbox) else []
+            if not down:
+                raise
+            raise type(exc)(exc.message + " (" + "; ".join(
+                f"relay {url}: {err.message}" for url, err in down) + ")") from None
         finally:
             await box.aclose()
 
@@ -230,11 +237,14 @@ def _error_classes() -> dict[str, type[SessionError]]:
     return out
 
 
-def raise_state_error(state: SessionState) -> None:
-    """Raise the error recorded in an ended session (failed, cancelled, revoked...)."""
+def raise_state_error(state: SessionState, prefix: str = "") -> None:
+    """Raise the error recorded in an ended session (failed, cancelled, revoked...),
+    its message after ``prefix``."""
     err = state.error or {}
     cls = _error_classes().get(str(err.get("code")), SessionRemoteError)
-    message = str(err.get("message") or f"session {state.session_id[:8]} is {state.status}")
+    message = prefix + str(
+        err.get("message") or f"session {state.session_id[:8]} is {state.status}"
+    )
     if issubclass(cls, SessionRemoteError):
         raise cls(message, party=err.get("party"))
     raise cls(message)

@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from didmesh.identity.paths import write_private
 from didmesh.session.wireguard import preflight as wg_preflight
 from didmesh.session.wireguard.config import DEFAULT_KEEPALIVE, WgConfig, build_config
 from didmesh.session.wireguard.errors import WgUsageError
@@ -27,6 +26,7 @@ from didmesh.session.wireguard.mpyc_args import DEFAULT_MPYC_PORT, mpyc_args
 from didmesh.session.wireguard.render import RENDERERS
 from didmesh.session.wireguard.tunnel import find_leftover, is_alive, remove, run_interface
 
+from .common import write_out
 from .output import Output
 from .session_support import labels_of, store_of
 
@@ -142,7 +142,7 @@ def cmd_config(args: argparse.Namespace, out: Output) -> int:
     if args.format == "wg-quick" and not _WG_QUICK_NAME.match(path.name):
         out.progress(f"warning: wg-quick names the interface after the file; {path.name!r} "
                      "is not NAME.conf with NAME of at most 15 letters, digits or _=+.-")
-    write_private(path, text.encode())
+    write_out(path, text.encode(), private=True)
     view["file"] = str(path)
     out.result(view, _human(cfg, args.format, str(path)))
     return 0
