@@ -87,7 +87,7 @@ class SeatsFull(SessionUsageError):
 
 
 class ConfirmationRequired(SessionUsageError):
-    """Accepting needs a 'yes': pass --yes (stdin is not a terminal, so didmesh cannot ask)."""
+    """accepting needs a 'yes': pass --yes (stdin is not a terminal, so didmesh cannot ask)."""
 
     code = "confirmation_required"
 

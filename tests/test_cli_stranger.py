@@ -274,3 +274,28 @@ def test_accepting_an_invite_cancelled_meanwhile_says_so(
     assert "accepted session" not in res.out + res.err, res
     assert res.err.strip().splitlines()[-1].startswith(f"didmesh: session {sid[:8]}"), res.err
     assert "cancelled" in res.err.strip().splitlines()[-1], res.err
+
+
+def test_credential_issue_names_the_claims_file_and_says_the_option_once(
+        tmp_path: Path) -> None:
+    """A claims file that is a JSON list is named in the line; a bad --valid-until is not
+    prefixed twice with the option ('--valid-until: command line: --valid-until ...')."""
+    home = tmp_path / "home"
+    assert run_cli(home, "id", "new", "--no-passphrase").rc == 0
+    subject = "did:key:z6MkhSonev5UwixMyW8jgmHDmg5ieMPDbwLRnUdYpQejhpSZ"
+    listed, good = tmp_path / "list.json", tmp_path / "claims.json"
+    listed.write_text("[1, 2]")
+    good.write_text('{"a": 1}')
+    res = run_cli(home, "credential", "issue", "--subject", subject, "--claims", str(listed))
+    assert res.rc != 0 and res.err.strip() == (
+        f"didmesh: --claims {listed}: document is a JSON list, not a JSON object"), res.err
+    res = run_cli(home, "credential", "issue", "--subject", subject, "--claims", str(good),
+                  "--valid-until", "garbage")
+    assert res.rc != 0 and res.err.strip().startswith(
+        "didmesh: --valid-until 'garbage' is not a dateTime"), res.err
+
+
+def test_a_confirmation_refusal_reads_as_one_sentence(tmp_path: Path) -> None:
+    from didmesh.session.errors import ConfirmationRequired
+
+    assert ConfirmationRequired().message.startswith("accepting needs a 'yes'")

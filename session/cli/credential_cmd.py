@@ -106,7 +106,7 @@ def _time(value: str | None, option: str) -> datetime | None:
     try:
         return parse_datetime(value, option, "command line")
     except CredentialError as exc:
-        raise CliInputError(f"{option}: {exc.message}") from None
+        raise CliInputError(exc.message.removeprefix("command line: ")) from None
 
 
 def cmd_issue(args: argparse.Namespace, out: Output) -> int:
@@ -114,7 +114,13 @@ def cmd_issue(args: argparse.Namespace, out: Output) -> int:
         did_method(args.subject)
     except DidmeshError as exc:
         raise CliInputError(f"--subject: {exc.message}") from None
-    claims = parse_untrusted(_read(args.claims))
+    try:
+        claims = parse_untrusted(_read(args.claims))
+    except CliInputError:
+        raise
+    except DidmeshError as exc:
+        where = "stdin" if args.claims == "-" else args.claims
+        raise CliInputError(f"--claims {where}: {exc.message}") from None
     if "id" in claims and claims["id"] != args.subject:
         raise CliInputError("the claims file has an 'id' that differs from --subject")
     key = load_identity(args)
