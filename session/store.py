@@ -259,6 +259,15 @@ class SessionStore:
         data = _read_json(path)
         return [u for u in data if isinstance(u, str)] if isinstance(data, list) else []
 
+    def forget_relay(self, url: str) -> bool:
+        """Drop ``url`` from the relays this home remembers; False if it was not there."""
+        known = self.known_relays()
+        if url not in known:
+            return False
+        write_private(self.home / "relays.json",
+                      json.dumps([u for u in known if u != url]).encode())
+        return True
+
     def remember_relays(self, urls: list[str]) -> None:
         known = self.known_relays()
         merged = known + [u for u in urls if u not in known]

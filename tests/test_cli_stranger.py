@@ -299,3 +299,21 @@ def test_a_confirmation_refusal_reads_as_one_sentence(tmp_path: Path) -> None:
     from didmesh.session.errors import ConfirmationRequired
 
     assert ConfirmationRequired().message.startswith("accepting needs a 'yes'")
+
+
+def test_a_mistyped_relay_can_be_listed_and_forgotten(tmp_path: Path) -> None:
+    """A --relay URL with a typo (a wrong port) is remembered as a default; `relay list`
+    shows it and `relay forget` drops it, so later commands no longer try it."""
+    home = tmp_path / "home"
+    assert run_cli(home, "id", "new", "--no-passphrase").rc == 0
+    bad = "http://127.0.0.1:9"
+    assert run_cli(home, "invites", "--relay", bad, timeout=60).rc != 0  # remembered
+    res = run_cli(home, "relay", "list", "--json")
+    assert res.rc == 0 and res.json() == [bad], res.err
+    res = run_cli(home, "relay", "forget", bad + "/")
+    assert res.rc == 0 and "forgot relay" in res.out, res.err
+    assert run_cli(home, "relay", "list", "--json").json() == []
+    res = run_cli(home, "relay", "forget", bad)
+    assert res.rc == 2 and res.err.count("didmesh:") == 1 and "not remembered" in res.err
+    res = run_cli(home, "invites")
+    assert res.rc != 0 and bad not in res.err and "--relay" in res.err, res.err
