@@ -15,16 +15,7 @@ from typing import Any
 import pytest
 from didmesh.identity.keystore import Keystore
 from didmesh.session.cli.main import main
-from didmesh.session.testing import World
-
-
-async def agreed_world(tmp_path: Path, m: int) -> World:
-    world = World(tmp_path, m)
-    world.invite_all()
-    await world.deliver_invites()
-    world.accept_all()
-    await world.settle()
-    return world
+from test_session_protocol import agreed_world
 
 
 def _bump_port(roster: dict[str, Any]) -> None:
