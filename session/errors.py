@@ -282,6 +282,14 @@ class PartyWithdrew(SessionRemoteError):
     code = "party_withdrew"
 
 
+class LateMessage(SessionRemoteError):
+    """A message came after the step it could change: a withdrawal, decline or cancel after
+    every party confirmed the roster, or a second acceptance after the roster was
+    published. It is ignored (the roster is final) and reported; the session stays as it is."""
+
+    code = "late_message"
+
+
 class SessionCancelled(SessionRemoteError):
     """The organizer cancelled the session."""
 
