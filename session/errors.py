@@ -252,6 +252,13 @@ class GateCredentialMissing(AcceptanceInvalid):
     code = "gate_credential_missing"
 
 
+class GateCredentialTooLarge(AcceptanceInvalid):
+    """The credentials an acceptance presents for a gated seat would make the roster too
+    large to issue or to carry through a relay (counted with the seats accepted so far)."""
+
+    code = "gate_credential_too_large"
+
+
 class RosterInvalid(SessionRemoteError):
     """The roster failed verification."""
 

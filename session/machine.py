@@ -30,6 +30,7 @@ from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
 from nacl import bindings
 
+from .budget import gate_bytes, gates_fit, presented
 from .documents import (
     Gate,
     build_acceptance,
@@ -46,6 +47,7 @@ from .documents import (
 from .errors import (
     BadSessionParameters,
     ConfirmationMismatch,
+    GateCredentialTooLarge,
     InviteExpired,
     InviteWithdrawn,
     LateMessage,
@@ -338,12 +340,32 @@ class SessionMachine:
                     party=acc.holder,
                 )
             return
+        self._check_gate_bytes(seat, acc.document, acc.holder)
         seat.status, seat.acceptance = SeatStatus.ACCEPTED, acc.document
         self.state.note(format_time(now), f"{self.label(acc.holder)} accepted")
         if self._batch:
             self._publish_due = True  # decided at end_batch, once the whole batch is in
         else:
             self._maybe_publish(now)
+
+    def _check_gate_bytes(self, seat: SeatRecord, acceptance: dict[str, Any], who: str) -> None:
+        """The roster must still fit with this acceptance's gate credentials and those of
+        the seats accepted so far: refused now, not once every seat accepted."""
+        mine = gate_bytes(presented(acceptance))
+        if not mine.raw:
+            return
+        others = [gate_bytes(presented(s.acceptance)) for s in self.state.seats
+                  if s.status == SeatStatus.ACCEPTED and s is not seat]  # fmt: skip
+        why = gates_fit(self.manifest, [*others, mine])
+        if why is not None:
+            raise GateCredentialTooLarge(
+                f"acceptance by {self.label(who)} presents gate credentials of {mine.raw} "
+                f"bytes ({mine.framed} compressed); with the {len(others)} other seat(s) "
+                f"accepted so far {why}; the seat stays invited: withdraw the invite "
+                f"(didmesh withdraw {self.state.session_id[:8]} --invite DID) or ask for a "
+                "smaller credential",
+                party=who,
+            )
 
     def _maybe_publish(self, now: datetime) -> None:
         accepted = [s for s in self.state.seats if s.status == SeatStatus.ACCEPTED]
@@ -426,6 +448,14 @@ class SessionMachine:
         self._allow("accept")
         invite = verify_invite(self.state.invite, now=now, me=self.me)
         validate_endpoints(list(endpoints), "--endpoint", BadSessionParameters)
+        mine = gate_bytes(extra_credentials)
+        why = gates_fit(self.manifest, [mine])
+        if why is not None:
+            raise BadSessionParameters(
+                f"the credentials you present take {mine.raw} bytes ({mine.framed} compressed) "
+                f"inside the roster of {self.manifest.parties} parties: {why}; nothing was "
+                "sent; present a smaller credential (the seat needs only the one it names)"
+            )
         public = x25519_public(session_private)
         doc = build_acceptance(
             invite,
