@@ -40,6 +40,9 @@ HTTP_LIMITS: dict[str, Any] = {
     "max_headers": MAX_HEADERS,
 }
 HEADERS_TOO_LARGE = 431  # RFC 6585
+#: the access log's status for a request whose client closed the connection before it was
+#: answered (nginx's "client closed request"; never sent: nobody is left to read it)
+CLIENT_CLOSED = 499
 
 log = logging.getLogger("didmesh.relay")
 #: llhttp's own reasons ("Invalid header value char", "Invalid method encountered", ...) are
@@ -126,6 +129,14 @@ class RelayRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp: a response is on its way already
             raise ConnectionError("a response was sent already; closing the connection")
+        if isinstance(exc, ConnectionResetError):
+            # the client left while its request was read or handled (aiohttp's "Connection
+            # lost"): no fault of the relay, no traceback, no rejection; the access line
+            # records it
+            request["error_code"] = "client_closed"
+            gone = web.Response(status=CLIENT_CLOSED)
+            gone.force_close()
+            return gone
         status, err = describe(exc, status)
         remote = request.remote or "?"
         if status >= 500:  # a bug: the operator needs the traceback, but not one a request

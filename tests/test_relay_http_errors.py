@@ -145,3 +145,41 @@ def test_the_relay_stays_healthy_and_logs_no_client_bytes(relay: RelayProcess) -
     assert {line.get("error") for line in access} >= {"too_large", "malformed"}
     warned = [line for line in lines if line.get("msg") == "bad HTTP request"]
     assert 1 <= len(warned) <= 6  # throttled: at most 5 per 10 s per address (+ a summary)
+
+
+def _internal_rejections(relay: RelayProcess) -> float:
+    with urllib.request.urlopen(relay.url + "/metrics", timeout=10) as resp:  # noqa: S310
+        metrics = resp.read().decode()
+    found = re.search(r'^didmesh_relay_rejections_total\{code="internal"\} (\S+)$', metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize("how", ["close", "half-close"])
+def test_a_client_that_leaves_before_its_body_is_not_a_relay_failure(
+    relay: RelayProcess, how: str
+) -> None:
+    """A client that goes away while the relay reads its body (a dropped phone, a curl
+    cut short) is no bug of the relay: before, each was logged at error level with a
+    traceback ("Error handling request ... ConnectionResetError: Connection lost") and
+    counted as ``internal`` (500) in the metrics an operator alarms on. Now the access
+    line alone records it, as status 499 (the client closed the request)."""
+    internal = _internal_rejections(relay)
+    before = len(relay.log_lines())
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
+        sock.sendall(POST + b'Content-Length: 100\r\n\r\n{"a": ')
+        time.sleep(0.3)  # the handler waits for the rest of the body
+        if how == "half-close":
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(5)
+            assert sock.recv(65536) == b""  # nothing can be answered: the relay closes
+    deadline = time.monotonic() + 5
+    while True:
+        new = relay.log_lines()[before:]
+        access = [line for line in new
+                  if line.get("msg") == "access" and line.get("path") == "/v1/envelopes"]
+        if access or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not [line for line in new if line["level"] in ("error", "critical") or "exc" in line]
+    assert [(line["status"], line.get("error")) for line in access] == [(499, "client_closed")]
+    assert _internal_rejections(relay) == internal
