@@ -338,3 +338,32 @@ def test_a_program_that_never_starts_mpyc_still_gets_the_checked_table(tmp_path:
         assert out == "no MPyC here\n"
         assert err.count("connectivity check (all pairs)") == 1
         assert len([ln for ln in err.splitlines() if "<->" in ln]) == 3
+
+
+def test_a_party_whose_program_ends_without_starting_mpyc_is_named_at_once(
+        tmp_path: Path) -> None:
+    """Party 1's program ends without ``mpc.start()`` (a branch the others did not take),
+    while parties 0 and 2 wait in it for party 1's START, which cannot come any more once
+    party 1 said BYE. They fail at once, naming party 1 and why; before, they waited for
+    the stall watchdog (``timeout``) and blamed a deadlock of the programs in general
+    ("do they take different branches, e.g. on a local clock?"), and party 1 got that
+    as a truncated abort."""
+    program = tmp_path / "skips.py"
+    program.write_text(textwrap.dedent("""
+        import sys
+        from mpyc.runtime import mpc
+        if mpc.pid == 1:
+            sys.exit(0)
+        mpc.run(mpc.start())
+        mpc.run(mpc.shutdown())
+    """))
+    t0 = time.monotonic()
+    res = finish(start_mesh(program, ["--no-log"], 3, timeout=20)[0], 60)
+    assert time.monotonic() - t0 < 15  # well within the 20 s stall timeout
+    for i, (code, _, err) in enumerate(res):
+        lines = [ln for ln in err.splitlines() if ln.startswith("didmesh:")]
+        assert len(lines) == 1 and code == 1, err[-1500:]
+        assert "party 1 'bob'" in lines[0] and "without calling mpc.start()" in lines[0], lines
+        assert "made no progress" not in lines[0]
+        if i != 1:
+            assert "aborted" not in lines[0] or "aborted by party" in lines[0]

@@ -88,7 +88,8 @@ class PeerUnresponsive(PeerLost):
 
 class ProgramStalled(PartyError, RemoteError):
     """The program made no progress: no MPyC message moved on any channel for the timeout
-    while every peer was alive (the parties' programs wait for each other)."""
+    while every peer was alive (the parties' programs wait for each other), or a peer's
+    program ended without reaching ``mpc.start()``, where this party's waits."""
 
     code = "program_stalled"
 

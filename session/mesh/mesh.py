@@ -102,6 +102,7 @@ class Mesh:
         self._progress: Callable[[], int] | None = None
         self._progress_value = 0
         self._progress_at = 0.0
+        self._awaiting_start = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -396,7 +397,26 @@ class Mesh:
 
     # ------------------------------------------------------------------ goodbye
 
+    def expect_start(self) -> None:
+        """This party's program reached ``mpc.start()`` (the start barrier): from now on a
+        peer whose program ended without reaching it — its BYE came, its START did not
+        (both travel on the one channel, in order) — fails the run at once, naming it.
+        Its START cannot come any more; the barrier would wait for the stall watchdog."""
+        self._awaiting_start = True
+        for p in self.peers.values():
+            self._started_or_left(p)
+
+    def _started_or_left(self, peer: PeerChannel) -> None:
+        if (not self._awaiting_start or self.fatal is not None or not peer.bye
+                or peer.peer_started.is_set()):
+            return
+        self.fail(ProgramStalled(
+            f"the program of {peer.name} ended without calling mpc.start(), which the "
+            "program here waits in (the parties' programs took different branches)",
+            party=peer.peer_id), culprit=peer.peer_id)
+
     def bye_received(self, peer: PeerChannel) -> None:
+        self._started_or_left(peer)
         if all(p.bye for p in self.peers.values()):
             self._bye_event.set()
 

@@ -311,11 +311,15 @@ class MpycBridge:
         #: awaited with the start barrier: the end of the connectivity check (every
         #: party's READY), which the runner no longer awaits before the program
         self.gate: Awaitable[Any] | None = None
+        #: called as this party's program reaches the start barrier (before any wait)
+        self.on_start: Callable[[], None] | None = None
 
     async def start_barrier(self, then: Callable[[], None] | None = None) -> None:
         """Tell every peer this party reached ``mpc.start()`` (START), call ``then`` (what
         it writes follows START), and wait until every peer did and :attr:`gate` is done
         (its error is raised)."""
+        if self.on_start is not None:
+            self.on_start()
         for port in self.ports.values():
             port.send_start()
         if then is not None:

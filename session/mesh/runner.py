@@ -314,6 +314,7 @@ def run_program(
         loop.run_until_complete(_announce())
         check = loop.create_task(_rows())
         bridge.gate = check
+        bridge.on_start = mesh.expect_start  # a peer that ended without start() is named
 
         entry_dir = Path(program_path).resolve().parent
         run_dir = Path(workdir).resolve() if workdir else entry_dir
