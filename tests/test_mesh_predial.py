@@ -104,6 +104,8 @@ async def test_the_pre_dial_decides_as_the_run_does(name: str, option: str,
         doc = launch_document(plan, ids[me], "program.py", [], **(opts or {}))
         assert predial.decide(json.loads(json.dumps(doc)), local) == (port, dials), \
             (name, option, me)
+        if opts is not None:  # didmesh run's pre-dial, from the verified roster's plan
+            assert predial.decide_plan(plan, local, **opts) == (port, dials)
         predialing += bool(dials)
     # the topologies with homes in different places do pre-dial, in auto mode only
     expect = {"two-eim-homes": 2, "mixed": 5, "symmetric": 3, "bench": 2}[name]

@@ -42,6 +42,7 @@ from didmesh.session.manifest import (
 )
 from didmesh.session.mesh.faults import PlanError
 from didmesh.session.mesh.plan import from_roster
+from didmesh.session.mesh.predial import from_plan as predial_plan
 from didmesh.session.mesh.runner import ending_process, run_program
 from didmesh.session.state import ENDED, Status
 
@@ -244,6 +245,9 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         _tell_peers(plan, identity, args, refusal, out, args.program)
         raise refusal
     assert local is not None
+    # the roster is verified (agreed_roster): the early punch's SYNs leave now (mesh.md 6.1)
+    predialed = None if wireguard else predial_plan(
+        plan, relay_only=args.relay_only, direct_only=args.direct_only)
     out.progress(f"running {manifest.program.name} as {plan.describe(plan.my_party_id)} "
                  f"of {plan.m}")
     for name in manifest.program.inputs:
@@ -267,7 +271,7 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
             else:
                 result = run_program(plan, str(local.entry), prog_args,
                                      direct_only=args.direct_only, relay_only=args.relay_only,
-                                     **common)
+                                     predialed=predialed, **common)
         except DidmeshError as exc:
             _end_failed_run(exc, out)
         default_path = stored.path / f"receipt-{plan.my_party_id}.json"

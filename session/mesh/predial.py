@@ -21,11 +21,15 @@ from __future__ import annotations
 import errno
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from .endpoints import early_targets
 from .faults import PlanError
 from .netif import interface_addresses
+
+TYPE_CHECKING = False  # as typing's, without importing typing
+if TYPE_CHECKING:
+    from .plan import MeshPlan
 
 
 class PreDialed:
@@ -92,6 +96,16 @@ def local_addresses() -> list[str]:
         return []
 
 
+def _decide(me: int, endpoints: Sequence[Sequence[str]], addresses: Iterable[str], *,
+            relays: bool, relay_only: bool, direct_only: bool
+            ) -> tuple[int | None, list[tuple[str, int]]]:
+    port, targets = early_targets(me, endpoints, addresses, relays=relays,
+                                  relay_only=relay_only, direct_only=direct_only)
+    if port is None or not targets:
+        return None, []
+    return port, [t for peer in sorted(targets) for t in targets[peer]]
+
+
 def decide(doc: object, addresses: Iterable[str]) -> tuple[int | None, list[tuple[str, int]]]:
     """What the launch document's run will punch early: ``(port, targets)`` (pure: the
     decision of :func:`~.endpoints.early_targets`, the run's puncher's own). Nothing for
@@ -107,15 +121,27 @@ def decide(doc: object, addresses: Iterable[str]) -> tuple[int | None, list[tupl
         me = int(plan["my_party_id"])
         if not 0 <= me < len(endpoints):
             return None, []
-        port, targets = early_targets(
-            me, endpoints, addresses, relays=bool(plan.get("relays")),
-            relay_only=bool(options.get("relay_only")),
-            direct_only=bool(options.get("direct_only")))
+        return _decide(me, endpoints, addresses, relays=bool(plan.get("relays")),
+                       relay_only=bool(options.get("relay_only")),
+                       direct_only=bool(options.get("direct_only")))
     except (KeyError, TypeError, ValueError, AttributeError, PlanError):
         return None, []
-    if port is None or not targets:
-        return None, []
-    return port, [t for peer in sorted(targets) for t in targets[peer]]
+
+
+def decide_plan(plan: MeshPlan, addresses: Iterable[str], *, relay_only: bool = False,
+                direct_only: bool = False) -> tuple[int | None, list[tuple[str, int]]]:
+    """As :func:`decide`, for a run of ``plan`` (a verified roster's view)."""
+    return _decide(plan.my_party_id, [p.endpoints for p in plan.parties], addresses,
+                   relays=bool(plan.relays), relay_only=relay_only, direct_only=direct_only)
+
+
+def from_plan(plan: MeshPlan, *, relay_only: bool = False, direct_only: bool = False,
+              addresses: Iterable[str] | None = None) -> PreDialed | None:
+    """Pre-dial what a run of ``plan`` with these options will punch early (None:
+    nothing): for ``didmesh run``, once it has verified the roster."""
+    port, targets = decide_plan(plan, local_addresses() if addresses is None else addresses,
+                                relay_only=relay_only, direct_only=direct_only)
+    return None if port is None else predial(port, targets)
 
 
 def from_launch(doc: object, addresses: Iterable[str] | None = None) -> PreDialed | None:
@@ -127,4 +153,7 @@ def from_launch(doc: object, addresses: Iterable[str] | None = None) -> PreDiale
     return predial(port, targets)
 
 
-__all__ = ["PreDialed", "decide", "from_launch", "local_addresses", "predial"]
+__all__ = [
+    "PreDialed", "decide", "decide_plan", "from_launch", "from_plan", "local_addresses",
+    "predial",
+]

@@ -219,8 +219,7 @@ def run_program(
     only the check, the start barrier, aborts and BYE); ``transport`` names it in the
     receipt. ``predialed``: the early punch's sockets, dialing since before this call
     (:mod:`.predial`): the run adopts them, and closes those it did not adopt once the
-    mesh is up; the caller closes them after the call in any case (a run that failed
-    before).
+    mesh is up (at the latest when it ends).
     """
     if refuse is None and not Path(program_path).is_file():
         from .faults import PlanError
@@ -411,6 +410,8 @@ def run_program(
                 loop.run_until_complete(
                     asyncio.wait_for(connector.aclose(), 0.5 if failed else 5.0))
         _close_loop(loop, 0.5 if failed else 2.0, cancel=not (failed and hard_exit))
+        if predialed is not None:  # those no early punch adopted (if the mesh never came up)
+            predialed.close()
         if old_sigterm is not None:
             signal.signal(signal.SIGTERM, old_sigterm)
         if old_sigint is not None:
