@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from didmesh.identity.errors import DidmeshError
+from didmesh.session import gc_pause
 
 from .faults import MpycIncompatible, ProgramFailed
 from .mpyc_bridge import MpycBridge
@@ -89,6 +90,9 @@ class BackgroundSetup:
             for name in self.prefetch:
                 with contextlib.suppress(Exception):
                     importlib.import_module(name)
+            # the start-up's imports are done: a paused collector (didmesh run, the
+            # runner's child) goes back on, so that a long wait for the peers is collected
+            gc_pause.resume()
         except BaseException as exc:  # raised in the runner's thread by wait()
             self.error = exc
         finally:
