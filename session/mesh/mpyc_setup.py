@@ -24,6 +24,9 @@ What the worker touches, and why that is safe:
 * the GIL: while the worker runs Python code, the loop's thread takes over only when the
   worker drops the GIL, after ``sys.getswitchinterval()`` (5 ms by default) — a delay on
   every handshake message. While both run the interval is :data:`SWITCH_INTERVAL`.
+* the cyclic garbage collector, when the process paused it for its start-up
+  (:mod:`didmesh.session.gc_pause`): the worker's end turns it on again (process-wide,
+  under a lock), the start-up's objects frozen.
 """
 
 from __future__ import annotations
@@ -90,12 +93,13 @@ class BackgroundSetup:
             for name in self.prefetch:
                 with contextlib.suppress(Exception):
                     importlib.import_module(name)
-            # the start-up's imports are done: a paused collector (didmesh run, the
-            # runner's child) goes back on, so that a long wait for the peers is collected
-            gc_pause.resume()
         except BaseException as exc:  # raised in the runner's thread by wait()
             self.error = exc
         finally:
+            # the start-up's imports are over: a collector paused for them (didmesh run,
+            # the runner's child) is on again, so that a long wait for the peers is
+            # collected as usual
+            gc_pause.resume()
             self._done.set()
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 self.loop.call_soon_threadsafe(_settle, self._ended)
