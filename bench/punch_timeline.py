@@ -99,7 +99,9 @@ def _child(out: str) -> int:
     wrap(puncher, "dial_from")
     wrap(handshake.PairHandshake, "initiate", lambda self, link, *r: link.kind)
     wrap(handshake.PairHandshake, "respond", lambda self, link, *r: link.kind)
-    wrap(mesh.Mesh, "check")
+    wrap(mesh.Mesh, "announce")
+    wrap(mesh.Mesh, "wait_ready")
+    wrap(mpyc_bridge.MpycBridge, "start_barrier")
     wrap(mesh.Mesh, "finish")
     wrap(connect.MeshConnector, "aclose")
     wrap(runner, "_close_loop")
@@ -118,7 +120,8 @@ def _child(out: str) -> int:
 
 # --------------------------------------------------------------------------- parent
 
-def _run(lab: Any, url: str, relay_only: bool, tmp: str) -> list[list[dict[str, Any]]]:
+def _run(lab: Any, url: str, relay_only: bool, tmp: str,
+         program: tuple[str, list[str]]) -> list[list[dict[str, Any]]]:
     from didmesh.session.mesh.loopback import loopback_plans
     from didmesh.session.mesh.plan import format_endpoint
     from didmesh.session.mesh.runner import launch_document
@@ -135,7 +138,7 @@ def _run(lab: Any, url: str, relay_only: bool, tmp: str) -> list[list[dict[str, 
     procs, outs = [], []
     for i, node in enumerate(nodes):
         plan = dataclasses.replace(plans[i], parties=tuple(parties))
-        doc = launch_document(plan, ids[i], str(HERE / "mpc_rounds.py"), ["-n", "4"],
+        doc = launch_document(plan, ids[i], program[0], program[1],
                               timeout=30, connect_timeout=30, relay_only=relay_only)
         out = f"{tmp}/t{i}-{time.monotonic_ns()}.jsonl"
         outs.append(out)
@@ -173,10 +176,20 @@ def main() -> None:
     p.add_argument("--rtts", default="0,20,80")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--relay-only", action="store_true")
+    p.add_argument("--program", default="short",
+                   help="short (mpc_rounds -n 4) or one of bench_punch.py's programs")
     a = p.parse_args()
     if a.child:
         sys.exit(_child(a.child))
     from didmesh.session.lab import Lab, available
+
+    sys.path.insert(0, str(HERE))
+    from bench_punch import PROGRAMS
+
+    programs = {"short": (str(HERE / "mpc_rounds.py"), ["-n", "4"]),
+                **{k: (str(v[0]), list(v[1])) for k, v in PROGRAMS.items()}}
+    if a.program not in programs:
+        raise SystemExit(f"didmesh: --program is one of {', '.join(programs)}")
 
     why = available()
     if why is not None:
@@ -197,7 +210,7 @@ def main() -> None:
             for _ in range(a.repeats):
                 print(f"home RTT {rtt:g} ms (relay 40 ms from each home)"
                       f"{', relay only' if a.relay_only else ''}:")
-                for i, evs in enumerate(_run(lab, url, a.relay_only, tmp)):
+                for i, evs in enumerate(_run(lab, url, a.relay_only, tmp, programs[a.program])):
                     _show(i, evs)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

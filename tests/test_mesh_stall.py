@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+from didmesh.session.mesh.connect import ConnectOptions, MeshConnector
 from didmesh.session.mesh.faults import PeerUnresponsive, ProgramStalled
 from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.mesh import Mesh
@@ -52,6 +54,34 @@ async def test_a_stopped_watch_is_no_stall() -> None:
             m.watch_progress(None)  # the program ended
         await asyncio.sleep(3 * TIMEOUT)
         assert all(m.fatal is None for m in meshes)
+    finally:
+        for m in meshes:
+            m.close()
+
+
+async def test_before_every_ready_is_in_the_checks_timeout_applies_not_the_stall() -> None:
+    """The runner starts the program once its READY is out and waits for the peers' rows
+    with MPyC's start barrier: a peer still setting up (alive, no READY yet) is no
+    deadlock; the check's own timeout ends the wait, naming the check."""
+    plans, ids = loopback_plans(2)
+    options = ConnectOptions(connect_timeout=5, handshake_timeout=3)
+    peers = await asyncio.gather(*(MeshConnector(p, i, options).connect_all()
+                                   for p, i in zip(plans, ids, strict=True)))
+    meshes = [Mesh(plans[i], peers[i], identity=ids[i], timeout=TIMEOUT) for i in range(2)]
+    try:
+        for m in meshes:
+            m.start()
+        await meshes[0].announce(timeout=5)  # party 1 never announces
+        meshes[0].watch_progress(lambda: _app_bytes(meshes[0]))
+        await asyncio.sleep(3 * TIMEOUT)
+        assert meshes[0].fatal is None and not meshes[0].ready
+        with pytest.raises(PeerUnresponsive, match="connectivity check"):
+            await meshes[0].wait_ready(TIMEOUT)
+        await meshes[1].announce(timeout=5)
+        assert (await meshes[0].wait_ready(1)) and meshes[0].ready
+        took = await _until_fatal(meshes, 4 * TIMEOUT + 2)  # from now on, a stall counts
+        assert took < TIMEOUT + 2
+        assert "made no progress" in str(meshes[0].fatal), meshes[0].fatal
     finally:
         for m in meshes:
             m.close()

@@ -257,6 +257,82 @@ async def test_peer_close_reaches_mpyc_once() -> None:
     assert proto.lost == [None]
 
 
+class LogPort(FakePort):
+    """A port that logs START and application writes in order; its peer starts late."""
+
+    def __init__(self, log: list[tuple[int, str]], pid: int) -> None:
+        super().__init__()
+        self._peer_started.clear()
+        self.log, self.pid = log, pid
+
+    def send_start(self) -> None:
+        self.log.append((self.pid, "START"))
+
+    def send_app_parts(self, parts: list[bytes]) -> None:
+        self.log.append((self.pid, b"".join(parts).decode()))
+
+
+def _fake_runtime(pid: int, m: int) -> Any:
+    loop = asyncio.get_running_loop()
+    return types.SimpleNamespace(
+        pid=pid, _loop=loop, version="x",
+        parties=[types.SimpleNamespace(pid=i, protocol=None) for i in range(m)])
+
+
+class HelloExchanger(asyncio.Protocol):
+    """MPyC's exchanger as far as the bridge sees it: a client writes its hello."""
+
+    def __init__(self, rt: Any, peer_pid: int | None = None) -> None:
+        self.rt, self.peer_pid = rt, peer_pid
+
+    def connection_made(self, transport: Any) -> None:
+        if self.peer_pid is not None:
+            transport.write(f"hello from {self.rt.pid}".encode())
+
+
+async def test_start_sends_the_client_hello_right_behind_start_and_waits_for_the_gate() -> None:
+    """START, then (where this party is MPyC's client) its hello, both before the barrier
+    is passed: a peer gets the hello with START, not one trip after the barrier. The
+    barrier also waits for the bridge's gate (the connectivity check's end)."""
+    from didmesh.session.mesh.mpyc_bridge import MpycBridge
+
+    log: list[tuple[int, str]] = []
+    ports = {0: LogPort(log, 0), 2: LogPort(log, 2)}
+    bridge = MpycBridge(ports, party_id=1, m=3, on_error=lambda e: None)
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    bridge.gate = gate
+    rt = _fake_runtime(1, 3)
+    start = asyncio.ensure_future(bridge._start(rt, HelloExchanger))
+    await asyncio.sleep(0.01)
+    # party 1 is the client of party 2 (the lower pid connects), the server of party 0
+    assert log == [(0, "START"), (2, "START"), (2, "hello from 1")]
+    for port in ports.values():
+        port._peer_started.set()
+    await asyncio.sleep(0.01)
+    assert not start.done()  # the gate is not done yet
+    gate.set_result(None)
+    await asyncio.sleep(0.01)
+    assert not start.done()  # now MPyC's own: every peer's hello
+    rt.parties[1].protocol.set_result(None)
+    await asyncio.wait_for(start, 1)
+    assert log == [(0, "START"), (2, "START"), (2, "hello from 1")]
+
+
+async def test_an_error_of_the_gate_is_raised_by_start() -> None:
+    from didmesh.session.mesh.faults import PeerUnresponsive
+    from didmesh.session.mesh.mpyc_bridge import MpycBridge
+
+    log: list[tuple[int, str]] = []
+    ports = {1: LogPort(log, 1)}
+    ports[1]._peer_started.set()
+    bridge = MpycBridge(ports, party_id=0, m=2, on_error=lambda e: None)
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    gate.set_exception(PeerUnresponsive("not every party finished its connectivity check"))
+    bridge.gate = gate
+    with pytest.raises(PeerUnresponsive, match="connectivity check"):
+        await asyncio.wait_for(bridge._start(_fake_runtime(0, 2), HelloExchanger), 1)
+
+
 def test_runner_module_is_importable_without_mpyc_side_effects() -> None:
     code = "import sys, didmesh.session.mesh.runner; print('mpyc' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -350,3 +350,16 @@ def test_the_program_runs_with_the_collector_on(tmp_path: Path) -> None:
     for code, out, err in finish(procs):
         assert code == 0, err[-1500:]
         assert out.strip() == "collector True frozen True cycle freed True"
+
+
+def test_a_program_that_never_starts_mpyc_still_gets_the_checked_table(tmp_path: Path) -> None:
+    """The connectivity check's READY rows are awaited in ``mpc.start()``; a program that
+    never calls it (plain Python, or one that exits first) waits for them after it ends,
+    so its run still reports every pair and ends cleanly."""
+    program = tmp_path / "plain.py"
+    program.write_text("print('no MPyC here')\n")
+    for code, out, err in finish(start_mesh(program, [], 3)[0]):
+        assert code == 0, err[-1500:]
+        assert out == "no MPyC here\n"
+        assert err.count("connectivity check (all pairs)") == 1
+        assert len([ln for ln in err.splitlines() if "<->" in ln]) == 3

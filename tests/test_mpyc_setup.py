@@ -80,7 +80,25 @@ def test_install_runs_in_a_worker_that_adopts_the_mesh_loop(
     assert bridge.thread is not None and bridge.thread is not threading.current_thread()
     assert bridge.current_loop is loop
     assert bridge.argv == ["prog.py", "-n", "3"]
+    setup.join(5)  # the prefetch may still run after the set-up is done
     assert sys.getswitchinterval() == before
+
+
+def test_the_prefetch_does_not_hold_up_the_runner(
+        loop: asyncio.AbstractEventLoop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set-up is done once MPyC is installed: the runner's READY does not wait for
+    the modules it needs only later (the receipt's), which import meanwhile."""
+    (tmp_path / "slow_receipt_mod.py").write_text("import time\ntime.sleep(0.5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    setup = _setup(FakeBridge(lambda: None), loop, prefetch=["slow_receipt_mod"])
+    t0 = time.monotonic()
+    loop.run_until_complete(setup.alongside(asyncio.sleep(0.01)))
+    loop.run_until_complete(setup.wait(5))
+    assert time.monotonic() - t0 < 0.4 and setup.error is None
+    setup.join(5)
+    assert "slow_receipt_mod" in sys.modules
+    sys.modules.pop("slow_receipt_mod", None)
 
 
 FAILURES = {

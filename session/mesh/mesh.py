@@ -1,9 +1,11 @@
 """The connected mesh at run time: check, liveness, abort, goodbye (specs/mesh.md).
 
-* :meth:`Mesh.check` — takes each pair's RTT as its handshake measured it (pings only
-  for a link without one), sends this party's row (peer, path, RTT) as READY and waits
-  for every peer's row: the connectivity table of all pairs, and a barrier (nobody
-  starts the program before every pair is up).
+* :meth:`Mesh.check` — :meth:`Mesh.announce` (take each pair's RTT as its handshake
+  measured it, pings only for a link without one, and send this party's row — peer,
+  path, RTT — as READY) then :meth:`Mesh.wait_ready` (every peer's row: the
+  connectivity table of all pairs). The runner announces before the program and waits
+  for the rows alongside MPyC's start barrier, so the two barriers cost one wait
+  (nobody's ``mpc.start()`` returns before every pair is up).
 * liveness — a watchdog sends HEARTBEAT on idle channels and declares a peer
   unresponsive after ``timeout`` seconds without a record from it. If this process
   itself did not run its event loop for a while (a long local computation), the silence
@@ -122,8 +124,8 @@ class Mesh:
 
     def _check_progress(self, now: float) -> None:
         counter = self._progress
-        if counter is None or self.fatal is not None:
-            return
+        if counter is None or self.fatal is not None or not self._ready_event.is_set():
+            return  # before every READY is in, the check's own timeout applies
         value = counter()
         if value != self._progress_value or any(
                 self._resuming(p, now) for p in self.peers.values()):
@@ -209,7 +211,14 @@ class Mesh:
 
     async def check(self, *, pings: int = 3, timeout: float = 30.0,
                     measured: bool = True) -> list[PairStatus]:
-        """Take each pair's RTT, exchange rows, return the table of all pairs (a barrier).
+        """Take each pair's RTT, exchange rows, return the table of all pairs (a barrier):
+        :meth:`announce`, then :meth:`wait_ready`."""
+        await self.announce(pings=pings, timeout=timeout, measured=measured)
+        return await self.wait_ready(timeout)
+
+    async def announce(self, *, pings: int = 3, timeout: float = 30.0,
+                       measured: bool = True) -> None:
+        """Take each pair's RTT and send this party's row to every peer (READY).
 
         The RTT is the one the pair handshake measured on the link (``measured``), which
         costs no round trip; else (or if the link has none) the best of ``pings``
@@ -253,6 +262,14 @@ class Mesh:
         for p in peers:
             p.send_control(READY, payload)
         self._check_ready()
+
+    @property
+    def ready(self) -> bool:
+        """Whether every party's row is in (after :meth:`announce`)."""
+        return self._ready_event.is_set()
+
+    async def wait_ready(self, timeout: float = 30.0) -> list[PairStatus]:
+        """Wait (at most ``timeout`` s) for every peer's READY; the table of all pairs."""
         try:
             await self._wait(self._ready_event, timeout)
         except TimeoutError:
@@ -291,8 +308,9 @@ class Mesh:
         self._check_ready()
 
     def _check_ready(self) -> None:
-        if all(i in self._rows for i in range(self.plan.m)):
+        if not self._ready_event.is_set() and all(i in self._rows for i in range(self.plan.m)):
             self._ready_event.set()
+            self._progress_at = self._clock()  # the stall watchdog counts from here
 
     # ------------------------------------------------------------------ failures
 

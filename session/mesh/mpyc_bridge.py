@@ -33,7 +33,7 @@ import logging
 import sys
 import time
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .faults import MpycIncompatible, PeerMisbehaved, ReservedOption
@@ -308,6 +308,22 @@ class MpycBridge:
         self.on_error = on_error
         self.transports: list[MeshTransport] = []
         self.runtime: Any = None
+        #: awaited with the start barrier: the end of the connectivity check (every
+        #: party's READY), which the runner no longer awaits before the program
+        self.gate: Awaitable[Any] | None = None
+
+    async def start_barrier(self, then: Callable[[], None] | None = None) -> None:
+        """Tell every peer this party reached ``mpc.start()`` (START), call ``then`` (what
+        it writes follows START), and wait until every peer did and :attr:`gate` is done
+        (its error is raised)."""
+        for port in self.ports.values():
+            port.send_start()
+        if then is not None:
+            then()
+        waits: list[Awaitable[Any]] = [port.peer_started.wait() for port in self.ports.values()]
+        if self.gate is not None:
+            waits.append(self.gate)
+        await asyncio.gather(*waits)
 
     def bytes_per_peer(self) -> dict[int, dict[str, int]]:
         """MPyC's bytes per peer if the bridge counts them itself; empty: the mesh's
@@ -359,26 +375,30 @@ class MpycBridge:
             rt.start_time = time.time()
             return
         loop = rt._loop
-        # the start barrier: as with plain MPyC (whose start() connects to every party),
-        # start() returns once every party's program has called it
-        for port in self.ports.values():
-            port.send_start()
-        await asyncio.gather(*(port.peer_started.wait() for port in self.ports.values()))
         for peer in rt.parties:
             peer.protocol = asyncio.Future(loop=loop) if peer.pid == rt.pid else None
-        for peer in rt.parties:
-            if peer.pid == rt.pid:
-                continue
-            client = peer.pid > rt.pid  # as in MPyC: the lower pid connects
-            proto = exchanger(rt, peer.pid) if client else exchanger(rt)
-            tr = MeshTransport(
-                self.ports[peer.pid], loop, peer.pid, expect_hello=not client,
-                on_error=self.on_error,
-            )
-            tr.set_protocol(proto)
-            self.transports.append(tr)
-            proto.connection_made(tr)  # a client writes its pid and PRSS keys here
-            self.ports[peer.pid].attach(tr)  # delivers whatever the peer sent already
+
+        def connect(client: bool) -> None:
+            for peer in rt.parties:
+                if peer.pid == rt.pid or (peer.pid > rt.pid) != client:
+                    continue
+                proto = exchanger(rt, peer.pid) if client else exchanger(rt)
+                tr = MeshTransport(
+                    self.ports[peer.pid], loop, peer.pid, expect_hello=not client,
+                    on_error=self.on_error,
+                )
+                tr.set_protocol(proto)
+                self.transports.append(tr)
+                proto.connection_made(tr)  # a client writes its pid and PRSS keys here
+                self.ports[peer.pid].attach(tr)  # delivers whatever the peer sent already
+
+        # the start barrier: as with plain MPyC (whose start() connects to every party),
+        # start() returns once every party's program has called it. As the client of the
+        # pairs where MPyC's lower pid connects, this party's hello (pid, PRSS keys) goes
+        # out right behind START, in the same write, as plain MPyC's follows its connect:
+        # a peer gets it with START, not one trip after the barrier.
+        await self.start_barrier(then=lambda: connect(client=True))
+        connect(client=False)
         await rt.parties[rt.pid].protocol
         logging.info(f"All {m} parties connected via didmesh (Noise).")
         rt.start_time = time.time()

@@ -90,19 +90,25 @@ class BackgroundSetup:
     def _run(self) -> None:
         try:
             self.bridge.install(self.program, self.args, self.loop)
-            for name in self.prefetch:
-                with contextlib.suppress(Exception):
-                    importlib.import_module(name)
         except BaseException as exc:  # raised in the runner's thread by wait()
             self.error = exc
         finally:
-            # the start-up's imports are over: a collector paused for them (didmesh run,
-            # the runner's child) is on again, so that a long wait for the peers is
-            # collected as usual
-            gc_pause.resume()
             self._done.set()
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 self.loop.call_soon_threadsafe(_settle, self._ended)
+        # the set-up is done (the runner goes on: its READY does not wait for these);
+        # the later imports run meanwhile, mostly while the runner waits for its peers
+        try:
+            if self.error is None:
+                for name in self.prefetch:
+                    with contextlib.suppress(Exception):
+                        importlib.import_module(name)
+        finally:
+            self._restore()
+            # the start-up's imports are over: a collector paused for them (didmesh run,
+            # the runner's child) is on again, so that a long wait for the peers is
+            # collected as usual (the runner turns it on before the program in any case)
+            gc_pause.resume()
 
     # -- the runner's thread ------------------------------------------------------------
 
@@ -151,7 +157,6 @@ class BackgroundSetup:
                     f"MPyC's import and set-up did not finish within {timeout:g} s of the "
                     "mesh coming up (is this machine overloaded?)",
                     party=self.bridge.party_id)
-        self._restore()
         self._raise()
         return True
 

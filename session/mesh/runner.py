@@ -5,8 +5,10 @@
 1. connect to every peer (:class:`~.connect.MeshConnector`), direct or relayed, while a
    worker thread imports MPyC and installs the MPyC bridge (:mod:`.mpyc_setup`,
    :mod:`.mpyc_bridge`); the worker is joined once connected;
-2. the connectivity check (:meth:`~.mesh.Mesh.check`): a table of all pairs with path
-   and RTT, and a barrier;
+2. the connectivity check: this party's row goes out (:meth:`~.mesh.Mesh.announce`);
+   every peer's row (a table of all pairs with path and RTT, and a barrier) is awaited
+   with MPyC's start barrier in ``mpc.start()`` (the bridge's gate), so the two barriers
+   cost one wait;
 3. run the program with :func:`runpy.run_path` as ``__main__``, on the mesh's event loop;
 4. BYE to all peers, wait for theirs, close; return a :class:`RunResult`.
 
@@ -282,17 +284,37 @@ def run_program(
             loop.run_until_complete(_tell_and_wait(mesh, refuse))
             raise refuse
 
-        async def _check() -> list[PairStatus]:
+        check_timeout = max(10.0, timeout)
+
+        async def _announce() -> None:
             assert mesh is not None and setup is not None
             mesh.start()  # liveness from now on: the peers hear heartbeats while we wait
             if not await setup.wait(unless=mesh.failed):  # e.g. a peer's abort came
                 raise mesh.fatal or ProgramFailed("the run failed during MPyC's set-up",
                                                   party=plan.my_party_id)
-            return await mesh.check(timeout=max(10.0, timeout))
+            await mesh.announce(timeout=check_timeout)
 
-        table = loop.run_until_complete(_check())
-        setup_seconds = time.perf_counter() - t0
-        report(format_table(plan, table))
+        setup_seconds = 0.0
+
+        async def _rows() -> list[PairStatus]:
+            nonlocal setup_seconds
+            assert mesh is not None
+            try:
+                rows = await mesh.wait_ready(check_timeout)
+            except DidmeshError as exc:
+                if mesh.fatal is None:
+                    mesh.fail(exc, culprit=None)
+                raise mesh.fatal or exc from None
+            setup_seconds = time.perf_counter() - t0
+            report(format_table(plan, rows))
+            return rows
+
+        # The connectivity check: this party's READY goes out now, the peers' rows are
+        # awaited with MPyC's start barrier (in start(), the bridge's gate), or after the
+        # program if it never starts MPyC: the two barriers cost one wait, not two.
+        loop.run_until_complete(_announce())
+        check = loop.create_task(_rows())
+        bridge.gate = check
 
         entry_dir = Path(program_path).resolve().parent
         run_dir = Path(workdir).resolve() if workdir else entry_dir
@@ -328,6 +350,7 @@ def run_program(
         if exit_code:
             raise ProgramFailed(f"the program exited with status {exit_code}",
                                 party=plan.my_party_id)
+        table = loop.run_until_complete(check)
         loop.run_until_complete(mesh.finish(max(10.0, timeout)))
         ended = time.time()
         result = RunResult(

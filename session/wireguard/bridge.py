@@ -87,9 +87,7 @@ class WgBridge(MpycBridge):
             rt.start_time = time.time()
             return
         loop = rt._loop
-        for p in self.ports.values():  # the same start barrier as on the mesh
-            p.send_start()
-        await asyncio.gather(*(p.peer_started.wait() for p in self.ports.values()))
+        await self.start_barrier()  # the same start barrier as on the mesh
         for peer in rt.parties:
             peer.protocol = asyncio.Future(loop=loop) if peer.pid == rt.pid else None
 
