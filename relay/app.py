@@ -45,6 +45,7 @@ from .errors import (
 )
 from .fastlink import FastLink
 from .forwarded import TrustedProxies
+from .httperrors import BODY_ERRORS, body_error
 from .limits import LimitSettings
 from .links import (
     LinkDuplicate,
@@ -228,6 +229,9 @@ class Relay:
             raise RequestTimeout(
                 f"the request body did not arrive within {self.config.body_timeout_s:g} s"
             ) from None
+        except BODY_ERRORS:  # framing or encoding: the connection cannot be trusted further
+            request["close"] = True
+            raise body_error() from None
 
     async def _json(self, request: web.Request) -> Any:
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()

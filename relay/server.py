@@ -38,6 +38,7 @@ from .conns import (
     throttled_exception_handler,
 )
 from .errors import RelayConfigError
+from .httperrors import HTTP_LIMITS, json_http_errors
 from .options import add_serve_arguments, config_from_args
 from .store.url import open_store
 from .stun import serve_stun
@@ -165,9 +166,11 @@ async def serve(
         # after it opened or after the previous response: our header timeout
         keepalive_timeout=config.header_timeout_s,
         lingering_time=2.0,
+        **HTTP_LIMITS,
     )
     await runner.setup()
     assert runner.server is not None
+    json_http_errors(runner.server, relay.metrics.reject)
     guard = ConnectionGuard(config.conns_per_address, budget, exempt=relay.proxies.trusts)
     guard_server(runner.server, guard)
     relay.guard = guard
@@ -183,8 +186,11 @@ async def serve(
             await site.start()
             if config.metrics_listen:
                 host, mport = parse_listen(config.metrics_listen)
-                metrics_runner = web.AppRunner(build_metrics_app(relay), access_log=None)
+                metrics_runner = web.AppRunner(
+                    build_metrics_app(relay), access_log=None, **HTTP_LIMITS
+                )
                 await metrics_runner.setup()
+                json_http_errors(metrics_runner.server)
                 await web.TCPSite(metrics_runner, host, mport).start()
         except OSError as exc:
             why = exc.strerror or str(exc).rsplit(": ", 1)[-1]

@@ -378,6 +378,13 @@ class Engine:
                         f"set aside a message from {who} that didmesh failed to process "
                         f"({type(exc).__name__}); kept as {kept}; please report it",
                     ))  # fmt: skip
+            for sid, machine in machines.items():  # the batch is in: a roster may be due
+                before = machine.state.status
+                try:
+                    machine.end_batch(now=now)
+                except DidmeshError as exc:
+                    notes.append(Note("error", f"session {sid[:8]}: {exc.message}", sid))
+                _status_note(notes, machine.state, before)
             for state in states.values():
                 self.save(state)
         return notes
@@ -420,6 +427,7 @@ class Engine:
         seen = len(state.events)
         if sid not in machines:
             machines[sid] = self.machine(state)
+            machines[sid].begin_batch()
         try:
             machines[sid].receive(msg, now=now)
         except DidmeshError as exc:
@@ -429,12 +437,7 @@ class Engine:
             for e in state.events[seen:]
             if e["what"].endswith(_SEAT_EVENTS)
         )
-        if state.status != before:
-            level = "error" if state.status in ENDED else "info"
-            text = f"session {sid[:8]}: {before} -> {state.status}"
-            if state.error and state.status in ENDED:
-                text += f": {state.error['message']}"
-            notes.append(Note(level, text, sid))
+        _status_note(notes, state, before)
 
     def tick(self) -> list[Note]:
         notes = []
@@ -625,6 +628,18 @@ class Engine:
     # ----------------------------------------------------------------------- queries
     def status_of(self, session_id: str) -> Status:
         return Status(self.peek(session_id).status)
+
+
+def _status_note(notes: list[Note], state: SessionState, before: str) -> None:
+    """Tell the user of a status change (why, if the session ended)."""
+    if state.status == before:
+        return
+    sid = state.session_id
+    level = "error" if state.status in ENDED else "info"
+    text = f"session {sid[:8]}: {before} -> {state.status}"
+    if state.error and state.status in ENDED:
+        text += f": {state.error['message']}"
+    notes.append(Note(level, text, sid))
 
 
 def _entry_key(entry: dict[str, str]) -> str:

@@ -252,6 +252,13 @@ class GateCredentialMissing(AcceptanceInvalid):
     code = "gate_credential_missing"
 
 
+class GateCredentialTooLarge(AcceptanceInvalid):
+    """The credentials an acceptance presents for a gated seat would make the roster too
+    large to issue or to carry through a relay (counted with the seats accepted so far)."""
+
+    code = "gate_credential_too_large"
+
+
 class RosterInvalid(SessionRemoteError):
     """The roster failed verification."""
 
@@ -280,6 +287,14 @@ class PartyWithdrew(SessionRemoteError):
     """A party withdrew its acceptance (or declined) after the roster was published."""
 
     code = "party_withdrew"
+
+
+class LateMessage(SessionRemoteError):
+    """A message came after the step it could change: a withdrawal, decline or cancel after
+    every party confirmed the roster, or a second acceptance after the roster was
+    published. It is ignored (the roster is final) and reported; the session stays as it is."""
+
+    code = "late_message"
 
 
 class SessionCancelled(SessionRemoteError):

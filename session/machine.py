@@ -11,8 +11,11 @@ table raises :class:`~didmesh.session.errors.UnexpectedEvent` naming state and e
 received message outside it is recorded as rejected (it may be a late duplicate) and
 changes nothing. Checks that fail on a message *authenticated* as coming from a party
 of the session and proving misbehaviour (an invalid roster, equivocation, a
-confirmation of another hash, a withdrawal after the roster) move the session to
-``failed`` with the error naming the cause and the party: nothing starts.
+confirmation of another hash, a withdrawal after the roster and before agreement) move
+the session to ``failed`` with the error naming the cause and the party: nothing starts.
+Once agreed, the roster is final: a late withdrawal or cancel is recorded and reported
+(``LateMessage``), never fatal. Messages received together are one step
+(:meth:`SessionMachine.begin_batch`): the organizer publishes the roster at the batch's end.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
 from nacl import bindings
 
+from .budget import gate_bytes, gates_fit, presented
 from .documents import (
     Gate,
     build_acceptance,
@@ -43,8 +47,10 @@ from .documents import (
 from .errors import (
     BadSessionParameters,
     ConfirmationMismatch,
+    GateCredentialTooLarge,
     InviteExpired,
     InviteWithdrawn,
+    LateMessage,
     MessageInvalid,
     NotInvited,
     PartyWithdrew,
@@ -95,7 +101,7 @@ TABLE: dict[tuple[Role, Status], frozenset[str]] = {
     (O, S.CONFIRMING): frozenset(
         {"cancel", "tick", "msg:confirm", "msg:accept", "msg:decline", "msg:withdraw"}
     ),
-    (O, S.AGREED): frozenset({"msg:confirm", "msg:accept"}),
+    (O, S.AGREED): frozenset({"msg:confirm", "msg:accept", "msg:decline", "msg:withdraw"}),
     (I, S.INVITED): frozenset(
         {"accept", "decline", "tick", "msg:invite", "msg:withdraw-invite", "msg:cancel"}
     ),
@@ -106,8 +112,11 @@ TABLE: dict[tuple[Role, Status], frozenset[str]] = {
     (I, S.CONFIRMING): frozenset(
         {"withdraw", "tick", "msg:roster", "msg:confirm", "msg:withdraw", "msg:cancel"}
     ),
-    (I, S.AGREED): frozenset({"msg:roster", "msg:confirm"}),
+    (I, S.AGREED): frozenset({"msg:roster", "msg:confirm", "msg:withdraw", "msg:cancel"}),
 }  # fmt: skip
+#: received in state agreed, these come too late to change anything: the roster is final,
+#: every party confirmed it. Each is recorded as rejected (``LateMessage``) and reported.
+LATE = frozenset({"msg:decline", "msg:withdraw", "msg:cancel"})
 MAX_EARLY = 128
 
 
@@ -136,6 +145,8 @@ class SessionMachine:
         self.rng = rng
         self.manifest = Manifest.from_json(state.manifest)
         self.labels = labels or {}
+        self._batch = False  # between begin_batch and end_batch
+        self._publish_due = False  # an acceptance came in during the batch
 
     # ----------------------------------------------------------------------- helpers
     @property
@@ -323,13 +334,38 @@ class SessionMachine:
             )
         if self.status != Status.COLLECTING:
             if seat.acceptance != acc.document:
-                raise SessionUsageError(
-                    f"late acceptance by {self.label(acc.holder)} ignored: the roster is out"
+                raise LateMessage(
+                    f"a second acceptance by {self.label(acc.holder)} came after the roster "
+                    "was published: too late, ignored (the roster holds the first one)",
+                    party=acc.holder,
                 )
             return
+        self._check_gate_bytes(seat, acc.document, acc.holder)
         seat.status, seat.acceptance = SeatStatus.ACCEPTED, acc.document
         self.state.note(format_time(now), f"{self.label(acc.holder)} accepted")
-        self._maybe_publish(now)
+        if self._batch:
+            self._publish_due = True  # decided at end_batch, once the whole batch is in
+        else:
+            self._maybe_publish(now)
+
+    def _check_gate_bytes(self, seat: SeatRecord, acceptance: dict[str, Any], who: str) -> None:
+        """The roster must still fit with this acceptance's gate credentials and those of
+        the seats accepted so far: refused now, not once every seat accepted."""
+        mine = gate_bytes(presented(acceptance))
+        if not mine.raw:
+            return
+        others = [gate_bytes(presented(s.acceptance)) for s in self.state.seats
+                  if s.status == SeatStatus.ACCEPTED and s is not seat]  # fmt: skip
+        why = gates_fit(self.manifest, [*others, mine])
+        if why is not None:
+            raise GateCredentialTooLarge(
+                f"acceptance by {self.label(who)} presents gate credentials of {mine.raw} "
+                f"bytes ({mine.framed} compressed); with the {len(others)} other seat(s) "
+                f"accepted so far {why}; the seat stays invited: withdraw the invite "
+                f"(didmesh withdraw {self.state.session_id[:8]} --invite DID) or ask for a "
+                "smaller credential",
+                party=who,
+            )
 
     def _maybe_publish(self, now: datetime) -> None:
         accepted = [s for s in self.state.seats if s.status == SeatStatus.ACCEPTED]
@@ -412,6 +448,14 @@ class SessionMachine:
         self._allow("accept")
         invite = verify_invite(self.state.invite, now=now, me=self.me)
         validate_endpoints(list(endpoints), "--endpoint", BadSessionParameters)
+        mine = gate_bytes(extra_credentials)
+        why = gates_fit(self.manifest, [mine])
+        if why is not None:
+            raise BadSessionParameters(
+                f"the credentials you present take {mine.raw} bytes ({mine.framed} compressed) "
+                f"inside the roster of {self.manifest.parties} parties: {why}; nothing was "
+                "sent; present a smaller credential (the seat needs only the one it names)"
+            )
         public = x25519_public(session_private)
         doc = build_acceptance(
             invite,
@@ -619,7 +663,40 @@ class SessionMachine:
             now,
         )
 
+    def _on_late(self, msg: Message, now: datetime) -> None:
+        """A decline, withdrawal or cancel after every party confirmed the roster: the
+        session stays agreed; the message is recorded as rejected and reported."""
+        who = self.label(msg.sender)
+        if msg.kind == "cancel":
+            if msg.sender != self.manifest.organizer:
+                raise MessageInvalid(f"cancel from {who}, not the organizer")
+            reason = msg.body.get("reason")
+            why = f" ({reason[:300]})" if isinstance(reason, str) and reason.isprintable() else ""
+            what = f"the organizer {who} cancelled the session{why}"
+        else:
+            if msg.sender not in self._others():
+                raise NotInvited(f"{msg.kind} from {who}, who is not in the roster")
+            what = f"{who} {'declined' if msg.kind == 'decline' else 'withdrew'}"
+        raise LateMessage(
+            f"{what} after every party had confirmed the roster: too late, ignored; the "
+            f"session stays agreed, but {who} will not take part in the run",
+            party=msg.sender,
+        )
+
     # ----------------------------------------------------------------------- dispatch
+    def begin_batch(self) -> None:
+        """Apply the messages received next as one step, until :meth:`end_batch`: the
+        organizer decides whether to publish the roster only once the whole batch is in,
+        so a withdrawal that came with the last acceptance frees its seat instead of
+        failing a roster its sender never saw (specs/session-protocol.md, section 7)."""
+        self._batch = True
+
+    def end_batch(self, *, now: datetime) -> None:
+        self._batch = False
+        due, self._publish_due = self._publish_due, False
+        if due and self.role == Role.ORGANIZER and self.status == Status.COLLECTING:
+            self._maybe_publish(now)
+
     def receive(self, msg: Message, *, now: datetime) -> None:
         """Apply one authenticated message. Rejections are recorded in ``state.rejected``
         (and re-raised as the :class:`SessionRemoteError` they are, for the caller to
@@ -636,7 +713,7 @@ class SessionMachine:
                 f"ignored {msg.kind} from {self.label(msg.sender)} in state {self.status.value}",
             )
             return
-        handler = {
+        handlers: dict[str, Callable[[], None]] = {
             "msg:invite": lambda: self._on_invite(msg, now),
             "msg:accept": lambda: self._on_accept(msg, now),
             "msg:decline": lambda: self._on_decline(msg, now, withdraw=False),
@@ -649,7 +726,9 @@ class SessionMachine:
             "msg:cancel": lambda: self._on_cancel(msg, now),
             "msg:roster": lambda: self._on_roster(msg, now),
             "msg:confirm": lambda: self._on_confirm(msg, now),
-        }[event]
+        }
+        late = self.status == Status.AGREED and event in LATE
+        handler = (lambda: self._on_late(msg, now)) if late else handlers[event]
         try:
             handler()
         except DidmeshError as exc:

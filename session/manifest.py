@@ -620,7 +620,9 @@ def new_manifest(
         valid_from=start,
         valid_until=start + valid_for,
     )
-    _check_roster_budget(manifest)
+    from .budget import check_terms  # (budget reads manifests: imported here, not above)
+
+    check_terms(manifest)
     return Manifest.from_json(manifest.to_json())  # one validation path
 
 
@@ -651,35 +653,6 @@ def check_inputs(manifest: Manifest, names: Sequence[str]) -> None:
                 f"{name} is not a private input of session {manifest.session_id[:8]}; it "
                 f"takes {', '.join(declared)}; nothing starts"
             )
-
-
-#: what one party adds to the roster credential besides the manifest its invite repeats:
-#: its entry, session key, 8 endpoints and acceptance with proofs (measured ~2.5 KB; this
-#: leaves a margin for long IPv6 endpoints)
-ROSTER_BYTES_PER_PARTY = 2816
-
-
-def _check_roster_budget(manifest: Manifest) -> None:
-    """The roster credential embeds every acceptance, each with its invite and so with the
-    manifest: about (m+1) manifests and m acceptances, which must stay within what a
-    credential may weigh (MAX_DOCUMENT_BYTES of the identity layer), or the organizer
-    could not issue it nor the parties verify it (specs/session-protocol.md, 2.1). The
-    roster *message* carries the manifest only once (section 4)."""
-    from didmesh.identity.credentials import MAX_DOCUMENT_BYTES
-
-    m = manifest.parties
-    size = len(canonicalize(manifest.to_json()))
-    need = (m + 1) * size + m * ROSTER_BYTES_PER_PARTY
-    if need > MAX_DOCUMENT_BYTES:
-        what = f"the list of {len(manifest.program.files)} bundle files and " if (
-            manifest.program.is_bundle) else ""
-        raise BadSessionParameters(
-            f"the session terms ({what}{len(manifest.program.args)} program arguments) take "
-            f"{size} bytes, repeated in each party's acceptance inside the roster: about "
-            f"{need} bytes for {m} parties, above the {MAX_DOCUMENT_BYTES} bytes a credential "
-            "may have; bundle fewer files (--include/--exclude, or pack data files into "
-            "one), shorten the arguments or invite fewer parties"
-        )
 
 
 def program_ref(

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -137,6 +138,42 @@ async def test_slots_of_a_dead_process_are_reclaimed_and_watchers_told(
         await sb.release("alice")
         assert await a.r.keys(a.prefix + "links:*") == []
 
+
+@pytest.mark.parametrize("op", ["acquire", "release"])
+async def test_a_slot_change_cancelled_in_flight_is_repaired_at_the_next_heartbeat(
+    redis_server: RedisServer, op: str,  # noqa: F811
+) -> None:
+    """A link request cancelled (its client went away) while its slot script is in flight:
+    the script may have run in Redis or not. Before, the process's own record (``held``,
+    the authority) and Redis then disagreed for good (a slot leaked, or one freed twice),
+    since only a RelayError marked the record for the next heartbeat; a cancellation did
+    not."""
+    async with asyncio.timeout(30), stores(redis_server, 1, beat_s=60) as (a,):
+        slots, registry = a.limits(SETTINGS, time.time).slots, a.registry
+        if op == "release":
+            await slots.acquire("alice")
+        real = a._call
+        ran = asyncio.Event()
+
+        async def stalled(script: Any, args: list[Any], keys: list[str] | None = None) -> Any:
+            if script is registry._heartbeat:
+                return await real(script, args, keys)
+            if op == "acquire":  # Redis counts the slot; its reply comes too late
+                await real(script, args, keys)
+            ran.set()  # (release: cancelled before Redis heard of it)
+            await asyncio.sleep(30)
+            raise AssertionError("not cancelled")
+
+        a._call = stalled  # type: ignore[method-assign]
+        task = asyncio.create_task(getattr(slots, op)("alice"))
+        await asyncio.wait_for(ran.wait(), 5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        a._call = real  # type: ignore[method-assign]
+        await registry.heartbeat()
+        in_redis = await a.r.get(a.prefix + "links:did:alice")
+        assert int(in_redis or 0) == registry.held["alice"], (op, in_redis, registry.held)
 
 # -- two real relay processes -----------------------------------------------------------------
 

@@ -206,6 +206,86 @@ async def test_withdraw_after_roster_stops_everyone(tmp_path: Path) -> None:
     assert carol.engine.store.load(world.sid).agreed_roster is None
 
 
+def _take(world: World, party) -> list[tuple[str, bytes]]:
+    """Everything waiting in ``party``'s in-memory inbox, in order (one delivery batch)."""
+    inbox = world.hub.inboxes[party.did]
+    items = list(inbox)
+    inbox.clear()
+    return items
+
+
+@pytest.mark.parametrize("order", ["accept-first", "withdraw-first"])
+@pytest.mark.parametrize("m", [2, 3])
+async def test_acceptance_and_withdrawal_in_one_batch_free_the_seat(
+    tmp_path: Path, m: int, order: str
+) -> None:
+    """The last acceptance and an acceptance's withdrawal reach the organizer in one batch
+    (at m = 2, the same invitee's): the batch is one step, so the withdrawal frees the seat
+    before the organizer decides on a roster; none is published, nothing fails."""
+    world = World(tmp_path, m)
+    org, bob = world.parties[0], world.parties[1]
+    world.invite_all()
+    await world.deliver_invites()
+    bob.engine.accept(world.sid)
+    await bob.engine.flush(bob.mailbox)
+    if m == 3:  # bob's acceptance is in; carol's (the last) comes with bob's withdrawal
+        org.engine.deliver(_take(world, org))
+        world.parties[2].engine.accept(world.sid)
+        await world.parties[2].engine.flush(world.parties[2].mailbox)
+    bob.engine.withdraw(world.sid)
+    await bob.engine.flush(bob.mailbox)
+    batch = _take(world, org)
+    kinds = [open_message(p, me=org.did).kind for _s, p in batch]
+    assert sorted(kinds) == ["accept", "withdraw"]
+    if (order == "withdraw-first") != (kinds[0] == "withdraw"):
+        batch.reverse()
+    notes = org.engine.deliver(batch)
+    state = org.engine.load(world.sid)
+    assert state.status == Status.COLLECTING and state.roster is None and not state.error
+    assert not [n for n in notes if n.level == "error"]
+    seats = {s.did: s.status for s in state.seats}
+    assert seats[bob.did] == "withdrawn"
+    if m == 3:
+        assert seats[world.parties[2].did] == "accepted"
+        assert any("the seat is free" in n.text and bob.did in n.text for n in notes)
+    await org.engine.flush(org.mailbox)
+    assert all(not world.hub.inboxes[p.did] for p in world.parties[1:])  # no roster, no cancel
+
+
+async def test_withdrawal_after_agreement_is_reported_and_the_session_stays_agreed(
+    tmp_path: Path,
+) -> None:
+    """The roster is final once every party confirmed it: a late acceptance and withdrawal
+    (one batch) and a late cancel are recorded as rejected and reported, never a failure."""
+    world = await agreed_world(tmp_path, 3)
+    org, bob, carol = world.parties
+    invite_id = bob.engine.load(world.sid).invite["id"]
+    acceptance = bob.engine.load(world.sid).acceptance
+    now_ms = int(world.clock().timestamp() * 1000)
+
+    def sealed(key: IdentityKey, kind: str, to: str, body: dict) -> tuple[str, bytes]:
+        return key.did, seal_message(key, kind, world.sid, to, body, now_ms=now_ms)
+
+    notes = org.engine.deliver([
+        sealed(bob.key, "accept", org.did, {"acceptance": acceptance}),
+        sealed(bob.key, "withdraw", org.did, {"inviteId": invite_id}),
+    ])  # fmt: skip
+    late = [n for n in notes if n.level == "warning"]
+    assert len(late) == 1 and bob.did in late[0].text and "too late" in late[0].text
+    assert "stays agreed" in late[0].text
+    notes = carol.engine.deliver([
+        sealed(bob.key, "withdraw", carol.did, {"inviteId": invite_id}),
+        sealed(org.key, "cancel", carol.did, {"reason": "bob withdrew"}),
+    ])  # fmt: skip
+    late = [n for n in notes if n.level == "warning"]
+    assert len(late) == 2 and all("too late" in n.text for n in late)
+    assert bob.did in late[0].text and org.did in late[1].text
+    for party in (org, carol):
+        state = party.engine.load(world.sid)
+        assert state.status == Status.AGREED and not state.error
+        assert state.rejected[-1]["code"] == "late_message"
+        assert party.engine.store.load(world.sid).agreed_roster is not None
+
 async def test_decline_and_organizer_withdraw_and_cancel(tmp_path: Path) -> None:
     world = World(tmp_path, 4)
     org, bob, carol, dave = world.parties

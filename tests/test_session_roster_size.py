@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,121 @@ def test_pack_and_unpack_give_the_signed_roster_back(tmp_path: Path) -> None:
 def test_unpack_of_a_hostile_roster_raises_nothing(doc: dict[str, Any]) -> None:
     out = unpack_roster(doc)  # what is not restored fails verification later, named
     assert isinstance(out, dict)
+
+
+# --------------------------------------------------------------------------- gate credentials
+
+
+def _big_gate_credential(issuer: IdentityKey, subject: str, random_bytes: int) -> dict[str, Any]:
+    """A valid gate credential carrying ``random_bytes`` of incompressible data (a photo,
+    say): it compresses no better in the roster message than alone."""
+    import base64
+
+    from didmesh.identity.credentials import issue_credential
+    from didmesh.session.documents import CONTEXT
+
+    return issue_credential({
+        "@context": [*CONTEXT, "https://www.w3.org/ns/credentials/examples/v2"],
+        "type": ["VerifiableCredential", "ConsortiumMember"],
+        "issuer": issuer.did,
+        "credentialSubject": {"id": subject,
+                              "name": base64.b64encode(os.urandom(random_bytes)).decode()},
+    }, issuer, suite="eddsa-jcs-2022")  # fmt: skip
+
+
+async def _gated_world(tmp_path: Path, url: str, issuer: IdentityKey) -> World:
+    from didmesh.session.documents import Gate
+
+    world = World(tmp_path, 3, relays=[url], factory=lambda ident, urls: RelayMailbox(urls, ident))
+    for party in world.parties[1:]:
+        world.organizer.engine.invite(world.sid, party.did, Gate(issuer.did))
+    await world.deliver_invites()
+    return world
+
+
+async def test_gate_credentials_that_would_overflow_the_roster_are_refused_when_presented(
+    tmp_path: Path,
+) -> None:
+    """Two seats each present a 40 KB gate credential, one relay on its default limits.
+    Before, both were taken, the organizer published the roster, and the roster message
+    (85 KB) was refused by the relay: the session hung in 'confirming'. Now the organizer
+    refuses the acceptance that makes the roster too large, naming its sender and the
+    limit; the seat stays invited and no roster is published."""
+    from didmesh.session.state import Status
+
+    consortium = IdentityKey.generate()
+    with start_relay(args=["--rate-ip-per-s", "0"]) as relay:
+        world = await _gated_world(tmp_path, relay.url, consortium)
+        org, bob, carol = world.parties
+        try:
+            for party in (bob, carol):  # each alone fits: the invitees' own check passes
+                party.engine.accept(world.sid, credentials=[
+                    _big_gate_credential(consortium, party.did, 30_000)])
+                await party.engine.flush(party.mailbox)
+            await world.pump(org, lambda: bool(org.engine.load(world.sid).rejected), 20)
+            await org.engine.flush(org.mailbox)  # nothing over the relay's limit to send
+        finally:
+            await world.close()
+    state = org.engine.load(world.sid)
+    assert state.status == Status.COLLECTING and state.roster is None and not state.outbox
+    refused = state.rejected[-1]
+    assert refused["code"] == "gate_credential_too_large"
+    assert refused["party"] in (bob.did, carol.did) and refused["party"] in refused["message"]
+    assert "65536-byte envelope" in refused["message"]
+    seats = sorted(s.status for s in state.seats)
+    assert seats == ["accepted", "invited"]
+
+
+async def test_a_gate_credential_too_large_alone_is_refused_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    from didmesh.session.errors import BadSessionParameters
+    from didmesh.session.state import Status
+
+    consortium = IdentityKey.generate()
+    with start_relay(args=["--rate-ip-per-s", "0"]) as relay:
+        world = await _gated_world(tmp_path, relay.url, consortium)
+        bob = world.parties[1]
+        try:
+            big = _big_gate_credential(consortium, bob.did, 60_000)
+            with pytest.raises(BadSessionParameters) as info:
+                bob.engine.accept(world.sid, credentials=[big])
+        finally:
+            await world.close()
+    text = str(info.value)
+    assert re.search(r"take \d+ bytes", text) and "nothing was sent" in text, text
+    assert "65536" in text, text
+    state = bob.engine.load(world.sid)
+    assert state.status == Status.INVITED and not state.outbox and state.acceptance is None
+
+
+async def test_gate_credentials_within_the_estimate_agree_through_a_default_relay(
+    tmp_path: Path,
+) -> None:
+    """The estimate is not lax: gate credentials it lets through (two of 27 KB) make a
+    roster message the relay's default envelope limit carries, smaller than estimated."""
+    from didmesh.session import budget
+
+    consortium = IdentityKey.generate()
+    sizes: list[int] = []
+    real = RelayMailbox.send
+
+    async def send(self: RelayMailbox, to: str, sid: str, payload: bytes, **kw: Any) -> None:
+        sizes.append(len(frame(payload)))
+        await real(self, to, sid, payload, **kw)
+
+    with start_relay(args=["--rate-ip-per-s", "0"]) as relay:
+        world = await _gated_world(tmp_path, relay.url, consortium)
+        try:
+            creds = [_big_gate_credential(consortium, p.did, 20_000) for p in world.parties[1:]]
+            for party, cred in zip(world.parties[1:], creds, strict=True):
+                party.engine.accept(world.sid, credentials=[cred])
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(RelayMailbox, "send", send)
+                await world.settle(timeout=30)
+        finally:
+            await world.close()
+    assert all(p.engine.store.load(world.sid).agreed_roster for p in world.parties)
+    est = budget.estimate(world.manifest, [budget.gate_bytes([c]) for c in creds])
+    assert not est.message_over and max(sizes) <= est.message, (max(sizes), est)
+    assert max(sizes) > budget.ROSTER_MESSAGE_BYTES * 0.8  # near the limit, and carried

@@ -223,8 +223,8 @@ class ProcessRegistry:
                 res = int(await self.store._call(
                     self._acquire, [did, self.proc_id, per_did, total], keys
                 ))
-            except RelayError:
-                self.dirty = True  # the script may have run: the heartbeat rewrites ours
+            except BaseException:  # failed, or cancelled (a client went away) while the
+                self.dirty = True  # script may have run: the heartbeat rewrites ours
                 raise
             if res == 1:
                 raise too_many_links_total(total)
@@ -243,6 +243,9 @@ class ProcessRegistry:
                 self.dirty = True
                 log.warning("releasing a link slot failed (repaired at the next heartbeat): %s",
                             exc.message)
+            except BaseException:  # cancelled: the script may or may not have run
+                self.dirty = True
+                raise
 
 
 class RedisRate:
