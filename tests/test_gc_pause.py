@@ -116,3 +116,43 @@ def test_other_commands_leave_the_collector_alone(tmp_path: Path, collector_on: 
     assert cli_main.main(["--home", str(tmp_path), "id", "list"]) == 0
     assert paused == [] and gc.isenabled()
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("transport", ["noise", "wireguard"])
+async def test_when_a_real_run_hands_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          collector_on: None, transport: str) -> None:
+    """``didmesh run`` of an agreed session: the mesh's runner starts with the collector
+    still paused (its worker turns it on once MPyC is imported); over WireGuard it is on
+    before the tunnel's set-up, which waits for STUN and handshakes first."""
+    from didmesh.identity.keystore import Keystore
+    from didmesh.session.mesh.faults import PlanError
+    from test_session_protocol import agreed_world
+
+    world = await agreed_world(tmp_path, 3)
+    party = world.parties[1]
+    home = party.engine.store.home
+    Keystore(home).create(passphrase=None, key=party.key)
+    seen: list[bool] = []
+
+    def runner(*args: object, **kwargs: object) -> None:
+        seen.append(gc.isenabled())
+        raise PlanError("stopped here by the test")
+
+    if transport == "wireguard":
+        from didmesh.session.wireguard import impl, preflight
+        from didmesh.session.wireguard import run as wg_run
+
+        monkeypatch.setattr(impl, "choose", lambda _impl: "userspace")
+        monkeypatch.setattr(preflight, "check", lambda _impl: None)
+        monkeypatch.setattr(wg_run, "run_over_wireguard", runner)
+    else:
+        monkeypatch.setattr(run_cmd, "run_program", runner)
+    monkeypatch.setenv("DIDMESH_DEBUG", "1")  # the error comes out instead of os._exit
+    try:
+        with pytest.raises(PlanError, match="stopped here by the test"):
+            cli_main.main(["--home", str(home), "run", world.sid, "--transport", transport,
+                           "--", str(world.program)])
+        assert seen == [transport == "wireguard"]
+        assert gc.isenabled() and not gc_pause.paused()
+    finally:
+        gc.unfreeze()  # the WireGuard case froze this test process's objects
