@@ -118,13 +118,15 @@ def test_other_commands_leave_the_collector_alone(tmp_path: Path, collector_on: 
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("transport", ["noise", "wireguard"])
+@pytest.mark.parametrize("transport", ["noise", "wireguard", "refused"])
 async def test_when_a_real_run_hands_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           collector_on: None, transport: str) -> None:
     """``didmesh run`` of an agreed session: the mesh's runner starts with the collector
     still paused (its worker turns it on once MPyC is imported); over WireGuard it is on
-    before the tunnel's set-up, which waits for STUN and handshakes first."""
+    before the tunnel's set-up, which waits for STUN and handshakes first; a party whose
+    program differs turns it on before it connects to tell its peers."""
     from didmesh.identity.keystore import Keystore
+    from didmesh.session.errors import ProgramDigestMismatch
     from didmesh.session.mesh.faults import PlanError
     from test_session_protocol import agreed_world
 
@@ -147,12 +149,17 @@ async def test_when_a_real_run_hands_over(tmp_path: Path, monkeypatch: pytest.Mo
         monkeypatch.setattr(wg_run, "run_over_wireguard", runner)
     else:
         monkeypatch.setattr(run_cmd, "run_program", runner)
+    program = Path(world.program)
+    if transport == "refused":
+        program = tmp_path / "changed.py"
+        program.write_bytes(Path(world.program).read_bytes() + b"\n# changed\n")
     monkeypatch.setenv("DIDMESH_DEBUG", "1")  # the error comes out instead of os._exit
     try:
-        with pytest.raises(PlanError, match="stopped here by the test"):
-            cli_main.main(["--home", str(home), "run", world.sid, "--transport", transport,
-                           "--", str(world.program)])
-        assert seen == [transport == "wireguard"]
+        with pytest.raises(ProgramDigestMismatch if transport == "refused" else PlanError):
+            cli_main.main(["--home", str(home), "run", world.sid, "--transport",
+                           "wireguard" if transport == "wireguard" else "noise",
+                           "--", str(program)])
+        assert seen == [transport != "noise"]
         assert gc.isenabled() and not gc_pause.paused()
     finally:
-        gc.unfreeze()  # the WireGuard case froze this test process's objects
+        gc.unfreeze()  # a resume froze this test process's objects

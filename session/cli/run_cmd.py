@@ -295,11 +295,11 @@ def _tell_peers(plan: Any, identity: Any, args: argparse.Namespace, refusal: Did
     out.progress(f"nothing starts here; telling the other parties why (up to {wait:g} s; "
                  "Ctrl-C stops)")
     tell = type(refusal)(_peer_reason(refusal))
+    gc_pause.resume()  # no program follows: the connecting (up to TELL_SECONDS) is collected
     try:
         if args.transport == "wireguard":  # the peers listen inside the tunnel only
             from didmesh.session.wireguard.run import run_over_wireguard
 
-            gc_pause.resume()  # as for a run: the tunnel's set-up waits
             run_over_wireguard(plan, program, [], timeout=args.timeout, identity=identity,
                                connect_timeout=wait, handshake_timeout=wait,
                                report=lambda _: None, refuse=tell, impl=args.wg_impl)
