@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from didmesh.identity.errors import DidmeshError
+from didmesh.session import gc_pause
 from didmesh.session.errors import (
     BadSessionParameters,
     ProgramArgsMismatch,
@@ -265,6 +266,9 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
             if wireguard:
                 from didmesh.session.wireguard.run import run_over_wireguard
 
+                # the tunnel's set-up waits (STUN, endpoint exchange, handshakes) before
+                # MPyC's import: the collector paused for the start-up is on for those
+                gc_pause.resume()
                 result = run_over_wireguard(plan, str(local.entry), prog_args,
                                             handshake_timeout=args.handshake_timeout,
                                             impl=args.wg_impl, **common)
@@ -295,6 +299,7 @@ def _tell_peers(plan: Any, identity: Any, args: argparse.Namespace, refusal: Did
     out.progress(f"nothing starts here; telling the other parties why (up to {wait:g} s; "
                  "Ctrl-C stops)")
     tell = type(refusal)(_peer_reason(refusal))
+    gc_pause.resume()  # no program follows: the connecting (up to TELL_SECONDS) is collected
     try:
         if args.transport == "wireguard":  # the peers listen inside the tunnel only
             from didmesh.session.wireguard.run import run_over_wireguard

@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import sys
 
+from didmesh.session import gc_pause
+
 from .predial import from_launch
 
 
 def main() -> int:
+    gc_pause.pause()  # this process is one run: no collections while it starts
     raw = sys.stdin.buffer.read(1 << 20)
     try:
         doc = json.loads(raw)

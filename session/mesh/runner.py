@@ -55,6 +55,7 @@ from typing import Any, NoReturn
 
 from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
+from didmesh.session import gc_pause
 
 from .connect import ConnectOptions, MeshConnector, RelayOpener
 from .faults import ProgramFailed, RunInterrupted
@@ -432,8 +433,11 @@ def _freeze_setup() -> None:
     ``didmesh run`` holds ~100k more objects than plain MPyC (the credential stack), which
     made a many-round program's collections cost ~0.2 s more CPU per party at m = 5.
     Reference counting still frees them; only cycles among them are never collected (no
-    collection first: a full one costs more than the little cyclic garbage it would free)."""
+    collection first: a full one costs more than the little cyclic garbage it would free).
+    A collector paused for the start-up (:mod:`didmesh.session.gc_pause`) is on again
+    from here: the program runs with it, as under plain MPyC."""
     gc.freeze()
+    gc_pause.resume(freeze=False)
 
 
 def _cwd() -> str | None:
@@ -591,6 +595,7 @@ _OPTION_NAMES = {
 def main() -> int:
     """``python -m didmesh.session.mesh.runner``: :func:`run_document` of the launch
     document on stdin (:mod:`.party` is the lighter entry: it pre-dials sooner)."""
+    gc_pause.pause()  # this process is one run: no collections while it starts
     doc = json.loads(sys.stdin.buffer.read(1 << 20))
     return run_document(doc, predialed=predial_from_launch(doc))
 
