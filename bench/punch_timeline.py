@@ -5,7 +5,8 @@
 Builds the lab of ``bench_punch.py`` (two homes behind endpoint-independent NATs, the
 relay 40 ms round trip from each) and runs ``bench/mpc_rounds.py -n 4`` as two didmesh
 parties, each under a small wrapper (this file with ``--child``) that wraps the set-up's
-steps (imports, MPyC's set-up, the relay's challenge, token and WebSocket link, the
+steps (reading the launch document and pre-dialing the early punch, as the party entry
+does; imports, MPyC's set-up, the relay's challenge, token and WebSocket link, the
 observation, the punch exchange and dial, each Noise handshake, the connectivity check,
 the start barrier; then the goodbye, the receipt, the relay clients' and the loop's
 closing) and notes each one's start and end in wall time from the moment the parent
@@ -44,6 +45,14 @@ def _child(out: str) -> int:
                                "b": None if b is None else round((b - t0) * 1000, 1)}) + "\n")
 
     note("interpreter up", time.time())
+    # as the party entry (session/mesh/party.py): read the launch document, send the early
+    # punch's SYNs, and only then import the rest
+    a = time.time()
+    doc = json.loads(sys.stdin.buffer.read(1 << 20))
+    from didmesh.session.mesh.predial import from_launch
+
+    predialed = from_launch(doc)
+    note(f"pre-dial ({len(predialed) if predialed else 0} SYNs)", a, time.time())
     a = time.time()
     from didmesh.relay import linkclient
     from didmesh.session.mesh import (
@@ -97,6 +106,7 @@ def _child(out: str) -> int:
     wrap(puncher.Puncher, "as_responder")
     wrap(puncher.Puncher, "_attempt")
     wrap(puncher, "dial_from")
+    wrap(puncher, "finish_connect")
     wrap(handshake.PairHandshake, "initiate", lambda self, link, *r: link.kind)
     wrap(handshake.PairHandshake, "respond", lambda self, link, *r: link.kind)
     wrap(mesh.Mesh, "announce")
@@ -113,9 +123,9 @@ def _child(out: str) -> int:
     import atexit
     atexit.register(lambda: note("exit", time.time()))
     try:
-        return runner.main()
+        return runner.run_document(doc, predialed=predialed)
     finally:
-        note("runner.main returned", time.time())
+        note("runner.run_document returned", time.time())
 
 
 # --------------------------------------------------------------------------- parent

@@ -1,6 +1,6 @@
 """Where a party's start-up CPU goes: hello world at m parties, phase by phase (a tool).
 
-    python bench/startup_phases.py [-m 10] [--repeats 3] [--relayed] [--wall]
+    python bench/startup_phases.py [-m 10] [--repeats 3] [--relayed] [--wall] [--via-cli]
 
 Runs a trivial MPyC program (hello world, as ``bench_mesh.py --startup``) as plain MPyC
 and as didmesh parties (direct, or ``--relayed`` through a relay process on loopback),
@@ -13,8 +13,13 @@ interpreter spends after the last phase. Prints the median over all parties of a
 repeats, per phase, in ms. With ten processes on two cores a phase's wall time is mostly
 waiting for the CPU, so CPU is shown by default; ``--wall`` shows wall time per phase
 instead (``time.time()``; "interpreter start-up" from the parent's spawn, "exit" until the
-parent reaped the process): what a party waits for, e.g. its peers, at small m. Bounded:
-every run is killed after 120 s.
+parent reaped the process): what a party waits for, e.g. its peers, at small m.
+``--via-cli`` adds a third kind, ``didmesh run`` as a user types it: a session is agreed
+once through the real CLI (``bench/cli_session.py``, not timed) and every party is a whole
+``didmesh run SESSION --direct-only`` (or ``--relay-only``) process, with the command's
+own steps as phases (its imports, the identity, the session state, the program and
+argument checks, the roster verified again, the plan) before the mesh's. Bounded: every
+run is killed after 120 s.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +75,8 @@ def _child(kind: str, out: str) -> int:
 
     rc = 0
     try:
+        if kind == "cli":
+            return _cli_child(mark, timed)
         if kind == "plain":
             import runpy
 
@@ -99,14 +107,73 @@ def _child(kind: str, out: str) -> int:
     return rc
 
 
-def _run(kind: str, m: int, workdir: Path, relay: str | None, wall: bool = False
+def _cli_child(mark: Any, timed: Any) -> int:
+    """One ``didmesh run`` party (``sys.argv``: the command's arguments), its steps marked.
+    The command's module is imported by its parser, so the marks go in once it is built
+    (the command line pauses the collector before, as it does unwrapped)."""
+    from didmesh.session import store
+    from didmesh.session.cli import main as cli_main
+
+    build = cli_main.build_parser
+
+    def build_marked(command: str | None = None) -> Any:
+        parser = build(command)
+        mark("imports (didmesh run: CLI, mesh)")
+        from didmesh.session.cli import run_cmd
+        from didmesh.session.mesh import mesh, mpyc_setup, runner
+
+        timed(run_cmd, "load_identity", "identity (keystore)")
+        timed(store.SessionStore, "load", "session state")
+        timed(run_cmd, "verify_program", "program and arguments checked")
+        timed(run_cmd, "check_args", "program and arguments checked")
+        roster = store.StoredSession.agreed_roster.fget
+        assert roster is not None
+
+        def agreed_roster(self: Any) -> Any:
+            mark("(before roster)")
+            result = roster(self)
+            mark("roster verified again")
+            return result
+
+        store.StoredSession.agreed_roster = property(agreed_roster)
+        timed(run_cmd, "from_roster", "plan")
+        timed(mpyc_setup.BackgroundSetup, "alongside", "connect, handshakes (+ MPyC import)")
+        timed(mpyc_setup.BackgroundSetup, "wait", "MPyC import and set-up: the rest")
+        timed(mesh.Mesh, "check", "connectivity check")
+        import runpy
+
+        timed(runpy, "run_path", "program (MPyC start to shutdown)")
+        timed(mesh.Mesh, "finish", "BYE")
+        timed(runner, "_with_receipt", "receipt")
+        timed(run_cmd, "_write_receipt", "receipt")
+        return parser
+
+    cli_main.build_parser = build_marked
+    return cli_main.main(sys.argv)
+
+
+def _run(kind: str, m: int, workdir: Path, relay: str | None, wall: bool = False,
+         cli: tuple[str, list[Path], bool] | None = None, args: Sequence[str] = ("--no-log",)
          ) -> list[dict[str, float]]:
-    program = workdir / "hello.py"
+    program = workdir / "program.py"
     procs: list[subprocess.Popen[bytes]] = []
     env = {**ENV, "STARTUP_PHASES_CLOCK": "wall" if wall else "cpu"}
     spawned: list[float] = []
     outs = [workdir / f"marks-{i}.json" for i in range(m)]
-    if kind == "plain":
+    if kind == "cli":
+        import cli_session
+
+        assert cli is not None
+        sid, homes, relay_only = cli
+        for i in range(m):
+            spawned.append(time.time())
+            cmd = cli_session.run_command(sid, program, relay_only=relay_only,
+                                          receipt=workdir / f"receipt-{i}.json")
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "--child", "cli", str(outs[i]), *cmd[3:]],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                env=cli_session.env_of(homes[i], env)))
+    elif kind == "plain":
         from didmesh.session.mesh.loopback import free_ports
 
         plist = [a for p in free_ports(m) for a in ("-P", f"127.0.0.1:{p}")]
@@ -114,7 +181,7 @@ def _run(kind: str, m: int, workdir: Path, relay: str | None, wall: bool = False
             spawned.append(time.time())
             procs.append(subprocess.Popen(
                 [sys.executable, __file__, "--child", "plain", str(outs[i]), str(program),
-                 "--no-log", *plist, "-I", str(i)],
+                 *args, *plist, "-I", str(i)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env))
     else:
         from didmesh.session.mesh.loopback import loopback_plans
@@ -122,7 +189,7 @@ def _run(kind: str, m: int, workdir: Path, relay: str | None, wall: bool = False
 
         plans, ids = loopback_plans(m, relays=[relay] if relay else [])
         for i in range(m):
-            doc = launch_document(plans[i], ids[i], str(program), ["--no-log"], timeout=60,
+            doc = launch_document(plans[i], ids[i], str(program), list(args), timeout=60,
                                   connect_timeout=60, relay_only=bool(relay))
             spawned.append(time.time())
             p = subprocess.Popen([sys.executable, __file__, "--child", "didmesh", str(outs[i])],
@@ -178,20 +245,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--relayed", action="store_true", help="didmesh through a relay process")
     ap.add_argument("--wall", action="store_true", help="wall time per phase instead of CPU")
+    ap.add_argument("--via-cli", action="store_true",
+                    help="also every party as a whole `didmesh run` process (a session "
+                    "agreed through the CLI first, not timed)")
+    ap.add_argument("--program", type=Path, default=None,
+                    help="run this MPyC program instead of hello world")
+    ap.add_argument("--args", nargs=argparse.REMAINDER, default=[],
+                    help="the program's arguments (last; --no-log is added)")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
     from bench_mesh import start_relay
 
-    relay, relay_proc = start_relay() if a.relayed else (None, None)
-    figures: dict[str, dict[str, list[float]]] = {"plain": {}, "didmesh": {}}
+    relay, relay_proc = start_relay() if a.relayed or a.via_cli else (None, None)
+    kinds = ("plain", "didmesh", "cli") if a.via_cli else ("plain", "didmesh")
+    figures: dict[str, dict[str, list[float]]] = {kind: {} for kind in kinds}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
-            (workdir / "hello.py").write_text(HELLO)
+            (workdir / "program.py").write_text(HELLO if a.program is None
+                                                else a.program.read_text())
+            args = [*a.args, "--no-log"]
+            cli = None
+            if a.via_cli:
+                import cli_session
+
+                assert relay is not None
+                sid, homes = cli_session.agree(a.m, relay, workdir / "program.py", args,
+                                               workdir, ENV)
+                cli = (sid, homes, a.relayed)
             for _ in range(a.repeats):
-                for kind in ("plain", "didmesh"):  # interleaved
-                    for row in _run(kind, a.m, workdir, relay if kind == "didmesh" else None,
-                                    a.wall):
+                for kind in kinds:  # interleaved
+                    for row in _run(kind, a.m, workdir,
+                                    relay if kind == "didmesh" and a.relayed else None,
+                                    a.wall, cli, args):
                         for name, cpu in row.items():
                             figures[kind].setdefault(name, []).append(cpu)
     finally:
@@ -200,12 +286,13 @@ def main(argv: list[str] | None = None) -> int:
             relay_proc.wait(10)
     mode = "relayed" if a.relayed else "direct"
     what = "wall time" if a.wall else "CPU"
-    print(f"hello world, m={a.m}, {a.repeats} interleaved repeats: {what} per party, median "
+    name = "hello world" if a.program is None else " ".join([a.program.name, *a.args])
+    print(f"{name}, m={a.m}, {a.repeats} interleaved repeats: {what} per party, median "
           f"over all parties (ms); didmesh {mode}")
     for kind, phases in figures.items():
-        print(f"  {kind}:")
+        print(f"  {dict(cli='didmesh run').get(kind, kind)}:")
         for name, xs in phases.items():
-            print(f"    {name:36} {statistics.median(xs) * 1000:8.1f}")
+            print(f"    {name:40} {statistics.median(xs) * 1000:8.1f}")
     return 0
 
 

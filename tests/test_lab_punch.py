@@ -187,7 +187,8 @@ def _run(lab: Lab, nodes: Sequence[str], url: str) -> list[tuple[int, str, str]]
         plan: MeshPlan = dataclasses.replace(plans[i], parties=parties)
         doc = launch_document(plan, ids[i], str(EXAMPLE), ARGS, timeout=30,
                               connect_timeout=60)
-        proc = lab.spawn(node, sys.executable, "-m", "didmesh.session.mesh.runner",
+        # the party entry spawn_party uses: it pre-dials the early punch (predial.py)
+        proc = lab.spawn(node, sys.executable, "-m", "didmesh.session.mesh.party",
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=ENV)
         assert proc.stdin is not None

@@ -90,7 +90,8 @@ async def test_a_lying_flooding_peer_gets_few_dials_and_only_to_signed_addresses
         monkeypatch: pytest.MonkeyPatch) -> None:
     dials: list[tuple[int, list[tuple[str, int]]]] = []
 
-    async def record(port: int, dial: Any, span: float) -> Any:
+    async def record(port: int, dial: Any, span: float,
+            predialed: Any = None) -> Any:
         dials.append((port, list(dial)))
         raise TimeoutError
 
@@ -234,7 +235,8 @@ async def test_the_responder_dials_when_connect_arrives_and_retries_only_on_sync
     (half a relay round trip before the initiator dials); later attempts wait for SYNC."""
     dials: list[float] = []
 
-    async def record(port: int, dial: Any, span: float) -> Any:
+    async def record(port: int, dial: Any, span: float,
+            predialed: Any = None) -> Any:
         dials.append(time.monotonic())
         raise TimeoutError
 
@@ -260,7 +262,8 @@ async def test_the_initiator_dials_when_the_answer_arrives_and_syncs_only_retrie
         monkeypatch: pytest.MonkeyPatch) -> None:
     dials: list[tuple[int, list[tuple[str, int]]]] = []
 
-    async def record(port: int, dial: Any, span: float) -> Any:
+    async def record(port: int, dial: Any, span: float,
+            predialed: Any = None) -> Any:
         dials.append((port, list(dial)))
         raise TimeoutError
 
@@ -293,7 +296,8 @@ async def test_the_responders_early_syn_at_an_open_initiators_listener_is_handed
     """With no NAT in front of the initiator, the responder's SYN (sent when CONNECT
     arrived) may reach the initiator's listener before the answer does: the listener
     hands that connection to the punch, which runs its handshake on it."""
-    async def never(port: int, dial: Any, span: float) -> Any:
+    async def never(port: int, dial: Any, span: float,
+            predialed: Any = None) -> Any:
         await asyncio.sleep(30)
 
     monkeypatch.setattr(puncher_module, "dial_from", never)
@@ -331,7 +335,8 @@ async def test_with_the_responders_early_connect_the_initiator_dials_half_a_rtt_
     its CONNECT reaches the responder (which dials then)."""
     dials: list[float] = []
 
-    async def record(port: int, dial: Any, span: float) -> Any:
+    async def record(port: int, dial: Any, span: float,
+            predialed: Any = None) -> Any:
         dials.append(time.monotonic())
         raise TimeoutError
 
@@ -362,7 +367,8 @@ async def test_an_early_connect_opens_claims_that_the_responder_then_punches_on(
     that may punch) and from then on its listener hands over a connection from the
     initiator's signed endpoint (the initiator's SYN may come first); on the initiator's
     CONNECT it answers nothing more and runs its handshake on that connection."""
-    async def never(port: int, dial: Any, span: float) -> Any:
+    async def never(port: int, dial: Any, span: float,
+            predialed: Any = None) -> Any:
         await asyncio.sleep(30)
 
     monkeypatch.setattr(puncher_module, "dial_from", never)
@@ -451,7 +457,8 @@ async def test_an_early_punch_dials_only_signed_endpoints_and_wins_the_pair(
     sent: list[bytes] = []
     opened.write = sent.append  # type: ignore[method-assign]
 
-    async def dial(port: int, targets: Any, span: float) -> Any:
+    async def dial(port: int, targets: Any, span: float,
+            predialed: Any = None) -> Any:
         dials.append((port, list(targets)))
         assert span <= punch.EARLY_WINDOW
         return opened
@@ -488,7 +495,8 @@ async def test_an_early_punch_dials_only_signed_endpoints_and_wins_the_pair(
 
 async def test_a_failed_early_punch_leaves_the_pair_to_its_other_paths(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    async def nothing(port: int, targets: Any, span: float) -> Any:
+    async def nothing(port: int, targets: Any, span: float,
+            predialed: Any = None) -> Any:
         raise TimeoutError
 
     monkeypatch.setattr(puncher_module, "dial_from", nothing)
@@ -511,7 +519,8 @@ async def test_the_peers_syn_before_our_early_punch_runs_is_handed_to_it(
     from the peer's signed endpoint arriving first (a public initiator, its peer's SYN
     before its own dial) goes to the early punch, which runs its handshake role on it,
     never to the listener (where both ends would wait for a hello)."""
-    async def never(port: int, targets: Any, span: float) -> Any:
+    async def never(port: int, targets: Any, span: float,
+            predialed: Any = None) -> Any:
         await asyncio.sleep(30)
 
     monkeypatch.setattr(puncher_module, "dial_from", never)

@@ -327,6 +327,31 @@ def test_a_finished_party_ends_as_a_plain_program_would(tmp_path: Path) -> None:
         assert (tmp_path / f"atexit-{i}.txt").read_text() == "z"
 
 
+GC_PROGRAM = """
+import gc, weakref
+from mpyc.runtime import mpc
+class Cycle:
+    pass
+c = Cycle(); c.me = c; dead = weakref.ref(c); del c
+gc.collect()
+mpc.run(mpc.start())
+print("collector", gc.isenabled(), "frozen", gc.get_freeze_count() > 0, "cycle freed",
+      dead() is None)
+mpc.run(mpc.shutdown())
+"""
+
+
+def test_the_program_runs_with_the_collector_on(tmp_path: Path) -> None:
+    """A party process pauses the cyclic collector while it starts (session/gc_pause.py)
+    and the program gets it back: on, the start-up's objects frozen, its own cycles freed."""
+    program = tmp_path / "gc_state.py"
+    program.write_text(GC_PROGRAM)
+    procs, _ = start_mesh(program, ["--no-log"], 2)
+    for code, out, err in finish(procs):
+        assert code == 0, err[-1500:]
+        assert out.strip() == "collector True frozen True cycle freed True"
+
+
 def test_a_program_that_never_starts_mpyc_still_gets_the_checked_table(tmp_path: Path) -> None:
     """The connectivity check's READY rows are awaited in ``mpc.start()``; a program that
     never calls it (plain Python, or one that exits first) waits for them after it ends,

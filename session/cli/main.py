@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from didmesh.identity.errors import DidmeshError
+from didmesh.session import gc_pause
 
 from .output import Output
 
@@ -61,6 +62,9 @@ class _Version(argparse.Action):
 #: commands whose start-up matters (``didmesh run`` is part of every party's run time): the
 #: parser for them loads only their module, not every command group's imports
 FAST_COMMANDS: dict[str, str] = {"run": "didmesh.session.cli.run_cmd"}
+#: commands that are the whole process's one run: the cyclic garbage collector is paused
+#: while they start (:mod:`didmesh.session.gc_pause`), and on again when they return
+PAUSE_GC_COMMANDS = frozenset({"run"})
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
@@ -135,7 +139,17 @@ def _reader_gone() -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_command_of(argv))
+    command = _command_of(argv)
+    paused = command in PAUSE_GC_COMMANDS and gc_pause.pause()
+    try:
+        return _command(argv, command)
+    finally:
+        if paused:  # the run resumed it already, unless it ended before its set-up
+            gc_pause.resume(freeze=False)
+
+
+def _command(argv: list[str], command: str | None) -> int:
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     out = Output(json_mode=bool(getattr(args, "json", False)))
     if getattr(args, "relay_ca", None):  # every relay client (and child process) reads it

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from didmesh.identity.errors import DidmeshError
+from didmesh.session import gc_pause
 from didmesh.session.errors import (
     BadSessionParameters,
     ProgramArgsMismatch,
@@ -42,6 +43,7 @@ from didmesh.session.manifest import (
 )
 from didmesh.session.mesh.faults import PlanError
 from didmesh.session.mesh.plan import from_roster
+from didmesh.session.mesh.predial import from_plan as predial_plan
 from didmesh.session.mesh.runner import ending_process, run_program
 from didmesh.session.state import ENDED, Status
 
@@ -244,6 +246,9 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         _tell_peers(plan, identity, args, refusal, out, args.program)
         raise refusal
     assert local is not None
+    # the roster is verified (agreed_roster): the early punch's SYNs leave now (mesh.md 6.1)
+    predialed = None if wireguard else predial_plan(
+        plan, relay_only=args.relay_only, direct_only=args.direct_only)
     out.progress(f"running {manifest.program.name} as {plan.describe(plan.my_party_id)} "
                  f"of {plan.m}")
     for name in manifest.program.inputs:
@@ -261,13 +266,16 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
             if wireguard:
                 from didmesh.session.wireguard.run import run_over_wireguard
 
+                # the tunnel's set-up waits (STUN, endpoint exchange, handshakes) before
+                # MPyC's import: the collector paused for the start-up is on for those
+                gc_pause.resume()
                 result = run_over_wireguard(plan, str(local.entry), prog_args,
                                             handshake_timeout=args.handshake_timeout,
                                             impl=args.wg_impl, **common)
             else:
                 result = run_program(plan, str(local.entry), prog_args,
                                      direct_only=args.direct_only, relay_only=args.relay_only,
-                                     **common)
+                                     predialed=predialed, **common)
         except DidmeshError as exc:
             _end_failed_run(exc, out)
         default_path = stored.path / f"receipt-{plan.my_party_id}.json"
@@ -291,6 +299,7 @@ def _tell_peers(plan: Any, identity: Any, args: argparse.Namespace, refusal: Did
     out.progress(f"nothing starts here; telling the other parties why (up to {wait:g} s; "
                  "Ctrl-C stops)")
     tell = type(refusal)(_peer_reason(refusal))
+    gc_pause.resume()  # no program follows: the connecting (up to TELL_SECONDS) is collected
     try:
         if args.transport == "wireguard":  # the peers listen inside the tunnel only
             from didmesh.session.wireguard.run import run_over_wireguard

@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import random
 import socket
-import struct
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from .plan import format_endpoint
+from .endpoints import format_endpoint
+from .netif import interface_addresses
 
 HOST = "host"
 OBSERVED = "observed"
-SIOCGIFADDR = 0x8915
 PORT_RANGE = (20000, 60999)
 
 #: ``observe(relay_url, local_port) -> (address, port | None)``: asks one relay
@@ -96,20 +94,6 @@ def order(candidates: Sequence[Candidate], limit: int | None = None) -> list[Can
                 seen.add(c.endpoint)
                 out.append(c)
     return out[:limit]
-
-
-def interface_addresses() -> list[tuple[str, str]]:
-    """``(interface, IPv4 address)`` of this machine's interfaces that have one (Linux)."""
-    out = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _, name in socket.if_nameindex():
-            req = struct.pack("256s", name.encode()[:15])
-            try:
-                res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)
-            except OSError:  # no IPv4 address on it
-                continue
-            out.append((name, socket.inet_ntoa(res[20:24])))
-    return out
 
 
 def towards(host: str) -> str | None:

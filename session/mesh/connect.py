@@ -33,6 +33,7 @@ from didmesh.identity.keys import IdentityKey
 
 from .channel import SecureChannel
 from .direct import DirectDialer, DirectListener, InboundStats
+from .endpoints import punching
 from .faults import PathUnavailable
 from .handshake import (
     HELLO_LEN,
@@ -44,9 +45,11 @@ from .handshake import (
     hello_tag,
     reason_of,
 )
+from .netif import interface_addresses
 from .paths import Pair, Path
 from .peer import PeerChannel
 from .plan import MeshPlan
+from .predial import PreDialed
 from .puncher import EarlyPunch, Puncher
 from .relayed import RelayedPath, RelayLinks, RelayOpener, default_relay_opener
 from .resume import DEFAULT_MAX_UNACKED
@@ -104,7 +107,11 @@ class MeshConnector:
         options: ConnectOptions,
         *,
         relay_opener: RelayOpener | None = None,
+        predialed: PreDialed | None = None,
     ) -> None:
+        """``predialed``: the early punch's sockets, dialing since before the run
+        (:mod:`.predial`); the connector owns them from now on (they are closed when the
+        mesh is up, or at once if this run does not punch)."""
         self.plan = plan
         self.identity = identity
         self.options = options
@@ -117,12 +124,13 @@ class MeshConnector:
         self.handshake = PairHandshake(plan, options.handshake_timeout)
         #: hole punching over relayed links (specs/mesh.md, "Punched paths")
         self.puncher: Puncher | None = None
-        if not options.relay_only and not options.direct_only and plan.relays:
-            from .candidates import interface_addresses
-
+        if punching(relays=bool(plan.relays), relay_only=options.relay_only,
+                    direct_only=options.direct_only):
             self.puncher = Puncher(
                 self.handshake, getattr(self.relay_opener, "observe", None), plan.relays,
-                lambda: [a for _, a in interface_addresses()])
+                lambda: [a for _, a in interface_addresses()], predialed)
+        elif predialed is not None:
+            predialed.close()
         self.listener = DirectListener(
             plan, self.handshake, self.pairs, handshake_timeout=options.handshake_timeout,
             inbound_limit=options.inbound_limit,

@@ -373,9 +373,10 @@ class MpycBridge:
 
     async def _start(self, rt: Any, exchanger: Any) -> None:
         """Replacement for ``Runtime.start()``: MPyC's protocol objects over the mesh."""
-        logging.info(f"Start MPyC runtime v{rt.version} over the didmesh mesh")
+        start_line = f"Start MPyC runtime v{rt.version} over the didmesh mesh"
         m = len(rt.parties)
         if m == 1:
+            logging.info(start_line)
             rt.start_time = time.time()
             return
         loop = rt._loop
@@ -402,6 +403,9 @@ class MpycBridge:
         # out right behind START, in the same write, as plain MPyC's follows its connect:
         # a peer gets it with START, not one trip after the barrier.
         await self.start_barrier(then=lambda: connect(client=True))
+        # MPyC's start line only now: a run that stops in the barrier (a peer refused its
+        # copy of the program, or never finished its check) prints nothing on stdout
+        logging.info(start_line)
         connect(client=False)
         await rt.parties[rt.pid].protocol
         logging.info(f"All {m} parties connected via didmesh (Noise).")

@@ -24,6 +24,9 @@ What the worker touches, and why that is safe:
 * the GIL: while the worker runs Python code, the loop's thread takes over only when the
   worker drops the GIL, after ``sys.getswitchinterval()`` (5 ms by default) — a delay on
   every handshake message. While both run the interval is :data:`SWITCH_INTERVAL`.
+* the cyclic garbage collector, when the process paused it for its start-up
+  (:mod:`didmesh.session.gc_pause`): the worker's end turns it on again (process-wide,
+  under a lock), the start-up's objects frozen.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from didmesh.identity.errors import DidmeshError
+from didmesh.session import gc_pause
 
 from .faults import MpycIncompatible, ProgramFailed
 from .mpyc_bridge import MpycBridge
@@ -101,6 +105,10 @@ class BackgroundSetup:
                         importlib.import_module(name)
         finally:
             self._restore()
+            # the start-up's imports are over: a collector paused for them (didmesh run,
+            # the runner's child) is on again, so that a long wait for the peers is
+            # collected as usual (the runner turns it on before the program in any case)
+            gc_pause.resume()
 
     # -- the runner's thread ------------------------------------------------------------
 

@@ -12,32 +12,20 @@ Endpoints are ``tcp://host:port`` (``tcp://[::1]:port`` for IPv6 literals).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from .endpoints import format_endpoint, parse_endpoint
 from .faults import PlanError
 
-_ENDPOINT_RE = re.compile(r"^tcp://(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})$")
 MAX_PARTIES = 1000
 
-
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``tcp://host:port`` -> ``(host, port)``; raises :class:`PlanError` otherwise."""
-    m = _ENDPOINT_RE.match(endpoint)
-    if m is None:
-        raise PlanError(f"endpoint {endpoint!r} is not of the form tcp://host:port")
-    port = int(m.group("port"))
-    if not 0 < port < 65536:
-        raise PlanError(f"endpoint {endpoint!r}: port {port} out of range")
-    return (m.group("v6") or m.group("host"), port)
-
-
-def format_endpoint(host: str, port: int) -> str:
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+#: re-exported: the endpoint form lives in :mod:`.endpoints` (light, for the pre-dial)
+__all__ = ["MAX_PARTIES", "MeshPlan", "PlanParty", "format_endpoint", "from_roster",
+           "parse_endpoint"]
 
 
 @dataclass(frozen=True)

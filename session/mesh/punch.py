@@ -39,7 +39,6 @@ injected). :mod:`.puncher` is the asyncio adapter a :class:`~.connect.MeshConnec
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -48,14 +47,22 @@ from typing import Final
 from didmesh.identity.errors import DidmeshError
 from didmesh.identity.strict_json import loads_strict
 
+from .endpoints import (
+    MAX_TARGETS,
+    dialable,
+    format_endpoint,
+    host_of,
+    looks_nated,
+    parse_endpoint,
+    session_port,
+    signed_targets,
+)
 from .errors import HandshakeFailed
-from .plan import format_endpoint, parse_endpoint
 
 CONNECT: Final = 0x30  # {"addrs": [endpoint...], "nat": NAT_*}
 SYNC: Final = 0x31  # u8 attempt number: dial now (attempts 2 and 3; attempt 1 needs none)
 DONE: Final = 0x32  # utf-8 reason: punching is over, SELECT on the relayed link follows
 MAX_ATTEMPTS: Final = 3
-MAX_TARGETS: Final = 4
 MAX_MESSAGE: Final = 2048
 RESYN_INTERVAL: Final = 0.25
 MIN_SYNC_INTERVAL: Final = 0.2
@@ -137,15 +144,6 @@ def decode_done(msg: bytes) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def session_port(endpoints: Sequence[str]) -> int | None:
-    """The one port a party's gathered candidates share (None: none, or several)."""
-    ports = set()
-    for e in endpoints:
-        with contextlib.suppress(DidmeshError):
-            ports.add(parse_endpoint(e)[1])
-    return ports.pop() if len(ports) == 1 else None
-
-
 def judge_nat(seen: tuple[str, int | None] | None, signed: Sequence[str],
               local_addresses: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """Our NAT kind and the addresses to offer, from a fresh observation ``seen`` of our
@@ -168,34 +166,9 @@ def judge_nat(seen: tuple[str, int | None] | None, signed: Sequence[str],
     return NAT_UNKNOWN, ()
 
 
-def host_of(endpoint: str) -> str | None:
-    try:
-        return parse_endpoint(endpoint)[0]
-    except DidmeshError:
-        return None
-
-
 def targets(offer: Offer, signed: Sequence[str]) -> list[tuple[str, int]]:
     """Where to dial the peer: its offered addresses that it also signed, loopback left out."""
-    out = []
-    for a in offer.addrs:
-        if a in signed:
-            host, port = parse_endpoint(a)
-            if not host.startswith("127.") and host != "::1":
-                out.append((host, port))
-    return out[:MAX_TARGETS]
-
-
-def looks_nated(endpoints: Sequence[str]) -> bool:
-    """Whether a party's signed endpoints name more than one address: interface addresses
-    and another one the relay observed (a NAT in front of it). A public party announces
-    its one address (interface and observation agree), as does ``--endpoint``."""
-    return len({host_of(e) for e in endpoints} - {None}) > 1
-
-
-def signed_targets(signed: Sequence[str]) -> list[tuple[str, int]]:
-    """Where an early punch dials the peer: the endpoints it signed, loopback left out."""
-    return targets(Offer(tuple(signed), NAT_UNKNOWN), signed)
+    return dialable(offer.addrs, signed)
 
 
 def why_not(me: int, mine: Offer, peer: int, theirs: Offer, dial: Sequence[tuple[str, int]]
@@ -242,9 +215,8 @@ def is_connect(msg: bytes) -> bool:
 
 
 __all__ = [
-    "CONNECT", "DONE", "EARLY_WINDOW", "MAX_ATTEMPTS", "NAT_EIM", "NAT_OPEN", "NAT_SYM",
-    "NAT_UNKNOWN", "PUNCH_GRACE", "SYNC", "Offer", "PunchError", "SyncGate", "host_of",
-    "is_connect",
-    "judge_nat", "looks_nated", "session_port", "signed_targets", "targets", "why_not",
-    "window",
+    "CONNECT", "DONE", "EARLY_WINDOW", "MAX_ATTEMPTS", "MAX_TARGETS", "NAT_EIM", "NAT_OPEN",
+    "NAT_SYM", "NAT_UNKNOWN", "PUNCH_GRACE", "SYNC", "Offer", "PunchError", "SyncGate",
+    "host_of", "is_connect", "judge_nat", "looks_nated", "session_port", "signed_targets",
+    "targets", "why_not", "window",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,10 +23,12 @@ from typing import Any, Protocol
 from didmesh.identity.errors import DidmeshError
 
 from .channel import SecureChannel
+from .endpoints import other_home, punch_port, punches_early
 from .handshake import next_message
 from .paths import Pair
 from .peer import SELECT
 from .plan import MeshPlan, format_endpoint, parse_endpoint
+from .predial import PreDialed
 from .punch import (
     DONE,
     EARLY_WINDOW,
@@ -41,10 +44,7 @@ from .punch import (
     decode_done,
     encode_done,
     encode_sync,
-    host_of,
     judge_nat,
-    looks_nated,
-    session_port,
     signed_targets,
     targets,
     why_not,
@@ -71,28 +71,48 @@ class Handshakes(Protocol):
                       ) -> tuple[int, SecureChannel]: ...
 
 
-async def dial_from(port: int, dial: Sequence[tuple[str, int]], span: float) -> PunchedLink:
+async def dial_from(port: int, dial: Sequence[tuple[str, int]], span: float,
+                    predialed: PreDialed | None = None) -> PunchedLink:
     """Connect from local ``port`` to the first of ``dial`` that answers within ``span`` s,
     re-sending a SYN (a new connect) at most every :data:`RESYN_INTERVAL` s when one is
-    refused. Raises TimeoutError when none connects."""
+    refused. Raises TimeoutError when none connects.
+
+    A target that ``predialed`` (bound to ``port``) holds a socket for is not dialed anew
+    at first: that socket's connect, begun before the run (:mod:`.predial`), is finished
+    (:func:`finish_connect`) whether it is still under way or already done; if it failed,
+    the target is dialed as usual, :data:`RESYN_INTERVAL` s after the pre-dial at the
+    soonest."""
     loop = asyncio.get_running_loop()
     end = time.monotonic() + span
+    if predialed is not None and predialed.port != port:
+        predialed = None
 
     async def one(host: str, rport: int) -> PunchedLink:
+        adopted = predialed.take((host, rport)) if predialed is not None else None
         while True:
             remaining = end - time.monotonic()
             if remaining <= 0:
+                if adopted is not None:
+                    adopted.close()
                 raise TimeoutError
-            started = time.monotonic()
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                 socket.SOCK_STREAM)
+            if adopted is not None:
+                assert predialed is not None
+                started, sock, adopted = predialed.sent, adopted, None
+                connecting = finish_connect(sock)
+            else:
+                started = time.monotonic()
+                sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                     socket.SOCK_STREAM)
+                connecting = None
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if hasattr(socket, "SO_REUSEPORT"):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.setblocking(False)
-                sock.bind(("", port))
-                await asyncio.wait_for(loop.sock_connect(sock, (host, rport)), remaining)
+                if connecting is None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if hasattr(socket, "SO_REUSEPORT"):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    sock.setblocking(False)
+                    sock.bind(("", port))
+                    connecting = loop.sock_connect(sock, (host, rport))
+                await asyncio.wait_for(connecting, remaining)
                 link = PunchedLink(f"tcp {format_endpoint(host, rport)[6:]} (punched)")
                 await loop.create_connection(lambda: link, sock=sock)  # noqa: B023
                 return link
@@ -121,6 +141,30 @@ async def dial_from(port: int, dial: Sequence[tuple[str, int]], span: float) -> 
                     got.abort()
 
 
+async def finish_connect(sock: socket.socket) -> None:
+    """Finish a non-blocking connect begun elsewhere (a pre-dialed socket,
+    :mod:`.predial`): wait until the socket is writable (connected, or failed), then raise
+    OSError unless it is connected. It never calls ``connect()`` again: that gives EALREADY
+    while the connect is under way and EISCONN once it is done (on BSD at least)."""
+    loop = asyncio.get_running_loop()
+    fd = sock.fileno()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def writable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, writable)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+    sock.getpeername()  # OSError (ENOTCONN) unless connected
+
+
 @dataclass
 class PunchStats:
     """Per connector (observability, tests): attempts made, pairs punched."""
@@ -137,7 +181,8 @@ class Puncher:
     :class:`~.connect.MeshConnector`), running the pair handshake on a punched link."""
 
     def __init__(self, handshake: Handshakes, observe: Observe | None,
-                 relays: Sequence[str], local_addresses: Callable[[], Sequence[str]]) -> None:
+                 relays: Sequence[str], local_addresses: Callable[[], Sequence[str]],
+                 predialed: PreDialed | None = None) -> None:
         self.handshake = handshake
         self.plan = handshake.plan
         self._observe = observe
@@ -151,6 +196,8 @@ class Puncher:
         #: the early punch's claims per peer, registered before the listener opens
         self._early_claims: dict[int, dict[tuple[str, int], asyncio.Future[TcpLink]]] = {}
         self._port: int | None = None
+        #: the early punch's sockets, dialing since before the run (:mod:`.predial`)
+        self.predialed = predialed
         #: when this party's mesh set-up started (``time.monotonic()``): a punch's time is
         #: counted from it
         self.started = time.monotonic()
@@ -161,9 +208,7 @@ class Puncher:
         """The session port: the one our interfaces' candidates share (behind a symmetric
         NAT the observed candidate has another)."""
         if self._port is None:
-            local = set(self._locals())
-            own = [e for e in self.plan.me.endpoints if host_of(e) in local]
-            self._port = session_port(own or self.plan.me.endpoints) or 0
+            self._port = punch_port(self.plan.me.endpoints, self._locals()) or 0
         return self._port or None
 
     def start_observing(self) -> None:
@@ -205,6 +250,8 @@ class Puncher:
         for claims in self._early_claims.values():
             self._release(claims)
         self._early_claims.clear()
+        if self.predialed is not None:  # the pre-dialed sockets no early punch adopted
+            self.predialed.close()
 
     def early_offer(self, peer: int) -> bytes | None:
         """Responder, as its relayed handshake with ``peer`` completes: our CONNECT to send
@@ -234,9 +281,7 @@ class Puncher:
         shared address means one home behind one NAT, or one machine) while both of us
         announced some: the pairs a punch may serve. Both parties compute the same from
         the signed roster."""
-        mine = {host_of(e) for e in self.plan.me.endpoints}
-        theirs = {host_of(e) for e in self.plan.party(peer).endpoints}
-        return bool(mine and theirs and not mine & theirs)
+        return other_home(self.plan.me.endpoints, self.plan.party(peer).endpoints)
 
     def relay_grace(self, peer: int, grace: float) -> float:
         """How long the pair's direct attempts run alone before the relayed link (and the
@@ -250,11 +295,10 @@ class Puncher:
         alone, before (and beside) the coordination over the relayed link. Both parties
         compute the same from the signed roster: parties in different homes, the
         responder (higher id) behind a NAT (a public responder is dialed directly), and
-        this party with a session port to punch from."""
-        hi = max(peer, self.plan.my_party_id)
-        return (self.port is not None and self.other_home(peer)
-                and looks_nated(self.plan.party(hi).endpoints)
-                and bool(signed_targets(self.plan.party(peer).endpoints)))
+        this party with a session port to punch from (:func:`~.endpoints.punches_early`,
+        which the pre-dial uses too)."""
+        return punches_early(self.plan.my_party_id, peer,
+                             [p.endpoints for p in self.plan.parties], self.port)
 
     def expect_early(self, peer: int) -> None:
         """Before our listener opens: from now on it hands a connection from the peer's
@@ -284,7 +328,7 @@ class Puncher:
         dial = signed_targets(self.plan.party(peer).endpoints)
         span = min(EARLY_WINDOW, deadline - t0)
         got = await self._attempt(peer, port, dial, span, deadline, initiator=pair.initiator,
-                                  claims=claims)
+                                  claims=claims, predialed=self.predialed)
         if got is None:
             return
         if pair.done:
@@ -461,12 +505,14 @@ class Puncher:
 
     async def _attempt(self, peer: int, port: int, dial: Sequence[tuple[str, int]],
                        span: float, deadline: float, *, initiator: bool,
-                       claims: dict[tuple[str, int], asyncio.Future[TcpLink]] | None = None
+                       claims: dict[tuple[str, int], asyncio.Future[TcpLink]] | None = None,
+                       predialed: PreDialed | None = None
                        ) -> tuple[ByteLink, SecureChannel] | None:
-        """One simultaneous open and handshake; None if it failed."""
+        """One simultaneous open and handshake; None if it failed. ``predialed``: the
+        early punch's sockets (:func:`dial_from`)."""
         span = max(0.05, min(span, deadline - time.monotonic()))
         try:
-            plink = await self._dial_or_claim(port, dial, span, claims) \
+            plink = await self._dial_or_claim(port, dial, span, claims, predialed) \
                 if initiator or claims is not None else await dial_from(port, dial, span)
         except (OSError, TimeoutError):
             return None
@@ -511,8 +557,8 @@ class Puncher:
         claims.clear()  # released once: a later release of the same claims does nothing
 
     async def _dial_or_claim(self, port: int, dial: Sequence[tuple[str, int]], span: float,
-                             claims: dict[tuple[str, int], asyncio.Future[TcpLink]] | None = None
-                             ) -> TcpLink:
+                             claims: dict[tuple[str, int], asyncio.Future[TcpLink]] | None = None,
+                             predialed: PreDialed | None = None) -> TcpLink:
         """Dial; but if the peer's SYN reached our listener on ``port`` before our own
         connect (no NAT in front of us), the listener hands that connection over here
         (``claims``: registered earlier by :meth:`_expect`, else now for ``dial``)."""
@@ -520,7 +566,7 @@ class Puncher:
         if claims is None:
             claims = {t: loop.create_future() for t in dial}
             self._claims.update(claims)
-        dialing = loop.create_task(dial_from(port, dial, span))
+        dialing = loop.create_task(dial_from(port, dial, span, predialed))
         result: TcpLink | None = None
         try:
             waits: set[asyncio.Future[Any]] = {dialing, *claims.values()}
@@ -595,4 +641,5 @@ class EarlyPunch:
         await self.puncher.early_punch(pair, deadline)
 
 
-__all__ = ["EarlyPunch", "PunchStats", "PunchedLink", "Puncher", "dial_from", "next_message"]
+__all__ = ["EarlyPunch", "PunchStats", "PunchedLink", "Puncher", "dial_from", "finish_connect",
+           "next_message"]

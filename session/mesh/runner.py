@@ -23,9 +23,12 @@ also exits by itself :data:`EXIT_GRACE` seconds after the failure if it has not 
 then (a program in a long local step does not give control back), printing the one line
 itself if the caller has not.
 
-``python -m didmesh.session.mesh.runner`` reads one JSON launch document on stdin (see
-:func:`launch_document`) and runs one party: used to run several parties on one machine
-(tests, benchmarks, the demo).
+``python -m didmesh.session.mesh.party`` (what :func:`spawn_party` starts) reads one JSON
+launch document on stdin (see :func:`launch_document`), pre-dials its early punch
+(:mod:`.predial`) before importing this module, and runs one party
+(:func:`run_document`): used to run several parties on one machine (tests, benchmarks,
+the demo). ``python -m didmesh.session.mesh.runner`` does the same, pre-dialing only once
+this module is imported.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from typing import Any, NoReturn
 
 from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey
+from didmesh.session import gc_pause
 
 from .connect import ConnectOptions, MeshConnector, RelayOpener
 from .faults import ProgramFailed, RunInterrupted
@@ -59,6 +63,8 @@ from .mesh import Mesh, PairStatus
 from .mpyc_bridge import MpycBridge
 from .mpyc_setup import BackgroundSetup
 from .plan import MeshPlan
+from .predial import PreDialed
+from .predial import from_launch as predial_from_launch
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,7 @@ def run_program(
     refuse: DidmeshError | None = None,
     bridge_factory: Callable[..., MpycBridge] = MpycBridge,
     transport: str = "noise",
+    predialed: PreDialed | None = None,
 ) -> RunResult:
     """Run ``program_path`` as party ``plan.my_party_id`` over the mesh (blocking).
 
@@ -211,7 +218,9 @@ def run_program(
     ``bridge_factory`` makes the MPyC bridge (another one carries MPyC's bytes another
     way, e.g. :class:`~didmesh.session.wireguard.bridge.WgBridge`; the mesh then carries
     only the check, the start barrier, aborts and BYE); ``transport`` names it in the
-    receipt.
+    receipt. ``predialed``: the early punch's sockets, dialing since before this call
+    (:mod:`.predial`): the run adopts them, and closes those it did not adopt once the
+    mesh is up (at the latest when it ends).
     """
     if refuse is None and not Path(program_path).is_file():
         from .faults import PlanError
@@ -264,7 +273,8 @@ def run_program(
             on_error=lambda e: _bridge_error(mesh, e),
         )
         t0 = time.perf_counter()
-        connector = MeshConnector(plan, identity, options, relay_opener=relay_opener)
+        connector = MeshConnector(plan, identity, options, relay_opener=relay_opener,
+                                  predialed=predialed)
         if refuse is None:
             # MPyC is imported (and set up for this party) in a worker thread while the
             # mesh comes up (connecting mostly waits for the peers), and joined before
@@ -402,6 +412,8 @@ def run_program(
                 loop.run_until_complete(
                     asyncio.wait_for(connector.aclose(), 0.5 if failed else 5.0))
         _close_loop(loop, 0.5 if failed else 2.0, cancel=not (failed and hard_exit))
+        if predialed is not None:  # those no early punch adopted (if the mesh never came up)
+            predialed.close()
         if old_sigterm is not None:
             signal.signal(signal.SIGTERM, old_sigterm)
         if old_sigint is not None:
@@ -422,8 +434,11 @@ def _freeze_setup() -> None:
     ``didmesh run`` holds ~100k more objects than plain MPyC (the credential stack), which
     made a many-round program's collections cost ~0.2 s more CPU per party at m = 5.
     Reference counting still frees them; only cycles among them are never collected (no
-    collection first: a full one costs more than the little cyclic garbage it would free)."""
+    collection first: a full one costs more than the little cyclic garbage it would free).
+    A collector paused for the start-up (:mod:`didmesh.session.gc_pause`) is on again
+    from here: the program runs with it, as under plain MPyC."""
     gc.freeze()
+    gc_pause.resume(freeze=False)
 
 
 def _cwd() -> str | None:
@@ -562,7 +577,7 @@ def spawn_party(
 ) -> subprocess.Popen[bytes]:
     """Start one party as a child interpreter; the launch document goes through stdin."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "didmesh.session.mesh.runner"],
+        [sys.executable, "-m", "didmesh.session.mesh.party"],
         stdin=subprocess.PIPE, env=env, **popen,
     )
     assert proc.stdin is not None
@@ -579,20 +594,32 @@ _OPTION_NAMES = {
 
 
 def main() -> int:
+    """``python -m didmesh.session.mesh.runner``: :func:`run_document` of the launch
+    document on stdin (:mod:`.party` is the lighter entry: it pre-dials sooner)."""
+    gc_pause.pause()  # this process is one run: no collections while it starts
     doc = json.loads(sys.stdin.buffer.read(1 << 20))
-    plan = MeshPlan.from_launch_dict(doc["plan"])
-    identity = IdentityKey.from_seed(bytes.fromhex(doc["identity_seed"]))
-    opts = {k: v for k, v in doc.get("options", {}).items() if k in _OPTION_NAMES}
-    result_path = doc.get("options", {}).get("result_path")
+    return run_document(doc, predialed=predial_from_launch(doc))
+
+
+def run_document(doc: dict[str, Any], *, predialed: PreDialed | None = None) -> int:
+    """Run the party a launch document describes, in this process (which it ends on a
+    failure, with one ``didmesh:`` line); returns the program's exit status."""
     try:
+        plan = MeshPlan.from_launch_dict(doc["plan"])
+        identity = IdentityKey.from_seed(bytes.fromhex(doc["identity_seed"]))
+        opts = {k: v for k, v in doc.get("options", {}).items() if k in _OPTION_NAMES}
+        result_path = doc.get("options", {}).get("result_path")
         result = run_program(plan, doc["program"], doc.get("args", []), identity=identity,
-                             hard_exit=True, **opts)
+                             hard_exit=True, predialed=predialed, **opts)
     except DidmeshError as exc:
         _stderr(f"didmesh: {exc.message}")
         _exit_now(exc.exit_code)
     except KeyboardInterrupt:  # before the run started or after it ended
         _stderr("didmesh: interrupted")
         _exit_now(130)
+    finally:
+        if predialed is not None:  # what the run did not adopt (closed already if it ran)
+            predialed.close()
     if result_path:
         Path(result_path).write_text(json.dumps({
             "setup_seconds": result.setup_seconds,

@@ -81,13 +81,15 @@ class WgBridge(MpycBridge):
                       "received": c.received} for pid, c in sorted(self.links.items())}
 
     async def _start(self, rt: Any, exchanger: Any) -> None:
-        logging.info(f"Start MPyC runtime v{rt.version} over the didmesh WireGuard tunnel")
+        start_line = f"Start MPyC runtime v{rt.version} over the didmesh WireGuard tunnel"
         m = len(rt.parties)
         if m == 1:
+            logging.info(start_line)
             rt.start_time = time.time()
             return
         loop = rt._loop
         await self.start_barrier()  # the same start barrier as on the mesh
+        logging.info(start_line)  # only now, as over the mesh
         for peer in rt.parties:
             peer.protocol = asyncio.Future(loop=loop) if peer.pid == rt.pid else None
 
