@@ -234,8 +234,16 @@ def test_program_failure_aborts_peers(tmp_path: Path) -> None:
     procs, _ = start_mesh(prog, ["--no-log"], 3)
     res = finish(procs, 30)
     assert res[1][0] != 0 and "ValueError: bad input at party 1" in res[1][2]
+    # the program's traceback as plain Python shows it: from the program's own frames on
+    assert f'File "{prog}", line 5' in res[1][2]
+    assert "runner.py" not in res[1][2] and "runpy" not in res[1][2], res[1][2]
     for code, _, err in (res[0], res[2]):
         assert code != 0 and "aborted by party 1 'bob'" in err, err[-1500:]
+    # every party's one line says whose program failed ("the program failed here", read
+    # at party 0 after "aborted by party 1:", seemed to blame party 0's own program)
+    for _, _, err in res:
+        [line] = [ln for ln in err.splitlines() if ln.startswith("didmesh:")]
+        assert "the program of party 1 'bob'" in line and " here" not in line, line
 
 
 def test_completed_run_gives_verifiable_receipts(tmp_path: Path) -> None:

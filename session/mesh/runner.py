@@ -347,9 +347,10 @@ def run_program(
                 raise mesh.fatal from None
             if isinstance(exc, KeyboardInterrupt | DidmeshError):
                 raise
-            traceback.print_exc()
+            _print_program_traceback(exc, program_path)
             raise ProgramFailed(
-                f"the program failed here: {type(exc).__name__}: {exc}",
+                f"the program of {plan.describe(plan.my_party_id)} failed: "
+                f"{type(exc).__name__}: {exc}",
                 party=plan.my_party_id,
             ) from exc
         finally:
@@ -358,8 +359,8 @@ def run_program(
         if mesh.fatal is not None:
             raise mesh.fatal
         if exit_code:
-            raise ProgramFailed(f"the program exited with status {exit_code}",
-                                party=plan.my_party_id)
+            raise ProgramFailed(f"the program of {plan.describe(plan.my_party_id)} exited "
+                                f"with status {exit_code}", party=plan.my_party_id)
         table = loop.run_until_complete(check)
         loop.run_until_complete(mesh.finish(max(10.0, timeout)))
         ended = time.time()
@@ -426,6 +427,19 @@ def run_program(
         if saved_cwd is not None and workdir:
             with contextlib.suppress(OSError):
                 os.chdir(saved_cwd)
+
+
+def _print_program_traceback(exc: BaseException, program_path: str) -> None:
+    """The program's traceback as plain Python prints it: from the program's first frame
+    on, without the runner's and runpy's frames above it (a SyntaxError, which has no
+    frame of the program, names its file and line itself)."""
+    program = os.path.realpath(program_path)
+    tb = exc.__traceback__
+    while tb is not None and os.path.realpath(tb.tb_frame.f_code.co_filename) != program:
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
 
 
 def _freeze_setup() -> None:
