@@ -176,13 +176,13 @@ class Mesh:
                         self.peer_failed(p, exc)
                         continue
                 if not p.bye and now - p.last_rx > self.timeout:
-                    p._fail(
-                        PeerUnresponsive(
-                            f"{p.name} stopped responding (nothing received for "
-                            f"{self.timeout:g} s)",
-                            party=p.peer_id,
-                        )
-                    )
+                    # fatal, and the silent party is told too: its link stays open until
+                    # the run's teardown flushes it, so a party whose event loop was only
+                    # blocked (a long input() or local step) reads why the run ended
+                    self.fail(PeerUnresponsive(
+                        f"{p.name} stopped responding (nothing received for "
+                        f"{self.timeout:g} s)", party=p.peer_id), culprit=p.peer_id)
+                    break
             self._check_progress(now)
 
     @property
