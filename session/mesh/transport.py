@@ -147,6 +147,10 @@ class ByteLink:
 # --------------------------------------------------------------------------- TCP
 
 
+#: the most a failed TCP link reads from the kernel after the failure (TcpLink)
+DRAIN_LIMIT = 1 << 20
+
+
 class TcpLink(ByteLink, asyncio.Protocol):
     kind = "direct"
 
@@ -173,7 +177,37 @@ class TcpLink(ByteLink, asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._drain_kernel()
         self._deliver_eof(exc if exc is not None else None)
+
+    def _drain_kernel(self) -> None:
+        """A write failed (EPIPE, ECONNRESET: the peer had closed) and asyncio stopped
+        reading at once; what the peer sent before it closed — typically its signed
+        abort notice, when this party's event loop was blocked for a while — is still in
+        the kernel's receive queue. Read it (at most :data:`DRAIN_LIMIT` bytes, without
+        blocking) before the end is reported, so the cause is known, not only "broken
+        pipe". asyncio closes the socket right after this callback."""
+        t = self.transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if sock is None:
+            return
+        try:
+            dup = sock.dup()
+        except OSError:
+            return
+        with dup:
+            dup.setblocking(False)
+            left = DRAIN_LIMIT
+            while left > 0:
+                try:
+                    chunk = dup.recv(min(65536, left))
+                except OSError:  # nothing more (BlockingIOError), or reset
+                    return
+                if not chunk:
+                    return
+                left -= len(chunk)
+                self._deliver(chunk)
 
     def write(self, data: bytes | bytearray) -> None:
         t = self.transport
