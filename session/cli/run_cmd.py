@@ -261,7 +261,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
         workdir=str(local.root) if manifest.program.is_bundle else None,
         digest="sha256:" + manifest.program.sha256,
     )
-    with reader_gone_guard() as stdout:  # `| head` must not fail the joint run
+    # `| head` (also `2>&1 | head`) must not fail the joint run
+    with reader_gone_guard() as stdout, reader_gone_guard("stderr"):
         try:  # over WireGuard the tunnel is down again before the failure line
             if wireguard:
                 from didmesh.session.wireguard.run import run_over_wireguard

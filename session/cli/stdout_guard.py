@@ -57,13 +57,16 @@ class ReaderGoneStdout:
 
 
 @contextlib.contextmanager
-def reader_gone_guard() -> Iterator[ReaderGoneStdout]:
-    """``sys.stdout`` is a :class:`ReaderGoneStdout` inside the block."""
-    saved = sys.stdout
+def reader_gone_guard(stream: str = "stdout") -> Iterator[ReaderGoneStdout]:
+    """``sys.stdout`` (or ``sys.stderr``: ``stream="stderr"``) is a
+    :class:`ReaderGoneStdout` inside the block. Guard stderr too where both may go to one
+    pipe (``didmesh run ... 2>&1 | head -1``): the mesh's progress lines (the connectivity
+    table) must not fail the joint run either."""
+    saved = getattr(sys, stream)
     guard = ReaderGoneStdout(saved)
-    sys.stdout = guard  # a TextIO in all that matters
+    setattr(sys, stream, guard)  # a TextIO in all that matters
     try:
         yield guard
     finally:
         guard.flush()
-        sys.stdout = saved
+        setattr(sys, stream, saved)
