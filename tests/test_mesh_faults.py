@@ -238,3 +238,18 @@ def test_abort_notice_round_trip_and_forgery() -> None:
 async def test_free_ports_distinct() -> None:
     ports = free_ports(5)
     assert len(set(ports)) == 5
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("short reason", "short reason"),
+    ("x" * 300, "x" * 300),
+    # a long sentence ends at a word, marked as cut (it ended "... without  [code]")
+    ("word " * 70, ("word " * 59).rstrip() + " …"),
+    ("y" * 400, "y" * 299 + "…"),
+], ids=["short", "exactly the limit", "long sentence", "one long word"])
+def test_a_long_abort_reason_is_cut_at_a_word_and_marked(text: str, expected: str) -> None:
+    from didmesh.session.mesh.abort import MAX_REASON, clean_reason
+
+    got = clean_reason(text)
+    assert got == expected and len(got) <= MAX_REASON
+    assert clean_reason(got) == got  # a received reason is cleaned again, unchanged

@@ -72,8 +72,16 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 
 def clean_reason(text: str) -> str:
-    """One line, no control characters, at most :data:`MAX_REASON` characters."""
-    return _CONTROL.sub(" ", text)[:MAX_REASON]
+    """One line, no control characters, at most :data:`MAX_REASON` characters; a longer
+    text is cut at a word (if one ends in its second half) and marked with "…"."""
+    text = _CONTROL.sub(" ", text)
+    if len(text) <= MAX_REASON:
+        return text
+    cut = text[:MAX_REASON - 2]
+    space = cut.rfind(" ")
+    if space >= MAX_REASON // 2:
+        return cut[:space].rstrip() + " …"
+    return text[:MAX_REASON - 1] + "…"
 
 
 def make_abort(
