@@ -60,6 +60,18 @@ class PreDialed:
             sock.close()
 
 
+def bind_for_punch(sock: socket.socket, port: int) -> None:
+    """Make ``sock`` a punch socket: non-blocking, bound to local ``port`` beside the
+    listener and the other punches on it (``SO_REUSEADDR``, ``SO_REUSEPORT``). OSError if
+    that fails (the caller closes the socket). The pre-dial and the early punch's own
+    dials (:func:`~.puncher.dial_from`) both use it, so the two share the port alike."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setblocking(False)
+    sock.bind(("", port))
+
+
 def predial(port: int, targets: Iterable[tuple[str, int]]) -> PreDialed:
     """Start a non-blocking connect from local ``port`` to each of ``targets``. A target
     that fails at once (no route, a bad address) gets no socket: the early punch dials it
@@ -71,11 +83,7 @@ def predial(port: int, targets: Iterable[tuple[str, int]]) -> PreDialed:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                              socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if hasattr(socket, "SO_REUSEPORT"):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setblocking(False)
-            sock.bind(("", port))
+            bind_for_punch(sock, port)
             err = sock.connect_ex((host, rport))
         except OSError:
             sock.close()
@@ -154,6 +162,6 @@ def from_launch(doc: object, addresses: Iterable[str] | None = None) -> PreDiale
 
 
 __all__ = [
-    "PreDialed", "decide", "decide_plan", "from_launch", "from_plan", "local_addresses",
-    "predial",
+    "PreDialed", "bind_for_punch", "decide", "decide_plan", "from_launch", "from_plan",
+    "local_addresses", "predial",
 ]

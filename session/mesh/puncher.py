@@ -28,7 +28,7 @@ from .handshake import next_message
 from .paths import Pair
 from .peer import SELECT
 from .plan import MeshPlan, format_endpoint, parse_endpoint
-from .predial import PreDialed
+from .predial import PreDialed, bind_for_punch
 from .punch import (
     DONE,
     EARLY_WINDOW,
@@ -106,11 +106,7 @@ async def dial_from(port: int, dial: Sequence[tuple[str, int]], span: float,
                 connecting = None
             try:
                 if connecting is None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    if hasattr(socket, "SO_REUSEPORT"):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                    sock.setblocking(False)
-                    sock.bind(("", port))
+                    bind_for_punch(sock, port)
                     connecting = loop.sock_connect(sock, (host, rport))
                 await asyncio.wait_for(connecting, remaining)
                 link = PunchedLink(f"tcp {format_endpoint(host, rport)[6:]} (punched)")
