@@ -148,6 +148,13 @@ class UnsupportedMediaType(RelayRequestError):
     status = 415
 
 
+class UnsupportedHttpVersion(RelayRequestError):
+    """The request is not HTTP/1.1 (or 1.0): this relay speaks HTTP/1.1."""
+
+    code = "unsupported_http_version"
+    status = 505
+
+
 class ShuttingDown(RelayRequestError):
     """The relay is shutting down; retry on another relay or later."""
 
@@ -246,6 +253,7 @@ WIRE_ERRORS: dict[str, type[RelayError]] = {
         NotFound,
         MethodNotAllowed,
         UnsupportedMediaType,
+        UnsupportedHttpVersion,
         ShuttingDown,
         RelayInternalError,
         RequestTimeout,
