@@ -139,7 +139,7 @@ class RelayRequestHandler(RequestHandler):
     def __init__(self, manager: Any, *, loop: Any, **kw: Any) -> None:
         super().__init__(manager, loop=loop, **kw)
         self._first_line = FirstLine(self.max_line_size + 2)
-        if hasattr(self, "_max_msg_queue_size"):  # aiohttp >= 3.14 bounds its queue
+        if hasattr(self, "_max_msg_queue_size"):  # aiohttp >= 3.14.1 bounds its queue
             # one request parsed at a time: parse errors after it cannot drop it
             self._max_msg_queue_size = 1
             self._msg_queue_resume_size = 0

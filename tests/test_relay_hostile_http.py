@@ -206,23 +206,25 @@ def _upgrade(path: bytes, token: str | None = None) -> bytes:
     return head + b"\r\n"
 
 
+@pytest.mark.parametrize("before", [0, 3])
 def test_a_websocket_frame_in_the_upgrade_write_still_reaches_the_socket(
-    relay: RelayProcess,
+    relay: RelayProcess, before: int
 ) -> None:
     """The parser now stops after each request; the bytes after an accepted upgrade are
-    still the WebSocket's: a ping sent in the same write as the upgrade gets its pong."""
+    still the WebSocket's: a ping sent in the same write as the upgrade (and requests
+    before it) gets its pong."""
     mask, payload = b"\x01\x02\x03\x04", b"didmesh"
     ping = bytes([0x89, 0x80 | len(payload)]) + mask
     ping += bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     token = asyncio.run(_token(relay.url))
     with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as sock:
-        sock.sendall(_upgrade(b"/v1/inbox/ws", token) + ping)
+        sock.sendall(INFO * before + _upgrade(b"/v1/inbox/ws", token) + ping)
         raw = b""
         while b"\x8a\x07didmesh" not in raw:
             chunk = sock.recv(65536)
             assert chunk, raw
             raw += chunk
-    assert raw.startswith(b"HTTP/1.1 101 ")
+    assert raw.count(b"HTTP/1.1 200 OK\r\n") == before and b"HTTP/1.1 101 " in raw
 
 
 def test_a_request_after_a_declined_upgrade_in_one_write_is_answered(
