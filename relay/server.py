@@ -40,7 +40,7 @@ from .conns import (
 )
 from .errors import RelayConfigError
 from .httperrors import HTTP_LIMITS, json_http_errors
-from .logtext import inert, request_target_path
+from .logtext import inert, request_target_path, scrub
 from .options import add_serve_arguments, config_from_args
 from .store.url import open_store
 from .stun import serve_stun
@@ -61,8 +61,11 @@ class JsonFormatter(logging.Formatter):
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             out.update(extra)
+        for key, value in out.items():  # no field decodes to a terminal escape (logtext)
+            if isinstance(value, str):
+                out[key] = scrub(value)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = scrub(self.formatException(record.exc_info), keep_lines=True)
         return json.dumps(out, separators=(",", ":"))
 
 

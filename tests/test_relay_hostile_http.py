@@ -354,6 +354,30 @@ def test_inert_percent_encodes_what_a_terminal_would_act_on(text: str, logged: s
     assert inert(text).isascii() and inert(text).isprintable()
 
 
+def test_the_json_log_formatter_writes_no_terminal_controls() -> None:
+    """Whatever a log call is handed (an exception quoting client input, a field nobody
+    made inert), no decoded field holds a character a terminal acts on; a traceback keeps
+    its lines."""
+    import logging
+
+    from didmesh.relay.server import JsonFormatter
+
+    evil = "x\x1b]0;owned\x07\u202e\x9b2J\r\n{\"level\":\"error\"}"
+    try:
+        raise ValueError(evil)
+    except ValueError:
+        record = logging.LogRecord("didmesh.relay", logging.ERROR, __file__, 1, "failed %s",
+                                   (evil,), exc_info=__import__("sys").exc_info())
+    record.fields = {"path": evil, "n": 3}
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and line.isascii()
+    out = json.loads(line)
+    for key in ("msg", "path"):
+        assert out[key].isprintable() and "\\u001b" in out[key], out
+    assert out["n"] == 3 and out["exc"].count("\n") >= 3  # the traceback's lines
+    assert all(c.isprintable() or c in "\n\t" for c in out["exc"])
+
+
 def test_request_target_path_drops_the_query_and_bounds_the_length() -> None:
     assert request_target_path("/v1/inbox?after=%0A") == "/v1/inbox"
     assert request_target_path("/x#frag") == "/x"
