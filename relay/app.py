@@ -41,6 +41,7 @@ from .errors import (
     StaleEnvelope,
     TooLarge,
     UnsupportedMediaType,
+    client_names,
     error_body,
 )
 from .fastlink import FastLink
@@ -256,7 +257,7 @@ class Relay:
             raise MalformedRequest("request body must be a JSON object")
         unknown = sorted(set(data) - set(required) - set(optional))
         if unknown:
-            raise MalformedRequest(f"unknown field(s): {', '.join(map(str, unknown))}")
+            raise MalformedRequest(f"unknown field(s): {client_names(unknown)}")
         missing = [k for k in required if k not in data]
         if missing:
             raise MalformedRequest(f"missing field(s): {', '.join(missing)}")

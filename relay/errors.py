@@ -12,7 +12,11 @@ client (the relay refused) and describe the client's request on the server;
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from didmesh.identity.errors import DidmeshError, LocalError, RemoteError
+
+from .logtext import inert
 
 
 class RelayError(DidmeshError):
@@ -260,6 +264,16 @@ WIRE_ERRORS: dict[str, type[RelayError]] = {
         TooManyConnections,
     )
 }
+
+
+def client_names(names: Iterable[object], shown: int = 5, width: int = 40) -> str:
+    """Names a client sent (unknown JSON fields), for an error message that goes back to
+    it: at most ``shown`` of them, each cut to ``width`` characters and made inert
+    (:func:`~didmesh.relay.logtext.inert`), then how many more; never an unbounded echo
+    of the request (thousands of keys came back whole, control characters and all)."""
+    items = [str(n) for n in names]
+    out = ", ".join(inert(n, width) for n in items[:shown])
+    return out + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def error_body(exc: RelayError) -> dict[str, dict[str, str]]:
