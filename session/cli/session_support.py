@@ -368,7 +368,8 @@ def render_program(prog: dict[str, Any], indent: str = "  ") -> list[str]:
 def render_session(view: dict[str, Any], out: Output, labels: dict[str, str]) -> str:
     me = view["me"]
     status = view["status"]
-    colour = out.ok if status == Status.AGREED else out.bad if status in ENDED else out.bold
+    colour = out.ok if status == Status.AGREED else out.bad if (
+        status in ENDED or status == Status.REFUSED) else out.bold
     prog = view["program"]
     lines = [
         f"session {out.bold(view['sessionId'])}  {view['name']!r}",
@@ -413,12 +414,13 @@ def render_session(view: dict[str, Any], out: Output, labels: dict[str, str]) ->
 def wait_until_agreed(
     engine: Engine, sid: str, urls: Sequence[str], out: Output, *, timeout: float, what: str
 ) -> None:
-    """Pump the session's relays until it is agreed or has ended (or ``timeout``)."""
+    """Pump the session's relays until it is agreed or has ended, or the organizer refused
+    this invitee's acceptance (or ``timeout``)."""
     pump(
         engine,
         urls,
         out,
-        until=lambda: engine.status_of(sid) in (Status.AGREED, *ENDED),
+        until=lambda: engine.status_of(sid) in (Status.AGREED, Status.REFUSED, *ENDED),
         timeout=timeout,
         what=what,
         only=sid,
