@@ -518,6 +518,16 @@ class SessionMachine:
             return  # a duplicate (another relay, or the code channel)
         if self.status in REOPENABLE:
             self.reopen(inv, now=now)
+        elif self.status == Status.ACCEPTED:
+            # the organizer issues a fresh invite to a party only once its seat was freed:
+            # it withdrew the invite we accepted (that notice may come later, or with this)
+            ended = self.state.ended_invites if isinstance(self.state.ended_invites, list) else []
+            if inv.invite_id in ended:
+                raise InviteWithdrawn(
+                    f"invite {inv.invite_id} from {self.label(inv.organizer)} ended before; "
+                    "ignored", party=inv.organizer)  # fmt: skip
+            self._end(Status.REVOKED, None, now)
+            self.reopen(inv, now=now)
         elif self.status in (Status.INVITED, Status.REFUSED):
             self.state.invite = inv.document
             self.state.note(format_time(now), "the organizer re-issued the invite")

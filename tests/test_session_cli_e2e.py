@@ -311,3 +311,28 @@ def test_an_invite_withdrawn_then_sent_again_can_be_accepted(
             organizer.communicate()
     assert view["status"] == "agreed"
     assert rc == 0 and a_view["status"] == "agreed", a_err[-2000:]
+
+
+def test_a_waiting_invitee_invited_again_is_told_to_accept_the_fresh_invite(
+    tmp_path: Path, relay_url: str  # noqa: F811
+) -> None:
+    """bob accepted; the organizer withdraws that invite and invites bob again: bob's
+    `status --wait` ends at once saying so (not a timeout), and the fresh invite can be
+    accepted."""
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    b_did, c_did = new_identity(bob), new_identity(tmp_path / "carol")
+    new_identity(alice)
+    program = tmp_path / "sum.py"
+    program.write_text("from mpyc.runtime import mpc\n")
+    sid = ok(alice, "session", "new", "--program", str(program), "--parties", "3",
+             "--relay", relay_url)["sessionId"]  # fmt: skip
+    ok(alice, "invite", sid, "--to", b_did, "--to", c_did)
+    ok(bob, "invites", "--relay", relay_url)
+    ok(bob, "accept", sid, "--yes")
+    ok(alice, "withdraw", sid, "--invite", b_did)
+    ok(alice, "invite", sid, "--to", b_did)
+    res = run_cli(bob, "status", sid, "--wait", "--timeout", "60", timeout=90)
+    lines = [ln for ln in res.err.splitlines() if ln.startswith("didmesh:")]
+    assert res.rc == 1 and len(lines) == 1, (res.rc, res.err[-2000:])
+    assert "invited you again" in lines[0] and f"didmesh accept {sid[:8]}" in lines[0]
+    assert ok(bob, "accept", sid, "--yes")["status"] == "accepted"

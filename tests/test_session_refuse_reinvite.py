@@ -234,3 +234,43 @@ async def test_an_ended_invite_imported_again_does_not_reopen(tmp_path: Path) ->
             assert bob.engine.import_invite(doc).status == Status.DECLINED
     finally:
         await world.close()
+
+
+@pytest.mark.parametrize("order", ["withdrawal first", "fresh invite first"])
+async def test_an_accepted_party_invited_again_takes_the_fresh_invite_in_any_order(
+    tmp_path: Path, order: str
+) -> None:
+    """The organizer withdraws the invite bob accepted and invites him again; the two
+    notices reach bob together (one batch) in either order (two relays): bob is invited
+    with the fresh invite, never left revoked or holding the dead acceptance."""
+    world = World(tmp_path, 3)
+    world.invite_all()
+    await world.deliver_invites()
+    org, bob, carol = world.parties
+    try:
+        bob.engine.accept(world.sid)
+        await bob.engine.flush(bob.mailbox)
+        await world.pump(org, lambda: org.engine.load(world.sid).seats[0].status == "accepted")
+        first = bob.engine.load(world.sid).invite
+        assert first is not None
+        org.engine.withdraw_invite(world.sid, bob.did)
+        org.engine.invite(world.sid, bob.did)
+        await org.engine.flush(org.mailbox)
+        inbox = world.hub.inboxes[bob.did]
+        batch = list(inbox)
+        inbox.clear()
+        assert len(batch) == 2
+        if order == "fresh invite first":
+            batch.reverse()
+        notes = bob.engine.deliver(batch)
+        state = bob.engine.load(world.sid)
+        assert state.status == Status.INVITED, (state.status, notes)
+        assert state.invite is not None and state.invite["id"] != first["id"]
+        assert state.acceptance is None and first["id"] in state.ended_invites
+        if order == "fresh invite first":  # the late notice names the dead invite: ignored
+            assert [n.level for n in notes if "withdraw-invite" in n.text] == ["warning"]
+        world.accept_all([bob, carol])
+        await world.settle(timeout=20)
+        assert [world.status(p) for p in world.parties] == [Status.AGREED] * 3
+    finally:
+        await world.close()
