@@ -504,6 +504,9 @@ class SessionMachine:
         self._end(Status.DECLINED, None, now)
 
     def withdraw(self, *, now: datetime) -> None:
+        if self.status == Status.REFUSED:  # no acceptance stands: withdrawing is declining
+            self.decline(now=now)
+            return
         self._allow("withdraw")
         assert self.state.invite is not None
         for did in self._others():

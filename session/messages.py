@@ -186,7 +186,8 @@ def parse_refusal(body: Any) -> Refusal:
             raise MessageInvalid(f"refuse message: {name} is not a document id")
     code, reason = body["code"], body["reason"]
     if not isinstance(code, str) or code not in REFUSAL_CODES:
-        raise MessageInvalid(f"refuse message: unknown code {str(code)[:40]!r}")
+        shown = repr(code[:40]) if isinstance(code, str) else f"of type {type(code).__name__}"
+        raise MessageInvalid(f"refuse message: unknown code {shown}")
     if not isinstance(reason, str) or len(reason) > 4 * MAX_REFUSAL_REASON:
         raise MessageInvalid("refuse message: reason is not a text of reasonable length")
     clean = "".join(c if c.isprintable() else " " for c in reason).strip()

@@ -274,3 +274,19 @@ async def test_an_accepted_party_invited_again_takes_the_fresh_invite_in_any_ord
         assert [world.status(p) for p in world.parties] == [Status.AGREED] * 3
     finally:
         await world.close()
+
+
+async def test_a_refused_invitee_who_withdraws_declines_and_frees_the_seat(
+    tmp_path: Path,
+) -> None:
+    world, _consortium, refused, _accepted = await refused_world(tmp_path)
+    org = world.organizer
+    try:
+        await world.pump(refused, lambda: world.status(refused) == Status.REFUSED)
+        refused.engine.withdraw(world.sid)
+        assert world.status(refused) == Status.DECLINED
+        await refused.engine.flush(refused.mailbox)
+        await world.pump(org, lambda: "declined" in [
+            s.status for s in org.engine.load(world.sid).seats])  # fmt: skip
+    finally:
+        await world.close()
