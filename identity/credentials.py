@@ -652,3 +652,25 @@ def verify_presentation(
         domain=domain,
         document=document,
     )
+
+
+def verify_presentation_proof(
+    doc: dict[str, Any] | bytes | str,
+    *,
+    now: datetime,
+    suites: Collection[str] | None = None,
+) -> str:
+    """Verify only a presentation's own proof (strict profile: one proof, by the
+    ``holder``), not its challenge, domain or embedded credentials; returns the holder.
+
+    For telling *who* sent a presentation that failed :func:`verify_presentation` for
+    another reason. :class:`~didmesh.identity.errors.Expired` is raised only after the
+    signature verified (the proof's own ``expires`` passed)."""
+    _check_now(now)
+    what = "presentation"
+    document = _as_document(doc, what)
+    _version(check_context_list(document, what=what), what)
+    _types(document, VERIFIABLE_PRESENTATION, what)
+    holder = _id_of(document.get("holder"), "holder", what)
+    _verify_proof(document, holder, AUTHENTICATION, what, now, suites, True)
+    return holder

@@ -42,6 +42,8 @@ from .errors import (
     AcceptanceInvalid,
     AcceptanceReplayed,
     ConfirmationInvalid,
+    GateCredentialExpired,
+    GateCredentialInvalid,
     GateCredentialMissing,
     InviteExpired,
     InviteInvalid,
@@ -49,6 +51,7 @@ from .errors import (
     ManifestInvalid,
     ManifestTampered,
     NotInvited,
+    PresentationExpired,
 )
 from .manifest import Manifest, format_time
 
@@ -331,42 +334,60 @@ def verify_acceptance(
             doc, now=now, challenge=challenge, domain=manifest.domain, suites=(SUITE,)
         )
     except (ChallengeMismatch, DomainMismatch) as exc:
+        what = ("its proof's challenge is not the id of the invite it carries"
+                if isinstance(exc, ChallengeMismatch) else
+                "its proof is bound to another session (domain)")  # fmt: skip
         raise AcceptanceReplayed(
             f"{who} was made for another session or invite, not for session "
             f"{manifest.session_id[:8]} ({exc.message})",
-            party=holder,
+            party=holder, detail=what,
         ) from None
     except CredentialError as exc:
         _blame_gate(doc, raw_invite, now, who, holder, exc)
-        raise AcceptanceInvalid(f"{who}: {exc.message}", party=holder) from None
+        try:  # the invite it carries, or the holder's own proof?
+            verify_invite(raw_invite, now=now)
+        except InviteInvalid as inner:
+            raise AcceptanceInvalid(
+                f"in {who}: {inner.message}", party=holder,
+                detail=f"the invite it carries is not valid ({inner.message})",
+            ) from None
+        if isinstance(exc, Expired):
+            raise PresentationExpired(f"{who}: {exc.message}", party=holder,
+                                      detail=exc.message) from None  # fmt: skip
+        raise AcceptanceInvalid(f"{who}: {exc.message}", party=holder,
+                                detail=exc.message) from None  # fmt: skip
     if any(INVITE_TYPE in c.types and c.suite != SUITE for c in vp.credentials):
         raise AcceptanceInvalid(
-            f"{who}: the invite it carries is not signed with {SUITE}", party=holder
+            f"{who}: the invite it carries is not signed with {SUITE}", party=holder,
+            detail=f"the invite it carries is not signed with {SUITE}",
         )
     try:
         invite = verify_invite(raw_invite, now=now, signature_checked=True)
     except InviteInvalid as exc:
-        raise type(exc)(f"in {who}: {exc.message}", party=holder) from None
+        raise type(exc)(f"in {who}: {exc.message}", party=holder,
+                        detail=f"the invite it carries: {exc.message}") from None  # fmt: skip
     if invite.organizer != manifest.organizer:
         raise NotInvited(
             f"{who}: its invite was issued by {invite.organizer[:100]}, not by the organizer "
             f"{manifest.organizer}",
-            party=holder,
+            party=holder, detail="the invite it carries was not issued by this organizer",
         )
     if not hmac.compare_digest(invite.invitee.encode(), holder.encode()):
         raise NotInvited(
             f"{who}: the invite it carries is addressed to {invite.invitee}; "
             f"{holder} was not invited",
-            party=holder,
+            party=holder, detail=f"the invite it carries is addressed to {invite.invitee}",
         )
     if not manifest.same_as(invite.manifest):
         raise ManifestTampered(
             f"{who}: the organizer's invite to {holder} carries a different manifest than "
             f"session {manifest.session_id[:8]}'s",
             party=manifest.organizer,
+            detail="the invite it carries has other terms (manifest) than the session's",
         )
     if doc.get("sessionId") != manifest.session_id:
-        raise AcceptanceReplayed(f"{who}: sessionId is not this session's", party=holder)
+        raise AcceptanceReplayed(f"{who}: sessionId is not this session's", party=holder,
+                                 detail="its sessionId is another session's")  # fmt: skip
     session_key = decode_session_key(doc.get("sessionKey"), who, AcceptanceInvalid)
     endpoints = validate_endpoints(doc.get("endpoints"), who, AcceptanceInvalid)
     unknown = set(doc) - {
@@ -393,7 +414,7 @@ def _check_gate(
     raise GateCredentialMissing(
         f"{who}: the seat requires {gate.describe()} about {holder}, "
         "and the acceptance presents none",
-        party=holder,
+        party=holder, detail=f"the seat requires {gate.describe()} about you",
     )
 
 
@@ -406,7 +427,7 @@ def _blame_gate(
     exc: CredentialError,
 ) -> None:
     """If the presentation failed because of a (gate) credential other than the invite,
-    say so: raise GateCredentialMissing naming it."""
+    say so: raise GateCredentialExpired (outside its validity) or GateCredentialInvalid."""
     creds = doc.get("verifiableCredential")
     for cred in creds if isinstance(creds, list) else []:
         if cred is invite or not isinstance(cred, dict):
@@ -414,10 +435,12 @@ def _blame_gate(
         try:
             verify_credential(cred, now=now)
         except CredentialError as inner:
-            raise GateCredentialMissing(
+            cls = (GateCredentialExpired if isinstance(inner, (Expired, NotYetValid))
+                   else GateCredentialInvalid)  # fmt: skip
+            raise cls(
                 f"{who}: the credential it presents for the seat's requirement is not valid "
                 f"({inner.message})",
-                party=holder,
+                party=holder, detail=inner.message,
             ) from None
     del exc
 

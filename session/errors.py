@@ -181,9 +181,13 @@ class SessionRemoteError(SessionError, RemoteError):
 
     code = "session_remote"
 
-    def __init__(self, message: str | None = None, *, party: str | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, *, party: str | None = None, detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.party = party
+        #: the cause in words for the party at fault (a refused invitee), without its name
+        self.detail = detail
 
 
 class MessageInvalid(SessionRemoteError):
@@ -250,6 +254,25 @@ class GateCredentialMissing(AcceptanceInvalid):
     """The seat requires a credential from a named issuer, and the acceptance lacks a valid one."""
 
     code = "gate_credential_missing"
+
+
+class GateCredentialInvalid(GateCredentialMissing):
+    """The credential an acceptance presents for a gated seat fails verification."""
+
+    code = "gate_credential_invalid"
+
+
+class GateCredentialExpired(GateCredentialMissing):
+    """The credential an acceptance presents for a gated seat has expired (or is not valid
+    yet)."""
+
+    code = "gate_credential_expired"
+
+
+class PresentationExpired(AcceptanceInvalid):
+    """The acceptance's own proof had expired when it arrived."""
+
+    code = "presentation_expired"
 
 
 class GateCredentialTooLarge(AcceptanceInvalid):

@@ -65,7 +65,8 @@ from .errors import (
     UnexpectedEvent,
 )
 from .manifest import Manifest, format_time
-from .messages import Message, parse_refusal, refusal_body, seal_message
+from .messages import ENDING_REFUSALS, Message, parse_refusal, refusal_body, seal_message
+from .refusals import MAX_REFUSALS_PER_INVITE, plan_refusal
 from .roster import (
     AgreedRoster,
     Seat,
@@ -332,6 +333,37 @@ class SessionMachine:
         return [self.manifest.organizer]
 
     def _on_accept(self, msg: Message, now: datetime) -> None:
+        try:
+            self._take_acceptance(msg, now)
+        except SessionRemoteError as exc:
+            self._refuse(msg, exc, now)
+            raise
+
+    def _refuse(self, msg: Message, exc: SessionRemoteError, now: datetime) -> None:
+        """Tell an authentic invitee why its acceptance was refused (a signed ``refuse``),
+        at most MAX_REFUSALS_PER_INVITE times per invite (session/refusals.py)."""
+        plan = plan_refusal(msg, exc, seats=self.state.seats,
+                            session_id=self.state.session_id, now=now)  # fmt: skip
+        if plan is None:
+            return
+        seat = plan.seat
+        if seat.refusals >= MAX_REFUSALS_PER_INVITE:
+            if seat.refusals == MAX_REFUSALS_PER_INVITE:
+                seat.refusals += 1
+                self.state.note(
+                    format_time(now),
+                    f"{self.label(plan.to)} was refused {MAX_REFUSALS_PER_INVITE} times for "
+                    "this invite; further refused acceptances are not answered",
+                )
+            return
+        seat.refusals += 1
+        body = refusal_body(plan.invite_id, plan.acceptance_id, plan.code, plan.reason)
+        self._send(plan.to, "refuse", body, now)
+        self.state.note(format_time(now),
+                        f"refused the acceptance of {self.label(plan.to)} ({plan.code}); "
+                        "told them why")  # fmt: skip
+
+    def _take_acceptance(self, msg: Message, now: datetime) -> None:
         acc = verify_acceptance(msg.body.get("acceptance"), manifest=self.manifest, now=now)
         seat = self._seat_for(acc.holder)
         if seat is None or seat.invite_id != acc.invite.invite_id:
@@ -376,16 +408,13 @@ class SessionMachine:
                 "smaller credentials (the seat needs only the one it names) and accept again: "
                 f"didmesh accept {self.state.session_id[:8]} --credential FILE"
             )
-            body = refusal_body(str(seat.invite_id), str(acceptance.get("id")),
-                                GateCredentialTooLarge.code, reason)  # fmt: skip
-            self._send(who, "refuse", body, now)
             raise GateCredentialTooLarge(
                 f"acceptance by {self.label(who)} presents gate credentials of {mine.raw} "
                 f"bytes ({mine.framed} compressed); with the {len(others)} other seat(s) "
                 f"accepted so far {why}; the seat stays invited: withdraw the invite "
                 f"(didmesh withdraw {self.state.session_id[:8]} --invite DID) or wait for a "
-                "smaller credential (the invitee was told why)",
-                party=who,
+                "smaller credential (the invitee is told why)",
+                party=who, detail=reason,
             )
 
     def _maybe_publish(self, now: datetime) -> None:
@@ -575,8 +604,9 @@ class SessionMachine:
         )
 
     def _on_refuse(self, msg: Message, now: datetime) -> None:
-        """The organizer refused our acceptance (its gate credentials would make the roster
-        too large): the invite stands; the user learns why and may accept again."""
+        """The organizer refused our acceptance (``refusal.code`` says why): the invite
+        stands (``refused``: the user learns why and may accept again), unless the invite
+        it named ended (``invite_not_current``: revoked; a fresh invite reopens it)."""
         org = self.manifest.organizer
         if msg.sender != org:
             raise MessageInvalid(
@@ -589,10 +619,14 @@ class SessionMachine:
         ):
             self.state.note(format_time(now), "ignored a refusal of an earlier acceptance")
             return
-        self.state.status = Status.REFUSED
-        self.state.acceptance = None
         message = f"organizer {self.label(org)} refused your acceptance: {refusal.reason}"
+        self.state.acceptance = None
         self.state.error = {"code": refusal.code, "message": message, "party": org}
+        if refusal.code in ENDING_REFUSALS:  # the invite it named ended: a fresh one may come
+            self.state.status = Status.REVOKED
+            self.state.note(format_time(now), f"revoked: {refusal.reason}")
+            return
+        self.state.status = Status.REFUSED
         self.state.note(format_time(now), f"refused: {refusal.reason}")
 
     def _on_withdraw_invite(self, msg: Message, now: datetime) -> None:

@@ -45,7 +45,13 @@ KINDS = frozenset(
 _FIELDS = {"v", "kind", "session", "from", "to", "ts", "id", "body"}
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
 #: why an organizer may refuse an acceptance (``refuse``, specs/session-protocol.md, 4)
-REFUSAL_CODES = frozenset({"gate_credential_too_large"})
+REFUSAL_CODES = frozenset({
+    "gate_credential_too_large", "gate_credential_missing", "gate_credential_invalid",
+    "gate_credential_expired", "invite_not_current", "terms_mismatch", "presentation_expired",
+    "acceptance_invalid",
+})  # fmt: skip
+#: refusals after which the invite the acceptance named has ended (the invitee: revoked)
+ENDING_REFUSALS = frozenset({"invite_not_current"})
 MAX_REFUSAL_REASON = 600
 _REFUSAL_FIELDS = frozenset({"inviteId", "acceptanceId", "code", "reason"})
 _DOC_ID_MAX = 200

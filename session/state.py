@@ -75,6 +75,7 @@ class SeatRecord:
     acceptance: dict[str, Any] | None = None
     requires: dict[str, Any] | None = None
     nameplate: int | None = None
+    refusals: int = 0  # refuse messages sent for this invite (bounded)
 
 
 @dataclass

@@ -34,12 +34,14 @@ from didmesh.session.documents import (
     verify_confirmation,
     verify_invite,
 )
-from didmesh.session.errors import ManifestInvalid
+from didmesh.session.errors import ManifestInvalid, MessageInvalid
 from didmesh.session.machine import SessionMachine, x25519_public
 from didmesh.session.manifest import Manifest, format_time, validate_relay_url
 from didmesh.session.messages import (
+    ENDING_REFUSALS,
     KINDS,
     MAX_REFUSAL_REASON,
+    REFUSAL_CODES,
     open_message,
     parse_refusal,
     refusal_body,
@@ -353,33 +355,50 @@ def test_fuzz_machine_fed_signed_garbage(
 # --------------------------------------------------------------------------- refusals
 
 
-def _refusal(machine: SessionMachine) -> dict[str, Any]:
+def _refusal(machine: SessionMachine, code: str = "gate_credential_too_large") -> dict[str, Any]:
     state = machine.state
     assert state.invite is not None and state.acceptance is not None
-    return refusal_body(state.invite["id"], state.acceptance["id"], "gate_credential_too_large",
+    return refusal_body(state.invite["id"], state.acceptance["id"], code,
                         "your gate credentials would make the roster about 90000 bytes")
 
 
+CODES = sorted(REFUSAL_CODES)
+
+
 @fuzz_settings(200)
-@given(data=st.data())
-def test_fuzz_refusal_body(data: st.DataObject) -> None:
-    """A ``refuse`` body, mutated: parse_refusal raises only tree errors, and what it
-    returns has a known code and a printable reason of bounded length."""
-    body = mutate(_refusal(_invitee_machine(True)), data)
+@given(data=st.data(), code=st.sampled_from(CODES))
+def test_fuzz_refusal_body(data: st.DataObject, code: str) -> None:
+    """A ``refuse`` body of every code, mutated (its code too): parse_refusal raises only
+    tree errors, and what it returns has a known code and a printable reason of bounded
+    length."""
+    body = mutate(_refusal(_invitee_machine(True), code), data)
     got = tree_errors_or_known("parse_refusal", parse_refusal, body)
     if got is not None:
-        assert got.code == "gate_credential_too_large"
+        assert got.code in REFUSAL_CODES
         assert got.reason.isprintable() and 0 < len(got.reason) <= MAX_REFUSAL_REASON
 
 
+def test_refusal_codes_outside_the_list_are_refused_by_name() -> None:
+    body = _refusal(_invitee_machine(True))
+    for code in ("gate_credential_missing ", "GATE_CREDENTIAL_MISSING", "x" * 5000, "", 7, None):
+        with pytest.raises(MessageInvalid, match="unknown code"):
+            parse_refusal({**body, "code": code})
+    with pytest.raises(ValueError):
+        refusal_body("a", "b", "no_such_code", "r")
+
+
 @settings(max_examples=budget(100), suppress_health_check=list(HealthCheck))
-@given(data=st.data(), sender=st.sampled_from([ORG, CAROL, MALLORY]))
-def test_fuzz_refusal_fed_to_an_accepted_invitee(data: st.DataObject, sender: IdentityKey) -> None:
-    """Well-signed ``refuse`` messages with mutated bodies: only the organizer's moves the
-    invitee to refused (with a printable, bounded reason); nothing else changes the state,
-    and every state still saves."""
+@given(data=st.data(), sender=st.sampled_from([ORG, CAROL, MALLORY]),
+       code=st.sampled_from(CODES))  # fmt: skip
+def test_fuzz_refusal_fed_to_an_accepted_invitee(
+    data: st.DataObject, sender: IdentityKey, code: str
+) -> None:
+    """Well-signed ``refuse`` messages of every code with mutated bodies: only the
+    organizer's moves the invitee (to refused, or to revoked for a code that ends the
+    invite, with a printable, bounded reason); nothing else changes the state, and every
+    state still saves."""
     machine = _invitee_machine(True)
-    body = _refusal(machine)
+    body = _refusal(machine, code)
     mutated = data.draw(st.booleans())
     if mutated:
         body = mutate(body, data)
@@ -395,10 +414,12 @@ def test_fuzz_refusal_fed_to_an_accepted_invitee(data: st.DataObject, sender: Id
         return
     tree_errors_or_known("SessionMachine.receive(refuse)", machine.receive, msg, now=NOW)
     state = machine.state
-    assert state.status in (Status.ACCEPTED, Status.REFUSED)
+    assert state.status in (Status.ACCEPTED, Status.REFUSED, Status.REVOKED)
     if sender is ORG and not mutated:
-        assert state.status == Status.REFUSED
-    if state.status == Status.REFUSED:
+        ends = code in ENDING_REFUSALS
+        assert state.status == (Status.REVOKED if ends else Status.REFUSED)
+        assert state.error is not None and state.error["code"] == code
+    if state.status != Status.ACCEPTED:
         assert sender is ORG and state.error is not None
         assert state.error["message"].isprintable()
         assert len(state.error["message"]) < MAX_REFUSAL_REASON + 200

@@ -6,18 +6,20 @@ accept (specs/session-protocol.md, 4 and 7). Engines over the in-memory relay
 from __future__ import annotations
 
 import base64
+import copy
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from didmesh.identity.credentials import issue_credential
+from didmesh.identity.credentials import issue_credential, issue_presentation
 from didmesh.identity.keys import IdentityKey
 from didmesh.session.budget import ROSTER_MESSAGE_BYTES
-from didmesh.session.documents import CONTEXT, Gate
+from didmesh.session.documents import CONTEXT, Gate, encode_session_key, new_invite_id
 from didmesh.session.errors import WaitTimeout
 from didmesh.session.messages import refusal_body, seal_message
+from didmesh.session.refusals import MAX_REFUSALS_PER_INVITE
 from didmesh.session.state import Status
 from didmesh.session.testing import Party, World
 
@@ -288,5 +290,249 @@ async def test_a_refused_invitee_who_withdraws_declines_and_frees_the_seat(
         await refused.engine.flush(refused.mailbox)
         await world.pump(org, lambda: "declined" in [
             s.status for s in org.engine.load(world.sid).seats])  # fmt: skip
+    finally:
+        await world.close()
+
+
+# --------------------------------------------------------------------------- other refusals
+
+
+def _crafted_acceptance(world: World, party: Party, *, challenge: str | None = None,
+                        domain: str | None = None, extra: dict[str, Any] | None = None,
+                        ) -> dict[str, Any]:  # fmt: skip
+    """An acceptance ``party`` signs itself, as a client other than didmesh's might."""
+    state = party.engine.load(world.sid)
+    assert state.invite is not None
+    vp = {"@context": list(CONTEXT), "id": new_invite_id(),
+          "type": ["VerifiablePresentation", "SessionAcceptance"], "holder": party.did,
+          "sessionId": world.sid, "sessionKey": encode_session_key(os.urandom(32)),
+          "endpoints": [], "verifiableCredential": [state.invite], **(extra or {})}  # fmt: skip
+    return issue_presentation(vp, party.key, challenge=challenge or state.invite["id"],
+                              domain=domain or world.manifest.domain,
+                              suite="eddsa-jcs-2022")  # fmt: skip
+
+
+def _post_acceptance(world: World, party: Party, doc: dict[str, Any],
+                     sender: IdentityKey | None = None) -> None:  # fmt: skip
+    """``party`` holds ``doc`` as its current acceptance; ``sender`` (default: the party)
+    posts it to the organizer."""
+    with party.engine.store.lock():
+        state = party.engine.load(world.sid)
+        state.acceptance, state.status = doc, Status.ACCEPTED
+        state.session_public = doc.get("sessionKey")
+        party.engine.save(state)
+    key = sender or party.key
+    raw = seal_message(key, "accept", world.sid, world.organizer.did, {"acceptance": doc},
+                       now_ms=1)  # fmt: skip
+    world.hub.post(key.did, world.organizer.did, raw)
+
+
+async def _refusal_reaches(world: World, party: Party) -> tuple[Any, list[str]]:
+    """The organizer takes the acceptance and answers; ``party``'s wait ends (or times out)."""
+    org = world.organizer
+    await party.engine.flush(party.mailbox)
+    await world.pump(org, lambda: bool(org.engine.load(world.sid).rejected))
+    await org.engine.flush(org.mailbox)
+    notes: list[str] = []
+    await party.engine.run(party.mailbox, until=lambda: world.status(party) != Status.ACCEPTED,
+                           timeout=10, on_note=lambda n: notes.append(n.text))  # fmt: skip
+    return party.engine.load(world.sid), notes
+
+
+def _expired_credential(issuer: IdentityKey, subject: str) -> dict[str, Any]:
+    return issue_credential({
+        "@context": [*CONTEXT, "https://www.w3.org/ns/credentials/examples/v2"],
+        "type": ["VerifiableCredential", "ConsortiumMember"], "issuer": issuer.did,
+        "validFrom": "2020-01-01T00:00:00Z", "validUntil": "2021-01-01T00:00:00Z",
+        "credentialSubject": {"id": subject, "name": "Bob"},
+    }, issuer, suite="eddsa-jcs-2022")  # fmt: skip
+
+
+def _tampered_credential(issuer: IdentityKey, subject: str) -> dict[str, Any]:
+    cred = gate_credential(issuer, subject)
+    cred["credentialSubject"]["name"] = "someone else"
+    return cred
+
+
+GATE_CASES = {
+    # case: (credentials bob presents, code, words the reason must hold)
+    "no credential": (lambda i, s: [], "gate_credential_missing",
+                      ["the seat requires a credential from", "--credential FILE"]),
+    "a credential of another issuer": (
+        lambda i, s: [gate_credential(IdentityKey.generate(), s)], "gate_credential_missing",
+        ["presents none", "--credential FILE"]),
+    "a tampered credential": (lambda i, s: [_tampered_credential(i, s)],
+                              "gate_credential_invalid", ["is not valid", "a valid one"]),
+    "an expired credential": (lambda i, s: [_expired_credential(i, s)],
+                              "gate_credential_expired", ["expired", "a current one"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(GATE_CASES))
+async def test_an_invitee_refused_for_its_gate_credential_is_told_which_and_why(
+    tmp_path: Path, case: str
+) -> None:
+    make, code, words = GATE_CASES[case]
+    consortium = IdentityKey.generate()
+    world = await gated_world(tmp_path, consortium)
+    org, bob = world.organizer, world.parties[1]
+    try:
+        bob.engine.accept(world.sid, credentials=make(consortium, bob.did))
+        state, notes = await _refusal_reaches(world, bob)
+        assert state.status == Status.REFUSED and state.error is not None, state.status
+        assert state.error["code"] == code
+        text = state.error["message"]
+        assert text.startswith(f"organizer {org.did} refused your acceptance: "), text
+        assert f"didmesh accept {world.sid[:8]}" in text, text
+        for word in words:
+            assert word in text, (word, text)
+        assert text.isprintable() and "\n" not in text
+        assert any("accepted -> refused" in n for n in notes), notes
+        org_state = org.engine.load(world.sid)
+        assert org_state.rejected[-1]["code"] == code
+        assert org_state.seats[0].refusals == 1
+        # the invitee fixes it: accepted again, and taken
+        bob.engine.accept(world.sid, credentials=[gate_credential(consortium, bob.did)])
+        await bob.engine.flush(bob.mailbox)
+        await world.pump(org, lambda: org.engine.load(world.sid).seats[0].status == "accepted")
+    finally:
+        await world.close()
+
+
+async def test_an_acceptance_of_a_withdrawn_invite_is_refused_and_the_wait_ends(
+    tmp_path: Path,
+) -> None:
+    """The organizer withdrew bob's invite, but that notice was lost (a relay dropped it);
+    bob accepts the dead invite: he is told it ended (revoked), not left waiting, and a
+    fresh invite reopens his session."""
+    world = World(tmp_path, 3)
+    world.invite_all()
+    await world.deliver_invites()
+    org, bob, carol = world.parties
+    try:
+        org.engine.withdraw_invite(world.sid, bob.did)
+        await org.engine.flush(org.mailbox)
+        world.hub.inboxes[bob.did].clear()  # the withdraw-invite is lost
+        bob.engine.accept(world.sid)
+        state, _notes = await _refusal_reaches(world, bob)
+        assert state.status == Status.REVOKED and state.error is not None
+        assert state.error["code"] == "invite_not_current"
+        assert "has ended" in state.error["message"], state.error
+        assert "ask the organizer for a fresh invite" in state.error["message"]
+        org.engine.invite(world.sid, bob.did)
+        await org.engine.flush(org.mailbox)
+        await world.pump(bob, lambda: world.status(bob) == Status.INVITED)
+        world.accept_all([bob, carol])
+        await world.settle(timeout=20)
+        assert [world.status(p) for p in world.parties] == [Status.AGREED] * 3
+    finally:
+        await world.close()
+
+
+BAD_KEY = {"sessionKey": "z6LSbad"}
+CRAFTED = {
+    # case: (how the acceptance is made, code)
+    "made for another invite (challenge)": (
+        lambda w, p: _crafted_acceptance(w, p, challenge="urn:uuid:" + "0" * 36),
+        "terms_mismatch"),
+    "made for another session (domain)": (
+        lambda w, p: _crafted_acceptance(w, p, domain="urn:didmesh:session:" + "ab" * 16),
+        "terms_mismatch"),
+    "a malformed session key": (lambda w, p: _crafted_acceptance(w, p, extra=BAD_KEY),
+                         "acceptance_invalid"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+async def test_an_acceptance_not_matching_the_terms_is_refused_with_its_code(
+    tmp_path: Path, case: str
+) -> None:
+    make, code = CRAFTED[case]
+    world = World(tmp_path, 2)
+    world.invite_all()
+    await world.deliver_invites()
+    bob = world.parties[1]
+    try:
+        _post_acceptance(world, bob, make(world, bob))
+        state, _notes = await _refusal_reaches(world, bob)
+        assert state.status == Status.REFUSED and state.error is not None
+        assert state.error["code"] == code
+        assert f"accept the invite again (didmesh accept {world.sid[:8]})" in state.error[
+            "message"] or f"accept again (didmesh accept {world.sid[:8]})" in state.error[
+            "message"], state.error  # fmt: skip
+    finally:
+        await world.close()
+
+
+def _forged_proof(doc: dict[str, Any]) -> dict[str, Any]:
+    forged = copy.deepcopy(doc)
+    forged["endpoints"] = ["tcp://127.0.0.1:9"]  # after signing: the holder's proof breaks
+    return forged
+
+
+NOT_AUTHENTIC = ["the holder's proof is broken", "passed on by another party",
+                 "by a stranger holding no invite"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", NOT_AUTHENTIC)
+async def test_an_acceptance_that_is_not_authentic_gets_no_answer(
+    tmp_path: Path, case: str
+) -> None:
+    """No refusal (no oracle, nothing sent to an address an attacker chose) unless the
+    acceptance is signed by its holder, who is someone the organizer invited."""
+    world = World(tmp_path, 3)
+    world.invite_all()
+    await world.deliver_invites()
+    org, bob, carol = world.parties
+    mallory = IdentityKey.generate()
+    try:
+        bad = _crafted_acceptance(world, bob, challenge="urn:uuid:" + "0" * 36)
+        if case == "the holder's proof is broken":
+            _post_acceptance(world, bob, _forged_proof(bad))
+        elif case == "passed on by another party":
+            _post_acceptance(world, bob, bad, sender=carol.key)
+        else:  # mallory signs an acceptance of bob's invite as its holder
+            stranger = Party("mallory", mallory, bob.engine, bob.mailbox)
+            doc = bad | {"holder": mallory.did}
+            del doc["proof"]
+            doc = issue_presentation(doc, mallory, challenge=doc["verifiableCredential"][0]["id"],
+                                     domain=world.manifest.domain, suite="eddsa-jcs-2022")
+            raw = seal_message(mallory, "accept", world.sid, org.did, {"acceptance": doc},
+                               now_ms=1)  # fmt: skip
+            world.hub.post(stranger.did, org.did, raw)
+        notes = org.engine.deliver(list(world.hub.inboxes[org.did]))
+        world.hub.inboxes[org.did].clear()
+        assert [n.level for n in notes] == ["warning"], notes
+        state = org.engine.load(world.sid)
+        assert state.rejected, "the acceptance was not rejected"
+        assert state.outbox == [], [e["to"] for e in state.outbox]
+        assert all(s.refusals == 0 for s in state.seats)
+    finally:
+        await world.close()
+
+
+async def test_refusals_per_invite_are_bounded(tmp_path: Path) -> None:
+    """An invitee re-sending bad acceptances gets at most MAX_REFUSALS_PER_INVITE refusals
+    for its invite; the organizer notes once that it stops answering."""
+    world = World(tmp_path, 2)
+    world.invite_all()
+    await world.deliver_invites()
+    org, bob = world.parties
+    try:
+        for _ in range(MAX_REFUSALS_PER_INVITE + 7):
+            _post_acceptance(world, bob, _crafted_acceptance(world, bob, extra=BAD_KEY))
+        batch = list(world.hub.inboxes[org.did])
+        world.hub.inboxes[org.did].clear()
+        org.engine.deliver(batch)
+        state = org.engine.load(world.sid)
+        refusals = [e for e in state.outbox if e["to"] == bob.did]
+        assert len(refusals) == MAX_REFUSALS_PER_INVITE
+        assert sum("not answered" in e["what"] for e in state.events) == 1
+        assert len(state.rejected) == MAX_REFUSALS_PER_INVITE + 7
+        # a fresh invite (a new seat record) has its own count
+        org.engine.withdraw_invite(world.sid, bob.did)
+        org.engine.invite(world.sid, bob.did)
+        assert [s.refusals for s in org.engine.load(world.sid).seats] == [
+            MAX_REFUSALS_PER_INVITE + 1, 0]  # fmt: skip
     finally:
         await world.close()
