@@ -510,11 +510,12 @@ class Engine:
         timeout: float,
         on_note: Callable[[Note], None] = lambda _n: None,
         factory: MailboxFactory | None = None,
-        what: str = "the other parties",
+        what: str | Callable[[], str] = "the other parties",
         serve_codes: bool = True,
     ) -> None:
         """Pump messages until ``until()`` or raise :class:`WaitTimeout` after ``timeout``
-        seconds. Serves this identity's open invite codes (needs ``factory``)."""
+        seconds (its message says what was awaited: ``what``, or what it returns then).
+        Serves this identity's open invite codes (needs ``factory``)."""
         deadline = time.monotonic() + timeout
         code_boxes: dict[int, tuple[str, Mailbox]] = {}
         try:
@@ -525,7 +526,8 @@ class Engine:
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise WaitTimeout(f"timed out after {timeout:g} s waiting for {what}")
+                    awaited = what() if callable(what) else what
+                    raise WaitTimeout(f"timed out after {timeout:g} s waiting for {awaited}")
                 if serve_codes and factory is not None:
                     await self._serve_codes(code_boxes, factory, on_note)
                 first = await mailbox.receive(min(left, 0.25 if code_boxes else 1.0))

@@ -336,3 +336,58 @@ def test_a_waiting_invitee_invited_again_is_told_to_accept_the_fresh_invite(
     assert res.rc == 1 and len(lines) == 1, (res.rc, res.err[-2000:])
     assert "invited you again" in lines[0] and f"didmesh accept {sid[:8]}" in lines[0]
     assert ok(bob, "accept", sid, "--yes")["status"] == "accepted"
+
+
+def test_invitees_waiting_one_after_another_are_told_who_must_confirm(
+    tmp_path: Path, relay_url: str  # noqa: F811
+) -> None:
+    """Four parties, all accepted; the invitees run `status --wait` one after another, not
+    at the same time. A party confirms the roster only while its didmesh runs, so the first
+    waits can only time out: each says, once at the start and in its timeout line, which
+    parties (by petname) have not confirmed and the command that does it. Confirmations are
+    sent once: the last invitee agrees at once, and so do the earlier ones when they look
+    again (they did not need to stay online)."""
+    names = ("alice", "bob", "carol", "dave")
+    homes = {n: tmp_path / n for n in names}
+    dids = {n: new_identity(h) for n, h in homes.items()}
+    for n in names[1:]:  # bob knows the others by name
+        if n != "bob":
+            ok(homes["bob"], "contacts", "add", n, dids[n])
+    program = tmp_path / "sum.py"
+    program.write_text("from mpyc.runtime import mpc\n")
+    sid = ok(homes["alice"], "session", "new", "--program", str(program), "--parties", "4",
+             "--relay", relay_url)["sessionId"]  # fmt: skip
+    ok(homes["alice"], "invite", sid, *[a for n in names[1:] for a in ("--to", dids[n])])
+    for n in names[1:]:
+        ok(homes[n], "invites", "--relay", relay_url)
+        ok(homes[n], "accept", sid, "--yes")
+    assert ok(homes["alice"], "status", sid)["status"] == "confirming"  # the roster is out
+    s8 = sid[:8]
+
+    def wait(name: str, timeout: str = "4") -> tuple[int, list[str], list[str], float]:
+        started = time.monotonic()
+        res = run_cli(homes[name], "status", sid, "--wait", "--timeout", timeout, timeout=60)
+        lines = res.err.splitlines()
+        failed = [ln for ln in lines if ln.startswith("didmesh:")]
+        waiting = [ln for ln in lines if ln.startswith(("waiting up to", "now waiting"))]
+        assert "Traceback" not in res.err, res.err[-2000:]
+        return res.rc, failed, waiting, time.monotonic() - started
+
+    rc, failed, waiting, _t = wait("bob")
+    assert rc == 3 and len(failed) == 1, (rc, failed)
+    assert len(waiting) == 1 and waiting[0].startswith("waiting up to 4 s for party 2 'carol'")
+    for text in (failed[0], waiting[0]):
+        assert "party 2 'carol'" in text and "party 3 'dave'" in text, text
+        assert f"'didmesh status {s8}'" in text and "need not stay online" in text, text
+    assert failed[0].startswith("didmesh: timed out after 4 s waiting for party 2 'carol'")
+
+    rc, failed, waiting, _t = wait("carol")
+    assert rc == 3 and len(failed) == 1 and len(waiting) == 1, (rc, failed, waiting)
+    assert "party 3 " in failed[0] and "party 1 " not in failed[0], failed[0]
+    assert "party 2 " not in failed[0] and dids["dave"][:20] in failed[0], failed[0]
+
+    for name in ("dave", "bob", "carol"):  # all confirmations are on the relay now
+        rc, failed, _w, took = wait(name, "30")
+        assert rc == 0 and not failed, (name, failed)
+        assert took < 20, (name, took)
+    assert ok(homes["alice"], "status", sid)["status"] == "agreed"

@@ -136,8 +136,7 @@ def cmd_accept(args: argparse.Namespace, out: Output) -> int:
             f"  watch it with: didmesh status {sid[:8]} --wait",
         )
         return 0
-    wait_until_agreed(engine, sid, list(manifest.relays), out, timeout=args.timeout,
-                      what=f"the roster of session {sid[:8]} to be agreed")
+    wait_until_agreed(engine, sid, list(manifest.relays), out, timeout=args.timeout)
     return report_session(engine, sid, out, must_be_agreed=True)
 
 

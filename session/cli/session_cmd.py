@@ -140,9 +140,7 @@ def cmd_wait(args: argparse.Namespace, out: Output) -> int:
     engine = engine_of(args)
     sid = engine.store.resolve(args.session)
     state = engine.load(sid)
-    out.progress(f"waiting for session {sid[:8]} (up to {args.timeout:g} s)...")
-    wait_until_agreed(engine, sid, list(state.manifest["relays"]), out, timeout=args.timeout,
-                      what=f"session {sid[:8]} to be agreed by every party")
+    wait_until_agreed(engine, sid, list(state.manifest["relays"]), out, timeout=args.timeout)
     return report_session(engine, sid, out, must_be_agreed=True)
 
 

@@ -19,6 +19,7 @@ from ..errors import InviteWithdrawn, NoRelay, SessionError, SessionRemoteError,
 from ..mailbox import Mailbox, RelayMailbox
 from ..manifest import Manifest, validate_relay_url
 from ..state import ENDED, Role, SessionState, Status
+from ..waiting import waiting_for
 from ..words import sas_digits, sas_words
 from .common import keystore, labels_of, load_identity, store_of
 from .output import Output
@@ -88,7 +89,7 @@ def pump(
     *,
     until: Callable[[], bool],
     timeout: float,
-    what: str,
+    what: str | Callable[[], str],
     quiet_timeout: bool = False,
     only: str | None = None,
 ) -> bool:
@@ -412,23 +413,35 @@ def render_session(view: dict[str, Any], out: Output, labels: dict[str, str]) ->
 
 
 def wait_until_agreed(
-    engine: Engine, sid: str, urls: Sequence[str], out: Output, *, timeout: float, what: str
+    engine: Engine, sid: str, urls: Sequence[str], out: Output, *, timeout: float
 ) -> None:
     """Pump the session's relays until it is agreed or has ended, or the organizer refused
-    this invitee's acceptance or invited it again (or ``timeout``)."""
+    this invitee's acceptance or invited it again (or ``timeout``). What the wait waits for,
+    and who must act, is printed at the start, again whenever the session moves on, and in
+    the timeout's message (session/waiting.py)."""
     start = engine.status_of(sid)
     stops = {Status.AGREED, Status.REFUSED, *ENDED}
     if start != Status.INVITED:  # invited again: the fresh invite needs accepting
         stops.add(Status.INVITED)
-    pump(
-        engine,
-        urls,
-        out,
-        until=lambda: engine.status_of(sid) in stops,
-        timeout=timeout,
-        what=what,
-        only=sid,
-    )
+
+    def awaited() -> str:
+        return waiting_for(engine.peek(sid), engine.labels)
+
+    shown: list[Status] = []
+    calls = [0]
+
+    def until() -> bool:  # called before each receive: the second call follows the first
+        calls[0] += 1     # batch, so what is on the relays already counts
+        status = engine.status_of(sid)
+        if status in stops:
+            return True
+        if calls[0] >= 2 and (not shown or status != shown[-1]):
+            out.progress(f"{'now waiting' if shown else f'waiting up to {timeout:g} s'} "
+                         f"for {awaited()}")  # fmt: skip
+            shown.append(status)
+        return False
+
+    pump(engine, urls, out, until=until, timeout=timeout, what=awaited, only=sid)
 
 
 def report_session(engine: Engine, sid: str, out: Output, *, must_be_agreed: bool) -> int:

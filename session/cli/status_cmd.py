@@ -43,9 +43,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     sid = engine.store.resolve(args.session)
     relays = list(engine.load(sid).manifest["relays"])
     if args.wait:
-        out.progress(f"waiting for session {sid[:8]} (up to {args.timeout:g} s)...")
-        wait_until_agreed(engine, sid, relays, out, timeout=args.timeout,
-                          what=f"session {sid[:8]} to be agreed by every party")
+        wait_until_agreed(engine, sid, relays, out, timeout=args.timeout)
     else:
         sync(engine, relays, out)
     return report_session(engine, sid, out, must_be_agreed=bool(args.wait))
