@@ -68,6 +68,8 @@ def waiting_for(state: SessionState, labels: dict[str, str] | None = None) -> st
                      for s in state.seats)  # fmt: skip
         free = int(state.manifest.get("parties", 0)) - 1 - active
         if free > 0:
-            parts.append(f"{free} more invite(s): didmesh invite {sid} --to NAME_OR_DID")
-        return (" and ".join(parts) if parts else "the last acceptance") + f" (session {sid})"
+            parts.append(f"{free} seat(s) still to invite ('didmesh invite {sid} --to "
+                         "NAME_OR_DID')")  # fmt: skip
+        return (" and ".join(parts) if parts else "the last acceptance") + (
+            f", before session {sid}'s roster can be published")
     return f"session {sid} ({status})"

@@ -19,6 +19,7 @@ from didmesh.session.messages import open_message, seal_message
 from didmesh.session.roster import Seat, build_roster, commit, roster_hash, unpack_roster
 from didmesh.session.state import Status
 from didmesh.session.testing import World
+from didmesh.session.waiting import waiting_for
 from didmesh.session.words import sas_words
 
 
@@ -376,3 +377,37 @@ async def test_gated_seats_verified_by_every_party(tmp_path: Path) -> None:
     assert all(world.status(p) == Status.AGREED for p in world.parties)
     roster = json.dumps(bob.engine.load(world.sid).roster)
     assert consortium.did in roster
+
+
+async def test_each_wait_names_whom_it_waits_for_at_every_step(tmp_path: Path) -> None:
+    """waiting_for (what `status --wait` prints): the organizer waits for named invitees,
+    an open code and a free seat; an invitee for the organizer's roster; then everyone for
+    the parties whose confirmation is missing, each named with its party number."""
+    world = World(tmp_path, 4)
+    org, bob, carol, dave = world.parties
+    labels = {bob.did: "bob", carol.did: "carol", dave.did: "dave"}
+    s8 = world.sid[:8]
+    try:
+        org.engine.invite(world.sid, bob.did)
+        org.engine.open_code(world.sid)
+        text = waiting_for(org.engine.load(world.sid), labels)
+        assert text.startswith(f"'bob' ({bob.did[:28]}…) to accept ('didmesh accept {s8}')")
+        assert "claim the open code" in text and "1 seat(s) still to invite" in text, text
+        assert text.endswith(f"before session {s8}'s roster can be published"), text
+        org.engine.withdraw_code(world.sid, org.engine.active_offers()[0].nameplate)
+        for p in (carol, dave):
+            org.engine.invite(world.sid, p.did)
+        await world.deliver_invites()
+        world.accept_all()
+        assert waiting_for(bob.engine.load(world.sid)).startswith(
+            f"the organizer {org.did[:28]}… to publish the roster of session {s8}")
+        await world.flush_all()
+        await world.pump(org, lambda: world.status(org) == Status.CONFIRMING)
+        await org.engine.flush(org.mailbox)
+        await world.pump(bob, lambda: world.status(bob) == Status.CONFIRMING)
+        text = waiting_for(bob.engine.load(world.sid), labels)
+        assert text.startswith(f"party 2 'carol' ({carol.did[:28]}…) and party 3 'dave' "), text
+        assert "party 0" not in text and "party 1" not in text, text
+        assert f"'didmesh status {s8}'" in text and "need not stay online" in text, text
+    finally:
+        await world.close()
