@@ -156,6 +156,15 @@ def _as_document(doc: dict[str, Any] | bytes | str, what: str) -> Json:
     return parse_untrusted(doc)
 
 
+def _received(doc: dict[str, Any] | bytes | str, kind: str, now: datetime) -> tuple[Json, str]:
+    """Once ``now`` is checked, the document to verify and how its errors name it:
+    ``kind`` (credential, presentation), with the document's id if it has one."""
+    _check_now(now)
+    document = _as_document(doc, kind)
+    ident = document.get("id")
+    return document, f"{kind} {ident[:80]}" if isinstance(ident, str) else kind
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -516,12 +525,7 @@ def verify_credential(
     ``strict`` (default: whether ``suites`` is given) selects the protocol profile: one
     proof object, no chain, only bundled context URLs; otherwise inline contexts,
     proof sets and chains are accepted as the W3C specifications define them."""
-    _check_now(now)
-    what = "credential"
-    document = _as_document(doc, what)
-    ident = document.get("id")
-    if isinstance(ident, str):
-        what = f"credential {ident[:80]}"
+    document, what = _received(doc, "credential", now)
     strict = suites is not None if strict is None else strict
     return _verify_credential(document, now, expected_issuer, what, suites, strict)
 
@@ -611,12 +615,7 @@ def verify_presentation(
     one proof object, bundled context URLs only. ``challenge``/``domain`` None means the
     caller does not check that value (a verifier service whose client gave none); every
     proof must carry the given ones."""
-    _check_now(now)
-    what = "presentation"
-    document = _as_document(doc, what)
-    ident = document.get("id")
-    if isinstance(ident, str):
-        what = f"presentation {ident[:80]}"
+    document, what = _received(doc, "presentation", now)
     strict = suites is not None if strict is None else strict
     _version(check_context_list(document, what=what, allow_inline=not strict), what)
     _types(document, VERIFIABLE_PRESENTATION, what)
