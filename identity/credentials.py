@@ -407,6 +407,19 @@ def _verify_proof(
     raise KeyNotAuthorized(f"{what}: none of its {len(proofs)} proofs is by {controller[:120]}")
 
 
+def _to_sign(document: dict[str, Any], doc_type: str, what: str, suite: str
+             ) -> tuple[Suite, dict[str, Any], int]:
+    """The proof suite, a copy of ``document`` to sign and its VC version (1 or 2), once
+    ``document`` is checked to be an unsigned ``doc_type`` with valid contexts."""
+    proof_suite = _check_issuable(suite)
+    doc = copy.deepcopy(document)
+    if "proof" in doc:
+        raise MalformedCredential(f"{what} already has a proof")
+    version = _version(check_context_list(doc, what=what), what)
+    _types(doc, doc_type, what)
+    return proof_suite, doc, version
+
+
 def _check_issuable(suite: str) -> Suite:
     if suite not in ISSUABLE:
         raise UnsupportedProof(
@@ -451,12 +464,7 @@ def issue_credential(
     out undefined; ``check_terms=False`` skips that (PyLD costs 0.1-0.3 s) for a
     document whose shape is fixed by code and checked by a test (run receipts)."""
     what = "credential"
-    proof_suite = _check_issuable(suite)
-    doc = copy.deepcopy(credential)
-    if "proof" in doc:
-        raise MalformedCredential(f"{what} already has a proof")
-    version = _version(check_context_list(doc, what=what), what)
-    _types(doc, VERIFIABLE_CREDENTIAL, what)
+    proof_suite, doc, version = _to_sign(credential, VERIFIABLE_CREDENTIAL, what, suite)
     issuer = _id_of(doc.get("issuer"), "issuer", what)
     if issuer != key.did:
         raise KeyNotAuthorized(
@@ -550,12 +558,7 @@ def issue_presentation(
         raise ValueError("challenge must be a non-empty string")
     if not isinstance(domain, str) or not domain:
         raise ValueError("domain must be a non-empty string")
-    proof_suite = _check_issuable(suite)
-    doc = copy.deepcopy(presentation)
-    if "proof" in doc:
-        raise MalformedCredential(f"{what} already has a proof")
-    version = _version(check_context_list(doc, what=what), what)
-    _types(doc, VERIFIABLE_PRESENTATION, what)
+    proof_suite, doc, version = _to_sign(presentation, VERIFIABLE_PRESENTATION, what, suite)
     doc.setdefault("holder", key.did)
     holder = _id_of(doc.get("holder"), "holder", what)
     if holder != key.did:
