@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from didmesh.session.lab.procs import communicate, feed, finish
+from didmesh.session.lab.procs import communicate, feed, finish, stop
 
 ECHO = "import sys; d = sys.stdin.read(); print(d.upper()); print('e', file=sys.stderr)"
 
@@ -35,3 +35,19 @@ def test_feed_writes_stdin_once_and_closes_it() -> None:
     feed(proc, b"doc")
     assert proc.stdin is None
     assert finish([proc], 30) == [(0, "DOC\n", "e\n")]
+
+
+def test_stop_ends_a_process_that_ignores_sigterm_by_sigkill_after_the_grace() -> None:
+    proc = _py("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+               "print('ready', flush=True); time.sleep(60)")
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    t0 = time.monotonic()
+    stop(proc, 0.5)
+    assert proc.returncode == -9 and time.monotonic() - t0 < 20
+
+
+def test_stop_ends_a_server_by_sigterm() -> None:
+    proc = _py("import time; print('ready', flush=True); time.sleep(60)")
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    stop(proc)
+    assert proc.returncode == -15

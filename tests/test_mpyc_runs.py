@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from didmesh.session.lab.procs import stop
 from didmesh.session.mesh.loopback import free_ports, loopback_plans
 from didmesh.session.mesh.plan import parse_endpoint
 from didmesh.session.mesh.runner import launch_document, spawn_party
@@ -104,12 +105,7 @@ def relay_url() -> Any:
                             if proc.stderr else "relay did not start")
             time.sleep(0.05)
     yield f"http://127.0.0.1:{port}", proc
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop(proc, 10)
 
 
 def test_relayed_run_through_a_real_relay(relay_url: Any) -> None:

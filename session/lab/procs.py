@@ -2,7 +2,8 @@
 
 :func:`communicate` waits for one process and kills it when its time is up;
 :func:`finish` does so for several, each given ``timeout`` seconds in turn; :func:`feed`
-hands a process its one input (a launch document, say) and closes its stdin.
+hands a process its one input (a launch document, say) and closes its stdin; :func:`stop`
+ends a server (SIGTERM, SIGKILL after a grace period).
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def finish(procs: Iterable[subprocess.Popen[Any]], timeout: float) -> list[tuple
         stdout, stderr = communicate(proc, timeout)
         out.append((proc.returncode, _text(stdout), _text(stderr)))
     return out
+
+
+def stop(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """End ``proc``: SIGTERM, then SIGKILL if it has not ended within ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(KILLED_TIMEOUT)
 
 
 def feed(proc: subprocess.Popen[Any], data: bytes | str) -> None:
