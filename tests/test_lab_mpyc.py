@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from didmesh.session.lab import Lab, available
 from didmesh.session.lab.procs import finish
-from didmesh.session.mesh.loopback import free_ports, loopback_plans
+from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.runner import launch_document
+from mpyc_helpers import plain_mpyc
 
 _WHY = available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_WHY is not None, reason=str(_WHY))]
@@ -28,14 +29,7 @@ MPYC_PORT = 11365
 
 
 def _plain_loopback() -> list[str]:
-    ports = free_ports(2)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [subprocess.Popen([sys.executable, str(EXAMPLE), *ARGS, *plist, "-I", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-             for i in range(2)]
-    res = finish(procs, 60)
-    assert [code for code, _, _ in res] == [0, 0], res
-    return [out for _, out, _ in res]
+    return plain_mpyc(EXAMPLE, ARGS, 2, timeout=60, env=ENV)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from didmesh.session.lab import Lab, available
 from didmesh.session.lab.procs import feed, finish
 from didmesh.session.lab.topology import SYMMETRIC
 from didmesh.session.mesh import punch
-from didmesh.session.mesh.loopback import free_ports, loopback_plans
+from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.plan import MeshPlan, format_endpoint
 from didmesh.session.mesh.punch import (
     MAX_TARGETS,
@@ -44,6 +44,7 @@ from didmesh.session.mesh.punch import (
     why_not,
 )
 from didmesh.session.mesh.runner import launch_document
+from mpyc_helpers import plain_mpyc
 
 _WHY = available()
 netns = [pytest.mark.netns, pytest.mark.skipif(_WHY is not None, reason=str(_WHY))]
@@ -144,14 +145,7 @@ def test_offer_round_trip_and_session_port() -> None:
 
 
 def _plain_loopback(m: int) -> list[str]:
-    ports = free_ports(m)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [subprocess.Popen([sys.executable, str(EXAMPLE), *ARGS, *plist, "-I", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-             for i in range(m)]
-    res = finish(procs, 120)
-    assert [code for code, _, _ in res] == [0] * m, res
-    return [out for _, out, _ in res]
+    return plain_mpyc(EXAMPLE, ARGS, m, timeout=120, env=ENV)
 
 
 def _announced(lab: Lab, node: str, port: int) -> tuple[str, ...]:

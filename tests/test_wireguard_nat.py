@@ -24,7 +24,7 @@ import pytest
 from didmesh.session.lab import Lab
 from didmesh.session.lab import available as lab_available
 from didmesh.session.lab.procs import feed, finish
-from didmesh.session.mesh.loopback import free_ports, loopback_plans
+from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.plan import MeshPlan, format_endpoint
 from didmesh.session.mesh.runner import launch_document
 from didmesh.session.wireguard.addresses import tunnel_addresses
@@ -49,6 +49,7 @@ from didmesh.session.wireguard.testing import UAPI_DIR
 from didmesh.session.wireguard.testing import available as wg_available
 from didmesh.session.wireguard.tunnel import run_interface, wireguard_go_pids
 from didmesh.session.wireguard.udpmap import NAT_EIM, NAT_OPEN, NAT_SYM, NAT_UNKNOWN, judge
+from mpyc_helpers import plain_mpyc
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "secure_sum.py"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -227,14 +228,7 @@ def _run(lab: Lab, nodes: list[str], url: str) -> tuple[list[tuple[int, str, str
 
 
 def _plain() -> str:
-    ports = free_ports(3)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [subprocess.Popen([sys.executable, str(EXAMPLE), "--no-log", *plist, "-I", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
-    outs = [p.communicate(timeout=90) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    return outs[0][0]
+    return plain_mpyc(EXAMPLE, ["--no-log"], 3)[0]
 
 
 def _nothing_left(lab: Lab, nodes: list[str], plan: MeshPlan) -> None:
