@@ -125,10 +125,10 @@ def test_relayed_run_through_a_real_relay(relay_url: Any) -> None:
 
 
 def test_multi_megabyte_messages_through_a_relay_on_default_settings(relay_url: Any) -> None:
-    """examples/cnn_layer.py sends one input message of over 2.5 MB to each party (half
-    the 5 MB of ``--images 24``: the message grows with the im2col rows, 900 per image);
-    the relay (default settings: link_max_frame 1 MiB) carries it split into frames of at
-    most its announced limit, and the output equals plain MPyC's (didmesh issue 15, item 1)."""
+    """examples/cnn_layer.py with 12 images sends one input message of about 3.5 MB to each
+    party (a 10800 x 27 matrix of SecInt(64) shares, 12 bytes each); the relay (default
+    settings: link_max_frame 1 MiB) carries it split into frames of at most its announced
+    limit, and the output equals plain MPyC's (didmesh issue 15, item 1)."""
     url, _ = relay_url
     args = ["--images", "12", "--seed", "5", "--no-log"]
     plain = run_plain(EXAMPLES / "cnn_layer.py", args, 3)
