@@ -6,9 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -78,3 +82,13 @@ def finish_all(procs: list[subprocess.Popen[str]], timeout: float = 90
                 p.kill()
                 p.communicate()
     return out
+
+
+def concurrently(*steps: Callable[[], T]) -> list[T]:
+    """Run ``steps`` at once (each in a thread, the CLI processes they start in parallel),
+    as people at their own machines would; their results in order. An exception of any
+    step is raised once all have ended. Give each home's commands to one step only: a
+    home's own commands run one after the other, as in a shell."""
+    with ThreadPoolExecutor(max_workers=len(steps)) as pool:
+        futures = [pool.submit(step) for step in steps]
+        return [f.result() for f in futures]

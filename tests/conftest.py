@@ -22,6 +22,22 @@ def vectors() -> Path:
     return VECTORS
 
 
+SOAK_ENV = "DIDMESH_SOAK"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``soak`` (full-size load and fuzzing runs whose bounded variant runs by
+    default) are deselected, and counted as such in the summary, unless DIDMESH_SOAK=1."""
+    import os
+
+    if os.environ.get(SOAK_ENV) == "1":
+        return
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+
+
 # Hypothesis profiles for the fuzzers (tests/test_fuzz_*.py): "ci" is the bounded default;
 # DIDMESH_FUZZ=long (or --hypothesis-profile=long) runs many more cases.
 def _hypothesis_profiles() -> None:

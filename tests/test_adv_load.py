@@ -1,6 +1,7 @@
 """The load test (bench/bench_load.py) as a bounded test: one real relay process, many
 concurrent sessions exchanging real invites and acceptances, plus forwarding links.
-Zero errors, every count exact. The default run is small; the full size is ``slow``."""
+Zero errors, every count exact. The default run is small (the same code paths); the full
+size is a ``soak`` test, run with DIDMESH_SOAK=1 (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -51,5 +52,6 @@ async def test_load_small(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 async def test_load_200_sessions_of_5(tmp_path: Path) -> None:
     await _run(tmp_path, sessions=200, parties=5, frames=5, deadline=240)

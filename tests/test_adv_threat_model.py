@@ -28,7 +28,8 @@ def claims() -> dict[str, tuple[str, list[str]]]:
 def collected(files: list[str]) -> dict[str, set[str]]:
     """Base node id (parameters dropped) -> the kinds of its items ("run", "xfail")."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"),
-                                                        os.environ.get("PYTHONPATH", "")])}
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "DIDMESH_SOAK": "1"}  # full-size soak tests are named too (tests/conftest.py)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
          "-p", "no:warnings", "-p", "adversary.collect_plugin", *files],

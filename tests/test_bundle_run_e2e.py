@@ -13,10 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
-from cli_helpers import finish_all, ok, run_cli, spawn
+from cli_helpers import concurrently, finish_all, ok, run_cli, spawn
 from didmesh.session.mesh.loopback import free_ports
 from relay_helpers import relay_url  # noqa: F401  (fixture)
 
@@ -50,7 +51,9 @@ def plain_output(folder: Path) -> str:
 def agreed(tmp_path: Path, relay_url: str) -> tuple[str, list[Path], list[Path]]:  # noqa: F811
     homes = [tmp_path / n / "home" for n in NAMES]
     folders = [copy_bundle(tmp_path / n / "app") for n in NAMES]
-    dids = [ok(h, "id", "new", "--no-passphrase")["did"] for h in homes]
+    # each person's commands in order, the three people at once where the flow allows
+    dids = [d["did"] for d in concurrently(
+        *(partial(ok, h, "id", "new", "--no-passphrase") for h in homes))]
     made = ok(homes[0], "session", "new", "--program", str(folders[0]), "--parties", "3",
               "--relay", relay_url, "--name", "bundle e2e", "--arg=--scale", "--arg=10",
               "--input-name", "SCORE")
@@ -60,20 +63,32 @@ def agreed(tmp_path: Path, relay_url: str) -> tuple[str, list[Path], list[Path]]
         ok(homes[0], "contacts", "add", name, did)
         ok(homes[0], "invite", sid[:8], "--to", name)
     organizer = spawn(homes[0], "session", "wait", sid, "--timeout", "60", "--json")
-    # the invitee sees the files, their sizes, the digest and the arguments before accepting
-    listed = run_cli(homes[1], "invites", "--relay", relay_url)
-    assert listed.rc == 0, listed.err
-    for f in made["program"]["bundle"]["files"]:
-        assert f"{f['size']:>10}  {f['sha256'][:16]}  {f['path']}" in listed.out
-    assert made["program"]["sha256"] in listed.out and "--scale 10" in listed.out
-    assert "inputs      SCORE" in listed.out
-    assert f"didmesh accept {sid[:12]}" in listed.out
-    ok(homes[2], "invites", "--relay", relay_url)
-    # accept shows the same before asking (here without a terminal: it shows, then stops)
-    asked = run_cli(homes[2], "accept", sid[:8])
-    assert asked.rc == 2 and "bundle of 3 files" in asked.err and "scoring.py" in asked.err
-    for home, folder in zip(homes[1:], folders[1:], strict=True):
-        ok(home, "accept", sid[:8], "--yes", "--program", str(folder))
+
+    def bob() -> None:
+        # the invitee sees the files, their sizes, the digest and the arguments before
+        # accepting
+        listed = run_cli(homes[1], "invites", "--relay", relay_url)
+        assert listed.rc == 0, listed.err
+        for f in made["program"]["bundle"]["files"]:
+            assert f"{f['size']:>10}  {f['sha256'][:16]}  {f['path']}" in listed.out
+        assert made["program"]["sha256"] in listed.out and "--scale 10" in listed.out
+        assert "inputs      SCORE" in listed.out
+        assert f"didmesh accept {sid[:12]}" in listed.out
+        ok(homes[1], "accept", sid[:8], "--yes", "--program", str(folders[1]))
+
+    def carol() -> None:
+        ok(homes[2], "invites", "--relay", relay_url)
+        # accept shows the same before asking (here without a terminal: it shows, then stops)
+        asked = run_cli(homes[2], "accept", sid[:8])
+        assert asked.rc == 2 and "bundle of 3 files" in asked.err and "scoring.py" in asked.err
+        ok(homes[2], "accept", sid[:8], "--yes", "--program", str(folders[2]))
+
+    try:
+        concurrently(bob, carol)
+    except BaseException:
+        organizer.kill()
+        organizer.communicate()
+        raise
     waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in homes[1:]]
     for rc, _, err in finish_all([organizer, *waits]):
         assert rc == 0, err[-2000:]

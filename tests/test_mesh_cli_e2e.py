@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
-from cli_helpers import finish_all, ok, run_cli, spawn
+from cli_helpers import concurrently, finish_all, ok, run_cli, spawn
 from didmesh.session.mesh.loopback import free_ports
+from mpyc_helpers import plain_mpyc
 from relay_helpers import relay_url  # noqa: F401  (fixture)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -25,21 +25,38 @@ def agreed_session(tmp_path: Path, relay: str, program: Path,
     """Three parties agree a session on ``relay`` (and ``more_relays``, also named in
     the session): an invite by DID, one by code."""
     homes = [tmp_path / n for n in ("alice", "bob", "carol")]
-    dids = [ok(h, "id", "new", "--no-passphrase")["did"] for h in homes]
+    # each person's commands in order, the three people at once where the flow allows
+    dids = concurrently(*(partial(ok, h, "id", "new", "--no-passphrase") for h in homes))
+    dids = [d["did"] for d in dids]
     relays = [a for r in (relay, *more_relays) for a in ("--relay", r)]
-    sid = ok(homes[0], "session", "new", "--program", str(program), "--parties", "3",
-             *relays, "--name", "mesh e2e", "--no-direct")["sessionId"]
-    ok(homes[0], "contacts", "add", "bob", dids[1])
-    ok(homes[0], "invite", sid[:8], "--to", "bob")
-    code = ok(homes[0], "invite", sid, "--code", "--no-wait")["code"]
-    organizer = spawn(homes[0], "session", "wait", sid, "--timeout", "60", "--json")
     ports = free_ports(2)
-    ok(homes[1], "contacts", "add", "alice", dids[0])
-    ok(homes[1], "invites", "--relay", relay)
-    ok(homes[2], "claim", code, "--relay", relay, timeout=60)
-    ok(homes[1], "accept", sid[:8], "--yes", "--program", str(program),
-       "--endpoint", f"tcp://127.0.0.1:{ports[0]}")
-    ok(homes[2], "accept", sid, "--yes", "--endpoint", f"tcp://127.0.0.1:{ports[1]}")
+
+    def organize() -> tuple[str, str]:
+        sid = ok(homes[0], "session", "new", "--program", str(program), "--parties", "3",
+                 *relays, "--name", "mesh e2e", "--no-direct")["sessionId"]
+        ok(homes[0], "contacts", "add", "bob", dids[1])
+        ok(homes[0], "invite", sid[:8], "--to", "bob")
+        return sid, ok(homes[0], "invite", sid, "--code", "--no-wait")["code"]
+
+    (sid, code), _ = concurrently(organize, partial(ok, homes[1], "contacts", "add", "alice",
+                                                    dids[0]))
+    organizer = spawn(homes[0], "session", "wait", sid, "--timeout", "60", "--json")
+
+    def bob() -> None:
+        ok(homes[1], "invites", "--relay", relay)
+        ok(homes[1], "accept", sid[:8], "--yes", "--program", str(program),
+           "--endpoint", f"tcp://127.0.0.1:{ports[0]}")
+
+    def carol() -> None:
+        ok(homes[2], "claim", code, "--relay", relay, timeout=60)
+        ok(homes[2], "accept", sid, "--yes", "--endpoint", f"tcp://127.0.0.1:{ports[1]}")
+
+    try:
+        concurrently(bob, carol)
+    except BaseException:
+        organizer.kill()
+        organizer.communicate()
+        raise
     waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in homes[1:]]
     for rc, _, err in finish_all([organizer, *waits]):
         assert rc == 0, err[-2000:]
@@ -47,14 +64,7 @@ def agreed_session(tmp_path: Path, relay: str, program: Path,
 
 
 def plain_output(program: Path) -> str:
-    ports = free_ports(3)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [subprocess.Popen([sys.executable, str(program), "--no-log", *plist, "-I", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
-    outs = finish_all(procs)  # type: ignore[arg-type]
-    assert all(rc == 0 for rc, _, _ in outs)
-    return outs[0][1]
+    return plain_mpyc(program, ["--no-log"], 3)[0]
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ from typing import Any
 
 import cli_helpers
 import pytest
-import test_mesh_cli_e2e as e2e
 import test_mesh_relay_resume_cli as resume_cli
 from didmesh.identity.keys import IdentityKey
 from didmesh.relay.client import RelayClient
@@ -73,13 +72,12 @@ def _check(results: list[tuple[int, str, str]], expected: str) -> None:
 def test_run_through_nginx_survives_sigkill_of_a_relay_process(pki: Pki, tmp_path: Path
                                                                ) -> None:
     program = resume_cli._program(tmp_path)
-    expected = e2e.plain_output(program)
     with start_redis() as redis:
         url = redis.url(12)
         with start_relay(url, ARGS, home=tmp_path / "r") as p1, \
                 start_relay(url, ARGS, home=tmp_path / "r") as p2, \
                 start_nginx(tmp_path / "nginx", pki, [p1.port, p2.port]) as https:
-            sid, homes = resume_cli._agreed(tmp_path, [https], program)
+            sid, homes, expected = resume_cli.agreed_and_expected(tmp_path, [https], program)
             procs = [p1, p2]
             before = [resume_cli._paired(p) for p in procs]
             killed: list[int] = []
@@ -110,13 +108,12 @@ def test_run_through_nginx_survives_a_redis_restart(pki: Pki, tmp_path: Path) ->
     """Redis (append-only file, as the operator guide requires) is stopped and started again
     mid-run, down for 0.5 s: the run completes and both relay processes stay up."""
     program = resume_cli._program(tmp_path)
-    expected = e2e.plain_output(program)
     with start_redis(persist=True) as redis:
         url = redis.url(12)
         with start_relay(url, ARGS, home=tmp_path / "r") as p1, \
                 start_relay(url, ARGS, home=tmp_path / "r") as p2, \
                 start_nginx(tmp_path / "nginx", pki, [p1.port, p2.port]) as https:
-            sid, homes = resume_cli._agreed(tmp_path, [https], program)
+            sid, homes, expected = resume_cli.agreed_and_expected(tmp_path, [https], program)
             restarted: list[float] = []
 
             def restart() -> None:
@@ -143,7 +140,6 @@ def test_run_through_nginx_survives_a_rolling_restart(pki: Pki, tmp_path: Path) 
     links are cut mid-run with 1001) and is started again on its port: the links resume
     on the other process (nginx goes around the stopping one) and the run completes."""
     program = resume_cli._program(tmp_path)
-    expected = e2e.plain_output(program)
     args = [*ARGS, "--drain-timeout-s", "0.5"]
     later: list[RelayProcess] = []
     with start_redis() as redis:
@@ -151,7 +147,7 @@ def test_run_through_nginx_survives_a_rolling_restart(pki: Pki, tmp_path: Path) 
         with start_relay(url, args, home=tmp_path / "r") as p1, \
                 start_relay(url, args, home=tmp_path / "r") as p2, \
                 start_nginx(tmp_path / "nginx", pki, [p1.port, p2.port]) as https:
-            sid, homes = resume_cli._agreed(tmp_path, [https], program)
+            sid, homes, expected = resume_cli.agreed_and_expected(tmp_path, [https], program)
             procs = [p1, p2]
             before = [resume_cli._paired(p) for p in procs]
             stopped: list[int] = []

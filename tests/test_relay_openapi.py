@@ -179,6 +179,7 @@ def test_schemathesis_short(relay: RelayProcess, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_schemathesis_long(relay: RelayProcess, tmp_path: Path) -> None:
     _schemathesis(relay, 40, tmp_path)
     asyncio.run(_still_serves(relay.url))
