@@ -671,7 +671,7 @@ def verify_presentation_proof(
     _check_now(now)
     what = "presentation"
     document = _as_document(doc, what)
-    _version(check_context_list(document, what=what), what)
+    _version(check_context_list(document, what=what, allow_inline=False), what)
     _types(document, VERIFIABLE_PRESENTATION, what)
     holder = _id_of(document.get("holder"), "holder", what)
     _verify_proof(document, holder, AUTHENTICATION, what, now, suites, True)
