@@ -391,3 +391,46 @@ def test_invitees_waiting_one_after_another_are_told_who_must_confirm(
         assert rc == 0 and not failed, (name, failed)
         assert took < 20, (name, took)
     assert ok(homes["alice"], "status", sid)["status"] == "agreed"
+
+
+def test_an_acceptance_without_the_required_credential_ends_the_wait_with_what_to_do(
+    tmp_path: Path, relay_url: str  # noqa: F811
+) -> None:
+    """A gated seat; bob accepts without the credential: his `accept --wait` ends at once
+    (not at its timeout) with one `didmesh:` line naming the requirement and the command;
+    with the credential he is taken."""
+    from didmesh.identity.keys import IdentityKey
+
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    b_did = new_identity(bob)
+    new_identity(alice)
+    consortium = IdentityKey.generate()
+    program = tmp_path / "sum.py"
+    program.write_text("from mpyc.runtime import mpc\n")
+    sid = ok(alice, "session", "new", "--program", str(program), "--parties", "2",
+             "--relay", relay_url)["sessionId"]  # fmt: skip
+    ok(alice, "invite", sid, "--to", b_did, "--requires-issuer", consortium.did)
+    organizer = spawn_cli(alice, "session", "wait", sid, "--timeout", "60", "--json")
+    try:
+        ok(bob, "invites", "--relay", relay_url)
+        started = time.monotonic()
+        res = run_cli(bob, "accept", sid, "--yes", "--wait", "--timeout", "50", timeout=90)
+        waited = time.monotonic() - started
+        lines = [ln for ln in res.err.splitlines() if ln.startswith("didmesh:")]
+        assert res.rc == 1 and len(lines) == 1, (res.rc, res.err[-2000:])
+        assert "Traceback" not in res.err and waited < 40, waited
+        assert "refused your acceptance: the seat requires a credential from" in lines[0]
+        assert f"didmesh accept {sid[:8]} --credential FILE" in lines[0], lines[0]
+        view = ok(bob, "status", sid, "--offline")
+        assert view["status"] == "refused"
+        assert view["error"]["code"] == "gate_credential_missing"
+        cred = _gate_credential_file(tmp_path / "b.json", consortium, b_did, 16)
+        again = ok(bob, "accept", sid, "--yes", "--credential", cred, "--wait",
+                   "--timeout", "50", timeout=90)  # fmt: skip
+        assert again["status"] == "agreed"
+        rc, a_view, a_err = finish(organizer)
+    finally:
+        if organizer.poll() is None:
+            organizer.kill()
+            organizer.communicate()
+    assert rc == 0 and a_view["status"] == "agreed", a_err[-2000:]
