@@ -413,7 +413,7 @@ class SessionMachine:
                 f"bytes ({mine.framed} compressed); with the {len(others)} other seat(s) "
                 f"accepted so far {why}; the seat stays invited: withdraw the invite "
                 f"(didmesh withdraw {self.state.session_id[:8]} --invite DID) or wait for a "
-                "smaller credential (the invitee is told why)",
+                "smaller credential (the invitee is told why, at most 5 times per invite)",
                 party=who, detail=reason,
             )
 
