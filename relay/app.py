@@ -41,6 +41,7 @@ from .errors import (
     StaleEnvelope,
     TooLarge,
     UnsupportedMediaType,
+    client_names,
     error_body,
 )
 from .fastlink import FastLink
@@ -57,6 +58,7 @@ from .links import (
     receive_data,
     settle,
 )
+from .logtext import inert, request_target_path
 from .metrics import Metrics, process_stats
 from .observed import observed_handler
 from .protocol import (
@@ -72,6 +74,13 @@ from .store.base import PutPolicy, Store, StoredEnvelope
 from .store.url import parse_store_url
 
 log = logging.getLogger("didmesh.relay")
+#: the 404 and 405 messages: fixed, never the path or method the client sent
+NOT_FOUND_MESSAGE = (
+    "no such endpoint on this relay (GET /info describes it; the API is specs/relay-api.yaml)"
+)
+METHOD_NOT_ALLOWED_MESSAGE = (
+    "this endpoint does not take that method; the Allow header lists the ones it takes"
+)
 #: seconds between checks that the processes on a shared store agree on secret and relay id
 AGREE_INTERVAL_S = 5.0
 
@@ -248,7 +257,7 @@ class Relay:
             raise MalformedRequest("request body must be a JSON object")
         unknown = sorted(set(data) - set(required) - set(optional))
         if unknown:
-            raise MalformedRequest(f"unknown field(s): {', '.join(map(str, unknown))}")
+            raise MalformedRequest(f"unknown field(s): {client_names(unknown)}")
         missing = [k for k in required if k not in data]
         if missing:
             raise MalformedRequest(f"missing field(s): {', '.join(missing)}")
@@ -275,12 +284,11 @@ class Relay:
         except RelayError as exc:
             return self._error(request, exc)
         except web.HTTPException as exc:
+            # fixed text: nothing the client sent (path, method) is repeated back
             if exc.status == 404:
-                return self._error(request, NotFound(f"no endpoint {request.path[:100]}"))
+                return self._error(request, NotFound(NOT_FOUND_MESSAGE))
             if exc.status == 405:
-                resp = self._error(
-                    request, MethodNotAllowed(f"{request.method} is not allowed here")
-                )
+                resp = self._error(request, MethodNotAllowed(METHOD_NOT_ALLOWED_MESSAGE))
                 if "Allow" in exc.headers:
                     resp.headers["Allow"] = exc.headers["Allow"]
                 return resp
@@ -298,7 +306,8 @@ class Relay:
         except Exception as exc:
             # a bug a client can trigger must not fill the disk: bounded like accept errors
             if throttle_allows("bug:" + type(exc).__name__):
-                log.exception("unexpected failure on %s %s", request.method, request.path[:100])
+                log.exception("unexpected failure on %s %s", inert(request.method, 20),
+                              request_target_path(request.raw_path))
             return self._error(request, RelayInternalError())
 
     def _error(self, request: web.Request, exc: RelayError) -> web.Response:
@@ -306,7 +315,8 @@ class Relay:
         if not isinstance(exc, RelayRequestError):
             # store and bus failures name internal addresses: log them, tell the client less
             log_throttled("internal:" + type(exc).__name__, logging.ERROR,
-                          "internal failure", {"path": request.path[:100], "error": exc.message})
+                          "internal failure",
+                          {"path": request_target_path(request.raw_path), "error": exc.message})
             status = 500
             exc = RelayInternalError("the relay failed internally; retry later")
         self.metrics.reject(exc.code)

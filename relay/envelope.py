@@ -35,7 +35,7 @@ from nacl import bindings
 from nacl.exceptions import CryptoError
 from nacl.exceptions import RuntimeError as NaclRuntimeError
 
-from .errors import EnvelopeRejected, ForgedSender, InvalidEnvelope, TooLarge
+from .errors import EnvelopeRejected, ForgedSender, InvalidEnvelope, TooLarge, client_names
 
 VERSION = 1
 SIG_LABEL = b"didmesh/relay/envelope/v1"
@@ -161,7 +161,7 @@ class Envelope:
             raise InvalidEnvelope("an envelope must be a JSON object")
         unknown = sorted(set(data) - set(_FIELDS))
         if unknown:
-            raise InvalidEnvelope(f"unknown envelope field(s): {', '.join(map(str, unknown))}")
+            raise InvalidEnvelope(f"unknown envelope field(s): {client_names(unknown)}")
         missing = [f for f in _FIELDS if f not in data]
         if missing:
             raise InvalidEnvelope(f"envelope field(s) missing: {', '.join(missing)}")

@@ -12,7 +12,11 @@ client (the relay refused) and describe the client's request on the server;
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from didmesh.identity.errors import DidmeshError, LocalError, RemoteError
+
+from .logtext import inert
 
 
 class RelayError(DidmeshError):
@@ -148,6 +152,13 @@ class UnsupportedMediaType(RelayRequestError):
     status = 415
 
 
+class UnsupportedHttpVersion(RelayRequestError):
+    """The request is not HTTP/1.1 (or 1.0): this relay speaks HTTP/1.1."""
+
+    code = "unsupported_http_version"
+    status = 505
+
+
 class ShuttingDown(RelayRequestError):
     """The relay is shutting down; retry on another relay or later."""
 
@@ -246,12 +257,23 @@ WIRE_ERRORS: dict[str, type[RelayError]] = {
         NotFound,
         MethodNotAllowed,
         UnsupportedMediaType,
+        UnsupportedHttpVersion,
         ShuttingDown,
         RelayInternalError,
         RequestTimeout,
         TooManyConnections,
     )
 }
+
+
+def client_names(names: Iterable[object], shown: int = 5, width: int = 40) -> str:
+    """Names a client sent (unknown JSON fields), for an error message that goes back to
+    it: at most ``shown`` of them, each cut to ``width`` characters and made inert
+    (:func:`~didmesh.relay.logtext.inert`), then how many more; never an unbounded echo
+    of the request (thousands of keys came back whole, control characters and all)."""
+    items = [str(n) for n in names]
+    out = ", ".join(inert(n, width) for n in items[:shown])
+    return out + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def error_body(exc: RelayError) -> dict[str, dict[str, str]]:

@@ -15,6 +15,19 @@ closes the connection, and logs one throttled warning line instead of a tracebac
 The limits are aiohttp's defaults, set explicitly (:data:`HTTP_LIMITS`) so they are ours
 and documented: a request line or a header line (name and value) of at most 8190 bytes,
 at most 128 headers.
+
+Two more things aiohttp's connection gets wrong with hostile or odd bytes:
+
+* **Pipelined requests before garbage.** llhttp parses everything a read brought; when the
+  bytes after a complete request are garbage, aiohttp's parser raises and the requests it
+  had parsed from that read are dropped: a valid request followed in the same write by
+  garbage got only the 400. :class:`RelayRequestHandler` lets its parser take one request
+  at a time (aiohttp's own message-queue bound, set to 1), so each request is queued before
+  the bytes after it are parsed: the valid request is answered, then the garbage gets its
+  400 and the connection closes.
+* **HTTP versions** (:mod:`.httpversion`): every answer's status line is HTTP/1.1 (HTTP/1.0
+  for an HTTP/1.0 request), never a version the client made up, and a request in a version
+  the relay does not speak gets ``505 unsupported_http_version``.
 """
 
 from __future__ import annotations
@@ -24,11 +37,29 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import http_exceptions, web
+from aiohttp import http_exceptions, web, web_protocol
+from aiohttp.http import HttpVersion11
+from aiohttp.http_parser import HttpRequestParser
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from .conns import log_throttled, throttle_allows
-from .errors import MalformedRequest, RelayError, RelayInternalError, TooLarge, error_body
+from .errors import (
+    MalformedRequest,
+    RelayError,
+    RelayInternalError,
+    TooLarge,
+    UnsupportedHttpVersion,
+    error_body,
+)
+from .httpversion import (
+    HTTP_VERSION_NOT_SUPPORTED,
+    UNSUPPORTED_MESSAGE,
+    FirstLine,
+    VersionNotSpoken,
+    spoken,
+    version_refused,
+)
 
 MAX_LINE_BYTES = 8190
 MAX_FIELD_BYTES = 8190
@@ -73,6 +104,8 @@ def body_error() -> MalformedRequest:
 
 def describe(exc: BaseException | None, status: int) -> tuple[int, RelayError]:
     """The status and relay error for a request aiohttp could not parse (or handle)."""
+    if version_refused(exc):
+        return HTTP_VERSION_NOT_SUPPORTED, UnsupportedHttpVersion(UNSUPPORTED_MESSAGE)
     if status >= 500 or not isinstance(exc, http_exceptions.HttpProcessingError):
         return 500, RelayInternalError("the relay failed unexpectedly; retry later")
     if isinstance(exc, http_exceptions.LineTooLong) or (
@@ -92,17 +125,47 @@ def describe(exc: BaseException | None, status: int) -> tuple[int, RelayError]:
     return 400, MalformedRequest(f"the request is not well-formed HTTP/1.1: {kind}")
 
 
+#: aiohttp's stand-ins for a request it could not parse (read defensively: without them a
+#: parse failure is still answered, in aiohttp's HTTP/1.0 framing, and no 505 is given)
+_ERROR_MESSAGE = getattr(web_protocol, "ERROR", None)
+_ErrInfo: Any = getattr(web_protocol, "_ErrInfo", None)
+
+
 class RelayRequestHandler(RequestHandler):
     """aiohttp's HTTP/1.1 protocol, answering parse failures as the relay does."""
 
-    __slots__ = ()
+    __slots__ = ("_first_line",)
+
+    def __init__(self, manager: Any, *, loop: Any, **kw: Any) -> None:
+        super().__init__(manager, loop=loop, **kw)
+        self._first_line = FirstLine(self.max_line_size + 2)
+        if hasattr(self, "_max_msg_queue_size"):  # aiohttp >= 3.14.1 bounds its queue
+            # one request parsed at a time: parse errors after it cannot drop it
+            self._max_msg_queue_size = 1
+            self._msg_queue_resume_size = 0
+            self._parser = HttpRequestParser(
+                self, loop, getattr(self, "_read_bufsize", 2**16),
+                max_line_size=self.max_line_size, max_field_size=self.max_field_size,
+                max_headers=self.max_headers, payload_exception=RequestPayloadError,
+                auto_decompress=kw.get("auto_decompress", True), max_msg_queue_size=1,
+            )
 
     def data_received(self, data: bytes) -> None:
+        data = self._first_line.feed(data)
         # aiohttp's internals, read defensively: without them the handler still answers,
         # after body_timeout_s (408)
         messages = getattr(self, "_messages", None)
         queued = len(messages) if messages is not None else 0
         super().data_received(data)
+        if messages is not None and _ErrInfo is not None:
+            # a request llhttp parsed in a version the relay does not speak (HTTP/2.0,
+            # HTTP/0.9) is refused like one llhttp refused: 505, then close
+            for i in range(queued, len(messages)):
+                version = getattr(messages[i][0], "version", None)
+                if version is not None and not spoken(version):
+                    exc = VersionNotSpoken()
+                    messages[i] = (_ErrInfo(status=HTTP_VERSION_NOT_SUPPORTED, exc=exc,
+                                            message=exc.message), EMPTY_PAYLOAD)
         # A framing error in the body of the request being handled (a bad chunk size, a
         # Content-Length next to Transfer-Encoding...) is queued by aiohttp as the next
         # request's error, and the handler would wait for the rest of the body until
@@ -139,7 +202,7 @@ class RelayRequestHandler(RequestHandler):
             return gone
         status, err = describe(exc, status)
         remote = request.remote or "?"
-        if status >= 500:  # a bug: the operator needs the traceback, but not one a request
+        if isinstance(err, RelayInternalError):  # a bug: the operator needs the traceback
             if throttle_allows("handler:" + type(exc).__name__):
                 self.log_exception("Error handling request from %s", remote, exc_info=exc)
         else:
@@ -165,13 +228,29 @@ class RelayServer(web.Server):
         return RelayRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
+def answered_in_http11(factory: Callable[..., web.BaseRequest]) -> Callable[..., web.BaseRequest]:
+    """A request factory for ``web.Server`` whose requests are answered in HTTP/1.1 unless
+    they are HTTP/1.0: aiohttp writes a response's status line in the request's version,
+    so its stand-in for an unparseable request (HTTP/1.0) and a request in a version the
+    relay does not speak (``HTTP/2.0 404``) were answered in those. The client's version
+    is never written back."""
+
+    def make(message: Any, *args: Any) -> web.BaseRequest:
+        if message is _ERROR_MESSAGE or not spoken(message.version):
+            message = message._replace(version=HttpVersion11)
+        return factory(message, *args)
+
+    return make
+
+
 def json_http_errors(server: Any, on_error: Callable[[str], None] | None = None) -> None:
     """Make a set-up runner's ``web.Server`` answer parse failures with JSON errors
-    (``on_error(code)`` counts them). aiohttp takes no handler class, so the server's class
-    is switched to :class:`RelayServer` (same data, one method more); call it before a
-    site starts."""
+    (``on_error(code)`` counts them) in HTTP/1.1. aiohttp takes no handler class, so the
+    server's class is switched to :class:`RelayServer` (same data, one method more); call
+    it before a site starts."""
     if not isinstance(server, web.Server):
         raise TypeError(f"not an aiohttp web.Server: {type(server).__name__}")
     server.__class__ = RelayServer
     assert isinstance(server, RelayServer)
     server.on_error = on_error
+    server.request_factory = answered_in_http11(server.request_factory)

@@ -28,7 +28,7 @@ from didmesh.identity.strict_json import loads_strict
 
 from .auth import parse_signing_did
 from .envelope import _SESSION_RE, MAX_SESSION_CHARS
-from .errors import MalformedRequest
+from .errors import MalformedRequest, client_names
 
 MAX_CONTROL_BYTES = 4096
 _LINK_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -133,7 +133,7 @@ def parse_link_request(text: str | bytes, me: str) -> LinkRequest:
         raise MalformedRequest(f"expected a 'link' message, got {msg['type'][:32]!r}")
     unknown = sorted(set(msg) - {"type", "session", "peer", "link_id"})
     if unknown:
-        raise MalformedRequest(f"unknown field(s) in link request: {', '.join(unknown)}")
+        raise MalformedRequest(f"unknown field(s) in link request: {client_names(unknown)}")
     session = msg.get("session")
     if not isinstance(session, str) or not _SESSION_RE.match(session):
         raise MalformedRequest(

@@ -4,8 +4,9 @@
 start the relay prints one line ``didmesh relay listening on http://HOST:PORT`` (the real
 port when ``--port 0``) on stdout. SIGTERM/SIGINT: stop accepting, close WebSockets with
 1001, let in-flight requests finish (up to ``shutdown_timeout_s``), close the store.
-Logs are JSON lines on stderr; access logs carry method, path (no query string), status,
-size, duration and error code, never bodies, keys or tokens.
+Logs are JSON lines on stderr; access logs carry method, path (as sent, no query string,
+made inert by :mod:`.logtext`), status, size, duration and error code, never bodies, keys
+or tokens.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .conns import (
 )
 from .errors import RelayConfigError
 from .httperrors import HTTP_LIMITS, json_http_errors
+from .logtext import inert, request_target_path, scrub
 from .options import add_serve_arguments, config_from_args
 from .store.url import open_store
 from .stun import serve_stun
@@ -59,8 +61,11 @@ class JsonFormatter(logging.Formatter):
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             out.update(extra)
+        for key, value in out.items():  # no field decodes to a terminal escape (logtext)
+            if isinstance(value, str):
+                out[key] = scrub(value)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = scrub(self.formatException(record.exc_info), keep_lines=True)
         return json.dumps(out, separators=(",", ":"))
 
 
@@ -68,8 +73,9 @@ class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         fields_: dict[str, Any] = {
             "remote": request.get("client", request.remote),
-            "method": request.method,
-            "path": request.rel_url.path[:200],
+            "method": inert(request.method, 20),
+            # as sent (percent-encoded), never decoded: see logtext
+            "path": request_target_path(request.raw_path),
             "status": response.status,
             "bytes": response.body_length,
             "ms": round(time * 1000, 2),

@@ -129,6 +129,6 @@ def gates_fit(manifest: Manifest, gates: Sequence[GateBytes]) -> str | None:
                 "may have")
     if est.message_over:
         return (f"the roster message would be about {est.message} bytes compressed (gate "
-                f"credentials {extra.framed}), above the {ROSTER_MESSAGE_BYTES} that fit a "
+                f"credentials {extra.framed}), above the {ROSTER_MESSAGE_BYTES} bytes that fit a "
                 f"relay's default {RELAY_ENVELOPE_BYTES}-byte envelope")
     return None

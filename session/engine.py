@@ -46,7 +46,7 @@ Clock = Callable[[], datetime]
 Rng = Callable[[int], bytes]
 MailboxFactory = Callable[[IdentityKey, Sequence[str]], Mailbox]
 DEFAULT_CODE_TTL = timedelta(minutes=30)
-_WILL_ISSUE = frozenset({Status.COLLECTING, Status.INVITED, Status.ACCEPTED})
+_WILL_ISSUE = frozenset({Status.COLLECTING, Status.INVITED, Status.ACCEPTED, Status.REFUSED})
 
 
 def utcnow() -> datetime:
@@ -316,8 +316,13 @@ class Engine:
                         "with another manifest than before",
                         party=inv.organizer,
                     )
-                if state.status == Status.INVITED and state.invite != inv.document:
+                if state.status in (Status.INVITED, Status.REFUSED) and (
+                    state.invite != inv.document
+                ):
                     state.invite = inv.document
+                    self.save(state)
+                elif machine.can_reopen(inv.invite_id):  # invited again after it ended
+                    machine.reopen(inv, now=now)
                     self.save(state)
                 return state
             state, _org = self._invited_state(sid, inv, now)

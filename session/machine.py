@@ -65,7 +65,7 @@ from .errors import (
     UnexpectedEvent,
 )
 from .manifest import Manifest, format_time
-from .messages import Message, seal_message
+from .messages import Message, parse_refusal, refusal_body, seal_message
 from .roster import (
     AgreedRoster,
     Seat,
@@ -79,6 +79,8 @@ from .roster import (
 )
 from .state import (
     ACTIVE_SEATS,
+    MAX_ENDED_INVITES,
+    REOPENABLE,
     TERMINAL,
     Role,
     SeatRecord,
@@ -107,8 +109,15 @@ TABLE: dict[tuple[Role, Status], frozenset[str]] = {
     ),
     (I, S.ACCEPTED): frozenset(
         {"withdraw", "tick", "msg:invite", "msg:roster", "msg:confirm",
-         "msg:withdraw-invite", "msg:cancel"}
+         "msg:withdraw-invite", "msg:cancel", "msg:refuse"}
     ),
+    (I, S.REFUSED): frozenset(
+        {"accept", "decline", "tick", "msg:invite", "msg:withdraw-invite", "msg:cancel"}
+    ),
+    # the organizer may invite a party again after a withdrawal or decline (a fresh invite)
+    (I, S.DECLINED): frozenset({"msg:invite"}),
+    (I, S.WITHDRAWN): frozenset({"msg:invite"}),
+    (I, S.REVOKED): frozenset({"msg:invite"}),
     (I, S.CONFIRMING): frozenset(
         {"withdraw", "tick", "msg:roster", "msg:confirm", "msg:withdraw", "msg:cancel"}
     ),
@@ -340,7 +349,7 @@ class SessionMachine:
                     party=acc.holder,
                 )
             return
-        self._check_gate_bytes(seat, acc.document, acc.holder)
+        self._check_gate_bytes(seat, acc.document, acc.holder, now)
         seat.status, seat.acceptance = SeatStatus.ACCEPTED, acc.document
         self.state.note(format_time(now), f"{self.label(acc.holder)} accepted")
         if self._batch:
@@ -348,9 +357,12 @@ class SessionMachine:
         else:
             self._maybe_publish(now)
 
-    def _check_gate_bytes(self, seat: SeatRecord, acceptance: dict[str, Any], who: str) -> None:
+    def _check_gate_bytes(
+        self, seat: SeatRecord, acceptance: dict[str, Any], who: str, now: datetime
+    ) -> None:
         """The roster must still fit with this acceptance's gate credentials and those of
-        the seats accepted so far: refused now, not once every seat accepted."""
+        the seats accepted so far: refused now, not once every seat accepted. The invitee
+        is told why (a signed ``refuse``), so its wait ends at once."""
         mine = gate_bytes(presented(acceptance))
         if not mine.raw:
             return
@@ -358,12 +370,21 @@ class SessionMachine:
                   if s.status == SeatStatus.ACCEPTED and s is not seat]  # fmt: skip
         why = gates_fit(self.manifest, [*others, mine])
         if why is not None:
+            reason = (
+                f"your gate credentials take {mine.raw} bytes ({mine.framed} compressed); with "
+                f"those of the {len(others)} other seat(s) accepted so far {why}; present "
+                "smaller credentials (the seat needs only the one it names) and accept again: "
+                f"didmesh accept {self.state.session_id[:8]} --credential FILE"
+            )
+            body = refusal_body(str(seat.invite_id), str(acceptance.get("id")),
+                                GateCredentialTooLarge.code, reason)  # fmt: skip
+            self._send(who, "refuse", body, now)
             raise GateCredentialTooLarge(
                 f"acceptance by {self.label(who)} presents gate credentials of {mine.raw} "
                 f"bytes ({mine.framed} compressed); with the {len(others)} other seat(s) "
                 f"accepted so far {why}; the seat stays invited: withdraw the invite "
-                f"(didmesh withdraw {self.state.session_id[:8]} --invite DID) or ask for a "
-                "smaller credential",
+                f"(didmesh withdraw {self.state.session_id[:8]} --invite DID) or wait for a "
+                "smaller credential (the invitee was told why)",
                 party=who,
             )
 
@@ -466,12 +487,14 @@ class SessionMachine:
             extra_credentials=extra_credentials,
             rng=self.rng,
         )
+        again = self.status == Status.REFUSED
         self.state.acceptance = doc
         self.state.session_public = doc["sessionKey"]
         self.state.endpoints = list(endpoints)
         self.state.status = Status.ACCEPTED
+        self.state.error = None  # a refusal of an earlier acceptance
         self._send(self.manifest.organizer, "accept", {"acceptance": doc}, now)
-        self.state.note(format_time(now), "accepted")
+        self.state.note(format_time(now), "accepted again" if again else "accepted")
         return doc
 
     def decline(self, *, now: datetime) -> None:
@@ -481,6 +504,9 @@ class SessionMachine:
         self._end(Status.DECLINED, None, now)
 
     def withdraw(self, *, now: datetime) -> None:
+        if self.status == Status.REFUSED:  # no acceptance stands: withdrawing is declining
+            self.decline(now=now)
+            return
         self._allow("withdraw")
         assert self.state.invite is not None
         for did in self._others():
@@ -493,9 +519,81 @@ class SessionMachine:
         )
         if inv.invite_id == (self.state.invite or {}).get("id"):
             return  # a duplicate (another relay, or the code channel)
-        if self.status == Status.INVITED:
+        if self.status in REOPENABLE:
+            self.reopen(inv, now=now)
+        elif self.status == Status.ACCEPTED:
+            # the organizer issues a fresh invite to a party only once its seat was freed:
+            # it withdrew the invite we accepted (that notice may come later, or with this)
+            ended = self.state.ended_invites if isinstance(self.state.ended_invites, list) else []
+            if inv.invite_id in ended:
+                raise InviteWithdrawn(
+                    f"invite {inv.invite_id} from {self.label(inv.organizer)} ended before; "
+                    "ignored", party=inv.organizer)  # fmt: skip
+            self._end(Status.REVOKED, None, now)
+            self.reopen(inv, now=now)
+        elif self.status in (Status.INVITED, Status.REFUSED):
             self.state.invite = inv.document
             self.state.note(format_time(now), "the organizer re-issued the invite")
+
+    def can_reopen(self, invite_id: str) -> bool:
+        """Whether a fresh invite (``invite_id``) may reopen this ended invitee session:
+        declined, withdrawn or revoked before any roster, and an invite not ended before."""
+        ended = self.state.ended_invites if isinstance(self.state.ended_invites, list) else []
+        return (
+            self.role == Role.INVITEE
+            and self.status in REOPENABLE
+            and self.state.roster is None
+            and invite_id != (self.state.invite or {}).get("id")
+            and invite_id not in ended
+        )
+
+    def reopen(self, inv: Any, *, now: datetime) -> None:
+        """The organizer invited this party again after its invite was withdrawn or it
+        declined or withdrew: back to invited with the fresh invite (a verified invite of
+        this session's manifest). The old invite stays ended: it never reopens anything."""
+        if not self.can_reopen(inv.invite_id):
+            why = ("the roster was published already" if self.state.roster is not None
+                   else f"invite {inv.invite_id} ended before")  # fmt: skip
+            raise InviteWithdrawn(
+                f"an invite from {self.label(inv.organizer)} for session "
+                f"{self.state.session_id[:8]}, which is {self.status.value}: {why}; ignored",
+                party=inv.organizer,
+            )
+        was = self.status.value
+        old = (self.state.invite or {}).get("id")
+        if not isinstance(self.state.ended_invites, list):
+            self.state.ended_invites = []
+        if isinstance(old, str):
+            self.state.ended_invites.append(old)
+            del self.state.ended_invites[:-MAX_ENDED_INVITES]
+        self.state.invite = inv.document
+        self.state.status = Status.INVITED
+        self.state.acceptance = self.state.session_public = self.state.error = None
+        self.state.endpoints, self.state.early, self.state.confirmations = [], [], {}
+        self.state.note(
+            format_time(now), f"invited again by {self.label(inv.organizer)} (was {was})"
+        )
+
+    def _on_refuse(self, msg: Message, now: datetime) -> None:
+        """The organizer refused our acceptance (its gate credentials would make the roster
+        too large): the invite stands; the user learns why and may accept again."""
+        org = self.manifest.organizer
+        if msg.sender != org:
+            raise MessageInvalid(
+                f"refuse from {self.label(msg.sender)}, not the organizer: ignored"
+            )
+        refusal = parse_refusal(msg.body)
+        current = (self.state.acceptance or {}).get("id")
+        if refusal.invite_id != (self.state.invite or {}).get("id") or (
+            refusal.acceptance_id != current
+        ):
+            self.state.note(format_time(now), "ignored a refusal of an earlier acceptance")
+            return
+        self.state.status = Status.REFUSED
+        self.state.acceptance = None
+        message = f"organizer {self.label(org)} refused your acceptance: {refusal.reason}"
+        self.state.error = {"code": refusal.code, "message": message, "party": org}
+        self.state.note(format_time(now), f"refused: {refusal.reason}")
 
     def _on_withdraw_invite(self, msg: Message, now: datetime) -> None:
         if msg.sender != self.manifest.organizer or msg.body.get("inviteId") != (
@@ -726,6 +824,7 @@ class SessionMachine:
             "msg:cancel": lambda: self._on_cancel(msg, now),
             "msg:roster": lambda: self._on_roster(msg, now),
             "msg:confirm": lambda: self._on_confirm(msg, now),
+            "msg:refuse": lambda: self._on_refuse(msg, now),
         }
         late = self.status == Status.AGREED and event in LATE
         handler = (lambda: self._on_late(msg, now)) if late else handlers[event]

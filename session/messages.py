@@ -39,10 +39,16 @@ VERSION = 1
 SIG_LABEL = b"didmesh/session/msg/v1\0"
 MAX_MESSAGE_BYTES = 512 * 1024
 KINDS = frozenset(
-    {"invite", "accept", "decline", "withdraw", "withdraw-invite", "roster", "confirm", "cancel"}
+    {"invite", "accept", "decline", "withdraw", "withdraw-invite", "roster", "confirm", "cancel",
+     "refuse"}
 )
 _FIELDS = {"v", "kind", "session", "from", "to", "ts", "id", "body"}
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
+#: why an organizer may refuse an acceptance (``refuse``, specs/session-protocol.md, 4)
+REFUSAL_CODES = frozenset({"gate_credential_too_large"})
+MAX_REFUSAL_REASON = 600
+_REFUSAL_FIELDS = frozenset({"inviteId", "acceptanceId", "code", "reason"})
+_DOC_ID_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -146,3 +152,51 @@ def open_message(payload: bytes, *, me: str) -> Message:
             f"{kind} message claiming to be from {sender}: bad signature"
         ) from None
     return Message(kind, sid, sender, to, ts, mid, body)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The body of a ``refuse`` message: the organizer refused one acceptance."""
+
+    invite_id: str
+    acceptance_id: str
+    code: str
+    reason: str
+
+
+def refusal_body(invite_id: str, acceptance_id: str, code: str, reason: str) -> dict[str, Any]:
+    """The body of a ``refuse`` message (the reason cut to :data:`MAX_REFUSAL_REASON`)."""
+    if code not in REFUSAL_CODES:
+        raise ValueError(f"unknown refusal code {code!r}")
+    return {"inviteId": invite_id, "acceptanceId": acceptance_id, "code": code,
+            "reason": _cut(reason)}  # fmt: skip
+
+
+def parse_refusal(body: Any) -> Refusal:
+    """Check the shape of a ``refuse`` body (from an authenticated message; who sent it
+    is the caller's check); raises :class:`MessageInvalid`. The reason is made printable
+    and cut, never trusted as markup."""
+    if not isinstance(body, dict) or set(body) != _REFUSAL_FIELDS:
+        raise MessageInvalid(
+            "refuse message: the body must have exactly inviteId, acceptanceId, code and reason"
+        )
+    for name in ("inviteId", "acceptanceId"):
+        value = body[name]
+        if not isinstance(value, str) or not 0 < len(value) <= _DOC_ID_MAX:
+            raise MessageInvalid(f"refuse message: {name} is not a document id")
+    code, reason = body["code"], body["reason"]
+    if not isinstance(code, str) or code not in REFUSAL_CODES:
+        shown = repr(code[:40]) if isinstance(code, str) else f"of type {type(code).__name__}"
+        raise MessageInvalid(f"refuse message: unknown code {shown}")
+    if not isinstance(reason, str) or len(reason) > 4 * MAX_REFUSAL_REASON:
+        raise MessageInvalid("refuse message: reason is not a text of reasonable length")
+    clean = "".join(c if c.isprintable() else " " for c in reason).strip()
+    return Refusal(body["inviteId"], body["acceptanceId"], code, _cut(clean) or "(no reason)")
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_REFUSAL_REASON:
+        return text
+    cut = text[: MAX_REFUSAL_REASON - 1]
+    space = cut.rfind(" ")
+    return (cut[:space].rstrip() if space > MAX_REFUSAL_REASON // 2 else cut) + "…"

@@ -27,6 +27,7 @@ class Status(StrEnum):
     COLLECTING = "collecting"  # organizer: invites out, waiting for acceptances
     INVITED = "invited"  # invitee: holds a verified invite
     ACCEPTED = "accepted"  # invitee: acceptance sent, waiting for the roster
+    REFUSED = "refused"  # invitee: the organizer refused that acceptance; the invite stands
     CONFIRMING = "confirming"  # roster verified and confirmed, waiting for all m
     AGREED = "agreed"  # m valid confirmations of one hash
     DECLINED = "declined"
@@ -44,6 +45,10 @@ TERMINAL = frozenset(
     }
 )  # fmt: skip
 ENDED = TERMINAL - {Status.AGREED}
+#: an invitee's session in one of these (and with no roster) takes a fresh invite from the
+#: organizer: the organizer invited the same party again after a withdrawal or a decline
+REOPENABLE = frozenset({Status.DECLINED, Status.WITHDRAWN, Status.REVOKED})
+MAX_ENDED_INVITES = 64
 
 
 class SeatStatus(StrEnum):
@@ -95,6 +100,7 @@ class SessionState:
     events: list[dict[str, str]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
+    ended_invites: list[str] = field(default_factory=list)  # invitee: ids withdrawn/declined
 
     # -- log ------------------------------------------------------------------------
     def note(self, at: str, what: str) -> None:

@@ -37,7 +37,14 @@ from didmesh.session.documents import (
 from didmesh.session.errors import ManifestInvalid
 from didmesh.session.machine import SessionMachine, x25519_public
 from didmesh.session.manifest import Manifest, format_time, validate_relay_url
-from didmesh.session.messages import KINDS, open_message, seal_message
+from didmesh.session.messages import (
+    KINDS,
+    MAX_REFUSAL_REASON,
+    open_message,
+    parse_refusal,
+    refusal_body,
+    seal_message,
+)
 from didmesh.session.roster import verify_roster
 from didmesh.session.state import Role, SessionState, Status
 from didmesh.session.words import parse_code
@@ -341,3 +348,59 @@ def test_fuzz_machine_fed_signed_garbage(
     assert machine.state.status != Status.AGREED
     again = SessionState.from_json(json.loads(json.dumps(machine.state.to_json())))
     assert again.status == machine.state.status
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _refusal(machine: SessionMachine) -> dict[str, Any]:
+    state = machine.state
+    assert state.invite is not None and state.acceptance is not None
+    return refusal_body(state.invite["id"], state.acceptance["id"], "gate_credential_too_large",
+                        "your gate credentials would make the roster about 90000 bytes")
+
+
+@fuzz_settings(200)
+@given(data=st.data())
+def test_fuzz_refusal_body(data: st.DataObject) -> None:
+    """A ``refuse`` body, mutated: parse_refusal raises only tree errors, and what it
+    returns has a known code and a printable reason of bounded length."""
+    body = mutate(_refusal(_invitee_machine(True)), data)
+    got = tree_errors_or_known("parse_refusal", parse_refusal, body)
+    if got is not None:
+        assert got.code == "gate_credential_too_large"
+        assert got.reason.isprintable() and 0 < len(got.reason) <= MAX_REFUSAL_REASON
+
+
+@settings(max_examples=budget(100), suppress_health_check=list(HealthCheck))
+@given(data=st.data(), sender=st.sampled_from([ORG, CAROL, MALLORY]))
+def test_fuzz_refusal_fed_to_an_accepted_invitee(data: st.DataObject, sender: IdentityKey) -> None:
+    """Well-signed ``refuse`` messages with mutated bodies: only the organizer's moves the
+    invitee to refused (with a printable, bounded reason); nothing else changes the state,
+    and every state still saves."""
+    machine = _invitee_machine(True)
+    body = _refusal(machine)
+    mutated = data.draw(st.booleans())
+    if mutated:
+        body = mutate(body, data)
+    if not isinstance(body, dict):
+        return
+    try:
+        json.dumps(body, allow_nan=False)
+        raw = seal_message(sender, "refuse", SID, BOB.did, body, now_ms=1, rng=counter_rng(b"r"))
+    except ValueError:
+        return
+    msg = only_tree_errors("open_message", open_message, raw, me=BOB.did)
+    if msg is None:
+        return
+    tree_errors_or_known("SessionMachine.receive(refuse)", machine.receive, msg, now=NOW)
+    state = machine.state
+    assert state.status in (Status.ACCEPTED, Status.REFUSED)
+    if sender is ORG and not mutated:
+        assert state.status == Status.REFUSED
+    if state.status == Status.REFUSED:
+        assert sender is ORG and state.error is not None
+        assert state.error["message"].isprintable()
+        assert len(state.error["message"]) < MAX_REFUSAL_REASON + 200
+    again = SessionState.from_json(json.loads(json.dumps(state.to_json())))
+    assert again.status == state.status

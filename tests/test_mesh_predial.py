@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 from didmesh.session.lab.topology import SYMMETRIC, Topology
-from didmesh.session.mesh import connect as connect_module
 from didmesh.session.mesh import predial
 from didmesh.session.mesh.connect import ConnectOptions, MeshConnector
 from didmesh.session.mesh.endpoints import format_endpoint, signed_targets
@@ -98,7 +97,7 @@ async def test_the_pre_dial_decides_as_the_run_does(name: str, option: str,
     predialing = 0
     for me, plan in enumerate(plans):
         local = [topo.address(nodes[me])]
-        monkeypatch.setattr(connect_module, "interface_addresses",
+        monkeypatch.setattr(predial, "interface_addresses",
                             lambda local=local: [("eth0", a) for a in local])
         port, dials = await _connector_decision(plan, ids[me], opts or {})
         doc = launch_document(plan, ids[me], "program.py", [], **(opts or {}))

@@ -113,6 +113,8 @@ def test_unparseable_request_gets_a_json_error_without_its_bytes(
 ) -> None:
     raw, took = exchange(relay.port, case.parts)
     assert MARK not in raw and b"AAAAAAAA" not in raw and b"aaaaaaaa" not in raw
+    # every answer in HTTP/1.1 (aiohttp answered parse failures in HTTP/1.0)
+    assert set(re.findall(rb"HTTP/\d\.\d(?= \d{3} )", raw)) == {b"HTTP/1.1"}
     status, headers, body = last_response(raw)
     assert (status, headers.get("x-didmesh-error")) == (case.status, case.code), raw[:400]
     assert headers["content-type"].startswith("application/json")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -205,3 +206,133 @@ def test_accept_checks_the_program_digest(tmp_path: Path) -> None:
     res = run_cli(bob, "accept", sid, "--yes", "--program", str(other))
     assert res.rc == 2 and "SHA-256" in res.err and "nothing starts" in res.err, res.err
     assert ok(bob, "status", sid, "--offline")["status"] == "invited"  # nothing was sent
+
+
+def _gate_credential_file(path: Path, issuer: Any, subject: str, random_bytes: int) -> str:
+    import base64
+
+    from didmesh.identity.credentials import issue_credential
+    from didmesh.session.documents import CONTEXT
+
+    cred = issue_credential({
+        "@context": [*CONTEXT, "https://www.w3.org/ns/credentials/examples/v2"],
+        "type": ["VerifiableCredential", "ConsortiumMember"],
+        "issuer": issuer.did,
+        "credentialSubject": {"id": subject,
+                              "name": base64.b64encode(os.urandom(random_bytes)).decode()},
+    }, issuer, suite="eddsa-jcs-2022")  # fmt: skip
+    path.write_text(json.dumps(cred))
+    return str(path)
+
+
+def test_a_refused_acceptance_ends_the_invitees_wait_with_the_reason(
+    tmp_path: Path, relay_url: str  # noqa: F811
+) -> None:
+    """Two gated seats; bob's 30 KB credential is accepted, carol's (as large) would make
+    the roster too large: `accept --wait` ends at once with one `didmesh:` line naming the
+    sizes, and carol accepts again with a smaller credential; everyone agrees."""
+    from didmesh.identity.keys import IdentityKey
+
+    alice, bob, carol = (tmp_path / n for n in ("alice", "bob", "carol"))
+    b_did, c_did = new_identity(bob), new_identity(carol)
+    new_identity(alice)
+    consortium = IdentityKey.generate()
+    program = tmp_path / "sum.py"
+    program.write_text("from mpyc.runtime import mpc\n")
+    sid = ok(alice, "session", "new", "--program", str(program), "--parties", "3",
+             "--relay", relay_url)["sessionId"]  # fmt: skip
+    ok(alice, "invite", sid, "--to", b_did, "--to", c_did, "--requires-issuer", consortium.did,
+       "--requires-type", "ConsortiumMember")  # fmt: skip
+    organizer = spawn_cli(alice, "session", "wait", sid, "--timeout", "90", "--json")
+    bob_wait: subprocess.Popen[str] | None = None
+    try:
+        for home in (bob, carol):
+            ok(home, "invites", "--relay", relay_url)
+        big = [_gate_credential_file(tmp_path / f"{n}.json", consortium, d, 30_000)
+               for n, d in (("b", b_did), ("c", c_did))]  # fmt: skip
+        ok(bob, "accept", sid, "--yes", "--credential", big[0])
+        deadline = time.monotonic() + 30
+        while "accepted" not in [s["status"] for s in ok(alice, "status", sid, "--offline")[
+                "seats"]]:  # fmt: skip
+            assert time.monotonic() < deadline, "the organizer never took bob's acceptance"
+            time.sleep(0.3)
+        started = time.monotonic()
+        res = run_cli(carol, "accept", sid, "--yes", "--credential", big[1], "--wait",
+                      "--timeout", "60", timeout=90)  # fmt: skip
+        waited = time.monotonic() - started
+        assert res.rc == 1, (res.rc, res.err[-2000:])
+        assert waited < 30, waited  # told, not timed out
+        lines = [ln for ln in res.err.splitlines() if ln.startswith("didmesh:")]
+        assert len(lines) == 1 and "Traceback" not in res.err, res.err[-2000:]
+        assert "refused your acceptance" in lines[0] and "present smaller credentials" in lines[0]
+        assert re.search(r"about \d+ bytes .*above the \d+", lines[0]), lines[0]
+        view = ok(carol, "status", sid, "--offline")
+        assert view["status"] == "refused" and view["error"]["code"] == "gate_credential_too_large"
+        # a smaller credential: accepted again; the session agrees for everyone
+        small = _gate_credential_file(tmp_path / "c-small.json", consortium, c_did, 16)
+        bob_wait = spawn_cli(bob, "status", sid, "--wait", "--timeout", "60", "--json")
+        again = ok(carol, "accept", sid, "--yes", "--credential", small, "--wait",
+                   "--timeout", "60", timeout=90)  # fmt: skip
+        assert again["status"] == "agreed"
+        b_rc, b_view, b_err = finish(bob_wait)
+        rc, a_view, a_err = finish(organizer)
+    finally:
+        for proc in (organizer, bob_wait):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert b_rc == 0 and b_view["status"] == "agreed", b_err[-2000:]
+    assert rc == 0 and a_view["status"] == "agreed", a_err[-2000:]
+
+
+def test_an_invite_withdrawn_then_sent_again_can_be_accepted(
+    tmp_path: Path, relay_url: str  # noqa: F811
+) -> None:
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    b_did = new_identity(bob)
+    new_identity(alice)
+    program = tmp_path / "sum.py"
+    program.write_text("from mpyc.runtime import mpc\n")
+    sid = ok(alice, "session", "new", "--program", str(program), "--parties", "2",
+             "--relay", relay_url)["sessionId"]  # fmt: skip
+    first = ok(alice, "invite", sid, "--to", b_did)["invites"][0]["inviteId"]
+    ok(bob, "invites", "--relay", relay_url)
+    ok(alice, "withdraw", sid, "--invite", b_did)
+    assert ok(bob, "status", sid)["status"] == "revoked"
+    second = ok(alice, "invite", sid, "--to", b_did)["invites"][0]["inviteId"]
+    assert second != first
+    organizer = spawn_cli(alice, "session", "wait", sid, "--timeout", "60", "--json")
+    try:
+        view = ok(bob, "accept", sid, "--yes", "--wait", "--timeout", "60", timeout=90)
+        rc, a_view, a_err = finish(organizer)
+    finally:
+        if organizer.poll() is None:
+            organizer.kill()
+            organizer.communicate()
+    assert view["status"] == "agreed"
+    assert rc == 0 and a_view["status"] == "agreed", a_err[-2000:]
+
+
+def test_a_waiting_invitee_invited_again_is_told_to_accept_the_fresh_invite(
+    tmp_path: Path, relay_url: str  # noqa: F811
+) -> None:
+    """bob accepted; the organizer withdraws that invite and invites bob again: bob's
+    `status --wait` ends at once saying so (not a timeout), and the fresh invite can be
+    accepted."""
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    b_did, c_did = new_identity(bob), new_identity(tmp_path / "carol")
+    new_identity(alice)
+    program = tmp_path / "sum.py"
+    program.write_text("from mpyc.runtime import mpc\n")
+    sid = ok(alice, "session", "new", "--program", str(program), "--parties", "3",
+             "--relay", relay_url)["sessionId"]  # fmt: skip
+    ok(alice, "invite", sid, "--to", b_did, "--to", c_did)
+    ok(bob, "invites", "--relay", relay_url)
+    ok(bob, "accept", sid, "--yes")
+    ok(alice, "withdraw", sid, "--invite", b_did)
+    ok(alice, "invite", sid, "--to", b_did)
+    res = run_cli(bob, "status", sid, "--wait", "--timeout", "60", timeout=90)
+    lines = [ln for ln in res.err.splitlines() if ln.startswith("didmesh:")]
+    assert res.rc == 1 and len(lines) == 1, (res.rc, res.err[-2000:])
+    assert "invited you again" in lines[0] and f"didmesh accept {sid[:8]}" in lines[0]
+    assert ok(bob, "accept", sid, "--yes")["status"] == "accepted"

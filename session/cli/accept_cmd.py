@@ -12,7 +12,7 @@ from didmesh.identity.credentials import parse_untrusted
 
 from ..errors import BadSessionParameters, ConfirmationRequired, SessionUsageError
 from ..manifest import Manifest, check_mpyc, verify_program
-from ..state import ENDED, Role, Status
+from ..state import ENDED, REOPENABLE, Role, Status
 from .common import add_identity_args
 from .endpoints import add_endpoint_args, announced_endpoints
 from .output import Output
@@ -99,16 +99,18 @@ def cmd_accept(args: argparse.Namespace, out: Output) -> int:
             raise
         sync(engine, urls, out)  # the invite may still be on a relay
         sid = engine.store.resolve(args.session)
-    else:  # a cancel or a withdrawn invite may be waiting on the relays since `invites`
+    else:  # a cancel, a withdrawn invite or a fresh one may be on the relays since `invites`
         state = engine.load(sid)
-        if state.role == Role.INVITEE and state.status == Status.INVITED:
+        if state.role == Role.INVITEE and state.status in (
+            Status.INVITED, Status.REFUSED, *REOPENABLE
+        ):
             sync(engine, Manifest.from_json(state.manifest).relays, out, idle=0.3)
     state = engine.load(sid)
     if state.role == Role.INVITEE and state.status in ENDED and state.error:
         raise_state_error(state, prefix=f"session {sid[:8]} is {state.status}: ")
     if state.role != Role.INVITEE:
         raise SessionUsageError("you organize this session; invitees accept")
-    if state.status != Status.INVITED:
+    if state.status not in (Status.INVITED, Status.REFUSED):
         raise SessionUsageError(
             f"session {sid[:8]} is {state.status}; only a pending invite can be accepted"
         )

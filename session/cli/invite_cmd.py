@@ -199,7 +199,7 @@ def _list_invites(args: argparse.Namespace, out: Output, engine: object) -> int:
     assert isinstance(engine, Engine)
     states = [s for s in engine.my_sessions() if s.role == Role.INVITEE]
     if not args.all:
-        states = [s for s in states if s.status == Status.INVITED]
+        states = [s for s in states if s.status in (Status.INVITED, Status.REFUSED)]
     views = [session_view(s, engine.labels) for s in states]
     if out.json_mode:
         out.result(views)
@@ -218,7 +218,9 @@ def _list_invites(args: argparse.Namespace, out: Output, engine: object) -> int:
             + (f"\n    requires a credential from {req['issuer']}" if req else "")
             + (f"\n    status {v['status']}" if args.all else "")
         )
-        if v["status"] == Status.INVITED:
+        if v["status"] == Status.REFUSED and v.get("error"):
+            out.line(out.bad(f"    {v['error']['message']}"))
+        if v["status"] in (Status.INVITED, Status.REFUSED):
             out.line(out.dim(f"    accept with: didmesh accept {sid}   "
                              f"(decline: didmesh decline {sid})"))
     return 0

@@ -15,7 +15,7 @@ from didmesh.identity.keys import IdentityKey
 
 from .. import errors as session_errors
 from ..engine import Engine, Note, session_relays
-from ..errors import NoRelay, SessionError, SessionRemoteError, WaitTimeout
+from ..errors import InviteWithdrawn, NoRelay, SessionError, SessionRemoteError, WaitTimeout
 from ..mailbox import Mailbox, RelayMailbox
 from ..manifest import Manifest, validate_relay_url
 from ..state import ENDED, Role, SessionState, Status
@@ -368,7 +368,8 @@ def render_program(prog: dict[str, Any], indent: str = "  ") -> list[str]:
 def render_session(view: dict[str, Any], out: Output, labels: dict[str, str]) -> str:
     me = view["me"]
     status = view["status"]
-    colour = out.ok if status == Status.AGREED else out.bad if status in ENDED else out.bold
+    colour = out.ok if status == Status.AGREED else out.bad if (
+        status in ENDED or status == Status.REFUSED) else out.bold
     prog = view["program"]
     lines = [
         f"session {out.bold(view['sessionId'])}  {view['name']!r}",
@@ -413,12 +414,17 @@ def render_session(view: dict[str, Any], out: Output, labels: dict[str, str]) ->
 def wait_until_agreed(
     engine: Engine, sid: str, urls: Sequence[str], out: Output, *, timeout: float, what: str
 ) -> None:
-    """Pump the session's relays until it is agreed or has ended (or ``timeout``)."""
+    """Pump the session's relays until it is agreed or has ended, or the organizer refused
+    this invitee's acceptance or invited it again (or ``timeout``)."""
+    start = engine.status_of(sid)
+    stops = {Status.AGREED, Status.REFUSED, *ENDED}
+    if start != Status.INVITED:  # invited again: the fresh invite needs accepting
+        stops.add(Status.INVITED)
     pump(
         engine,
         urls,
         out,
-        until=lambda: engine.status_of(sid) in (Status.AGREED, *ENDED),
+        until=lambda: engine.status_of(sid) in stops,
         timeout=timeout,
         what=what,
         only=sid,
@@ -432,6 +438,12 @@ def report_session(engine: Engine, sid: str, out: Output, *, must_be_agreed: boo
     view = session_view(state, engine.labels)
     if must_be_agreed and state.status != Status.AGREED:
         out.result(view)
+        if state.status == Status.INVITED and state.role == Role.INVITEE:
+            raise InviteWithdrawn(
+                f"the organizer withdrew the invite to session {sid[:8]} you accepted and "
+                f"invited you again: accept the fresh invite with: didmesh accept {sid[:8]}",
+                party=state.manifest.get("organizer"),
+            )
         raise_state_error(state)
     out.result(view, render_session(view, out, engine.labels))
     return 0

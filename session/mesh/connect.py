@@ -45,11 +45,10 @@ from .handshake import (
     hello_tag,
     reason_of,
 )
-from .netif import interface_addresses
 from .paths import Pair, Path
 from .peer import PeerChannel
 from .plan import MeshPlan
-from .predial import PreDialed
+from .predial import PreDialed, local_addresses
 from .puncher import EarlyPunch, Puncher
 from .relayed import RelayedPath, RelayLinks, RelayOpener, default_relay_opener
 from .resume import DEFAULT_MAX_UNACKED
@@ -128,7 +127,7 @@ class MeshConnector:
                     direct_only=options.direct_only):
             self.puncher = Puncher(
                 self.handshake, getattr(self.relay_opener, "observe", None), plan.relays,
-                lambda: [a for _, a in interface_addresses()], predialed)
+                local_addresses, predialed)
         elif predialed is not None:
             predialed.close()
         self.listener = DirectListener(

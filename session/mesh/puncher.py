@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from didmesh.identity.errors import DidmeshError
 
 from .channel import SecureChannel
+from .congestion import settle_punched
 from .endpoints import other_home, punch_port, punches_early
 from .handshake import next_message
 from .paths import Pair
@@ -109,6 +110,7 @@ async def dial_from(port: int, dial: Sequence[tuple[str, int]], span: float,
                     bind_for_punch(sock, port)
                     connecting = loop.sock_connect(sock, (host, rport))
                 await asyncio.wait_for(connecting, remaining)
+                settle_punched(sock)
                 link = PunchedLink(f"tcp {format_endpoint(host, rport)[6:]} (punched)")
                 await loop.create_connection(lambda: link, sock=sock)  # noqa: B023
                 return link
