@@ -69,7 +69,7 @@ from .mpyc_setup import BackgroundSetup
 from .plan import MeshPlan
 from .predial import PreDialed
 from .predial import from_launch as predial_from_launch
-from .prestart import PreStartPump
+from .prestart import AbortArrived, PreStartPump
 from .table import LocalPair, format_partial, format_table
 
 
@@ -380,6 +380,10 @@ def run_program(
             exit_code = _exit_status(exc.code)
         except BaseException as exc:
             in_program = False
+            if isinstance(exc, AbortArrived):  # out of a blocking call, e.g. at a prompt
+                with contextlib.suppress(Exception):
+                    if sys.stderr.isatty():  # the prompt's line is not the report's
+                        _stderr("")
             if mesh.fatal is not None:
                 raise mesh.fatal from None
             if isinstance(exc, KeyboardInterrupt | DidmeshError):
