@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -25,8 +26,10 @@ from typing import Any
 
 import pytest
 from didmesh.session.mesh.loopback import loopback_plans
+from didmesh.session.mesh.peer import READY, SELECT, PeerChannel
 from didmesh.session.mesh.runner import launch_document, spawn_party
 from didmesh.session.mesh.table import LocalPair, format_partial
+from didmesh.session.mesh.testing import channel_pair
 from relay_helpers import start_relay
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -322,6 +325,59 @@ def test_the_partial_table_marks_every_pair() -> None:
     assert text.splitlines()[1] == f"  {NAMES[0]} <-> {NAMES[1]}  unknown here: neither " \
         "party's check arrived"
     assert text.splitlines()[2] == f"  {NAMES[0]} <-> {NAMES[2]}  direct         ? ms  via tcp x"
+
+
+class _Link:
+    """A link fake: records writes; nothing is buffered in it."""
+
+    kind = "direct"
+    resuming = False
+    resume_grace = 0.0
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.written += data
+
+    def abort(self) -> None:
+        pass
+
+    def set_receiver(self, receiver: object) -> None:
+        pass
+
+    def ack_due(self) -> int | None:
+        return None
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+
+    def peer_failed(self, peer: object, exc: Exception) -> None:
+        self.got.append(("failed", str(exc).encode()))
+
+    def abort_received(self, peer: object, payload: bytes) -> None:
+        self.got.append(("abort", payload))
+
+    def ready_received(self, peer: object, payload: bytes) -> None:
+        self.got.append(("ready", payload))
+
+    def bye_received(self, peer: object) -> None:
+        self.got.append(("bye", b""))
+
+
+def test_a_ready_decoded_behind_select_is_delivered_when_the_channel_starts() -> None:
+    """The initiator's READY may arrive in the same segment as its SELECT: the responder's
+    handshake reads SELECT, and the READY waits decoded in the channel. It is delivered
+    as the mesh starts, not with the peer's next record (a heartbeat, seconds later: a
+    failed start's table then lacked that peer's row)."""
+    a, b = channel_pair(random.Random(7))
+    b.receive_data(bytes(a.send_many([bytes((SELECT,)), bytes((READY,)) + b'{"row": 1}'])))
+    assert b.next_message() == bytes((SELECT,))  # what the handshake consumes
+    events = _Events()
+    PeerChannel(0, "alice", _Link(), b).start(events)  # type: ignore[arg-type]
+    assert events.got == [("ready", b'{"row": 1}')]
 
 
 if __name__ == "__main__":
