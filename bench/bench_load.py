@@ -43,6 +43,7 @@ from didmesh.session.documents import (
     verify_acceptance,
     verify_invite,
 )
+from didmesh.session.lab.procs import stop
 from didmesh.session.manifest import Manifest, ProgramRef
 
 LISTENING = "didmesh relay listening on "
@@ -281,11 +282,7 @@ def main() -> int:
                          relay_pid=proc.pid)  # fmt: skip
             )
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, 15)
     if args.json:
         print(json.dumps(asdict(report) | {"envelopes_per_s": report.envelopes_per_s,
                                            "frames_per_s": report.frames_per_s}))  # fmt: skip

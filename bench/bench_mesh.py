@@ -61,6 +61,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from didmesh.session.lab.procs import stop
 from didmesh.session.mesh.connect import ConnectOptions, MeshConnector
 from didmesh.session.mesh.loopback import free_ports, loopback_plans
 from didmesh.session.mesh.mesh import Mesh
@@ -756,11 +757,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({', '.join(f'{s:.3f}' for s in setups)})")
     finally:
         if relay_proc is not None:
-            relay_proc.terminate()
-            try:
-                relay_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                relay_proc.kill()
+            stop(relay_proc, 10)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0

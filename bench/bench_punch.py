@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from didmesh.session.lab import Lab, available
+from didmesh.session.lab.procs import communicate, feed
 from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.plan import format_endpoint
 from didmesh.session.mesh.runner import launch_document
@@ -76,11 +77,7 @@ def _elapsed(text: str) -> float | None:
 def _finish(procs: list[subprocess.Popen[bytes]], timeout: float = 300) -> list[tuple[int, str]]:
     out = []
     for p in procs:
-        try:
-            o, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            o, err = p.communicate(timeout=10)
+        o, err = communicate(p, timeout)
         out.append((p.returncode, (o or b"").decode(errors="replace")
                     + err.decode(errors="replace")))
     return out
@@ -134,10 +131,7 @@ def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[
             proc = lab.spawn(node, sys.executable, "-m", entry,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env=env or ENV)
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(doc).encode())
-            proc.stdin.close()
-            proc.stdin = None
+            feed(proc, json.dumps(doc).encode())
             procs.append(proc)
         res = _finish(procs)
         wall = time.perf_counter() - t0
@@ -212,13 +206,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as home, \
                 Lab([f"relay@{r:g}", f"eim:h1:p1@{d:g}", f"eim:h2:p2@{d:g}",
                      f"public:q0@{d:g}", f"public:q1@{d:g}"]) as lab:
-            relay = lab.spawn("relay", sys.executable, "-m", "didmesh.relay", "--host",
-                              "0.0.0.0", "--port", str(RELAY_PORT), "--store", "memory",  # noqa: S104
-                              "--rate-ip-per-s", "0", stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True,
-                              env={**ENV, "DIDMESH_HOME": home})
-            assert relay.stdout is not None and "listening" in relay.stdout.readline()
-            url = f"http://{lab.public_address('relay')}:{RELAY_PORT}"
+            url = lab.serve_relay(home, RELAY_PORT, env=ENV)
             _open_port(lab, "h1", "p1", MPYC_PORT)
             _open_port(lab, "h2", "p2", MPYC_PORT)
             nat_public = [lab.public_address("p1"), lab.public_address("p2")]

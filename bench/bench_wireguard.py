@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from didmesh.identity.keystore import Keystore
-from didmesh.session.lab import Lab, available
+from didmesh.session.lab import Lab, LabError, available
 from didmesh.session.lab.topology import Topology
 from didmesh.session.testing import World
 
@@ -128,15 +128,11 @@ def _mode(lab: Lab, world: World, mode: str, nat: bool = False) -> dict[str, Any
 
 def _relay(lab: Lab, tmp: Path) -> str:
     """A relay on the lab's public side answering STUN on 3478 and 3479 (ended by the lab)."""
-    proc = lab.spawn("relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
-                     "--port", "8470", "--store", "memory", "--rate-ip-per-s", "0",
-                     "--stun-port", "3478", "--stun-alt-port", "3479",
-                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                     env={**os.environ, "DIDMESH_HOME": str(tmp / "relayhome")})
-    assert proc.stdout is not None
-    if "listening" not in proc.stdout.readline():
-        raise SystemExit("didmesh: the lab relay did not start")
-    return f"http://{lab.public_address('relay')}:8470"
+    try:
+        return lab.serve_relay(tmp / "relayhome", 8470,
+                               "--stun-port", "3478", "--stun-alt-port", "3479")
+    except LabError as exc:
+        raise SystemExit(f"didmesh: {exc}") from None
 
 
 def _med(rows: list[dict[str, Any]], key: str) -> str:

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from didmesh.session.lab.procs import feed
 from didmesh.session.mesh.loopback import free_ports, loopback_plans
 from didmesh.session.mesh.runner import launch_document, spawn_party
 
@@ -75,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                             a.profiler, a.out)
                 p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, env=ENV)
-                assert p.stdin is not None
-                p.stdin.write(json.dumps(doc).encode())
-                p.stdin.close()
-                p.stdin = None
+                feed(p, json.dumps(doc).encode())
                 procs.append(p)
             else:
                 procs.append(spawn_party(doc, stdout=subprocess.DEVNULL,

@@ -132,6 +132,7 @@ def _child(out: str) -> int:
 
 def _run(lab: Any, url: str, relay_only: bool, tmp: str,
          program: tuple[str, list[str]]) -> list[list[dict[str, Any]]]:
+    from didmesh.session.lab.procs import communicate, feed
     from didmesh.session.mesh.loopback import loopback_plans
     from didmesh.session.mesh.plan import format_endpoint
     from didmesh.session.mesh.runner import launch_document
@@ -156,17 +157,10 @@ def _run(lab: Any, url: str, relay_only: bool, tmp: str,
         proc = lab.spawn(node, sys.executable, str(Path(__file__).resolve()), "--child", out,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=env)
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(doc).encode())
-        proc.stdin.close()
-        proc.stdin = None
+        feed(proc, json.dumps(doc).encode())
         procs.append(proc)
     for p in procs:
-        try:
-            o, e = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            o, e = p.communicate(timeout=10)
+        o, e = communicate(p, 60)
         if p.returncode:
             print(f"party failed ({p.returncode}): {(o + e).decode(errors='replace')[-600:]}")
     return [[json.loads(line) for line in Path(o).read_text().splitlines()] for o in outs]
@@ -210,13 +204,7 @@ def main() -> None:
         r = 20.0 - d
         with tempfile.TemporaryDirectory() as tmp, \
                 Lab([f"relay@{r:g}", f"eim:h1:p1@{d:g}", f"eim:h2:p2@{d:g}"]) as lab:
-            relay = lab.spawn("relay", sys.executable, "-m", "didmesh.relay", "--host",
-                              "0.0.0.0", "--port", "8470", "--store", "memory",  # noqa: S104
-                              "--rate-ip-per-s", "0", stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True,
-                              env={**os.environ, "DIDMESH_HOME": tmp})
-            assert relay.stdout is not None and "listening" in relay.stdout.readline()
-            url = f"http://{lab.public_address('relay')}:8470"
+            url = lab.serve_relay(tmp, 8470)
             for _ in range(a.repeats):
                 print(f"home RTT {rtt:g} ms (relay 40 ms from each home)"
                       f"{', relay only' if a.relay_only else ''}:")

@@ -156,6 +156,15 @@ def _as_document(doc: dict[str, Any] | bytes | str, what: str) -> Json:
     return parse_untrusted(doc)
 
 
+def _received(doc: dict[str, Any] | bytes | str, kind: str, now: datetime) -> tuple[Json, str]:
+    """Once ``now`` is checked, the document to verify and how its errors name it:
+    ``kind`` (credential, presentation), with the document's id if it has one."""
+    _check_now(now)
+    document = _as_document(doc, kind)
+    ident = document.get("id")
+    return document, f"{kind} {ident[:80]}" if isinstance(ident, str) else kind
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -398,6 +407,19 @@ def _verify_proof(
     raise KeyNotAuthorized(f"{what}: none of its {len(proofs)} proofs is by {controller[:120]}")
 
 
+def _to_sign(document: dict[str, Any], doc_type: str, what: str, suite: str
+             ) -> tuple[Suite, dict[str, Any], int]:
+    """The proof suite, a copy of ``document`` to sign and its VC version (1 or 2), once
+    ``document`` is checked to be an unsigned ``doc_type`` with valid contexts."""
+    proof_suite = _check_issuable(suite)
+    doc = copy.deepcopy(document)
+    if "proof" in doc:
+        raise MalformedCredential(f"{what} already has a proof")
+    version = _version(check_context_list(doc, what=what), what)
+    _types(doc, doc_type, what)
+    return proof_suite, doc, version
+
+
 def _check_issuable(suite: str) -> Suite:
     if suite not in ISSUABLE:
         raise UnsupportedProof(
@@ -442,12 +464,7 @@ def issue_credential(
     out undefined; ``check_terms=False`` skips that (PyLD costs 0.1-0.3 s) for a
     document whose shape is fixed by code and checked by a test (run receipts)."""
     what = "credential"
-    proof_suite = _check_issuable(suite)
-    doc = copy.deepcopy(credential)
-    if "proof" in doc:
-        raise MalformedCredential(f"{what} already has a proof")
-    version = _version(check_context_list(doc, what=what), what)
-    _types(doc, VERIFIABLE_CREDENTIAL, what)
+    proof_suite, doc, version = _to_sign(credential, VERIFIABLE_CREDENTIAL, what, suite)
     issuer = _id_of(doc.get("issuer"), "issuer", what)
     if issuer != key.did:
         raise KeyNotAuthorized(
@@ -516,12 +533,7 @@ def verify_credential(
     ``strict`` (default: whether ``suites`` is given) selects the protocol profile: one
     proof object, no chain, only bundled context URLs; otherwise inline contexts,
     proof sets and chains are accepted as the W3C specifications define them."""
-    _check_now(now)
-    what = "credential"
-    document = _as_document(doc, what)
-    ident = document.get("id")
-    if isinstance(ident, str):
-        what = f"credential {ident[:80]}"
+    document, what = _received(doc, "credential", now)
     strict = suites is not None if strict is None else strict
     return _verify_credential(document, now, expected_issuer, what, suites, strict)
 
@@ -546,12 +558,7 @@ def issue_presentation(
         raise ValueError("challenge must be a non-empty string")
     if not isinstance(domain, str) or not domain:
         raise ValueError("domain must be a non-empty string")
-    proof_suite = _check_issuable(suite)
-    doc = copy.deepcopy(presentation)
-    if "proof" in doc:
-        raise MalformedCredential(f"{what} already has a proof")
-    version = _version(check_context_list(doc, what=what), what)
-    _types(doc, VERIFIABLE_PRESENTATION, what)
+    proof_suite, doc, version = _to_sign(presentation, VERIFIABLE_PRESENTATION, what, suite)
     doc.setdefault("holder", key.did)
     holder = _id_of(doc.get("holder"), "holder", what)
     if holder != key.did:
@@ -611,12 +618,7 @@ def verify_presentation(
     one proof object, bundled context URLs only. ``challenge``/``domain`` None means the
     caller does not check that value (a verifier service whose client gave none); every
     proof must carry the given ones."""
-    _check_now(now)
-    what = "presentation"
-    document = _as_document(doc, what)
-    ident = document.get("id")
-    if isinstance(ident, str):
-        what = f"presentation {ident[:80]}"
+    document, what = _received(doc, "presentation", now)
     strict = suites is not None if strict is None else strict
     _version(check_context_list(document, what=what, allow_inline=not strict), what)
     _types(document, VERIFIABLE_PRESENTATION, what)

@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from didmesh.identity.didkey import DidKey
 from didmesh.identity.errors import IdentityError
@@ -33,6 +34,7 @@ from .errors import (
     DidNotControlled,
     InvalidEnvelope,
     MalformedRequest,
+    RelayProtocolError,
 )
 
 AUTH_LABEL = b"didmesh/relay/auth/v1"
@@ -58,6 +60,17 @@ def challenge_signing_input(relay_id: str, did: str, challenge: str) -> bytes:
 def sign_challenge(identity: IdentityKey, relay_id: str, challenge: str) -> str:
     """The client's half: base64url Ed25519 signature over the challenge."""
     return b64url(identity.sign(challenge_signing_input(relay_id, identity.did, challenge)))
+
+
+def answer_challenge(identity: IdentityKey, reply: Any) -> tuple[str, dict[str, str]]:
+    """The client's step 2: from the relay's ``/v1/auth/challenge`` reply, the relay id it
+    names and the signed ``/v1/auth/token`` request body."""
+    try:
+        challenge, relay_id = str(reply["challenge"]), str(reply["relay_id"])
+    except (KeyError, TypeError):
+        raise RelayProtocolError("malformed challenge from the relay") from None
+    sig = sign_challenge(identity, relay_id, challenge)
+    return relay_id, {"did": identity.did, "challenge": challenge, "signature": sig}
 
 
 def parse_signing_did(did: object) -> str:

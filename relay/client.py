@@ -31,7 +31,7 @@ import aiohttp
 from didmesh.identity.keys import IdentityKey
 from didmesh.identity.strict_json import loads_strict
 
-from .auth import sign_challenge
+from .auth import answer_challenge
 from .envelope import DEFAULT_TTL_S, Envelope, open_envelope, seal
 from .errors import (
     WIRE_ERRORS,
@@ -53,7 +53,7 @@ from .errors import (
 )
 
 # the relay CA setting and TLS context are shared with the aiohttp-free link client
-from .linkclient import CA_ENV, DEFAULT_LINK_LIMITS, LinkLimitsCache, tls_context
+from .linkclient import CA_ENV, DEFAULT_LINK_LIMITS, LinkLimitsCache, frame_too_big, tls_context
 from .linkclient import TLS_HINT as _TLS_HINT
 from .observed import ObservedAddress, observe
 from .protocol import CloseCode, Linked, LinkRequest, close_reason
@@ -162,10 +162,7 @@ class Link:
         if self._ws.closed or self.close_code is not None:
             raise await self._closed()
         if len(data) > self.max_frame:
-            raise LinkClosed(
-                f"a frame of {len(data)} bytes exceeds the relay's link_max_frame "
-                f"({self.max_frame} bytes): split it", CloseCode.MESSAGE_TOO_BIG,
-            )
+            raise frame_too_big(len(data), self.max_frame)
         try:
             await self._ws.send_bytes(data)  # type: ignore[arg-type]  # memoryview works
         except (ConnectionError, RuntimeError):
@@ -375,16 +372,8 @@ class RelayClient:
             _, ch = await self._request(
                 "POST", "/v1/auth/challenge", body={"did": self.identity.did}
             )
-            try:
-                challenge, relay_id = str(ch["challenge"]), str(ch["relay_id"])
-            except (KeyError, TypeError):
-                raise RelayProtocolError("malformed challenge from the relay") from None
-            self.relay_id = relay_id
-            sig = sign_challenge(self.identity, relay_id, challenge)
-            _, tok = await self._request(
-                "POST", "/v1/auth/token",
-                body={"did": self.identity.did, "challenge": challenge, "signature": sig},
-            )
+            self.relay_id, answer = answer_challenge(self.identity, ch)
+            _, tok = await self._request("POST", "/v1/auth/token", body=answer)
             try:
                 self._token, self._token_expires = str(tok["token"]), int(tok["expires_ms"])
             except (KeyError, TypeError, ValueError, OverflowError):

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from didmesh.identity.keys import IdentityKey
 from didmesh.identity.strict_json import loads_strict
 
-from .auth import sign_challenge
+from .auth import answer_challenge
 from .errors import (
     WIRE_ERRORS,
     AuthExpired,
@@ -287,6 +287,14 @@ class LinkLimitsCache:
             self._future.cancel()
 
 
+def frame_too_big(size: int, max_frame: int) -> LinkClosed:
+    """The error for a frame over the relay's ``link_max_frame`` (it would close the link)."""
+    return LinkClosed(
+        f"a frame of {size} bytes exceeds the relay's link_max_frame "
+        f"({max_frame} bytes): split it", CloseCode.MESSAGE_TOO_BIG,
+    )
+
+
 def link_limits(info: Any) -> dict[str, float]:
     """The link limits of a relay's ``/info`` (defaults for what is absent or unusable)."""
     out = dict(DEFAULT_LINK_LIMITS)
@@ -497,14 +505,8 @@ class LinkClient:
 
     async def _fetch_token(self) -> str:
         ch = await self._json("POST", "/v1/auth/challenge", {"did": self.identity.did})
-        try:
-            challenge, relay_id = str(ch["challenge"]), str(ch["relay_id"])
-        except (KeyError, TypeError):
-            raise RelayProtocolError("malformed challenge from the relay") from None
-        self.relay_id = relay_id
-        sig = sign_challenge(self.identity, relay_id, challenge)
-        tok = await self._json("POST", "/v1/auth/token", {
-            "did": self.identity.did, "challenge": challenge, "signature": sig})
+        self.relay_id, answer = answer_challenge(self.identity, ch)
+        tok = await self._json("POST", "/v1/auth/token", answer)
         if not isinstance(tok, dict) or not isinstance(tok.get("token"), str):
             raise RelayProtocolError("malformed token from the relay")
         return str(tok["token"])
@@ -677,10 +679,7 @@ class WsLink:
         if self.closed:
             raise self._closed_error()
         if len(data) > self.max_frame:
-            raise LinkClosed(
-                f"a frame of {len(data)} bytes exceeds the relay's link_max_frame "
-                f"({self.max_frame} bytes): split it", CloseCode.MESSAGE_TOO_BIG,
-            )
+            raise frame_too_big(len(data), self.max_frame)
         try:
             await self.send_raw(OP_BINARY, data)
         except (ConnectionError, RuntimeError):

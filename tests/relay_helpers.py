@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from didmesh.session.lab.procs import stop
+
 try:
     import pytest
 except ImportError:  # the benchmarks use these helpers with the base install (no pytest)
@@ -165,11 +167,11 @@ class RedisServer:
     def restart(self, down_s: float = 0.0, timeout: float = 15.0) -> None:
         """SIGTERM (a persisting server writes its data), ``down_s`` s down, then the same
         server again on the same port and directory, answering PING."""
-        _stop(self.proc)
+        stop(self.proc)
         time.sleep(down_s)
         self.proc = _popen_redis(self.argv)
         if not _redis_up(self.proc, self.port, timeout):
-            _stop(self.proc)
+            stop(self.proc)
             raise RuntimeError("redis-server did not come back after its restart")
 
 
@@ -191,15 +193,6 @@ def _redis_up(proc: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
         except OSError:
             time.sleep(0.05)
     return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def redis_available() -> bool:
@@ -234,7 +227,7 @@ def start_redis(timeout: float = 15.0, *, persist: bool = False) -> Iterator[Red
     try:
         yield server
     finally:
-        _stop(server.proc)  # the current one (restart() replaces it)
+        stop(server.proc)  # the current one (restart() replaces it)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from adversary import netns
 from didmesh.identity.keys import IdentityKey
+from didmesh.session.lab.procs import communicate
 from didmesh.session.mesh.plan import MeshPlan, PlanParty
 from didmesh.session.mesh.primitives import DH25519
 
@@ -55,11 +56,7 @@ def _run_pair(ns: netns.Namespaces, tmp: Path) -> list[dict[str, Any]]:
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     out = []
     for proc in procs:
-        try:
-            stdout, stderr = proc.communicate(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate(timeout=10)
+        stdout, stderr = communicate(proc, 40)
         assert proc.returncode == 0, stderr.decode()[-2000:]
         out.append(json.loads(stdout.decode().strip().splitlines()[-1]))
     return out

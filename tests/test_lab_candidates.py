@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from didmesh.session.lab import Lab, available
+from didmesh.session.lab.procs import finish
 from didmesh.session.mesh.candidates import Candidate, host_candidates, order, usable
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "secure_sum.py"
@@ -84,18 +85,6 @@ class People:
                               env=_env(self.root / who), stdin=subprocess.DEVNULL)
 
 
-def _finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[tuple[int, str, str]]:
-    out = []
-    for p in procs:
-        try:
-            o, e = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            o, e = p.communicate(timeout=10)
-        out.append((p.returncode, o, e))
-    return out
-
-
 PEOPLE = ("alice", "bob", "pat", "carol", "dave")
 
 
@@ -120,12 +109,7 @@ def test_readme_commands_give_each_pair_the_path_its_topology_predicts(tmp_path:
     topology = ["relay@2", "eim:h1:alice,bob@2", "public:pat@2", "eim:h2:carol@3",
                 "sym:h3:dave@2"]
     with Lab(topology) as lab:
-        relay = lab.spawn("relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
-                          "--port", "8470", "--store", "memory", "--rate-ip-per-s", "0",
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                          env=_env(tmp_path / "relayhome"))
-        assert relay.stdout is not None and "listening" in relay.stdout.readline()
-        url = f"http://{lab.public_address('relay')}:8470"
+        url = lab.serve_relay(tmp_path / "relayhome", 8470, env=_env(tmp_path / "relayhome"))
         people = People(lab, tmp_path)
         dids = {w: people.cli(w, w, "id", "new", "--no-passphrase")[0]["did"] for w in PEOPLE}
         new, note = people.cli("alice", "alice", "session", "new", "--program", str(EXAMPLE),
@@ -143,7 +127,7 @@ def test_readme_commands_give_each_pair_the_path_its_topology_predicts(tmp_path:
             assert accepted["endpoints"] and accepted["endpoints"][0].startswith(
                 f"tcp://{lab.address(w)}:")
             waits.append(people.spawn(w, w, "status", sid, "--wait", "--timeout", "90"))
-        for code, _, err in _finish([organizer, *waits]):
+        for code, _, err in finish([organizer, *waits], 90):
             assert code == 0, err[-1500:]
         view, _ = people.cli("carol", "carol", "session", "show", sid)
         announced = {p["did"]: p["endpoints"] for p in view["roster"]["parties"]}
@@ -163,7 +147,7 @@ def test_readme_commands_give_each_pair_the_path_its_topology_predicts(tmp_path:
                                f"tcp://{lab.public_address(w)}:{port}"], (w, eps)
         runs = [people.spawn(w, w, "run", sid, "--timeout", "30", "--connect-timeout", "60",
                              "--", str(EXAMPLE), "--no-log") for w in PEOPLE]
-        results = _finish(runs, timeout=150)
+        results = finish(runs, 150)
     for code, out, err in results:
         assert code == 0, err[-2500:]
         assert out.splitlines() == ["parties: 5", "sum: 135", "average: 27.0000"]
@@ -182,12 +166,7 @@ def test_readme_commands_give_each_pair_the_path_its_topology_predicts(tmp_path:
 @netns[1]
 def test_no_direct_announces_nothing(tmp_path: Path) -> None:
     with Lab(["relay", "eim:h1:alice"]) as lab:
-        relay = lab.spawn("relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
-                          "--port", "8470", "--store", "memory", "--rate-ip-per-s", "0",
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                          env=_env(tmp_path / "relayhome"))
-        assert relay.stdout is not None and "listening" in relay.stdout.readline()
-        url = f"http://{lab.public_address('relay')}:8470"
+        url = lab.serve_relay(tmp_path / "relayhome", 8470, env=_env(tmp_path / "relayhome"))
         people = People(lab, tmp_path)
         people.cli("alice", "alice", "id", "new", "--no-passphrase")
         new, note = people.cli("alice", "alice", "session", "new", "--program", str(EXAMPLE),

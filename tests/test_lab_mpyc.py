@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 from didmesh.session.lab import Lab, available
-from didmesh.session.mesh.loopback import free_ports, loopback_plans
+from didmesh.session.lab.procs import finish
+from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.runner import launch_document
+from mpyc_helpers import plain_mpyc
 
 _WHY = available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_WHY is not None, reason=str(_WHY))]
@@ -26,43 +28,15 @@ RELAY_PORT = 8470
 MPYC_PORT = 11365
 
 
-def _finish(procs: list[subprocess.Popen[bytes]], timeout: float = 60
-            ) -> list[tuple[int, str, str]]:
-    out = []
-    for p in procs:
-        try:
-            stdout, stderr = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            stdout, stderr = p.communicate(timeout=10)
-        out.append((p.returncode, stdout.decode(), stderr.decode()))
-    return out
-
-
 def _plain_loopback() -> list[str]:
-    ports = free_ports(2)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [subprocess.Popen([sys.executable, str(EXAMPLE), *ARGS, *plist, "-I", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-             for i in range(2)]
-    res = _finish(procs)
-    assert [code for code, _, _ in res] == [0, 0], res
-    return [out for _, out, _ in res]
+    return plain_mpyc(EXAMPLE, ARGS, 2, timeout=60, env=ENV)
 
 
 @pytest.fixture(scope="module")
 def internet(tmp_path_factory: pytest.TempPathFactory) -> Any:
     home = tmp_path_factory.mktemp("relay-home")
     with Lab(["relay@2", "public:q0@2", "public:q1@3", "eim:h1:p1@2", "sym:h2:p2@3"]) as lab:
-        relay = lab.spawn(
-            "relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
-            "--port", str(RELAY_PORT), "--store", "memory", "--rate-ip-per-s", "0",
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={**ENV, "DIDMESH_HOME": str(home)},
-        )  # fmt: skip
-        assert relay.stdout is not None
-        line = relay.stdout.readline()  # bounded: the relay prints it or exits
-        assert "listening" in line, line
+        lab.serve_relay(home, RELAY_PORT, env=ENV)
         yield lab
 
 
@@ -71,7 +45,7 @@ def test_plain_mpyc_between_public_parties_across_the_lab(internet: Lab) -> None
     procs = [internet.spawn(node, sys.executable, str(EXAMPLE), *ARGS, *plist, "-I", str(i),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
              for i, node in enumerate(("q0", "q1"))]
-    res = _finish(procs)
+    res = finish(procs, 60)
     assert [code for code, _, _ in res] == [0, 0], [err[-1500:] for _, _, err in res]
     assert [out for _, out, _ in res] == _plain_loopback()
 
@@ -91,7 +65,7 @@ def test_didmesh_between_two_nated_parties_through_a_public_relay(internet: Lab)
         proc.stdin.close()
         proc.stdin = None
         procs.append(proc)
-    res = _finish(procs)
+    res = finish(procs, 60)
     for code, _, err in res:
         assert code == 0, err[-2000:]
         assert " relay " in err  # the connectivity table: the pair is relayed

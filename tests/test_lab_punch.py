@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 from didmesh.session.lab import Lab, available
+from didmesh.session.lab.procs import feed, finish
 from didmesh.session.lab.topology import SYMMETRIC
 from didmesh.session.mesh import punch
-from didmesh.session.mesh.loopback import free_ports, loopback_plans
+from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.plan import MeshPlan, format_endpoint
 from didmesh.session.mesh.punch import (
     MAX_TARGETS,
@@ -43,6 +44,7 @@ from didmesh.session.mesh.punch import (
     why_not,
 )
 from didmesh.session.mesh.runner import launch_document
+from mpyc_helpers import plain_mpyc
 
 _WHY = available()
 netns = [pytest.mark.netns, pytest.mark.skipif(_WHY is not None, reason=str(_WHY))]
@@ -142,28 +144,8 @@ def test_offer_round_trip_and_session_port() -> None:
 # ---------------------------------------------------------------------- in the lab
 
 
-def _finish(procs: list[subprocess.Popen[bytes]], timeout: float = 120
-            ) -> list[tuple[int, str, str]]:
-    out = []
-    for p in procs:
-        try:
-            stdout, stderr = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            stdout, stderr = p.communicate(timeout=10)
-        out.append((p.returncode, stdout.decode(), stderr.decode()))
-    return out
-
-
 def _plain_loopback(m: int) -> list[str]:
-    ports = free_ports(m)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [subprocess.Popen([sys.executable, str(EXAMPLE), *ARGS, *plist, "-I", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-             for i in range(m)]
-    res = _finish(procs)
-    assert [code for code, _, _ in res] == [0] * m, res
-    return [out for _, out, _ in res]
+    return plain_mpyc(EXAMPLE, ARGS, m, timeout=120, env=ENV)
 
 
 def _announced(lab: Lab, node: str, port: int) -> tuple[str, ...]:
@@ -191,12 +173,9 @@ def _run(lab: Lab, nodes: Sequence[str], url: str) -> list[tuple[int, str, str]]
         proc = lab.spawn(node, sys.executable, "-m", "didmesh.session.mesh.party",
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=ENV)
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(doc).encode())  # the key goes through a pipe only
-        proc.stdin.close()
-        proc.stdin = None
+        feed(proc, json.dumps(doc).encode())  # the key goes through a pipe only
         procs.append(proc)
-    return _finish(procs)
+    return finish(procs, 120)
 
 
 _ROW = re.compile(r"^\s+party (\d+) .*<-> party (\d+) .*?\s{2}(direct|punched|relay)\s+"
@@ -215,15 +194,7 @@ def _table(err: str) -> dict[tuple[int, int], tuple[str, str]]:
 @contextlib.contextmanager
 def _with_relay(tokens: list[str], tmp_path: Path) -> Iterator[tuple[Lab, str]]:
     with Lab(tokens) as lab:
-        relay = lab.spawn(
-            "relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
-            "--port", str(RELAY_PORT), "--store", "memory", "--rate-ip-per-s", "0",
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={**ENV, "DIDMESH_HOME": str(tmp_path / "relayhome")})  # fmt: skip
-        assert relay.stdout is not None
-        line = relay.stdout.readline()  # bounded: the relay prints it or exits
-        assert "listening" in line, line
-        yield lab, f"http://{lab.public_address('relay')}:{RELAY_PORT}"
+        yield lab, lab.serve_relay(tmp_path / "relayhome", RELAY_PORT, env=ENV)
 
 
 @netns[0]

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from cli_helpers import finish_all, ok, run_cli, spawn
 from didmesh.session.mesh.loopback import free_ports
+from mpyc_helpers import plain_mpyc
 from relay_helpers import relay_url  # noqa: F401  (fixture)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -47,14 +46,7 @@ def agreed_session(tmp_path: Path, relay: str, program: Path,
 
 
 def plain_output(program: Path) -> str:
-    ports = free_ports(3)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [subprocess.Popen([sys.executable, str(program), "--no-log", *plist, "-I", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
-    outs = finish_all(procs)  # type: ignore[arg-type]
-    assert all(rc == 0 for rc, _, _ in outs)
-    return outs[0][1]
+    return plain_mpyc(program, ["--no-log"], 3)[0]
 
 
 @pytest.mark.slow

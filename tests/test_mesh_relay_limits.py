@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 import pytest
+from adversary.fakes import LinkSink as Sink
 from didmesh.identity.keys import IdentityKey
 from didmesh.relay.client import DEFAULT_LINK_LIMITS, RelayClient
 from didmesh.relay.linkclient import link_limits as _link_limits
@@ -44,18 +45,6 @@ class FakeLink:
 
     async def close(self) -> None:
         self._incoming.put_nowait(b"")
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.eof: list[BaseException | None] = []
-
-    def link_data(self, data: bytes) -> None:
-        self.data += data
-
-    def link_eof(self, exc: BaseException | None) -> None:
-        self.eof.append(exc)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from adversary.fakes import LinkSink as Sink
 from didmesh.session.mesh.faults import RelayLost
 from didmesh.session.mesh.resume import ResumeFailed
 from didmesh.session.mesh.transport import RelayedLink
@@ -102,18 +103,6 @@ class FakeRelay:
         for raw in self.live:
             raw.crash(code)
         self.live.clear()
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.eof: list[BaseException | None] = []
-
-    def link_data(self, data: bytes) -> None:
-        self.data += data
-
-    def link_eof(self, exc: BaseException | None) -> None:
-        self.eof.append(exc)
 
 
 async def _links(relay: FakeRelay, timeout: float = 2.0

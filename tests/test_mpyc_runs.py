@@ -13,28 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from didmesh.session.lab.procs import stop
 from didmesh.session.mesh.loopback import free_ports, loopback_plans
 from didmesh.session.mesh.plan import parse_endpoint
 from didmesh.session.mesh.runner import launch_document, spawn_party
+from mpyc_helpers import plain_mpyc
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def run_plain(program: Path, args: list[str], m: int, timeout: float = 90) -> list[str]:
-    ports = free_ports(m)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [
-        subprocess.Popen([sys.executable, str(program), *args, *plist, "-I", str(i)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-        for i in range(m)
-    ]
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=timeout)
-        assert p.returncode == 0, err.decode()[-2000:]
-        outs.append(out.decode())
-    return outs
+    return plain_mpyc(program, args, m, timeout=timeout, env=ENV)
 
 
 def start_mesh(program: Path, args: list[str], m: int, **options: Any
@@ -104,12 +94,7 @@ def relay_url() -> Any:
                             if proc.stderr else "relay did not start")
             time.sleep(0.05)
     yield f"http://127.0.0.1:{port}", proc
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop(proc, 10)
 
 
 def test_relayed_run_through_a_real_relay(relay_url: Any) -> None:

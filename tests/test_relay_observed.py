@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,12 +185,7 @@ asyncio.run(main())
 @pytest.mark.skipif(lab_available() is not None, reason=str(lab_available()))
 def test_behind_nats_the_relay_sees_the_public_mapping(tmp_path: Path) -> None:
     with Lab(["relay", "eim:h1:p1", "sym:h2:p2"]) as lab:
-        proc = lab.spawn("relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
-                         "--port", "8470", "--store", "memory", "--rate-ip-per-s", "0",
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                         env={"DIDMESH_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
-        assert proc.stdout is not None and "listening" in proc.stdout.readline()
-        url = f"http://{lab.public_address('relay')}:8470"
+        url = lab.serve_relay(tmp_path, 8470, env={"PATH": "/usr/bin:/bin"})
         eim = json.loads(lab.python("p1", _PARTY, url, "42000", timeout=30))
         sym = json.loads(lab.python("p2", _PARTY, url, "42000", timeout=30))
     assert [s["address"] for s in eim] == [lab.public_address("p1")] * 2

@@ -21,6 +21,7 @@ from didmesh.relay.client import RelayClient
 from didmesh.relay.errors import AuthInvalid
 from didmesh.relay.secret import fingerprint, load_or_create, read_secret
 from didmesh.relay.store.sqlite import SqliteStore
+from didmesh.session.lab.procs import stop
 from relay_helpers import redis_available, start_redis, start_relay
 
 ALICE = IdentityKey.from_seed(b"a" * 32)
@@ -219,12 +220,7 @@ def test_a_redis_restart_without_persistence_does_not_split_the_relay() -> None:
 
                     asyncio.run(go())
             finally:  # start_redis only stops the server it started
-                again.terminate()
-                try:
-                    again.wait(10)
-                except subprocess.TimeoutExpired:
-                    again.kill()
-                    again.wait(5)
+                stop(again, 10)
             warned = [ln for ln in a.log_lines() if "does not persist" in str(ln.get("msg"))]
             assert warned
 

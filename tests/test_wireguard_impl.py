@@ -17,10 +17,8 @@ format; the ``tun`` one was printed by ``ip -details -json link show`` for a rea
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -331,17 +329,9 @@ print(json.dumps({{"any": bool(find_leftover({name!r}))}}))
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
-    from didmesh.identity.keystore import Keystore
-    from wg_helpers import agreed_world
+    from wg_helpers import invitee_home
 
-    root = tmp_path_factory.mktemp("wgimpl")
-    program = root / "secure_sum.py"
-    shutil.copy(EXAMPLE, program)
-    world = asyncio.run(agreed_world(root, lambda i: f"tcp://10.215.0.{i + 1}:5182{i}",
-                                     program=program))
-    party = world.parties[1]
-    Keystore(root / party.name).create(passphrase=None, key=party.key)
-    return root / party.name, world.sid, program
+    return invitee_home(tmp_path_factory.mktemp("wgimpl"), EXAMPLE)
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from didmesh.session.lab import Lab
 from didmesh.session.lab import available as lab_available
-from didmesh.session.mesh.loopback import free_ports, loopback_plans
+from didmesh.session.lab.procs import feed, finish
+from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.plan import MeshPlan, format_endpoint
 from didmesh.session.mesh.runner import launch_document
 from didmesh.session.wireguard.addresses import tunnel_addresses
@@ -48,6 +49,7 @@ from didmesh.session.wireguard.testing import UAPI_DIR
 from didmesh.session.wireguard.testing import available as wg_available
 from didmesh.session.wireguard.tunnel import run_interface, wireguard_go_pids
 from didmesh.session.wireguard.udpmap import NAT_EIM, NAT_OPEN, NAT_SYM, NAT_UNKNOWN, judge
+from mpyc_helpers import plain_mpyc
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "secure_sum.py"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -203,15 +205,7 @@ except DidmeshError as exc:
 @contextlib.contextmanager
 def _lab(topology: list[str], tmp: Path) -> Iterator[tuple[Lab, str]]:
     with Lab(topology) as lab:
-        relay = lab.spawn(
-            "relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
-            "--port", str(RELAY_PORT), "--store", "memory", "--rate-ip-per-s", "0",
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={**ENV, "DIDMESH_HOME": str(tmp / "relayhome")})  # fmt: skip
-        assert relay.stdout is not None
-        line = relay.stdout.readline()
-        assert "listening" in line, line
-        yield lab, f"http://{lab.public_address('relay')}:{RELAY_PORT}"
+        yield lab, lab.serve_relay(tmp / "relayhome", RELAY_PORT, env=ENV)
 
 
 def _run(lab: Lab, nodes: list[str], url: str) -> tuple[list[tuple[int, str, str]], MeshPlan]:
@@ -228,31 +222,13 @@ def _run(lab: Lab, nodes: list[str], url: str) -> tuple[list[tuple[int, str, str
         doc = launch_document(plan, ids[i], str(EXAMPLE), ["--no-log"])
         proc = lab.spawn(node, sys.executable, "-c", DRIVER, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(doc).encode())
-        proc.stdin.close()
-        proc.stdin = None
+        feed(proc, json.dumps(doc).encode())
         procs.append(proc)
-    out = []
-    for p in procs:
-        try:
-            so, se = p.communicate(timeout=150)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            so, se = p.communicate(timeout=10)
-        out.append((p.returncode, so.decode(), se.decode()))
-    return out, dataclasses.replace(plans[0], parties=parties)
+    return finish(procs, 150), dataclasses.replace(plans[0], parties=parties)
 
 
 def _plain() -> str:
-    ports = free_ports(3)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [subprocess.Popen([sys.executable, str(EXAMPLE), "--no-log", *plist, "-I", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
-    outs = [p.communicate(timeout=90) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    return outs[0][0]
+    return plain_mpyc(EXAMPLE, ["--no-log"], 3)[0]
 
 
 def _nothing_left(lab: Lab, nodes: list[str], plan: MeshPlan) -> None:
@@ -371,14 +347,7 @@ def test_didmesh_run_between_two_eim_homes_prints_what_plain_mpyc_prints(tmp_pat
                 "--connect-timeout", "30", "--timeout", "10", "--", str(program), "--no-log",
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                 text=True, env=env))
-        res = []
-        for p in procs:
-            try:
-                out, err = p.communicate(timeout=150)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                out, err = p.communicate(timeout=10)
-            res.append((p.returncode, out, err))
+        res = finish(procs, 150)
         for code, _, err in res:
             assert code == 0, err[-3000:]
         assert [o for _, o, _ in res] == [_plain()] * 3

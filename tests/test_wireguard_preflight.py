@@ -6,7 +6,6 @@ user namespace (``unshare -U -r``), and a missing ``wireguard-go`` (data-driven 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -14,10 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from didmesh.identity.keystore import Keystore
 from didmesh.session.wireguard import preflight
 from didmesh.session.wireguard.tunnel import STATE_DIR, run_interface
-from wg_helpers import agreed_world
+from wg_helpers import invitee_home
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "secure_sum.py"
 
@@ -54,14 +52,7 @@ UNPRIVILEGED = {
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
-    root = tmp_path_factory.mktemp("wgpre")
-    program = root / "secure_sum.py"
-    shutil.copy(EXAMPLE, program)
-    world = asyncio.run(agreed_world(root, lambda i: f"tcp://10.215.0.{i + 1}:5182{i}",
-                                     program=program))
-    party = world.parties[1]
-    Keystore(root / party.name).create(passphrase=None, key=party.key)
-    return root / party.name, world.sid, program
+    return invitee_home(tmp_path_factory.mktemp("wgpre"), EXAMPLE)
 
 
 @pytest.mark.parametrize("how", sorted(UNPRIVILEGED))

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mpyc_helpers
 import pytest
 from didmesh.identity.keystore import Keystore
 from didmesh.session.lab.lab import Lab
@@ -160,16 +161,7 @@ def _roster_hash(world: World) -> str:
 
 
 def plain_mpyc(program: Path) -> str:
-    from didmesh.session.mesh.loopback import free_ports
-
-    ports = free_ports(3)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [subprocess.Popen([sys.executable, str(program), "--no-log", *plist, "-I", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
-    outs = [p.communicate(timeout=90) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
-    return outs[0][0]
+    return mpyc_helpers.plain_mpyc(program, ["--no-log"], 3)[0]
 
 
 def wait_for(check: Any, timeout: float, what: str) -> None:

@@ -30,10 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mpyc_helpers
 import pytest
 from cli_helpers import run_cli
 from didmesh.identity.paths import write_private
-from didmesh.session.mesh.loopback import free_ports
 from didmesh.session.testing import World
 from didmesh.session.wireguard import (
     build_config,
@@ -179,21 +179,9 @@ def test_tcp_and_mpyc_over_the_tunnel(world: World, lab3: WgLab, tmp_path: Path)
 
 
 def plain_mpyc() -> str:
-    ports = free_ports(3)
-    plist = [a for p in ports for a in ("-P", f"127.0.0.1:{p}")]
-    procs = [subprocess.Popen([sys.executable, str(EXAMPLE), "--no-log", *plist, "-I", str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
-    try:
-        outs = [p.communicate(timeout=90) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
-    assert outs[0][0] == outs[1][0] == outs[2][0]
-    return outs[0][0]
+    outs = mpyc_helpers.plain_mpyc(EXAMPLE, ["--no-log"], 3)
+    assert outs[0] == outs[1] == outs[2]
+    return outs[0]
 
 
 # --------------------------------------------------------------------------- another view

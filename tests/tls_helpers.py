@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from didmesh.session.lab.procs import stop
 from relay_helpers import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "relay" / "deploy"
@@ -152,11 +153,6 @@ def start_nginx(directory: Path, pki: Pki, relay_port: int | list[int],
                 time.sleep(0.05)
         yield f"https://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, 10)
         if proc.stderr:
             proc.stderr.close()

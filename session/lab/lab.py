@@ -51,6 +51,8 @@ PROBE = "didmesh.session.lab.probe"
 _COUNTER = itertools.count()
 _NAME = re.compile(r"^[a-z0-9]{1,24}$")
 READY_TIMEOUT = 10.0
+#: a relay imports more than a forwarder: its bound to say it listens, on a loaded machine
+RELAY_READY_TIMEOUT = 30.0
 
 
 def available() -> str | None:
@@ -319,6 +321,21 @@ class Lab:
         if line.strip() != "ready":
             raise LabError(f"the probe server in {node} did not start")
         return proc
+
+    def serve_relay(self, home: str | Path, port: int = 8470, *args: str,
+                    env: dict[str, str] | None = None) -> str:
+        """A didmesh relay in node ``relay`` (in-memory store, no per-address rate limit,
+        ``args`` added), its home ``home``; its URL once it listens. ``env`` (default: this
+        process's) is the relay's environment, ``DIDMESH_HOME`` set to ``home``."""
+        proc = self.spawn(
+            "relay", sys.executable, "-m", "didmesh.relay", "--host", "0.0.0.0",  # noqa: S104
+            "--port", str(port), "--store", "memory", "--rate-ip-per-s", "0", *args,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, env={**(os.environ if env is None else env), "DIDMESH_HOME": str(home)})
+        line = _read_line(proc, RELAY_READY_TIMEOUT, "the lab's relay")
+        if "listening" not in line:
+            raise LabError(f"the lab's relay did not start (it said {line.strip()!r})")
+        return f"http://{self.public_address('relay')}:{port}"
 
     def probe(self, node: str, *args: str, timeout: float = 30) -> Any:
         """Run a :mod:`.probe` client in ``node``; its JSON answer."""

@@ -122,7 +122,11 @@ def choose_port(rng: random.Random | None = None, tries: int = 50) -> int:
 
 
 def _on_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
+    return is_loopback(urllib.parse.urlsplit(url).hostname or "")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
     if host == "localhost":
         return True
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Final
+from typing import Any, Final
 
 from .errors import ChannelClosed, HandshakeFailed, MeshError, NoiseUsageError
 from .framing import DEFAULT_MAX_MESSAGE_SIZE, LEN_PREFIX, FrameDecoder, FrameEncoder
@@ -186,44 +186,18 @@ class MeshHandshake:
         self._started = False
 
     @classmethod
-    def initiator(
-        cls,
-        local_static_private: bytes,
-        remote_static_public: bytes,
-        prologue: bytes,
-        *,
-        ephemeral_private: bytes | None = None,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    ) -> MeshHandshake:
-        """The initiating side (the party with the lower id); ``step()`` gives message 1."""
-        return cls(
-            True,
-            local_static_private,
-            remote_static_public,
-            prologue,
-            ephemeral_private=ephemeral_private,
-            max_message_size=max_message_size,
-        )
+    def initiator(cls, *args: Any, **kwargs: Any) -> MeshHandshake:
+        """The initiating side (the party with the lower id); ``step()`` gives message 1.
+
+        Takes the constructor's arguments after ``initiator``."""
+        return cls(True, *args, **kwargs)
 
     @classmethod
-    def responder(
-        cls,
-        local_static_private: bytes,
-        remote_static_public: bytes,
-        prologue: bytes,
-        *,
-        ephemeral_private: bytes | None = None,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    ) -> MeshHandshake:
-        """The responding side (the party with the higher id)."""
-        return cls(
-            False,
-            local_static_private,
-            remote_static_public,
-            prologue,
-            ephemeral_private=ephemeral_private,
-            max_message_size=max_message_size,
-        )
+    def responder(cls, *args: Any, **kwargs: Any) -> MeshHandshake:
+        """The responding side (the party with the higher id).
+
+        Takes the constructor's arguments after ``initiator``."""
+        return cls(False, *args, **kwargs)
 
     @classmethod
     def for_parties(

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .faults import MpycIncompatible, PeerMisbehaved, ReservedOption
+from .mpyc_start import started_alone
 
 #: MPyC versions this bridge is written and tested for (pyproject: mpyc>=0.10,<0.12).
 SUPPORTED_MPYC = ("0.10", "0.11")
@@ -388,10 +389,8 @@ class MpycBridge:
         """Replacement for ``Runtime.start()``: MPyC's protocol objects over the mesh."""
         start_line = f"Start MPyC runtime v{rt.version} over the didmesh mesh"
         m = len(rt.parties)
-        if m == 1:
+        if started_alone(rt, start_line):
             self.started = True
-            logging.info(start_line)
-            rt.start_time = time.time()
             return
         loop = rt._loop
         for peer in rt.parties:

@@ -8,7 +8,6 @@ listening it prints ``didmesh vc-api listening on URL`` on stdout.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import secrets
 import signal
 import ssl
@@ -21,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 from didmesh.identity.errors import LocalError
 from didmesh.identity.paths import write_private
+from didmesh.session.mesh.candidates import is_loopback
 
 from .service import MAX_REQUEST_BYTES, VcApiService
 
@@ -57,15 +57,6 @@ def load_or_create_token(path: Path) -> TokenInfo:
     token = secrets.token_urlsafe(TOKEN_BYTES)
     write_private(path, (token + "\n").encode())
     return TokenInfo(token, path, True)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from didmesh.session.mesh.faults import ConnectFailed
 from didmesh.session.mesh.mpyc_bridge import AppPort, MpycBridge
+from didmesh.session.mesh.mpyc_start import started_alone
 from didmesh.session.mesh.plan import MeshPlan
 
 from .addresses import tunnel_addresses
@@ -83,9 +84,7 @@ class WgBridge(MpycBridge):
     async def _start(self, rt: Any, exchanger: Any) -> None:
         start_line = f"Start MPyC runtime v{rt.version} over the didmesh WireGuard tunnel"
         m = len(rt.parties)
-        if m == 1:
-            logging.info(start_line)
-            rt.start_time = time.time()
+        if started_alone(rt, start_line):
             return
         loop = rt._loop
         await self.start_barrier()  # the same start barrier as on the mesh

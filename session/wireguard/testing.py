@@ -29,6 +29,8 @@ from didmesh.session.lab.netns import available as _ns_available
 from didmesh.session.lab.netns import run as _run
 from didmesh.session.lab.netns import wait_until as _wait
 
+from .tunnel import wireguard_go_pids
+
 UAPI_DIR = Path("/var/run/wireguard")
 UNDERLAY = "10.215.0."
 
@@ -138,19 +140,7 @@ class WgLab:
 
     def leftovers(self) -> list[int]:
         """Pids of ``wireguard-go`` processes still serving one of this lab's interfaces."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"wireguard-go") and any(
-                a.decode(errors="replace") in self.interfaces for a in argv[1:]
-            ):
-                found.append(int(entry.name))
-        return found
+        return wireguard_go_pids(*self.interfaces)
 
     # ------------------------------------------------------------------ running things
 

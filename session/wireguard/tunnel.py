@@ -96,8 +96,9 @@ def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
-def wireguard_go_pids(name: str) -> list[int]:
-    """Pids of ``wireguard-go`` processes serving interface ``name`` (any namespace)."""
+def wireguard_go_pids(*names: str) -> list[int]:
+    """Pids of ``wireguard-go`` processes serving one of interfaces ``names`` (any namespace)."""
+    wanted = {name.encode() for name in names}
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -106,7 +107,7 @@ def wireguard_go_pids(name: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"wireguard-go") and name.encode() in argv[1:]:
+        if argv and argv[0].endswith(b"wireguard-go") and not wanted.isdisjoint(argv[1:]):
             found.append(int(entry.name))
     return found
 

@@ -4,7 +4,10 @@ peer channels (tests/test_adv_relay.py, tests/test_adv_resume.py).
 * :class:`Events` -- the peer-events interface (``PeerChannel.start(events)``): records
   each failure in ``failed``, ignores the rest;
 * :class:`Sink` -- the application side (``PeerChannel.attach(sink)``): collects the
-  bytes delivered in ``data``.
+  bytes delivered in ``data``;
+* :class:`LinkSink` -- a relayed link's receiver (``RelayedLink.set_receiver(sink)``,
+  tests/test_mesh_relay_limits.py, tests/test_mesh_resume_link.py): collects the bytes in
+  ``data`` and each end of the stream in ``eof``.
 """
 
 from __future__ import annotations
@@ -34,3 +37,15 @@ class Sink:
         self.data += data
 
     def app_closed(self) -> None: ...
+
+
+class LinkSink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.eof: list[BaseException | None] = []
+
+    def link_data(self, data: bytes) -> None:
+        self.data += data
+
+    def link_eof(self, exc: BaseException | None) -> None:
+        self.eof.append(exc)
