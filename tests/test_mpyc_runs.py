@@ -388,24 +388,27 @@ def test_a_party_whose_program_ends_without_starting_mpyc_is_named_at_once(
             assert "aborted" not in lines[0] or "aborted by party" in lines[0]
 
 
-def test_a_party_found_unresponsive_hears_why_when_it_wakes(tmp_path: Path) -> None:
-    """Party 1 blocks its event loop before ``mpc.start()`` (a long ``input()`` or a
-    synchronous step) for longer than ``timeout``: party 0 ends the run, naming it. When
-    party 1 wakes it reads party 0's signed abort and says why the run ended; before, the
-    notice went to everyone but the silent party, whose link was cut at once, so it said
-    only "party 0 disconnected ([Errno 32] Broken pipe)"."""
+def test_a_party_blocked_before_start_is_named_and_hears_why_at_once(tmp_path: Path) -> None:
+    """Party 1 blocks before ``mpc.start()`` (a long ``input()`` or a synchronous step)
+    for longer than ``timeout``: party 0, waiting in ``mpc.start()``, ends the run naming
+    it. Party 1's pre-start pump keeps its links read meanwhile (specs/mesh.md 9), so it
+    is not "unresponsive", and it reads party 0's signed abort at once, not when its step
+    ends (before the pump, the notice reached it only when it woke; earlier still, its
+    link was cut at once and it said only "party 0 disconnected")."""
     program = tmp_path / "blocks.py"
     program.write_text(textwrap.dedent("""
         import time
         from mpyc.runtime import mpc
         if mpc.pid == 1:
-            time.sleep(4)  # the event loop does not run meanwhile
+            time.sleep(30)  # the program does not run the event loop meanwhile
         mpc.run(mpc.start())
         mpc.run(mpc.shutdown())
     """))
+    t0 = time.monotonic()
     res = finish(start_mesh(program, ["--no-log"], 2, timeout=1.5)[0], 60)
+    assert time.monotonic() - t0 < 25, res  # party 1 did not sleep its 30 s out
     lines = [[ln for ln in err.splitlines() if ln.startswith("didmesh:")] for _, _, err in res]
     assert [len(x) for x in lines] == [1, 1] and [c for c, _, _ in res] == [1, 1], res
-    assert "party 1 'bob'" in lines[0][0] and "stopped responding" in lines[0][0]
+    assert "party 1 'bob'" in lines[0][0] and "did not reach mpc.start()" in lines[0][0]
     assert "aborted by party 0 'alice'" in lines[1][0], lines[1]
-    assert "stopped responding" in lines[1][0] and "disconnected" not in lines[1][0]
+    assert "did not reach mpc.start()" in lines[1][0] and "disconnected" not in lines[1][0]

@@ -44,7 +44,7 @@ from didmesh.session.manifest import (
 from didmesh.session.mesh.faults import PlanError
 from didmesh.session.mesh.plan import from_roster
 from didmesh.session.mesh.predial import from_plan as predial_plan
-from didmesh.session.mesh.runner import ending_process, run_program
+from didmesh.session.mesh.runner import ending_process, exited_line, run_program
 from didmesh.session.state import ENDED, Status
 
 from .common import add_identity_args, labels_of, load_identity, store_of
@@ -288,7 +288,10 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
                 "discarded)" if stdout.reader_gone else ""))
         out.result({"ok": True, "session": manifest.session_id, "party": plan.my_party_id,
                     "transport": args.transport,
-                    "receipt": str(receipt_path), "setup_seconds": result.setup_seconds})
+                    "receipt": str(receipt_path), "setup_seconds": result.setup_seconds,
+                    "program_exit_status": result.exit_code})
+    if result.exit_code:  # the joint run completed, then the program exited non-zero
+        print(f"didmesh: {exited_line(plan, result.exit_code)}", file=sys.stderr, flush=True)
     ending_process()  # the command ends next (didmesh run is one process per run)
     return result.exit_code
 

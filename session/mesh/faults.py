@@ -53,6 +53,19 @@ class ProgramFailed(PartyError, LocalError):
     code = "program_failed"
 
 
+class ProgramExited(ProgramFailed):
+    """The program ended with a non-zero exit status (``sys.exit(n)``) before the joint
+    run completed; ``didmesh run`` exits with that status (as ``python PROGRAM`` would),
+    the peers were told."""
+
+    code = "program_exited"
+
+    def __init__(self, message: str | None = None, *, party: int | None = None,
+                 exit_code: int = 1) -> None:
+        super().__init__(message, party=party)
+        self.exit_code = exit_code
+
+
 class RunInterrupted(ProgramFailed):
     """The run was stopped on this machine (Ctrl-C or SIGTERM); the peers were told."""
 

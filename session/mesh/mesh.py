@@ -28,7 +28,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from didmesh.identity.errors import DidmeshError
@@ -49,6 +48,7 @@ from .faults import (
 from .peer import ABORT, BYE, HEARTBEAT, READY, PeerChannel
 from .plan import MeshPlan
 from .resume import ResumeFailed
+from .table import PairStatus
 
 MAX_READY_BYTES = 64 * 1024
 #: seconds a lost link waits for a signed abort notice before it is the verdict: when a
@@ -56,17 +56,6 @@ MAX_READY_BYTES = 64 * 1024
 #: reach a third party (directly or forwarded) just after that party saw a link close;
 #: the notice names the real cause, "disconnected" would not
 LOST_GRACE = 0.3
-
-
-@dataclass(frozen=True)
-class PairStatus:
-    """One row of the connectivity table (measured by the lower party ``a``)."""
-
-    a: int
-    b: int
-    path: str
-    via: str
-    rtt_ms: float
 
 
 class Mesh:
@@ -123,6 +112,11 @@ class Mesh:
             self._progress_value = counter()
             self._progress_at = self._clock()
 
+    def hold_progress(self) -> None:
+        """This party's program has not reached ``mpc.start()`` and blocks (the runner's
+        pre-start pump): its own silence is no deadlock; the time counts from now."""
+        self._progress_at = self._clock()
+
     def _check_progress(self, now: float) -> None:
         counter = self._progress
         if counter is None or self.fatal is not None or not self._ready_event.is_set():
@@ -133,6 +127,14 @@ class Mesh:
             self._progress_value, self._progress_at = value, now
             return
         if now - self._progress_at > self.timeout:
+            late = [p for p in self.peers.values() if not p.peer_started.is_set()]
+            if self._awaiting_start and late:  # this party waits in mpc.start() for them
+                self.fail(ProgramStalled(
+                    f"the program of {', '.join(p.name for p in late)} did not reach "
+                    f"mpc.start() within {self.timeout:g} s of this party's (does it wait "
+                    "for input, or for a long local step? raise --timeout if it may)",
+                    party=late[0].peer_id), culprit=late[0].peer_id)
+                return
             self.fail(ProgramStalled(
                 f"the program made no progress: no MPyC message was sent or received for "
                 f"{self.timeout:g} s although every peer is connected and alive, so the "
@@ -280,6 +282,11 @@ class Mesh:
                 f"(waiting for: {', '.join(missing)})"
             ) from None
         return self.table()
+
+    @property
+    def rows(self) -> dict[int, list[dict[str, Any]]]:
+        """The READY rows known so far (this party's once announced), by party id."""
+        return dict(self._rows)
 
     def table(self) -> list[PairStatus]:
         out: dict[tuple[int, int], PairStatus] = {}

@@ -314,11 +314,17 @@ class MpycBridge:
         self.gate: Awaitable[Any] | None = None
         #: called as this party's program reaches the start barrier (before any wait)
         self.on_start: Callable[[], None] | None = None
+        #: whether the program's ``mpc.start()`` was called, and whether its
+        #: ``mpc.shutdown()`` completed (MPyC's own end of the joint run: every party
+        #: passed its barrier, the connections are closed)
+        self.started = False
+        self.shut_down = False
 
     async def start_barrier(self, then: Callable[[], None] | None = None) -> None:
         """Tell every peer this party reached ``mpc.start()`` (START), call ``then`` (what
         it writes follows START), and wait until every peer did and :attr:`gate` is done
         (its error is raised)."""
+        self.started = True
         if self.on_start is not None:
             self.on_start()
         for port in self.ports.values():
@@ -369,6 +375,13 @@ class MpycBridge:
             await bridge._start(rt, exchanger)
 
         rt.start = types.MethodType(_mesh_start, rt)
+        shutdown = rt.shutdown
+
+        async def _shutdown(rt: Any) -> None:
+            await shutdown()
+            bridge.shut_down = True
+
+        rt.shutdown = types.MethodType(_shutdown, rt)
         self.runtime = rt
         return rt
 
@@ -377,6 +390,7 @@ class MpycBridge:
         start_line = f"Start MPyC runtime v{rt.version} over the didmesh mesh"
         m = len(rt.parties)
         if started_alone(rt, start_line):
+            self.started = True
             return
         loop = rt._loop
         for peer in rt.parties:

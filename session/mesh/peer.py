@@ -104,6 +104,16 @@ class PeerChannel:
         for kind, payload in self._early:
             self._dispatch(kind, payload)
         self._early.clear()
+        # what the handshake's reader decoded behind SELECT (the peer's READY, sent in the
+        # same segment) waits in the channel: deliver it now, not with the peer's next
+        # record (a heartbeat, seconds later)
+        try:
+            for msg in self.channel:
+                if not msg:
+                    raise PeerMisbehaved(f"{self.name} sent an empty message", party=self.peer_id)
+                self._dispatch(msg[0], memoryview(msg)[1:])
+        except DidmeshError as exc:
+            self._fail(exc)
 
     # -- sending ---------------------------------------------------------------------
 

@@ -21,7 +21,11 @@ failure on, what the program's pending MPyC work reports as it is torn down (tho
 is set: the caller prints one line. With ``hard_exit`` (command-line use) the process
 also exits by itself :data:`EXIT_GRACE` seconds after the failure if it has not ended by
 then (a program in a long local step does not give control back), printing the one line
-itself if the caller has not.
+itself if the caller has not. While the program blocks before ``mpc.start()`` (an
+``input()``), :class:`~.prestart.PreStartPump` keeps the loop reading, so an abort ends
+it too. A run that fails before its connectivity check completed still reports the table
+(:func:`~.table.format_partial`). A program's ``sys.exit(n)`` is the run's exit status
+(:class:`~.faults.ProgramExited` before its ``mpc.shutdown()`` completed).
 
 ``python -m didmesh.session.mesh.party`` (what :func:`spawn_party` starts) reads one JSON
 launch document on stdin (see :func:`launch_document`), pre-dials its early punch
@@ -58,13 +62,15 @@ from didmesh.identity.keys import IdentityKey
 from didmesh.session import gc_pause
 
 from .connect import ConnectOptions, MeshConnector, RelayOpener
-from .faults import ProgramFailed, RunInterrupted
+from .faults import ProgramExited, ProgramFailed, RunInterrupted
 from .mesh import Mesh, PairStatus
 from .mpyc_bridge import MpycBridge
 from .mpyc_setup import BackgroundSetup
 from .plan import MeshPlan
 from .predial import PreDialed
 from .predial import from_launch as predial_from_launch
+from .prestart import AbortArrived, PreStartPump
+from .table import LocalPair, format_partial, format_table
 
 
 @dataclass(frozen=True)
@@ -86,13 +92,31 @@ def program_digest(path: str | os.PathLike[str]) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def format_table(plan: MeshPlan, table: Sequence[PairStatus]) -> str:
-    lines = ["connectivity check (all pairs):"]
-    for r in table:
-        lines.append(
-            f"  {plan.describe_pair(r.a, r.b)}  {r.path:<6}  {r.rtt_ms:8.3f} ms  via {r.via}"
-        )
-    return "\n".join(lines)
+def _local_pairs(mesh: Mesh | None, connector: MeshConnector | None
+                 ) -> dict[int, LocalPair] | None:
+    """This party's own pairs as they stand when a run failed before its check completed;
+    None if not one pair came up (the failure's line says all there is)."""
+    def rtt(link: object) -> float | None:
+        known = getattr(link, "handshake_rtt", None)
+        return None if known is None else round(float(known) * 1000, 3)
+
+    if mesh is not None:
+        return {pid: LocalPair(pid, p.path, p.link.description, rtt(p.link))
+                for pid, p in mesh.peers.items()}
+    if connector is None:
+        return None
+    out: dict[int, LocalPair] = {}
+    for pid, pair in connector.pairs.items():
+        fut = pair.future
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            link = fut.result()[0]
+            out[pid] = LocalPair(pid, link.kind, link.description, rtt(link))
+        else:
+            why = "; ".join(pair.errors[-3:])
+            if not fut.done() or fut.cancelled():
+                why = "still trying when the run failed" + (f" ({why})" if why else "")
+            out[pid] = LocalPair(pid, why=why)
+    return out if any(lp.path is not None for lp in out.values()) else None
 
 
 def _stderr(text: str) -> None:
@@ -210,7 +234,9 @@ def run_program(
     """Run ``program_path`` as party ``plan.my_party_id`` over the mesh (blocking).
 
     Must be called with no event loop running in this thread. Returns the program's
-    exit status in :attr:`RunResult.exit_code` (0 unless it called ``sys.exit(n)``).
+    exit status in :attr:`RunResult.exit_code`: 0 unless it called ``sys.exit(n)`` after
+    its ``mpc.shutdown()`` (the joint run completed); a program that exits non-zero
+    before that fails the run (:class:`~.faults.ProgramExited`, carrying its status).
     The program runs in ``workdir`` (default: the current directory), with that folder
     and its own on ``sys.path``; ``digest`` is the agreed program digest for the receipt
     (default: ``sha256:`` of the file). With ``refuse`` nothing runs: the party connects
@@ -242,6 +268,8 @@ def run_program(
     killer: threading.Timer | None = None
     failed = False
     final: list[DidmeshError] = []  # what this party reports, once known (for the killer)
+    shown: list[bool] = []  # the connectivity table was reported
+    pump: PreStartPump | None = None
     old_sigterm: Any = None
     old_sigint: Any = None
     if threading.current_thread() is threading.main_thread():
@@ -315,6 +343,9 @@ def run_program(
                     mesh.fail(exc, culprit=None)
                 raise mesh.fatal or exc from None
             setup_seconds = time.perf_counter() - t0
+            while pump is not None and pump.active:  # not amid the program's prompt
+                await asyncio.sleep(0.05)
+            shown.append(True)
             report(format_table(plan, rows))
             return rows
 
@@ -337,12 +368,22 @@ def run_program(
         exit_code = 0
         in_program = True
         mesh.watch_progress(lambda: _app_bytes(bridge, mesh))
+        # the program may block before mpc.start() (input()) without running the loop:
+        # the pump reads the peers meanwhile, so that an abort ends this party too
+        pump = PreStartPump(loop, started=lambda: bridge.started,
+                            failed=lambda: mesh is not None and mesh.fatal is not None,
+                            before=mesh.hold_progress)
+        pump.start()
         try:
             runpy.run_path(program_path, run_name="__main__")
         except SystemExit as exc:
-            exit_code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            exit_code = _exit_status(exc.code)
         except BaseException as exc:
             in_program = False
+            if isinstance(exc, AbortArrived):  # out of a blocking call, e.g. at a prompt
+                with contextlib.suppress(Exception):
+                    if sys.stderr.isatty():  # the prompt's line is not the report's
+                        _stderr("")
             if mesh.fatal is not None:
                 raise mesh.fatal from None
             if isinstance(exc, KeyboardInterrupt | DidmeshError):
@@ -355,12 +396,17 @@ def run_program(
             ) from exc
         finally:
             in_program = False
+            pump.stop()
             mesh.watch_progress(None)
         if mesh.fatal is not None:
             raise mesh.fatal
-        if exit_code:
-            raise ProgramFailed(f"the program of {plan.describe(plan.my_party_id)} exited "
-                                f"with status {exit_code}", party=plan.my_party_id)
+        if exit_code and not bridge.shut_down:
+            # the joint run is not over (the peers may wait for this party's messages):
+            # it fails for everyone, and this process exits with the program's status
+            raise ProgramExited(
+                f"the program of {plan.describe(plan.my_party_id)} exited with status "
+                f"{exit_code}" + ("" if bridge.started else " before mpc.start()"),
+                party=plan.my_party_id, exit_code=exit_code)
         table = loop.run_until_complete(check)
         loop.run_until_complete(mesh.finish(max(10.0, timeout)))
         ended = time.time()
@@ -392,6 +438,15 @@ def run_program(
             with contextlib.suppress(BaseException):  # a second Ctrl-C: go on
                 _drop_program_work(loop, mesh)
                 _flush(loop, mesh, 0.3)  # let the abort records go out
+        if not shown and refuse is None:  # the table is what a failed start needs most
+            with contextlib.suppress(BaseException):
+                local = _local_pairs(mesh, connector)
+                if mesh is not None and mesh.ready:
+                    shown.append(True)
+                    report(format_table(plan, mesh.table()))
+                elif local is not None:
+                    shown.append(True)
+                    report(format_partial(plan, mesh.rows if mesh is not None else {}, local))
         if hard_exit:
             _REPORTED.set()
         if stop is not None:
@@ -427,6 +482,20 @@ def run_program(
         if saved_cwd is not None and workdir:
             with contextlib.suppress(OSError):
                 os.chdir(saved_cwd)
+
+
+def _exit_status(code: object) -> int:
+    """The exit status of ``sys.exit(code)``, as ``python PROGRAM`` would end with it: an
+    int as the operating system keeps it (0-255; one that the system would turn into 0
+    stays a failure: 1), ``None`` 0, anything else 1 (after printing it on stderr, as
+    Python does)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return (code & 0xFF or 1) if code else 0
+    with contextlib.suppress(Exception):
+        print(code, file=sys.stderr, flush=True)
+    return 1
 
 
 def _print_program_traceback(exc: BaseException, program_path: str) -> None:
@@ -642,8 +711,16 @@ def run_document(doc: dict[str, Any], *, predialed: PreDialed | None = None) -> 
             "program_digest": result.program_digest,
             "receipt": result.receipt,
         }))
+    if result.exit_code:
+        _stderr(f"didmesh: {exited_line(plan, result.exit_code)}")
     ending_process()
     return result.exit_code
+
+
+def exited_line(plan: MeshPlan, status: int) -> str:
+    """The one line of a run that completed although the program then exited non-zero."""
+    return (f"the program of {plan.describe(plan.my_party_id)} exited with status {status} "
+            "after the joint run completed (mpc.shutdown())")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""The connectivity table a party prints (specs/mesh.md, 8). Pure functions.
+
+:func:`format_table` is the check's table once every party's row is in (READY).
+:func:`format_partial` is what a run that failed before that prints: every pair of the
+roster, those known (from this party's row, a peer's row, or this party's own links)
+with path, RTT and link, the others marked as never connected (with the reason this
+party's attempt gave up with) or as unknown here (neither party's row arrived).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .plan import MeshPlan
+
+
+@dataclass(frozen=True)
+class PairStatus:
+    """One row of the connectivity table (measured by the lower party ``a``)."""
+
+    a: int
+    b: int
+    path: str
+    via: str
+    rtt_ms: float
+
+
+@dataclass(frozen=True)
+class LocalPair:
+    """How this party's own pair with ``peer`` stands when a run failed before its
+    check completed: connected (``path``/``via``, ``rtt_ms`` if measured) or not
+    (``why``: the reason the attempt gave up, or that it was still trying)."""
+
+    peer: int
+    path: str | None = None
+    via: str = ""
+    rtt_ms: float | None = None
+    why: str = ""
+
+
+def format_table(plan: MeshPlan, table: Sequence[PairStatus]) -> str:
+    lines = ["connectivity check (all pairs):"]
+    for r in table:
+        lines.append(
+            f"  {plan.describe_pair(r.a, r.b)}  {r.path:<6}  {r.rtt_ms:8.3f} ms  via {r.via}"
+        )
+    return "\n".join(lines)
+
+
+def format_partial(plan: MeshPlan, rows: Mapping[int, Sequence[Mapping[str, Any]]],
+                   local: Mapping[int, LocalPair]) -> str:
+    """The table of a run that failed before every row was in: ``rows`` are the READY
+    rows known here (party id -> its entries ``{peer, path, via, rtt_ms}``), ``local``
+    this party's own pairs as its links stand. Every pair of the roster gets a line."""
+    me = plan.my_party_id
+    lines = ["connectivity check (incomplete: the run failed before it completed; "
+             "every pair as known here):"]
+    for a in range(plan.m):
+        for b in range(a + 1, plan.m):
+            entry = _entry(rows, a, b) or _entry(rows, b, a)
+            pair = plan.describe_pair(a, b)
+            mine = local.get(b if a == me else a) if me in (a, b) else None
+            if entry is not None:
+                lines.append(f"  {pair}  {str(entry['path']):<6}  "
+                             f"{float(entry['rtt_ms']):8.3f} ms  via {entry['via']}")
+            elif mine is not None and mine.path is not None:
+                rtt = f"{mine.rtt_ms:8.3f} ms" if mine.rtt_ms is not None else "       ? ms"
+                lines.append(f"  {pair}  {mine.path:<6}  {rtt}  via {mine.via}")
+            elif mine is not None:
+                lines.append(f"  {pair}  never connected: {mine.why or 'reason unknown'}")
+            else:
+                lines.append(f"  {pair}  unknown here: neither party's check arrived")
+    return "\n".join(lines)
+
+
+def _entry(rows: Mapping[int, Sequence[Mapping[str, Any]]], party: int, peer: int
+           ) -> Mapping[str, Any] | None:
+    for r in rows.get(party, ()):
+        if r.get("peer") == peer:
+            return r
+    return None
+
+
+__all__ = ["LocalPair", "PairStatus", "format_partial", "format_table"]
