@@ -22,6 +22,8 @@ the punched path from the later party's start (party 0's ``punched in``, counted
 own start, less how much earlier it started), each with its ratio to plain MPyC. The
 machine is shared: figures are noisy (the load average is printed).
 
+The path column counts, for ``punched``, the runs whose pair was punched (``12/12``); a
+run that was not says why on stderr at once (the connectivity table's path and link).
 ``--modes`` picks modes (``mpyc-nat`` always); ``--ab DIR`` adds ``punched-base``: the
 punched run with another revision's didmesh, e.g. before a change (``git archive REV
 identity session relay`` unpacked into SRC, and DIR/didmesh/{identity,session,relay}
@@ -145,8 +147,9 @@ def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[
     # connectivity check together, so party 0 started setup0 - min(setups) before the later
     # party: the time to the punched path from the moment both were up is the difference
     punch = float(punched[1]) - (setups[0] - min(setups)) if punched else None
+    row = results[0]["table"][0]
     return {"elapsed": max(_elapsed(e) or 0 for _, e in res), "wall": wall,
-            "setup": min(setups), "path": results[0]["table"][0]["path"], "punch": punch}
+            "setup": min(setups), "path": row["path"], "via": row["via"], "punch": punch}
 
 
 MODES = ("mpyc-nat", "punched", "relayed", "direct")
@@ -215,8 +218,12 @@ def main() -> None:
                 for name in a.programs.split(","):
                     prog, args = PROGRAMS[name]
                     for mode in modes:
-                        rows.setdefault((name, mode), []).append(
-                            one(lab, mode, url, nat_public, prog, args))
+                        got = one(lab, mode, url, nat_public, prog, args)
+                        rows.setdefault((name, mode), []).append(got)
+                        if mode in ("punched", BASE) and got["path"] != "punched":
+                            print(f"  ({rtt:g} ms {name} {mode}: not punched: "
+                                  f"{got['path']} via {got['via']})", file=sys.stderr,
+                                  flush=True)
             for name in a.programs.split(","):
                 base = statistics.median(x["elapsed"] for x in rows[(name, "mpyc-nat")])
                 wbase = statistics.median(x["wall"] for x in rows[(name, "mpyc-nat")])
@@ -227,6 +234,8 @@ def main() -> None:
                     setup = [x["setup"] for x in xs if "setup" in x]
                     punch = [x["punch"] for x in xs if x.get("punch") is not None]
                     paths = ",".join(sorted({x.get("path", "mpyc") for x in xs}))
+                    if mode in ("punched", BASE):  # the target is every pair punched
+                        paths = f"{sum(x['path'] == 'punched' for x in xs)}/{len(xs)}"
                     print(f"{rtt:>4g} {name:>10} {mode:>12} {paths:>8} {el:>10.3f} {wall:>7.2f} "
                           f"{statistics.median(setup) if setup else float('nan'):>8.2f} "
                           f"{statistics.median(punch) if punch else float('nan'):>8.3f} "
