@@ -23,7 +23,8 @@ own start, less how much earlier it started), each with its ratio to plain MPyC.
 machine is shared: figures are noisy (the load average is printed).
 
 The path column counts, for ``punched``, the runs whose pair was punched (``12/12``); a
-run that was not says why on stderr at once (the connectivity table's path and link).
+run that was not says why on stderr at once (the connectivity table's path and link), as
+does a run that failed (counted in the total, left out of the medians).
 ``--modes`` picks modes (``mpyc-nat`` always); ``--ab DIR`` adds ``punched-base``: the
 punched run with another revision's didmesh, e.g. before a change (``git archive REV
 identity session relay`` unpacked into SRC, and DIR/didmesh/{identity,session,relay}
@@ -214,11 +215,18 @@ def main() -> None:
             _open_port(lab, "h2", "p2", MPYC_PORT)
             nat_public = [lab.public_address("p1"), lab.public_address("p2")]
             rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            failed: dict[tuple[str, str], int] = {}
             for _ in range(a.repeats):
                 for name in a.programs.split(","):
                     prog, args = PROGRAMS[name]
                     for mode in modes:
-                        got = one(lab, mode, url, nat_public, prog, args)
+                        try:
+                            got = one(lab, mode, url, nat_public, prog, args)
+                        except RuntimeError as exc:  # counted and said, not the end
+                            failed[(name, mode)] = failed.get((name, mode), 0) + 1
+                            print(f"  ({rtt:g} ms {name} {mode}: failed: {exc})",
+                                  file=sys.stderr, flush=True)
+                            continue
                         rows.setdefault((name, mode), []).append(got)
                         if mode in ("punched", BASE) and got["path"] != "punched":
                             print(f"  ({rtt:g} ms {name} {mode}: not punched: "
@@ -235,7 +243,8 @@ def main() -> None:
                     punch = [x["punch"] for x in xs if x.get("punch") is not None]
                     paths = ",".join(sorted({x.get("path", "mpyc") for x in xs}))
                     if mode in ("punched", BASE):  # the target is every pair punched
-                        paths = f"{sum(x['path'] == 'punched' for x in xs)}/{len(xs)}"
+                        runs = len(xs) + failed.get((name, mode), 0)
+                        paths = f"{sum(x['path'] == 'punched' for x in xs)}/{runs}"
                     print(f"{rtt:>4g} {name:>10} {mode:>12} {paths:>8} {el:>10.3f} {wall:>7.2f} "
                           f"{statistics.median(setup) if setup else float('nan'):>8.2f} "
                           f"{statistics.median(punch) if punch else float('nan'):>8.3f} "

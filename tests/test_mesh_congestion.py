@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -43,13 +44,21 @@ def _bbr_socket() -> socket.socket:
 
 
 class FakeSocket:
-    """getsockopt/setsockopt of TCP_CONGESTION only; ``allowed`` is what may be set."""
+    """getsockopt of TCP_CONGESTION and TCP_INFO (its minimum RTT), setsockopt of
+    TCP_CONGESTION; ``allowed`` is what may be set."""
 
-    def __init__(self, current: str | None, allowed: tuple[str, ...] = ("cubic", "reno")):
+    def __init__(self, current: str | None, allowed: tuple[str, ...] = ("cubic", "reno"),
+                 min_rtt: float = 0.005) -> None:
         self.current, self.allowed, self.tried = current, allowed, []
+        self.min_rtt = min_rtt
 
     def getsockopt(self, level: int, opt: int, size: int) -> bytes:
-        assert (level, opt, size) == (socket.IPPROTO_TCP, congestion.TCP_CONGESTION, 16)
+        assert level == socket.IPPROTO_TCP
+        if opt == congestion.TCP_INFO:
+            info = bytearray(size)
+            struct.pack_into("=I", info, 148, round(self.min_rtt * 1e6))
+            return bytes(info)
+        assert (opt, size) == (congestion.TCP_CONGESTION, 16)
         if self.current is None:
             raise OSError(95, "Operation not supported")
         return self.current.encode().ljust(16, b"\0")
@@ -77,10 +86,30 @@ def test_only_bbr_is_replaced_and_by_what_may_be_set(current: str | None,
                                                       allowed: tuple[str, ...],
                                                       expect: str | None,
                                                       tried: list[str]) -> None:
-    sock = FakeSocket(current, allowed)
-    assert settle_punched(sock) == expect  # type: ignore[arg-type]
+    sock = FakeSocket(current, allowed, min_rtt=0.005)  # a sample 16 times too short
+    assert settle_punched(sock, 0.080) == expect  # type: ignore[arg-type]
     assert sock.tried == tried
     assert sock.current == (expect or current)
+
+
+@linux_only
+@pytest.mark.parametrize("sample,connect_rtt,switched", [
+    (0.0049, 0.080, True),  # the lab's worst punched sample on an 80 ms path
+    (0.041, 0.080, True),
+    (0.063, 0.080, True),  # under 80 % of the path
+    (0.065, 0.080, False),  # close enough: BBR sized right
+    (0.079, 0.080, False),
+    (0.0001, 0.0003, False),  # a short path: the error costs nothing, BBR does better
+    (0.001, 0.0099, False),
+    (0.001, 0.0101, True),
+    (0.08, 1.08, True),  # our first SYN was resent (the connect took an RTO more)
+    (0.001, None, False),  # the connect's round trip unknown: left alone
+])
+def test_bbr_is_replaced_only_when_its_sample_is_well_below_the_connects_round_trip(
+        sample: float, connect_rtt: float | None, switched: bool) -> None:
+    sock = FakeSocket("bbr", min_rtt=sample)
+    assert settle_punched(sock, connect_rtt) == ("cubic" if switched else None)  # type: ignore[arg-type]
+    assert sock.current == ("cubic" if switched else "bbr")
 
 
 @linux_only
@@ -90,9 +119,13 @@ def test_a_bbr_socket_gets_cubic_or_reno_on_the_real_kernel() -> None:
     try:
         sock.connect(srv.getsockname())
         assert congestion_control(sock) == "bbr"
+        sample = congestion.min_rtt(sock)
+        assert sample is not None and 0 < sample < 0.010  # loopback
+        assert settle_punched(sock, 0.0005) is None  # a loopback connect: BBR stays
+        assert congestion_control(sock) == "bbr"
         expect = "cubic" if os.geteuid() == 0 or "cubic" in _proc_list(
             "tcp_allowed_congestion_control") else "reno"
-        assert settle_punched(sock) == expect
+        assert settle_punched(sock, 0.080) == expect  # as if the path were 80 ms
         assert congestion_control(sock) == expect
         sock.sendall(b"still a working connection")
         conn, _ = srv.accept()
@@ -120,7 +153,7 @@ def test_an_unprivileged_process_falls_back_to_what_it_may_use() -> None:
         "except OSError:\n"
         "    print('no-bbr'); raise SystemExit\n"
         "s.connect(srv.getsockname())\n"
-        "print(settle_punched(s), congestion_control(s))\n"
+        "print(settle_punched(s, 0.08), congestion_control(s))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, cwd="/")
@@ -133,9 +166,17 @@ def test_an_unprivileged_process_falls_back_to_what_it_may_use() -> None:
 
 
 @linux_only
-async def test_a_punched_connection_made_with_bbr_leaves_dial_from_without_it() -> None:
+async def test_a_punched_connection_made_with_bbr_leaves_dial_from_without_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The pre-dialed socket (begun with BBR here, as on a host whose default is BBR) is
-    adopted by dial_from and comes out with another congestion control."""
+    adopted by dial_from and comes out with another congestion control when its connect
+    took a path's round trip (40 ms here: the pre-dial's send time set back) and its
+    sample is the loopback's; with the loopback's own connect time it keeps BBR."""
+    for took, expect in ((0.040, ("cubic", "reno")), (0.0, ("bbr",))):
+        assert await _adopt_bbr_predial(took) in expect, took
+
+
+async def _adopt_bbr_predial(took: float) -> str | None:
     srv = socket.create_server(("127.0.0.1", 0))
     srv.setblocking(False)
     target = srv.getsockname()
@@ -146,13 +187,14 @@ async def test_a_punched_connection_made_with_bbr_leaves_dial_from_without_it() 
     assert err in (0, 115)  # EINPROGRESS
     pre = predial.PreDialed(port)
     pre._socks[target] = sock
+    pre.sent -= took
     try:
         link = await asyncio.wait_for(dial_from(port, [target], 3.0, pre), 5)
         try:
             assert link.transport is not None
             used = link.transport.get_extra_info("socket")
             assert used.fileno() == sock.fileno()
-            assert congestion_control(used) in ("cubic", "reno")
+            return congestion_control(used)
         finally:
             link.abort()
     finally:

@@ -12,14 +12,20 @@ slow). Cubic and Reno start after the handshake and keep no such minimum.
 So a punched connection whose congestion control is BBR is switched, once it is
 established and before any byte is sent, to Cubic where this process may use it
 (``net.ipv4.tcp_allowed_congestion_control``, or CAP_NET_ADMIN), else to Reno, which every
-process may use. Any other congestion control is left as it is. Where the socket option
-does not exist (not Linux), nothing is done.
+process may use, when BBR was misled: its minimum RTT (``tcpi_min_rtt``) is under
+:data:`TRUSTED_SHARE` of the connect's own round trip (from ``connect()`` to established:
+the path's round trip when our SYN got through, more when it was resent), and that round
+trip is at least :data:`MIN_PATH_RTT`. On a shorter path the error costs BBR nothing that
+matters, and BBR does better there than Cubic (lab, 0 ms: a large message ×0.93 of plain
+MPyC with BBR, ×1.11 with Cubic). Any other congestion control is left as it is. Where
+the socket options do not exist (not Linux), nothing is done.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import struct
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +35,14 @@ TCP_CONGESTION: int | None = getattr(socket, "TCP_CONGESTION", None)
 KEEPS_HANDSHAKE_MIN_RTT = ("bbr",)
 #: what a punched connection gets instead, in order of preference
 INSTEAD = ("cubic", "reno")
+#: seconds: a connect faster than this keeps BBR whatever its sample
+MIN_PATH_RTT = 0.010
+#: BBR is kept when its minimum RTT is at least this share of the connect's round trip
+TRUSTED_SHARE = 0.8
 _NAME_MAX = 16  # TCP_CA_NAME_MAX
+TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+#: offsets in Linux's struct tcp_info: tcpi_last_ack_recv (ms), tcpi_min_rtt (us)
+_LAST_ACK_RECV, _MIN_RTT, _INFO_SIZE = 56, 148, 152
 
 
 def congestion_control(sock: socket.socket) -> str | None:
@@ -43,13 +56,43 @@ def congestion_control(sock: socket.socket) -> str | None:
     return raw.split(b"\0", 1)[0].decode("ascii", "replace") or None
 
 
-def settle_punched(sock: socket.socket) -> str | None:
+def _tcp_info(sock: socket.socket) -> bytes | None:
+    if TCP_INFO is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, _INFO_SIZE)
+    except OSError:
+        return None
+    return raw if len(raw) >= _INFO_SIZE else None
+
+
+def min_rtt(sock: socket.socket) -> float | None:
+    """The kernel's minimum RTT of the connection in seconds (None: unknown)."""
+    raw = _tcp_info(sock)
+    return None if raw is None else struct.unpack_from("=I", raw, _MIN_RTT)[0] / 1e6
+
+
+def since_last_ack(sock: socket.socket) -> float | None:
+    """Seconds since the connection last received an ACK (for a connection that has
+    received nothing else yet: since it was established). None: unknown."""
+    raw = _tcp_info(sock)
+    return None if raw is None else struct.unpack_from("=I", raw, _LAST_ACK_RECV)[0] / 1e3
+
+
+def settle_punched(sock: socket.socket, connect_rtt: float | None) -> str | None:
     """Give an established punched connection a congestion control that its simultaneous
-    open cannot mislead (module docstring). Returns the congestion control switched to, or
-    None if the socket kept its own (not one of :data:`KEEPS_HANDSHAKE_MIN_RTT`, or no
-    other could be set). Never raises: the connection works either way."""
+    open did not mislead (module docstring); ``connect_rtt``: seconds from its
+    ``connect()`` to established (None: unknown, then it is left alone). Returns the
+    congestion control switched to, or None if the socket kept its own (not one of
+    :data:`KEEPS_HANDSHAKE_MIN_RTT`, its sample trusted, a short path, or no other could
+    be set). Never raises: the connection works either way."""
     current = congestion_control(sock)
     if current is None or not current.startswith(KEEPS_HANDSHAKE_MIN_RTT):
+        return None
+    if connect_rtt is None or connect_rtt < MIN_PATH_RTT:
+        return None
+    sample = min_rtt(sock)
+    if sample is not None and sample >= TRUSTED_SHARE * connect_rtt:
         return None
     assert TCP_CONGESTION is not None
     for name in INSTEAD:
@@ -57,6 +100,7 @@ def settle_punched(sock: socket.socket) -> str | None:
             sock.setsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, name.encode())
         except OSError:
             continue
-        log.debug("punched connection: congestion control %s instead of %s", name, current)
+        log.debug("punched connection: congestion control %s instead of %s (minimum RTT "
+                  "%s s, connect %.4f s)", name, current, sample, connect_rtt)
         return name
     return None

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from didmesh.identity.errors import DidmeshError
 
 from .channel import SecureChannel
-from .congestion import settle_punched
+from .congestion import settle_punched, since_last_ack
 from .endpoints import other_home, punch_port, punches_early
 from .handshake import next_message
 from .paths import Pair
@@ -110,7 +110,7 @@ async def dial_from(port: int, dial: Sequence[tuple[str, int]], span: float,
                     bind_for_punch(sock, port)
                     connecting = loop.sock_connect(sock, (host, rport))
                 await asyncio.wait_for(connecting, remaining)
-                settle_punched(sock)
+                settle_punched(sock, _connect_rtt(sock, started))
                 link = PunchedLink(f"tcp {format_endpoint(host, rport)[6:]} (punched)")
                 await loop.create_connection(lambda: link, sock=sock)  # noqa: B023
                 return link
@@ -137,6 +137,14 @@ async def dial_from(port: int, dial: Sequence[tuple[str, int]], span: float,
                 got = await t
                 if got is not winner:  # connected too, but another target won
                     got.abort()
+
+
+def _connect_rtt(sock: socket.socket, started: float) -> float:
+    """Seconds from ``started`` (the connect) to when ``sock`` was established: now, less
+    the time since its last ACK (a pre-dialed connect may have completed long before it
+    was adopted; an ACK the peer sent since only makes this shorter)."""
+    now = time.monotonic()
+    return max(0.0, now - (since_last_ack(sock) or 0.0) - started)
 
 
 async def finish_connect(sock: socket.socket) -> None:
