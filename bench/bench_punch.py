@@ -49,6 +49,7 @@ from typing import Any
 
 from didmesh.session.lab import Lab, available
 from didmesh.session.lab.procs import communicate, feed
+from didmesh.session.mesh.candidates import port_range
 from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.plan import format_endpoint
 from didmesh.session.mesh.runner import launch_document
@@ -115,7 +116,8 @@ def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[
                 env: dict[str, str] | None = None, entry: str = PARTY,
                 **options: Any) -> dict[str, Any]:
     plans, ids = loopback_plans(len(nodes), relays=[url], endpoints=False)
-    ports = random.SystemRandom().sample(range(20000, 60999), len(nodes))
+    lo, hi = port_range()  # below the ephemeral range: no TIME_WAIT holds it
+    ports = random.SystemRandom().sample(range(lo, hi + 1), len(nodes))
     parties = []
     for p in plans[0].parties:
         node, port = nodes[p.party_id], ports[p.party_id]

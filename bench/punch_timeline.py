@@ -133,13 +133,15 @@ def _child(out: str) -> int:
 def _run(lab: Any, url: str, relay_only: bool, tmp: str,
          program: tuple[str, list[str]]) -> list[list[dict[str, Any]]]:
     from didmesh.session.lab.procs import communicate, feed
+    from didmesh.session.mesh.candidates import port_range
     from didmesh.session.mesh.loopback import loopback_plans
     from didmesh.session.mesh.plan import format_endpoint
     from didmesh.session.mesh.runner import launch_document
 
     nodes = ["p1", "p2"]
     plans, ids = loopback_plans(2, relays=[url], endpoints=False)
-    ports = random.SystemRandom().sample(range(20000, 60999), 2)
+    lo, hi = port_range()  # below the ephemeral range: no TIME_WAIT holds it
+    ports = random.SystemRandom().sample(range(lo, hi + 1), 2)
     parties = []
     for p in plans[0].parties:
         node, port = nodes[p.party_id], ports[p.party_id]

@@ -27,6 +27,7 @@ from didmesh.session.lab import Lab, available
 from didmesh.session.lab.procs import feed, finish
 from didmesh.session.lab.topology import SYMMETRIC
 from didmesh.session.mesh import punch
+from didmesh.session.mesh.candidates import port_range
 from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.plan import MeshPlan, format_endpoint
 from didmesh.session.mesh.punch import (
@@ -160,7 +161,8 @@ def _announced(lab: Lab, node: str, port: int) -> tuple[str, ...]:
 
 def _run(lab: Lab, nodes: Sequence[str], url: str) -> list[tuple[int, str, str]]:
     plans, ids = loopback_plans(len(nodes), relays=[url], endpoints=False)
-    ports = random.SystemRandom().sample(range(20000, 60999), len(nodes))
+    lo, hi = port_range()  # below the ephemeral range: no TIME_WAIT holds it
+    ports = random.SystemRandom().sample(range(lo, hi + 1), len(nodes))
     parties = tuple(dataclasses.replace(p, endpoints=_announced(lab, nodes[p.party_id],
                                                                 ports[p.party_id]))
                     for p in plans[0].parties)

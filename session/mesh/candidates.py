@@ -34,7 +34,13 @@ from .netif import interface_addresses
 
 HOST = "host"
 OBSERVED = "observed"
-PORT_RANGE = (20000, 60999)
+#: where the session port is picked when the system's ephemeral range is unknown (below
+#: Linux's default ephemeral range and the IANA dynamic range)
+PORT_RANGE = (20000, 32767)
+#: Linux: the ports the kernel gives outgoing connections (``connect`` without ``bind``)
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+#: fewer ports than this below the ephemeral range: use :data:`PORT_RANGE`
+MIN_SPAN = 1000
 
 #: ``observe(relay_url, local_port) -> (address, port | None)``: asks one relay
 Observe = Callable[[str, int], Awaitable[tuple[str, int | None]]]
@@ -106,11 +112,30 @@ def towards(host: str) -> str | None:
         return None
 
 
+def port_range(ephemeral: str = EPHEMERAL_RANGE) -> tuple[int, int]:
+    """The range the session port is picked in: from 20000 up to just below the system's
+    ephemeral range (Linux: 32768-60999 unless configured). A port in the ephemeral range
+    may be taken, between ``accept`` and the run, by any outgoing connection of the
+    machine, or sit in TIME_WAIT after one for a minute: the run could then not listen on
+    it. :data:`PORT_RANGE` where the range cannot be read or leaves fewer than
+    :data:`MIN_SPAN` ports below it."""
+    low = PORT_RANGE[0]
+    try:
+        with open(ephemeral, encoding="ascii") as f:
+            first = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return PORT_RANGE
+    if first - 1 - low < MIN_SPAN:
+        return PORT_RANGE
+    return low, min(first - 1, 65535)
+
+
 def choose_port(rng: random.Random | None = None, tries: int = 50) -> int:
-    """A TCP port free on every interface, picked at random in :data:`PORT_RANGE`."""
+    """A TCP port free on every interface, picked at random in :func:`port_range`."""
     rng = rng or random.SystemRandom()
+    lo, hi = port_range()
     for _ in range(tries):
-        port = rng.randint(*PORT_RANGE)
+        port = rng.randint(lo, hi)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
