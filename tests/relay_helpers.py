@@ -255,3 +255,18 @@ if pytest is not None:
             home=home,
         ) as relay:
             yield relay
+
+
+def exchange(port: int, *parts: bytes, timeout: float = 10) -> tuple[bytes, float]:
+    """Send ``parts`` to the relay on loopback ``port`` over one raw TCP connection (0.2 s
+    apart) and read until the relay closes: (bytes, seconds)."""
+    t0 = time.monotonic()
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        for i, part in enumerate(parts):
+            if i:
+                time.sleep(0.2)
+            sock.sendall(part)
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out, time.monotonic() - t0

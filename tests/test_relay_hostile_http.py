@@ -42,7 +42,7 @@ from didmesh.relay.httpversion import UNSUPPORTED_MESSAGE, FirstLine, version_re
 from didmesh.relay.logtext import inert, request_target_path
 from hypothesis import given
 from hypothesis import strategies as st
-from relay_helpers import RelayProcess, start_relay
+from relay_helpers import RelayProcess, exchange, start_relay
 
 SPEC = yaml.safe_load((Path(__file__).parent.parent / "specs" / "relay-api.yaml").read_text())
 CODES = SPEC["components"]["schemas"]["ErrorCode"]["enum"]
@@ -93,20 +93,6 @@ def answers(raw: bytes) -> list[Answer]:
         out.append(Answer(found.group(1).encode(), int(found.group(2)), headers, rest[:size]))
         raw = rest[size:]
     return out
-
-
-def exchange(port: int, *parts: bytes, timeout: float = 10) -> tuple[bytes, float]:
-    """Send ``parts`` (0.2 s apart) and read until the relay closes: (bytes, seconds)."""
-    t0 = time.monotonic()
-    out = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        for i, part in enumerate(parts):
-            if i:
-                time.sleep(0.2)
-            sock.sendall(part)
-        while chunk := sock.recv(65536):
-            out += chunk
-    return out, time.monotonic() - t0
 
 
 def relay_error(answer: Answer, status: int, code: str) -> dict[str, str]:

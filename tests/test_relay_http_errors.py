@@ -23,7 +23,7 @@ import pytest
 import yaml
 from didmesh.relay.errors import WIRE_ERRORS
 from didmesh.relay.httperrors import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
-from relay_helpers import RelayProcess, start_relay
+from relay_helpers import RelayProcess, exchange, start_relay
 
 MARK = b"<script>EVIL"
 LONG = MARK + b"A" * (MAX_FIELD_BYTES + 100)
@@ -81,20 +81,6 @@ def relay() -> Iterator[RelayProcess]:
         yield r
 
 
-def exchange(port: int, parts: tuple[bytes, ...], timeout: float = 10) -> tuple[bytes, float]:
-    """Send ``parts`` (0.2 s apart) and read until the relay closes; (bytes, seconds)."""
-    t0 = time.monotonic()
-    out = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        for i, part in enumerate(parts):
-            if i:
-                time.sleep(0.2)
-            sock.sendall(part)
-        while chunk := sock.recv(65536):
-            out += chunk
-    return out, time.monotonic() - t0
-
-
 def last_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     """The last HTTP response in ``raw`` (status, lower-cased headers, body)."""
     start = [m.start() for m in re.finditer(rb"HTTP/1\.[01] \d{3} ", raw)][-1]
@@ -111,7 +97,7 @@ def last_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
 def test_unparseable_request_gets_a_json_error_without_its_bytes(
     relay: RelayProcess, case: Case
 ) -> None:
-    raw, took = exchange(relay.port, case.parts)
+    raw, took = exchange(relay.port, *case.parts)
     assert MARK not in raw and b"AAAAAAAA" not in raw and b"aaaaaaaa" not in raw
     # every answer in HTTP/1.1 (aiohttp answered parse failures in HTTP/1.0)
     assert set(re.findall(rb"HTTP/\d\.\d(?= \d{3} )", raw)) == {b"HTTP/1.1"}
@@ -129,10 +115,10 @@ def test_unparseable_request_gets_a_json_error_without_its_bytes(
 
 def test_the_relay_stays_healthy_and_logs_no_client_bytes(relay: RelayProcess) -> None:
     for case in CASES:
-        exchange(relay.port, case.parts)
+        exchange(relay.port, *case.parts)
     # a header just within the limit is served
     ok = b"GET /info HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * (MAX_FIELD_BYTES - 100)
-    raw, _ = exchange(relay.port, (ok + b"\r\nConnection: close\r\n\r\n",))
+    raw, _ = exchange(relay.port, ok + b"\r\nConnection: close\r\n\r\n")
     assert last_response(raw)[0] == 200
     with urllib.request.urlopen(relay.url + "/metrics", timeout=10) as resp:  # noqa: S310
         metrics = resp.read().decode()

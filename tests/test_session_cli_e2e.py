@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from cli_helpers import run_cli
+from gate_helpers import gate_credential
 from relay_helpers import relay_url  # noqa: F401  (fixture)
 
 
@@ -209,19 +210,7 @@ def test_accept_checks_the_program_digest(tmp_path: Path) -> None:
 
 
 def _gate_credential_file(path: Path, issuer: Any, subject: str, random_bytes: int) -> str:
-    import base64
-
-    from didmesh.identity.credentials import issue_credential
-    from didmesh.session.documents import CONTEXT
-
-    cred = issue_credential({
-        "@context": [*CONTEXT, "https://www.w3.org/ns/credentials/examples/v2"],
-        "type": ["VerifiableCredential", "ConsortiumMember"],
-        "issuer": issuer.did,
-        "credentialSubject": {"id": subject,
-                              "name": base64.b64encode(os.urandom(random_bytes)).decode()},
-    }, issuer, suite="eddsa-jcs-2022")  # fmt: skip
-    path.write_text(json.dumps(cred))
+    path.write_text(json.dumps(gate_credential(issuer, subject, random_bytes)))
     return str(path)
 
 

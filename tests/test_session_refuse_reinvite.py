@@ -5,7 +5,6 @@ accept (specs/session-protocol.md, 4 and 7). Engines over the in-memory relay
 
 from __future__ import annotations
 
-import base64
 import copy
 import os
 import re
@@ -22,17 +21,7 @@ from didmesh.session.messages import refusal_body, seal_message
 from didmesh.session.refusals import MAX_REFUSALS_PER_INVITE
 from didmesh.session.state import Status
 from didmesh.session.testing import Party, World
-
-
-def gate_credential(issuer: IdentityKey, subject: str, random_bytes: int = 16) -> dict[str, Any]:
-    """A valid gate credential carrying ``random_bytes`` of incompressible data."""
-    return issue_credential({
-        "@context": [*CONTEXT, "https://www.w3.org/ns/credentials/examples/v2"],
-        "type": ["VerifiableCredential", "ConsortiumMember"],
-        "issuer": issuer.did,
-        "credentialSubject": {"id": subject,
-                              "name": base64.b64encode(os.urandom(random_bytes)).decode()},
-    }, issuer, suite="eddsa-jcs-2022")  # fmt: skip
+from gate_helpers import gate_credential
 
 
 async def gated_world(tmp_path: Path, issuer: IdentityKey) -> World:

@@ -35,6 +35,7 @@ from didmesh.session.roster import (
     unpack_roster,
 )
 from didmesh.session.testing import World
+from gate_helpers import gate_credential
 from relay_helpers import start_relay
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -230,23 +231,6 @@ def test_unpack_of_a_hostile_roster_raises_nothing(doc: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- gate credentials
 
 
-def _big_gate_credential(issuer: IdentityKey, subject: str, random_bytes: int) -> dict[str, Any]:
-    """A valid gate credential carrying ``random_bytes`` of incompressible data (a photo,
-    say): it compresses no better in the roster message than alone."""
-    import base64
-
-    from didmesh.identity.credentials import issue_credential
-    from didmesh.session.documents import CONTEXT
-
-    return issue_credential({
-        "@context": [*CONTEXT, "https://www.w3.org/ns/credentials/examples/v2"],
-        "type": ["VerifiableCredential", "ConsortiumMember"],
-        "issuer": issuer.did,
-        "credentialSubject": {"id": subject,
-                              "name": base64.b64encode(os.urandom(random_bytes)).decode()},
-    }, issuer, suite="eddsa-jcs-2022")  # fmt: skip
-
-
 async def _gated_world(tmp_path: Path, url: str, issuer: IdentityKey) -> World:
     from didmesh.session.documents import Gate
 
@@ -274,7 +258,7 @@ async def test_gate_credentials_that_would_overflow_the_roster_are_refused_when_
         try:
             for party in (bob, carol):  # each alone fits: the invitees' own check passes
                 party.engine.accept(world.sid, credentials=[
-                    _big_gate_credential(consortium, party.did, 30_000)])
+                    gate_credential(consortium, party.did, 30_000)])
                 await party.engine.flush(party.mailbox)
             await world.pump(org, lambda: bool(org.engine.load(world.sid).rejected), 20)
             await org.engine.flush(org.mailbox)  # nothing over the relay's limit to send
@@ -301,7 +285,7 @@ async def test_a_gate_credential_too_large_alone_is_refused_before_anything_is_s
         world = await _gated_world(tmp_path, relay.url, consortium)
         bob = world.parties[1]
         try:
-            big = _big_gate_credential(consortium, bob.did, 60_000)
+            big = gate_credential(consortium, bob.did, 60_000)
             with pytest.raises(BadSessionParameters) as info:
                 bob.engine.accept(world.sid, credentials=[big])
         finally:
@@ -331,7 +315,7 @@ async def test_gate_credentials_within_the_estimate_agree_through_a_default_rela
     with start_relay(args=["--rate-ip-per-s", "0"]) as relay:
         world = await _gated_world(tmp_path, relay.url, consortium)
         try:
-            creds = [_big_gate_credential(consortium, p.did, 20_000) for p in world.parties[1:]]
+            creds = [gate_credential(consortium, p.did, 20_000) for p in world.parties[1:]]
             for party, cred in zip(world.parties[1:], creds, strict=True):
                 party.engine.accept(world.sid, credentials=[cred])
             with pytest.MonkeyPatch.context() as mp:
