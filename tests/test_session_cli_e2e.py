@@ -13,11 +13,12 @@ import re
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import concurrently, run_cli
 from gate_helpers import gate_credential
 from relay_helpers import relay_url  # noqa: F401  (fixture)
 
@@ -338,18 +339,29 @@ def test_invitees_waiting_one_after_another_are_told_who_must_confirm(
     again (they did not need to stay online)."""
     names = ("alice", "bob", "carol", "dave")
     homes = {n: tmp_path / n for n in names}
-    dids = {n: new_identity(h) for n, h in homes.items()}
-    for n in names[1:]:  # bob knows the others by name
-        if n != "bob":
-            ok(homes["bob"], "contacts", "add", n, dids[n])
+    # the four set up at their own machines at once (each home's commands in order)
+    dids = dict(zip(names, concurrently(*(partial(new_identity, h) for h in homes.values())),
+                    strict=True))
     program = tmp_path / "sum.py"
     program.write_text("from mpyc.runtime import mpc\n")
-    sid = ok(homes["alice"], "session", "new", "--program", str(program), "--parties", "4",
-             "--relay", relay_url)["sessionId"]  # fmt: skip
-    ok(homes["alice"], "invite", sid, *[a for n in names[1:] for a in ("--to", dids[n])])
-    for n in names[1:]:
+
+    def organize() -> str:
+        sid = ok(homes["alice"], "session", "new", "--program", str(program), "--parties",
+                 "4", "--relay", relay_url)["sessionId"]  # fmt: skip
+        ok(homes["alice"], "invite", sid, *[a for n in names[1:] for a in ("--to", dids[n])])
+        return sid
+
+    def bob_knows_the_others_by_name() -> None:
+        for n in ("carol", "dave"):
+            ok(homes["bob"], "contacts", "add", n, dids[n])
+
+    sid, _ = concurrently(organize, bob_knows_the_others_by_name)
+
+    def take(n: str) -> None:
         ok(homes[n], "invites", "--relay", relay_url)
         ok(homes[n], "accept", sid, "--yes")
+
+    concurrently(*(partial(take, n) for n in names[1:]))
     assert ok(homes["alice"], "status", sid)["status"] == "confirming"  # the roster is out
     s8 = sid[:8]
 
