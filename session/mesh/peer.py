@@ -108,12 +108,16 @@ class PeerChannel:
         # same segment) waits in the channel: deliver it now, not with the peer's next
         # record (a heartbeat, seconds later)
         try:
-            for msg in self.channel:
-                if not msg:
-                    raise PeerMisbehaved(f"{self.name} sent an empty message", party=self.peer_id)
-                self._dispatch(msg[0], memoryview(msg)[1:])
+            self._dispatch_decoded()
         except DidmeshError as exc:
             self._fail(exc)
+
+    def _dispatch_decoded(self) -> None:
+        """Dispatch every message the channel has decoded and not yet handed out."""
+        for msg in self.channel:
+            if not msg:
+                raise PeerMisbehaved(f"{self.name} sent an empty message", party=self.peer_id)
+            self._dispatch(msg[0], memoryview(msg)[1:])  # no copy of the payload
 
     # -- sending ---------------------------------------------------------------------
 
@@ -180,10 +184,7 @@ class PeerChannel:
         self.last_rx = self._clock()
         try:
             self.channel.receive_data(data)
-            for msg in self.channel:
-                if not msg:
-                    raise PeerMisbehaved(f"{self.name} sent an empty message", party=self.peer_id)
-                self._dispatch(msg[0], memoryview(msg)[1:])  # no copy of the payload
+            self._dispatch_decoded()
             ack = self.link.ack_due()
             if ack is not None:  # a resumable link: the peer may drop what we got
                 self.send_control(ACK, ack.to_bytes(8, "big"))
@@ -196,12 +197,7 @@ class PeerChannel:
         try:
             if self.channel.state == "open":
                 self.channel.receive_eof()
-                for msg in self.channel:
-                    if not msg:
-                        raise PeerMisbehaved(
-                            f"{self.name} sent an empty message", party=self.peer_id
-                        )
-                    self._dispatch(msg[0], memoryview(msg)[1:])
+                self._dispatch_decoded()
         except FrameTruncated as err:
             if "without the peer's close record" not in err.message:
                 self._fail(err)  # the stream ended inside a record or message
