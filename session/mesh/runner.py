@@ -440,11 +440,10 @@ def run_program(
                 _flush(loop, mesh, 0.3)  # let the abort records go out
         if not shown and refuse is None:  # the table is what a failed start needs most
             with contextlib.suppress(BaseException):
-                local = _local_pairs(mesh, connector)
                 if mesh is not None and mesh.ready:
                     shown.append(True)
                     report(format_table(plan, mesh.table()))
-                elif local is not None:
+                elif (local := _local_pairs(mesh, connector)) is not None:
                     shown.append(True)
                     report(format_partial(plan, mesh.rows if mesh is not None else {}, local))
         if hard_exit:

@@ -42,11 +42,14 @@ class LocalPair:
 
 def format_table(plan: MeshPlan, table: Sequence[PairStatus]) -> str:
     lines = ["connectivity check (all pairs):"]
-    for r in table:
-        lines.append(
-            f"  {plan.describe_pair(r.a, r.b)}  {r.path:<6}  {r.rtt_ms:8.3f} ms  via {r.via}"
-        )
+    lines += [_line(plan.describe_pair(r.a, r.b), r.path, r.rtt_ms, r.via) for r in table]
     return "\n".join(lines)
+
+
+def _line(pair: str, path: str, rtt_ms: float | None, via: str) -> str:
+    """One connected pair's line (an RTT not measured: ``?``)."""
+    rtt = f"{rtt_ms:8.3f} ms" if rtt_ms is not None else "       ? ms"
+    return f"  {pair}  {path:<6}  {rtt}  via {via}"
 
 
 def format_partial(plan: MeshPlan, rows: Mapping[int, Sequence[Mapping[str, Any]]],
@@ -63,11 +66,10 @@ def format_partial(plan: MeshPlan, rows: Mapping[int, Sequence[Mapping[str, Any]
             pair = plan.describe_pair(a, b)
             mine = local.get(b if a == me else a) if me in (a, b) else None
             if entry is not None:
-                lines.append(f"  {pair}  {str(entry['path']):<6}  "
-                             f"{float(entry['rtt_ms']):8.3f} ms  via {entry['via']}")
+                lines.append(_line(pair, str(entry["path"]), float(entry["rtt_ms"]),
+                                   str(entry["via"])))
             elif mine is not None and mine.path is not None:
-                rtt = f"{mine.rtt_ms:8.3f} ms" if mine.rtt_ms is not None else "       ? ms"
-                lines.append(f"  {pair}  {mine.path:<6}  {rtt}  via {mine.via}")
+                lines.append(_line(pair, mine.path, mine.rtt_ms, mine.via))
             elif mine is not None:
                 lines.append(f"  {pair}  never connected: {mine.why or 'reason unknown'}")
             else:
