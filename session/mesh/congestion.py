@@ -45,38 +45,41 @@ TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
 _LAST_ACK_RECV, _MIN_RTT, _INFO_SIZE = 56, 148, 152
 
 
+def _tcp_option(sock: socket.socket, option: int | None, size: int) -> bytes | None:
+    """A TCP socket option's raw value, or None where it cannot be read."""
+    if option is None:
+        return None
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, option, size)
+    except OSError:
+        return None
+
+
 def congestion_control(sock: socket.socket) -> str | None:
     """The socket's congestion control, or None where it cannot be read."""
-    if TCP_CONGESTION is None:
-        return None
-    try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, _NAME_MAX)
-    except OSError:
-        return None
-    return raw.split(b"\0", 1)[0].decode("ascii", "replace") or None
+    raw = _tcp_option(sock, TCP_CONGESTION, _NAME_MAX)
+    return None if raw is None else raw.split(b"\0", 1)[0].decode("ascii", "replace") or None
 
 
-def _tcp_info(sock: socket.socket) -> bytes | None:
-    if TCP_INFO is None:
+def _tcp_info_field(sock: socket.socket, offset: int) -> int | None:
+    """One unsigned 32-bit field of the socket's ``struct tcp_info``; None: unknown."""
+    raw = _tcp_option(sock, TCP_INFO, _INFO_SIZE)
+    if raw is None or len(raw) < _INFO_SIZE:
         return None
-    try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, _INFO_SIZE)
-    except OSError:
-        return None
-    return raw if len(raw) >= _INFO_SIZE else None
+    return int(struct.unpack_from("=I", raw, offset)[0])
 
 
 def min_rtt(sock: socket.socket) -> float | None:
     """The kernel's minimum RTT of the connection in seconds (None: unknown)."""
-    raw = _tcp_info(sock)
-    return None if raw is None else struct.unpack_from("=I", raw, _MIN_RTT)[0] / 1e6
+    us = _tcp_info_field(sock, _MIN_RTT)
+    return None if us is None else us / 1e6
 
 
 def since_last_ack(sock: socket.socket) -> float | None:
     """Seconds since the connection last received an ACK (for a connection that has
     received nothing else yet: since it was established). None: unknown."""
-    raw = _tcp_info(sock)
-    return None if raw is None else struct.unpack_from("=I", raw, _LAST_ACK_RECV)[0] / 1e3
+    ms = _tcp_info_field(sock, _LAST_ACK_RECV)
+    return None if ms is None else ms / 1e3
 
 
 def settle_punched(sock: socket.socket, connect_rtt: float | None) -> str | None:
