@@ -553,8 +553,7 @@ class SessionMachine:
         elif self.status == Status.ACCEPTED:
             # the organizer issues a fresh invite to a party only once its seat was freed:
             # it withdrew the invite we accepted (that notice may come later, or with this)
-            ended = self.state.ended_invites if isinstance(self.state.ended_invites, list) else []
-            if inv.invite_id in ended:
+            if inv.invite_id in self._ended_invites():
                 raise InviteWithdrawn(
                     f"invite {inv.invite_id} from {self.label(inv.organizer)} ended before; "
                     "ignored", party=inv.organizer)  # fmt: skip
@@ -567,14 +566,19 @@ class SessionMachine:
     def can_reopen(self, invite_id: str) -> bool:
         """Whether a fresh invite (``invite_id``) may reopen this ended invitee session:
         declined, withdrawn or revoked before any roster, and an invite not ended before."""
-        ended = self.state.ended_invites if isinstance(self.state.ended_invites, list) else []
         return (
             self.role == Role.INVITEE
             and self.status in REOPENABLE
             and self.state.roster is None
             and invite_id != (self.state.invite or {}).get("id")
-            and invite_id not in ended
+            and invite_id not in self._ended_invites()
         )
+
+    def _ended_invites(self) -> list[str]:
+        """The ids of this invitee's invites that ended (a state file with anything else
+        there is read as having none)."""
+        ended = self.state.ended_invites
+        return ended if isinstance(ended, list) else []
 
     def reopen(self, inv: Any, *, now: datetime) -> None:
         """The organizer invited this party again after its invite was withdrawn or it
@@ -590,11 +594,10 @@ class SessionMachine:
             )
         was = self.status.value
         old = (self.state.invite or {}).get("id")
-        if not isinstance(self.state.ended_invites, list):
-            self.state.ended_invites = []
         if isinstance(old, str):
-            self.state.ended_invites.append(old)
-            del self.state.ended_invites[:-MAX_ENDED_INVITES]
+            ended = self._ended_invites()
+            ended.append(old)
+            self.state.ended_invites = ended[-MAX_ENDED_INVITES:]
         self.state.invite = inv.document
         self.state.status = Status.INVITED
         self.state.acceptance = self.state.session_public = self.state.error = None
