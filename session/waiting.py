@@ -9,7 +9,7 @@ confirms. A party's confirmation is sent once; it need not stay online afterward
 
 from __future__ import annotations
 
-from .state import Role, SeatStatus, SessionState, Status
+from .state import ACTIVE_SEATS, Role, SeatStatus, SessionState, Status
 
 #: parties named one by one; beyond, "and N more"
 MAX_NAMED = 4
@@ -64,8 +64,7 @@ def waiting_for(state: SessionState, labels: dict[str, str] | None = None) -> st
         codes = [f"{s.nameplate}-..." for s in state.seats if s.status == SeatStatus.CODE]
         if codes:
             parts.append(f"someone to claim the open code {_listing(codes)}")
-        active = sum(s.status in (SeatStatus.INVITED, SeatStatus.ACCEPTED, SeatStatus.CODE)
-                     for s in state.seats)  # fmt: skip
+        active = sum(s.status in ACTIVE_SEATS for s in state.seats)
         free = int(state.manifest.get("parties", 0)) - 1 - active
         if free > 0:
             parts.append(f"{free} seat(s) still to invite ('didmesh invite {sid} --to "
