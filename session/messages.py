@@ -178,6 +178,11 @@ def refusal_body(invite_id: str, acceptance_id: str, code: str, reason: str) -> 
             "reason": _cut(reason)}  # fmt: skip
 
 
+def doc_id(value: object) -> str | None:
+    """``value`` if it can be a document's id here (a non-empty text of a bounded length)."""
+    return value if isinstance(value, str) and 0 < len(value) <= _DOC_ID_MAX else None
+
+
 def parse_refusal(body: Any) -> Refusal:
     """Check the shape of a ``refuse`` body (from an authenticated message; who sent it
     is the caller's check); raises :class:`MessageInvalid`. The reason is made printable
@@ -187,8 +192,7 @@ def parse_refusal(body: Any) -> Refusal:
             "refuse message: the body must have exactly inviteId, acceptanceId, code and reason"
         )
     for name in ("inviteId", "acceptanceId"):
-        value = body[name]
-        if not isinstance(value, str) or not 0 < len(value) <= _DOC_ID_MAX:
+        if doc_id(body[name]) is None:
             raise MessageInvalid(f"refuse message: {name} is not a document id")
     code, reason = body["code"], body["reason"]
     if not isinstance(code, str) or code not in REFUSAL_CODES:

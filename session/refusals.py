@@ -34,12 +34,11 @@ from .errors import (
     PresentationExpired,
     SessionRemoteError,
 )
-from .messages import Message
+from .messages import Message, doc_id
 from .state import ACTIVE_SEATS, SeatRecord
 
 #: refusals one invite (one seat record) gets at most; further bad acceptances get nothing
 MAX_REFUSALS_PER_INVITE = 5
-_DOC_ID_MAX = 200
 
 #: (error class, refusal code), most specific first; an error of none of them gets no refusal
 _CODES: tuple[tuple[type[SessionRemoteError], str], ...] = (
@@ -76,17 +75,13 @@ def code_for(exc: SessionRemoteError) -> str | None:
     return None
 
 
-def _doc_id(value: object) -> str | None:
-    return value if isinstance(value, str) and 0 < len(value) <= _DOC_ID_MAX else None
-
-
 def _invite_id(doc: dict[str, Any]) -> str | None:
     creds = doc.get("verifiableCredential")
     for cred in creds if isinstance(creds, list) else [creds]:
         if isinstance(cred, dict):
             types = cred.get("type")
             if isinstance(types, list) and "SessionInvite" in types:
-                return _doc_id(cred.get("id"))
+                return doc_id(cred.get("id"))
     return None
 
 
@@ -122,7 +117,7 @@ def plan_refusal(
         return None
     invited = [s.did for s in seats if s.did]
     holder = authentic_holder(msg, doc, invited=invited, now=now)
-    invite_id, acceptance_id = _invite_id(doc), _doc_id(doc.get("id"))
+    invite_id, acceptance_id = _invite_id(doc), doc_id(doc.get("id"))
     if holder is None or invite_id is None or acceptance_id is None:
         return None
     mine = [s for s in seats if s.did == holder]
