@@ -92,3 +92,19 @@ def concurrently(*steps: Callable[[], T]) -> list[T]:
     with ThreadPoolExecutor(max_workers=len(steps)) as pool:
         futures = [pool.submit(step) for step in steps]
         return [f.result() for f in futures]
+
+
+def agree_while_waiting(organizer: subprocess.Popen[str], sid: str, invitees: list[Path],
+                        *steps: Callable[[], object]) -> None:
+    """The invitees' ``steps`` at once while ``organizer`` (its ``session wait``) runs;
+    then each invitee's ``status --wait``: every one of them must end with 0. The
+    organizer's process is killed if a step fails."""
+    try:
+        concurrently(*steps)
+    except BaseException:
+        organizer.kill()
+        organizer.communicate()
+        raise
+    waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in invitees]
+    for rc, _, err in finish_all([organizer, *waits]):
+        assert rc == 0, err[-2000:]

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from cli_helpers import concurrently, finish_all, ok, run_cli, spawn
+from cli_helpers import agree_while_waiting, concurrently, finish_all, ok, run_cli, spawn
 from didmesh.session.mesh.loopback import free_ports
 from relay_helpers import relay_url  # noqa: F401  (fixture)
 
@@ -83,15 +83,7 @@ def agreed(tmp_path: Path, relay_url: str) -> tuple[str, list[Path], list[Path]]
         assert asked.rc == 2 and "bundle of 3 files" in asked.err and "scoring.py" in asked.err
         ok(homes[2], "accept", sid[:8], "--yes", "--program", str(folders[2]))
 
-    try:
-        concurrently(bob, carol)
-    except BaseException:
-        organizer.kill()
-        organizer.communicate()
-        raise
-    waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in homes[1:]]
-    for rc, _, err in finish_all([organizer, *waits]):
-        assert rc == 0, err[-2000:]
+    agree_while_waiting(organizer, sid, homes[1:], bob, carol)
     return sid, homes, folders
 
 

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from cli_helpers import concurrently, finish_all, ok, run_cli, spawn
+from cli_helpers import agree_while_waiting, concurrently, finish_all, ok, run_cli, spawn
 from didmesh.session.mesh.loopback import free_ports
 from mpyc_helpers import plain_mpyc
 from relay_helpers import relay_url  # noqa: F401  (fixture)
@@ -51,15 +51,7 @@ def agreed_session(tmp_path: Path, relay: str, program: Path,
         ok(homes[2], "claim", code, "--relay", relay, timeout=60)
         ok(homes[2], "accept", sid, "--yes", "--endpoint", f"tcp://127.0.0.1:{ports[1]}")
 
-    try:
-        concurrently(bob, carol)
-    except BaseException:
-        organizer.kill()
-        organizer.communicate()
-        raise
-    waits = [spawn(h, "status", sid, "--wait", "--timeout", "60", "--json") for h in homes[1:]]
-    for rc, _, err in finish_all([organizer, *waits]):
-        assert rc == 0, err[-2000:]
+    agree_while_waiting(organizer, sid, homes[1:], bob, carol)
     return sid, homes
 
 
