@@ -38,7 +38,7 @@ from .errors import (
 from .mailbox import Mailbox
 from .manifest import Manifest, format_time
 from .messages import open_message
-from .state import ENDED, TERMINAL, Role, SessionState, Status
+from .state import ACCEPTABLE, ENDED, TERMINAL, Role, SessionState, Status
 from .store import SessionStore
 from .words import new_code, parse_code
 
@@ -316,7 +316,7 @@ class Engine:
                         "with another manifest than before",
                         party=inv.organizer,
                     )
-                if state.status in (Status.INVITED, Status.REFUSED) and (
+                if state.status in ACCEPTABLE and (
                     state.invite != inv.document
                 ):
                     state.invite = inv.document

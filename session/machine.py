@@ -79,6 +79,7 @@ from .roster import (
     verify_roster,
 )
 from .state import (
+    ACCEPTABLE,
     ACTIVE_SEATS,
     MAX_ENDED_INVITES,
     REOPENABLE,
@@ -559,7 +560,7 @@ class SessionMachine:
                     "ignored", party=inv.organizer)  # fmt: skip
             self._end(Status.REVOKED, None, now)
             self.reopen(inv, now=now)
-        elif self.status in (Status.INVITED, Status.REFUSED):
+        elif self.status in ACCEPTABLE:
             self.state.invite = inv.document
             self.state.note(format_time(now), "the organizer re-issued the invite")
 

@@ -45,6 +45,8 @@ TERMINAL = frozenset(
     }
 )  # fmt: skip
 ENDED = TERMINAL - {Status.AGREED}
+#: an invitee's session that holds an invite it may accept (again, once refused)
+ACCEPTABLE = frozenset({Status.INVITED, Status.REFUSED})
 #: an invitee's session in one of these (and with no roster) takes a fresh invite from the
 #: organizer: the organizer invited the same party again after a withdrawal or a decline
 REOPENABLE = frozenset({Status.DECLINED, Status.WITHDRAWN, Status.REVOKED})

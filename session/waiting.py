@@ -9,7 +9,7 @@ confirms. A party's confirmation is sent once; it need not stay online afterward
 
 from __future__ import annotations
 
-from .state import ACTIVE_SEATS, Role, SeatStatus, SessionState, Status
+from .state import ACCEPTABLE, ACTIVE_SEATS, Role, SeatStatus, SessionState, Status
 
 #: parties named one by one; beyond, "and N more"
 MAX_NAMED = 4
@@ -52,7 +52,7 @@ def waiting_for(state: SessionState, labels: dict[str, str] | None = None) -> st
                 f"{sid}: it does so once every seat has accepted, while its didmesh runs "
                 f"('didmesh session wait {sid}' or 'didmesh status {sid}')"
             )
-        if status in (Status.INVITED, Status.REFUSED):
+        if status in ACCEPTABLE:
             return f"you to accept the invite to session {sid}: didmesh accept {sid}"
         return f"session {sid} ({status})"
     if status == Status.COLLECTING:

@@ -12,7 +12,7 @@ from didmesh.identity.credentials import parse_untrusted
 
 from ..errors import BadSessionParameters, ConfirmationRequired, SessionUsageError
 from ..manifest import Manifest, check_mpyc, verify_program
-from ..state import ENDED, REOPENABLE, Role, Status
+from ..state import ACCEPTABLE, ENDED, REOPENABLE, Role
 from .common import add_identity_args
 from .endpoints import add_endpoint_args, announced_endpoints
 from .output import Output
@@ -102,7 +102,7 @@ def cmd_accept(args: argparse.Namespace, out: Output) -> int:
     else:  # a cancel, a withdrawn invite or a fresh one may be on the relays since `invites`
         state = engine.load(sid)
         if state.role == Role.INVITEE and state.status in (
-            Status.INVITED, Status.REFUSED, *REOPENABLE
+            *ACCEPTABLE, *REOPENABLE
         ):
             sync(engine, Manifest.from_json(state.manifest).relays, out, idle=0.3)
     state = engine.load(sid)
@@ -110,7 +110,7 @@ def cmd_accept(args: argparse.Namespace, out: Output) -> int:
         raise_state_error(state, prefix=f"session {sid[:8]} is {state.status}: ")
     if state.role != Role.INVITEE:
         raise SessionUsageError("you organize this session; invitees accept")
-    if state.status not in (Status.INVITED, Status.REFUSED):
+    if state.status not in ACCEPTABLE:
         raise SessionUsageError(
             f"session {sid[:8]} is {state.status}; only a pending invite can be accepted"
         )

@@ -14,7 +14,7 @@ from ..contacts import Contacts
 from ..documents import Gate
 from ..errors import BadSessionParameters, SessionUsageError
 from ..manifest import parse_duration
-from ..state import Role, Status
+from ..state import ACCEPTABLE, Role, Status
 from .common import add_identity_args, write_out
 from .output import Output
 from .session_support import (
@@ -199,7 +199,7 @@ def _list_invites(args: argparse.Namespace, out: Output, engine: object) -> int:
     assert isinstance(engine, Engine)
     states = [s for s in engine.my_sessions() if s.role == Role.INVITEE]
     if not args.all:
-        states = [s for s in states if s.status in (Status.INVITED, Status.REFUSED)]
+        states = [s for s in states if s.status in ACCEPTABLE]
     views = [session_view(s, engine.labels) for s in states]
     if out.json_mode:
         out.result(views)
@@ -220,7 +220,7 @@ def _list_invites(args: argparse.Namespace, out: Output, engine: object) -> int:
         )
         if v["status"] == Status.REFUSED and v.get("error"):
             out.line(out.bad(f"    {v['error']['message']}"))
-        if v["status"] in (Status.INVITED, Status.REFUSED):
+        if v["status"] in ACCEPTABLE:
             out.line(out.dim(f"    accept with: didmesh accept {sid}   "
                              f"(decline: didmesh decline {sid})"))
     return 0
