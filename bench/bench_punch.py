@@ -19,8 +19,11 @@ includes its own connection set-up, didmesh's starts once the mesh is up), the w
 process wall time (start-up, imports, set-up, program), didmesh's set-up time (mesh up
 and connectivity check, from the later party's start) and, for ``punched``, the time to
 the punched path from the later party's start (party 0's ``punched in``, counted from its
-own start, less how much earlier it started), each with its ratio to plain MPyC. The
-machine is shared: figures are noisy (the load average is printed).
+own start, less how much earlier it started), each with its ratio to plain MPyC, and the
+CPU time (user + system) of a party's whole process, the mean of the run's parties, with
+its ratio: on two cores with both parties starting at once, start-up is CPU-bound, so the
+wall time's gap to plain MPyC follows the CPU's. The machine is shared: figures are noisy
+(the load average is printed).
 
 The path column counts, for ``punched``, the runs whose pair was punched (``12/12``); a
 run that was not says why on stderr at once (the connectivity table's path and link), as
@@ -39,6 +42,7 @@ import json
 import os
 import random
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -78,6 +82,12 @@ def _elapsed(text: str) -> float | None:
     return int(h) * 3600 + int(mi) * 60 + float(s)
 
 
+def _children_cpu() -> float:
+    """User+sys CPU seconds of this process's reaped children so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _finish(procs: list[subprocess.Popen[bytes]], timeout: float = 300) -> list[tuple[int, str]]:
     out = []
     for p in procs:
@@ -101,15 +111,16 @@ insert rule ip didmesh_lab forward ct status dnat accept
 def run_mpyc(lab: Lab, nodes: list[str], public: list[str], program: Path,
              args: list[str]) -> dict[str, Any]:
     plist = [a for n in public for a in ("-P", f"{n}:{MPYC_PORT}")]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     procs = [lab.spawn(node, sys.executable, str(program), *args, *plist, "-I", str(i),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
              for i, node in enumerate(nodes)]
     res = _finish(procs)
     wall = time.perf_counter() - t0
+    cpu = (_children_cpu() - cpu0) / len(procs)
     if any(code for code, _ in res):
         raise RuntimeError(f"plain MPyC failed: {res[0][1][-800:]} {res[1][1][-800:]}")
-    return {"elapsed": max(_elapsed(e) or 0 for _, e in res), "wall": wall}
+    return {"elapsed": max(_elapsed(e) or 0 for _, e in res), "wall": wall, "cpu": cpu}
 
 
 def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[str],
@@ -127,7 +138,7 @@ def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[
         parties.append(dataclasses.replace(p, endpoints=tuple(eps)))
     with tempfile.TemporaryDirectory() as tmp:
         procs = []
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu()
         for i, node in enumerate(nodes):
             plan = dataclasses.replace(plans[i], parties=tuple(parties))
             doc = launch_document(plan, ids[i], str(program), args, timeout=60,
@@ -140,6 +151,7 @@ def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[
             procs.append(proc)
         res = _finish(procs)
         wall = time.perf_counter() - t0
+        cpu = (_children_cpu() - cpu0) / len(procs)
         if any(code for code, _ in res):
             raise RuntimeError(f"didmesh failed: {res[0][1][-800:]} {res[1][1][-800:]}")
         results = [json.loads(Path(f"{tmp}/r{i}.json").read_text())
@@ -151,7 +163,7 @@ def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[
     # party: the time to the punched path from the moment both were up is the difference
     punch = float(punched[1]) - (setups[0] - min(setups)) if punched else None
     row = results[0]["table"][0]
-    return {"elapsed": max(_elapsed(e) or 0 for _, e in res), "wall": wall,
+    return {"elapsed": max(_elapsed(e) or 0 for _, e in res), "wall": wall, "cpu": cpu,
             "setup": min(setups), "path": row["path"], "via": row["via"], "punch": punch}
 
 
@@ -203,7 +215,8 @@ def main() -> None:
         raise SystemExit(f"didmesh: cannot build a lab here: {why}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'RTT':>4} {'program':>10} {'mode':>12} {'path':>8} {'elapsed s':>10} "
-          f"{'wall s':>7} {'setup s':>8} {'punch s':>8} {'x mpyc':>7} {'wall x':>7}")
+          f"{'wall s':>7} {'setup s':>8} {'punch s':>8} {'x mpyc':>7} {'wall x':>7} "
+          f"{'cpu s':>6} {'cpu x':>6}")
     for rtt in (float(x) for x in a.rtts.split(",")):
         d = rtt / 4  # one way on each home's access link: home to home is 2 * (d + d)
         r = RELAY_RTT_MS / 2 - d  # relay to each home: 2 * (d + r) = RELAY_RTT_MS
@@ -237,10 +250,12 @@ def main() -> None:
             for name in a.programs.split(","):
                 base = statistics.median(x["elapsed"] for x in rows[(name, "mpyc-nat")])
                 wbase = statistics.median(x["wall"] for x in rows[(name, "mpyc-nat")])
+                cbase = statistics.median(x["cpu"] for x in rows[(name, "mpyc-nat")])
                 for mode in modes:
                     xs = rows[(name, mode)]
                     el = statistics.median(x["elapsed"] for x in xs)
                     wall = statistics.median(x["wall"] for x in xs)
+                    cpu = statistics.median(x["cpu"] for x in xs)
                     setup = [x["setup"] for x in xs if "setup" in x]
                     punch = [x["punch"] for x in xs if x.get("punch") is not None]
                     paths = ",".join(sorted({x.get("path", "mpyc") for x in xs}))
@@ -251,7 +266,7 @@ def main() -> None:
                           f"{statistics.median(setup) if setup else float('nan'):>8.2f} "
                           f"{statistics.median(punch) if punch else float('nan'):>8.3f} "
                           f"{el / base if base else float('nan'):>7.3f} "
-                          f"{wall / wbase:>7.3f}", flush=True)
+                          f"{wall / wbase:>7.3f} {cpu:>6.3f} {cpu / cbase:>6.3f}", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -24,9 +24,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
-from nacl import bindings
-from nacl.exceptions import RuntimeError as NaclRuntimeError
-
 from .errors import InvalidDID, InvalidKey
 from .multiformats import (
     ED25519_PUB,
@@ -53,7 +50,11 @@ _CODEC_NAMES = {ED25519_PUB: "Ed25519", X25519_PUB: "X25519"}
 
 
 def ed25519_to_x25519_public(ed_pub: bytes) -> bytes:
-    """Birational map Edwards -> Montgomery; rejects points not on the curve."""
+    """Birational map Edwards -> Montgomery; rejects points not on the curve. (PyNaCl is
+    imported here, when first needed: see :mod:`.keys`.)"""
+    from nacl import bindings  # noqa: PLC0415
+    from nacl.exceptions import RuntimeError as NaclRuntimeError  # noqa: PLC0415
+
     try:
         return bindings.crypto_sign_ed25519_pk_to_curve25519(ed_pub)
     except NaclRuntimeError as exc:

@@ -10,6 +10,12 @@ An identity is one 32-byte Ed25519 seed. Everything else follows from it:
   personalised with a purpose label), so one secret never serves two purposes.
 
 The seed never leaves this object except through :meth:`seed_bytes`, used by the keystore.
+
+Signing uses ``cryptography`` (Ed25519 signatures are deterministic, RFC 8032: the same
+bytes as libsodium's); verifying and the X25519 conversions use libsodium (PyNaCl) for its
+strict checks, imported when first needed: a party's run process signs but seldom
+verifies, and PyNaCl's import (~5 ms) would otherwise be on every party's start-up path
+(specs/mesh.md, 11).
 """
 
 from __future__ import annotations
@@ -19,12 +25,11 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from nacl import bindings
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .didkey import DidKey
 from .errors import InvalidKey, InvalidProof
+from .multiformats import ED25519_PUB
 
 SEED_BYTES = 32
 
@@ -33,6 +38,9 @@ def verify_ed25519(public: bytes, message: bytes, signature: bytes) -> None:
     """Raise :class:`InvalidProof` unless ``signature`` is valid over ``message``."""
     if len(signature) != 64:
         raise InvalidProof(f"Ed25519 signature is {len(signature)} bytes, expected 64")
+    from nacl.exceptions import BadSignatureError  # noqa: PLC0415  (see the module's note)
+    from nacl.signing import VerifyKey  # noqa: PLC0415
+
     try:
         VerifyKey(public).verify(message, signature)
     except BadSignatureError:
@@ -67,16 +75,17 @@ class IdentityKey:
 
     # -- Ed25519 ----------------------------------------------------------------
     @cached_property  # derived once per object: a did:key costs ~0.1 ms to rebuild
-    def _signing(self) -> SigningKey:
-        return SigningKey(self._seed)
+    def _signing(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(self._seed)
 
-    @property
+    @cached_property
     def ed25519_public(self) -> bytes:
-        return bytes(self._signing.verify_key)
+        return self._signing.public_key().public_bytes_raw()
 
     @cached_property
     def did_key(self) -> DidKey:
-        return DidKey.from_ed25519(self.ed25519_public)
+        # derived from the seed, so a curve point: no check (it would import PyNaCl)
+        return DidKey(ED25519_PUB, self.ed25519_public)
 
     @cached_property
     def did(self) -> str:
@@ -87,11 +96,13 @@ class IdentityKey:
         return self.did_key.verification_method_id
 
     def sign(self, message: bytes) -> bytes:
-        return self._signing.sign(message).signature
+        return self._signing.sign(message)
 
     # -- X25519 key agreement (did:key derivation) ---------------------------------
     @property
     def x25519_private(self) -> bytes:
+        from nacl import bindings  # noqa: PLC0415  (see the module's note)
+
         sk = bindings.crypto_sign_seed_keypair(self._seed)[1]
         return bindings.crypto_sign_ed25519_sk_to_curve25519(sk)
 

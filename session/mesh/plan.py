@@ -16,10 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from .endpoints import format_endpoint, parse_endpoint
 from .faults import PlanError
+from .primitives import x25519_private_key
 
 MAX_PARTIES = 1000
 
@@ -86,7 +85,7 @@ class MeshPlan:
             raise PlanError(f"my party id {self.my_party_id} is not in the plan")
         if len(self.my_static_private) != 32:
             raise PlanError("my session private key must be 32 bytes")
-        pub = X25519PrivateKey.from_private_bytes(self.my_static_private).public_key()
+        pub = x25519_private_key(self.my_static_private).public_key()
         if pub.public_bytes_raw() != self.me.static_public:
             raise PlanError(
                 f"my session private key does not match the roster's key for party "

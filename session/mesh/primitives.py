@@ -23,6 +23,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .errors import HandshakeFailed, NoiseUsageError, UnsupportedProtocol
 
+try:  # X25519 keys straight from cryptography's Rust core (see x25519_private_key)
+    from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
+
+    _RUST_X25519: Any = _rust_openssl.x25519
+except (ImportError, AttributeError):  # pragma: no cover - another cryptography layout
+    _RUST_X25519 = None
+
 #: The largest Noise message (handshake or transport), section 3.
 MAX_MESSAGE_LEN: Final = 65535
 #: Authentication tag length of both AEAD ciphers.
@@ -34,6 +41,32 @@ MAX_NONCE: Final = 2**64 - 1
 
 
 # --------------------------------------------------------------------------- DH
+
+
+def x25519_private_key(private: bytes) -> X25519PrivateKey:
+    """``X25519PrivateKey.from_private_bytes(private)``, without the import that call
+    makes on first use (cryptography's legacy OpenSSL backend, only to ask whether X25519
+    is supported: ~4 ms of every party's start-up, specs/mesh.md 11). The Rust core's
+    constructor is the one the public method ends in; when this cryptography lays its
+    core out otherwise, the public method is used."""
+    if _RUST_X25519 is None:  # pragma: no cover
+        return X25519PrivateKey.from_private_bytes(private)
+    return _RUST_X25519.from_private_bytes(private)
+
+
+def x25519_public_key(public: bytes) -> X25519PublicKey:
+    """``X25519PublicKey.from_public_bytes(public)`` the same way."""
+    if _RUST_X25519 is None:  # pragma: no cover
+        return X25519PublicKey.from_public_bytes(public)
+    return _RUST_X25519.from_public_bytes(public)
+
+
+def x25519_generate() -> X25519PrivateKey:
+    """``X25519PrivateKey.generate()`` the same way."""
+    if _RUST_X25519 is None:  # pragma: no cover
+        return X25519PrivateKey.generate()
+    return _RUST_X25519.generate_key()
+
 
 
 @dataclass(frozen=True, repr=False)
@@ -60,19 +93,19 @@ class DH25519:
             raise NoiseUsageError(
                 f"an X25519 private key is {self.dhlen} bytes, got {len(private)}"
             )
-        key = X25519PrivateKey.from_private_bytes(private)
+        key = x25519_private_key(private)
         return KeyPair(private, key.public_key().public_bytes_raw(), key)
 
     def generate_keypair(self) -> KeyPair:
         """GENERATE_KEYPAIR(): a fresh key pair from the operating system's CSPRNG."""
-        key = X25519PrivateKey.generate()
+        key = x25519_generate()
         return KeyPair(key.private_bytes_raw(), key.public_key().public_bytes_raw(), key)
 
     def dh(self, keypair: KeyPair, public: bytes) -> bytes:
         """DH(key_pair, public_key). A low-order peer key (all-zero result) fails the handshake."""
-        key = keypair._key or X25519PrivateKey.from_private_bytes(keypair.private)
+        key = keypair._key or x25519_private_key(keypair.private)
         try:
-            return key.exchange(X25519PublicKey.from_public_bytes(public))
+            return key.exchange(x25519_public_key(public))
         except ValueError as exc:
             raise HandshakeFailed(
                 "the peer sent an invalid (low-order) X25519 public key", reason="invalid_key"
