@@ -82,6 +82,15 @@ def test_run_without_a_program_says_what_to_give(home_with_session: tuple[Path, 
     assert "ARGS" not in res.err
 
 
+def test_run_refuses_a_resume_bound_out_of_range(home_with_session: tuple[Path, str]) -> None:
+    home, sid = home_with_session
+    for bound in ("-1", "nan", "3601"):
+        res = run_cli(home, "run", sid[:8], "--resume-timeout", bound, "--", "prog.py")
+        assert res.rc != 0, bound
+        assert res.err.splitlines() == [
+            "didmesh: --resume-timeout: give seconds in [0, 3600]"], bound
+
+
 def test_agreed_arguments_may_not_set_what_didmesh_sets(tmp_path: Path) -> None:
     home = tmp_path / "home"
     prog = tmp_path / "prog.py"

@@ -116,6 +116,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    "any MPyC message after which the run counts as deadlocked (default 30)")
     p.add_argument("--connect-timeout", type=float, default=120.0, metavar="S",
                    help="seconds for every pair to connect (default 120)")
+    p.add_argument("--resume-timeout", type=float, default=15.0, metavar="S",
+                   help="seconds a relayed link that its relay lost may take to be resumed "
+                   "(on that relay or another of the session) before the run fails naming "
+                   "the relay (default 15; 0: no resumption)")
     p.add_argument("--receipt", default=None, metavar="FILE",
                    help="where to write this party's signed run receipt (default: "
                    "receipt-PARTY.json in the session's folder under the didmesh home)")
@@ -189,6 +193,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
             "give an absolute path") from None
     inputs = parse_inputs(args.input, args.input_file)
     wireguard = args.transport == "wireguard"
+    if not 0 <= args.resume_timeout <= 3600:
+        raise BadSessionParameters("--resume-timeout: give seconds in [0, 3600]")
     if args.wg_impl is not None and not wireguard:
         raise SessionUsageError("--wg-impl goes with --transport wireguard")
     if wireguard:
@@ -276,7 +282,8 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
             else:
                 result = run_program(plan, str(local.entry), prog_args,
                                      direct_only=args.direct_only, relay_only=args.relay_only,
-                                     predialed=predialed, **common)
+                                     predialed=predialed,
+                                     resume_timeout=args.resume_timeout, **common)
         except DidmeshError as exc:
             _end_failed_run(exc, out)
         default_path = stored.path / f"receipt-{plan.my_party_id}.json"

@@ -230,6 +230,7 @@ def run_program(
     bridge_factory: Callable[..., MpycBridge] = MpycBridge,
     transport: str = "noise",
     predialed: PreDialed | None = None,
+    resume_timeout: float = 15.0,
 ) -> RunResult:
     """Run ``program_path`` as party ``plan.my_party_id`` over the mesh (blocking).
 
@@ -246,7 +247,8 @@ def run_program(
     only the check, the start barrier, aborts and BYE); ``transport`` names it in the
     receipt. ``predialed``: the early punch's sockets, dialing since before this call
     (:mod:`.predial`): the run adopts them, and closes those it did not adopt once the
-    mesh is up (at the latest when it ends).
+    mesh is up (at the latest when it ends). ``resume_timeout``: seconds a relayed link
+    the relay lost may take to be resumed (:class:`~.connect.ConnectOptions`; 0: off).
     """
     if refuse is None and not Path(program_path).is_file():
         from .faults import PlanError
@@ -255,7 +257,7 @@ def run_program(
     digest = digest or (program_digest(program_path) if refuse is None else "")
     options = ConnectOptions(
         direct_only=direct_only, relay_only=relay_only, connect_timeout=connect_timeout,
-        direct_grace=direct_grace,
+        direct_grace=direct_grace, resume_timeout=resume_timeout,
     )
     debug = bool(os.environ.get("DIDMESH_DEBUG"))
     loop = asyncio.new_event_loop()
