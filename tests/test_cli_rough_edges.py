@@ -5,6 +5,10 @@ be written where asked is saved elsewhere with one line."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
@@ -13,6 +17,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import run_cli
 from didmesh.relay.config import RelayConfig
+from didmesh.session.cli import main as cli_main
 from didmesh.session.cli import run_cmd
 from didmesh.session.manifest import Manifest
 from relay_helpers import relay_url  # noqa: F401  (fixture)
@@ -36,6 +41,24 @@ def home_with_session(tmp_path: Path) -> tuple[Path, str]:
                   "--relay", RELAY, "--json")
     assert res.rc == 0, res.err
     return home, res.json()["sessionId"]
+
+
+def test_each_command_word_loads_the_module_that_registers_it() -> None:
+    """main.COMMANDS (a command's parser loads only its module) names, for every command
+    word, the one module whose register() adds it, and every word is in it."""
+    registered: dict[str, str] = {}
+    for name in cli_main.COMMAND_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(name).register(sub, argparse.ArgumentParser(add_help=False))
+        registered.update(dict.fromkeys(sub.choices, name))
+    assert cli_main.COMMANDS == registered
+    assert set(cli_main.COMMANDS.values()) == set(cli_main.COMMAND_MODULES)
+    assert cli_main._command_of(["--relay-ca", "ca.pem", "--json", "id", "list"]) == "id"
+    for word in cli_main.COMMANDS:  # the parser of one command word parses its --help
+        parser = cli_main.build_parser(word)
+        with pytest.raises(SystemExit) as done, contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args([word, "--help"])
+        assert done.value.code == 0
 
 
 def test_version() -> None:

@@ -59,21 +59,44 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-#: commands whose start-up matters (``didmesh run`` is part of every party's run time): the
-#: parser for them loads only their module, not every command group's imports
-FAST_COMMANDS: dict[str, str] = {"run": "didmesh.session.cli.run_cmd"}
+#: the command-group module of each command word: a command's parser loads only its own
+#: module, not every command group's imports (``didmesh run`` is part of every party's run
+#: time, and a script's or a test's steps are CLI calls). No command word, or an unknown
+#: one, loads them all (``--help``, argparse's list of choices).
+#: tests/test_cli_rough_edges.py checks this against what each module registers.
+COMMANDS: dict[str, str] = {
+    "id": "didmesh.session.cli.id_cmd",
+    "session": "didmesh.session.cli.session_cmd",
+    "sessions": "didmesh.session.cli.session_cmd",
+    "invite": "didmesh.session.cli.invite_cmd",
+    "invites": "didmesh.session.cli.invite_cmd",
+    "withdraw": "didmesh.session.cli.invite_cmd",
+    "accept": "didmesh.session.cli.accept_cmd",
+    "decline": "didmesh.session.cli.accept_cmd",
+    "claim": "didmesh.session.cli.accept_cmd",
+    "status": "didmesh.session.cli.status_cmd",
+    "contacts": "didmesh.session.cli.contacts_cmd",
+    "credential": "didmesh.session.cli.credential_cmd",
+    "verify": "didmesh.session.cli.credential_cmd",
+    "relay": "didmesh.session.cli.relay_cmd",
+    "run": "didmesh.session.cli.run_cmd",
+    "wg": "didmesh.session.cli.wg_cmd",
+    "vc-api": "didmesh.session.cli.vcapi_cmd",
+    "demo": "didmesh.session.cli.demo_cmd",
+}
 #: commands that are the whole process's one run: the cyclic garbage collector is paused
 #: while they start (:mod:`didmesh.session.gc_pause`), and on again when they return
 PAUSE_GC_COMMANDS = frozenset({"run"})
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
-    """The command word of ``argv`` (after the top-level ``--home X`` / ``--json``)."""
+    """The command word of ``argv`` (after the top-level ``--home X`` / ``--relay-ca X`` /
+    ``--json``)."""
     it = iter(argv)
     for arg in it:
-        if arg == "--home":
+        if arg in ("--home", "--relay-ca"):
             next(it, None)
-        elif arg.startswith("--home=") or arg == "--json":
+        elif arg.startswith(("--home=", "--relay-ca=")) or arg == "--json":
             continue
         else:
             return None if arg.startswith("-") else arg
@@ -114,7 +137,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    modules = [FAST_COMMANDS[command]] if command in FAST_COMMANDS else COMMAND_MODULES
+    modules = [COMMANDS[command]] if command in COMMANDS else COMMAND_MODULES
     for name in modules:
         importlib.import_module(name).register(sub, common)
     return parser
