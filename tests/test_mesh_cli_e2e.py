@@ -63,8 +63,8 @@ def plain_output(program: Path) -> str:
 def test_didmesh_run_direct_and_relayed(tmp_path: Path, relay_url: str) -> None:  # noqa: F811
     program = tmp_path / "secure_sum.py"
     shutil.copy(EXAMPLES / "secure_sum.py", program)
-    sid, homes = agreed_session(tmp_path, relay_url, program)
-    expected = plain_output(program)
+    (sid, homes), expected = concurrently(  # plain MPyC's output meanwhile
+        lambda: agreed_session(tmp_path, relay_url, program), lambda: plain_output(program))
     for flag in ("--direct-only", "--relay-only"):
         procs = [spawn(h, "run", sid[:8], flag, "--timeout", "10", "--connect-timeout", "30",
                        "--", str(program), "--no-log") for h in homes]

@@ -293,8 +293,9 @@ def test_a_session_runs_through_nginx_over_https(pki: Pki, tmp_path: Path,
     shutil.copy(e2e.EXAMPLES / "secure_sum.py", program)
     with start_relay("memory", ["--rate-ip-per-s", "0", "--trusted-proxies", "127.0.0.1"]
                      ) as relay, start_nginx(tmp_path / "nginx", pki, relay.port) as url:
-        sid, homes = e2e.agreed_session(tmp_path, url, program)
-        expected = e2e.plain_output(program)
+        (sid, homes), expected = cli_helpers.concurrently(  # plain MPyC's output meanwhile
+            lambda: e2e.agreed_session(tmp_path, url, program),
+            lambda: e2e.plain_output(program))
         procs = [cli_helpers.spawn(h, "run", sid[:8], "--relay-only", "--timeout", "10",
                            "--connect-timeout", "30", "--", str(program), "--no-log")
                  for h in homes]
