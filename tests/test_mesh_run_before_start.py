@@ -1,8 +1,9 @@
 """A run that ends before, or just around, ``mpc.start()`` (real party processes).
 
 * A party whose program blocks before ``mpc.start()`` (``input()`` on a terminal that
-  nobody types into, ``time.sleep``) still ends promptly, with one ``didmesh:`` line,
-  when a peer aborts (its pre-start pump: session/mesh/prestart.py, specs/mesh.md 9).
+  nobody types into, ``time.sleep``), or between two ``mpc.run`` calls after it, still
+  ends promptly, with one ``didmesh:`` line, when a peer aborts (its pre-start pump:
+  session/mesh/prestart.py, specs/mesh.md 9); left alone, the stall names it.
 * A program's ``sys.exit(n)`` ends ``didmesh run``'s party with status ``n`` (as
   ``python PROGRAM`` would), in one line; before ``mpc.shutdown()`` the peers are told.
 * A run that fails before its connectivity check completed still prints the table, every
@@ -200,6 +201,78 @@ def test_a_slow_typist_is_named_not_blamed_for_a_deadlock(tmp_path: Path) -> Non
         line = _one_clean_line(p)
         assert f"the program of {NAMES[1]} did not reach mpc.start() within" in line, line
         assert "program_stalled" in line or i != 1, line
+
+
+BETWEEN = """
+    import os, sys
+    from mpyc.runtime import mpc
+    mpc.run(mpc.start())
+    secint = mpc.SecInt(32)
+    s = mpc.run(mpc.output(mpc.sum(mpc.input(secint(mpc.pid)))))
+    print("first", s, flush=True)
+    if mpc.pid == 1:  # a second prompt, between two mpc.run calls
+        fd = os.open(os.environ["FIFO"], os.O_RDWR)
+        os.dup2(fd, 0)
+        sys.stdin = open(0, closefd=False)
+        print("blocked", flush=True)
+        try:
+            salary = int(input("bonus? "))
+        except Exception:
+            salary = 0
+    s = mpc.run(mpc.output(mpc.sum(mpc.input(secint(mpc.pid)))))
+    print("second", s, flush=True)
+    mpc.run(mpc.shutdown())
+"""
+
+
+def test_a_party_blocked_between_two_runs_ends_promptly_on_an_abort(tmp_path: Path) -> None:
+    """After mpc.start() the pump goes on (until mpc.shutdown()): a party at a prompt
+    between two mpc.run calls hears a peer's abort at once (it used to wait in input())."""
+    fifo = tmp_path / "tty"
+    os.mkfifo(fifo)
+    parties = _start(tmp_path, BETWEEN, env={"FIFO": str(fifo)}, timeout=30)
+    try:
+        parties[1].wait_line("blocked", 40)
+        parties[2].wait_line("first 3", 40)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        parties[2].proc.send_signal(signal.SIGTERM)
+        _reap(parties, 15)
+    finally:
+        _reap(parties, 5)
+    assert parties[2].proc.returncode == 143
+    for i in (0, 1):
+        p = parties[i]
+        assert p.ended is not None and p.ended - t0 <= BOUND, \
+            f"party {i} took {(p.ended or 0) - t0:.2f} s: {p.stderr[-1500:]}"
+        line = _one_clean_line(p)
+        assert p.proc.returncode == 1, p.stderr[-1500:]
+        assert line.startswith(f"didmesh: the run was aborted by {NAMES[2]}"), line
+        assert "terminated (SIGTERM)" in line, line
+    assert not any(ln.startswith("second") for ln in parties[1].seen), parties[1].seen
+
+
+def test_a_slow_typist_between_two_runs_is_named_by_everyone(tmp_path: Path) -> None:
+    """No abort: the blocked party's own stall watchdog names it, before the peers'
+    (which could only say that nothing moves), and every party ends after the timeout."""
+    fifo = tmp_path / "tty"
+    os.mkfifo(fifo)
+    timeout = 3.0
+    parties = _start(tmp_path, BETWEEN, env={"FIFO": str(fifo)}, timeout=timeout)
+    try:
+        parties[1].wait_line("blocked", 40)
+        t0 = time.monotonic()
+        _reap(parties, timeout + 15)
+    finally:
+        _reap(parties, 5)
+    for i, p in enumerate(parties):
+        assert p.ended is not None and p.ended - t0 <= timeout + BOUND, p.stderr[-1500:]
+        line = _one_clean_line(p)
+        assert f"the program of {NAMES[1]} has not given control back to MPyC" in line, line
+        assert "after mpc.start()" in line, line
+        if i != 1:
+            assert line.startswith(f"didmesh: the run was aborted by {NAMES[1]}"), line
+            assert line.endswith("[program_stalled]"), line
 
 
 # ------------------------------------------------------------------ 2. the program's status
