@@ -40,7 +40,7 @@ NAMES = {i: f"party {i}" for i in range(3)}
 BOUND = 2.0 + 1.5 + 1.5
 
 PROGRAM = """\
-import os, sys
+import os, sys, time
 from mpyc.runtime import mpc
 
 
@@ -57,7 +57,13 @@ def block(where):
 
 if mpc.pid == 1 and os.environ.get("BLOCK") == "before":
     block("before")
+if mpc.pid == 0 and os.environ.get("SLEEP0"):  # not in mpc.start(): no stall to wait for
+    time.sleep(600)
 print("at start", flush=True)
+if mpc.pid == 2 and os.environ.get("CRASH"):  # fails once told to (a file appears)
+    while not os.path.exists(os.environ["CRASH"]):
+        time.sleep(0.05)
+    raise ValueError("no salary given")
 mpc.run(mpc.start())
 print("started", flush=True)
 secint = mpc.SecInt(32)
@@ -130,13 +136,14 @@ class Party:
         return [ln for ln in self.err.splitlines() if ln.startswith("didmesh:")]
 
 
-def spawn(lab: WgLab, world: World, i: int, env: dict[str, str]) -> Party:
+def spawn(lab: WgLab, world: World, i: int, env: dict[str, str], timeout: float = 30
+          ) -> Party:
     full = {k: v for k, v in os.environ.items() if not k.startswith("DIDMESH_")}
     full.update(env, DIDMESH_HOME=str(world.root / world.parties[i].name),
                 PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "didmesh.session.cli.main", "run", world.sid[:8],
            "--transport", "wireguard", "--handshake-timeout", "30", "--connect-timeout", "30",
-           "--timeout", "30", "--", str(world.program), "--no-log"]
+           "--timeout", f"{timeout:g}", "--", str(world.program), "--no-log"]
     return Party(lab.spawn(i, *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            stdin=subprocess.DEVNULL, env=full))
 
@@ -166,28 +173,47 @@ def assert_tunnels_gone(world: World) -> None:
         assert not Path("/run/didmesh/wg", f"{name}.json").exists(), name
 
 
-def interrupted_while_blocked(lab: WgLab, world: World, tmp_path: Path, where: str
+#: how party 2 ends the run, and what the others' one line then says of it
+HOW = {
+    "SIGINT": "interrupted (Ctrl-C) [interrupted]",
+    "SIGTERM": "terminated (SIGTERM) [interrupted]",
+    "crash": "the program of party 2 failed: ValueError: no salary given",
+}
+
+
+def interrupted_while_blocked(lab: WgLab, world: World, tmp_path: Path, where: str,
+                              how: str = "SIGINT", timeout: float = 30,
+                              env: dict[str, str] | None = None
                               ) -> tuple[list[Party], float]:
-    """Party 1 blocks ``where``; once it and party 2 are there, Ctrl-C to party 2."""
-    fifo = tmp_path / "tty"
+    """Party 1 blocks ``where``; once it and party 2 are there, party 2 ends the run
+    ``how`` (a signal, or its program raises)."""
+    fifo, crash = tmp_path / "tty", tmp_path / "crash"
     os.mkfifo(fifo)
-    parties = [spawn(lab, world, i, {"BLOCK": where, "FIFO": str(fifo)}) for i in range(3)]
+    env = {**(env or {}), "BLOCK": where, "FIFO": str(fifo)}
+    if how == "crash":
+        env["CRASH"] = str(crash)
+    parties = [spawn(lab, world, i, env, timeout) for i in range(3)]
     try:
         parties[1].wait_line(f"blocked {where}", 90)
         parties[2].wait_line("at start" if where == "before" else "first 3", 30)
         time.sleep(1.0)  # party 1 is in input() well past the pump's first turns
         t0 = time.monotonic()
-        parties[2].proc.send_signal(signal.SIGINT)  # Ctrl-C of another party
+        if how == "crash":
+            crash.touch()
+        else:
+            parties[2].proc.send_signal(getattr(signal, how))
         reap(parties, 40)
     finally:
         reap(parties, 5)
     return parties, t0
 
 
+@pytest.mark.parametrize("how", sorted(HOW))
 def test_a_party_blocked_before_start_ends_promptly_on_an_abort(
-        lab: WgLab, world: World, tmp_path: Path) -> None:
-    parties, t0 = interrupted_while_blocked(lab, world, tmp_path, "before")
-    assert parties[2].proc.returncode == 130, parties[2].err[-1500:]
+        lab: WgLab, world: World, tmp_path: Path, how: str) -> None:
+    parties, t0 = interrupted_while_blocked(lab, world, tmp_path, "before", how)
+    assert parties[2].proc.returncode == {"SIGINT": 130, "SIGTERM": 143, "crash": 2}[how], \
+        parties[2].err[-1500:]
     for i in (0, 1):
         p = parties[i]
         assert p.ended is not None and p.ended - t0 <= BOUND, \
@@ -195,7 +221,7 @@ def test_a_party_blocked_before_start_ends_promptly_on_an_abort(
         line = one_clean_line(p)
         assert p.proc.returncode == 1, p.err[-1500:]
         assert line.startswith(f"didmesh: the run was aborted by {NAMES[2]}"), line
-        assert "interrupted (Ctrl-C)" in line, line
+        assert HOW[how] in line, line
         assert f"WireGuard interface {run_interface(world.sid, i)} removed" in p.err, p.err
     assert "started" not in parties[1].seen
     assert_tunnels_gone(world)
@@ -218,3 +244,35 @@ def test_a_party_blocked_between_two_runs_after_start_ends_promptly_on_an_abort(
     assert "first 3" in parties[1].seen and not any(
         ln.startswith("second") for ln in parties[1].seen), parties[1].seen
     assert_tunnels_gone(world)
+
+
+def test_a_party_blocked_before_start_hears_of_a_killed_peer_within_the_timeout(
+        lab: WgLab, world: World, tmp_path: Path) -> None:
+    """SIGKILL of party 2: its ``wireguard-go`` ends with it (parent-death signal), racing
+    the kernel's FIN for its control connections through the tunnel: when the FIN gets
+    out the peers see the links close ("disconnected", at once), else the liveness timeout
+    names it. The blocked party 1 is alive meanwhile (pumped) and ends with the others.
+    Party 0 sleeps before mpc.start() too, so that no party waits in mpc.start() for
+    party 1 (that stall would end the run as soon)."""
+    timeout = 4.0
+    parties, t0 = interrupted_while_blocked(lab, world, tmp_path, "before", "SIGKILL",
+                                            timeout, {"SLEEP0": "1"})
+    interval = min(2.0, timeout / 6)
+    for i in (0, 1):
+        p = parties[i]
+        assert p.ended is not None and p.ended - t0 <= timeout + interval + BOUND, \
+            f"party {i} took {(p.ended or 0) - t0:.2f} s: {p.err[-1500:]}"
+        line = one_clean_line(p)
+        assert p.proc.returncode == 1, p.err[-1500:]
+        assert (f"{NAMES[2]} disconnected" in line or f"{NAMES[2]} stopped responding "
+                f"(nothing received for {timeout:g} s)" in line), line
+    assert "started" not in parties[1].seen
+    for i in (0, 1):
+        name = run_interface(world.sid, i)
+        assert not wireguard_go_pids(name) and not Path("/run/didmesh/wg", f"{name}.json"
+                                                        ).exists(), name
+    # party 2's state file stays (the next run or `didmesh wg down` clears it): clear it here
+    wait_gone = time.monotonic() + 10
+    while wireguard_go_pids(run_interface(world.sid, 2)) and time.monotonic() < wait_gone:
+        time.sleep(0.05)
+    Path("/run/didmesh/wg", f"{run_interface(world.sid, 2)}.json").unlink(missing_ok=True)
