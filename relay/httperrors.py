@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import http_exceptions, web, web_protocol
-from aiohttp.http import HttpVersion11
+from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
@@ -55,6 +55,7 @@ from .errors import (
 from .httpversion import (
     HTTP_VERSION_NOT_SUPPORTED,
     UNSUPPORTED_MESSAGE,
+    BareLine,
     FirstLine,
     VersionNotSpoken,
     spoken,
@@ -129,51 +130,117 @@ def describe(exc: BaseException | None, status: int) -> tuple[int, RelayError]:
 #: parse failure is still answered, in aiohttp's HTTP/1.0 framing, and no 505 is given)
 _ERROR_MESSAGE = getattr(web_protocol, "ERROR", None)
 _ErrInfo: Any = getattr(web_protocol, "_ErrInfo", None)
+#: how many held-back requests :meth:`RelayRequestHandler._parse_held` parses at most
+_HELD_MAX = 4
+
+
+def one_request_at_a_time(handler: Any, loop: Any, auto_decompress: bool) -> bool:
+    """Give ``handler`` (a ``RequestHandler``) a parser that stops after each request, so
+    garbage after a request cannot drop it. aiohttp has no public parameter for its bound on
+    queued requests (3.14.1 and later: ``MAX_MSG_QUEUE_SIZE``, 32), so this sets aiohttp's
+    private attributes for it, and only if they are all there and the parser takes the
+    bound: otherwise (another aiohttp) the handler keeps aiohttp's own parser and queue,
+    every request is still answered, and only requests before garbage in one read are lost
+    again. Whether it did is returned."""
+    if not all(hasattr(handler, a) for a in ("_max_msg_queue_size", "_msg_queue_resume_size",
+                                             "_parser", "max_line_size", "max_field_size",
+                                             "max_headers")):
+        return False
+    try:
+        parser = HttpRequestParser(
+            handler, loop, getattr(handler, "_read_bufsize", 2**16),
+            max_line_size=handler.max_line_size, max_field_size=handler.max_field_size,
+            max_headers=handler.max_headers, payload_exception=RequestPayloadError,
+            auto_decompress=auto_decompress, max_msg_queue_size=1,
+        )
+    except TypeError:  # a parser without the bound
+        return False
+    handler._max_msg_queue_size = 1
+    handler._msg_queue_resume_size = 0
+    handler._parser = parser
+    return True
+
+
+def _parsed(entry: Any) -> bool:
+    """Whether a queued ``(message, payload)`` is a parsed request (not a parse failure)."""
+    return isinstance(entry[0], RawRequestMessage)
 
 
 class RelayRequestHandler(RequestHandler):
     """aiohttp's HTTP/1.1 protocol, answering parse failures as the relay does."""
 
-    __slots__ = ("_first_line",)
+    __slots__ = ("_bare_line", "_first_line", "_last_entry", "one_at_a_time")
 
     def __init__(self, manager: Any, *, loop: Any, **kw: Any) -> None:
         super().__init__(manager, loop=loop, **kw)
-        self._first_line = FirstLine(self.max_line_size + 2)
-        if hasattr(self, "_max_msg_queue_size"):  # aiohttp >= 3.14.1 bounds its queue
-            # one request parsed at a time: parse errors after it cannot drop it
-            self._max_msg_queue_size = 1
-            self._msg_queue_resume_size = 0
-            self._parser = HttpRequestParser(
-                self, loop, getattr(self, "_read_bufsize", 2**16),
-                max_line_size=self.max_line_size, max_field_size=self.max_field_size,
-                max_headers=self.max_headers, payload_exception=RequestPayloadError,
-                auto_decompress=kw.get("auto_decompress", True), max_msg_queue_size=1,
-            )
+        limit = getattr(self, "max_line_size", MAX_LINE_BYTES) + 2
+        self._first_line = FirstLine(limit)
+        self._bare_line = BareLine(limit)
+        self._last_entry: Any = None  # the last (message, payload) the parser gave
+        self.one_at_a_time = one_request_at_a_time(self, loop, kw.get("auto_decompress", True))
+
+    def _feed(self, data: bytes, messages: Any) -> None:
+        """Hand ``data`` to aiohttp's parser, then refuse with 505 each request it parsed in
+        a version the relay does not speak (HTTP/2.0, HTTP/0.9), like one llhttp refused."""
+        queued = len(messages)
+        self._bare_line.feed(data)
+        super().data_received(data)
+        for i in range(queued, len(messages)):
+            if _ErrInfo is not None and _parsed(messages[i]) and not spoken(
+                messages[i][0].version
+            ):
+                exc = VersionNotSpoken()
+                messages[i] = (_ErrInfo(status=HTTP_VERSION_NOT_SUPPORTED, exc=exc,
+                                        message=exc.message), EMPTY_PAYLOAD)
+        if len(messages) > queued:
+            self._last_entry = messages[-1]
+
+    def _between_requests(self, messages: Any) -> bool:
+        """Whether the parser has ended the last request it gave (body and all), holds no
+        bytes back, and is not past an upgrade or a failure. A parser that stops after each
+        request holds back the bytes after it: they are parsed first (at most
+        :data:`_HELD_MAX` requests; past that, no)."""
+        if not self.one_at_a_time or any(
+            getattr(self, a, True) for a in ("_force_close", "_close", "_upgraded")
+        ):
+            return False
+        for _ in range(_HELD_MAX):
+            count, entry = len(messages), self._last_entry
+            ended = entry is None or entry[1].is_eof()
+            self._feed(b"", messages)
+            if len(messages) == count and self._last_entry is entry and (
+                entry is None or entry[1].is_eof() == ended
+            ):
+                break  # the parser stopped nowhere: it holds nothing back
+        else:
+            return False
+        entry = self._last_entry
+        return entry is None or (_parsed(entry) and entry[1].is_eof())
 
     def data_received(self, data: bytes) -> None:
         data = self._first_line.feed(data)
-        # aiohttp's internals, read defensively: without them the handler still answers,
-        # after body_timeout_s (408)
+        # aiohttp's internals, read defensively: without its queue of parsed requests the
+        # handler is aiohttp's (no 505 for HTTP/2.0, a bad body answered after
+        # body_timeout_s with 408)
         messages = getattr(self, "_messages", None)
-        queued = len(messages) if messages is not None else 0
-        super().data_received(data)
-        if messages is not None and _ErrInfo is not None:
-            # a request llhttp parsed in a version the relay does not speak (HTTP/2.0,
-            # HTTP/0.9) is refused like one llhttp refused: 505, then close
-            for i in range(queued, len(messages)):
-                version = getattr(messages[i][0], "version", None)
-                if version is not None and not spoken(version):
-                    exc = VersionNotSpoken()
-                    messages[i] = (_ErrInfo(status=HTTP_VERSION_NOT_SUPPORTED, exc=exc,
-                                            message=exc.message), EMPTY_PAYLOAD)
+        if messages is None:
+            super().data_received(data)
+            return
+        queued = len(messages)
+        self._feed(data, messages)
+        # HTTP/0.9's bare "GET /path" line after a complete request on a keep-alive
+        # connection: llhttp waits for headers a 0.9 client never sends; end it, so it is
+        # refused with 505 now instead of after the keep-alive timeout
+        if self._bare_line.ends_with_bare_line() and self._between_requests(messages):
+            self._feed(b"\r\n", messages)
         # A framing error in the body of the request being handled (a bad chunk size, a
         # Content-Length next to Transfer-Encoding...) is queued by aiohttp as the next
         # request's error, and the handler would wait for the rest of the body until
         # body_timeout_s: end that body with the error, so the handler answers 400 now.
         request = getattr(self, "_current_request", None)
-        if request is None or messages is None or len(messages) <= queued:
+        if request is None or len(messages) <= queued:
             return
-        if type(messages[-1][0]).__name__ == "_ErrInfo" and not request.content.is_eof():
+        if not _parsed(messages[-1]) and not request.content.is_eof():
             request.content.set_exception(RequestPayloadError("malformed request body"))
 
     def log_exception(self, *args: Any, **kw: Any) -> None:

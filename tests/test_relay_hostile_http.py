@@ -7,8 +7,9 @@ Three defects, found by a stranger and fixed here:
   raised on the garbage and dropped the requests it had parsed from that read, so only the
   400 came back;
 * ``GET / HTTP/2.0`` was answered ``HTTP/2.0 404 Not Found`` (aiohttp writes the request's
-  version in its status line), HTTP/0.9's ``GET /`` hung until the header timeout, and
-  every parse failure was answered in HTTP/1.0;
+  version in its status line), HTTP/0.9's ``GET /`` hung until the header timeout (first on
+  a connection, and later, after a complete request, on a keep-alive one), and every parse
+  failure was answered in HTTP/1.0;
 * the 404 body repeated the request path (``no endpoint /...``) and the 405 body the method;
   the access log carried the decoded path, so ``%0A`` and ``%1B`` became a newline and an
   escape for anyone reading the log with ``jq -r``. (Found on the way: a 400 for unknown
@@ -38,7 +39,12 @@ from didmesh.relay.app import METHOD_NOT_ALLOWED_MESSAGE, NOT_FOUND_MESSAGE
 from didmesh.relay.client import RelayClient
 from didmesh.relay.errors import WIRE_ERRORS
 from didmesh.relay.httperrors import MAX_FIELD_BYTES
-from didmesh.relay.httpversion import UNSUPPORTED_MESSAGE, FirstLine, version_refused
+from didmesh.relay.httpversion import (
+    UNSUPPORTED_MESSAGE,
+    BareLine,
+    FirstLine,
+    version_refused,
+)
 from didmesh.relay.logtext import inert, request_target_path
 from hypothesis import given
 from hypothesis import strategies as st
@@ -255,6 +261,54 @@ def test_an_unspoken_http_version_gets_505_in_http11(
     assert took < 3  # at once, not after the header timeout (8 s here)
 
 
+LATER_BARE_LINES = [
+    # (name, the writes on one connection, the statuses, in order)
+    ("after a request, in its write", [INFO + b"GET /\r\n"], [200, 505]),
+    ("after a request, in a later write", [INFO, b"GET /info\r\n"], [200, 505]),
+    ("after three requests, with a bare LF", [INFO + MISSING + HEALTH, b"GET /x\n"],
+     [200, 404, 200, 505]),
+    ("after a request with a body", [BAD_JSON.replace(b"2\r\n\r\n[]", b"4\r\n\r\n\r\n\r\n")
+                                     + b"POST /v1/envelopes\r\n"], [400, 505]),
+    ("after a request and an empty line", [INFO + b"\r\n", b"GET /\r\n"], [200, 505]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("writes", "statuses"), [c[1:] for c in LATER_BARE_LINES],
+                         ids=[c[0] for c in LATER_BARE_LINES])
+def test_a_bare_request_line_later_on_a_connection_gets_505_at_once(
+    relay: RelayProcess, writes: list[bytes], statuses: list[int]
+) -> None:
+    """HTTP/0.9's ``GET /path`` (no version) after complete requests on a keep-alive
+    connection: it was answered only by the close at the keep-alive timeout (8 s here)."""
+    raw, took = exchange(relay.port, *writes)
+    got = answers(raw)
+    assert [a.status for a in got] == statuses, raw[:600]
+    assert all(a.version == b"HTTP/1.1" for a in got)
+    error = relay_error(got[-1], 505, "unsupported_http_version")
+    assert error["message"] == UNSUPPORTED_MESSAGE
+    assert got[-1].headers.get("connection") == "close"
+    assert took < 3
+
+
+BODY_HEAD = (b"POST /v1/auth/challenge HTTP/1.1\r\nHost: x\r\n"
+             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n")
+
+
+@pytest.mark.parametrize("more", [b"", b"{tail}"], ids=["body ends there", "more body to come"])
+def test_a_body_ending_like_a_bare_request_line_is_left_intact(
+    relay: RelayProcess, more: bytes
+) -> None:
+    """A read that ends, inside or at the end of a body, with an empty line and ``GET /``:
+    the body is not cut or lengthened (a request after it is answered as itself)."""
+    body = b"[1,\r\n\r\nGET /\r\n" + more
+    head = BODY_HEAD % len(body)
+    cut = len(head) + len(body) - len(more)
+    payload = head + body + INFO_CLOSE
+    raw, _ = exchange(relay.port, payload[:cut], payload[cut:])
+    got = answers(raw)
+    assert [(a.status, a.code) for a in got] == [(400, "malformed"), (200, None)], raw[:600]
+
+
 def test_http10_is_answered_in_http10_and_parse_failures_in_http11(
     relay: RelayProcess,
 ) -> None:
@@ -428,6 +482,32 @@ def test_first_line_completes_only_an_http09_request(pieces: list[bytes], handed
     first = FirstLine(limit=32)
     assert b"".join(first.feed(p) for p in pieces) == handed
     assert first.done == (b"\n" in handed)
+
+
+BARE_LINES = [
+    # (pieces fed, whether they end with a bare request line after an empty line)
+    ([b"GET /\r\n"], True),  # the start of a connection counts as after an empty line
+    ([INFO, b"GET /x\r\n"], True),
+    ([INFO + b"GET /x\n"], True),
+    ([INFO + b"GE", b"T /x\r", b"\n"], True),
+    ([INFO + b"GET /x\r\n\r\n"], False),  # ended already
+    ([INFO + b"GET /x HTTP/1.1\r\n"], False),  # a version
+    ([b"GET /x HTTP/1.1\r\nX-A: b\r\n"], False),  # a header line looks alike, no empty line
+    ([INFO + b"GET /x"], False),  # no line end yet
+    ([INFO + b"\x16\x03 \x01\r\n"], False),  # not printable tokens
+    ([INFO, b"A" * 40 + b" /\r\n"], False),  # longer than the limit (32)
+    ([INFO, b"abc GET /\r\n"], False),  # three tokens
+]
+
+
+@pytest.mark.parametrize(("pieces", "bare"), BARE_LINES, ids=[repr(b[0])[-24:] for b in BARE_LINES])
+def test_bare_line_spots_a_versionless_line_after_an_empty_line(
+    pieces: list[bytes], bare: bool
+) -> None:
+    watch = BareLine(limit=32)
+    for piece in pieces:
+        watch.feed(piece)
+    assert watch.ends_with_bare_line() is bare
 
 
 def test_version_refused_reads_llhttp_reasons_not_client_bytes() -> None:
