@@ -25,9 +25,9 @@ Two more things aiohttp's connection gets wrong with hostile or odd bytes:
   at a time (aiohttp's own message-queue bound, set to 1), so each request is queued before
   the bytes after it are parsed: the valid request is answered, then the garbage gets its
   400 and the connection closes.
-* **HTTP versions** (:mod:`.httpversion`): every answer's status line is HTTP/1.1 (HTTP/1.0
-  for an HTTP/1.0 request), never a version the client made up, and a request in a version
-  the relay does not speak gets ``505 unsupported_http_version``.
+* **HTTP versions** (:mod:`.httpversion`): every answer's status line is HTTP/1.1 (to an
+  HTTP/1.0 request too, in HTTP/1.0's framing), never a version the client made up, and a
+  request in a version the relay does not speak gets ``505 unsupported_http_version``.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import http_exceptions, web, web_protocol
-from aiohttp.http import HttpVersion11, RawRequestMessage
+from aiohttp import hdrs, http_exceptions, web, web_protocol
+from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage, StreamWriter
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
@@ -75,6 +75,9 @@ HEADERS_TOO_LARGE = 431  # RFC 6585
 #: the access log's status for a request whose client closed the connection before it was
 #: answered (nginx's "client closed request"; never sent: nobody is left to read it)
 CLIENT_CLOSED = 499
+
+if TYPE_CHECKING:  # aiohttp's own dependency; only its type is named here
+    from multidict import CIMultiDict
 
 log = logging.getLogger("didmesh.relay")
 #: llhttp's own reasons ("Invalid header value char", "Invalid method encountered", ...) are
@@ -295,17 +298,49 @@ class RelayServer(web.Server):
         return RelayRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
-def answered_in_http11(factory: Callable[..., web.BaseRequest]) -> Callable[..., web.BaseRequest]:
-    """A request factory for ``web.Server`` whose requests are answered in HTTP/1.1 unless
-    they are HTTP/1.0: aiohttp writes a response's status line in the request's version,
-    so its stand-in for an unparseable request (HTTP/1.0) and a request in a version the
-    relay does not speak (``HTTP/2.0 404``) were answered in those. The client's version
-    is never written back."""
+class Http11StatusLine(StreamWriter):
+    """aiohttp's writer, writing an answer to an HTTP/1.0 request with an ``HTTP/1.1``
+    status line. RFC 9110 section 6.2: a server SHOULD send the highest version it conforms
+    to whose major version is at most the request's, so ``HTTP/1.1`` (aiohttp wrote
+    ``HTTP/1.0``). Only the status line changes: the framing stays what aiohttp chose for an
+    HTTP/1.0 request (RFC 9112 sections 6.1 and 9.3: no chunked encoding, a persistent
+    connection only if the client asked with ``Connection: keep-alive``, which aiohttp then
+    confirms). When aiohttp writes no ``Connection`` header it closes after the answer, which
+    an HTTP/1.0 status line said by itself; an HTTP/1.1 one needs ``Connection: close``."""
 
-    def make(message: Any, *args: Any) -> web.BaseRequest:
+    async def write_headers(self, status_line: str, headers: CIMultiDict[str]) -> None:
+        if status_line.startswith("HTTP/1.0 "):
+            status_line = "HTTP/1.1 " + status_line[len("HTTP/1.0 "):]
+            headers.setdefault(hdrs.CONNECTION, "close")
+        await super().write_headers(status_line, headers)
+
+
+def _http11_writer(writer: Any, protocol: Any) -> Any:
+    """An :class:`Http11StatusLine` in place of aiohttp's fresh ``writer`` (``writer`` itself
+    if it is not a plain ``StreamWriter``: then HTTP/1.0 is answered in HTTP/1.0, as
+    aiohttp does, which an HTTP/1.0 client reads too)."""
+    if type(writer) is not StreamWriter:
+        return writer
+    try:
+        return Http11StatusLine(protocol, writer.loop)
+    except (TypeError, AttributeError):
+        return writer
+
+
+def answered_in_http11(factory: Callable[..., web.BaseRequest]) -> Callable[..., web.BaseRequest]:
+    """A request factory for ``web.Server`` whose requests are all answered with an
+    ``HTTP/1.1`` status line: aiohttp writes a response's status line in the request's
+    version, so its stand-in for an unparseable request (HTTP/1.0), a request in a version
+    the relay does not speak (``HTTP/2.0 404``) and an HTTP/1.0 request were answered in
+    those. The client's version is never written back; an HTTP/1.0 request keeps its
+    framing (:class:`Http11StatusLine`)."""
+
+    def make(message: Any, payload: Any, protocol: Any, writer: Any, *rest: Any) -> web.BaseRequest:
         if message is _ERROR_MESSAGE or not spoken(message.version):
             message = message._replace(version=HttpVersion11)
-        return factory(message, *args)
+        elif message.version == HttpVersion10:
+            writer = _http11_writer(writer, protocol)
+        return factory(message, payload, protocol, writer, *rest)
 
     return make
 

@@ -1,7 +1,8 @@
 """Which HTTP versions the relay speaks, and how it tells the others (specs/relay.md,
 "Errors"). No I/O here: :mod:`.httperrors` wires it into aiohttp.
 
-The relay speaks HTTP/1.1, and answers HTTP/1.0 in HTTP/1.0's own framing (aiohttp's).
+The relay speaks HTTP/1.1, and answers HTTP/1.0 with an ``HTTP/1.1`` status line in HTTP/1.0's
+own framing (:class:`.httperrors.Http11StatusLine`).
 Anything else is answered ``505 unsupported_http_version`` in an HTTP/1.1 response, then
 the connection is closed:
 

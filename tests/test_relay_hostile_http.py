@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 from adversary.fuzz import fuzz_settings
+from aiohttp.http import StreamWriter
 from didmesh.identity.keys import IdentityKey
 from didmesh.relay.app import METHOD_NOT_ALLOWED_MESSAGE, NOT_FOUND_MESSAGE
 from didmesh.relay.client import RelayClient
@@ -309,13 +310,59 @@ def test_a_body_ending_like_a_bare_request_line_is_left_intact(
     assert [(a.status, a.code) for a in got] == [(400, "malformed"), (200, None)], raw[:600]
 
 
-def test_http10_is_answered_in_http10_and_parse_failures_in_http11(
+INFO10 = b"GET /info HTTP/1.0\r\n\r\n"
+INFO10_KEEP = b"GET /info HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+
+
+def test_http10_is_answered_with_an_http11_status_line_in_http10_framing(
     relay: RelayProcess,
 ) -> None:
-    raw, _ = exchange(relay.port, b"GET /info HTTP/1.0\r\n\r\n")
-    assert raw.startswith(b"HTTP/1.0 200 OK\r\n")
+    """RFC 9110 section 6.2: the answer's version is the highest the relay conforms to with
+    the request's major version, HTTP/1.1 (aiohttp wrote ``HTTP/1.0``). The framing stays
+    HTTP/1.0's (RFC 9112 sections 6.1, 9.3): a Content-Length, never chunked, and the
+    connection closed after the answer, said with ``Connection: close``."""
+    raw, took = exchange(relay.port, INFO10)
+    (got,) = answers(raw)  # and then the relay closed: exchange read to EOF
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and took < 3
+    assert got.headers.get("connection") == "close" and "transfer-encoding" not in got.headers
+    assert json.loads(got.body)
     raw, _ = exchange(relay.port, b"GET /info HTTP/1.0\r\nX: \x01\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    (got,) = answers(exchange(relay.port, b"GET /nothing HTTP/1.0\r\n\r\n")[0])
+    relay_error(got, 404, "not_found")
+    assert got.version == b"HTTP/1.1" and got.headers.get("connection") == "close"
+
+
+def test_http10_keep_alive_is_kept_only_when_asked(relay: RelayProcess) -> None:
+    """An HTTP/1.0 client asking ``Connection: keep-alive`` gets it confirmed and a second
+    answer on the same connection; the request without it is the last one answered."""
+    raw, took = exchange(relay.port, INFO10_KEEP + INFO10 + INFO10)
+    got = answers(raw)
+    assert [(a.version, a.status) for a in got] == [(b"HTTP/1.1", 200)] * 2, raw[:600]
+    assert [a.headers.get("connection") for a in got] == ["keep-alive", "close"]
+    assert not [a for a in got if "transfer-encoding" in a.headers] and took < 3
+
+
+def test_http10_falls_back_to_aiohttps_status_line_with_another_writer() -> None:
+    """With a writer that is not aiohttp's plain one (another aiohttp), an HTTP/1.0 request
+    is answered as aiohttp does (``HTTP/1.0``): the writer is left alone."""
+    from didmesh.relay.httperrors import Http11StatusLine, _http11_writer
+
+    class Other:
+        loop = None
+
+    other = Other()
+    assert _http11_writer(other, object()) is other
+    loop = asyncio.new_event_loop()
+    try:
+        built = _http11_writer(StreamWriter(_Proto(), loop), _Proto())
+    finally:
+        loop.close()
+    assert isinstance(built, Http11StatusLine)
+
+
+class _Proto:
+    transport = None
 
 
 # ---------------------------------------------------------------- reflection, log injection
