@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -129,12 +130,27 @@ def describe(exc: BaseException | None, status: int) -> tuple[int, RelayError]:
     return 400, MalformedRequest(f"the request is not well-formed HTTP/1.1: {kind}")
 
 
-#: aiohttp's stand-ins for a request it could not parse (read defensively: without them a
-#: parse failure is still answered, in aiohttp's HTTP/1.0 framing, and no 505 is given)
+# aiohttp's internals the relay reads, all from ``aiohttp.web_protocol`` (tested with
+# aiohttp 3.14.5; pyproject.toml pins >=3.14.1,<4). Each is read defensively: where one is
+# missing or differs (another aiohttp), the relay falls back to aiohttp's own behaviour for
+# that part only, and tests/test_relay_hostile_http.py runs a relay that way.
+#
+# * ``ERROR`` and ``_ErrInfo``: its stand-in for a request it could not parse and its
+#   queued parse failure. Without them: no 505 for a version llhttp parsed (HTTP/2.0 is
+#   answered like HTTP/1.1), and aiohttp's stand-in is not told apart;
+# * ``RequestHandler._messages``, its queue of ``(message, payload)``: the same, and a body
+#   that fails to frame is answered after ``body_timeout_s`` (408), not at once;
+# * ``_max_msg_queue_size``, ``_msg_queue_resume_size``, ``_parser`` and the parser's
+#   ``max_msg_queue_size`` (3.14.1): :func:`one_request_at_a_time`. Without them: requests
+#   before garbage in one read are lost, and a bare HTTP/0.9 line after a request waits for
+#   the keep-alive timeout;
+# * ``_current_request``, ``_force_close``, ``_close``, ``_upgraded``: read with a default
+#   that turns the fix that needs them off.
 _ERROR_MESSAGE = getattr(web_protocol, "ERROR", None)
 _ErrInfo: Any = getattr(web_protocol, "_ErrInfo", None)
-#: how many held-back requests :meth:`RelayRequestHandler._parse_held` parses at most
+#: how many held-back requests :meth:`RelayRequestHandler._between_requests` parses at most
 _HELD_MAX = 4
+_warned_fallback = False
 
 
 def one_request_at_a_time(handler: Any, loop: Any, auto_decompress: bool) -> bool:
@@ -164,9 +180,36 @@ def one_request_at_a_time(handler: Any, loop: Any, auto_decompress: bool) -> boo
     return True
 
 
+def request_queue(handler: Any) -> deque[Any] | None:
+    """aiohttp's queue of parsed ``(message, payload)`` of a connection, if it has one."""
+    queue = getattr(handler, "_messages", None)
+    return queue if isinstance(queue, deque) else None
+
+
 def _parsed(entry: Any) -> bool:
     """Whether a queued ``(message, payload)`` is a parsed request (not a parse failure)."""
-    return isinstance(entry[0], RawRequestMessage)
+    return isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], RawRequestMessage)
+
+
+def _failed(entry: Any) -> bool:
+    """Whether a queued entry is aiohttp's parse failure."""
+    return _ErrInfo is not None and isinstance(entry, tuple) and isinstance(entry[0], _ErrInfo)
+
+
+def _ended(entry: Any) -> bool:
+    """Whether the body of a queued parsed request has all come (so has the request)."""
+    is_eof = getattr(entry[1], "is_eof", None)
+    return bool(is_eof()) if callable(is_eof) else False
+
+
+def _refusal() -> Any:
+    """A queued parse failure answered ``505``, or None if aiohttp has none to give."""
+    exc = VersionNotSpoken()
+    try:
+        return (_ErrInfo(status=HTTP_VERSION_NOT_SUPPORTED, exc=exc, message=exc.message),
+                EMPTY_PAYLOAD)
+    except TypeError:  # another _ErrInfo (or none)
+        return None
 
 
 class RelayRequestHandler(RequestHandler):
@@ -181,6 +224,12 @@ class RelayRequestHandler(RequestHandler):
         self._bare_line = BareLine(limit)
         self._last_entry: Any = None  # the last (message, payload) the parser gave
         self.one_at_a_time = one_request_at_a_time(self, loop, kw.get("auto_decompress", True))
+        global _warned_fallback
+        if not self.one_at_a_time and not _warned_fallback:
+            _warned_fallback = True
+            log.warning("this aiohttp has no bound on queued requests the relay can set "
+                        "(3.14.1 and later): requests before garbage in one read may go "
+                        "unanswered")
 
     def _feed(self, data: bytes, messages: Any) -> None:
         """Hand ``data`` to aiohttp's parser, then refuse with 505 each request it parsed in
@@ -189,12 +238,10 @@ class RelayRequestHandler(RequestHandler):
         self._bare_line.feed(data)
         super().data_received(data)
         for i in range(queued, len(messages)):
-            if _ErrInfo is not None and _parsed(messages[i]) and not spoken(
-                messages[i][0].version
-            ):
-                exc = VersionNotSpoken()
-                messages[i] = (_ErrInfo(status=HTTP_VERSION_NOT_SUPPORTED, exc=exc,
-                                        message=exc.message), EMPTY_PAYLOAD)
+            if _parsed(messages[i]) and not spoken(messages[i][0].version):
+                refusal = _refusal()
+                if refusal is not None:
+                    messages[i] = refusal
         if len(messages) > queued:
             self._last_entry = messages[-1]
 
@@ -209,23 +256,20 @@ class RelayRequestHandler(RequestHandler):
             return False
         for _ in range(_HELD_MAX):
             count, entry = len(messages), self._last_entry
-            ended = entry is None or entry[1].is_eof()
+            ended = entry is None or _ended(entry)
             self._feed(b"", messages)
             if len(messages) == count and self._last_entry is entry and (
-                entry is None or entry[1].is_eof() == ended
+                entry is None or _ended(entry) == ended
             ):
                 break  # the parser stopped nowhere: it holds nothing back
         else:
             return False
         entry = self._last_entry
-        return entry is None or (_parsed(entry) and entry[1].is_eof())
+        return entry is None or (_parsed(entry) and _ended(entry))
 
     def data_received(self, data: bytes) -> None:
         data = self._first_line.feed(data)
-        # aiohttp's internals, read defensively: without its queue of parsed requests the
-        # handler is aiohttp's (no 505 for HTTP/2.0, a bad body answered after
-        # body_timeout_s with 408)
-        messages = getattr(self, "_messages", None)
+        messages = request_queue(self)  # None: aiohttp's own handling (see above)
         if messages is None:
             super().data_received(data)
             return
@@ -243,7 +287,7 @@ class RelayRequestHandler(RequestHandler):
         request = getattr(self, "_current_request", None)
         if request is None or len(messages) <= queued:
             return
-        if not _parsed(messages[-1]) and not request.content.is_eof():
+        if _failed(messages[-1]) and not request.content.is_eof():
             request.content.set_exception(RequestPayloadError("malformed request body"))
 
     def log_exception(self, *args: Any, **kw: Any) -> None:

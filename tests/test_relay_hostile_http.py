@@ -24,6 +24,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -363,6 +364,67 @@ def test_http10_falls_back_to_aiohttps_status_line_with_another_writer() -> None
 
 class _Proto:
     transport = None
+
+
+# ---------------------------------------------------------------- another aiohttp
+
+#: a relay process run as on an aiohttp whose internals differ (relay/httperrors.py lists
+#: what the relay reads): code run before the relay's own main
+FALLBACKS = {
+    # aiohttp before 3.14.1: the parser takes no bound on queued requests
+    "no queue bound": (
+        "import didmesh.relay.httperrors as h\n"
+        "_parser = h.HttpRequestParser\n"
+        "def parser(*a, max_msg_queue_size=None, **k):\n"
+        "    if max_msg_queue_size is not None:\n"
+        "        raise TypeError('unexpected keyword argument max_msg_queue_size')\n"
+        "    return _parser(*a, **k)\n"
+        "h.HttpRequestParser = parser\n"
+    ),
+    # none of the private names the relay reads is there (as the relay sees it: aiohttp's
+    # own handler keeps its attributes, under whatever names another aiohttp uses)
+    "no internals": (
+        "import didmesh.relay.httperrors as h\n"
+        "_bound = h.one_request_at_a_time\n"
+        "h.one_request_at_a_time = lambda handler, *a: _bound(object(), *a)\n"
+        "h._ErrInfo = h._ERROR_MESSAGE = None\n"
+        "h.request_queue = lambda handler: None\n"
+    ),
+}
+FALLBACK_MAIN = "import sys\nfrom didmesh.relay.server import main\nsys.exit(main())\n"
+
+
+@pytest.mark.parametrize("fallback", sorted(FALLBACKS))
+def test_a_relay_on_another_aiohttp_falls_back_and_still_answers(fallback: str) -> None:
+    """Without the aiohttp internals the relay's HTTP fixes read, it still answers every
+    request, in order, in HTTP/1.1, and every parse failure with its JSON error, and closes
+    a connection that stalls at the keep-alive timeout (2 s here) as aiohttp does: only the
+    fixes that need those internals are off (requests before garbage in one read may go
+    unanswered; a bare HTTP/0.9 line after a request waits for that timeout). It says so
+    once in its log, and logs no traceback."""
+    command = [sys.executable, "-c", FALLBACKS[fallback] + FALLBACK_MAIN]
+    args = ["--rate-ip-per-s", "0", "--header-timeout-s", "2"]
+    with start_relay("memory", args, command=command) as relay:
+        got = answers(exchange(relay.port, INFO + MISSING + HEALTH + INFO_CLOSE)[0])
+        assert [(a.version, a.status) for a in got] == [(b"HTTP/1.1", s) for s in
+                                                        (200, 404, 200, 200)]
+        raw, took = exchange(relay.port, GARBAGE + INFO)
+        (got,) = answers(raw)
+        relay_error(got, 400, "malformed")
+        assert MARK not in raw and took < 1.5
+        got = answers(exchange(relay.port, INFO + GARBAGE)[0])
+        relay_error(got[-1], 400, "malformed")
+        (got,) = answers(exchange(relay.port, INFO10)[0])
+        assert (got.version, got.status, got.headers.get("connection")) == (
+            b"HTTP/1.1", 200, "close")
+        raw, took = exchange(relay.port, b"GET /info\r\n")  # bare, first: at once
+        assert raw.startswith(b"HTTP/1.1 ") and took < 1.5
+        raw, took = exchange(relay.port, INFO + b"GET /info\r\n")  # later: the timeout
+        assert answers(raw)[0].status == 200 and 1.5 < took < 6
+        time.sleep(0.3)
+        lines = relay.log_lines()
+    assert [ln for ln in lines if "no bound on queued requests" in ln.get("msg", "")]
+    assert not [ln for ln in lines if ln["level"] in ("error", "critical") or "exc" in ln]
 
 
 # ---------------------------------------------------------------- reflection, log injection
