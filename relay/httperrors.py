@@ -268,6 +268,9 @@ class RelayRequestHandler(RequestHandler):
         return entry is None or (_parsed(entry) and _ended(entry))
 
     def data_received(self, data: bytes) -> None:
+        if getattr(self, "_payload_parser", None) is not None or getattr(self, "_upgraded", True):
+            super().data_received(data)  # past an upgrade (WebSocket frames): no HTTP here
+            return
         data = self._first_line.feed(data)
         messages = request_queue(self)  # None: aiohttp's own handling (see above)
         if messages is None:

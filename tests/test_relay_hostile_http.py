@@ -282,6 +282,7 @@ def test_a_bare_request_line_later_on_a_connection_gets_505_at_once(
 ) -> None:
     """HTTP/0.9's ``GET /path`` (no version) after complete requests on a keep-alive
     connection: it was answered only by the close at the keep-alive timeout (8 s here)."""
+    before = len(relay.log_lines())
     raw, took = exchange(relay.port, *writes)
     got = answers(raw)
     assert [a.status for a in got] == statuses, raw[:600]
@@ -290,6 +291,9 @@ def test_a_bare_request_line_later_on_a_connection_gets_505_at_once(
     assert error["message"] == UNSUPPORTED_MESSAGE
     assert got[-1].headers.get("connection") == "close"
     assert took < 3
+    time.sleep(0.2)
+    lines = relay.log_lines()[before:]
+    assert not [ln for ln in lines if ln["level"] in ("error", "critical") or "exc" in ln]
 
 
 BODY_HEAD = (b"POST /v1/auth/challenge HTTP/1.1\r\nHost: x\r\n"
