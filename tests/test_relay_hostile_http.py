@@ -272,6 +272,7 @@ LATER_BARE_LINES = [
     ("after a request with a body", [BAD_JSON.replace(b"2\r\n\r\n[]", b"4\r\n\r\n\r\n\r\n")
                                      + b"POST /v1/envelopes\r\n"], [400, 505]),
     ("after a request and an empty line", [INFO + b"\r\n", b"GET /\r\n"], [200, 505]),
+    ("after ten requests in its write", [INFO * 10 + b"GET /\r\n"], [200] * 10 + [505]),
 ]  # fmt: skip
 
 
@@ -300,19 +301,22 @@ BODY_HEAD = (b"POST /v1/auth/challenge HTTP/1.1\r\nHost: x\r\n"
              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n")
 
 
+@pytest.mark.parametrize("before", [b"", INFO, INFO * 6], ids=["alone", "after one", "after six"])
 @pytest.mark.parametrize("more", [b"", b"{tail}"], ids=["body ends there", "more body to come"])
 def test_a_body_ending_like_a_bare_request_line_is_left_intact(
-    relay: RelayProcess, more: bytes
+    relay: RelayProcess, before: bytes, more: bytes
 ) -> None:
-    """A read that ends, inside or at the end of a body, with an empty line and ``GET /``:
-    the body is not cut or lengthened (a request after it is answered as itself)."""
+    """A read that ends, inside or at the end of a body, with an empty line and ``GET /``
+    (behind requests in the same read, which the parser holds back): the body is not cut
+    or lengthened (the request after it is answered as itself)."""
     body = b"[1,\r\n\r\nGET /\r\n" + more
     head = BODY_HEAD % len(body)
-    cut = len(head) + len(body) - len(more)
-    payload = head + body + INFO_CLOSE
+    cut = len(before) + len(head) + len(body) - len(more)
+    payload = before + head + body + INFO_CLOSE
     raw, _ = exchange(relay.port, payload[:cut], payload[cut:])
     got = answers(raw)
-    assert [(a.status, a.code) for a in got] == [(400, "malformed"), (200, None)], raw[:600]
+    want = [(200, None)] * before.count(b"GET") + [(400, "malformed"), (200, None)]
+    assert [(a.status, a.code) for a in got] == want, raw[:600]
 
 
 INFO10 = b"GET /info HTTP/1.0\r\n\r\n"
