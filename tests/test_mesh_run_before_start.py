@@ -275,6 +275,58 @@ def test_a_slow_typist_between_two_runs_is_named_by_everyone(tmp_path: Path) -> 
             assert line.endswith("[program_stalled]"), line
 
 
+IN_COROUTINE = """
+    import os, sys
+    from mpyc.runtime import mpc
+    async def main():
+        await mpc.start()
+        secint = mpc.SecInt(32)
+        s = await mpc.output(mpc.sum(mpc.input(secint(mpc.pid))))
+        print("first", s, flush=True)
+        if mpc.pid == 1:  # a prompt inside the coroutine: the loop runs, stuck in it
+            fd = os.open(os.environ["FIFO"], os.O_RDWR)
+            os.dup2(fd, 0)
+            sys.stdin = open(0, closefd=False)
+            print("blocked", flush=True)
+            input("bonus? ")
+            print("typed", flush=True)
+        s = await mpc.output(mpc.sum(mpc.input(secint(mpc.pid))))
+        await mpc.shutdown()
+    mpc.run(main())
+"""
+
+
+def test_a_party_blocked_inside_a_coroutine_hears_the_abort_when_its_call_returns(
+        tmp_path: Path) -> None:
+    """The limit of the pump (specs/mesh.md 9): a prompt inside ``async def main()`` run
+    by ``mpc.run(main())`` blocks the running loop itself, which cannot be run again from
+    within. The party reads the abort when the call returns (here: once a line is typed),
+    then ends at once with the one line."""
+    fifo = tmp_path / "tty"
+    os.mkfifo(fifo)
+    parties = _start(tmp_path, IN_COROUTINE, env={"FIFO": str(fifo)}, timeout=30)
+    try:
+        parties[1].wait_line("blocked", 40)
+        parties[2].wait_line("first 3", 40)
+        time.sleep(1.0)
+        parties[2].proc.send_signal(signal.SIGINT)
+        _reap(parties[2:], 15)
+        parties[0].proc.wait(BOUND)
+        time.sleep(1.0)
+        assert parties[1].proc.poll() is None  # still at its prompt
+        t0 = time.monotonic()
+        with open(fifo, "w") as tty:
+            tty.write("5\n")
+        _reap(parties, 15)
+    finally:
+        _reap(parties, 5)
+    p = parties[1]
+    assert p.ended is not None and p.ended - t0 <= BOUND, p.stderr[-1500:]
+    line = _one_clean_line(p)
+    assert p.proc.returncode == 1, p.stderr[-1500:]
+    assert line.startswith(f"didmesh: the run was aborted by {NAMES[2]}"), line
+
+
 # ------------------------------------------------------------------ 2. the program's status
 
 EXITS = """
