@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from didmesh.identity.keys import IdentityKey
 from didmesh.relay.client import RelayClient
 from didmesh.relay.envelope import seal
-from didmesh.relay.errors import RelayError, RelayInternalError
+from didmesh.relay.errors import LinkClosed, RelayError, RelayInternalError
 from didmesh.relay.limits import LimitSettings
+from didmesh.relay.protocol import RESUMABLE_CLOSE_CODES, CloseCode
 from didmesh.relay.store.base import PutPolicy, StoredEnvelope
 from didmesh.relay.store.redis import REDIS_TIMEOUT_S, RedisStore
 from relay_helpers import RedisServer, _popen_redis, _redis_up, start_redis, start_relay
@@ -94,6 +96,10 @@ def _store_calls(store: RedisStore) -> dict[str, Callable[[], Awaitable[Any]]]:
     }
 
 
+async def limits_release(store: RedisStore) -> None:
+    await store.limits(SETTINGS, time.time).slots.release("did:key:zBob")
+
+
 def test_the_store_sets_its_own_redis_timeouts() -> None:
     """Not redis-py's default (no timeout at all before redis-py 8): ours, unless the
     Redis URL names one."""
@@ -138,10 +144,6 @@ async def test_every_store_wait_on_a_frozen_or_killed_redis_ends_with_an_error()
         finally:
             took, exc = await _outcome(store.close())
             assert took < 4 * TIMEOUT_S + 2.0 and not isinstance(exc, AssertionError), (took, exc)
-
-
-async def limits_release(store: RedisStore) -> None:
-    await store.limits(SETTINGS, time.time).slots.release("did:key:zBob")
 
 
 async def test_a_store_whose_redis_is_frozen_cannot_start_and_says_so() -> None:
@@ -221,3 +223,41 @@ async def test_a_relay_answers_with_an_error_when_its_redis_freezes_or_dies_mid_
             assert relay.alive()
             text = relay.log_path.read_text(errors="replace")
             assert "Traceback" not in text and "unexpected failure" not in text, text[-3000:]
+
+
+async def test_a_link_through_redis_pub_sub_ends_with_4411_when_redis_dies(
+    tmp_path: Path,
+) -> None:
+    """Frames between two relay processes travel by pub/sub here (no splices): when the
+    subscriber connection fails, frames sent meanwhile are lost, so both ends are closed
+    with 4411 (the relay lost the link: the mesh resumes it) at once, not left open with a
+    gap, or waiting for credit that will never come (4500 if it was the relay's own
+    publish that failed first)."""
+    with own_redis() as server:
+        url = server.url()
+        args = ["--rate-ip-per-s", "0", "--link-splice-listen", ""]
+        alice, bob = IdentityKey.generate(), IdentityKey.generate()
+        with start_relay(url, args, home=tmp_path) as r1, \
+                start_relay(url, args, home=tmp_path) as r2:
+            async with RelayClient(r1.url, alice) as ca, RelayClient(r2.url, bob) as cb:
+                first = asyncio.create_task(ca.open_link("p", bob.did, timeout=15))
+                await asyncio.sleep(0.5)
+                lb = await cb.open_link("p", alice.did, timeout=15)
+                la = await first
+                await la.send(b"before")
+                assert await lb.recv(timeout=5) == b"before"
+                kill(server)
+                t0 = time.monotonic()
+                for link in (la, lb):
+                    with pytest.raises(LinkClosed) as exc:
+                        await link.recv(timeout=10)
+                    # 4411 (the bus lost), or 4500 if a credit was being published as Redis
+                    # died: both say the relay lost the link, and both are resumable
+                    assert exc.value.close_code in (CloseCode.PEER_RELAY_GONE,
+                                                    CloseCode.INTERNAL), exc.value
+                    assert exc.value.close_code in RESUMABLE_CLOSE_CODES
+                assert time.monotonic() - t0 < 3.0
+            for relay in (r1, r2):
+                assert relay.alive()
+                text = relay.log_path.read_text(errors="replace")
+                assert "Traceback" not in text, text[-3000:]

@@ -428,6 +428,7 @@ class RedisBus(Bus):
             except Exception as exc:  # connection trouble: wake everyone, keep trying
                 log.warning("redis pub/sub error: %s", exc)
                 self.store.notifier.wake_all()
+                self._links_lost()
                 await asyncio.sleep(0.5)
                 continue
             if msg is None:
@@ -475,6 +476,18 @@ class RedisBus(Bus):
         except BaseException:
             self._handlers.pop(ch, None)
             raise
+
+    def _links_lost(self) -> None:
+        """The subscriber connection failed: frames published to it meanwhile are lost
+        (pub/sub keeps nothing), so every link through the bus ends as if the other end's
+        process had died (4411: the relay lost the link, and the mesh resumes it) rather
+        than go on with a gap, or wait for ever for credit that was lost."""
+        watched, self._watched = self._watched, {}
+        for _proc, on_dead in watched.values():
+            try:
+                on_dead()
+            except Exception:
+                log.exception("process watcher failed")
 
     def watch_process(self, proc_id: str, channel: str, on_dead: Callable[[], None]) -> None:
         self._watched[channel] = (proc_id, on_dead)
