@@ -490,9 +490,9 @@ class RemotePipe:
                 owed = 0
 
     async def _close(self, code: int) -> None:
+        self.credit_event.set()  # a send waiting for credit ends too
         if not self.state.closed_code:
             self.state.closed_code = code
-            self.credit_event.set()  # a send waiting for credit ends too
             with contextlib.suppress(Exception):
                 await self.bus.publish(self.tx, xp_close(code))
         close_peer(self.end.ws, code)

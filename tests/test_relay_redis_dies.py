@@ -261,3 +261,59 @@ async def test_a_link_through_redis_pub_sub_ends_with_4411_when_redis_dies(
                 assert relay.alive()
                 text = relay.log_path.read_text(errors="replace")
                 assert "Traceback" not in text, text[-3000:]
+
+
+class _SilentBus:
+    """A bus whose other side never answers (Redis frozen): publishes go nowhere, so no
+    credit and no close ever come back."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        self.published.append((channel, data))
+
+    async def unsubscribe(self, channel: str) -> None:
+        pass
+
+
+class _ClientSocket:
+    """The local client's end: it sent one frame, then nothing."""
+
+    def __init__(self) -> None:
+        self.closed, self.close_code = False, 0
+        self._never = asyncio.Event()
+
+    async def receive(self) -> Any:
+        await self._never.wait()  # a client that sends nothing more
+
+    async def close(self, *, code: int, message: bytes = b"") -> None:
+        self.closed, self.close_code = True, code
+
+    async def ping(self, data: bytes = b"") -> None:
+        pass
+
+
+async def test_a_send_waiting_for_credit_ends_when_the_link_is_closed_here() -> None:
+    """A cross-process link whose credit never comes (the bus is silent) and whose other
+    end's close cannot arrive either: its duration budget closes it here, and the send
+    waiting for credit ends with it (before, that wait had no end: the handler and its
+    link slot were held for ever)."""
+    from aiohttp import WSMessage, WSMsgType
+    from didmesh.relay.config import RelayConfig
+    from didmesh.relay.links import LinkEnd, RemotePipe
+    from didmesh.relay.metrics import Metrics
+    from didmesh.relay.protocol import LinkRequest
+
+    config = RelayConfig(link_max_duration_s=0.3, link_heartbeat_s=0)
+    hub: Any = type("Hub", (), {"config": config})()
+    ws = _ClientSocket()
+    end = LinkEnd("did:key:zA", LinkRequest("s", "did:key:zB"), ws)
+    bus = _SilentBus()
+    pipe = RemotePipe(hub, bus, end, "l1", "a")
+    pipe.credit = 10  # the window is used up: the next frame waits for credit
+    frame = WSMessage(WSMsgType.BINARY, b"x" * 100, None)
+    code = await asyncio.wait_for(pipe.run(Metrics(), first=frame), 5)
+    assert code == CloseCode.DURATION_EXCEEDED
+    assert ws.close_code == CloseCode.DURATION_EXCEEDED
+    assert not any(data[:1] == b"\x00" for _, data in bus.published)  # the frame stayed
