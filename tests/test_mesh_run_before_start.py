@@ -442,14 +442,49 @@ def test_the_partial_table_marks_every_pair() -> None:
     text = _plain(format_partial(plan, rows, {1: LocalPair(1, "direct", "tcp 127.0.0.1:9", 0.1),
                                        2: LocalPair(2, why="direct: refused")}))
     lines = text.splitlines()
-    assert lines[0].startswith("connectivity check (incomplete")
+    assert lines[0] == ("connectivity check (the run failed before it ended; every pair "
+                        "known, 1 of 3 never connected):")
     assert lines[1] == f"  {NAMES[0]} <-> {NAMES[1]}  relay      4.500 ms  via relay http://r"
     assert lines[2] == f"  {NAMES[0]} <-> {NAMES[2]}  never connected: direct: refused"
     assert lines[3] == f"  {NAMES[1]} <-> {NAMES[2]}  direct     0.250 ms  via tcp 10.0.0.3:1"
     text = _plain(format_partial(plans[2], {}, {0: LocalPair(0, "direct", "tcp x", None)}))
+    assert text.splitlines()[0] == ("connectivity check (incomplete, the run failed before "
+                                    "it ended; 2 of 3 pairs unknown here):")
     assert text.splitlines()[1] == f"  {NAMES[0]} <-> {NAMES[1]}  unknown here: neither " \
         "party's check arrived"
     assert text.splitlines()[2] == f"  {NAMES[0]} <-> {NAMES[2]}  direct         ? ms  via tcp x"
+
+
+@pytest.mark.parametrize(("local", "title"), [
+    ({1: LocalPair(1, "direct", "tcp 127.0.0.1:9", 0.1)},
+     "connectivity check (the run failed before it ended; every pair's path is known):"),
+    ({1: LocalPair(1, why="direct: refused")},
+     "connectivity check (the run failed before it ended; every pair known, "
+     "1 of 1 never connected):"),
+], ids=["all-connected", "one-never-connected"])
+def test_the_partial_table_says_incomplete_only_when_a_pair_is_unknown(
+        local: dict[int, LocalPair], title: str) -> None:
+    """Two parties: this party's own link is the only pair, so nothing is unknown here and
+    the table must not claim to be incomplete, only that the check did not end."""
+    plans, _ = loopback_plans(2)
+    lines = _plain(format_partial(plans[0], {}, local)).splitlines()
+    assert lines[0] == title
+    assert "incomplete" not in lines[0]
+    assert len(lines) == 2 and lines[1].startswith(f"  {NAMES[0]} <-> {NAMES[1]}  "), lines
+
+
+def test_the_partial_table_of_three_with_every_row_known_is_not_incomplete() -> None:
+    """Three parties, the run failed before READY completed here, yet every pair is known:
+    this party's two links and the third pair from a peer's row."""
+    plans, _ = loopback_plans(3)
+    rows = {1: [{"peer": 2, "path": "relay", "via": "relay http://r", "rtt_ms": 3.0}]}
+    local = {1: LocalPair(1, "direct", "tcp a", 0.5), 2: LocalPair(2, "direct", "tcp b", 0.75)}
+    lines = _plain(format_partial(plans[0], rows, local)).splitlines()
+    assert lines == [
+        "connectivity check (the run failed before it ended; every pair's path is known):",
+        f"  {NAMES[0]} <-> {NAMES[1]}  direct     0.500 ms  via tcp a",
+        f"  {NAMES[0]} <-> {NAMES[2]}  direct     0.750 ms  via tcp b",
+        f"  {NAMES[1]} <-> {NAMES[2]}  relay      3.000 ms  via relay http://r"]
 
 
 class _Link:
