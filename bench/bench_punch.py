@@ -22,7 +22,10 @@ the punched path from the later party's start (party 0's ``punched in``, counted
 own start, less how much earlier it started), each with its ratio to plain MPyC, and the
 CPU time (user + system) of a party's whole process, the mean of the run's parties, with
 its ratio: on two cores with both parties starting at once, start-up is CPU-bound, so the
-wall time's gap to plain MPyC follows the CPU's. The machine is shared: figures are noisy
+wall time's gap to plain MPyC follows the CPU's. Last, the paired wall ratio: the median
+over repeats of each repeat's wall time over plain MPyC's in the same repeat (they ran back
+to back), with a 90 % bootstrap interval of that median: less moved by the machine's
+drift between repeats than the ratio of the two medians. The machine is shared: figures are noisy
 (the load average is printed).
 
 The path column counts, for ``punched``, the runs whose pair was punched (``12/12``); a
@@ -167,6 +170,22 @@ def run_didmesh(lab: Lab, nodes: list[str], url: str, program: Path, args: list[
             "setup": min(setups), "path": row["path"], "via": row["via"], "punch": punch}
 
 
+def _paired(base: list[dict[str, Any]], rows: list[dict[str, Any]],
+            resamples: int = 2000) -> str:
+    """The median over repeats of this mode's wall time over plain MPyC's in the same
+    repeat (the two ran back to back), with a 90 % bootstrap interval of that median:
+    the figure the machine's drift between repeats moves least."""
+    plain = {x["repeat"]: x["wall"] for x in base}
+    ratios = [x["wall"] / plain[x["repeat"]] for x in rows if x["repeat"] in plain]
+    if len(ratios) < 2:
+        return ""
+    rng = random.Random(1)
+    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
+                  for _ in range(resamples))
+    lo, hi = meds[int(0.05 * resamples)], meds[int(0.95 * resamples) - 1]
+    return f"{statistics.median(ratios):.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 MODES = ("mpyc-nat", "punched", "relayed", "direct")
 #: ``--ab DIR``: also "punched" with the didmesh found in DIR (a folder holding a
 #: ``didmesh`` directory whose identity/session/relay are another revision's, e.g. from
@@ -216,7 +235,7 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'RTT':>4} {'program':>10} {'mode':>12} {'path':>8} {'elapsed s':>10} "
           f"{'wall s':>7} {'setup s':>8} {'punch s':>8} {'x mpyc':>7} {'wall x':>7} "
-          f"{'cpu s':>6} {'cpu x':>6}")
+          f"{'cpu s':>6} {'cpu x':>6}  paired wall x [90 %]")
     for rtt in (float(x) for x in a.rtts.split(",")):
         d = rtt / 4  # one way on each home's access link: home to home is 2 * (d + d)
         r = RELAY_RTT_MS / 2 - d  # relay to each home: 2 * (d + r) = RELAY_RTT_MS
@@ -231,7 +250,7 @@ def main() -> None:
             nat_public = [lab.public_address("p1"), lab.public_address("p2")]
             rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
             failed: dict[tuple[str, str], int] = {}
-            for _ in range(a.repeats):
+            for rep in range(a.repeats):
                 for name in a.programs.split(","):
                     prog, args = PROGRAMS[name]
                     for mode in modes:
@@ -242,6 +261,7 @@ def main() -> None:
                             print(f"  ({rtt:g} ms {name} {mode}: failed: {exc})",
                                   file=sys.stderr, flush=True)
                             continue
+                        got["repeat"] = rep
                         rows.setdefault((name, mode), []).append(got)
                         if mode in ("punched", BASE) and got["path"] != "punched":
                             print(f"  ({rtt:g} ms {name} {mode}: not punched: "
@@ -266,7 +286,8 @@ def main() -> None:
                           f"{statistics.median(setup) if setup else float('nan'):>8.2f} "
                           f"{statistics.median(punch) if punch else float('nan'):>8.3f} "
                           f"{el / base if base else float('nan'):>7.3f} "
-                          f"{wall / wbase:>7.3f} {cpu:>6.3f} {cpu / cbase:>6.3f}", flush=True)
+                          f"{wall / wbase:>7.3f} {cpu:>6.3f} {cpu / cbase:>6.3f} "
+                          f"{_paired(rows[(name, 'mpyc-nat')], xs)}", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -549,15 +549,24 @@ def issue_presentation(
     domain: str,
     suite: str = "eddsa-rdfc-2022",
     created: datetime | None = None,
+    expires: datetime | None = None,
 ) -> dict[str, Any]:
     """Sign ``presentation`` with an authentication proof bound to ``challenge`` and
     ``domain``. ``holder`` is set to ``key``'s DID if absent and must equal it if
-    present. Embedded credentials are signed as they are (not re-verified)."""
+    present. Embedded credentials are signed as they are (not re-verified). ``expires``
+    (timezone-aware, after ``created``) puts the proof's own ``expires`` in it: a verifier
+    refuses the presentation after that moment (:class:`~.errors.Expired`)."""
     what = "presentation"
     if not isinstance(challenge, str) or not challenge:
         raise ValueError("challenge must be a non-empty string")
     if not isinstance(domain, str) or not domain:
         raise ValueError("domain must be a non-empty string")
+    created = created or datetime.now(UTC)
+    if expires is not None:
+        if expires.tzinfo is None:
+            raise ValueError("expires must be a timezone-aware datetime")
+        if created.tzinfo is not None and expires <= created:
+            raise ValueError("expires must be after created")
     proof_suite, doc, version = _to_sign(presentation, VERIFIABLE_PRESENTATION, what, suite)
     doc.setdefault("holder", key.did)
     holder = _id_of(doc.get("holder"), "holder", what)
@@ -570,12 +579,14 @@ def issue_presentation(
     if proof_suite.name == "eddsa-jcs-2022":
         canonize(doc, what=what)
     options = {
-        "created": format_datetime(created or datetime.now(UTC)),
+        "created": format_datetime(created),
         "verificationMethod": key.verification_method,
         "proofPurpose": AUTHENTICATION,
         "challenge": challenge,
         "domain": domain,
     }
+    if expires is not None:
+        options["expires"] = format_datetime(expires)
     doc["proof"] = proof_suite.create(doc, options, key.sign)
     return doc
 

@@ -1,7 +1,8 @@
 """Which HTTP versions the relay speaks, and how it tells the others (specs/relay.md,
 "Errors"). No I/O here: :mod:`.httperrors` wires it into aiohttp.
 
-The relay speaks HTTP/1.1, and answers HTTP/1.0 in HTTP/1.0's own framing (aiohttp's).
+The relay speaks HTTP/1.1, and answers HTTP/1.0 with an ``HTTP/1.1`` status line in HTTP/1.0's
+own framing (:class:`.httperrors.Http11StatusLine`).
 Anything else is answered ``505 unsupported_http_version`` in an HTTP/1.1 response, then
 the connection is closed:
 
@@ -11,10 +12,11 @@ the connection is closed:
   ``400 malformed``). RFC 9112 says a server *should* process a higher 1.x minor version as
   1.1; llhttp cannot, so the relay says which versions it speaks instead;
 * the HTTP/2 connection preface ``PRI * HTTP/2.0`` (llhttp: "Pause on PRI/Upgrade");
-* HTTP/0.9's ``GET /path`` line with no version at all, at the start of a connection:
-  llhttp reads it as the start of a request and waits for headers a 0.9 client never sends
-  (the connection hung until the header timeout). :class:`FirstLine` ends such a request at
-  its line, so it is answered at once.
+* HTTP/0.9's ``GET /path`` line with no version at all: llhttp reads it as the start of a
+  request and waits for headers a 0.9 client never sends (the connection hung until the
+  header timeout). :class:`FirstLine` ends such a request at its line at the start of a
+  connection; :class:`BareLine` spots one sent later on a keep-alive connection, right after
+  a complete request, so the adapter can end it too. Either way it is answered at once.
 """
 
 from __future__ import annotations
@@ -95,3 +97,38 @@ class FirstLine:
         if not _HTTP09_LINE.fullmatch(line):
             return data
         return data[: end + 1] + b"\r\n" + data[end + 1 :]  # llhttp: CRLF, even after a LF
+
+
+class BareLine:
+    """Watches the bytes handed to a connection's parser and says when they end with a bare
+    request line (``METHOD target``, no version) right after an empty line: what an HTTP/0.9
+    request sent later on a keep-alive connection looks like once the request before it has
+    ended (its head ends with an empty line).
+
+    Only the adapter knows whether the parser is between requests (the last request and its
+    body complete, nothing held back); if it is, the line can only be the start of a new
+    request, since inside a head an empty line cannot come before it: the adapter then adds
+    the empty line that ends the (absent) headers. If the line is the end of a body instead,
+    the parser is between requests and the added empty line is one it skips (RFC 9112
+    section 2.2). At most ``limit`` bytes of line are looked at; a longer line, or one after
+    a body that does not end with an empty line, waits for the header timeout as before."""
+
+    __slots__ = ("_keep", "_tail")
+
+    def __init__(self, limit: int) -> None:
+        self._keep = limit + 6  # the empty line before it, the line, its CRLF
+        self._tail = b"\r\n\r\n"  # the start of a connection is between requests
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            kept = self._tail + data if len(data) < self._keep else data
+            self._tail = kept[-self._keep :]
+
+    def ends_with_bare_line(self) -> bool:
+        tail = self._tail
+        if not tail.endswith(b"\n"):
+            return False
+        start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+        if start < 4 or tail[start - 4 : start] != b"\r\n\r\n":
+            return False
+        return _HTTP09_LINE.fullmatch(tail[start:-1]) is not None

@@ -24,7 +24,8 @@ from aiohttp import WSMessage, WSMsgType, web
 from didmesh.identity.strict_json import loads_strict
 
 from .config import RelayConfig
-from .errors import MalformedRequest
+from .conns import log_throttled
+from .errors import MalformedRequest, RelayError
 from .fastlink import FastLink, LinkBudget, fast_end
 from .metrics import Metrics
 from .protocol import (
@@ -478,10 +479,18 @@ class RemotePipe:
             await ws.send_bytes(data)
             owed += len(data)
             if owed >= REMOTE_WINDOW // 4 or self.inbound.empty():
-                await self.bus.publish(self.tx, xp_credit(owed))
+                try:
+                    await self.bus.publish(self.tx, xp_credit(owed))
+                except RelayError as exc:  # the bus failed (Redis down): end the link,
+                    log_throttled(  # else nothing would take the close that follows
+                        "remote-link-failed", logging.WARNING, "remote link failed",
+                        {"link": self.link, "error": exc.message[:300]})
+                    await self._close(CloseCode.INTERNAL)
+                    return
                 owed = 0
 
     async def _close(self, code: int) -> None:
+        self.credit_event.set()  # a send waiting for credit ends too
         if not self.state.closed_code:
             self.state.closed_code = code
             with contextlib.suppress(Exception):
@@ -542,15 +551,22 @@ class RemotePipe:
                 if state.bytes > state.max_bytes:
                     await self._close(CloseCode.BYTES_EXCEEDED)
                     break
-                while self.credit < len(data) and not self.remote_close:
+                # credit comes from the other process; without it this waits until the
+                # link ends (its peer's close, its process's death, the bus lost, or the
+                # watchdog's idle or duration budget closing it here)
+                while self.credit < len(data) and not (self.remote_close or state.closed_code):
                     self.credit_event.clear()
                     await self.credit_event.wait()
-                if self.remote_close:
+                if self.remote_close or state.closed_code:
                     break
                 self.credit -= len(data)
                 await self.bus.publish(self.tx, xp_data(data))
                 n += len(data)
                 frames += 1
+        except RelayError as exc:  # the bus failed (Redis down): no bug, no traceback
+            log_throttled("remote-link-failed", logging.WARNING, "remote link failed",
+                          {"link": self.link, "error": exc.message[:300]})
+            await self._close(CloseCode.INTERNAL)
         except Exception:
             log.exception("remote link %s failed", self.link)
             await self._close(CloseCode.INTERNAL)

@@ -31,6 +31,7 @@ from didmesh.identity.didkey import DidKey
 from didmesh.identity.errors import DidmeshError, IdentityError
 from didmesh.identity.keys import IdentityKey, verify_ed25519
 from didmesh.identity.strict_json import loads_strict
+from didmesh.identity.text import cut_at_word
 
 from .errors import MessageInvalid
 from .manifest import SESSION_ID_RE
@@ -205,8 +206,6 @@ def parse_refusal(body: Any) -> Refusal:
 
 
 def _cut(text: str) -> str:
-    if len(text) <= MAX_REFUSAL_REASON:
-        return text
-    cut = text[: MAX_REFUSAL_REASON - 1]
-    space = cut.rfind(" ")
-    return (cut[:space].rstrip() if space > MAX_REFUSAL_REASON // 2 else cut) + "…"
+    """At most :data:`MAX_REFUSAL_REASON` characters, cut at a word ending past the half
+    (else inside a word), marked "…"."""
+    return cut_at_word(text, MAX_REFUSAL_REASON, shortest=MAX_REFUSAL_REASON // 2 + 1)

@@ -16,6 +16,8 @@ FORMAT = "didmesh-session/v1"
 MAX_EVENTS = 200
 MAX_REJECTED = 50
 MAX_SEEN = 2000
+#: said of a state file this version cannot read but a later one may have written
+_NEWER = "; written by a newer didmesh? Upgrade didmesh to read it"
 
 
 class Role(StrEnum):
@@ -136,16 +138,19 @@ class SessionState:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise StateCorrupted(f"{where}: not a {FORMAT} file")
         values = {k: v for k, v in data.items() if k != "format"}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            shown = ", ".join(repr(k)[:40] for k in unknown[:3])
+            raise StateCorrupted(f"{where}: fields this didmesh does not know ({shown}"
+                                 f"{', …' if len(unknown) > 3 else ''}){_NEWER}")
         try:
             seats = [SeatRecord(**s) for s in values.pop("seats", [])]
             state = cls(**values, seats=seats)
         except TypeError as exc:
             raise StateCorrupted(f"{where}: {exc}") from None
-        if (
-            not isinstance(state.role, str)
-            or not isinstance(state.status, str)
-            or state.role not in set(Role)
-            or state.status not in set(Status)
-        ):
-            raise StateCorrupted(f"{where}: unknown role or status")
+        if not isinstance(state.role, str) or not isinstance(state.status, str):
+            raise StateCorrupted(f"{where}: role and status must be strings")
+        if state.role not in set(Role) or state.status not in set(Status):
+            raise StateCorrupted(f"{where}: unknown role or status "
+                                 f"({state.role[:20]!r}, {state.status[:20]!r}){_NEWER}")
         return state

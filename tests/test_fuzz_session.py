@@ -34,7 +34,7 @@ from didmesh.session.documents import (
     verify_confirmation,
     verify_invite,
 )
-from didmesh.session.errors import ManifestInvalid, MessageInvalid
+from didmesh.session.errors import ManifestInvalid, MessageInvalid, StateCorrupted
 from didmesh.session.machine import SessionMachine, x25519_public
 from didmesh.session.manifest import Manifest, format_time, validate_relay_url
 from didmesh.session.messages import (
@@ -200,6 +200,20 @@ def test_fuzz_session_state_file(data: st.DataObject) -> None:
 def test_session_state_file_with_list_role() -> None:
     doc = {**_invitee_state().to_json(), "role": []}
     only_tree_errors("SessionState.from_json", SessionState.from_json, doc)
+
+
+@pytest.mark.parametrize("change", [
+    {"ended_invites_v9": ["x"]},  # a field a later version added
+    {"status": "reticent"},  # a status a later version added
+], ids=["unknown field", "unknown status"])
+def test_a_state_file_from_a_newer_didmesh_says_so(change: dict[str, Any]) -> None:
+    """A state file this version cannot read, in a way a later version may have written
+    (a downgrade), says so and what to do, and is not called plain garbage."""
+    doc = {**_invitee_state().to_json(), **change}
+    with pytest.raises(StateCorrupted, match=r"newer didmesh\? Upgrade didmesh") as err:
+        SessionState.from_json(doc, "bob's state")
+    assert str(err.value).startswith("bob's state: ")
+    assert list(change)[0] in str(err.value) or "reticent" in str(err.value)
 
 
 # --------------------------------------------------------------------------- invite codes

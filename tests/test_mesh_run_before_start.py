@@ -1,8 +1,9 @@
 """A run that ends before, or just around, ``mpc.start()`` (real party processes).
 
 * A party whose program blocks before ``mpc.start()`` (``input()`` on a terminal that
-  nobody types into, ``time.sleep``) still ends promptly, with one ``didmesh:`` line,
-  when a peer aborts (its pre-start pump: session/mesh/prestart.py, specs/mesh.md 9).
+  nobody types into, ``time.sleep``), or between two ``mpc.run`` calls after it, still
+  ends promptly, with one ``didmesh:`` line, when a peer aborts (its pre-start pump:
+  session/mesh/prestart.py, specs/mesh.md 9); left alone, the stall names it.
 * A program's ``sys.exit(n)`` ends ``didmesh run``'s party with status ``n`` (as
   ``python PROGRAM`` would), in one line; before ``mpc.shutdown()`` the peers are told.
 * A run that fails before its connectivity check completed still prints the table, every
@@ -202,6 +203,130 @@ def test_a_slow_typist_is_named_not_blamed_for_a_deadlock(tmp_path: Path) -> Non
         assert "program_stalled" in line or i != 1, line
 
 
+BETWEEN = """
+    import os, sys
+    from mpyc.runtime import mpc
+    mpc.run(mpc.start())
+    secint = mpc.SecInt(32)
+    s = mpc.run(mpc.output(mpc.sum(mpc.input(secint(mpc.pid)))))
+    print("first", s, flush=True)
+    if mpc.pid == 1:  # a second prompt, between two mpc.run calls
+        fd = os.open(os.environ["FIFO"], os.O_RDWR)
+        os.dup2(fd, 0)
+        sys.stdin = open(0, closefd=False)
+        print("blocked", flush=True)
+        try:
+            salary = int(input("bonus? "))
+        except Exception:
+            salary = 0
+    s = mpc.run(mpc.output(mpc.sum(mpc.input(secint(mpc.pid)))))
+    print("second", s, flush=True)
+    mpc.run(mpc.shutdown())
+"""
+
+
+def test_a_party_blocked_between_two_runs_ends_promptly_on_an_abort(tmp_path: Path) -> None:
+    """After mpc.start() the pump goes on (until mpc.shutdown()): a party at a prompt
+    between two mpc.run calls hears a peer's abort at once (it used to wait in input())."""
+    fifo = tmp_path / "tty"
+    os.mkfifo(fifo)
+    parties = _start(tmp_path, BETWEEN, env={"FIFO": str(fifo)}, timeout=30)
+    try:
+        parties[1].wait_line("blocked", 40)
+        parties[2].wait_line("first 3", 40)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        parties[2].proc.send_signal(signal.SIGTERM)
+        _reap(parties, 15)
+    finally:
+        _reap(parties, 5)
+    assert parties[2].proc.returncode == 143
+    for i in (0, 1):
+        p = parties[i]
+        assert p.ended is not None and p.ended - t0 <= BOUND, \
+            f"party {i} took {(p.ended or 0) - t0:.2f} s: {p.stderr[-1500:]}"
+        line = _one_clean_line(p)
+        assert p.proc.returncode == 1, p.stderr[-1500:]
+        assert line.startswith(f"didmesh: the run was aborted by {NAMES[2]}"), line
+        assert "terminated (SIGTERM)" in line, line
+    assert not any(ln.startswith("second") for ln in parties[1].seen), parties[1].seen
+
+
+def test_a_slow_typist_between_two_runs_is_named_by_everyone(tmp_path: Path) -> None:
+    """No abort: the blocked party's own stall watchdog names it, before the peers'
+    (which could only say that nothing moves), and every party ends after the timeout."""
+    fifo = tmp_path / "tty"
+    os.mkfifo(fifo)
+    timeout = 3.0
+    parties = _start(tmp_path, BETWEEN, env={"FIFO": str(fifo)}, timeout=timeout)
+    try:
+        parties[1].wait_line("blocked", 40)
+        t0 = time.monotonic()
+        _reap(parties, timeout + 15)
+    finally:
+        _reap(parties, 5)
+    for i, p in enumerate(parties):
+        assert p.ended is not None and p.ended - t0 <= timeout + BOUND, p.stderr[-1500:]
+        line = _one_clean_line(p)
+        assert f"the program of {NAMES[1]} has not given control back to MPyC" in line, line
+        assert "after mpc.start()" in line, line
+        if i != 1:
+            assert line.startswith(f"didmesh: the run was aborted by {NAMES[1]}"), line
+            assert line.endswith("[program_stalled]"), line
+
+
+IN_COROUTINE = """
+    import os, sys
+    from mpyc.runtime import mpc
+    async def main():
+        await mpc.start()
+        secint = mpc.SecInt(32)
+        s = await mpc.output(mpc.sum(mpc.input(secint(mpc.pid))))
+        print("first", s, flush=True)
+        if mpc.pid == 1:  # a prompt inside the coroutine: the loop runs, stuck in it
+            fd = os.open(os.environ["FIFO"], os.O_RDWR)
+            os.dup2(fd, 0)
+            sys.stdin = open(0, closefd=False)
+            print("blocked", flush=True)
+            input("bonus? ")
+            print("typed", flush=True)
+        s = await mpc.output(mpc.sum(mpc.input(secint(mpc.pid))))
+        await mpc.shutdown()
+    mpc.run(main())
+"""
+
+
+def test_a_party_blocked_inside_a_coroutine_hears_the_abort_when_its_call_returns(
+        tmp_path: Path) -> None:
+    """The limit of the pump (specs/mesh.md 9): a prompt inside ``async def main()`` run
+    by ``mpc.run(main())`` blocks the running loop itself, which cannot be run again from
+    within. The party reads the abort when the call returns (here: once a line is typed),
+    then ends at once with the one line."""
+    fifo = tmp_path / "tty"
+    os.mkfifo(fifo)
+    parties = _start(tmp_path, IN_COROUTINE, env={"FIFO": str(fifo)}, timeout=30)
+    try:
+        parties[1].wait_line("blocked", 40)
+        parties[2].wait_line("first 3", 40)
+        time.sleep(1.0)
+        parties[2].proc.send_signal(signal.SIGINT)
+        _reap(parties[2:], 15)
+        parties[0].proc.wait(BOUND)
+        time.sleep(1.0)
+        assert parties[1].proc.poll() is None  # still at its prompt
+        t0 = time.monotonic()
+        with open(fifo, "w") as tty:
+            tty.write("5\n")
+        _reap(parties, 15)
+    finally:
+        _reap(parties, 5)
+    p = parties[1]
+    assert p.ended is not None and p.ended - t0 <= BOUND, p.stderr[-1500:]
+    line = _one_clean_line(p)
+    assert p.proc.returncode == 1, p.stderr[-1500:]
+    assert line.startswith(f"didmesh: the run was aborted by {NAMES[2]}"), line
+
+
 # ------------------------------------------------------------------ 2. the program's status
 
 EXITS = """
@@ -317,14 +442,49 @@ def test_the_partial_table_marks_every_pair() -> None:
     text = _plain(format_partial(plan, rows, {1: LocalPair(1, "direct", "tcp 127.0.0.1:9", 0.1),
                                        2: LocalPair(2, why="direct: refused")}))
     lines = text.splitlines()
-    assert lines[0].startswith("connectivity check (incomplete")
+    assert lines[0] == ("connectivity check (the run failed before it ended; every pair "
+                        "known, 1 of 3 never connected):")
     assert lines[1] == f"  {NAMES[0]} <-> {NAMES[1]}  relay      4.500 ms  via relay http://r"
     assert lines[2] == f"  {NAMES[0]} <-> {NAMES[2]}  never connected: direct: refused"
     assert lines[3] == f"  {NAMES[1]} <-> {NAMES[2]}  direct     0.250 ms  via tcp 10.0.0.3:1"
     text = _plain(format_partial(plans[2], {}, {0: LocalPair(0, "direct", "tcp x", None)}))
+    assert text.splitlines()[0] == ("connectivity check (incomplete, the run failed before "
+                                    "it ended; 2 of 3 pairs unknown here):")
     assert text.splitlines()[1] == f"  {NAMES[0]} <-> {NAMES[1]}  unknown here: neither " \
         "party's check arrived"
     assert text.splitlines()[2] == f"  {NAMES[0]} <-> {NAMES[2]}  direct         ? ms  via tcp x"
+
+
+@pytest.mark.parametrize(("local", "title"), [
+    ({1: LocalPair(1, "direct", "tcp 127.0.0.1:9", 0.1)},
+     "connectivity check (the run failed before it ended; every pair's path is known):"),
+    ({1: LocalPair(1, why="direct: refused")},
+     "connectivity check (the run failed before it ended; every pair known, "
+     "1 of 1 never connected):"),
+], ids=["all-connected", "one-never-connected"])
+def test_the_partial_table_says_incomplete_only_when_a_pair_is_unknown(
+        local: dict[int, LocalPair], title: str) -> None:
+    """Two parties: this party's own link is the only pair, so nothing is unknown here and
+    the table must not claim to be incomplete, only that the check did not end."""
+    plans, _ = loopback_plans(2)
+    lines = _plain(format_partial(plans[0], {}, local)).splitlines()
+    assert lines[0] == title
+    assert "incomplete" not in lines[0]
+    assert len(lines) == 2 and lines[1].startswith(f"  {NAMES[0]} <-> {NAMES[1]}  "), lines
+
+
+def test_the_partial_table_of_three_with_every_row_known_is_not_incomplete() -> None:
+    """Three parties, the run failed before READY completed here, yet every pair is known:
+    this party's two links and the third pair from a peer's row."""
+    plans, _ = loopback_plans(3)
+    rows = {1: [{"peer": 2, "path": "relay", "via": "relay http://r", "rtt_ms": 3.0}]}
+    local = {1: LocalPair(1, "direct", "tcp a", 0.5), 2: LocalPair(2, "direct", "tcp b", 0.75)}
+    lines = _plain(format_partial(plans[0], rows, local)).splitlines()
+    assert lines == [
+        "connectivity check (the run failed before it ended; every pair's path is known):",
+        f"  {NAMES[0]} <-> {NAMES[1]}  direct     0.500 ms  via tcp a",
+        f"  {NAMES[0]} <-> {NAMES[2]}  direct     0.750 ms  via tcp b",
+        f"  {NAMES[1]} <-> {NAMES[2]}  relay      3.000 ms  via relay http://r"]
 
 
 class _Link:

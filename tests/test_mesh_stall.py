@@ -45,6 +45,27 @@ async def test_no_progress_for_the_timeout_is_a_stall() -> None:
             m.close()
 
 
+async def test_a_stall_while_this_partys_program_blocks_names_it_first() -> None:
+    """Party 1's program blocks outside MPyC after mpc.start() (its pump says so): its own
+    watchdog declares the stall ``2 * interval`` before the timeout, naming party 1, and
+    party 0 hears that, not an unnamed deadlock of its own."""
+    plans, ids = loopback_plans(2)
+    meshes = await _meshes(plans, ids, timeout=TIMEOUT)
+    try:
+        for m in meshes:
+            m.watch_progress(lambda m=m: _app_bytes(m))
+        meshes[1].watch_blocked(lambda: True)
+        await _until_fatal(meshes, 4 * TIMEOUT + 2)
+        await asyncio.sleep(0.2)  # the notice reaches party 0
+        f1, f0 = meshes[1].fatal, meshes[0].fatal
+        assert isinstance(f1, ProgramStalled) and f1.party == 1, f1
+        assert "party 1 'bob'" in str(f1) and "has not given control back" in str(f1), f1
+        assert f0 is not None and "has not given control back" in str(f0), f0
+    finally:
+        for m in meshes:
+            m.close()
+
+
 async def test_a_stopped_watch_is_no_stall() -> None:
     plans, ids = loopback_plans(2)
     meshes = await _meshes(plans, ids, timeout=TIMEOUT)

@@ -7,8 +7,9 @@ Three defects, found by a stranger and fixed here:
   raised on the garbage and dropped the requests it had parsed from that read, so only the
   400 came back;
 * ``GET / HTTP/2.0`` was answered ``HTTP/2.0 404 Not Found`` (aiohttp writes the request's
-  version in its status line), HTTP/0.9's ``GET /`` hung until the header timeout, and
-  every parse failure was answered in HTTP/1.0;
+  version in its status line), HTTP/0.9's ``GET /`` hung until the header timeout (first on
+  a connection, and later, after a complete request, on a keep-alive one), and every parse
+  failure was answered in HTTP/1.0;
 * the 404 body repeated the request path (``no endpoint /...``) and the 405 body the method;
   the access log carried the decoded path, so ``%0A`` and ``%1B`` became a newline and an
   escape for anyone reading the log with ``jq -r``. (Found on the way: a 400 for unknown
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -33,12 +35,18 @@ from pathlib import Path
 import pytest
 import yaml
 from adversary.fuzz import fuzz_settings
+from aiohttp.http import StreamWriter
 from didmesh.identity.keys import IdentityKey
 from didmesh.relay.app import METHOD_NOT_ALLOWED_MESSAGE, NOT_FOUND_MESSAGE
 from didmesh.relay.client import RelayClient
 from didmesh.relay.errors import WIRE_ERRORS
 from didmesh.relay.httperrors import MAX_FIELD_BYTES
-from didmesh.relay.httpversion import UNSUPPORTED_MESSAGE, FirstLine, version_refused
+from didmesh.relay.httpversion import (
+    UNSUPPORTED_MESSAGE,
+    BareLine,
+    FirstLine,
+    version_refused,
+)
 from didmesh.relay.logtext import inert, request_target_path
 from hypothesis import given
 from hypothesis import strategies as st
@@ -255,13 +263,176 @@ def test_an_unspoken_http_version_gets_505_in_http11(
     assert took < 3  # at once, not after the header timeout (8 s here)
 
 
-def test_http10_is_answered_in_http10_and_parse_failures_in_http11(
+LATER_BARE_LINES = [
+    # (name, the writes on one connection, the statuses, in order)
+    ("after a request, in its write", [INFO + b"GET /\r\n"], [200, 505]),
+    ("after a request, in a later write", [INFO, b"GET /info\r\n"], [200, 505]),
+    ("after three requests, with a bare LF", [INFO + MISSING + HEALTH, b"GET /x\n"],
+     [200, 404, 200, 505]),
+    ("after a request with a body", [BAD_JSON.replace(b"2\r\n\r\n[]", b"4\r\n\r\n\r\n\r\n")
+                                     + b"POST /v1/envelopes\r\n"], [400, 505]),
+    ("after a request and an empty line", [INFO + b"\r\n", b"GET /\r\n"], [200, 505]),
+    ("after ten requests in its write", [INFO * 10 + b"GET /\r\n"], [200] * 10 + [505]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("writes", "statuses"), [c[1:] for c in LATER_BARE_LINES],
+                         ids=[c[0] for c in LATER_BARE_LINES])
+def test_a_bare_request_line_later_on_a_connection_gets_505_at_once(
+    relay: RelayProcess, writes: list[bytes], statuses: list[int]
+) -> None:
+    """HTTP/0.9's ``GET /path`` (no version) after complete requests on a keep-alive
+    connection: it was answered only by the close at the keep-alive timeout (8 s here)."""
+    before = len(relay.log_lines())
+    raw, took = exchange(relay.port, *writes)
+    got = answers(raw)
+    assert [a.status for a in got] == statuses, raw[:600]
+    assert all(a.version == b"HTTP/1.1" for a in got)
+    error = relay_error(got[-1], 505, "unsupported_http_version")
+    assert error["message"] == UNSUPPORTED_MESSAGE
+    assert got[-1].headers.get("connection") == "close"
+    assert took < 3
+    time.sleep(0.2)
+    lines = relay.log_lines()[before:]
+    assert not [ln for ln in lines if ln["level"] in ("error", "critical") or "exc" in ln]
+
+
+BODY_HEAD = (b"POST /v1/auth/challenge HTTP/1.1\r\nHost: x\r\n"
+             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n")
+
+
+@pytest.mark.parametrize("before", [b"", INFO, INFO * 6], ids=["alone", "after one", "after six"])
+@pytest.mark.parametrize("more", [b"", b"{tail}"], ids=["body ends there", "more body to come"])
+def test_a_body_ending_like_a_bare_request_line_is_left_intact(
+    relay: RelayProcess, before: bytes, more: bytes
+) -> None:
+    """A read that ends, inside or at the end of a body, with an empty line and ``GET /``
+    (behind requests in the same read, which the parser holds back): the body is not cut
+    or lengthened (the request after it is answered as itself)."""
+    body = b"[1,\r\n\r\nGET /\r\n" + more
+    head = BODY_HEAD % len(body)
+    cut = len(before) + len(head) + len(body) - len(more)
+    payload = before + head + body + INFO_CLOSE
+    raw, _ = exchange(relay.port, payload[:cut], payload[cut:])
+    got = answers(raw)
+    want = [(200, None)] * before.count(b"GET") + [(400, "malformed"), (200, None)]
+    assert [(a.status, a.code) for a in got] == want, raw[:600]
+
+
+INFO10 = b"GET /info HTTP/1.0\r\n\r\n"
+INFO10_KEEP = b"GET /info HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+
+
+def test_http10_is_answered_with_an_http11_status_line_in_http10_framing(
     relay: RelayProcess,
 ) -> None:
-    raw, _ = exchange(relay.port, b"GET /info HTTP/1.0\r\n\r\n")
-    assert raw.startswith(b"HTTP/1.0 200 OK\r\n")
+    """RFC 9110 section 6.2: the answer's version is the highest the relay conforms to with
+    the request's major version, HTTP/1.1 (aiohttp wrote ``HTTP/1.0``). The framing stays
+    HTTP/1.0's (RFC 9112 sections 6.1, 9.3): a Content-Length, never chunked, and the
+    connection closed after the answer, said with ``Connection: close``."""
+    raw, took = exchange(relay.port, INFO10)
+    (got,) = answers(raw)  # and then the relay closed: exchange read to EOF
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and took < 3
+    assert got.headers.get("connection") == "close" and "transfer-encoding" not in got.headers
+    assert json.loads(got.body)
     raw, _ = exchange(relay.port, b"GET /info HTTP/1.0\r\nX: \x01\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    (got,) = answers(exchange(relay.port, b"GET /nothing HTTP/1.0\r\n\r\n")[0])
+    relay_error(got, 404, "not_found")
+    assert got.version == b"HTTP/1.1" and got.headers.get("connection") == "close"
+
+
+def test_http10_keep_alive_is_kept_only_when_asked(relay: RelayProcess) -> None:
+    """An HTTP/1.0 client asking ``Connection: keep-alive`` gets it confirmed and a second
+    answer on the same connection; the request without it is the last one answered."""
+    raw, took = exchange(relay.port, INFO10_KEEP + INFO10 + INFO10)
+    got = answers(raw)
+    assert [(a.version, a.status) for a in got] == [(b"HTTP/1.1", 200)] * 2, raw[:600]
+    assert [a.headers.get("connection") for a in got] == ["keep-alive", "close"]
+    assert not [a for a in got if "transfer-encoding" in a.headers] and took < 3
+
+
+def test_http10_falls_back_to_aiohttps_status_line_with_another_writer() -> None:
+    """With a writer that is not aiohttp's plain one (another aiohttp), an HTTP/1.0 request
+    is answered as aiohttp does (``HTTP/1.0``): the writer is left alone."""
+    from didmesh.relay.httperrors import Http11StatusLine, _http11_writer
+
+    class Other:
+        loop = None
+
+    other = Other()
+    assert _http11_writer(other, object()) is other
+    loop = asyncio.new_event_loop()
+    try:
+        built = _http11_writer(StreamWriter(_Proto(), loop), _Proto())
+    finally:
+        loop.close()
+    assert isinstance(built, Http11StatusLine)
+
+
+class _Proto:
+    transport = None
+
+
+# ---------------------------------------------------------------- another aiohttp
+
+#: a relay process run as on an aiohttp whose internals differ (relay/httperrors.py lists
+#: what the relay reads): code run before the relay's own main
+FALLBACKS = {
+    # aiohttp before 3.14.1: the parser takes no bound on queued requests
+    "no queue bound": (
+        "import didmesh.relay.httperrors as h\n"
+        "_parser = h.HttpRequestParser\n"
+        "def parser(*a, max_msg_queue_size=None, **k):\n"
+        "    if max_msg_queue_size is not None:\n"
+        "        raise TypeError('unexpected keyword argument max_msg_queue_size')\n"
+        "    return _parser(*a, **k)\n"
+        "h.HttpRequestParser = parser\n"
+    ),
+    # none of the private names the relay reads is there (as the relay sees it: aiohttp's
+    # own handler keeps its attributes, under whatever names another aiohttp uses)
+    "no internals": (
+        "import didmesh.relay.httperrors as h\n"
+        "_bound = h.one_request_at_a_time\n"
+        "h.one_request_at_a_time = lambda handler, *a: _bound(object(), *a)\n"
+        "h._ErrInfo = h._ERROR_MESSAGE = None\n"
+        "h.request_queue = lambda handler: None\n"
+    ),
+}
+FALLBACK_MAIN = "import sys\nfrom didmesh.relay.server import main\nsys.exit(main())\n"
+
+
+@pytest.mark.parametrize("fallback", sorted(FALLBACKS))
+def test_a_relay_on_another_aiohttp_falls_back_and_still_answers(fallback: str) -> None:
+    """Without the aiohttp internals the relay's HTTP fixes read, it still answers every
+    request, in order, in HTTP/1.1, and every parse failure with its JSON error, and closes
+    a connection that stalls at the keep-alive timeout (2 s here) as aiohttp does: only the
+    fixes that need those internals are off (requests before garbage in one read may go
+    unanswered; a bare HTTP/0.9 line after a request waits for that timeout). It says so
+    once in its log, and logs no traceback."""
+    command = [sys.executable, "-c", FALLBACKS[fallback] + FALLBACK_MAIN]
+    args = ["--rate-ip-per-s", "0", "--header-timeout-s", "2"]
+    with start_relay("memory", args, command=command) as relay:
+        got = answers(exchange(relay.port, INFO + MISSING + HEALTH + INFO_CLOSE)[0])
+        assert [(a.version, a.status) for a in got] == [(b"HTTP/1.1", s) for s in
+                                                        (200, 404, 200, 200)]
+        raw, took = exchange(relay.port, GARBAGE + INFO)
+        (got,) = answers(raw)
+        relay_error(got, 400, "malformed")
+        assert MARK not in raw and took < 1.5
+        got = answers(exchange(relay.port, INFO + GARBAGE)[0])
+        relay_error(got[-1], 400, "malformed")
+        (got,) = answers(exchange(relay.port, INFO10)[0])
+        assert (got.version, got.status, got.headers.get("connection")) == (
+            b"HTTP/1.1", 200, "close")
+        raw, took = exchange(relay.port, b"GET /info\r\n")  # bare, first: at once
+        assert raw.startswith(b"HTTP/1.1 ") and took < 1.5
+        raw, took = exchange(relay.port, INFO + b"GET /info\r\n")  # later: the timeout
+        assert answers(raw)[0].status == 200 and 1.5 < took < 6
+        time.sleep(0.3)
+        lines = relay.log_lines()
+    assert [ln for ln in lines if "no bound on queued requests" in ln.get("msg", "")]
+    assert not [ln for ln in lines if ln["level"] in ("error", "critical") or "exc" in ln]
 
 
 # ---------------------------------------------------------------- reflection, log injection
@@ -428,6 +599,32 @@ def test_first_line_completes_only_an_http09_request(pieces: list[bytes], handed
     first = FirstLine(limit=32)
     assert b"".join(first.feed(p) for p in pieces) == handed
     assert first.done == (b"\n" in handed)
+
+
+BARE_LINES = [
+    # (pieces fed, whether they end with a bare request line after an empty line)
+    ([b"GET /\r\n"], True),  # the start of a connection counts as after an empty line
+    ([INFO, b"GET /x\r\n"], True),
+    ([INFO + b"GET /x\n"], True),
+    ([INFO + b"GE", b"T /x\r", b"\n"], True),
+    ([INFO + b"GET /x\r\n\r\n"], False),  # ended already
+    ([INFO + b"GET /x HTTP/1.1\r\n"], False),  # a version
+    ([b"GET /x HTTP/1.1\r\nX-A: b\r\n"], False),  # a header line looks alike, no empty line
+    ([INFO + b"GET /x"], False),  # no line end yet
+    ([INFO + b"\x16\x03 \x01\r\n"], False),  # not printable tokens
+    ([INFO, b"A" * 40 + b" /\r\n"], False),  # longer than the limit (32)
+    ([INFO, b"abc GET /\r\n"], False),  # three tokens
+]
+
+
+@pytest.mark.parametrize(("pieces", "bare"), BARE_LINES, ids=[repr(b[0])[-24:] for b in BARE_LINES])
+def test_bare_line_spots_a_versionless_line_after_an_empty_line(
+    pieces: list[bytes], bare: bool
+) -> None:
+    watch = BareLine(limit=32)
+    for piece in pieces:
+        watch.feed(piece)
+    assert watch.ends_with_bare_line() is bare
 
 
 def test_version_refused_reads_llhttp_reasons_not_client_bytes() -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import os
 import re
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -288,8 +290,10 @@ async def test_a_refused_invitee_who_withdraws_declines_and_frees_the_seat(
 
 def _crafted_acceptance(world: World, party: Party, *, challenge: str | None = None,
                         domain: str | None = None, extra: dict[str, Any] | None = None,
+                        created: datetime | None = None, expires: datetime | None = None,
                         ) -> dict[str, Any]:  # fmt: skip
-    """An acceptance ``party`` signs itself, as a client other than didmesh's might."""
+    """An acceptance ``party`` signs itself, as a client other than didmesh's might (its
+    proof may carry its own ``expires``)."""
     state = party.engine.load(world.sid)
     assert state.invite is not None
     vp = {"@context": list(CONTEXT), "id": new_invite_id(),
@@ -298,7 +302,8 @@ def _crafted_acceptance(world: World, party: Party, *, challenge: str | None = N
           "endpoints": [], "verifiableCredential": [state.invite], **(extra or {})}  # fmt: skip
     return issue_presentation(vp, party.key, challenge=challenge or state.invite["id"],
                               domain=domain or world.manifest.domain,
-                              suite="eddsa-jcs-2022")  # fmt: skip
+                              suite="eddsa-jcs-2022", created=created,
+                              expires=expires)  # fmt: skip
 
 
 def _post_acceptance(world: World, party: Party, doc: dict[str, Any],
@@ -449,6 +454,71 @@ async def test_an_acceptance_not_matching_the_terms_is_refused_with_its_code(
         assert f"accept the invite again (didmesh accept {world.sid[:8]})" in state.error[
             "message"] or f"accept again (didmesh accept {world.sid[:8]})" in state.error[
             "message"], state.error  # fmt: skip
+    finally:
+        await world.close()
+
+
+async def test_an_acceptance_whose_proof_expired_is_refused_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    """The acceptance's own proof carries an ``expires`` that passed before it reached the
+    organizer (held back by a relay, say): the organizer refuses it as
+    ``presentation_expired``, its session is unchanged (the seat stays invited, nothing
+    published), and the invitee is told to accept again, which it can."""
+    world = World(tmp_path, 2)
+    world.invite_all()
+    await world.deliver_invites()
+    org, bob = world.parties
+    try:
+        before = [asdict(seat) for seat in org.engine.load(world.sid).seats]
+        now = datetime.now(UTC)
+        doc = _crafted_acceptance(world, bob, created=now - timedelta(hours=2),
+                                  expires=now - timedelta(hours=1))  # fmt: skip
+        _post_acceptance(world, bob, doc)
+        state, notes = await _refusal_reaches(world, bob)
+        org_state = org.engine.load(world.sid)
+        # the organizer: rejected with its code, told bob once, changed nothing else
+        assert org_state.rejected[-1]["code"] == "presentation_expired", org_state.rejected
+        assert "its proof expired at" in org_state.rejected[-1]["message"]
+        assert org_state.rejected[-1]["party"] == bob.did
+        assert org_state.status == Status.COLLECTING and org_state.roster is None
+        after = [asdict(seat) for seat in org_state.seats]
+        assert after[0].pop("refusals") == 1 and before[0].pop("refusals") == 0
+        assert after == before  # still invited, same invite, no acceptance taken
+        # bob: refused with that code, told why and what to do; his invite is kept
+        assert state.status == Status.REFUSED and state.error is not None, state.status
+        assert state.error["code"] == "presentation_expired"
+        assert state.error["party"] == org.did
+        text = state.error["message"]
+        assert "your acceptance had expired when it arrived (" in text, text
+        assert "its proof expired at" in text, text
+        assert text.endswith(f"accept again: didmesh accept {world.sid[:8]}"), text
+        assert state.invite is not None and state.invite["id"] == before[0]["invite_id"]
+        assert any("accepted -> refused" in n for n in notes), notes
+        # accepting again (didmesh's own acceptance, no expiry) agrees the session
+        bob.engine.accept(world.sid)
+        await world.settle(timeout=20)
+        assert [world.status(p) for p in world.parties] == [Status.AGREED] * 2
+    finally:
+        await world.close()
+
+
+async def test_an_acceptance_whose_proof_expires_later_is_taken(tmp_path: Path) -> None:
+    """The same acceptance with an ``expires`` still ahead is valid: the expiry alone
+    decides the refusal above."""
+    world = World(tmp_path, 2)
+    world.invite_all()
+    await world.deliver_invites()
+    org, bob = world.parties
+    try:
+        now = datetime.now(UTC)
+        doc = _crafted_acceptance(world, bob, created=now - timedelta(minutes=1),
+                                  expires=now + timedelta(hours=1))  # fmt: skip
+        _post_acceptance(world, bob, doc)
+        await bob.engine.flush(bob.mailbox)
+        await world.pump(org, lambda: org.engine.load(world.sid).status != Status.COLLECTING)
+        org_state = org.engine.load(world.sid)
+        assert org_state.rejected == [] and org_state.seats[0].acceptance == doc
     finally:
         await world.close()
 

@@ -594,3 +594,32 @@ def test_presentation_credentials_use_the_same_now() -> None:
         verify_presentation(vp, now=NOW, challenge="c-1", domain="d.example")
     later = NOW + timedelta(seconds=1)
     assert verify_presentation(vp, now=later, challenge="c-1", domain="d.example").credentials
+
+
+@pytest.mark.parametrize(
+    ("version", "suite"), ROUND_TRIPS, ids=lambda x: f"v{x}" if x in (1, 2) else x
+)
+def test_presentation_expires_is_signed_and_enforced(version: int, suite: str) -> None:
+    """issue_presentation(expires=...) puts the proof's own ``expires`` under the signature:
+    the presentation verifies until then, and is Expired after it."""
+    expires = NOW + timedelta(hours=1)
+    vp = issue_presentation(presentation(version, []), HOLDER, challenge="c", domain="d",
+                            suite=suite, created=CREATED, expires=expires)  # fmt: skip
+    assert vp["proof"]["expires"] == "2025-06-01T13:00:00Z"
+    assert verify_presentation(vp, now=expires, challenge="c", domain="d").holder == HOLDER.did
+    with pytest.raises(Expired, match="proof expired at 2025-06-01T13:00:00"):
+        verify_presentation(vp, now=expires + timedelta(seconds=1), challenge="c", domain="d")
+    pushed = _with(vp, proof={**vp["proof"], "expires": "2099-01-01T00:00:00Z"})
+    with pytest.raises(InvalidProof):  # the expiry is signed: it cannot be pushed back
+        verify_presentation(pushed, now=NOW, challenge="c", domain="d")
+
+
+@pytest.mark.parametrize(("expires", "text"), [
+    (CREATED, "after created"), (CREATED - timedelta(seconds=1), "after created"),
+    (datetime(2026, 1, 1), "timezone-aware"),
+], ids=["at-created", "before-created", "naive"])
+def test_presentation_expires_must_be_aware_and_after_created(expires: datetime,
+                                                             text: str) -> None:
+    with pytest.raises(ValueError, match=text):
+        issue_presentation(presentation(2, []), HOLDER, challenge="c", domain="d",
+                           created=CREATED, expires=expires)

@@ -33,6 +33,12 @@ from .redis_limits import ProcessRegistry, redis_limits
 
 log = logging.getLogger("didmesh.relay.store")
 
+#: seconds one Redis connect or command may take before the store fails (RelayInternalError)
+#: instead of waiting: a frozen or unreachable Redis must not hang requests, heartbeats or
+#: the slot lock. Set here, not left to redis-py (whose default was no timeout before 8.0);
+#: a ``socket_timeout``/``socket_connect_timeout`` in the Redis URL takes precedence.
+REDIS_TIMEOUT_S = 5.0
+
 
 def redact_url(url: str) -> str:
     """The Redis URL without a password (for logs)."""
@@ -113,15 +119,20 @@ return 0
 
 class RedisStore(Store):
     def __init__(
-        self, url: str, *, prefix: str = "didmesh:", secret_file: Path | None = None
+        self, url: str, *, prefix: str = "didmesh:", secret_file: Path | None = None,
+        timeout_s: float = REDIS_TIMEOUT_S,
     ) -> None:
         super().__init__()
         self.url = url
         self.secret_file = secret_file
         self.persistent: bool | None = None  # does the Redis server persist? (None: unknown)
         self.prefix = prefix
+        self.timeout_s = timeout_s
         try:
-            self.r: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=False)
+            self.r: aioredis.Redis = aioredis.Redis.from_url(
+                url, decode_responses=False, socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+            )
         except ValueError as exc:
             raise RelayConfigError(f"invalid Redis URL {url!r}: {exc}") from exc
         self._put = self.r.register_script(_PUT)
@@ -149,7 +160,8 @@ class RedisStore(Store):
                 secret = await self.r.get(self.prefix + "secret")
             self.persistent = await self._persists()
         except (RedisError, OSError) as exc:
-            raise RelayConfigError(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise RelayConfigError(f"cannot reach Redis at {redact_url(self.url)}: {exc}"
+                                   ) from exc
         assert secret is not None
         self._secret = secret if isinstance(secret, bytes) else secret.encode()
         if self.persistent is False and self.secret_file is None:
@@ -159,8 +171,13 @@ class RedisStore(Store):
                 "Enable persistence or give every process the same secret_file",
                 extra={"fields": {"store": redact_url(self.url)}},
             )
-        await self._bus.start()
-        await self.registry.start()
+        try:
+            await self._bus.start()
+            await self.registry.start()
+        except RelayInternalError as exc:  # Redis went away right after the ping
+            await self._bus.close()
+            raise RelayConfigError(f"cannot use Redis at {redact_url(self.url)}: "
+                                   f"{exc.message}") from exc
 
     async def close(self) -> None:
         await self.registry.close()
@@ -341,14 +358,34 @@ class RedisBus(Bus):
         self._pubsub = self.store.r.pubsub(ignore_subscribe_messages=False)
         notify = self._ch("notify")
         self._handlers[notify] = lambda did: self.store.notifier.notify(did.decode())
-        await self._pubsub.subscribe(notify)
+        self._confirm[notify] = asyncio.get_running_loop().create_future()
+        await self._send_subscribe(notify)  # first: the reader needs the connection
         self._reader = asyncio.create_task(self._read(), name="redis-bus")
-        await self._wait_confirm(notify)
+        await self._confirmed(notify)
 
-    async def _wait_confirm(self, ch: bytes) -> None:
-        fut = self._confirm.setdefault(ch, asyncio.get_running_loop().create_future())
+    async def _send_subscribe(self, ch: bytes) -> None:
         try:
-            await asyncio.wait_for(fut, 10)
+            await self._pubsub.subscribe(ch)
+        except (RedisError, OSError) as exc:
+            self._confirm.pop(ch, None)
+            raise RelayInternalError(f"the relay's Redis bus failed: {exc}") from exc
+        except BaseException:
+            self._confirm.pop(ch, None)
+            raise
+
+    async def _confirmed(self, ch: bytes) -> None:
+        """Wait until Redis confirmed the subscription (read by :meth:`_read`), at most
+        twice the store's timeout: then a RelayInternalError, not a bare TimeoutError
+        (which a link's pairing would take for its peer not coming)."""
+        fut = self._confirm.setdefault(ch, asyncio.get_running_loop().create_future())
+        wait = 2 * self.store.timeout_s
+        try:
+            await asyncio.wait_for(fut, wait)
+        except TimeoutError:
+            raise RelayInternalError(
+                f"the relay's Redis bus failed: Redis did not confirm a subscription within "
+                f"{wait:g} s"
+            ) from None
         finally:
             self._confirm.pop(ch, None)
 
@@ -391,6 +428,7 @@ class RedisBus(Bus):
             except Exception as exc:  # connection trouble: wake everyone, keep trying
                 log.warning("redis pub/sub error: %s", exc)
                 self.store.notifier.wake_all()
+                self._links_lost()
                 await asyncio.sleep(0.5)
                 continue
             if msg is None:
@@ -432,8 +470,24 @@ class RedisBus(Bus):
         ch = self._ch(channel)
         self._handlers[ch] = handler
         self._confirm.setdefault(ch, asyncio.get_running_loop().create_future())
-        await self._pubsub.subscribe(ch)
-        await self._wait_confirm(ch)
+        try:
+            await self._send_subscribe(ch)
+            await self._confirmed(ch)
+        except BaseException:
+            self._handlers.pop(ch, None)
+            raise
+
+    def _links_lost(self) -> None:
+        """The subscriber connection failed: frames published to it meanwhile are lost
+        (pub/sub keeps nothing), so every link through the bus ends as if the other end's
+        process had died (4411: the relay lost the link, and the mesh resumes it) rather
+        than go on with a gap, or wait for ever for credit that was lost."""
+        watched, self._watched = self._watched, {}
+        for _proc, on_dead in watched.values():
+            try:
+                on_dead()
+            except Exception:
+                log.exception("process watcher failed")
 
     def watch_process(self, proc_id: str, channel: str, on_dead: Callable[[], None]) -> None:
         self._watched[channel] = (proc_id, on_dead)

@@ -27,6 +27,7 @@ from didmesh.identity.didkey import DidKey
 from didmesh.identity.errors import DidmeshError
 from didmesh.identity.keys import IdentityKey, verify_ed25519
 from didmesh.identity.strict_json import loads_strict
+from didmesh.identity.text import cut_at_word
 
 from .faults import InvalidAbort
 from .plan import MeshPlan
@@ -73,15 +74,9 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 def clean_reason(text: str) -> str:
     """One line, no control characters, at most :data:`MAX_REASON` characters; a longer
-    text is cut at a word (if one ends in its second half) and marked with "…"."""
-    text = _CONTROL.sub(" ", text)
-    if len(text) <= MAX_REASON:
-        return text
-    cut = text[:MAX_REASON - 2]
-    space = cut.rfind(" ")
-    if space >= MAX_REASON // 2:
-        return cut[:space].rstrip() + " …"
-    return text[:MAX_REASON - 1] + "…"
+    text is cut at a word (if one ends in its second half) and marked with " …"
+    (inside a word: "…")."""
+    return cut_at_word(_CONTROL.sub(" ", text), MAX_REASON, mark=" …")
 
 
 def make_abort(

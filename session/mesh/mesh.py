@@ -92,6 +92,7 @@ class Mesh:
         self._progress_value = 0
         self._progress_at = 0.0
         self._awaiting_start = False
+        self._blocked: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -112,6 +113,14 @@ class Mesh:
             self._progress_value = counter()
             self._progress_at = self._clock()
 
+    def watch_blocked(self, blocked: Callable[[], bool] | None) -> None:
+        """``blocked()``: whether this party's program, after ``mpc.start()``, is outside
+        MPyC and does not run the event loop (the runner's pump sees it blocked: a prompt,
+        a sleep, a lock, a long local step). A stall while it is names this party, and is
+        declared ``2 * interval`` s before the stall timeout, so that the peers (whose
+        own stall would be unnamed) hear this party's named abort first."""
+        self._blocked = blocked
+
     def hold_progress(self) -> None:
         """This party's program has not reached ``mpc.start()`` and blocks (the runner's
         pre-start pump): its own silence is no deadlock; the time counts from now."""
@@ -126,7 +135,18 @@ class Mesh:
                 self._resuming(p, now) for p in self.peers.values()):
             self._progress_value, self._progress_at = value, now
             return
-        if now - self._progress_at > self.timeout:
+        blocked = self._blocked is not None and self._blocked()
+        limit = self.timeout - 2 * self.interval if blocked else self.timeout
+        if now - self._progress_at > limit:
+            me = self.plan.my_party_id
+            if blocked:
+                self.fail(ProgramStalled(
+                    f"the program of {self.plan.describe(me)} has not given control back "
+                    f"to MPyC for {now - self._progress_at:.0f} s after mpc.start() (does it "
+                    "wait for input, a sleep or a lock between two mpc.run calls?) while the "
+                    "other parties wait for its messages; raise --timeout if it may",
+                    party=me), culprit=me)
+                return
             late = [p for p in self.peers.values() if not p.peer_started.is_set()]
             if self._awaiting_start and late:  # this party waits in mpc.start() for them
                 self.fail(ProgramStalled(

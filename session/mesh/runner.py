@@ -22,10 +22,11 @@ is set: the caller prints one line. With ``hard_exit`` (command-line use) the pr
 also exits by itself :data:`EXIT_GRACE` seconds after the failure if it has not ended by
 then (a program in a long local step does not give control back), printing the one line
 itself if the caller has not. While the program blocks before ``mpc.start()`` (an
-``input()``), :class:`~.prestart.PreStartPump` keeps the loop reading, so an abort ends
-it too. A run that fails before its connectivity check completed still reports the table
-(:func:`~.table.format_partial`). A program's ``sys.exit(n)`` is the run's exit status
-(:class:`~.faults.ProgramExited` before its ``mpc.shutdown()`` completed).
+``input()``) or between two ``mpc.run`` calls, :class:`~.prestart.PreStartPump` keeps the
+loop reading, so an abort ends it too. A run that fails before its connectivity check
+completed still reports the table (:func:`~.table.format_partial`). A program's
+``sys.exit(n)`` is the run's exit status (:class:`~.faults.ProgramExited` before its
+``mpc.shutdown()`` completed).
 
 ``python -m didmesh.session.mesh.party`` (what :func:`spawn_party` starts) reads one JSON
 launch document on stdin (see :func:`launch_document`), pre-dials its early punch
@@ -370,11 +371,14 @@ def run_program(
         exit_code = 0
         in_program = True
         mesh.watch_progress(lambda: _app_bytes(bridge, mesh))
-        # the program may block before mpc.start() (input()) without running the loop:
-        # the pump reads the peers meanwhile, so that an abort ends this party too
+        # the program may block before mpc.start() (input()), or between two mpc.run
+        # calls, without running the loop: the pump reads the peers meanwhile, so that an
+        # abort ends this party too (until the joint run is over: mpc.shutdown())
         pump = PreStartPump(loop, started=lambda: bridge.started,
+                            until=lambda: bridge.shut_down,
                             failed=lambda: mesh is not None and mesh.fatal is not None,
-                            before=mesh.hold_progress)
+                            before=mesh.hold_progress, base=sys._getframe())
+        mesh.watch_blocked(pump.blocked)
         pump.start()
         try:
             runpy.run_path(program_path, run_name="__main__")
@@ -400,6 +404,7 @@ def run_program(
             in_program = False
             pump.stop()
             mesh.watch_progress(None)
+            mesh.watch_blocked(None)
         if mesh.fatal is not None:
             raise mesh.fatal
         if exit_code and not bridge.shut_down:

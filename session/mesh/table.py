@@ -4,7 +4,8 @@
 :func:`format_partial` is what a run that failed before that prints: every pair of the
 roster, those known (from this party's row, a peer's row, or this party's own links)
 with path, RTT and link, the others marked as never connected (with the reason this
-party's attempt gave up with) or as unknown here (neither party's row arrived).
+party's attempt gave up with) or as unknown here (neither party's row arrived). Its first
+line says "incomplete" only when some pair is unknown here.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def format_partial(plan: MeshPlan, rows: Mapping[int, Sequence[Mapping[str, Any]
     rows known here (party id -> its entries ``{peer, path, via, rtt_ms}``), ``local``
     this party's own pairs as its links stand. Every pair of the roster gets a line."""
     me = plan.my_party_id
-    lines = ["connectivity check (incomplete: the run failed before it completed; "
-             "every pair as known here):"]
+    lines: list[str] = []
+    unknown = never = 0
     for a in range(plan.m):
         for b in range(a + 1, plan.m):
             entry = _entry(rows, a, b) or _entry(rows, b, a)
@@ -71,10 +72,23 @@ def format_partial(plan: MeshPlan, rows: Mapping[int, Sequence[Mapping[str, Any]
             elif mine is not None and mine.path is not None:
                 lines.append(_line(pair, mine.path, mine.rtt_ms, mine.via))
             elif mine is not None:
+                never += 1
                 lines.append(f"  {pair}  never connected: {mine.why or 'reason unknown'}")
             else:
+                unknown += 1
                 lines.append(f"  {pair}  unknown here: neither party's check arrived")
-    return "\n".join(lines)
+    return "\n".join([_partial_title(len(lines), unknown, never), *lines])
+
+
+def _partial_title(pairs: int, unknown: int, never: int) -> str:
+    """The partial table's first line: "incomplete" only if some pair is unknown here."""
+    if unknown:
+        return (f"connectivity check (incomplete, the run failed before it ended; "
+                f"{unknown} of {pairs} pairs unknown here):")
+    if never:
+        return (f"connectivity check (the run failed before it ended; every pair known, "
+                f"{never} of {pairs} never connected):")
+    return "connectivity check (the run failed before it ended; every pair's path is known):"
 
 
 def _entry(rows: Mapping[int, Sequence[Mapping[str, Any]]], party: int, peer: int
