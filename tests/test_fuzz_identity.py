@@ -32,7 +32,7 @@ from didmesh.identity.credentials import (
     verify_presentation,
 )
 from didmesh.identity.didkey import DidKey
-from didmesh.identity.errors import KeystoreError
+from didmesh.identity.errors import CredentialError, KeystoreError, UnsupportedProof
 from didmesh.identity.keys import IdentityKey
 from didmesh.identity.keystore import Keystore, PassphraseSource
 from didmesh.identity.multiformats import B58_ALPHABET, X25519_PUB, multibase_decode
@@ -96,8 +96,13 @@ _JCS_VP = issue_presentation(
 
 def _sans_proof_context(doc: dict[str, Any]) -> dict[str, Any]:
     """The proof's own ``@context`` is optional and must equal the document's (which the
-    proof configuration always carries): dropping it changes no signed byte."""
+    proof configuration always carries): dropping it changes no signed byte. A proof set of
+    one proof is that proof (specs/credentials.md section 4; the default profile accepts
+    sets, the strict one refuses them): no signed byte changes either."""
     out = dict(doc)
+    proof = out.get("proof")
+    if isinstance(proof, list) and len(proof) == 1 and isinstance(proof[0], dict):
+        out["proof"] = proof[0]
     if isinstance(out.get("proof"), dict):
         out["proof"] = {k: v for k, v in out["proof"].items() if k != "@context"}
     return out
@@ -127,6 +132,19 @@ def test_fuzz_mutated_jcs_credential_never_verifies(data: st.DataObject) -> None
     got = only_tree_errors("verify_credential", verify_credential, doc, now=NOW)
     if got is not None:  # JCS covers every member: only the untouched document verifies
         assert _sans_proof_context(doc) == _sans_proof_context(_JCS_VC)
+
+
+def test_jcs_credential_with_its_proof_wrapped_in_a_set() -> None:
+    """Found by the long fuzz profile (the ``wrap`` mutation at path ``proof``): the proof
+    object put in a list is a proof set of one, which the default profile verifies as the
+    same signed document (W3C Data Integrity 1.0, 2.1) and the strict profile refuses."""
+    doc = dict(_JCS_VC, proof=[_JCS_VC["proof"]])
+    assert verify_credential(doc, now=NOW).issuer == ISSUER.did
+    with pytest.raises(UnsupportedProof, match="set of 1 proofs"):
+        verify_credential(doc, now=NOW, strict=True)
+    forged = dict(_JCS_VC, proof=[_JCS_VC["proof"], dict(_JCS_VC["proof"], proofValue="z1")])
+    with pytest.raises(CredentialError):
+        verify_credential(forged, now=NOW)
 
 
 @settings(max_examples=budget(40), suppress_health_check=list(HealthCheck))
