@@ -266,7 +266,7 @@ def test_interrupts_kill_and_crash_leave_nothing_behind(world: World, lab: WgLab
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("didmesh:")
         assert_nothing_left(lab, world)
 
-    # SIGKILL: wireguard-go ends with its parent (parent-death signal); the state file
+    # SIGKILL: wireguard-go ends 1 s after the run (its keeper's grace); the state file
     # that remains is cleared by the next run, which then completes
     p = spawn(lab, world, 1)
     up(p)
