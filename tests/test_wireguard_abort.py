@@ -27,6 +27,7 @@ from didmesh.identity.keystore import Keystore
 from didmesh.session.testing import World
 from didmesh.session.wireguard.testing import UAPI_DIR, WgLab, available
 from didmesh.session.wireguard.tunnel import KILLED_RUN_GRACE, run_interface, wireguard_go_pids
+from party_helpers import reap
 from wg_helpers import agreed_world
 
 _WHY = available()
@@ -146,17 +147,6 @@ def spawn(lab: WgLab, world: World, i: int, env: dict[str, str], timeout: float 
            "--timeout", f"{timeout:g}", "--", str(world.program), "--no-log"]
     return Party(lab.spawn(i, *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            stdin=subprocess.DEVNULL, env=full))
-
-
-def reap(parties: list[Party], limit: float) -> None:
-    deadline = time.monotonic() + limit
-    for p in parties:
-        try:
-            p.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.proc.kill()
-            p.proc.wait(5)
-        p._thread.join(10)
 
 
 def one_clean_line(p: Party) -> str:
