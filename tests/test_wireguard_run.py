@@ -272,7 +272,7 @@ def test_interrupts_kill_and_crash_leave_nothing_behind(world: World, lab: WgLab
     up(p)
     p.kill()
     p.communicate(timeout=10)
-    wait_for(lambda: not wireguard_go_pids(name), 10, "wireguard-go ends with its parent")
+    wait_for(lambda: not wireguard_go_pids(name), 10, "wireguard-go ends after its keeper's grace")
     assert Path("/run/didmesh/wg", f"{name}.json").exists()
     results = finish([spawn(lab, world, i) for i in range(3)])
     assert [rc for rc, _, _ in results] == [0, 0, 0], [e[-2000:] for _, _, e in results]
