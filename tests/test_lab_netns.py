@@ -6,6 +6,7 @@ these run beside other developers' labs."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -169,6 +170,37 @@ def test_the_cli_takes_a_lab_up_and_down(tmp_path: Path) -> None:
     assert Lab(["relay", "eim:h1:p1"], name).leftovers() == []
     gone = cli("status")
     assert gone.returncode == 1 and gone.stderr.count("\n") == 1 and "no lab" in gone.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_held_lab_goes_down_on_ctrl_c_or_sigterm(tmp_path: Path, sig: signal.Signals) -> None:
+    """``up --hold`` stays in the foreground; Ctrl-C or SIGTERM takes the lab down, says so,
+    and exits 0 with nothing left behind."""
+    name = f"h{os.getpid()}{sig.value}"
+    env = {**os.environ, "DIDMESH_LAB_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "didmesh.session.lab", "up", "--hold",
+                             "--name", name, "public:q1@1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if not line or "is up" in line:
+                break
+        assert lines and "Ctrl-C takes it down" in lines[-1], lines
+        assert len(Lab(["public:q1@1"], name).leftovers()) >= 2
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err
+    assert out.strip().endswith(f"lab {name} is down") and err == "", (out, err)
+    assert Lab(["public:q1@1"], name).leftovers() == []
 
 
 def test_close_ends_what_was_started_inside_the_lab_by_hand() -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from didmesh.session.mesh.loopback import loopback_plans
 from didmesh.session.mesh.runner import launch_document, spawn_party
+from party_helpers import reap
 from relay_helpers import start_relay
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "adversary"))
@@ -91,24 +92,12 @@ def _start(tmp_path: Path, relays: list[str] | None = None, *, program: str = PR
         for expect in (b"started\n", b"round 50\n"):
             line = p.proc.stdout.readline()
             if line != expect:
-                _reap(parties)
+                reap(parties)
                 pytest.fail(f"party did not start: {line!r} {p.proc.stderr.read()[-1500:]!r}"
                             if p.proc.stderr else "party did not start")
     for p in parties:
         p._thread.start()
     return parties
-
-
-def _reap(parties: list[Party], limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    for p in parties:
-        try:
-            p.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.proc.kill()
-            p.proc.wait(5)
-        if p._thread.is_alive():
-            p._thread.join(10)
 
 
 def _check_clean(parties: list[Party], t0: float, bound: float,
@@ -148,9 +137,9 @@ def test_signal_ends_every_party_with_one_line(
     try:
         t0 = time.monotonic()
         parties[1].proc.send_signal(sig)
-        _reap(parties)
+        reap(parties)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     _check_clean(parties, t0, BOUND)
     assert parties[1].proc.returncode == code
     assert parties[1].lines[0].startswith(f"didmesh: {NAMES[1]}")
@@ -167,9 +156,9 @@ def test_dead_peer_is_named_by_everyone(tmp_path: Path) -> None:
     try:
         t0 = time.monotonic()
         parties[2].proc.kill()
-        _reap(parties)
+        reap(parties)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     _check_clean(parties[:2], t0, BOUND)
     for p in parties[:2]:
         assert NAMES[2] in p.lines[0] and "disconnected" in p.lines[0], p.lines
@@ -187,7 +176,7 @@ def test_unresponsive_peer_ends_everyone_within_the_liveness_timeout(tmp_path: P
             time.sleep(0.05)
     finally:
         os.kill(parties[1].proc.pid, signal.SIGKILL)
-        _reap(parties, 10)
+        reap(parties, 10)
     others = [parties[0], parties[2]]
     for p in others:
         p._thread.join(5)
@@ -226,9 +215,9 @@ def test_deadlocked_program_ends_everyone_within_the_timeout(
                      timeout=timeout)
     try:
         t0 = time.monotonic()
-        _reap(parties, timeout + 20)
+        reap(parties, timeout + 20)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     _check_clean(parties, t0, timeout + BOUND, stdout=frozenset({"left the loop"}))
     for p in parties:
         assert p.proc.returncode == 1
@@ -292,9 +281,9 @@ def test_tampered_record_ends_everyone_with_the_detectors_notice(
             assert time.monotonic() < deadline, "the relay never altered a frame"
             time.sleep(0.01)
         t0 = time.monotonic()
-        _reap(parties)
+        reap(parties)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     _check_clean(parties, t0, BOUND)
     detector = parties[1].lines[0]
     assert NAMES[0] in detector and "did not authenticate" in detector, detector
@@ -344,9 +333,9 @@ def test_ctrl_c_of_didmesh_run_ends_all_three_with_one_line_each(tmp_path: Path)
                 p._thread.start()
             t0 = time.monotonic()
             parties[1].proc.send_signal(signal.SIGINT)
-            _reap(parties)
+            reap(parties)
         finally:
-            _reap(parties, 5)
+            reap(parties, 5)
     for p in parties:  # text mode: make the checks' bytes
         p.out = p.out.encode() if isinstance(p.out, str) else p.out
         p.err = p.err.encode() if isinstance(p.err, str) else p.err

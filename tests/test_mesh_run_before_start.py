@@ -31,6 +31,7 @@ from didmesh.session.mesh.peer import READY, SELECT, PeerChannel
 from didmesh.session.mesh.runner import launch_document, spawn_party
 from didmesh.session.mesh.table import LocalPair, format_partial
 from didmesh.session.mesh.testing import channel_pair
+from party_helpers import reap
 from relay_helpers import start_relay
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -103,17 +104,6 @@ def _start(tmp_path: Path, program: str, *, parties: int = 3, relays: list[str] 
             for i in range(parties)]
 
 
-def _reap(parties: list[Party], limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    for p in parties:
-        try:
-            p.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.proc.kill()
-            p.proc.wait(5)
-        p._thread.join(10)
-
-
 def _one_clean_line(p: Party) -> str:
     err = p.stderr
     assert len(p.lines) == 1, err[-3000:]
@@ -161,16 +151,24 @@ def test_a_party_blocked_before_start_ends_promptly_on_an_abort(
     os.mkfifo(fifo)
     parties = _start(tmp_path, BLOCKED, relays=[relay] if path == "relay" else None,
                      env={"BLOCK": block, "FIFO": str(fifo)}, timeout=30)
+    _others_hear_party_2_end(parties, "at start", signal.SIGINT, "interrupted (Ctrl-C)")
+    assert "started" not in parties[1].out.decode().split()
+
+
+def _others_hear_party_2_end(parties: list[Party], ready: str, sig: signal.Signals,
+                             cause: str) -> None:
+    """Once party 1 blocks and party 2 printed ``ready``, party 2 gets ``sig``: parties 0
+    and 1 end within BOUND, each with one line naming party 2 and ``cause``."""
     try:
         parties[1].wait_line("blocked", 40)
-        parties[2].wait_line("at start", 40)
+        parties[2].wait_line(ready, 40)
         time.sleep(1.0)  # party 1 is in input() well past the pump's first turns
         t0 = time.monotonic()
-        parties[2].proc.send_signal(signal.SIGINT)  # Ctrl-C of another party
-        _reap(parties, 15)
+        parties[2].proc.send_signal(sig)
+        reap(parties, 15)
     finally:
-        _reap(parties, 5)
-    assert parties[2].proc.returncode == 130
+        reap(parties, 5)
+    assert parties[2].proc.returncode == 128 + sig
     for i in (0, 1):
         p = parties[i]
         assert p.ended is not None and p.ended - t0 <= BOUND, \
@@ -178,8 +176,7 @@ def test_a_party_blocked_before_start_ends_promptly_on_an_abort(
         line = _one_clean_line(p)
         assert p.proc.returncode == 1, p.stderr[-1500:]
         assert line.startswith(f"didmesh: the run was aborted by {NAMES[2]}"), line
-        assert "interrupted (Ctrl-C)" in line, line
-    assert "started" not in parties[1].out.decode().split()
+        assert cause in line, line
 
 
 def test_a_slow_typist_is_named_not_blamed_for_a_deadlock(tmp_path: Path) -> None:
@@ -193,9 +190,9 @@ def test_a_slow_typist_is_named_not_blamed_for_a_deadlock(tmp_path: Path) -> Non
     try:
         parties[1].wait_line("blocked", 40)
         t0 = time.monotonic()
-        _reap(parties, timeout + 15)
+        reap(parties, timeout + 15)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     for i, p in enumerate(parties):
         assert p.ended is not None and p.ended - t0 <= timeout + BOUND + 2, p.stderr[-1500:]
         line = _one_clean_line(p)
@@ -231,24 +228,7 @@ def test_a_party_blocked_between_two_runs_ends_promptly_on_an_abort(tmp_path: Pa
     fifo = tmp_path / "tty"
     os.mkfifo(fifo)
     parties = _start(tmp_path, BETWEEN, env={"FIFO": str(fifo)}, timeout=30)
-    try:
-        parties[1].wait_line("blocked", 40)
-        parties[2].wait_line("first 3", 40)
-        time.sleep(1.0)
-        t0 = time.monotonic()
-        parties[2].proc.send_signal(signal.SIGTERM)
-        _reap(parties, 15)
-    finally:
-        _reap(parties, 5)
-    assert parties[2].proc.returncode == 143
-    for i in (0, 1):
-        p = parties[i]
-        assert p.ended is not None and p.ended - t0 <= BOUND, \
-            f"party {i} took {(p.ended or 0) - t0:.2f} s: {p.stderr[-1500:]}"
-        line = _one_clean_line(p)
-        assert p.proc.returncode == 1, p.stderr[-1500:]
-        assert line.startswith(f"didmesh: the run was aborted by {NAMES[2]}"), line
-        assert "terminated (SIGTERM)" in line, line
+    _others_hear_party_2_end(parties, "first 3", signal.SIGTERM, "terminated (SIGTERM)")
     assert not any(ln.startswith("second") for ln in parties[1].seen), parties[1].seen
 
 
@@ -262,9 +242,9 @@ def test_a_slow_typist_between_two_runs_is_named_by_everyone(tmp_path: Path) -> 
     try:
         parties[1].wait_line("blocked", 40)
         t0 = time.monotonic()
-        _reap(parties, timeout + 15)
+        reap(parties, timeout + 15)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     for i, p in enumerate(parties):
         assert p.ended is not None and p.ended - t0 <= timeout + BOUND, p.stderr[-1500:]
         line = _one_clean_line(p)
@@ -310,16 +290,16 @@ def test_a_party_blocked_inside_a_coroutine_hears_the_abort_when_its_call_return
         parties[2].wait_line("first 3", 40)
         time.sleep(1.0)
         parties[2].proc.send_signal(signal.SIGINT)
-        _reap(parties[2:], 15)
+        reap(parties[2:], 15)
         parties[0].proc.wait(BOUND)
         time.sleep(1.0)
         assert parties[1].proc.poll() is None  # still at its prompt
         t0 = time.monotonic()
         with open(fifo, "w") as tty:
             tty.write("5\n")
-        _reap(parties, 15)
+        reap(parties, 15)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     p = parties[1]
     assert p.ended is not None and p.ended - t0 <= BOUND, p.stderr[-1500:]
     line = _one_clean_line(p)
@@ -347,9 +327,9 @@ def test_sys_exit_before_start_is_the_partys_status_and_the_peers_are_told(
         tmp_path: Path) -> None:
     parties = _start(tmp_path, EXITS, env={"WHEN": "before", "STATUS": "0"})
     try:
-        _reap(parties, 40)
+        reap(parties, 40)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     line = _one_clean_line(parties[1])
     assert parties[1].proc.returncode == 3, parties[1].stderr[-1500:]
     assert line == (f"didmesh: the program of {NAMES[1]} exited with status 3 before "
@@ -367,9 +347,9 @@ def test_sys_exit_after_shutdown_keeps_the_joint_run_and_the_status(
         tmp_path: Path, status: str, code: int) -> None:
     parties = _start(tmp_path, EXITS, env={"WHEN": "after", "STATUS": status})
     try:
-        _reap(parties, 40)
+        reap(parties, 40)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     for i in (0, 2):
         assert parties[i].proc.returncode == 0, parties[i].stderr[-1500:]
         assert parties[i].lines == [], parties[i].stderr[-1500:]
@@ -396,9 +376,9 @@ def test_a_program_failing_before_start_still_shows_the_table_everywhere(
         tmp_path: Path) -> None:
     parties = _start(tmp_path, RAISES)
     try:
-        _reap(parties, 40)
+        reap(parties, 40)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     for p in parties:
         err = p.stderr
         assert err.count("connectivity check") == 1, err[-3000:]
@@ -417,9 +397,9 @@ def test_a_pair_that_never_connects_is_marked_in_the_table(tmp_path: Path) -> No
     """Carol never comes: alice and bob connect to each other, not to her."""
     parties = _start(tmp_path, RAISES, parties=2, connect_timeout=3, direct_only=True)
     try:
-        _reap(parties, 40)
+        reap(parties, 40)
     finally:
-        _reap(parties, 5)
+        reap(parties, 5)
     for me, p in enumerate(parties):
         err = p.stderr
         line = _one_clean_line(p)

@@ -283,7 +283,7 @@ def test_auto_falls_back_to_wireguard_go_where_the_kernel_lacks_it(netns: str,
 @pytest.mark.netns
 def test_a_killed_runs_leftover_is_recognised_by_kind_and_swept(netns: str,
                                                                 tmp_path: Path) -> None:
-    """A run killed with its interface up leaves its state file (``wireguard-go`` ends with
+    """A run killed with its interface up leaves its state file (``wireguard-go`` ends 1 s after
     it); the sweep (``find_leftover`` + ``remove``, as the next run and ``didmesh wg down``
     do) names the kind and removes everything. A state file naming a kernel link is
     recognised as such (no kernel link can be made here)."""

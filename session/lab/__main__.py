@@ -67,15 +67,16 @@ def _up(args: argparse.Namespace) -> int:
     if args.hold:
         # also when started in the background, where a shell ignores SIGINT for us
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda *_: sys.exit(0))
-        with lab:
-            print(describe(lab), flush=True)
-            print(f"lab {lab.name} is up; Ctrl-C takes it down", flush=True)
-            try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # the same way down as Ctrl-C
+            signal.signal(sig, signal.default_int_handler)
+        try:
+            with lab:  # whenever the signal comes, the lab is closed on the way out
+                print(describe(lab), flush=True)
+                print(f"lab {lab.name} is up; Ctrl-C takes it down", flush=True)
                 signal.pause()
-            except KeyboardInterrupt:
-                pass
+        except KeyboardInterrupt:
+            pass
+        print(f"lab {lab.name} is down", flush=True)
         return 0
     path = _state_dir() / f"{lab.name}.json"
     if path.exists():

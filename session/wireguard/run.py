@@ -21,8 +21,9 @@ didmesh brings up and removes itself (specs/wireguard.md, "Running over the tunn
    against its source address. The receipt names the transport ``wireguard``.
 5. The tunnel comes down in a ``finally``: on success, program failure, a peer's abort,
    Ctrl-C and SIGTERM/SIGHUP (turned into Ctrl-C for the run). If the process is killed,
-   ``wireguard-go`` gets SIGTERM from the kernel (parent-death signal) and removes the
-   interface and its socket (a kernel interface stays); the state file that remains lets
+   ``wireguard-go``'s keeper (:mod:`.keeper`) lets it carry the kernel's FIN for the run's
+   connections to the peers (1 s), then ends it, and it removes the interface and its
+   socket (a kernel interface stays); the state file that remains lets
    the next run or ``didmesh wg down`` finish the job. The runner's own hard exit (a
    program that does not give control back after a failure) runs the teardown first
    (``EXIT_HOOKS``).

@@ -7,16 +7,18 @@
   or two parties of one session in two network namespaces, never share a name or the
   UAPI socket ``/var/run/wireguard/<name>.sock``): a kernel WireGuard link where the
   kernel has it, else (or with ``--wg-impl userspace``) served by ``wireguard-go -f`` in
-  user space, started with a parent-death signal so that it ends if the run process dies;
+  user space, started by a keeper (:mod:`.keeper`) that ends it with the run process: at
+  once on an orderly teardown, :data:`KILLED_RUN_GRACE` s after the run if it is killed;
   the commands and the choice are :class:`.impl.BringUp`'s (sans-IO), run here;
 * its configuration, given to ``wg setconf <name> /dev/stdin`` (no config file is written;
   ``wg`` speaks netlink to a kernel link and UAPI to ``wireguard-go``);
 * its two addresses, the session's /22 and /64 (routes come with them and go with the
   link);
 * a state file ``/run/didmesh/wg/<name>.json`` (pid and start time of the run process and
-  of ``wireguard-go``, and which implementation serves the link), by which the next run or
-  ``didmesh wg down`` finds and removes a leftover of a run that was killed: a kernel link
-  outlives a killed run (nothing ends it), a ``wireguard-go`` one normally not.
+  of ``wireguard-go``'s keeper, and which implementation serves the link), by which the
+  next run or ``didmesh wg down`` finds and removes a leftover of a run that was killed: a
+  kernel link outlives a killed run (nothing ends it), a ``wireguard-go`` one only by the
+  keeper's grace.
 
 Before anything is created, an interface of another process with an address in the
 session's ranges is refused (naming it), and a leftover of this session is removed.
@@ -26,13 +28,13 @@ Every command and wait is bounded.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,7 +53,10 @@ STATE_DIR = Path(os.environ.get("DIDMESH_WG_STATE_DIR", "/run/didmesh/wg"))
 #: a UDP port nothing listens on: datagrams to a peer's tunnel address there only make
 #: WireGuard start a handshake
 POKE_PORT = 9
-_PR_SET_PDEATHSIG = 1
+#: seconds ``wireguard-go`` outlives a killed run (:mod:`.keeper`): the kernel's FIN or RST
+#: for the run's connections get through the tunnel, so its peers see them close at once
+KILLED_RUN_GRACE = 1.0
+KEEPER = Path(__file__).with_name("keeper.py")
 
 
 def run_interface(session_id: str, party_id: int) -> str:
@@ -207,13 +212,6 @@ def _zombie(pid: int) -> bool | None:
     return stat.rpartition(")")[2].split()[0] == "Z"
 
 
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before prctl
-        os._exit(1)
-
-
 class Tunnel:
     """One party's WireGuard interface for one run. ``up()``, ``wait_handshakes()``, and
     ``down()`` in a ``finally`` (``down()`` is idempotent)."""
@@ -288,15 +286,16 @@ class Tunnel:
                 self._write_state()
 
     def _start_wireguard_go(self, timeout: float) -> str:
-        """Start ``wireguard-go`` for the interface; "" once its UAPI socket is there,
-        else what went wrong."""
+        """Start ``wireguard-go`` for the interface, under its keeper; "" once its UAPI
+        socket is there, else what went wrong."""
         env = {**os.environ, "LOG_LEVEL": "error",
                "WG_PROCESS_FOREGROUND": "1"}
         try:
             self._proc = subprocess.Popen(
-                ["wireguard-go", "-f", self.name], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                preexec_fn=_pdeathsig, start_new_session=True,
+                [sys.executable, "-I", "-S", str(KEEPER), str(os.getpid()),
+                 f"{KILLED_RUN_GRACE:g}", "wireguard-go", "-f", self.name],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, env=env, start_new_session=True,
             )
         except OSError as exc:
             return f"cannot start wireguard-go: {exc.strerror}"
