@@ -146,8 +146,10 @@ def loads_strict(
             parse_float=real,
         )
     except json.JSONDecodeError as exc:
+        # Python's own message for a raw control character ends in "at" already
+        msg = exc.msg.removesuffix(" at")
         raise error(
-            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"{what} is not valid JSON: {msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:
         raise error(f"{what} is nested too deeply") from None

@@ -53,3 +53,16 @@ def test_oversize_can_have_its_own_error() -> None:
     with pytest.raises(DocumentTooLarge, match="limit is 10"):
         loads_strict(b"[" + b"1," * 20 + b"1]", max_bytes=10, error=MalformedCredential,
                      too_large=DocumentTooLarge)
+
+
+def test_a_raw_control_character_is_named_once_with_its_place() -> None:
+    """A raw NUL byte in a string (seen at a real relay's /v1/auth/challenge): Python's
+    message ends in "at" already, which read "Invalid control character at at line 1"."""
+    with pytest.raises(MalformedCredential) as got:
+        loads_strict(
+            b'{"did": "did:key:\x00"}', max_bytes=1000, error=MalformedCredential,
+            what="request body",
+        )
+    assert str(got.value) == (
+        "request body is not valid JSON: Invalid control character at line 1 column 18"
+    )
