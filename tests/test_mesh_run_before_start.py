@@ -179,20 +179,27 @@ def _others_hear_party_2_end(parties: list[Party], ready: str, sig: signal.Signa
         assert cause in line, line
 
 
-def test_a_slow_typist_is_named_not_blamed_for_a_deadlock(tmp_path: Path) -> None:
-    """Parties waiting in mpc.start() for one still at its prompt end after the timeout
-    naming it; the party at the prompt (kept alive by its pump) hears why at once."""
+def _left_at_the_prompt(tmp_path: Path, program: str, env: dict[str, str], timeout: float
+                        ) -> tuple[list[Party], float]:
+    """Party 1 blocks at a prompt (a FIFO nobody writes) and is left there: every party is
+    reaped (at most ``timeout`` + 15 s); the parties and when party 1 was seen blocked."""
     fifo = tmp_path / "tty"
     os.mkfifo(fifo)
-    timeout = 2.0
-    parties = _start(tmp_path, BLOCKED, env={"BLOCK": "input", "FIFO": str(fifo)},
-                     timeout=timeout)
+    parties = _start(tmp_path, program, env={**env, "FIFO": str(fifo)}, timeout=timeout)
     try:
         parties[1].wait_line("blocked", 40)
         t0 = time.monotonic()
         reap(parties, timeout + 15)
     finally:
         reap(parties, 5)
+    return parties, t0
+
+
+def test_a_slow_typist_is_named_not_blamed_for_a_deadlock(tmp_path: Path) -> None:
+    """Parties waiting in mpc.start() for one still at its prompt end after the timeout
+    naming it; the party at the prompt (kept alive by its pump) hears why at once."""
+    timeout = 2.0
+    parties, t0 = _left_at_the_prompt(tmp_path, BLOCKED, {"BLOCK": "input"}, timeout)
     for i, p in enumerate(parties):
         assert p.ended is not None and p.ended - t0 <= timeout + BOUND + 2, p.stderr[-1500:]
         line = _one_clean_line(p)
@@ -235,16 +242,8 @@ def test_a_party_blocked_between_two_runs_ends_promptly_on_an_abort(tmp_path: Pa
 def test_a_slow_typist_between_two_runs_is_named_by_everyone(tmp_path: Path) -> None:
     """No abort: the blocked party's own stall watchdog names it, before the peers'
     (which could only say that nothing moves), and every party ends after the timeout."""
-    fifo = tmp_path / "tty"
-    os.mkfifo(fifo)
     timeout = 3.0
-    parties = _start(tmp_path, BETWEEN, env={"FIFO": str(fifo)}, timeout=timeout)
-    try:
-        parties[1].wait_line("blocked", 40)
-        t0 = time.monotonic()
-        reap(parties, timeout + 15)
-    finally:
-        reap(parties, 5)
+    parties, t0 = _left_at_the_prompt(tmp_path, BETWEEN, {}, timeout)
     for i, p in enumerate(parties):
         assert p.ended is not None and p.ended - t0 <= timeout + BOUND, p.stderr[-1500:]
         line = _one_clean_line(p)

@@ -198,12 +198,9 @@ def interrupted_while_blocked(lab: WgLab, world: World, tmp_path: Path, where: s
     return parties, t0
 
 
-@pytest.mark.parametrize("how", sorted(HOW))
-def test_a_party_blocked_before_start_ends_promptly_on_an_abort(
-        lab: WgLab, world: World, tmp_path: Path, how: str) -> None:
-    parties, t0 = interrupted_while_blocked(lab, world, tmp_path, "before", how)
-    assert parties[2].proc.returncode == {"SIGINT": 130, "SIGTERM": 143, "crash": 2}[how], \
-        parties[2].err[-1500:]
+def _others_name_party_2(parties: list[Party], t0: float, cause: str, world: World) -> None:
+    """Parties 0 and 1 ended within BOUND of ``t0``, each with one line naming party 2 and
+    ``cause``, their WireGuard interfaces removed."""
     for i in (0, 1):
         p = parties[i]
         assert p.ended is not None and p.ended - t0 <= BOUND, \
@@ -211,8 +208,17 @@ def test_a_party_blocked_before_start_ends_promptly_on_an_abort(
         line = one_clean_line(p)
         assert p.proc.returncode == 1, p.err[-1500:]
         assert line.startswith(f"didmesh: the run was aborted by {NAMES[2]}"), line
-        assert HOW[how] in line, line
+        assert cause in line, line
         assert f"WireGuard interface {run_interface(world.sid, i)} removed" in p.err, p.err
+
+
+@pytest.mark.parametrize("how", sorted(HOW))
+def test_a_party_blocked_before_start_ends_promptly_on_an_abort(
+        lab: WgLab, world: World, tmp_path: Path, how: str) -> None:
+    parties, t0 = interrupted_while_blocked(lab, world, tmp_path, "before", how)
+    assert parties[2].proc.returncode == {"SIGINT": 130, "SIGTERM": 143, "crash": 2}[how], \
+        parties[2].err[-1500:]
+    _others_name_party_2(parties, t0, HOW[how], world)
     assert "started" not in parties[1].seen
     assert_tunnels_gone(world)
 
@@ -223,14 +229,7 @@ def test_a_party_blocked_between_two_runs_after_start_ends_promptly_on_an_abort(
     before, party 1 waited in ``input()`` until a line came, i.e. for ever here."""
     parties, t0 = interrupted_while_blocked(lab, world, tmp_path, "between")
     assert parties[2].proc.returncode == 130, parties[2].err[-1500:]
-    for i in (0, 1):
-        p = parties[i]
-        assert p.ended is not None and p.ended - t0 <= BOUND, \
-            f"party {i} took {(p.ended or 0) - t0:.2f} s: {p.err[-1500:]}"
-        line = one_clean_line(p)
-        assert p.proc.returncode == 1, p.err[-1500:]
-        assert line.startswith(f"didmesh: the run was aborted by {NAMES[2]}"), line
-        assert "interrupted (Ctrl-C)" in line, line
+    _others_name_party_2(parties, t0, "interrupted (Ctrl-C)", world)
     assert "first 3" in parties[1].seen and not any(
         ln.startswith("second") for ln in parties[1].seen), parties[1].seen
     assert_tunnels_gone(world)
