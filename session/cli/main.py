@@ -22,22 +22,6 @@ from didmesh.session import gc_pause
 
 from .output import Output
 
-#: command-group modules, in help order
-COMMAND_MODULES: list[str] = [
-    "didmesh.session.cli.id_cmd",
-    "didmesh.session.cli.session_cmd",
-    "didmesh.session.cli.invite_cmd",
-    "didmesh.session.cli.accept_cmd",
-    "didmesh.session.cli.status_cmd",
-    "didmesh.session.cli.contacts_cmd",
-    "didmesh.session.cli.credential_cmd",
-    "didmesh.session.cli.relay_cmd",
-    "didmesh.session.cli.run_cmd",
-    "didmesh.session.cli.wg_cmd",
-    "didmesh.session.cli.vcapi_cmd",
-    "didmesh.session.cli.demo_cmd",
-]
-
 
 class _Version(argparse.Action):
     """``--version``: didmesh's and the installed MPyC's versions (looked up only when asked)."""
@@ -84,6 +68,8 @@ COMMANDS: dict[str, str] = {
     "vc-api": "didmesh.session.cli.vcapi_cmd",
     "demo": "didmesh.session.cli.demo_cmd",
 }
+#: every command-group module, in the order their commands are listed in ``--help``
+COMMAND_MODULES: list[str] = list(dict.fromkeys(COMMANDS.values()))
 #: commands that are the whole process's one run: the cyclic garbage collector is paused
 #: while they start (:mod:`didmesh.session.gc_pause`), and on again when they return
 PAUSE_GC_COMMANDS = frozenset({"run"})
