@@ -28,8 +28,8 @@ import binascii
 import hmac
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from didmesh.session.mesh.primitives import x25519_private_key, x25519_public_key
 
 from .errors import WgConfigInvalid, WgPeerKeyInvalid, WgUsageError
 
@@ -77,14 +77,12 @@ def wg_private_key(session_private: bytes) -> bytes:
 
 
 def wg_public_key(private: bytes) -> bytes:
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+    return x25519_private_key(private).public_key().public_bytes_raw()
 
 
 def _dh(my_private: bytes, their_public: bytes, their_id: int) -> bytes:
     try:
-        shared = X25519PrivateKey.from_private_bytes(my_private).exchange(
-            X25519PublicKey.from_public_bytes(their_public)
-        )
+        shared = x25519_private_key(my_private).exchange(x25519_public_key(their_public))
     except ValueError:  # cryptography refuses an all-zero (low-order) result
         shared = bytes(KEY_LEN)
     if hmac.compare_digest(shared, bytes(KEY_LEN)):
